@@ -1,0 +1,5 @@
+"""``python -m extproc`` runs the command line."""
+
+from extproc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""The ``extproc`` command line.
+
+Every flag can also come from an ``EXTPROC_*`` variable (``--dns-resolver`` from
+``EXTPROC_DNS_RESOLVER``); a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc import __version__
+from extproc.core.policy import Locality, Policy
+from extproc.errors import ConfigError, ExtprocError
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); raises argparse.ArgumentTypeError on bad input."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"EXTPROC_{name}", default)
+
+
+def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    default = _env("CONFIG")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(default) if default else None,
+        required=required and default is None,
+        help="ServiceEntry/DestinationRule YAML: a file or a directory ($EXTPROC_CONFIG)",
+    )
+    parser.add_argument(
+        "--strict-max-ejection-percent",
+        action="store_true",
+        default=_env("STRICT_MAX_EJECTION_PERCENT", "") in ("1", "true"),
+        help="apply maxEjectionPercent to the first ejection too, as Envoy >= 1.28 does "
+        "(default: the first ejection is always allowed, Envoy's always_eject_one_host)",
+    )
+
+
+def _add_locality(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--locality",
+        default=_env("LOCALITY", ""),
+        help="the workload's locality region[/zone[/subzone]] ($EXTPROC_LOCALITY)",
+    )
+
+
+def _add_dns(parser: argparse.ArgumentParser) -> None:
+    default = _env("DNS_RESOLVER")
+    parser.add_argument(
+        "--dns-resolver",
+        type=parse_hostport,
+        default=parse_hostport(default) if default else None,
+        help="resolve endpoint names with this DNS server, HOST:PORT ($EXTPROC_DNS_RESOLVER)",
+    )
+
+
+def _hostport_default(name: str, fallback: str) -> tuple[str, int]:
+    return parse_hostport(_env(name, fallback) or fallback)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="extproc",
+        description="Istio's locality failover for external services, on plain Envoy.",
+    )
+    parser.add_argument("--version", action="version", version=f"extproc {__version__}")
+    parser.add_argument(
+        "--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the service and Envoy on this machine (foreground)")
+    _add_config(up)
+    _add_locality(up)
+    up.add_argument("--listen", type=parse_hostport, default=_hostport_default("LISTEN", "127.0.0.1:10000"),
+                    help="Envoy's HTTP listener HOST:PORT ($EXTPROC_LISTEN)")
+    up.add_argument("--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090"),
+                    help="the status view HOST:PORT ($EXTPROC_ADMIN)")
+    _add_dns(up)
+    up.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", "2") or 2),
+                    help="Envoy worker threads ($EXTPROC_CONCURRENCY)")
+    up.add_argument("--envoy-log-level", default=_env("ENVOY_LOG_LEVEL", "warning"))
+
+    serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
+    _add_config(serve)
+    _add_locality(serve)
+    serve.add_argument("--grpc", type=parse_hostport, default=_hostport_default("GRPC", "127.0.0.1:9002"),
+                       help="gRPC (ext_proc + health) HOST:PORT ($EXTPROC_GRPC)")
+    serve.add_argument("--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090"),
+                       help="the status view HOST:PORT ($EXTPROC_ADMIN)")
+    _add_dns(serve)
+
+    render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
+    _add_config(render)
+    render.add_argument("--listen", type=parse_hostport, default=_hostport_default("LISTEN", "0.0.0.0:10000"))
+    render.add_argument("--ext-proc", type=parse_hostport, default=_hostport_default("EXT_PROC", "127.0.0.1:9002"),
+                        help="where Envoy reaches the service")
+    render.add_argument("--envoy-admin", type=parse_hostport, default=_hostport_default("ENVOY_ADMIN", "127.0.0.1:9901"))
+    render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
+    render.add_argument("--validate", action="store_true", help="also run envoy --mode validate on it")
+
+    check = sub.add_parser("check", help="validate a config: exit 0 ok, 1 errors; warnings on stderr")
+    check.add_argument("path", type=Path)
+    check.add_argument("--strict-max-ejection-percent", action="store_true")
+
+    status = sub.add_parser("status", help="print the endpoint table of a running service")
+    status.add_argument("--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090"))
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    demo = sub.add_parser("demo", help="play the seed's failover story locally (no Docker)")
+    demo.add_argument("--pause", type=float, default=0.3, help="seconds between requests")
+    return parser
+
+
+def load(path: Path, strict: bool) -> Policy:
+    """Load a config and print its warnings to stderr."""
+    from extproc.istio import load_policy
+
+    policy = load_policy(path, always_eject_one_host=not strict)
+    for warning in policy.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return policy
+
+
+async def _run_until_signal(wait_for: Any = None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wait_for is not None:
+        waiters.append(asyncio.ensure_future(wait_for))
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
+async def _up(args: argparse.Namespace, policy: Policy) -> int:
+    from extproc.server.stack import Stack, StackSettings
+
+    stack = Stack(
+        policy,
+        Locality.parse(args.locality),
+        StackSettings(
+            listen=args.listen,
+            admin=args.admin,
+            dns_resolver=args.dns_resolver,
+            concurrency=args.concurrency,
+            envoy_log_level=args.envoy_log_level,
+        ),
+    )
+    await stack.start()
+    assert stack.envoy is not None
+    print(
+        "extproc up: listening on {}:{}, status view on http://{}:{}/clusters".format(
+            *args.listen, *stack.app.admin_address
+        ),
+        file=sys.stderr,
+    )
+    try:
+        await _run_until_signal(stack.envoy.wait())
+    finally:
+        code = stack.envoy.returncode
+        await stack.stop()
+    if code not in (None, 0, -signal.SIGTERM):
+        print(f"extproc up: envoy exited with code {code}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(args: argparse.Namespace, policy: Policy) -> int:
+    from extproc.server.app import ServiceApp, ServiceSettings
+
+    app = ServiceApp(
+        policy,
+        Locality.parse(args.locality),
+        ServiceSettings(
+            grpc_host=args.grpc[0],
+            grpc_port=args.grpc[1],
+            admin_host=args.admin[0],
+            admin_port=args.admin[1],
+            dns_resolver=args.dns_resolver,
+        ),
+    )
+    await app.start()
+    try:
+        await _run_until_signal()
+    finally:
+        await app.stop()
+    return 0
+
+
+def _render(args: argparse.Namespace, policy: Policy) -> int:
+    from extproc.render.bootstrap import RenderSettings, render_bootstrap
+
+    bootstrap = render_bootstrap(
+        policy,
+        RenderSettings(
+            listen_host=args.listen[0],
+            listen_port=args.listen[1],
+            ext_proc_host=args.ext_proc[0],
+            ext_proc_port=args.ext_proc[1],
+            envoy_admin_host=args.envoy_admin[0],
+            envoy_admin_port=args.envoy_admin[1],
+        ),
+    )
+    text = yaml.safe_dump(bootstrap, sort_keys=False)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    if args.validate:
+        import tempfile
+
+        from extproc.server.envoy_process import validate_config
+
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
+            handle.write(text)
+            handle.flush()
+            validate_config(Path(handle.name))
+        print("envoy --mode validate: OK", file=sys.stderr)
+    return 0
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    """The endpoint table, in ``istioctl proxy-config endpoints`` column order."""
+    header = ("ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER", "LOCALITY", "PRIORITY",
+              "5XX IN A ROW", "EJECTIONS", "EJECTION LEFT")
+    table = [header]
+    for row in rows:
+        left = row.get("ejection_time_left_s")
+        table.append((
+            row["address"],
+            "HEALTHY",
+            "FAILED" if row["ejected"] else "OK",
+            row["cluster_name"],
+            row["locality"],
+            str(row["priority"]),
+            str(row["consecutive_5xx"]),
+            str(row["num_ejections"]),
+            f"{left:.1f}s" if left is not None else "-",
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in table
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = "http://{}:{}/endpoints".format(*args.admin)
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            rows = json.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"extproc status: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(rows, indent=2) if args.json else format_status(rows))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from extproc.server.logs import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        if args.command == "check":
+            load(args.path, args.strict_max_ejection_percent)
+            print(f"{args.path}: OK", file=sys.stderr)
+            return 0
+        if args.command == "status":
+            return _status(args)
+        if args.command == "demo":
+            from extproc.demo import run_demo
+
+            return asyncio.run(run_demo(pause_s=args.pause))
+        policy = load(args.config, args.strict_max_ejection_percent)
+        if args.command == "render":
+            return _render(args, policy)
+        if args.command == "up":
+            return asyncio.run(_up(args, policy))
+        if args.command == "serve":
+            return asyncio.run(_serve(args, policy))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    except ExtprocError as exc:
+        print(f"extproc {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2

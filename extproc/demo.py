@@ -1,0 +1,182 @@
+"""``extproc demo``: the seed's story, played on this machine with real parts.
+
+Istio's "Configuring failover for external services" (the seed) runs a client in region
+us-east1 against ``mydb.com``, backed by DynamoDB in us-east-1 and us-west-1. Here the two
+DynamoDB endpoints are local stand-ins on 127.0.0.11 and 127.0.0.12, a local DNS responder
+resolves their real names to those addresses, and a real Envoy with the ext_proc service
+routes ``mydb.com``. The YAML is the seed's, with two changes said out loud: the
+stand-ins' ports (no root needed for port 80), and short outlier times (interval 1s,
+baseEjectionTime 3s instead of 15s and 1m) so the story plays in seconds.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections import Counter
+from collections.abc import Callable
+
+import asyncio
+
+from extproc.core.policy import Locality
+from extproc.istio import load_policy_text
+from extproc.sandbox import DnsResponder, Mode, StandIn
+from extproc.sandbox.client import Reply, get
+from extproc.server.admin import endpoints_json
+from extproc.server.stack import Stack, StackSettings
+
+EAST = "dynamodb.us-east-1.amazonaws.com"
+WEST = "dynamodb.us-west-1.amazonaws.com"
+EAST_IP = "127.0.0.11"
+WEST_IP = "127.0.0.12"
+WORKLOAD = "us-east1"
+
+SERVICE_ENTRY = """\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: external-svc-dns
+spec:
+  hosts:
+  - mydb.com
+  location: MESH_EXTERNAL
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: DNS
+  endpoints:
+  - address: dynamodb.us-east-1.amazonaws.com
+    locality: us-east1
+    ports:
+      http: {east_port}
+  - address: dynamodb.us-west-1.amazonaws.com
+    locality: us-west
+    ports:
+      http: {west_port}
+"""
+
+DESTINATION_RULE = """\
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: mydynamodb
+spec:
+  host: mydb.com
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s          # the seed: 15s
+      baseEjectionTime: 3s  # the seed: 1m
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for Envoy's listener, which cannot take 0)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _show(reply: Reply) -> str:
+    if reply.status == 200:
+        return reply.body.strip()
+    return reply.body.strip() or f"HTTP {reply.status}"
+
+
+class _Story:
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self.out = out
+        self.failures: list[str] = []
+
+    def expect(self, ok: bool, what: str) -> None:
+        self.out(f"  {'OK ' if ok else 'FAIL'} {what}")
+        if not ok:
+            self.failures.append(what)
+
+
+async def _loop(stack: Stack, count: int, pause_s: float, out: Callable[[str], None]) -> list[Reply]:
+    out(f"$ for i in {{1..{count}}}; do curl -sS http://mydb.com; echo; sleep {pause_s:g}; done")
+    replies = []
+    for _ in range(count):
+        reply = await get(stack.settings.listen, "mydb.com")
+        out(_show(reply))
+        replies.append(reply)
+        await asyncio.sleep(pause_s)
+    return replies
+
+
+def _status_table(stack: Stack) -> str:
+    from extproc.cli import format_status
+
+    return format_status(endpoints_json(stack.app.table, stack.app.now()))
+
+
+async def run_demo(pause_s: float = 0.3, out: Callable[[str], None] | None = None) -> int:
+    """Play the seed's four steps; 0 when every step turned out as the seed shows."""
+    say = out or (lambda line: print(line, flush=True))
+    story = _Story(say)
+    async with (
+        DnsResponder({EAST: [EAST_IP], WEST: [WEST_IP]}, ttl_s=5) as dns,
+        StandIn(EAST, EAST_IP, 0) as east,
+        StandIn(WEST, WEST_IP, 0) as west,
+    ):
+        se = SERVICE_ENTRY.format(east_port=east.address[1], west_port=west.address[1])
+        settings = StackSettings(
+            listen=("127.0.0.1", free_port()),
+            admin=("127.0.0.1", 0),
+            dns_resolver=dns.address,
+        )
+        say(f"Workload locality: {WORKLOAD}. DNS responder on {dns.address[0]}:{dns.address[1]}:")
+        say(f"  {EAST} -> {EAST_IP} (stand-in on port {east.address[1]})")
+        say(f"  {WEST} -> {WEST_IP} (stand-in on port {west.address[1]})")
+
+        say("\n== 1. ServiceEntry only: no outlierDetection, so no locality failover ==")
+        say(se)
+        async with Stack(load_policy_text(se, "serviceentry.yaml"), Locality.parse(WORKLOAD), settings) as stack:
+            replies = await _loop(stack, 10, pause_s, say)
+        served = Counter(r.served_by for r in replies)
+        story.expect(served[EAST] > 0 and served[WEST] > 0, "requests go to both regions")
+
+        say("\n== 2. DestinationRule with outlierDetection: prefer the workload's region ==")
+        say(DESTINATION_RULE)
+        policy = load_policy_text(se + "---\n" + DESTINATION_RULE, "failover.yaml")
+        async with Stack(policy, Locality.parse(WORKLOAD), settings) as stack:
+            replies = await _loop(stack, 5, pause_s, say)
+            story.expect(all(r.served_by == EAST for r in replies), "every request goes to us-east1")
+
+            say(f"\n== 3. {EAST} refuses connections (the seed points it at port 81) ==")
+            east.set_mode(Mode.REFUSE)
+            replies = await _loop(stack, 5, pause_s, say)
+            story.expect(
+                replies[0].status == 503 and all(r.served_by == WEST for r in replies[1:]),
+                "one connect error, then every request fails over to us-west",
+            )
+            say("$ extproc status")
+            say(_status_table(stack))
+
+            say(f"\n== 4. {EAST} is back: traffic returns once its ejection ends ==")
+            east.set_mode(Mode.HEALTHY)
+            say("(the first ejection lasts baseEjectionTime = 3s; un-ejection happens at the next 1s sweep)")
+            say(f"$ while true; do curl -sS http://mydb.com; echo; sleep {pause_s:g}; done")
+            back = None
+            for attempt in range(int(10 / pause_s) + 1):
+                reply = await get(stack.settings.listen, "mydb.com")
+                say(_show(reply))
+                if reply.served_by == EAST:
+                    back = attempt
+                    break
+                await asyncio.sleep(pause_s)
+            story.expect(back is not None, "traffic is back on us-east1 after the ejection")
+            replies = await _loop(stack, 3, pause_s, say)
+            story.expect(all(r.served_by == EAST for r in replies), "and stays there")
+
+    if story.failures:
+        say(f"\n{len(story.failures)} step(s) did not turn out as the seed shows.")
+        return 1
+    say("\nEvery step turned out as the seed shows.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(run_demo()))

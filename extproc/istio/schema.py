@@ -1,0 +1,939 @@
+"""The Istio objects we read, and Istio's validation rules for them.
+
+Two tiers, as in Istio (``pkg/config/validation``): an *error* rejects the whole configuration,
+a *warning* is reported and tolerated. Parsing happens in two steps:
+
+1. Shape: pydantic models in strict mode, as the Kubernetes API server checks a CRD's OpenAPI
+   schema (``"80"`` is not a port number, ``on`` is not a boolean). Fields are read by their
+   Istio (camelCase) names through explicit aliases. A field the models do not declare is kept,
+   never silently dropped: it becomes a warning naming its dotted path. Fields Istio defines but
+   extproc does not implement say "not supported yet, ignored"; anything else is an unknown field.
+2. Meaning: the checks of ``ValidateServiceEntry``/``ValidateDestinationRule``
+   (``pkg/config/validation/validation.go``) and ``ValidateLocalityLbSetting``
+   (``pkg/config/validation/agent/validation.go``) that matter here, plus what extproc cannot
+   serve (resolution NONE, PASSTHROUGH, ...).
+
+Cross-object rules (which DestinationRule applies to which host) live in ``compile.py``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Annotated, Any, ClassVar, Final, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from extproc.core.policy import LbAlgorithm
+from extproc.errors import Problem
+
+__all__ = [
+    "API_VERSIONS",
+    "DestinationRule",
+    "Findings",
+    "IstioObject",
+    "Parsed",
+    "ServiceEntry",
+    "Source",
+    "lb_algorithm",
+    "parse_duration",
+    "parse_object",
+]
+
+API_VERSIONS: Final = (
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+)
+
+NOT_YET: Final = "not supported yet, ignored"
+
+# ---------------------------------------------------------------------------------------------
+# Durations
+
+
+_DURATION_UNIT_NS: Final[Mapping[str, int]] = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,  # U+00B5 MICRO SIGN
+    "μs": 1_000,  # U+03BC GREEK SMALL LETTER MU
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+}
+_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
+_MAX_NS: Final = 2**63 - 1
+
+
+def parse_duration(text: str) -> int | None:
+    """Parse a Go duration (``"15s"``, ``"1m30s"``, ``"500ms"``, ``"1.5h"``) into nanoseconds.
+
+    Istio's CRDs take Go's ``time.ParseDuration`` syntax, so this follows it: an optional
+    sign, then one or more decimal numbers each with a unit (ns, us, µs, ms, s, m, h); a bare
+    ``"0"`` is allowed. Returns ``None`` when ``text`` is not such a duration.
+    """
+    rest = text
+    negative = rest[:1] == "-"
+    if rest[:1] in ("-", "+"):
+        rest = rest[1:]
+    if rest == "0":
+        return 0
+    if not rest:
+        return None
+    total = Fraction(0)
+    pos = 0
+    while pos < len(rest):
+        match = _DURATION_PART.match(rest, pos)
+        if match is None:  # pragma: no cover - the pattern matches the empty string
+            return None
+        number, unit = match.groups()
+        if number in ("", ".") or unit not in _DURATION_UNIT_NS:
+            return None
+        total += Fraction(number) * _DURATION_UNIT_NS[unit]
+        pos = match.end()
+    nanos = int(total)  # Go truncates below a nanosecond
+    if nanos > _MAX_NS:
+        return None
+    return -nanos if negative else nanos
+
+
+def _duration_text(value: object) -> object:
+    """Pydantic hook: a duration must be a string in Go syntax."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise PydanticCustomError(
+            "duration_type",
+            '{value} is not a duration (write a string with a unit, e.g. "{value}s")',
+            {"value": value},
+        )
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "duration_type", "{value} is not a duration", {"value": _show(value)}
+        )
+    if parse_duration(value) is None:
+        raise PydanticCustomError(
+            "duration_parsing", "{text} is not a duration", {"text": json.dumps(value)}
+        )
+    return value
+
+
+GoDuration = Annotated[str, BeforeValidator(_duration_text)]
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class _Model(BaseModel):
+    """Strict, immutable, and keeping what it does not declare (see ``_walk_extra``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=False)
+
+    # Istio fields extproc reads but does not implement: alias -> warning (None: no warning).
+    IGNORED: ClassVar[Mapping[str, str | None]] = {}
+    # False for Kubernetes metadata, whose many server-written fields are not configuration.
+    CHECK_EXTRA: ClassVar[bool] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        # The API server prunes null values of non-nullable CRD fields: null means unset.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class ObjectMeta(_Model):
+    """``metadata``; only the name is used (in messages)."""
+
+    CHECK_EXTRA = False
+
+    name: str = ""
+    namespace: str = ""
+
+
+class ServicePort(_Model):
+    """``ServiceEntry.spec.ports[]`` (``networking.Port`` in istio/api)."""
+
+    number: int
+    name: str = ""
+    protocol: str = ""
+    target_port: int = Field(default=0, alias="targetPort")
+
+
+class WorkloadEntry(_Model):
+    """``ServiceEntry.spec.endpoints[]``."""
+
+    IGNORED = {"network": NOT_YET, "serviceAccount": NOT_YET}
+
+    address: str = ""
+    ports: dict[str, int] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    locality: str = ""
+    weight: int = 0
+
+
+class ServiceEntrySpec(_Model):
+    IGNORED = {
+        "addresses": NOT_YET,
+        "exportTo": NOT_YET,
+        "subjectAltNames": NOT_YET,
+        "workloadSelector": NOT_YET,
+    }
+
+    hosts: list[str] = Field(default_factory=list)
+    ports: list[ServicePort] = Field(default_factory=list)
+    location: str = ""
+    resolution: str = ""
+    endpoints: list[WorkloadEntry] = Field(default_factory=list)
+
+
+class ServiceEntry(_Model):
+    """A ``networking.istio.io`` ServiceEntry."""
+
+    IGNORED = {"status": None}
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta = ObjectMeta()
+    spec: ServiceEntrySpec
+
+
+class OutlierDetectionSpec(_Model):
+    """``trafficPolicy.outlierDetection``; unset fields stay ``None`` (defaults in compile)."""
+
+    IGNORED = {
+        "consecutiveGatewayErrors": NOT_YET,
+        "consecutiveLocalOriginFailures": NOT_YET,
+        "splitExternalLocalOriginErrors": NOT_YET,
+        "outlierDetectionHttpErrorCodes": NOT_YET,
+        "consecutiveErrors": "deprecated by Istio (use consecutive5xxErrors), ignored",
+    }
+
+    consecutive_5xx_errors: int | None = Field(default=None, alias="consecutive5xxErrors")
+    interval: GoDuration | None = None
+    base_ejection_time: GoDuration | None = Field(default=None, alias="baseEjectionTime")
+    max_ejection_percent: int | None = Field(default=None, alias="maxEjectionPercent")
+    min_health_percent: int | None = Field(default=None, alias="minHealthPercent")
+    # Declared only so that Istio's rule tying them together can be checked.
+    split_external_local_origin_errors: bool = Field(
+        default=False, alias="splitExternalLocalOriginErrors"
+    )
+    consecutive_local_origin_failures: int | None = Field(
+        default=None, alias="consecutiveLocalOriginFailures"
+    )
+
+
+class FailoverSpec(_Model):
+    """``localityLbSetting.failover[]``: regions only."""
+
+    from_: str = Field(alias="from")
+    to: str
+
+
+class DistributeSpec(_Model):
+    """``localityLbSetting.distribute[]``; validated, not implemented."""
+
+    from_: str = Field(default="", alias="from")
+    to: dict[str, int] = Field(default_factory=dict)
+
+
+class LocalityLbSettingSpec(_Model):
+    IGNORED = {"distribute": NOT_YET, "failoverPriority": NOT_YET}
+
+    enabled: bool | None = None
+    failover: list[FailoverSpec] = Field(default_factory=list)
+    distribute: list[DistributeSpec] = Field(default_factory=list)
+    failover_priority: list[str] = Field(default_factory=list, alias="failoverPriority")
+
+
+class LoadBalancerSpec(_Model):
+    IGNORED = {
+        "consistentHash": NOT_YET,
+        "warmupDurationSecs": NOT_YET,
+        "warmup": NOT_YET,
+        "zoneAwareLbSetting": NOT_YET,
+    }
+
+    simple: str | None = None
+    locality_lb_setting: LocalityLbSettingSpec | None = Field(
+        default=None, alias="localityLbSetting"
+    )
+
+
+class TrafficPolicySpec(_Model):
+    IGNORED = {
+        "connectionPool": NOT_YET,
+        "tls": NOT_YET,
+        "portLevelSettings": NOT_YET,
+        "tunnel": NOT_YET,
+        "proxyProtocol": NOT_YET,
+        "retryBudget": NOT_YET,
+    }
+
+    load_balancer: LoadBalancerSpec | None = Field(default=None, alias="loadBalancer")
+    outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
+
+
+class DestinationRuleSpec(_Model):
+    IGNORED = {"subsets": NOT_YET, "exportTo": NOT_YET, "workloadSelector": NOT_YET}
+
+    host: str = ""
+    traffic_policy: TrafficPolicySpec | None = Field(default=None, alias="trafficPolicy")
+
+
+class DestinationRule(_Model):
+    """A ``networking.istio.io`` DestinationRule."""
+
+    IGNORED = {"status": None}
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta = ObjectMeta()
+    spec: DestinationRuleSpec
+
+
+IstioObject = ServiceEntry | DestinationRule
+_MODELS: Final[Mapping[str, type[ServiceEntry] | type[DestinationRule]]] = {
+    "ServiceEntry": ServiceEntry,
+    "DestinationRule": DestinationRule,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Where a finding is
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an object came from: file, position in the file, kind and name."""
+
+    file: str
+    index: int
+    kind: str = ""
+    name: str = ""
+
+    @property
+    def document(self) -> str:
+        """``DestinationRule "mydynamodb" (document 2)``, as ``Problem.document`` wants it."""
+        position = f"document {self.index}"
+        if self.kind and self.name:
+            return f'{self.kind} "{self.name}" ({position})'
+        if self.kind:
+            return f"{self.kind} ({position})"
+        return position
+
+    def cite(self) -> str:
+        """Name this object in another one's message: ``ServiceEntry "x" (a.yaml, document 1)``."""
+        return f'{self.kind} "{self.name}" ({self.file}, document {self.index})'
+
+    def problem(self, path: str, message: str) -> Problem:
+        return Problem(self.file, self.document, path, message)
+
+
+@dataclass(slots=True)
+class Findings:
+    """Errors and warnings found so far, in the order found."""
+
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """An object that passed validation, with where it came from."""
+
+    source: Source
+    obj: IstioObject
+
+
+class _Checker:
+    """Collects findings for one document."""
+
+    def __init__(self, source: Source, findings: Findings) -> None:
+        self.source = source
+        self.findings = findings
+        self.failed = False
+
+    def error(self, path: str, message: str) -> None:
+        self.failed = True
+        self.findings.errors.append(self.source.problem(path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        self.findings.warnings.append(self.source.problem(path, message))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def parse_object(data: object, file: str, index: int, findings: Findings) -> Parsed | None:
+    """Validate one YAML document; return it if it is a valid ServiceEntry or DestinationRule.
+
+    Every problem found is appended to ``findings``. ``None`` is returned for other kinds
+    (a warning) and for invalid objects (errors).
+    """
+    if not isinstance(data, dict):
+        check = _Checker(Source(file, index), findings)
+        check.error("", f"expected a Kubernetes object (a mapping), got {_describe(data)}")
+        return None
+    kind = data.get("kind")
+    metadata = data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    check = _Checker(
+        Source(
+            file,
+            index,
+            kind if isinstance(kind, str) else "",
+            name if isinstance(name, str) else "",
+        ),
+        findings,
+    )
+    if kind is None:
+        check.error("kind", "is required")
+        return None
+    model = _MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        check.warn("kind", f"{_show(kind)} is not supported by extproc, ignored")
+        return None
+
+    api_version = data.get("apiVersion")
+    if api_version not in API_VERSIONS:
+        if api_version is None:
+            check.error("apiVersion", "is required")
+        else:
+            check.error(
+                "apiVersion",
+                f"{_show(api_version)} is not supported for {kind}; use {', '.join(API_VERSIONS)}",
+            )
+        # Go on with a valid version: the rest of the object can still be checked.
+        data = {**data, "apiVersion": API_VERSIONS[0]}
+
+    try:
+        obj = model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path, message = _pydantic_problem(error)
+            check.error(path, message)
+        return None
+
+    if not obj.metadata.name:
+        check.error("metadata.name", "is required")
+    _walk_extra(model, data, "", check)
+    if isinstance(obj, ServiceEntry):
+        _check_service_entry(obj, check)
+    else:
+        _check_destination_rule(obj, check)
+    return None if check.failed else Parsed(check.source, obj)
+
+
+def lb_algorithm(simple: str | None) -> LbAlgorithm:
+    """Map ``loadBalancer.simple`` (already validated) to the algorithm Envoy would run.
+
+    UNSPECIFIED and unset take Istio's default, LEAST_REQUEST; LEAST_CONN is deprecated and
+    Istio sends LEAST_REQUEST for it (``pilot/pkg/networking/core/cluster_traffic_policy.go``
+    ``applyLoadBalancer``).
+    """
+    if simple in (None, "UNSPECIFIED", "LEAST_CONN"):
+        return LbAlgorithm.LEAST_REQUEST
+    return LbAlgorithm(simple)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1 helpers: shape
+
+
+def _show(value: object) -> str:
+    """A value as a user wrote it: strings quoted, mappings and lists described."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return _describe(value)
+    return str(value)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return _show(value)
+
+
+_YAML11_BOOLEANS: Final = frozenset({"on", "off", "yes", "no", "y", "n"})
+
+_TYPE_MESSAGES: Final[Mapping[str, str]] = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def _pydantic_problem(error: ErrorDetails) -> tuple[str, str]:
+    """Turn one pydantic error into a dotted path (``spec.ports[0].number``) and a message."""
+    path = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "[key]":
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "missing":
+        return path, "is required"
+    if kind == "invalid_key":
+        return path, f"keys must be strings, got {_show(value)}"
+    if kind in _TYPE_MESSAGES:
+        message = f"{_TYPE_MESSAGES[kind]}, got {_show(value)}"
+        if kind == "bool_type" and isinstance(value, str) and value.lower() in _YAML11_BOOLEANS:
+            message += " (only true and false are booleans)"
+        return path, message
+    return path, error["msg"]
+
+
+def _walk_extra(cls: type[_Model], data: Mapping[str, Any], path: str, check: _Checker) -> None:
+    """Warn about every field of ``data`` that ``cls`` (recursively) keeps but does not implement.
+
+    ``data`` is the raw mapping ``cls`` validated, so the warnings follow the user's key order.
+    """
+    by_alias = {info.alias or name: info for name, info in cls.model_fields.items()}
+    for key, value in data.items():
+        here = f"{path}.{key}" if path else key
+        if value is None:  # null is unset (see _Model._drop_nulls)
+            continue
+        if key in cls.IGNORED:
+            # Known to Istio, not implemented: its content is not looked at.
+            if (message := cls.IGNORED[key]) is not None:
+                check.warn(here, message)
+        elif key in by_alias:
+            child = _model_in(by_alias[key].annotation)
+            if child is None:
+                continue
+            if isinstance(value, dict):
+                _walk_extra(child, value, here, check)
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, dict):
+                        _walk_extra(child, item, f"{here}[{i}]", check)
+        elif cls.CHECK_EXTRA:
+            check.warn(here, "unknown field, ignored")
+
+
+def _model_in(annotation: Any) -> type[_Model] | None:
+    """The model class a field holds: ``X``, ``X | None`` or ``list[X]``; else ``None``."""
+    if isinstance(annotation, type) and issubclass(annotation, _Model):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: Istio's validation rules
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# pkg/config/labels: a wildcard may open the first label only ("*", "*foo", "*-foo").
+_WILDCARD_LABEL = re.compile(r"^(\*|(\*|\*-)?[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
+
+_PROTOCOLS: Final = frozenset(
+    # pkg/config/protocol/instance.go Parse (case-insensitive)
+    {"TCP", "UDP", "GRPC", "GRPC-WEB", "HTTP", "HTTP_PROXY", "HTTP2", "HTTPS", "TLS"}
+    | {"MONGO", "REDIS", "MYSQL"}
+)
+# Instance.IsHTTP and Instance.IsTLS, same file.
+_ISTIO_HTTP_PROTOCOLS: Final = frozenset({"HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB"})
+_ISTIO_TLS_PROTOCOLS: Final = frozenset({"HTTPS", "TLS"})
+
+_RESOLUTIONS: Final = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
+_UNSUPPORTED_RESOLUTION: Final[Mapping[str, str]] = {
+    "NONE": "extproc must know the endpoints it chooses between",
+    "DNS_ROUND_ROBIN": "it gives one endpoint, so there is nothing to fail over to",
+    "DYNAMIC_DNS": "it resolves wildcard hosts per request",
+}
+_LOCATIONS: Final = ("MESH_EXTERNAL", "MESH_INTERNAL")
+# LoadBalancerSettings.SimpleLB in networking/v1alpha3/destination_rule.proto
+_SIMPLE_LB: Final = (
+    "UNSPECIFIED",
+    "LEAST_CONN",
+    "RANDOM",
+    "PASSTHROUGH",
+    "ROUND_ROBIN",
+    "LEAST_REQUEST",
+)
+# pilot/pkg/serviceregistry/util/label: the labels that carry a locality.
+_TOPOLOGY_LABELS: Final = frozenset(
+    {"topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"}
+)
+
+
+def _domain_error(domain: str) -> str | None:
+    """Why ``domain`` is not a host Istio accepts, or ``None``.
+
+    Mirrors ``agent.ValidateWildcardDomain``: DNS-1123 labels (lowercase), a wildcard only in
+    the first label, a top-level label that is not all digits, an optional trailing dot.
+    """
+    if not domain:
+        return "empty domain name not allowed"
+    if len(domain) > 255:
+        return f"domain name {_show(domain)} too long (max 255)"
+    first, _, rest = domain.partition(".")
+    if len(first) > 63 or not _WILDCARD_LABEL.match(first):
+        return f"domain name {_show(domain)} invalid (label {_show(first)} invalid)"
+    if rest:
+        return _labels_error(rest, domain)
+    return None
+
+
+def _labels_error(labels: str, domain: str) -> str | None:
+    # agent.ValidateDNS1123Labels
+    parts = labels.split(".")
+    if re.fullmatch("[0-9]+", parts[-1]):
+        return (
+            f"domain name {_show(domain)} invalid "
+            f"(top level domain {_show(parts[-1])} cannot be all-numeric)"
+        )
+    for i, label in enumerate(parts):
+        if i == len(parts) - 1 and label == "":
+            return None  # "istio.io." is allowed
+        if len(label) > 63 or not _DNS1123_LABEL.match(label):
+            return f"domain name {_show(domain)} invalid (label {_show(label)} invalid)"
+    return None
+
+
+def _fqdn_error(name: str) -> str | None:
+    # agent.ValidateFQDN
+    if not name:
+        return "empty domain name not allowed"
+    if len(name) > 255:
+        return f"domain name {_show(name)} too long (max 255)"
+    return _labels_error(name, name)
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _port_error(port: int) -> str | None:
+    # agent.ValidatePort
+    return None if 1 <= port <= 65535 else f"port number {port} must be in the range 1..65535"
+
+
+def _check_service_entry(se: ServiceEntry, check: _Checker) -> None:
+    """``ValidateServiceEntry`` (pkg/config/validation/validation.go), for what we serve."""
+    spec = se.spec
+    extra = spec.model_extra or {}
+
+    if not spec.hosts:
+        check.error("spec.hosts", "service entry must have at least one host")
+    for i, host in enumerate(spec.hosts):
+        where = f"spec.hosts[{i}]"
+        if host == "*":  # a full wildcard would match every request
+            check.error(where, 'invalid host "*"')
+        elif (problem := _domain_error(host)) is not None:
+            check.error(where, problem)
+        elif "*" in host and not host.startswith("*."):  # agent.ValidatePartialWildCard
+            check.warn(where, f"partial wildcard {_show(host)} not allowed")
+
+    names: set[str] = set()
+    numbers: set[int] = set()
+    for i, port in enumerate(spec.ports):
+        where = f"spec.ports[{i}]"
+        if not port.name:
+            check.error(f"{where}.name", "is required")
+        elif not _DNS1123_LABEL.match(port.name) or len(port.name) > 63:  # ValidatePortName
+            check.error(f"{where}.name", f"invalid port name {_show(port.name)}")
+        elif port.name in names:
+            check.error(
+                f"{where}.name", f"service entry port name {_show(port.name)} already defined"
+            )
+        names.add(port.name)
+        if (problem := _port_error(port.number)) is not None:
+            check.error(f"{where}.number", problem)
+        elif port.number in numbers:
+            check.error(f"{where}.number", f"service entry port {port.number} already defined")
+        numbers.add(port.number)
+        if port.target_port != 0 and (problem := _port_error(port.target_port)) is not None:
+            check.error(f"{where}.targetPort", problem)
+        if port.protocol and port.protocol.upper() not in _PROTOCOLS:  # ValidateProtocol
+            check.error(f"{where}.protocol", f"unsupported protocol {_show(port.protocol)}")
+
+    if spec.location and spec.location not in _LOCATIONS:
+        check.error(
+            "spec.location",
+            f"unknown location {_show(spec.location)}; expected {' or '.join(_LOCATIONS)}",
+        )
+
+    resolution = spec.resolution
+    if not resolution:
+        check.error(
+            "spec.resolution",
+            f"is unset, which Istio reads as NONE; NONE is not supported "
+            f"({_UNSUPPORTED_RESOLUTION['NONE']}): use DNS or STATIC",
+        )
+    elif resolution in _UNSUPPORTED_RESOLUTION:
+        check.error(
+            "spec.resolution",
+            f"{resolution} is not supported ({_UNSUPPORTED_RESOLUTION[resolution]}): "
+            "use DNS or STATIC",
+        )
+    elif resolution not in _RESOLUTIONS:
+        check.error(
+            "spec.resolution",
+            f"unknown resolution {_show(resolution)}; expected one of {', '.join(_RESOLUTIONS)}",
+        )
+
+    if "workloadSelector" in extra and spec.endpoints:
+        check.error(
+            "spec.workloadSelector",
+            "only one of WorkloadSelector or Endpoints is allowed in Service Entry",
+        )
+
+    if resolution == "DNS" and not spec.endpoints:
+        # Without endpoints Envoy resolves the hosts themselves: they must be real names.
+        for i, host in enumerate(spec.hosts):
+            if host != "*" and _domain_error(host) is None and _fqdn_error(host) is not None:
+                check.error(
+                    f"spec.hosts[{i}]",
+                    "hosts must be FQDN if no endpoints are provided for resolution mode DNS",
+                )
+    if resolution == "STATIC" and not spec.endpoints:
+        check.warn(
+            "spec.endpoints", "STATIC resolution without endpoints: no request can be served"
+        )
+
+    for j, endpoint in enumerate(spec.endpoints):
+        _check_endpoint(endpoint, f"spec.endpoints[{j}]", resolution, names, check)
+
+    # Several hosts share one listener port: only HTTP (authority) or TLS (SNI) tells them
+    # apart. An unset protocol counts as neither, as in Istio.
+    if len(spec.hosts) > 1:
+        for i, port in enumerate(spec.ports):
+            protocol = port.protocol.upper()
+            if protocol not in _ISTIO_HTTP_PROTOCOLS and protocol not in _ISTIO_TLS_PROTOCOLS:
+                check.error(
+                    f"spec.ports[{i}].protocol",
+                    "multiple hosts provided with non-HTTP, non-TLS ports",
+                )
+                break
+
+
+def _check_endpoint(
+    endpoint: WorkloadEntry, where: str, resolution: str, port_names: set[str], check: _Checker
+) -> None:
+    address = endpoint.address
+    if not address:
+        check.error(f"{where}.address", "is required")
+    elif address.startswith("unix://"):
+        check.error(f"{where}.address", "unix domain socket endpoints are not supported")
+    elif resolution == "STATIC" and not _is_ip(address):
+        check.error(
+            f"{where}.address", f"endpoint address {_show(address)} is not a valid IP address"
+        )
+    elif not _is_ip(address) and _fqdn_error(address) is not None:
+        check.error(
+            f"{where}.address",
+            f"endpoint address {_show(address)} is not a valid FQDN or an IP address",
+        )
+    for name, port in endpoint.ports.items():
+        here = f"{where}.ports.{name}"
+        if (problem := _port_error(port)) is not None:
+            check.error(here, problem)
+        elif name not in port_names:
+            # Istio rejects this ("endpoint port %v is not defined by the service entry");
+            # the port would never be used, so extproc only warns.
+            declared = ", ".join(sorted(port_names)) or "none"
+            check.warn(
+                here,
+                f"endpoint port {port} is not defined by the service entry "
+                f"(no port named {_show(name)}; declared: {declared}), ignored",
+            )
+    if endpoint.weight < 0:
+        check.error(f"{where}.weight", f"weight {endpoint.weight} < 0")
+
+
+def _check_destination_rule(dr: DestinationRule, check: _Checker) -> None:
+    """``ValidateDestinationRule`` (pkg/config/validation/validation.go), for what we serve."""
+    spec = dr.spec
+    if not spec.host:
+        check.error("spec.host", "is required")
+    elif (problem := _domain_error(spec.host)) is not None:
+        check.error("spec.host", problem)
+    policy = spec.traffic_policy
+    if policy is None:
+        return
+    # validateTrafficPolicy: an empty trafficPolicy is a mistake, not a no-op.
+    # (model_fields_set also holds extra keys: count Istio's fields only.)
+    istio_fields = {*TrafficPolicySpec.model_fields, *TrafficPolicySpec.IGNORED}
+    if not policy.model_fields_set & istio_fields:
+        check.error("spec.trafficPolicy", "traffic policy must have at least one field")
+    if policy.outlier_detection is not None:
+        _check_outlier_detection(
+            policy.outlier_detection, "spec.trafficPolicy.outlierDetection", check
+        )
+    if policy.load_balancer is not None:
+        _check_load_balancer(
+            policy.load_balancer,
+            "spec.trafficPolicy.loadBalancer",
+            policy.outlier_detection is not None,
+            check,
+        )
+
+
+def _check_outlier_detection(od: OutlierDetectionSpec, where: str, check: _Checker) -> None:
+    """``validateOutlierDetection``."""
+    for alias, value in (
+        ("consecutive5xxErrors", od.consecutive_5xx_errors),
+        ("consecutiveLocalOriginFailures", od.consecutive_local_origin_failures),
+    ):
+        if value is not None and value < 0:  # UInt32Value
+            check.error(f"{where}.{alias}", f"must be 0 or more, got {value}")
+    if (
+        not od.split_external_local_origin_errors
+        and (od.consecutive_local_origin_failures or 0) > 0
+    ):
+        check.error(
+            f"{where}.consecutiveLocalOriginFailures",
+            "outlier detection consecutive local origin failures is specified, "
+            "but split external local origin errors is set to false",
+        )
+    for alias, text in (("interval", od.interval), ("baseEjectionTime", od.base_ejection_time)):
+        if text is not None:
+            _check_duration(text, f"{where}.{alias}", check)
+    for alias, percent in (
+        ("maxEjectionPercent", od.max_ejection_percent),
+        ("minHealthPercent", od.min_health_percent),
+    ):
+        if percent is not None and not 0 <= percent <= 100:  # ValidatePercent
+            check.error(f"{where}.{alias}", f"percentage {percent} is not in range 0..100")
+
+
+def _check_duration(text: str, where: str, check: _Checker) -> None:
+    """``agent.ValidateDuration``: at least 1ms, whole milliseconds."""
+    nanos = parse_duration(text)
+    assert nanos is not None  # the model accepted only durations
+    if nanos < 1_000_000:
+        check.error(where, f"{_show(text)} is too short: duration must be at least 1ms")
+    elif nanos % 1_000_000:
+        check.error(where, f"{_show(text)}: only durations to ms precision are supported")
+
+
+def _check_load_balancer(
+    lb: LoadBalancerSpec, where: str, has_outlier_detection: bool, check: _Checker
+) -> None:
+    if lb.simple is not None:
+        if "consistentHash" in (lb.model_extra or {}):
+            check.error(where, "only one of simple or consistentHash can be set")  # proto oneof
+        if lb.simple == "PASSTHROUGH":
+            check.error(
+                f"{where}.simple",
+                "PASSTHROUGH is not supported (it forwards to the caller's original "
+                "destination; there is no endpoint to choose)",
+            )
+        elif lb.simple == "LEAST_CONN":
+            check.warn(
+                f"{where}.simple",
+                "LEAST_CONN is deprecated; Istio uses LEAST_REQUEST for it, and so does extproc",
+            )
+        elif lb.simple not in _SIMPLE_LB:
+            check.error(
+                f"{where}.simple",
+                f"unknown load balancer {_show(lb.simple)}; expected one of "
+                f"{', '.join(_SIMPLE_LB)}",
+            )
+    if lb.locality_lb_setting is not None:
+        _check_locality_lb(
+            lb.locality_lb_setting, f"{where}.localityLbSetting", has_outlier_detection, check
+        )
+
+
+def _check_locality_lb(
+    lls: LocalityLbSettingSpec, where: str, has_outlier_detection: bool, check: _Checker
+) -> None:
+    """``agent.ValidateLocalityLbSetting``, rule for rule and in its order."""
+    if lls.distribute and lls.failover:
+        check.error(where, "can not simultaneously specify 'distribute' and 'failover'")
+        return
+    if lls.failover:
+        for i, label in enumerate(lls.failover_priority):
+            if label in _TOPOLOGY_LABELS:
+                check.error(
+                    f"{where}.failoverPriority[{i}]",
+                    f"can not simultaneously set 'failover' and topology label '{label}' "
+                    "in 'failover_priority'",
+                )
+                return
+    for i, rule in enumerate(lls.distribute):
+        here = f"{where}.distribute[{i}]"
+        if any(not 1 <= weight <= 100 for weight in rule.to.values()):
+            check.error(f"{here}.to", "locality weight must be in range [1, 100]")
+            return
+        if (total := sum(rule.to.values())) != 100:
+            check.error(f"{here}.to", f"total locality weight {total} != 100")
+            return
+        if (problem := _localities_error(list(rule.to))) is not None:
+            check.error(f"{here}.to", problem)
+    if (problem := _localities_error([rule.from_ for rule in lls.distribute])) is not None:
+        check.error(f"{where}.distribute", problem)
+
+    if (lls.failover or lls.failover_priority) and not has_outlier_detection:
+        field_name = "failover" if lls.failover else "failoverPriority"
+        check.warn(
+            f"{where}.{field_name}",
+            "outlier detection policy must be provided for failover: without outlierDetection "
+            "Istio does not fail over (it will not take effect), and neither does extproc",
+        )
+    if lls.enabled is False and lls.failover:
+        check.warn(f"{where}.failover", "has no effect: localityLbSetting.enabled is false")
+
+    for i, failover in enumerate(lls.failover):
+        here = f"{where}.failover[{i}]"
+        if failover.from_ == failover.to:
+            check.error(here, "locality lb failover settings must specify different regions")
+        if "/" in failover.from_ or "/" in failover.to:
+            check.error(here, "locality lb failover only specify region")
+        if "*" in failover.from_ or "*" in failover.to:
+            check.error(here, "locality lb failover region should not contain '*' wildcard")
+
+
+def _localities_error(localities: Sequence[str]) -> str | None:
+    """``validateLocalities``: well-formed ``region/zone/subzone`` patterns that do not overlap.
+
+    A pattern covers the localities it is a prefix of (``us-east`` covers ``us-east/a``;
+    a final ``*`` covers everything below); two patterns overlap when one covers the other.
+    """
+    seen: list[tuple[str, ...]] = []
+    for locality in localities:
+        stars = locality.count("*")
+        if stars > 1 or (stars == 1 and not locality.endswith("*")):
+            return (
+                f"locality {locality} wildcard '*' number can not exceed 1 and must be in the end"
+            )
+        parts = locality.split("/", 2)
+        if any(part == "" for part in parts):
+            return f"locality {locality} must not contain empty region/zone/subzone info"
+        prefix = tuple(parts[:-1]) if parts[-1] == "*" else tuple(parts)
+        for other in seen:
+            shorter = min(len(prefix), len(other))
+            if prefix[:shorter] == other[:shorter]:
+                return f"locality {locality} overlap with previous specified ones"
+        seen.append(prefix)
+    return None

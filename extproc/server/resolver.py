@@ -1,0 +1,131 @@
+"""Resolve ServiceEntry endpoint hostnames the way Istio's STRICT_DNS cluster does.
+
+Each A record of an endpoint's hostname becomes one host (``ip:port``) with the endpoint's
+locality, priority and weight; outlier state is per host, so an IP keeps its state while it
+stays in the answer (Envoy ``StrictDnsClusterImpl``; istio-envoy-semantics.md §0.6).
+
+Refresh follows Envoy with Istio's settings (``respect_dns_ttl: true``, mesh
+``dnsRefreshRate`` 60 s): the next query is due after the answer's TTL (at least 1 s), or
+after the refresh rate when the TTL is 0. NXDOMAIN or an empty answer removes the hosts
+(the endpoint's priority may become empty, and traffic moves on without any ejection);
+a timeout or server failure keeps the last good answer and retries sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import structlog
+
+from extproc.core.cluster import ClusterState
+
+log = structlog.get_logger(__name__)
+
+DNS_REFRESH_RATE_S = 60.0  # Istio mesh default dnsRefreshRate
+_MIN_REFRESH_S = 1.0
+_FAILURE_RETRY_S = 5.0
+
+
+def is_ip(address: str) -> bool:
+    """True for an IPv4 or IPv6 literal."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One resolution: the addresses (possibly none) and when to ask again."""
+
+    ips: tuple[str, ...]
+    refresh_s: float
+    ok: bool  # False: the resolver failed; keep the last answer
+
+
+def make_resolver(nameserver: tuple[str, int] | None, timeout_s: float = 2.0) -> dns.asyncresolver.Resolver:
+    """A dnspython async resolver, pointed at ``nameserver`` when given."""
+    if nameserver is None:
+        resolver = dns.asyncresolver.Resolver()
+    else:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [nameserver[0]]
+        resolver.port = nameserver[1]
+    resolver.lifetime = timeout_s
+    resolver.timeout = timeout_s
+    resolver.cache = None  # every refresh asks the server, as Envoy's c-ares does
+    return resolver
+
+
+async def resolve(resolver: dns.asyncresolver.Resolver, name: str) -> Answer:
+    """Look up A records of ``name``."""
+    try:
+        answer = await resolver.resolve(name, "A", search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return Answer((), DNS_REFRESH_RATE_S, ok=True)
+    except (dns.exception.DNSException, OSError) as exc:
+        log.warning("dns.failure", name=name, error=str(exc) or type(exc).__name__)
+        return Answer((), _FAILURE_RETRY_S, ok=False)
+    ttl = float(answer.rrset.ttl) if answer.rrset is not None else 0.0
+    refresh = max(_MIN_REFRESH_S, ttl) if ttl > 0 else DNS_REFRESH_RATE_S
+    return Answer(tuple(rr.address for rr in answer), refresh, ok=True)
+
+
+class EndpointResolver:
+    """Keeps every DNS endpoint of every cluster resolved until stopped."""
+
+    def __init__(
+        self,
+        clusters: Callable[[], list[ClusterState]],
+        resolver: dns.asyncresolver.Resolver,
+        now: Callable[[], float],
+    ) -> None:
+        self._clusters = clusters
+        self._resolver = resolver
+        self._now = now
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def resolve_all(self) -> None:
+        """Resolve every endpoint once (start-up readiness), then keep them fresh."""
+        jobs = []
+        for cluster in self._clusters():
+            for index, endpoint in enumerate(cluster.service.endpoints):
+                if is_ip(endpoint.address):
+                    cluster.set_endpoint_addresses(index, [endpoint.address], self._now())
+                    continue
+                jobs.append((cluster, index, endpoint.address))
+        answers = await asyncio.gather(*(resolve(self._resolver, name) for _, _, name in jobs))
+        for (cluster, index, name), answer in zip(jobs, answers, strict=True):
+            self._apply(cluster, index, name, answer)
+            self._tasks.append(
+                asyncio.create_task(self._refresh_loop(cluster, index, name, answer.refresh_s))
+            )
+
+    def _apply(self, cluster: ClusterState, index: int, name: str, answer: Answer) -> None:
+        if not answer.ok:
+            return
+        cluster.set_endpoint_addresses(index, answer.ips, self._now())
+        log.debug("dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=answer.ips)
+
+    async def _refresh_loop(
+        self, cluster: ClusterState, index: int, name: str, delay_s: float
+    ) -> None:
+        while True:
+            await asyncio.sleep(delay_s)
+            answer = await resolve(self._resolver, name)
+            self._apply(cluster, index, name, answer)
+            delay_s = answer.refresh_s
+
+    async def stop(self) -> None:
+        """Cancel the refresh loops."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

@@ -1,0 +1,176 @@
+"""The ext_proc servicer: a thin adapter from Envoy's stream to the core.
+
+Envoy opens one bidirectional stream per HTTP request. We answer:
+
+- request headers: dynamic metadata ``extproc.host = "<ip>:<port>"`` (the pick), or an
+  immediate 503 "no healthy upstream" when nothing can serve, or an immediate 404 when no
+  ServiceEntry host matches the authority;
+- response headers: nothing to change; the status and attributes are recorded against the
+  host we picked.
+
+Everything that decides lives in ``extproc.core``; this module only parses and builds
+protos. An exception inside one stream is logged and answered so that Envoy fails that one
+request closed; it never reaches the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from extproc.core.cluster import ClusterState, PickReason
+from extproc.core.table import ServiceTable
+from extproc.render.bootstrap import METADATA_HOST_KEY, METADATA_NAMESPACE
+from extproc.server.outcome import classify
+
+log = structlog.get_logger(__name__)
+
+_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
+_EMPTY_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+
+
+def _immediate(status: int, body: str, details: str) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            body=body.encode(),
+            details=details,
+            headers=pb.HeaderMutation(
+                set_headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key="content-type", raw_value=b"text/plain")
+                    )
+                ]
+            ),
+        )
+    )
+
+
+# Envoy's own words for this local reply, so clients and scripts see the same text.
+_NO_HEALTHY_UPSTREAM = _immediate(503, "no healthy upstream", "no_healthy_upstream")
+
+
+def _unknown_host(authority: str) -> pb.ProcessingResponse:
+    return _immediate(
+        404,
+        f"extproc: no ServiceEntry host matches authority {authority!r}\n",
+        "extproc_unknown_host",
+    )
+
+
+def _route_to(host: str) -> pb.ProcessingResponse:
+    metadata = struct_pb2.Struct()
+    metadata.fields[METADATA_NAMESPACE].struct_value.fields[METADATA_HOST_KEY].string_value = host
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), dynamic_metadata=metadata)
+
+
+def _header(headers: Any, name: str) -> str:
+    for header in headers.headers.headers:
+        if header.key == name:
+            return str(header.raw_value.decode("latin-1") or header.value)
+    return ""
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """Routes each request to the host the core picks and records what came back."""
+
+    def __init__(self, table: Callable[[], ServiceTable], now: Callable[[], float]) -> None:
+        """Args:
+        table: returns the current table (a reload swaps it).
+        now: the clock.
+        """
+        self._table = table
+        self._now = now
+        self._route_cache: dict[str, pb.ProcessingResponse] = {}
+
+    def _routing_answer(self, host: str) -> pb.ProcessingResponse:
+        answer = self._route_cache.get(host)
+        if answer is None:
+            if len(self._route_cache) > 4096:
+                self._route_cache.clear()
+            answer = self._route_cache[host] = _route_to(host)
+        return answer
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        cluster: ClusterState | None = None
+        host: str | None = None
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("request")
+                if kind == "request_headers":
+                    authority = _header(request.request_headers, ":authority")
+                    cluster = self._table().lookup(authority)
+                    if cluster is None:
+                        yield _unknown_host(authority)
+                        continue
+                    pick = cluster.pick(self._now())
+                    log_events(cluster)
+                    if pick.host is None or pick.reason is PickReason.NO_HEALTHY_UPSTREAM:
+                        yield _NO_HEALTHY_UPSTREAM
+                        continue
+                    host = pick.host
+                    yield self._routing_answer(host)
+                elif kind == "response_headers":
+                    if cluster is not None and host is not None:
+                        self._record(cluster, host, request)
+                        host = None
+                    yield _EMPTY_RESPONSE_HEADERS
+                else:
+                    # Modes we did not ask for (bodies, trailers): pass through untouched.
+                    yield _passthrough(kind)
+        except Exception:
+            log.exception("ext_proc.stream_error", host=host)
+            raise
+        finally:
+            if cluster is not None and host is not None:
+                cluster.release(host)
+
+    def _record(self, cluster: ClusterState, host: str, request: pb.ProcessingRequest) -> None:
+        status_text = _header(request.response_headers, ":status")
+        fields = request.attributes[_ATTRIBUTES_KEY].fields
+        outcome = classify(
+            int(status_text) if status_text.isdigit() else 0,
+            fields["response.code_details"].string_value,
+            int(fields["response.flags"].number_value),
+            int(fields["upstream.request_attempt_count"].number_value),
+        )
+        now = self._now()
+        if not outcome.codes:
+            cluster.release(host)
+        last = len(outcome.codes) - 1
+        for index, code in enumerate(outcome.codes):
+            # Earlier attempts went to the same host (ORIGINAL_DST pins every retry).
+            cluster.record(host, code, now, finished=index == last)
+        log_events(cluster)
+
+
+def _passthrough(kind: str | None) -> pb.ProcessingResponse:
+    if kind == "request_body":
+        return pb.ProcessingResponse(request_body=pb.BodyResponse())
+    if kind == "response_body":
+        return pb.ProcessingResponse(response_body=pb.BodyResponse())
+    if kind == "request_trailers":
+        return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+    return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
+def log_events(cluster: ClusterState) -> None:
+    """Log the cluster's outlier events with Envoy's event field names."""
+    for event in cluster.drain_events():
+        log.info(
+            "outlier.eject" if event.action == "EJECT" else "outlier.uneject",
+            cluster_name=event.cluster_name,
+            upstream_url=event.upstream_url,
+            type=event.type,
+            num_ejections=event.num_ejections,
+            enforced=event.enforced,
+        )

@@ -1,0 +1,568 @@
+"""Compiling Istio objects into the Policy: seed fixtures, Istio defaults, cross-object rules."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from extproc.core.policy import (
+    Endpoint,
+    Failover,
+    LbAlgorithm,
+    Locality,
+    LocalityLbSetting,
+    OutlierDetection,
+    Policy,
+    Resolution,
+    Service,
+)
+from extproc.errors import ConfigError
+from extproc.istio import load_policy, load_policy_text
+
+SEED: Final = Path(__file__).parent.parent / "fixtures" / "seed"
+
+SE: Final[dict[str, Any]] = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "ServiceEntry",
+    "metadata": {"name": "db"},
+    "spec": {
+        "hosts": ["mydb.com"],
+        "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+        "resolution": "DNS",
+        "endpoints": [
+            {"address": "east.example.com", "locality": "us-east1"},
+            {"address": "west.example.com", "locality": "us-west"},
+        ],
+    },
+}
+
+DR: Final[dict[str, Any]] = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "DestinationRule",
+    "metadata": {"name": "db"},
+    "spec": {
+        "host": "mydb.com",
+        "trafficPolicy": {"outlierDetection": {"maxEjectionPercent": 100}},
+    },
+}
+
+
+def _doc(base: dict[str, Any], name: str | None = None, **spec: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(base)
+    if name is not None:
+        doc["metadata"]["name"] = name
+    doc["spec"].update(spec)
+    return doc
+
+
+def _policy(*docs: dict[str, Any], always_eject_one_host: bool = True) -> Policy:
+    text = "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+    return load_policy_text(text, "cfg.yaml", always_eject_one_host=always_eject_one_host)
+
+
+def _errors(*docs: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        _policy(*docs)
+    return [str(p) for p in caught.value.problems]
+
+
+def _only_service(policy: Policy) -> Service:
+    (service,) = policy.services
+    return service
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed
+
+SEED_ENDPOINTS_80: Final = (
+    Endpoint("dynamodb.us-east-1.amazonaws.com", 80, Locality("us-east1")),
+    Endpoint("dynamodb.us-west-1.amazonaws.com", 80, Locality("us-west")),
+)
+SEED_OUTLIER: Final = OutlierDetection(
+    consecutive_5xx_errors=1,
+    interval_s=15.0,
+    base_ejection_time_s=60.0,
+    max_ejection_percent=10,
+    min_health_percent=0,
+    always_eject_one_host=True,
+)
+
+
+def _seed_warning(file: str) -> str:
+    return (
+        f'{SEED / file}: DestinationRule "mydynamodb" (document 2): '
+        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy "
+        "(>= 1.28, strict max_ejection_percent) this DestinationRule never ejects any endpoint "
+        "of outbound|80||mydb.com (1 of 2 = 50% > 10%); extproc allows the first ejection by "
+        "default (Envoy's always_eject_one_host, the rule the seed relied on); setting "
+        "maxEjectionPercent: 100 makes both agree"
+    )
+
+
+def test_seed_step1_serviceentry_alone_balances_without_outlier_detection() -> None:
+    policy = load_policy(SEED / "step1-serviceentry.yaml")
+    assert policy == Policy(
+        services=(
+            Service(
+                host="mydb.com",
+                port=80,
+                port_name="http",
+                protocol="HTTP",
+                resolution=Resolution.DNS,
+                endpoints=SEED_ENDPOINTS_80,
+                lb_algorithm=LbAlgorithm.LEAST_REQUEST,
+                outlier_detection=None,
+                locality_lb=LocalityLbSetting(),
+                source=f'{SEED / "step1-serviceentry.yaml"}: ServiceEntry "external-svc-dns"',
+            ),
+        ),
+    )
+
+
+def test_seed_step2_adds_outlier_detection_and_warns_about_strict_ejection() -> None:
+    policy = load_policy(SEED / "step2-outlier.yaml")
+    service = _only_service(policy)
+    assert service.endpoints == SEED_ENDPOINTS_80
+    assert service.outlier_detection == SEED_OUTLIER
+    assert service.locality_lb == LocalityLbSetting(enabled=True, failover=())
+    assert service.cluster_name == "outbound|80||mydb.com"
+    assert policy.warnings == (_seed_warning("step2-outlier.yaml"),)
+
+
+def test_seed_step3_points_the_east_endpoint_at_port_81() -> None:
+    service = _only_service(load_policy(SEED / "step3-invalid-port.yaml"))
+    assert service.endpoints == (
+        Endpoint("dynamodb.us-east-1.amazonaws.com", 81, Locality("us-east1")),
+        Endpoint("dynamodb.us-west-1.amazonaws.com", 80, Locality("us-west")),
+    )
+    assert service.outlier_detection == SEED_OUTLIER
+
+
+def test_seed_https_variant_uses_target_port_round_robin_and_failover() -> None:
+    policy = load_policy(SEED / "https.yaml")
+    assert policy == Policy(
+        services=(
+            Service(
+                host="mydb.com",
+                port=80,
+                port_name="http-port",
+                protocol="HTTP",
+                resolution=Resolution.DNS,
+                endpoints=(
+                    Endpoint("dynamodb.us-east-1.amazonaws.com", 443, Locality("us-east1")),
+                    Endpoint("dynamodb.us-west-1.amazonaws.com", 443, Locality("us-west")),
+                ),
+                lb_algorithm=LbAlgorithm.ROUND_ROBIN,
+                outlier_detection=SEED_OUTLIER,
+                locality_lb=LocalityLbSetting(
+                    enabled=True, failover=(Failover(from_region="us-east1", to_region="us-west"),)
+                ),
+                source=f'{SEED / "https.yaml"}: ServiceEntry "external-svc-dns"',
+            ),
+        ),
+        warnings=(
+            f'{SEED / "https.yaml"}: DestinationRule "mydynamodb" (document 2): '
+            "spec.trafficPolicy.tls: not supported yet, ignored",
+            _seed_warning("https.yaml"),
+        ),
+    )
+
+
+def test_seed_policy_finds_the_service_by_request_authority() -> None:
+    policy = load_policy(SEED / "https.yaml")
+    assert policy.find("MyDB.com.", 80) is policy.services[0]
+    assert policy.find("mydb.com", 443) is None
+
+
+def test_seed_strict_mode_says_extproc_will_not_eject_either() -> None:
+    policy = load_policy(SEED / "step2-outlier.yaml", always_eject_one_host=False)
+    outlier = _only_service(policy).outlier_detection
+    assert outlier is not None
+    assert outlier.always_eject_one_host is False
+    assert policy.warnings == (
+        f'{SEED / "step2-outlier.yaml"}: DestinationRule "mydynamodb" (document 2): '
+        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy "
+        "(>= 1.28, strict max_ejection_percent) this DestinationRule never ejects any endpoint "
+        "of outbound|80||mydb.com (1 of 2 = 50% > 10%); extproc applies the same strict rule "
+        "(always_eject_one_host is off); setting maxEjectionPercent: 100 makes both agree",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+
+
+@pytest.mark.parametrize(
+    ("port", "endpoint_ports", "expected"),
+    [
+        pytest.param({}, {"http": 8080}, 8080, id="endpoint-port-wins"),
+        pytest.param({"targetPort": 443}, {"http": 8080}, 8080, id="endpoint-port-beats-target"),
+        pytest.param({"targetPort": 443}, {}, 443, id="target-port-without-endpoint-port"),
+        pytest.param({}, {}, 80, id="service-port-last"),
+        pytest.param({"targetPort": 443}, {"other": 9}, 443, id="other-port-name-ignored"),
+    ],
+)
+def test_endpoint_port_is_its_own_then_target_then_service_port(
+    port: dict[str, int], endpoint_ports: dict[str, int], expected: int
+) -> None:
+    ports = [{"number": 80, "name": "http", "protocol": "HTTP", **port}]
+    if "other" in endpoint_ports:
+        ports.append({"number": 90, "name": "other", "protocol": "TCP"})
+    endpoints = [{"address": "east.example.com", "ports": endpoint_ports}]
+    service = _only_service(_policy(_doc(SE, ports=ports, endpoints=endpoints)))
+    assert service.endpoints[0].port == expected
+
+
+@pytest.mark.parametrize(
+    ("weight", "expected"),
+    [
+        pytest.param(None, 1, id="unset-is-1"),
+        pytest.param(0, 1, id="zero-is-1"),
+        pytest.param(7, 7, id="kept"),
+    ],
+)
+def test_endpoint_weight_zero_or_unset_means_one(weight: int | None, expected: int) -> None:
+    endpoint: dict[str, Any] = {"address": "east.example.com"}
+    if weight is not None:
+        endpoint["weight"] = weight
+    service = _only_service(_policy(_doc(SE, endpoints=[endpoint])))
+    assert service.endpoints[0].weight == expected
+
+
+def test_endpoint_locality_labels_and_address_are_kept() -> None:
+    endpoint = {
+        "address": "10.0.0.1",
+        "locality": "us-east1/us-east1-b/rack1/ignored",
+        "labels": {"tier": "db", "app": "x"},
+    }
+    service = _only_service(_policy(_doc(SE, resolution="STATIC", endpoints=[endpoint])))
+    assert service.resolution is Resolution.STATIC
+    assert service.endpoints == (
+        Endpoint(
+            address="10.0.0.1",
+            port=80,
+            locality=Locality("us-east1", "us-east1-b", "rack1"),
+            labels=(("app", "x"), ("tier", "db")),
+            weight=1,
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("port", "expected_port"),
+    [
+        pytest.param({}, 80, id="service-port"),
+        pytest.param({"targetPort": 8443}, 8443, id="target-port"),
+    ],
+)
+def test_dns_without_endpoints_resolves_the_host_itself(
+    port: dict[str, int], expected_port: int
+) -> None:
+    ports = [{"number": 80, "name": "http", "protocol": "HTTP", **port}]
+    se = _doc(SE, ports=ports)
+    del se["spec"]["endpoints"]
+    service = _only_service(_policy(se))
+    assert service.endpoints == (Endpoint("mydb.com", expected_port),)
+
+
+def test_static_without_endpoints_compiles_to_an_empty_service() -> None:
+    se = _doc(SE, resolution="STATIC")
+    del se["spec"]["endpoints"]
+    assert _only_service(_policy(se)).endpoints == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hosts and ports
+
+
+@pytest.mark.parametrize(
+    ("protocol", "served"),
+    [
+        pytest.param("HTTP", "HTTP", id="http"),
+        pytest.param("http", "HTTP", id="lowercase-http"),
+        pytest.param("HTTP2", "HTTP2", id="http2"),
+        pytest.param("GRPC", "GRPC", id="grpc"),
+        pytest.param(None, "", id="unset"),
+    ],
+)
+def test_http_ports_become_services(protocol: str | None, served: str) -> None:
+    port: dict[str, Any] = {"number": 80, "name": "http"}
+    if protocol is not None:
+        port["protocol"] = protocol
+    service = _only_service(_policy(_doc(SE, ports=[port])))
+    assert service.protocol == served
+
+
+@pytest.mark.parametrize("protocol", ["HTTPS", "TLS", "TCP", "MONGO", "GRPC-WEB", "HTTP_PROXY"])
+def test_other_protocols_are_skipped_with_a_warning(protocol: str) -> None:
+    ports = [
+        {"number": 80, "name": "http", "protocol": "HTTP"},
+        {"number": 443, "name": "other", "protocol": protocol},
+    ]
+    policy = _policy(_doc(SE, ports=ports))
+    assert [s.port for s in policy.services] == [80]
+    assert policy.warnings == (
+        f'cfg.yaml: ServiceEntry "db" (document 1): spec.ports[1]: port 443 ({protocol}) is '
+        "skipped: extproc serves HTTP ports only (protocol HTTP, HTTP2, GRPC or unset)",
+    )
+
+
+def test_one_service_per_host_and_port_in_declaration_order() -> None:
+    ports = [
+        {"number": 80, "name": "http", "protocol": "HTTP"},
+        {"number": 8080, "name": "alt", "protocol": "HTTP", "targetPort": 9090},
+    ]
+    se = _doc(SE, hosts=["a.example.com", "b.example.com"], ports=ports)
+    policy = _policy(se)
+    assert [(s.host, s.port, s.port_name, s.endpoints[0].port) for s in policy.services] == [
+        ("a.example.com", 80, "http", 80),
+        ("a.example.com", 8080, "alt", 9090),
+        ("b.example.com", 80, "http", 80),
+        ("b.example.com", 8080, "alt", 9090),
+    ]
+
+
+def test_trailing_dot_host_is_served_without_it() -> None:
+    service = _only_service(_policy(_doc(SE, hosts=["mydb.com."])))
+    assert service.host == "mydb.com"
+
+
+def test_wildcard_service_entry_host_is_skipped_with_a_warning() -> None:
+    policy = _policy(_doc(SE, hosts=["mydb.com", "*.example.com"]))
+    assert [s.host for s in policy.services] == ["mydb.com"]
+    assert policy.warnings == (
+        'cfg.yaml: ServiceEntry "db" (document 1): spec.hosts[1]: '
+        "wildcard hosts are not supported yet, ignored",
+    )
+
+
+def test_same_host_and_port_in_two_service_entries_is_an_error() -> None:
+    assert _errors(_doc(SE, "first"), _doc(SE, "second", hosts=["other.com", "mydb.com"])) == [
+        'cfg.yaml: ServiceEntry "second" (document 2): spec.hosts[1]: "mydb.com" port 80 is '
+        'already declared by ServiceEntry "first" (cfg.yaml, document 1)'
+    ]
+
+
+def test_same_host_on_another_port_in_two_service_entries_is_fine() -> None:
+    other_port = [{"number": 81, "name": "http", "protocol": "HTTP"}]
+    policy = _policy(_doc(SE, "first"), _doc(SE, "second", ports=other_port))
+    assert [(s.host, s.port) for s in policy.services] == [("mydb.com", 80), ("mydb.com", 81)]
+
+
+# ---------------------------------------------------------------------------------------------
+# DestinationRules
+
+
+@pytest.mark.parametrize(
+    ("od", "expected"),
+    [
+        pytest.param(
+            {"maxEjectionPercent": 100},
+            OutlierDetection(5, 10.0, 30.0, 100, 0, True),
+            id="istio-defaults",
+        ),
+        pytest.param(
+            {"consecutive5xxErrors": 0, "maxEjectionPercent": 100},
+            OutlierDetection(0, 10.0, 30.0, 100, 0, True),
+            id="zero-5xx-disables",
+        ),
+        pytest.param(
+            {"interval": "1m30s", "baseEjectionTime": "500ms", "maxEjectionPercent": 100},
+            OutlierDetection(5, 90.0, 0.5, 100, 0, True),
+            id="durations",
+        ),
+        pytest.param(
+            {"interval": "1h", "baseEjectionTime": "2m", "maxEjectionPercent": 100},
+            OutlierDetection(5, 3600.0, 120.0, 100, 0, True),
+            id="hours-and-minutes",
+        ),
+        pytest.param(
+            {"maxEjectionPercent": 0, "minHealthPercent": 50},
+            OutlierDetection(5, 10.0, 30.0, 10, 50, True),
+            id="zero-max-ejection-means-10",
+        ),
+        pytest.param({}, OutlierDetection(5, 10.0, 30.0, 10, 0, True), id="empty"),
+    ],
+)
+def test_outlier_detection_fills_istio_defaults(
+    od: dict[str, Any], expected: OutlierDetection
+) -> None:
+    dr = _doc(DR, trafficPolicy={"outlierDetection": od})
+    service = _only_service(_policy(_doc(SE, endpoints=[{"address": "a.example.com"}]), dr))
+    assert service.outlier_detection == expected
+
+
+def test_always_eject_one_host_comes_from_the_caller() -> None:
+    policy = _policy(SE, DR, always_eject_one_host=False)
+    outlier = _only_service(policy).outlier_detection
+    assert outlier is not None
+    assert outlier.always_eject_one_host is False
+
+
+@pytest.mark.parametrize(
+    ("simple", "expected"),
+    [
+        pytest.param("ROUND_ROBIN", LbAlgorithm.ROUND_ROBIN, id="round-robin"),
+        pytest.param("RANDOM", LbAlgorithm.RANDOM, id="random"),
+        pytest.param("LEAST_REQUEST", LbAlgorithm.LEAST_REQUEST, id="least-request"),
+        pytest.param("LEAST_CONN", LbAlgorithm.LEAST_REQUEST, id="least-conn-is-least-request"),
+        pytest.param("UNSPECIFIED", LbAlgorithm.LEAST_REQUEST, id="unspecified-is-default"),
+        pytest.param(None, LbAlgorithm.LEAST_REQUEST, id="unset-is-default"),
+    ],
+)
+def test_load_balancer_maps_like_istio(simple: str | None, expected: LbAlgorithm) -> None:
+    lb: dict[str, Any] = {} if simple is None else {"simple": simple}
+    lb["localityLbSetting"] = {"enabled": True}
+    dr = _doc(DR, trafficPolicy={"loadBalancer": lb})
+    assert _only_service(_policy(SE, dr)).lb_algorithm is expected
+
+
+def test_without_destination_rule_istio_defaults_apply() -> None:
+    service = _only_service(_policy(SE))
+    assert service.lb_algorithm is LbAlgorithm.LEAST_REQUEST
+    assert service.outlier_detection is None
+    assert service.locality_lb == LocalityLbSetting(enabled=True, failover=())
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        pytest.param({}, LocalityLbSetting(True, ()), id="unset-enabled-is-mesh-default"),
+        pytest.param({"enabled": False}, LocalityLbSetting(False, ()), id="disabled"),
+        pytest.param(
+            {"failover": [{"from": "a", "to": "b"}, {"from": "c", "to": "d"}]},
+            LocalityLbSetting(True, (Failover("a", "b"), Failover("c", "d"))),
+            id="failover-in-order",
+        ),
+    ],
+)
+def test_locality_lb_setting_is_carried_over(
+    setting: dict[str, Any], expected: LocalityLbSetting
+) -> None:
+    dr = _doc(
+        DR,
+        trafficPolicy={
+            "loadBalancer": {"localityLbSetting": setting},
+            "outlierDetection": {"maxEjectionPercent": 100},
+        },
+    )
+    assert _only_service(_policy(SE, dr)).locality_lb == expected
+
+
+def test_destination_rule_applies_to_every_port_of_its_host_only() -> None:
+    ports = [
+        {"number": 80, "name": "http", "protocol": "HTTP"},
+        {"number": 81, "name": "http2", "protocol": "HTTP2"},
+    ]
+    se = _doc(SE, hosts=["mydb.com", "other.com"], ports=ports)
+    dr = _doc(DR, trafficPolicy={"loadBalancer": {"simple": "RANDOM"}})
+    assert [(s.host, s.port, s.lb_algorithm) for s in _policy(se, dr).services] == [
+        ("mydb.com", 80, LbAlgorithm.RANDOM),
+        ("mydb.com", 81, LbAlgorithm.RANDOM),
+        ("other.com", 80, LbAlgorithm.LEAST_REQUEST),
+        ("other.com", 81, LbAlgorithm.LEAST_REQUEST),
+    ]
+
+
+def test_destination_rule_may_come_before_its_service_entry() -> None:
+    dr = _doc(DR, trafficPolicy={"loadBalancer": {"simple": "RANDOM"}})
+    assert _only_service(_policy(dr, SE)).lb_algorithm is LbAlgorithm.RANDOM
+
+
+def test_destination_rule_matching_no_host_is_a_warning() -> None:
+    policy = _policy(SE, _doc(DR, host="elsewhere.com"))
+    assert _only_service(policy).outlier_detection is None
+    assert policy.warnings == (
+        'cfg.yaml: DestinationRule "db" (document 2): spec.host: "elsewhere.com" matches no '
+        "ServiceEntry host (HTTP port); this DestinationRule is ignored",
+    )
+
+
+def test_wildcard_destination_rule_host_is_a_warning() -> None:
+    policy = _policy(SE, _doc(DR, host="*.com"))
+    assert _only_service(policy).outlier_detection is None
+    assert policy.warnings == (
+        'cfg.yaml: DestinationRule "db" (document 2): spec.host: '
+        "wildcard hosts are not supported yet, ignored",
+    )
+
+
+def test_two_destination_rules_for_one_host_is_an_error_naming_both() -> None:
+    assert _errors(SE, _doc(DR, "first"), _doc(DR, "second")) == [
+        'cfg.yaml: DestinationRule "second" (document 3): spec.host: "mydb.com" is also the host '
+        'of DestinationRule "first" (cfg.yaml, document 2); extproc supports one '
+        "DestinationRule per host"
+    ]
+
+
+def test_schema_and_cross_object_errors_are_reported_together() -> None:
+    bad = _doc(SE, "bad", hosts=["bad.com"], resolution="NONE")
+    assert _errors(bad, SE, _doc(DR, "first"), _doc(DR, "second")) == [
+        'cfg.yaml: ServiceEntry "bad" (document 1): spec.resolution: NONE is not supported '
+        "(extproc must know the endpoints it chooses between): use DNS or STATIC",
+        'cfg.yaml: DestinationRule "second" (document 4): spec.host: "mydb.com" is also the host '
+        'of DestinationRule "first" (cfg.yaml, document 3); extproc supports one '
+        "DestinationRule per host",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The maxEjectionPercent trap (Envoy >= 1.28)
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "max_percent", "share"),
+    [
+        pytest.param(1, None, "100", id="one-endpoint-default"),
+        pytest.param(2, 10, "50", id="two-endpoints"),
+        pytest.param(3, 30, "33.3", id="three-endpoints"),
+        pytest.param(8, 0, "12.5", id="eight-endpoints-zero-means-10"),
+    ],
+)
+def test_max_ejection_percent_that_blocks_every_ejection_is_warned(
+    endpoints: int, max_percent: int | None, share: str
+) -> None:
+    se = _doc(SE, endpoints=[{"address": f"e{i}.example.com"} for i in range(endpoints)])
+    od: dict[str, Any] = {}
+    if max_percent is not None:
+        od["maxEjectionPercent"] = max_percent
+    policy = _policy(se, _doc(DR, trafficPolicy={"outlierDetection": od}))
+    limit = max_percent or 10
+    assert policy.warnings == (
+        'cfg.yaml: DestinationRule "db" (document 2): '
+        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy "
+        "(>= 1.28, strict max_ejection_percent) this DestinationRule never ejects any endpoint "
+        f"of outbound|80||mydb.com (1 of {endpoints} = {share}% > {limit}%); extproc allows the "
+        "first ejection by default (Envoy's always_eject_one_host, the rule the seed relied "
+        "on); setting maxEjectionPercent: 100 makes both agree",
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "max_percent"),
+    [
+        pytest.param(2, 100, id="two-endpoints-100"),
+        pytest.param(2, 50, id="two-endpoints-exactly-50"),
+        pytest.param(10, None, id="ten-endpoints-default"),
+    ],
+)
+def test_max_ejection_percent_that_allows_an_ejection_is_not_warned(
+    endpoints: int, max_percent: int | None
+) -> None:
+    se = _doc(SE, endpoints=[{"address": f"e{i}.example.com"} for i in range(endpoints)])
+    od: dict[str, Any] = {}
+    if max_percent is not None:
+        od["maxEjectionPercent"] = max_percent
+    assert _policy(se, _doc(DR, trafficPolicy={"outlierDetection": od})).warnings == ()
+
+
+def test_dns_host_without_endpoints_counts_as_one_endpoint() -> None:
+    se = _doc(SE)
+    del se["spec"]["endpoints"]
+    dr = _doc(DR, trafficPolicy={"outlierDetection": {"maxEjectionPercent": 99}})
+    (warning,) = _policy(se, dr).warnings
+    assert "(1 of 1 = 100% > 99%)" in warning

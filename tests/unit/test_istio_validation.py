@@ -1,0 +1,855 @@
+"""Istio's validation rules: what is rejected, what is only warned about, and the exact words."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Final
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extproc.core.policy import Policy
+from extproc.errors import ConfigError
+from extproc.istio import load_policy_text
+from extproc.istio.schema import parse_duration
+
+DELETE: Final = object()
+
+SE: Final[dict[str, Any]] = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "ServiceEntry",
+    "metadata": {"name": "db"},
+    "spec": {
+        "hosts": ["mydb.com"],
+        "location": "MESH_EXTERNAL",
+        "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+        "resolution": "DNS",
+        "endpoints": [
+            {"address": "east.example.com", "locality": "us-east1", "ports": {"http": 80}},
+            {"address": "west.example.com", "locality": "us-west", "ports": {"http": 80}},
+        ],
+    },
+}
+
+DR: Final[dict[str, Any]] = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "DestinationRule",
+    "metadata": {"name": "db"},
+    "spec": {
+        "host": "mydb.com",
+        "trafficPolicy": {
+            "loadBalancer": {
+                "simple": "ROUND_ROBIN",
+                "localityLbSetting": {
+                    "enabled": True,
+                    "failover": [{"from": "us-east1", "to": "us-west"}],
+                },
+            },
+            "outlierDetection": {
+                "consecutive5xxErrors": 1,
+                "interval": "15s",
+                "baseEjectionTime": "1m",
+                "maxEjectionPercent": 100,
+            },
+        },
+    },
+}
+
+SE_AT: Final = 'cfg.yaml: ServiceEntry "db" (document 1): '
+DR_AT: Final = 'cfg.yaml: DestinationRule "db" (document 2): '
+OD: Final = "spec.trafficPolicy.outlierDetection"
+LLS: Final = "spec.trafficPolicy.loadBalancer.localityLbSetting"
+
+
+def _patched(base: dict[str, Any], changes: dict[str, object]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``{"spec.ports[0].number": 0}``-style changes applied."""
+    doc = copy.deepcopy(base)
+    for path, value in changes.items():
+        parts: list[str | int] = []
+        for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+            parts.append(int(index) if index else name)
+        target: Any = doc
+        for part in parts[:-1]:
+            target = target[part]
+        if value is DELETE:
+            del target[parts[-1]]
+        else:
+            target[parts[-1]] = value
+    return doc
+
+
+def _text(*docs: dict[str, Any]) -> str:
+    return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+
+
+def _errors(*docs: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_policy_text(_text(*docs), "cfg.yaml")
+    return [str(p) for p in caught.value.problems]
+
+
+def _policy(*docs: dict[str, Any]) -> Policy:
+    return load_policy_text(_text(*docs), "cfg.yaml")
+
+
+def test_base_documents_are_valid_and_warning_free() -> None:
+    assert _policy(SE, DR).warnings == ()
+
+
+@pytest.mark.parametrize("version", ["v1", "v1beta1", "v1alpha3"])
+def test_every_supported_api_version_is_accepted(version: str) -> None:
+    se = _patched(SE, {"apiVersion": f"networking.istio.io/{version}"})
+    dr = _patched(DR, {"apiVersion": f"networking.istio.io/{version}"})
+    policy = _policy(se, dr)
+    assert len(policy.services) == 1
+    assert policy.warnings == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# ServiceEntry errors
+
+SE_ERRORS = [
+    ("hosts-empty", {"spec.hosts": []}, "spec.hosts: service entry must have at least one host"),
+    (
+        "hosts-missing",
+        {"spec.hosts": DELETE},
+        "spec.hosts: service entry must have at least one host",
+    ),
+    ("hosts-not-a-list", {"spec.hosts": "mydb.com"}, 'spec.hosts: must be a list, got "mydb.com"'),
+    ("host-full-wildcard", {"spec.hosts": ["*"]}, 'spec.hosts[0]: invalid host "*"'),
+    (
+        "host-uppercase",
+        {"spec.hosts": ["MyDB.com"]},
+        'spec.hosts[0]: domain name "MyDB.com" invalid (label "MyDB" invalid)',
+    ),
+    (
+        "host-numeric-tld",
+        {"spec.hosts": ["mydb.123"]},
+        'spec.hosts[0]: domain name "mydb.123" invalid '
+        '(top level domain "123" cannot be all-numeric)',
+    ),
+    (
+        "host-wildcard-in-middle",
+        {"spec.hosts": ["a.*.com"]},
+        'spec.hosts[0]: domain name "a.*.com" invalid (label "*" invalid)',
+    ),
+    (
+        "port-number-zero",
+        {"spec.ports[0].number": 0},
+        "spec.ports[0].number: port number 0 must be in the range 1..65535",
+    ),
+    (
+        "port-number-too-big",
+        {"spec.ports[0].number": 65536},
+        "spec.ports[0].number: port number 65536 must be in the range 1..65535",
+    ),
+    ("port-number-missing", {"spec.ports[0].number": DELETE}, "spec.ports[0].number: is required"),
+    (
+        "port-number-string",
+        {"spec.ports[0].number": "80"},
+        'spec.ports[0].number: must be an integer, got "80"',
+    ),
+    ("port-name-missing", {"spec.ports[0].name": DELETE}, "spec.ports[0].name: is required"),
+    (
+        "port-name-invalid",
+        {"spec.ports[0].name": "Http_1"},
+        'spec.ports[0].name: invalid port name "Http_1"',
+    ),
+    (
+        "target-port-out-of-range",
+        {"spec.ports[0].targetPort": 70000},
+        "spec.ports[0].targetPort: port number 70000 must be in the range 1..65535",
+    ),
+    (
+        "protocol-unknown",
+        {"spec.ports[0].protocol": "QUIC"},
+        'spec.ports[0].protocol: unsupported protocol "QUIC"',
+    ),
+    (
+        "location-unknown",
+        {"spec.location": "MESH_ELSEWHERE"},
+        'spec.location: unknown location "MESH_ELSEWHERE"; expected MESH_EXTERNAL or MESH_INTERNAL',
+    ),
+    (
+        "resolution-unset",
+        {"spec.resolution": DELETE},
+        "spec.resolution: is unset, which Istio reads as NONE; NONE is not supported "
+        "(extproc must know the endpoints it chooses between): use DNS or STATIC",
+    ),
+    (
+        "resolution-none",
+        {"spec.resolution": "NONE", "spec.endpoints": DELETE},
+        "spec.resolution: NONE is not supported "
+        "(extproc must know the endpoints it chooses between): use DNS or STATIC",
+    ),
+    (
+        "resolution-dns-round-robin",
+        {"spec.resolution": "DNS_ROUND_ROBIN"},
+        "spec.resolution: DNS_ROUND_ROBIN is not supported "
+        "(it gives one endpoint, so there is nothing to fail over to): use DNS or STATIC",
+    ),
+    (
+        "resolution-dynamic-dns",
+        {"spec.resolution": "DYNAMIC_DNS"},
+        "spec.resolution: DYNAMIC_DNS is not supported "
+        "(it resolves wildcard hosts per request): use DNS or STATIC",
+    ),
+    (
+        "resolution-unknown",
+        {"spec.resolution": "dns"},
+        'spec.resolution: unknown resolution "dns"; '
+        "expected one of NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS",
+    ),
+    (
+        "static-endpoint-hostname",
+        {"spec.resolution": "STATIC", "spec.endpoints[1].address": "10.0.0.2"},
+        'spec.endpoints[0].address: endpoint address "east.example.com" is not a valid IP address',
+    ),
+    (
+        "dns-endpoint-invalid-name",
+        {"spec.endpoints[0].address": "east_1.example.com"},
+        'spec.endpoints[0].address: endpoint address "east_1.example.com" '
+        "is not a valid FQDN or an IP address",
+    ),
+    (
+        "endpoint-address-missing",
+        {"spec.endpoints[0].address": DELETE},
+        "spec.endpoints[0].address: is required",
+    ),
+    (
+        "endpoint-unix-socket",
+        {"spec.endpoints[0].address": "unix:///var/run/db.sock"},
+        "spec.endpoints[0].address: unix domain socket endpoints are not supported",
+    ),
+    (
+        "endpoint-port-out-of-range",
+        {"spec.endpoints[0].ports.http": 0},
+        "spec.endpoints[0].ports.http: port number 0 must be in the range 1..65535",
+    ),
+    (
+        "endpoint-port-string",
+        {"spec.endpoints[0].ports.http": "80"},
+        'spec.endpoints[0].ports.http: must be an integer, got "80"',
+    ),
+    (
+        "endpoint-weight-negative",
+        {"spec.endpoints[0].weight": -1},
+        "spec.endpoints[0].weight: weight -1 < 0",
+    ),
+    (
+        "endpoint-locality-not-a-string",
+        {"spec.endpoints[0].locality": 5},
+        "spec.endpoints[0].locality: must be a string, got 5",
+    ),
+    (
+        "workload-selector-with-endpoints",
+        {"spec.workloadSelector": {"labels": {"app": "db"}}},
+        "spec.workloadSelector: "
+        "only one of WorkloadSelector or Endpoints is allowed in Service Entry",
+    ),
+    (
+        "dns-without-endpoints-needs-fqdn-hosts",
+        {"spec.hosts": ["*.mydb.com"], "spec.endpoints": DELETE},
+        "spec.hosts[0]: hosts must be FQDN if no endpoints are provided for resolution mode DNS",
+    ),
+    (
+        "several-hosts-with-a-tcp-port",
+        {"spec.hosts": ["a.com", "b.com"], "spec.ports[0].protocol": "TCP"},
+        "spec.ports[0].protocol: multiple hosts provided with non-HTTP, non-TLS ports",
+    ),
+    (
+        "several-hosts-with-an-unset-protocol",
+        {"spec.hosts": ["a.com", "b.com"], "spec.ports[0].protocol": DELETE},
+        "spec.ports[0].protocol: multiple hosts provided with non-HTTP, non-TLS ports",
+    ),
+    ("spec-missing", {"spec": DELETE}, "spec: is required"),
+    ("spec-not-a-mapping", {"spec": ["x"]}, "spec: must be a mapping, got a list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"), [pytest.param(c, e, id=i) for i, c, e in SE_ERRORS]
+)
+def test_service_entry_error_names_document_path_and_rule(
+    changes: dict[str, object], expected: str
+) -> None:
+    assert _errors(_patched(SE, changes)) == [SE_AT + expected]
+
+
+def test_duplicate_port_number_and_name_are_both_reported() -> None:
+    ports = [
+        {"number": 80, "name": "http", "protocol": "HTTP"},
+        {"number": 80, "name": "http", "protocol": "HTTP"},
+    ]
+    assert _errors(_patched(SE, {"spec.ports": ports})) == [
+        SE_AT + 'spec.ports[1].name: service entry port name "http" already defined',
+        SE_AT + "spec.ports[1].number: service entry port 80 already defined",
+    ]
+
+
+def test_every_error_of_a_document_is_reported() -> None:
+    changes = {
+        "spec.ports[0].number": 0,
+        "spec.resolution": "NONE",
+        "spec.endpoints[1].weight": -2,
+    }
+    assert _errors(_patched(SE, changes)) == [
+        SE_AT + "spec.ports[0].number: port number 0 must be in the range 1..65535",
+        SE_AT + "spec.resolution: NONE is not supported "
+        "(extproc must know the endpoints it chooses between): use DNS or STATIC",
+        SE_AT + "spec.endpoints[1].weight: weight -2 < 0",
+    ]
+
+
+def test_missing_name_is_an_error_and_the_document_is_named_by_kind() -> None:
+    assert _errors(_patched(SE, {"metadata": DELETE})) == [
+        "cfg.yaml: ServiceEntry (document 1): metadata.name: is required"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("api_version", "expected"),
+    [
+        pytest.param(
+            "networking.istio.io/v2",
+            'apiVersion: "networking.istio.io/v2" is not supported for ServiceEntry; use '
+            "networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3",
+            id="unknown-version",
+        ),
+        pytest.param(
+            "v1",
+            'apiVersion: "v1" is not supported for ServiceEntry; use '
+            "networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3",
+            id="wrong-group",
+        ),
+        pytest.param(DELETE, "apiVersion: is required", id="missing"),
+    ],
+)
+def test_unsupported_api_version_of_a_known_kind_is_an_error(
+    api_version: object, expected: str
+) -> None:
+    assert _errors(_patched(SE, {"apiVersion": api_version})) == [SE_AT + expected]
+
+
+def test_the_rest_of_an_object_is_checked_despite_a_wrong_api_version() -> None:
+    se = _patched(SE, {"apiVersion": "networking.istio.io/v2", "spec.ports[0].number": 0})
+    assert _errors(se) == [
+        SE_AT + 'apiVersion: "networking.istio.io/v2" is not supported for ServiceEntry; use '
+        "networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3",
+        SE_AT + "spec.ports[0].number: port number 0 must be in the range 1..65535",
+    ]
+
+
+def test_missing_kind_is_an_error() -> None:
+    assert _errors(_patched(SE, {"kind": DELETE})) == ["cfg.yaml: document 1: kind: is required"]
+
+
+# ---------------------------------------------------------------------------------------------
+# DestinationRule errors
+
+DR_ERRORS = [
+    ("host-missing", {"spec.host": DELETE}, "spec.host: is required"),
+    (
+        "host-invalid",
+        {"spec.host": "my_db.com"},
+        'spec.host: domain name "my_db.com" invalid (label "my_db" invalid)',
+    ),
+    (
+        "traffic-policy-empty",
+        {"spec.trafficPolicy": {}},
+        "spec.trafficPolicy: traffic policy must have at least one field",
+    ),
+    (
+        "passthrough",
+        {"spec.trafficPolicy.loadBalancer.simple": "PASSTHROUGH"},
+        "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported (it forwards to "
+        "the caller's original destination; there is no endpoint to choose)",
+    ),
+    (
+        "simple-unknown",
+        {"spec.trafficPolicy.loadBalancer.simple": "FASTEST"},
+        'spec.trafficPolicy.loadBalancer.simple: unknown load balancer "FASTEST"; expected one '
+        "of UNSPECIFIED, LEAST_CONN, RANDOM, PASSTHROUGH, ROUND_ROBIN, LEAST_REQUEST",
+    ),
+    (
+        "consecutive-5xx-negative",
+        {f"{OD}.consecutive5xxErrors": -1},
+        f"{OD}.consecutive5xxErrors: must be 0 or more, got -1",
+    ),
+    (
+        "consecutive-5xx-string",
+        {f"{OD}.consecutive5xxErrors": "1"},
+        f'{OD}.consecutive5xxErrors: must be an integer, got "1"',
+    ),
+    ("interval-not-a-duration", {f"{OD}.interval": "1x"}, f'{OD}.interval: "1x" is not a duration'),
+    (
+        "base-ejection-time-not-a-duration",
+        {f"{OD}.baseEjectionTime": "1x"},
+        f'{OD}.baseEjectionTime: "1x" is not a duration',
+    ),
+    (
+        "interval-without-unit",
+        {f"{OD}.interval": 15},
+        f'{OD}.interval: 15 is not a duration (write a string with a unit, e.g. "15s")',
+    ),
+    (
+        "interval-a-mapping",
+        {f"{OD}.interval": {"seconds": 15}},
+        f"{OD}.interval: a mapping is not a duration",
+    ),
+    (
+        "interval-below-1ms",
+        {f"{OD}.interval": "999us"},
+        f'{OD}.interval: "999us" is too short: duration must be at least 1ms',
+    ),
+    (
+        "base-ejection-time-zero",
+        {f"{OD}.baseEjectionTime": "0s"},
+        f'{OD}.baseEjectionTime: "0s" is too short: duration must be at least 1ms',
+    ),
+    (
+        "base-ejection-time-negative",
+        {f"{OD}.baseEjectionTime": "-1m"},
+        f'{OD}.baseEjectionTime: "-1m" is too short: duration must be at least 1ms',
+    ),
+    (
+        "interval-sub-millisecond",
+        {f"{OD}.interval": "1.5ms"},
+        f'{OD}.interval: "1.5ms": only durations to ms precision are supported',
+    ),
+    (
+        "max-ejection-percent-above-100",
+        {f"{OD}.maxEjectionPercent": 101},
+        f"{OD}.maxEjectionPercent: percentage 101 is not in range 0..100",
+    ),
+    (
+        "min-health-percent-negative",
+        {f"{OD}.minHealthPercent": -1},
+        f"{OD}.minHealthPercent: percentage -1 is not in range 0..100",
+    ),
+    (
+        "local-origin-failures-without-split",
+        {f"{OD}.consecutiveLocalOriginFailures": 3},
+        f"{OD}.consecutiveLocalOriginFailures: outlier detection consecutive local origin "
+        "failures is specified, but split external local origin errors is set to false",
+    ),
+    (
+        "enabled-not-a-boolean",
+        {f"{LLS}.enabled": "true"},
+        f'{LLS}.enabled: must be true or false, got "true"',
+    ),
+    (
+        "failover-same-region",
+        {f"{LLS}.failover": [{"from": "us-east1", "to": "us-east1"}]},
+        f"{LLS}.failover[0]: locality lb failover settings must specify different regions",
+    ),
+    (
+        "failover-zone",
+        {f"{LLS}.failover": [{"from": "us-east1/a", "to": "us-west"}]},
+        f"{LLS}.failover[0]: locality lb failover only specify region",
+    ),
+    (
+        "failover-wildcard",
+        {f"{LLS}.failover": [{"from": "us-east1", "to": "*"}]},
+        f"{LLS}.failover[0]: locality lb failover region should not contain '*' wildcard",
+    ),
+    (
+        "failover-from-missing",
+        {f"{LLS}.failover": [{"to": "us-west"}]},
+        f"{LLS}.failover[0].from: is required",
+    ),
+    (
+        "distribute-and-failover",
+        {f"{LLS}.distribute": [{"from": "us-east1/*", "to": {"us-west/*": 100}}]},
+        f"{LLS}: can not simultaneously specify 'distribute' and 'failover'",
+    ),
+    (
+        "failover-with-topology-label-priority",
+        {f"{LLS}.failoverPriority": ["topology.istio.io/network", "topology.kubernetes.io/zone"]},
+        f"{LLS}.failoverPriority[1]: can not simultaneously set 'failover' and topology label "
+        "'topology.kubernetes.io/zone' in 'failover_priority'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"), [pytest.param(c, e, id=i) for i, c, e in DR_ERRORS]
+)
+def test_destination_rule_error_names_document_path_and_rule(
+    changes: dict[str, object], expected: str
+) -> None:
+    assert _errors(SE, _patched(DR, changes)) == [DR_AT + expected]
+
+
+def test_simple_and_consistent_hash_together_are_an_error() -> None:
+    dr = _patched(DR, {"spec.trafficPolicy.loadBalancer.consistentHash": {"useSourceIp": True}})
+    assert _errors(SE, dr) == [
+        DR_AT + "spec.trafficPolicy.loadBalancer: only one of simple or consistentHash can be set"
+    ]
+
+
+DISTRIBUTE_ERRORS = [
+    (
+        "weight-zero",
+        [{"from": "a/*", "to": {"b/*": 0, "c/*": 100}}],
+        f"{LLS}.distribute[0].to: locality weight must be in range [1, 100]",
+    ),
+    (
+        "weights-not-100",
+        [{"from": "a/*", "to": {"b/*": 50, "c/*": 40}}],
+        f"{LLS}.distribute[0].to: total locality weight 90 != 100",
+    ),
+    (
+        "wildcard-not-at-end",
+        [{"from": "a/*", "to": {"*/b": 100}}],
+        f"{LLS}.distribute[0].to: locality */b wildcard '*' number can not exceed 1 "
+        "and must be in the end",
+    ),
+    (
+        "empty-segment",
+        [{"from": "a//b", "to": {"c": 100}}],
+        f"{LLS}.distribute: locality a//b must not contain empty region/zone/subzone info",
+    ),
+    (
+        "overlapping-targets",
+        [{"from": "a", "to": {"b": 50, "b/z1": 50}}],
+        f"{LLS}.distribute[0].to: locality b/z1 overlap with previous specified ones",
+    ),
+    (
+        "overlapping-sources",
+        [{"from": "a/*", "to": {"b": 100}}, {"from": "a/z1", "to": {"c": 100}}],
+        f"{LLS}.distribute: locality a/z1 overlap with previous specified ones",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("distribute", "expected"), [pytest.param(d, e, id=i) for i, d, e in DISTRIBUTE_ERRORS]
+)
+def test_distribute_is_validated_although_not_implemented(
+    distribute: list[dict[str, Any]], expected: str
+) -> None:
+    dr = _patched(DR, {f"{LLS}.failover": DELETE, f"{LLS}.distribute": distribute})
+    assert _errors(SE, dr) == [DR_AT + expected]
+
+
+def test_errors_of_every_document_are_reported_together() -> None:
+    se = _patched(SE, {"spec.ports[0].number": 0})
+    dr = _patched(DR, {f"{OD}.maxEjectionPercent": 200})
+    assert _errors(se, dr) == [
+        SE_AT + "spec.ports[0].number: port number 0 must be in the range 1..65535",
+        DR_AT + f"{OD}.maxEjectionPercent: percentage 200 is not in range 0..100",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Warnings
+
+NOT_YET: Final = "not supported yet, ignored"
+
+SE_WARNINGS = [
+    ("addresses", {"spec.addresses": ["10.0.0.1"]}, f"spec.addresses: {NOT_YET}"),
+    ("export-to", {"spec.exportTo": ["."]}, f"spec.exportTo: {NOT_YET}"),
+    ("subject-alt-names", {"spec.subjectAltNames": ["db"]}, f"spec.subjectAltNames: {NOT_YET}"),
+    (
+        "workload-selector",
+        {"spec.workloadSelector": {"labels": {"app": "db"}}, "spec.endpoints": DELETE},
+        f"spec.workloadSelector: {NOT_YET}",
+    ),
+    (
+        "endpoint-network",
+        {"spec.endpoints[0].network": "n1"},
+        f"spec.endpoints[0].network: {NOT_YET}",
+    ),
+    (
+        "endpoint-service-account",
+        {"spec.endpoints[1].serviceAccount": "sa"},
+        f"spec.endpoints[1].serviceAccount: {NOT_YET}",
+    ),
+    ("unknown-spec-field", {"spec.host": "mydb.com"}, "spec.host: unknown field, ignored"),
+    (
+        "unknown-port-field",
+        {"spec.ports[0].tls": {"mode": "SIMPLE"}},
+        "spec.ports[0].tls: unknown field, ignored",
+    ),
+    ("unknown-top-level-field", {"extra": 1}, "extra: unknown field, ignored"),
+    (
+        "endpoint-port-not-declared",
+        {"spec.endpoints[0].ports": {"grpc": 90}},
+        "spec.endpoints[0].ports.grpc: endpoint port 90 is not defined by the service entry "
+        '(no port named "grpc"; declared: http), ignored',
+    ),
+    (
+        "partial-wildcard-host",
+        {"spec.hosts": ["mydb.com", "*db.com"]},
+        'spec.hosts[1]: partial wildcard "*db.com" not allowed',
+    ),
+    (
+        "static-without-endpoints",
+        {"spec.resolution": "STATIC", "spec.endpoints": DELETE},
+        "spec.endpoints: STATIC resolution without endpoints: no request can be served",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"), [pytest.param(c, e, id=i) for i, c, e in SE_WARNINGS]
+)
+def test_service_entry_field_we_do_not_implement_is_a_warning(
+    changes: dict[str, object], expected: str
+) -> None:
+    assert SE_AT + expected in _policy(_patched(SE, changes), DR).warnings
+
+
+DR_WARNINGS = [
+    (
+        "connection-pool",
+        {"spec.trafficPolicy.connectionPool": {"tcp": {"maxConnections": 1}}},
+        f"spec.trafficPolicy.connectionPool: {NOT_YET}",
+    ),
+    ("tls", {"spec.trafficPolicy.tls": {"mode": "SIMPLE"}}, f"spec.trafficPolicy.tls: {NOT_YET}"),
+    (
+        "port-level-settings",
+        {"spec.trafficPolicy.portLevelSettings": []},
+        f"spec.trafficPolicy.portLevelSettings: {NOT_YET}",
+    ),
+    (
+        "tunnel",
+        {"spec.trafficPolicy.tunnel": {"targetHost": "a", "targetPort": 1}},
+        f"spec.trafficPolicy.tunnel: {NOT_YET}",
+    ),
+    (
+        "proxy-protocol",
+        {"spec.trafficPolicy.proxyProtocol": {}},
+        f"spec.trafficPolicy.proxyProtocol: {NOT_YET}",
+    ),
+    ("subsets", {"spec.subsets": [{"name": "v1"}]}, f"spec.subsets: {NOT_YET}"),
+    ("export-to", {"spec.exportTo": ["."]}, f"spec.exportTo: {NOT_YET}"),
+    (
+        "workload-selector",
+        {"spec.workloadSelector": {"matchLabels": {"a": "b"}}},
+        f"spec.workloadSelector: {NOT_YET}",
+    ),
+    (
+        "warmup",
+        {"spec.trafficPolicy.loadBalancer.warmup": {"duration": "1m"}},
+        f"spec.trafficPolicy.loadBalancer.warmup: {NOT_YET}",
+    ),
+    (
+        "warmup-duration-secs",
+        {"spec.trafficPolicy.loadBalancer.warmupDurationSecs": "1m"},
+        f"spec.trafficPolicy.loadBalancer.warmupDurationSecs: {NOT_YET}",
+    ),
+    (
+        "consistent-hash",
+        {
+            "spec.trafficPolicy.loadBalancer.simple": DELETE,
+            "spec.trafficPolicy.loadBalancer.consistentHash": {"useSourceIp": True},
+        },
+        f"spec.trafficPolicy.loadBalancer.consistentHash: {NOT_YET}",
+    ),
+    (
+        "zone-aware",
+        {f"{LLS}": DELETE, "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting": {}},
+        f"spec.trafficPolicy.loadBalancer.zoneAwareLbSetting: {NOT_YET}",
+    ),
+    (
+        "failover-priority",
+        {f"{LLS}.failoverPriority": ["topology.istio.io/network"]},
+        f"{LLS}.failoverPriority: {NOT_YET}",
+    ),
+    (
+        "distribute",
+        {f"{LLS}.failover": DELETE, f"{LLS}.distribute": [{"from": "a/*", "to": {"b/*": 100}}]},
+        f"{LLS}.distribute: {NOT_YET}",
+    ),
+    (
+        "consecutive-gateway-errors",
+        {f"{OD}.consecutiveGatewayErrors": 3},
+        f"{OD}.consecutiveGatewayErrors: {NOT_YET}",
+    ),
+    (
+        "consecutive-local-origin-failures",
+        {f"{OD}.splitExternalLocalOriginErrors": True, f"{OD}.consecutiveLocalOriginFailures": 3},
+        f"{OD}.consecutiveLocalOriginFailures: {NOT_YET}",
+    ),
+    (
+        "split-external-local-origin-errors",
+        {f"{OD}.splitExternalLocalOriginErrors": True},
+        f"{OD}.splitExternalLocalOriginErrors: {NOT_YET}",
+    ),
+    (
+        "http-error-codes",
+        {f"{OD}.outlierDetectionHttpErrorCodes": [500, 503]},
+        f"{OD}.outlierDetectionHttpErrorCodes: {NOT_YET}",
+    ),
+    (
+        "consecutive-errors-deprecated",
+        {f"{OD}.consecutiveErrors": 5},
+        f"{OD}.consecutiveErrors: deprecated by Istio (use consecutive5xxErrors), ignored",
+    ),
+    (
+        "unknown-outlier-field",
+        {f"{OD}.consecutive5xxError": 3},
+        f"{OD}.consecutive5xxError: unknown field, ignored",
+    ),
+    (
+        "unknown-failover-field",
+        {f"{LLS}.failover[0].weight": 3},
+        f"{LLS}.failover[0].weight: unknown field, ignored",
+    ),
+    (
+        "least-conn-deprecated",
+        {"spec.trafficPolicy.loadBalancer.simple": "LEAST_CONN"},
+        "spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is deprecated; "
+        "Istio uses LEAST_REQUEST for it, and so does extproc",
+    ),
+    (
+        "failover-without-outlier-detection",
+        {f"{OD}": DELETE},
+        f"{LLS}.failover: outlier detection policy must be provided for failover: without "
+        "outlierDetection Istio does not fail over (it will not take effect), and neither does "
+        "extproc",
+    ),
+    (
+        "failover-priority-without-outlier-detection",
+        {f"{OD}": DELETE, f"{LLS}.failover": DELETE, f"{LLS}.failoverPriority": ["a"]},
+        f"{LLS}.failoverPriority: outlier detection policy must be provided for failover: without "
+        "outlierDetection Istio does not fail over (it will not take effect), and neither does "
+        "extproc",
+    ),
+    (
+        "failover-while-disabled",
+        {f"{LLS}.enabled": False},
+        f"{LLS}.failover: has no effect: localityLbSetting.enabled is false",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"), [pytest.param(c, e, id=i) for i, c, e in DR_WARNINGS]
+)
+def test_destination_rule_field_we_do_not_implement_is_a_warning(
+    changes: dict[str, object], expected: str
+) -> None:
+    assert DR_AT + expected in _policy(SE, _patched(DR, changes)).warnings
+
+
+def test_unknown_fields_of_a_traffic_policy_do_not_make_it_non_empty() -> None:
+    dr = _patched(DR, {"spec.trafficPolicy": {"outlierDetectoin": {"interval": "1s"}}})
+    with pytest.raises(ConfigError) as caught:
+        _policy(SE, dr)
+    assert [str(p) for p in caught.value.problems] == [
+        DR_AT + "spec.trafficPolicy: traffic policy must have at least one field"
+    ]
+
+
+def test_unsupported_fields_alone_make_a_traffic_policy_non_empty() -> None:
+    dr = _patched(DR, {"spec.trafficPolicy": {"tls": {"mode": "SIMPLE"}}})
+    assert _policy(SE, dr).warnings == (DR_AT + f"spec.trafficPolicy.tls: {NOT_YET}",)
+
+
+def test_warnings_follow_the_order_fields_are_written_in() -> None:
+    se = _patched(SE, {"spec.exportTo": ["."]})
+    se["spec"] = {"subjectAltNames": ["x"], **se["spec"]}
+    warnings = _policy(se, DR).warnings
+    assert warnings == (
+        SE_AT + f"spec.subjectAltNames: {NOT_YET}",
+        SE_AT + f"spec.exportTo: {NOT_YET}",
+    )
+
+
+def test_null_means_unset_and_is_not_warned_about() -> None:
+    se = _patched(SE, {"spec.addresses": None, "spec.endpoints[0].weight": None})
+    dr = _patched(DR, {"spec.trafficPolicy.tls": None})
+    assert _policy(se, dr).warnings == ()
+
+
+def test_kubernetes_metadata_and_status_are_not_warned_about() -> None:
+    meta = {
+        "name": "db",
+        "namespace": "prod",
+        "labels": {"app": "db"},
+        "annotations": {"a": "b"},
+        "resourceVersion": "12",
+        "uid": "x",
+    }
+    se = _patched(SE, {"metadata": meta, "status": {"conditions": []}})
+    assert _policy(se, DR).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("kind", "document"),
+    [
+        pytest.param("VirtualService", 'VirtualService "db" (document 3)', id="istio-kind"),
+        pytest.param("Service", 'Service "db" (document 3)', id="kubernetes-kind"),
+    ],
+)
+def test_other_kinds_are_ignored_with_a_warning(kind: str, document: str) -> None:
+    other = {"apiVersion": "networking.istio.io/v1", "kind": kind, "metadata": {"name": "db"}}
+    policy = _policy(SE, DR, other)
+    assert policy.warnings == (
+        f'cfg.yaml: {document}: kind: "{kind}" is not supported by extproc, ignored',
+    )
+    assert len(policy.services) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Durations
+
+
+@pytest.mark.parametrize(
+    ("text", "nanos"),
+    [
+        ("15s", 15_000_000_000),
+        ("1m", 60_000_000_000),
+        ("500ms", 500_000_000),
+        ("1m30s", 90_000_000_000),
+        ("1h", 3_600_000_000_000),
+        ("1.5h", 5_400_000_000_000),
+        (".5s", 500_000_000),
+        ("1.s", 1_000_000_000),
+        ("0", 0),
+        ("0s", 0),
+        ("+5s", 5_000_000_000),
+        ("-5s", -5_000_000_000),
+        ("1h2m3s4ms5us6ns", 3_723_004_005_006),
+        ("1µs", 1_000),
+        ("1μs", 1_000),
+        ("2562047h47m16.854775807s", 2**63 - 1),
+    ],
+)
+def test_go_durations_parse_to_nanoseconds(text: str, nanos: int) -> None:
+    assert parse_duration(text) == nanos
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1x",
+        "15",
+        "",
+        "s",
+        ".s",
+        "1S",
+        "1 s",
+        " 1s",
+        "1s ",
+        "--1s",
+        "1d",
+        "1m-30s",
+        "2562047h47m16.854775808s",
+    ],
+)
+def test_other_strings_are_not_durations(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+@given(st.integers(0, 1000), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999))
+def test_composed_durations_add_up(hours: int, minutes: int, seconds: int, millis: int) -> None:
+    text = f"{hours}h{minutes}m{seconds}s{millis}ms"
+    expected = ((hours * 60 + minutes) * 60 + seconds) * 1_000_000_000 + millis * 1_000_000
+    assert parse_duration(text) == expected

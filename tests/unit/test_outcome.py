@@ -1,0 +1,31 @@
+"""What the service records for a response, as Envoy's outlier detector would count it."""
+
+from __future__ import annotations
+
+import pytest
+
+from extproc.server.outcome import classify
+
+REFUSED = "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "flags", "attempts", "codes"),
+    [
+        pytest.param(200, "via_upstream", 0, 1, (200,), id="upstream-200"),
+        pytest.param(404, "via_upstream", 0, 1, (404,), id="upstream-404-resets"),
+        pytest.param(503, "via_upstream", 0, 1, (503,), id="upstream-503"),
+        pytest.param(200, "via_upstream", 0, 2, (503, 200), id="retried-connect-failure-then-200"),
+        pytest.param(503, REFUSED, 0x8020, 3, (503, 503, 503), id="refused-three-attempts"),
+        pytest.param(503, REFUSED, 0x20, 1, (503,), id="refused-once"),
+        pytest.param(504, "response_timeout", 0x4, 1, (504,), id="timeout-counts-as-504"),
+        pytest.param(503, "no_healthy_upstream", 0x2, 0, (), id="no-healthy-upstream-not-counted"),
+        pytest.param(503, "cluster_not_found", 0x1000000, 0, (), id="no-cluster-not-counted"),
+        pytest.param(503, "overflow", 0x80, 1, (), id="overflow-not-counted"),
+        pytest.param(0, "downstream_remote_disconnect", 0x4000, 1, (), id="client-went-away"),
+    ],
+)
+def test_classify_counts_attempts_like_envoy(
+    status: int, details: str, flags: int, attempts: int, codes: tuple[int, ...]
+) -> None:
+    assert classify(status, details, flags, attempts).codes == codes
