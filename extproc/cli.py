@@ -84,46 +84,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
     parser.add_argument(
-        "--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the service and Envoy on this machine (foreground)")
     _add_config(up)
     _add_locality(up)
-    up.add_argument("--listen", type=parse_hostport, default=_hostport_default("LISTEN", "127.0.0.1:10000"),
-                    help="Envoy's HTTP listener HOST:PORT ($EXTPROC_LISTEN)")
-    up.add_argument("--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090"),
-                    help="the status view HOST:PORT ($EXTPROC_ADMIN)")
+    up.add_argument(
+        "--listen",
+        type=parse_hostport,
+        default=_hostport_default("LISTEN", "127.0.0.1:10000"),
+        help="Envoy's HTTP listener HOST:PORT ($EXTPROC_LISTEN)",
+    )
+    up.add_argument(
+        "--admin",
+        type=parse_hostport,
+        default=_hostport_default("ADMIN", "127.0.0.1:9090"),
+        help="the status view HOST:PORT ($EXTPROC_ADMIN)",
+    )
     _add_dns(up)
-    up.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", "2") or 2),
-                    help="Envoy worker threads ($EXTPROC_CONCURRENCY)")
+    up.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("CONCURRENCY", "2") or 2),
+        help="Envoy worker threads ($EXTPROC_CONCURRENCY)",
+    )
     up.add_argument("--envoy-log-level", default=_env("ENVOY_LOG_LEVEL", "warning"))
 
     serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
     _add_config(serve)
     _add_locality(serve)
-    serve.add_argument("--grpc", type=parse_hostport, default=_hostport_default("GRPC", "127.0.0.1:9002"),
-                       help="gRPC (ext_proc + health) HOST:PORT ($EXTPROC_GRPC)")
-    serve.add_argument("--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090"),
-                       help="the status view HOST:PORT ($EXTPROC_ADMIN)")
+    serve.add_argument(
+        "--grpc",
+        type=parse_hostport,
+        default=_hostport_default("GRPC", "127.0.0.1:9002"),
+        help="gRPC (ext_proc + health) HOST:PORT ($EXTPROC_GRPC)",
+    )
+    serve.add_argument(
+        "--admin",
+        type=parse_hostport,
+        default=_hostport_default("ADMIN", "127.0.0.1:9090"),
+        help="the status view HOST:PORT ($EXTPROC_ADMIN)",
+    )
     _add_dns(serve)
 
     render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
     _add_config(render)
-    render.add_argument("--listen", type=parse_hostport, default=_hostport_default("LISTEN", "0.0.0.0:10000"))
-    render.add_argument("--ext-proc", type=parse_hostport, default=_hostport_default("EXT_PROC", "127.0.0.1:9002"),
-                        help="where Envoy reaches the service")
-    render.add_argument("--envoy-admin", type=parse_hostport, default=_hostport_default("ENVOY_ADMIN", "127.0.0.1:9901"))
+    render.add_argument(
+        "--listen", type=parse_hostport, default=_hostport_default("LISTEN", "0.0.0.0:10000")
+    )
+    render.add_argument(
+        "--ext-proc",
+        type=parse_hostport,
+        default=_hostport_default("EXT_PROC", "127.0.0.1:9002"),
+        help="where Envoy reaches the service",
+    )
+    render.add_argument(
+        "--envoy-admin",
+        type=parse_hostport,
+        default=_hostport_default("ENVOY_ADMIN", "127.0.0.1:9901"),
+    )
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
-    render.add_argument("--validate", action="store_true", help="also run envoy --mode validate on it")
+    render.add_argument(
+        "--validate", action="store_true", help="also run envoy --mode validate on it"
+    )
 
-    check = sub.add_parser("check", help="validate a config: exit 0 ok, 1 errors; warnings on stderr")
+    check = sub.add_parser(
+        "check", help="validate a config: exit 0 ok, 1 errors; warnings on stderr"
+    )
     check.add_argument("path", type=Path)
     check.add_argument("--strict-max-ejection-percent", action="store_true")
 
     status = sub.add_parser("status", help="print the endpoint table of a running service")
-    status.add_argument("--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090"))
+    status.add_argument(
+        "--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090")
+    )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
     demo = sub.add_parser("demo", help="play the seed's failover story locally (no Docker)")
@@ -149,7 +187,7 @@ async def _run_until_signal(wait_for: Any = None) -> None:
     waiters = [asyncio.ensure_future(stop.wait())]
     if wait_for is not None:
         waiters.append(asyncio.ensure_future(wait_for))
-    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
 
@@ -243,22 +281,33 @@ def _render(args: argparse.Namespace, policy: Policy) -> int:
 
 def format_status(rows: list[dict[str, Any]]) -> str:
     """The endpoint table, in ``istioctl proxy-config endpoints`` column order."""
-    header = ("ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER", "LOCALITY", "PRIORITY",
-              "5XX IN A ROW", "EJECTIONS", "EJECTION LEFT")
+    header = (
+        "ENDPOINT",
+        "STATUS",
+        "OUTLIER CHECK",
+        "CLUSTER",
+        "LOCALITY",
+        "PRIORITY",
+        "5XX IN A ROW",
+        "EJECTIONS",
+        "EJECTION LEFT",
+    )
     table = [header]
     for row in rows:
         left = row.get("ejection_time_left_s")
-        table.append((
-            row["address"],
-            "HEALTHY",
-            "FAILED" if row["ejected"] else "OK",
-            row["cluster_name"],
-            row["locality"],
-            str(row["priority"]),
-            str(row["consecutive_5xx"]),
-            str(row["num_ejections"]),
-            f"{left:.1f}s" if left is not None else "-",
-        ))
+        table.append(
+            (
+                row["address"],
+                "HEALTHY",
+                "FAILED" if row["ejected"] else "OK",
+                row["cluster_name"],
+                row["locality"],
+                str(row["priority"]),
+                str(row["consecutive_5xx"]),
+                str(row["num_ejections"]),
+                f"{left:.1f}s" if left is not None else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in table

@@ -11,12 +11,11 @@ baseEjectionTime 3s instead of 15s and 1m) so the story plays in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
-
-import asyncio
 
 from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
@@ -95,7 +94,9 @@ class _Story:
             self.failures.append(what)
 
 
-async def _loop(stack: Stack, count: int, pause_s: float, out: Callable[[str], None]) -> list[Reply]:
+async def _loop(
+    stack: Stack, count: int, pause_s: float, out: Callable[[str], None]
+) -> list[Reply]:
     out(f"$ for i in {{1..{count}}}; do curl -sS http://mydb.com; echo; sleep {pause_s:g}; done")
     replies = []
     for _ in range(count):
@@ -133,7 +134,9 @@ async def run_demo(pause_s: float = 0.3, out: Callable[[str], None] | None = Non
 
         say("\n== 1. ServiceEntry only: no outlierDetection, so no locality failover ==")
         say(se)
-        async with Stack(load_policy_text(se, "serviceentry.yaml"), Locality.parse(WORKLOAD), settings) as stack:
+        async with Stack(
+            load_policy_text(se, "serviceentry.yaml"), Locality.parse(WORKLOAD), settings
+        ) as stack:
             replies = await _loop(stack, 10, pause_s, say)
         served = Counter(r.served_by for r in replies)
         story.expect(served[EAST] > 0 and served[WEST] > 0, "requests go to both regions")
@@ -143,7 +146,9 @@ async def run_demo(pause_s: float = 0.3, out: Callable[[str], None] | None = Non
         policy = load_policy_text(se + "---\n" + DESTINATION_RULE, "failover.yaml")
         async with Stack(policy, Locality.parse(WORKLOAD), settings) as stack:
             replies = await _loop(stack, 5, pause_s, say)
-            story.expect(all(r.served_by == EAST for r in replies), "every request goes to us-east1")
+            story.expect(
+                all(r.served_by == EAST for r in replies), "every request goes to us-east1"
+            )
 
             say(f"\n== 3. {EAST} refuses connections (the seed points it at port 81) ==")
             east.set_mode(Mode.REFUSE)
@@ -157,7 +162,10 @@ async def run_demo(pause_s: float = 0.3, out: Callable[[str], None] | None = Non
 
             say(f"\n== 4. {EAST} is back: traffic returns once its ejection ends ==")
             east.set_mode(Mode.HEALTHY)
-            say("(the first ejection lasts baseEjectionTime = 3s; un-ejection happens at the next 1s sweep)")
+            say(
+                "(the first ejection lasts baseEjectionTime = 3s;"
+                " un-ejection happens at the next 1s sweep)"
+            )
             say(f"$ while true; do curl -sS http://mydb.com; echo; sleep {pause_s:g}; done")
             back = None
             for attempt in range(int(10 / pause_s) + 1):

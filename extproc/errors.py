@@ -1,8 +1,8 @@
 """The project's exception tree.
 
-    ExtprocError
-    ├── ConfigError        a config file is invalid; carries every problem found
-    └── StartupError       Envoy or the service could not start
+ExtprocError
+├── ConfigError        a config file is invalid; carries every problem found
+└── StartupError       Envoy or the service could not start
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ without YAML or a network. Nothing here reads real time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from extproc.core.policy import (
     Endpoint,
@@ -126,3 +127,55 @@ def service(
         locality_lb=LocalityLbSetting(enabled=locality_lb_enabled, failover=tuple(failover)),
         source="extproc.testing",
     )
+
+
+# -- ext_proc messages as Envoy sends them (headers in raw_value, attributes as a Struct) --
+
+
+def request_headers(authority: str, path: str = "/") -> Any:
+    """A ``ProcessingRequest`` carrying request headers, as Envoy 1.40 sends them."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    headers = [(":authority", authority), (":path", path), (":method", "GET")]
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers]
+            ),
+            end_of_stream=True,
+        )
+    )
+
+
+def response_headers(
+    status: int,
+    *,
+    code_details: str = "via_upstream",
+    flags: int = 0,
+    attempts: int = 1,
+) -> Any:
+    """A ``ProcessingRequest`` carrying response headers and the attributes we ask for."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    request = pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[base_pb2.HeaderValue(key=":status", raw_value=str(status).encode())]
+            )
+        )
+    )
+    attributes = request.attributes["envoy.filters.http.ext_proc"].fields
+    attributes["response.code_details"].string_value = code_details
+    attributes["response.flags"].number_value = flags
+    attributes["upstream.request_attempt_count"].number_value = attempts
+    return request
+
+
+def routed_host(response: Any) -> str | None:
+    """The ``ip:port`` a request-headers answer routes to, or None (an immediate reply)."""
+    fields = response.dynamic_metadata.fields
+    if "extproc" not in fields:
+        return None
+    return str(fields["extproc"].struct_value.fields["host"].string_value)

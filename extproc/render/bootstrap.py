@@ -42,6 +42,8 @@ _ISTIO_CONNECT_TIMEOUT = "10s"
 #: (cluster_traffic_policy.go getDefaultCircuitBreakerThresholds).
 _UNLIMITED = 4294967295
 
+_UNKNOWN_HOST_BODY = "extproc: no ServiceEntry host matches this request's authority\n"
+
 #: Response attributes the service reads to classify an outcome (see server/outcome.py).
 RESPONSE_ATTRIBUTES = (
     "response.code_details",
@@ -137,11 +139,6 @@ def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
     }
 
 
-def _domains(service: Service) -> list[str]:
-    # Istio matches the authority with and without the port (route/route.go generateVirtualHostDomains).
-    return [service.host, f"{service.host}:{service.port}"]
-
-
 def _virtual_hosts(policy: Policy) -> list[dict[str, Any]]:
     by_host: dict[str, list[Service]] = {}
     for service in policy.services:
@@ -194,9 +191,7 @@ def _virtual_hosts(policy: Policy) -> list[dict[str, Any]]:
                     "match": {"prefix": "/"},
                     "direct_response": {
                         "status": 404,
-                        "body": {
-                            "inline_string": "extproc: no ServiceEntry host matches this request's authority\n"
-                        },
+                        "body": {"inline_string": _UNKNOWN_HOST_BODY},
                     },
                     "typed_per_filter_config": {
                         "envoy.filters.http.ext_proc": _typed(
@@ -260,9 +255,7 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
     )
     return {
         "node": {"id": "extproc", "cluster": "extproc"},
-        "admin": {
-            "address": _socket_address(settings.envoy_admin_host, settings.envoy_admin_port)
-        },
+        "admin": {"address": _socket_address(settings.envoy_admin_host, settings.envoy_admin_port)},
         "static_resources": {
             "listeners": [
                 {

@@ -31,7 +31,10 @@ async def get(
 ) -> Reply:
     """Send ``GET path`` with ``Host: host`` to ``address`` and read the whole reply."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    request = f"GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: extproc-demo\r\n{extra}connection: close\r\n\r\n"
+    request = (
+        f"GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: extproc-demo\r\n"
+        f"{extra}connection: close\r\n\r\n"
+    )
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(*address)

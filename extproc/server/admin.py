@@ -42,7 +42,9 @@ def endpoints_json(table: ServiceTable, now: float) -> list[dict[str, Any]]:
 
 def _host_status(view: HostView) -> clusters_pb2.HostStatus:
     host, _, port = view.address.rpartition(":")
-    status = clusters_pb2.HostStatus(weight=view.weight, priority=view.priority, hostname=view.endpoint_address)
+    status = clusters_pb2.HostStatus(
+        weight=view.weight, priority=view.priority, hostname=view.endpoint_address
+    )
     status.address.socket_address.address = host.strip("[]")
     status.address.socket_address.port_value = int(port)
     status.health_status.eds_health_status = 1  # HEALTHY: DNS hosts are healthy to EDS
@@ -118,7 +120,11 @@ class AdminServer:
         if path == "/healthz":
             return 200, "text/plain", "ok\n"
         if path == "/readyz":
-            return (200, "text/plain", "ready\n") if self._ready() else (503, "text/plain", "not ready\n")
+            return (
+                (200, "text/plain", "ready\n")
+                if self._ready()
+                else (503, "text/plain", "not ready\n")
+            )
         if path == "/endpoints":
             body = json.dumps(endpoints_json(self._table(), now), indent=2)
             return 200, "application/json", body + "\n"
@@ -140,7 +146,12 @@ class AdminServer:
             else:
                 status, ctype, body = self._respond(parts[1])
             data = body.encode()
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+            reason = {
+                200: "OK",
+                404: "Not Found",
+                405: "Method Not Allowed",
+                503: "Service Unavailable",
+            }
             writer.write(
                 f"HTTP/1.1 {status} {reason.get(status, '')}\r\ncontent-type: {ctype}\r\n"
                 f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode()

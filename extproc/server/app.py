@@ -99,9 +99,8 @@ class ServiceApp:
             await self._admin.start(self.settings.admin_host, self.settings.admin_port)
         except OSError as exc:
             await self.stop()
-            raise StartupError(
-                f"cannot listen for admin on {self.settings.admin_host}:{self.settings.admin_port}: {exc}"
-            ) from exc
+            where = f"{self.settings.admin_host}:{self.settings.admin_port}"
+            raise StartupError(f"cannot listen for admin on {where}: {exc}") from exc
         await self._resolver.resolve_all()
         self._sweeper = asyncio.create_task(self._sweep_loop())
         self._ready = True

@@ -44,9 +44,7 @@ class Outcome:
     codes: tuple[int, ...]
 
 
-def classify(
-    status: int, code_details: str, flags: int, attempt_count: int
-) -> Outcome:
+def classify(status: int, code_details: str, flags: int, attempt_count: int) -> Outcome:
     """Turn a final response into the per-attempt results Envoy's detector would see.
 
     Args:

@@ -50,7 +50,9 @@ class Answer:
     ok: bool  # False: the resolver failed; keep the last answer
 
 
-def make_resolver(nameserver: tuple[str, int] | None, timeout_s: float = 2.0) -> dns.asyncresolver.Resolver:
+def make_resolver(
+    nameserver: tuple[str, int] | None, timeout_s: float = 2.0
+) -> dns.asyncresolver.Resolver:
     """A dnspython async resolver, pointed at ``nameserver`` when given."""
     if nameserver is None:
         resolver = dns.asyncresolver.Resolver()
@@ -112,7 +114,9 @@ class EndpointResolver:
         if not answer.ok:
             return
         cluster.set_endpoint_addresses(index, answer.ips, self._now())
-        log.debug("dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=answer.ips)
+        log.debug(
+            "dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=answer.ips
+        )
 
     async def _refresh_loop(
         self, cluster: ClusterState, index: int, name: str, delay_s: float

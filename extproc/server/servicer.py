@@ -25,7 +25,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from extproc.core.cluster import ClusterState, PickReason
+from extproc.core.cluster import ClusterState
 from extproc.core.table import ServiceTable
 from extproc.render.bootstrap import METADATA_HOST_KEY, METADATA_NAMESPACE
 from extproc.server.outcome import classify
@@ -39,7 +39,7 @@ _EMPTY_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersRespo
 def _immediate(status: int, body: str, details: str) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             body=body.encode(),
             details=details,
             headers=pb.HeaderMutation(
@@ -98,41 +98,50 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             answer = self._route_cache[host] = _route_to(host)
         return answer
 
-    async def Process(  # noqa: N802 - the gRPC method name
+    async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        cluster: ClusterState | None = None
-        host: str | None = None
+        stream = _Stream()
         try:
             async for request in request_iterator:
-                kind = request.WhichOneof("request")
-                if kind == "request_headers":
-                    authority = _header(request.request_headers, ":authority")
-                    cluster = self._table().lookup(authority)
-                    if cluster is None:
-                        yield _unknown_host(authority)
-                        continue
-                    pick = cluster.pick(self._now())
-                    log_events(cluster)
-                    if pick.host is None or pick.reason is PickReason.NO_HEALTHY_UPSTREAM:
-                        yield _NO_HEALTHY_UPSTREAM
-                        continue
-                    host = pick.host
-                    yield self._routing_answer(host)
-                elif kind == "response_headers":
-                    if cluster is not None and host is not None:
-                        self._record(cluster, host, request)
-                        host = None
-                    yield _EMPTY_RESPONSE_HEADERS
-                else:
-                    # Modes we did not ask for (bodies, trailers): pass through untouched.
-                    yield _passthrough(kind)
-        except Exception:
-            log.exception("ext_proc.stream_error", host=host)
-            raise
+                try:
+                    answer = self._answer(stream, request)
+                except Exception:
+                    # One bad message fails its own request, never the server or the stream.
+                    log.exception(
+                        "ext_proc.message_error",
+                        kind=request.WhichOneof("request"),
+                        cluster_name=stream.cluster.service.cluster_name
+                        if stream.cluster
+                        else None,
+                        upstream_url=stream.host,
+                    )
+                    answer = _error_answer(request.WhichOneof("request"))
+                yield answer
         finally:
-            if cluster is not None and host is not None:
-                cluster.release(host)
+            if stream.cluster is not None and stream.host is not None:
+                stream.cluster.release(stream.host)
+
+    def _answer(self, stream: _Stream, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            authority = _header(request.request_headers, ":authority")
+            cluster = stream.cluster = self._table().lookup(authority)
+            if cluster is None:
+                return _unknown_host(authority)
+            pick = cluster.pick(self._now())
+            log_events(cluster)
+            if pick.host is None:
+                return _NO_HEALTHY_UPSTREAM
+            stream.host = pick.host
+            return self._routing_answer(pick.host)
+        if kind == "response_headers":
+            if stream.cluster is not None and stream.host is not None:
+                host, stream.host = stream.host, None
+                self._record(stream.cluster, host, request)
+            return _EMPTY_RESPONSE_HEADERS
+        # Modes we did not ask for (bodies, trailers): pass through untouched.
+        return _passthrough(kind)
 
     def _record(self, cluster: ClusterState, host: str, request: pb.ProcessingRequest) -> None:
         status_text = _header(request.response_headers, ":status")
@@ -153,6 +162,26 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         log_events(cluster)
 
 
+class _Stream:
+    """What one stream (one HTTP request) has decided so far."""
+
+    __slots__ = ("cluster", "host")
+
+    def __init__(self) -> None:
+        self.cluster: ClusterState | None = None
+        self.host: str | None = None
+
+
+_INTERNAL_ERROR = _immediate(503, "extproc: internal error\n", "extproc_internal_error")
+
+
+def _error_answer(kind: str | None) -> pb.ProcessingResponse:
+    # A request we could not route fails closed; a response passes through unchanged.
+    if kind == "request_headers":
+        return _INTERNAL_ERROR
+    return _passthrough(kind)
+
+
 def _passthrough(kind: str | None) -> pb.ProcessingResponse:
     if kind == "request_body":
         return pb.ProcessingResponse(request_body=pb.BodyResponse())
@@ -160,6 +189,8 @@ def _passthrough(kind: str | None) -> pb.ProcessingResponse:
         return pb.ProcessingResponse(response_body=pb.BodyResponse())
     if kind == "request_trailers":
         return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+    if kind == "response_headers":
+        return _EMPTY_RESPONSE_HEADERS
     return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
 
 

@@ -107,7 +107,8 @@ class Stack:
             raise
 
     async def _wait_listener(self, timeout_s: float) -> None:
-        assert self.envoy is not None and self.envoy.admin_address is not None
+        assert self.envoy is not None
+        assert self.envoy.admin_address is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:

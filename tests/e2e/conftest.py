@@ -3,7 +3,7 @@ responder and stand-in endpoints, all on loopback with ports read back after bin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest

@@ -43,7 +43,9 @@ spec:
 """
 
 
-def seed(east_port: int, west_port: int, *, outlier: bool = True, interval: str = "1s", base: str = "2s") -> str:
+def seed(
+    east_port: int, west_port: int, *, outlier: bool = True, interval: str = "1s", base: str = "2s"
+) -> str:
     text = SERVICE_ENTRY.format(east_port=east_port, west_port=west_port)
     if outlier:
         text += DESTINATION_RULE.format(interval=interval, base=base)

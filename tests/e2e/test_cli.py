@@ -15,7 +15,7 @@ from extproc.demo import free_port
 from extproc.sandbox import DnsResponder
 from extproc.sandbox.client import get
 
-from .conftest import EAST, WEST, Region
+from .conftest import EAST, Region
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
@@ -47,10 +47,20 @@ async def test_up_routes_like_the_seed_and_stops_cleanly_on_sigterm(
     listen = ("127.0.0.1", free_port())
     admin = ("127.0.0.1", free_port())
     proc = await asyncio.create_subprocess_exec(
-        *EXTPROC, "up", "--config", str(config), "--locality", "us-east1",
-        "--listen", "{}:{}".format(*listen), "--admin", "{}:{}".format(*admin),
-        "--dns-resolver", "{}:{}".format(*dns.address),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *EXTPROC,
+        "up",
+        "--config",
+        str(config),
+        "--locality",
+        "us-east1",
+        "--listen",
+        "{}:{}".format(*listen),
+        "--admin",
+        "{}:{}".format(*admin),
+        "--dns-resolver",
+        "{}:{}".format(*dns.address),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await _wait_for_200(listen)
@@ -58,8 +68,12 @@ async def test_up_routes_like_the_seed_and_stops_cleanly_on_sigterm(
         assert [r.served_by for r in replies] == [EAST] * 5
 
         status = await asyncio.create_subprocess_exec(
-            *EXTPROC, "status", "--admin", "{}:{}".format(*admin),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *EXTPROC,
+            "status",
+            "--admin",
+            "{}:{}".format(*admin),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, _ = await status.communicate()
         table = out.decode()
@@ -80,14 +94,21 @@ async def test_up_routes_like_the_seed_and_stops_cleanly_on_sigterm(
 
 async def test_up_with_a_bad_config_exits_1_naming_file_document_and_field(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text(
-        seed(8080, 8081).replace("interval: 1s", 'interval: "1x"')
-    )
+    config.write_text(seed(8080, 8081).replace("interval: 1s", 'interval: "1x"'))
     listen = free_port()
     proc = await asyncio.create_subprocess_exec(
-        *EXTPROC, "up", "--config", str(config), "--locality", "us-east1",
-        "--listen", f"127.0.0.1:{listen}", "--admin", "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *EXTPROC,
+        "up",
+        "--config",
+        str(config),
+        "--locality",
+        "us-east1",
+        "--listen",
+        f"127.0.0.1:{listen}",
+        "--admin",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     message = err.decode()
@@ -119,8 +140,17 @@ def test_render_output_passes_envoy_validate(tmp_path: Path) -> None:
     config = tmp_path / "seed.yaml"
     config.write_text(seed(80, 80))
     result = subprocess.run(
-        [*EXTPROC, "render", "--config", str(config), "--validate", "-o", str(tmp_path / "envoy.yaml")],
-        capture_output=True, text=True,
+        [
+            *EXTPROC,
+            "render",
+            "--config",
+            str(config),
+            "--validate",
+            "-o",
+            str(tmp_path / "envoy.yaml"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "outbound|80||mydb.com" in (tmp_path / "envoy.yaml").read_text()

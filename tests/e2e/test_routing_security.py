@@ -38,7 +38,8 @@ async def test_with_the_service_down_a_forged_header_reaches_nothing(
     regions: dict[str, Region], start_stack: StackFactory, header: str
 ) -> None:
     stack = await start_stack(seed(regions["east"].port, regions["west"].port))
-    assert stack.envoy is not None and stack.envoy.admin_address is not None
+    assert stack.envoy is not None
+    assert stack.envoy.admin_address is not None
     await stack.app.stop()
     before = [sum(r.servers[0].requests_served.values()) for r in regions.values()]
     envoy_admin = "{}:{}".format(*stack.envoy.admin_address)

@@ -17,7 +17,9 @@ from .seed_yaml import seed
 pytestmark = pytest.mark.e2e
 
 
-async def curl_loop(stack: Stack, count: int, pause_s: float = 0.0, **kwargs: object) -> list[Reply]:
+async def curl_loop(
+    stack: Stack, count: int, pause_s: float = 0.0, **kwargs: object
+) -> list[Reply]:
     replies = []
     for _ in range(count):
         replies.append(await get(stack.settings.listen, "mydb.com", **kwargs))  # type: ignore[arg-type]
@@ -94,7 +96,9 @@ async def test_503_answers_cost_one_request_then_fail_over(
 async def test_traffic_fails_back_after_the_ejection(
     regions: dict[str, Region], start_stack: StackFactory
 ) -> None:
-    stack = await start_stack(seed(regions["east"].port, regions["west"].port, interval="0.5s", base="1s"))
+    stack = await start_stack(
+        seed(regions["east"].port, regions["west"].port, interval="0.5s", base="1s")
+    )
     east = regions["east"].servers[0]
     east.set_mode(Mode.REFUSE)
     first = await curl_loop(stack, 2)
@@ -112,7 +116,9 @@ async def test_traffic_fails_back_after_the_ejection(
 async def test_a_dead_endpoint_is_probed_once_per_unejection(
     regions: dict[str, Region], start_stack: StackFactory
 ) -> None:
-    stack = await start_stack(seed(regions["east"].port, regions["west"].port, interval="0.2s", base="0.5s"))
+    stack = await start_stack(
+        seed(regions["east"].port, regions["west"].port, interval="0.2s", base="0.5s")
+    )
     regions["east"].servers[0].set_mode(Mode.REFUSE)
 
     replies = await curl_loop(stack, 14, pause_s=0.1)

@@ -6,7 +6,10 @@ import pytest
 
 from extproc.server.outcome import classify
 
-REFUSED = "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+REFUSED = (
+    "upstream_reset_before_response_started"
+    "{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+)
 
 
 @pytest.mark.parametrize(
