@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
     parser.add_argument(
         "--log-level",
-        default=_env("LOG_LEVEL", "info"),
+        default=_env("LOG_LEVEL"),
         choices=["debug", "info", "warning", "error"],
+        help="default: info (warning for demo, whose story is the output)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -330,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from extproc.server.logs import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"))
     try:
         if args.command == "check":
             load(args.path, args.strict_max_ejection_percent)

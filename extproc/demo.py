@@ -127,6 +127,7 @@ async def run_demo(pause_s: float = 0.3, out: Callable[[str], None] | None = Non
             listen=("127.0.0.1", free_port()),
             admin=("127.0.0.1", 0),
             dns_resolver=dns.address,
+            envoy_log_level="error",
         )
         say(f"Workload locality: {WORKLOAD}. DNS responder on {dns.address[0]}:{dns.address[1]}:")
         say(f"  {EAST} -> {EAST_IP} (stand-in on port {east.address[1]})")

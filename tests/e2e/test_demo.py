@@ -1,0 +1,21 @@
+"""``extproc demo``, the main job, plays the seed's story with the right outcome at every step."""
+
+from __future__ import annotations
+
+import pytest
+
+from extproc.demo import run_demo
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_demo_plays_every_step_of_the_seed() -> None:
+    lines: list[str] = []
+
+    code = await run_demo(pause_s=0.05, out=lines.append)
+
+    text = "\n".join(lines)
+    assert code == 0, text
+    assert "FAIL" not in text
+    assert "upstream connect error" in text  # step 3's one failed request, as in the seed
+    assert "Every step turned out as the seed shows." in text
