@@ -16,6 +16,7 @@ async def test_demo_plays_every_step_of_the_seed() -> None:
 
     text = "\n".join(lines)
     assert code == 0, text
-    assert "FAIL" not in text
+    assert not [line for line in lines if line.startswith("  FAIL ")]
+    assert "FAILED" in text  # the status table shows us-east1 failing its outlier check
     assert "upstream connect error" in text  # step 3's one failed request, as in the seed
     assert "Every step turned out as the seed shows." in text
