@@ -1,0 +1,978 @@
+"""Measure what the ext_proc round trip costs, against plain Envoy, in one bounded run.
+
+Every request through ``extproc up`` waits for a gRPC exchange with the Python service
+before Envoy may pick an upstream, so the number that matters is the ratio of its
+throughput to that of the same Envoy without the filter. This script measures both,
+side by side, on loopback only.
+
+Theory of operation (the method of envoy-extproc-facts.md section 5):
+
+1. One fast upstream: nginx with one worker answering ``return 200`` on 127.0.0.21, or,
+   when nginx is missing, the project's ``StandIn`` in a child process. It must be far
+   faster than either variant, so that it never is the bottleneck.
+2. Two variants, started once and kept running through all rounds, so runs can
+   interleave without restarts:
+
+   - ``plain``: Envoy with a minimal bootstrap built here, one route to a STATIC cluster.
+   - ``extproc``: ``python -m extproc up`` with a ServiceEntry ``bench.local`` whose one
+     endpoint is the upstream; its Envoy is a child process of the Python one.
+
+3. For each connection count, ``--rounds`` rounds; each round runs wrk against every
+   variant, starting with a different variant each round, so a slow drift of the machine
+   (thermal, noisy neighbours) does not always land on the same variant.
+4. Around each wrk run, the CPU seconds of every process involved are read from
+   ``/proc/<pid>/stat`` (utime + stime, all threads). Divided by wrk's request count
+   this gives CPU microseconds per request, which says where the time goes even when
+   the machine is saturated and req/s alone cannot.
+5. The tables show per-metric medians over the rounds; ``--json`` keeps every round.
+
+Everything started here runs in its own session (process group) and is stopped in a
+``finally``: on success, on errors, on Ctrl-C, and on SIGTERM/SIGHUP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from extproc.errors import StartupError
+from extproc.server.envoy_process import find_envoy_binary
+
+#: The upstream gets its own loopback address, so its port can never collide with the
+#: listeners on 127.0.0.1, and the ServiceEntry endpoint is a literal IP (STATIC).
+UPSTREAM_HOST = "127.0.0.21"
+LISTEN_HOST = "127.0.0.1"
+SERVICE_HOST = "bench.local"
+UPSTREAM_BODY = "ok\n"
+
+#: Variant keys, in the order of the first round; later rounds rotate it.
+VARIANTS = ("plain", "extproc")
+VARIANT_LABELS = {"plain": "plain envoy", "extproc": "envoy + ext_proc"}
+
+#: How long each variant runs once, untimed, before the first measured round: the first
+#: seconds include connection set-up, lazy allocations and cold caches on both sides.
+WARMUP_S = 2
+#: Start-up budget for each process to answer its first 200.
+READY_TIMEOUT_S = 60.0
+#: How long a stopped process gets to exit after SIGTERM before SIGKILL.
+STOP_GRACE_S = 10.0
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_EXIT_WRK_MISSING = 2
+
+_SERVICE_YAML = """\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: bench
+spec:
+  hosts:
+  - {host}
+  location: MESH_EXTERNAL
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: {upstream_host}
+    locality: us-east1
+    ports:
+      http: {upstream_port}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: bench
+spec:
+  host: {host}
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 10s
+      baseEjectionTime: 30s
+"""
+
+_NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  # nginx closes a keep-alive connection after 1000 requests by default; Envoy would then
+  # reconnect mid-run, which is noise that has nothing to do with either variant.
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {{
+    listen {host}:{port};
+    location / {{ return 200 "{body}"; }}
+  }}
+}}
+"""
+
+
+# --------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------
+
+
+def _read_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or None if gone.
+
+    The command name is in parentheses and may itself contain spaces and parentheses,
+    so the fields start after the LAST ``)``. Index 0 is field 3 (state) of proc(5).
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads), 0.0 if it is gone."""
+    fields = _read_stat(pid)
+    if fields is None:
+        return 0.0
+    # proc(5): utime is field 14, stime field 15; index = field - 3.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 (starttime): with the pid, it names a process even after pid reuse."""
+    fields = _read_stat(pid)
+    return int(fields[19]) if fields is not None else None
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid``, found by scanning /proc (no psutil here)."""
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _read_stat(int(entry))
+        if fields is not None and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    pending, found = [pid], []
+    while pending:
+        for child in _children(pending.pop()):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+@dataclass
+class Child:
+    """One process started here, in its own session, and everything it must not outlive.
+
+    ``extra`` holds (pid, starttime) of processes that left our process group on purpose:
+    ``extproc up`` starts Envoy with ``start_new_session``, so signalling the group of
+    ``extproc up`` never reaches its Envoy. If the parent does not stop it, we do, after
+    checking the starttime so that a recycled pid is never hit.
+    """
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    extra: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def adopt(self, pid: int) -> None:
+        """Remember a process that must not outlive this one."""
+        started = _start_time(pid)
+        if started is not None:
+            self.extra.append((pid, started))
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        """SIGTERM the group, SIGKILL it after a grace period, then reap what it left."""
+        # Snapshot before signalling: once the parent dies its children are reparented.
+        for pid in _descendants(self.pid):
+            if all(pid != known for known, _ in self.extra):
+                self.adopt(pid)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        # The leader is gone; anything left in its group is killed too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for pid, started in self.extra:
+            while _start_time(pid) == started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def spawn(name: str, argv: Sequence[str], log_dir: Path) -> Child:
+    """Start ``argv`` in a new session with its output in a log file.
+
+    A new session keeps Ctrl-C (sent to the terminal's foreground group) away from the
+    children, so shutdown happens in one order, ours, from the ``finally`` in ``main``.
+    """
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Child(name=name, proc=proc, log_path=log_path)
+
+
+def free_port(host: str) -> int:
+    """A port that was free on ``host`` a moment ago.
+
+    Envoy's listener, nginx and ``extproc up --listen`` need a port in their config
+    before they start; the race with another process taking it meanwhile is accepted.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(host: str, port: int, authority: str) -> int:
+    """Status of one ``GET /`` with the given Host header; raises OSError when down."""
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", "/", headers={"Host": authority})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def wait_ok(child: Child, host: str, port: int, authority: str) -> None:
+    """Wait until ``child`` answers 200 on ``host:port``.
+
+    Raises:
+        StartupError: the process exited, or did not answer 200 in time; the message
+            carries the end of its log.
+    """
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise StartupError(
+                f"{child.name} exited with code {child.proc.returncode}:\n{child.log_tail()}"
+            )
+        try:
+            status = http_status(host, port, authority)
+        except (OSError, http.client.HTTPException) as exc:
+            last = repr(exc)
+        else:
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        time.sleep(0.1)
+    raise StartupError(
+        f"{child.name} did not answer 200 on {host}:{port} within {READY_TIMEOUT_S:g}s "
+        f"(last: {last}):\n{child.log_tail()}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The three things under test
+# --------------------------------------------------------------------------------------
+
+
+def start_upstream(tmp: Path, prefer_standin: bool) -> tuple[Child, int, str]:
+    """Start nginx (one worker) or, without nginx, a StandIn child process.
+
+    Returns:
+        The child, its port on ``UPSTREAM_HOST``, and a label naming what it is.
+    """
+    port = free_port(UPSTREAM_HOST)
+    nginx = None if prefer_standin else shutil.which("nginx")
+    if nginx is not None:
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            _NGINX_CONF.format(
+                tmp=tmp, host=UPSTREAM_HOST, port=port, body=UPSTREAM_BODY.replace("\n", "\\n")
+            )
+        )
+        argv = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")]
+        child = spawn("nginx", argv, tmp)
+        label = f"nginx, 1 worker ({_version([nginx, '-v'])})"
+    else:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--_standin", str(port)]
+        child = spawn("standin", argv, tmp)
+        label = "extproc.sandbox.StandIn (nginx not found)"
+    wait_ok(child, UPSTREAM_HOST, port, SERVICE_HOST)
+    return child, port, label
+
+
+def plain_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
+    """The smallest Envoy config that proxies ``bench.local`` to the upstream.
+
+    No ext_proc filter, a STATIC cluster, no retries: the floor the ext_proc variant is
+    compared with. Envoy reads JSON as YAML, so no YAML library is needed.
+    """
+
+    def address(host: str, port: int) -> dict[str, Any]:
+        return {"socket_address": {"address": host, "port_value": port}}
+
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "plain",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "plain",
+            "virtual_hosts": [
+                {
+                    "name": "bench",
+                    "domains": [SERVICE_HOST],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": "bench", "timeout": "0s"}}
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    return {
+        "admin": {"address": address(LISTEN_HOST, 0)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "plain",
+                    "address": address(LISTEN_HOST, listen_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "bench",
+                    "type": "STATIC",
+                    "connect_timeout": "10s",
+                    "load_assignment": {
+                        "cluster_name": "bench",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {"endpoint": {"address": address(UPSTREAM_HOST, upstream_port)}}
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def start_plain_envoy(
+    tmp: Path, envoy: Path, upstream_port: int, concurrency: int
+) -> tuple[Child, int]:
+    """Start plain Envoy on a free port; wait until it proxies a 200.
+
+    Returns:
+        The child and its listener port.
+    """
+    port = free_port(LISTEN_HOST)
+    config = tmp / "plain-envoy.json"
+    config.write_text(json.dumps(plain_bootstrap(port, upstream_port), indent=2))
+    argv = [
+        str(envoy),
+        "-c",
+        str(config),
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        "warning",
+        "--admin-address-path",
+        str(tmp / "plain-envoy-admin-address"),
+        # Two Envoys share the host: without this they fight over the hot-restart
+        # shared memory of the default base id.
+        "--disable-hot-restart",
+    ]
+    child = spawn("plain-envoy", argv, tmp)
+    wait_ok(child, LISTEN_HOST, port, SERVICE_HOST)
+    return child, port
+
+
+def start_extproc(tmp: Path, upstream_port: int, concurrency: int) -> tuple[Child, int, int]:
+    """Start ``python -m extproc up``; wait until a request through it gets a 200.
+
+    Returns:
+        The child (the Python service), its Envoy's pid, and the listener port.
+    """
+    config = tmp / "bench-service.yaml"
+    config.write_text(
+        _SERVICE_YAML.format(
+            host=SERVICE_HOST, upstream_host=UPSTREAM_HOST, upstream_port=upstream_port
+        )
+    )
+    port = free_port(LISTEN_HOST)
+    admin = free_port(LISTEN_HOST)
+    argv = [
+        sys.executable,
+        "-m",
+        "extproc",
+        # --log-level belongs to the top-level parser, so it comes before "up".
+        "--log-level",
+        "warning",
+        "up",
+        "--config",
+        str(config),
+        "--locality",
+        "us-east1",
+        "--listen",
+        f"{LISTEN_HOST}:{port}",
+        "--admin",
+        f"{LISTEN_HOST}:{admin}",
+        "--concurrency",
+        str(concurrency),
+    ]
+    child = spawn("extproc-up", argv, tmp)
+    wait_ok(child, LISTEN_HOST, port, SERVICE_HOST)
+    envoys = [pid for pid in _children(child.pid) if _comm(pid) == "envoy"]
+    if len(envoys) != 1:
+        raise StartupError(f"expected one envoy child of extproc up, found {envoys}")
+    child.adopt(envoys[0])
+    return child, envoys[0], port
+
+
+def _comm(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return ""
+
+
+def _version(argv: list[str]) -> str:
+    """The first line a tool prints about its version, or "unknown"."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+# --------------------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    """What one wrk run reports; latencies from its ``--latency`` distribution."""
+
+    requests: int
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+_TIME_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_PERCENTILE = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s+(\d+(?:\.\d+)?)(us|ms|s|m|h)\s*$", re.M)
+_REQUESTS = re.compile(r"^\s*(\d+) requests in (\d+(?:\.\d+)?)(us|ms|s|m|h)", re.M)
+_RPS = re.compile(r"^Requests/sec:\s+(\d+(?:\.\d+)?)", re.M)
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parse wrk 4's text report.
+
+    wrk counts a response as an error when its status is 400 or more and reports it as
+    "Non-2xx or 3xx responses"; socket errors (connect, read, write, timeout) are
+    summed, as any of them means requests that never got an answer.
+
+    Raises:
+        ValueError: the report lacks the request count, req/s or the percentiles.
+    """
+    percentiles = {
+        float(pct): float(value) * _TIME_UNITS_MS[unit]
+        for pct, value, unit in _PERCENTILE.findall(text)
+    }
+    requests = _REQUESTS.search(text)
+    rps = _RPS.search(text)
+    if requests is None or rps is None or 50.0 not in percentiles or 99.0 not in percentiles:
+        raise ValueError(f"cannot parse wrk output:\n{text}")
+    non_2xx = _NON_2XX.search(text)
+    sockets = _SOCKET_ERRORS.search(text)
+    return WrkResult(
+        requests=int(requests.group(1)),
+        duration_s=float(requests.group(2)) * _TIME_UNITS_MS[requests.group(3)] / 1e3,
+        rps=float(rps.group(1)),
+        p50_ms=percentiles[50.0],
+        p99_ms=percentiles[99.0],
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+    )
+
+
+def run_wrk(wrk: str, port: int, connections: int, duration_s: int) -> tuple[WrkResult, float]:
+    """One wrk run against ``LISTEN_HOST:port`` with ``Host: bench.local``.
+
+    Returns:
+        The parsed report and the CPU seconds wrk itself used (it shares the 2 cores).
+
+    Raises:
+        RuntimeError: wrk failed or did not finish well after its duration.
+    """
+    argv = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-H",
+        f"Host: {SERVICE_HOST}",
+        f"http://{LISTEN_HOST}:{port}/",
+    ]
+    before = _children_cpu_s()
+    # A session of its own, like every child: if we are killed, so is it (finally).
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=duration_s + 30)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited with code {proc.returncode}:\n{text}")
+    return parse_wrk(text), _children_cpu_s() - before
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One variant: where wrk sends load, and whose CPU is charged to it."""
+
+    key: str
+    port: int
+    #: role ("envoy", "python") -> pids summed for that role.
+    cpu_pids: dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One wrk run of one variant in one round, as written to ``--json``."""
+
+    connections: int
+    round: int
+    position: int
+    variant: str
+    wrk: WrkResult
+    cpu_s: dict[str, float]
+    cpu_us_per_request: dict[str, float]
+    cpu_percent: dict[str, float]
+
+
+def measure(
+    target: Target,
+    upstream_pids: list[int],
+    wrk: str,
+    connections: int,
+    duration_s: int,
+    round_no: int,
+    position: int,
+) -> RunRecord:
+    """Run wrk once against ``target`` and charge the CPU each process used meanwhile."""
+    roles = {**target.cpu_pids, "upstream": upstream_pids}
+    before = {role: sum(cpu_seconds(p) for p in pids) for role, pids in roles.items()}
+    result, wrk_cpu_s = run_wrk(wrk, target.port, connections, duration_s)
+    cpu_s = {role: sum(cpu_seconds(p) for p in pids) - before[role] for role, pids in roles.items()}
+    cpu_s["wrk"] = wrk_cpu_s
+    requests = max(result.requests, 1)
+    wall_s = max(result.duration_s, 1e-9)
+    return RunRecord(
+        connections=connections,
+        round=round_no,
+        position=position,
+        variant=target.key,
+        wrk=result,
+        cpu_s={k: round(v, 3) for k, v in cpu_s.items()},
+        cpu_us_per_request={k: round(v * 1e6 / requests, 1) for k, v in cpu_s.items()},
+        cpu_percent={k: round(v * 100 / wall_s, 1) for k, v in cpu_s.items()},
+    )
+
+
+def rotated(items: Sequence[str], start: int) -> list[str]:
+    """``items`` starting at index ``start`` (mod len), wrapping around."""
+    start %= len(items)
+    return [*items[start:], *items[:start]]
+
+
+def medians(records: list[RunRecord]) -> dict[str, Any]:
+    """Per-metric medians of the runs of one variant at one connection count.
+
+    Each metric is a median on its own (the p99 median need not come from the same
+    round as the req/s median): with 3 rounds, one disturbed round cannot move any of
+    them.
+    """
+    roles = sorted({role for r in records for role in r.cpu_us_per_request})
+    return {
+        "rounds": len(records),
+        "rps": statistics.median(r.wrk.rps for r in records),
+        "p50_ms": statistics.median(r.wrk.p50_ms for r in records),
+        "p99_ms": statistics.median(r.wrk.p99_ms for r in records),
+        "non_2xx": sum(r.wrk.non_2xx for r in records),
+        "socket_errors": sum(r.wrk.socket_errors for r in records),
+        "cpu_us_per_request": {
+            role: statistics.median(r.cpu_us_per_request.get(role, 0.0) for r in records)
+            for role in roles
+        },
+        "cpu_percent": {
+            role: statistics.median(r.cpu_percent.get(role, 0.0) for r in records) for role in roles
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------
+
+
+def _cpu_cell(summary: dict[str, Any], role: str) -> str:
+    value = summary["cpu_us_per_request"].get(role)
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def format_table(connections: int, per_variant: dict[str, dict[str, Any]], rounds: int) -> str:
+    """One table for one connection count, medians only, ratio to plain Envoy."""
+    base = per_variant["plain"]["rps"]
+    header = (
+        "variant",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio",
+        "envoy µs/req",
+        "python µs/req",
+        "upstream µs/req",
+        "non-2xx",
+        "sock err",
+    )
+    rows = [header]
+    for key in VARIANTS:
+        s = per_variant[key]
+        rows.append(
+            (
+                VARIANT_LABELS[key],
+                f"{s['rps']:,.0f}",
+                f"{s['p50_ms']:.2f}",
+                f"{s['p99_ms']:.2f}",
+                f"{s['rps'] / base:.3f}" if base else "-",
+                _cpu_cell(s, "envoy"),
+                _cpu_cell(s, "python"),
+                _cpu_cell(s, "upstream"),
+                str(s["non_2xx"]),
+                str(s["socket_errors"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [f"connections={connections} (medians of {rounds} rounds)"]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _parse_connections(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: connection counts must be >= 1")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Throughput, latency and CPU per request of Envoy + ext_proc vs plain Envoy.",
+    )
+    parser.add_argument(
+        "--connections",
+        type=_parse_connections,
+        default=[16, 64],
+        help="wrk connection counts, comma-separated (default 16,64)",
+    )
+    parser.add_argument("--duration", type=_positive, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=_positive, default=3, help="rounds per connection count")
+    parser.add_argument(
+        "--concurrency", type=_positive, default=2, help="Envoy worker threads (both variants)"
+    )
+    parser.add_argument("--json", type=Path, help="write every round and the medians here")
+    parser.add_argument(
+        "--standin", action="store_true", help="use the StandIn upstream even if nginx exists"
+    )
+    # Internal: the StandIn upstream runs in a child process of its own, so its event
+    # loop neither competes with this script's GIL nor hides in this script's CPU time.
+    parser.add_argument("--_standin", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    return parser
+
+
+def _serve_standin(port: int) -> int:
+    """Run a StandIn on ``UPSTREAM_HOST:port`` until SIGTERM."""
+    import asyncio
+
+    from extproc.sandbox import StandIn
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # log_limit=1: the request log is for tests; here it would only cost time.
+        async with StandIn("bench-upstream", UPSTREAM_HOST, port, log_limit=1):
+            await stop.wait()
+
+    asyncio.run(serve())
+    return 0
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into SystemExit, so the ``finally`` blocks still run."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args._standin is not None:
+        return _serve_standin(args._standin)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print(
+            "bench: wrk not found on PATH; install it (apt-get install wrk) and run again",
+            file=sys.stderr,
+        )
+        return _EXIT_WRK_MISSING
+    envoy = find_envoy_binary()
+
+    variants = len(VARIANTS)
+    load_s = args.rounds * variants * len(args.connections) * args.duration
+    warmup_s = variants * WARMUP_S
+    print(
+        f"bench: {args.rounds} rounds x {variants} variants x {len(args.connections)} "
+        f"connection counts x {args.duration}s = {load_s}s of load "
+        f"(+ {warmup_s}s warm-up and a few seconds of start-up)",
+        flush=True,
+    )
+
+    children: list[Child] = []
+    records: list[RunRecord] = []
+    summary: dict[int, dict[str, dict[str, Any]]] = {}
+    with _signals_raise(), tempfile.TemporaryDirectory(prefix="extproc-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            upstream, upstream_port, upstream_label = start_upstream(tmp, args.standin)
+            children.append(upstream)
+            upstream_pids = [upstream.pid, *_descendants(upstream.pid)]
+            plain, plain_port = start_plain_envoy(tmp, envoy, upstream_port, args.concurrency)
+            children.append(plain)
+            service, service_envoy, service_port = start_extproc(
+                tmp, upstream_port, args.concurrency
+            )
+            children.append(service)
+            targets = {
+                "plain": Target("plain", plain_port, {"envoy": [plain.pid]}),
+                "extproc": Target(
+                    "extproc",
+                    service_port,
+                    {"envoy": [service_envoy], "python": [service.pid]},
+                ),
+            }
+            print(f"bench: upstream {upstream_label} on {UPSTREAM_HOST}:{upstream_port}")
+            print(f"bench: {_version([str(envoy), '--version'])}", flush=True)
+
+            for key in VARIANTS:
+                run_wrk(wrk, targets[key].port, args.connections[0], WARMUP_S)
+
+            for connections in args.connections:
+                for round_no in range(args.rounds):
+                    order = rotated(VARIANTS, round_no)
+                    for position, key in enumerate(order):
+                        record = measure(
+                            targets[key],
+                            upstream_pids,
+                            wrk,
+                            connections,
+                            args.duration,
+                            round_no,
+                            position,
+                        )
+                        records.append(record)
+                        print(
+                            f"  c={connections} round {round_no + 1}/{args.rounds} "
+                            f"{VARIANT_LABELS[key]:<16} {record.wrk.rps:>10,.0f} req/s "
+                            f"p50 {record.wrk.p50_ms:.2f} ms p99 {record.wrk.p99_ms:.2f} ms",
+                            flush=True,
+                        )
+                summary[connections] = {
+                    key: medians(
+                        [r for r in records if r.connections == connections and r.variant == key]
+                    )
+                    for key in VARIANTS
+                }
+        finally:
+            # Reverse start order: the Envoys stop before the upstream they send to.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for child in reversed(children):
+                child.stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    print()
+    for connections, per_variant in summary.items():
+        print(format_table(connections, per_variant, args.rounds))
+        print()
+    ratios = {c: s["extproc"]["rps"] / s["plain"]["rps"] for c, s in summary.items()}
+    print(
+        "ratio envoy + ext_proc / plain envoy (req/s): "
+        + ", ".join(f"{ratio:.3f} at c={c}" for c, ratio in ratios.items())
+    )
+
+    if args.json is not None:
+        report = {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "cpu_model": _cpu_model(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+            },
+            "versions": {
+                "envoy": _version([str(envoy), "--version"]),
+                "wrk": _version([wrk, "-v"]),
+                "upstream": upstream_label,
+            },
+            "settings": {
+                "connections": args.connections,
+                "duration_s": args.duration,
+                "rounds": args.rounds,
+                "concurrency": args.concurrency,
+                "warmup_s": WARMUP_S,
+            },
+            "rounds": [asdict(r) for r in records],
+            "medians": {str(c): s for c, s in summary.items()},
+            "ratios": {str(c): round(r, 4) for c, r in ratios.items()},
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"bench: wrote {args.json}")
+    return 0
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; everything it started is stopped", file=sys.stderr)
+        sys.exit(130)
+    except (StartupError, RuntimeError, ValueError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        sys.exit(1)
