@@ -249,11 +249,13 @@ class Child:
                     os.kill(pid, signal.SIGKILL)
 
 
-def spawn(name: str, argv: Sequence[str], log_dir: Path) -> Child:
+def spawn(name: str, argv: Sequence[str], log_dir: Path, started: list[Child]) -> Child:
     """Start ``argv`` in a new session with its output in a log file.
 
     A new session keeps Ctrl-C (sent to the terminal's foreground group) away from the
     children, so shutdown happens in one order, ours, from the ``finally`` in ``main``.
+    The child joins ``started`` at once, before any wait for it to be ready, so that
+    a stop signal during start-up cannot leave it behind.
     """
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
@@ -264,7 +266,9 @@ def spawn(name: str, argv: Sequence[str], log_dir: Path) -> Child:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Child(name=name, proc=proc, log_path=log_path)
+    child = Child(name=name, proc=proc, log_path=log_path)
+    started.append(child)
+    return child
 
 
 def free_port(host: str) -> int:
@@ -324,7 +328,7 @@ def wait_ok(child: Child, host: str, port: int, authority: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def start_upstream(tmp: Path, prefer_standin: bool) -> tuple[Child, int, str]:
+def start_upstream(tmp: Path, started: list[Child], prefer_standin: bool) -> tuple[Child, int, str]:
     """Start nginx (one worker) or, without nginx, a StandIn child process.
 
     Returns:
@@ -340,11 +344,11 @@ def start_upstream(tmp: Path, prefer_standin: bool) -> tuple[Child, int, str]:
             )
         )
         argv = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")]
-        child = spawn("nginx", argv, tmp)
+        child = spawn("nginx", argv, tmp, started)
         label = f"nginx, 1 worker ({_version([nginx, '-v'])})"
     else:
         argv = [sys.executable, str(Path(__file__).resolve()), "--_standin", str(port)]
-        child = spawn("standin", argv, tmp)
+        child = spawn("standin", argv, tmp, started)
         label = "extproc.sandbox.StandIn (nginx not found)"
     wait_ok(child, UPSTREAM_HOST, port, SERVICE_HOST)
     return child, port, label
@@ -427,7 +431,7 @@ def plain_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
 
 
 def start_plain_envoy(
-    tmp: Path, envoy: Path, upstream_port: int, concurrency: int
+    tmp: Path, started: list[Child], envoy: Path, upstream_port: int, concurrency: int
 ) -> tuple[Child, int]:
     """Start plain Envoy on a free port; wait until it proxies a 200.
 
@@ -451,12 +455,14 @@ def start_plain_envoy(
         # shared memory of the default base id.
         "--disable-hot-restart",
     ]
-    child = spawn("plain-envoy", argv, tmp)
+    child = spawn("plain-envoy", argv, tmp, started)
     wait_ok(child, LISTEN_HOST, port, SERVICE_HOST)
     return child, port
 
 
-def start_extproc(tmp: Path, upstream_port: int, concurrency: int) -> tuple[Child, int, int]:
+def start_extproc(
+    tmp: Path, started: list[Child], upstream_port: int, concurrency: int
+) -> tuple[Child, int, int]:
     """Start ``python -m extproc up``; wait until a request through it gets a 200.
 
     Returns:
@@ -489,7 +495,7 @@ def start_extproc(tmp: Path, upstream_port: int, concurrency: int) -> tuple[Chil
         "--concurrency",
         str(concurrency),
     ]
-    child = spawn("extproc-up", argv, tmp)
+    child = spawn("extproc-up", argv, tmp, started)
     wait_ok(child, LISTEN_HOST, port, SERVICE_HOST)
     envoys = [pid for pid in _children(child.pid) if _comm(pid) == "envoy"]
     if len(envoys) != 1:
@@ -511,7 +517,10 @@ def _version(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     lines = (done.stdout + done.stderr).strip().splitlines()
-    return lines[0].strip() if lines else "unknown"
+    if not lines:
+        return "unknown"
+    # "<path>  version: <sha>/1.40.0/..." and "nginx version: nginx/1.22.1": drop the prefix.
+    return lines[0].partition("version:")[2].strip() or lines[0].strip()
 
 
 # --------------------------------------------------------------------------------------
@@ -819,14 +828,27 @@ def _serve_standin(port: int) -> int:
     return 0
 
 
+class Stopped(BaseException):
+    """A stop signal arrived; a BaseException so that no ``except Exception`` eats it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into SystemExit, so the ``finally`` blocks still run."""
+    """Turn SIGINT, SIGTERM and SIGHUP into exceptions, so the ``finally`` blocks run.
+
+    SIGINT is set explicitly: a shell starts background jobs with SIGINT ignored, and a
+    Python started that way would otherwise never see a Ctrl-C or a ``kill -INT``.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
+        raise Stopped(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in stops}
     try:
         yield
     finally:
@@ -863,15 +885,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _signals_raise(), tempfile.TemporaryDirectory(prefix="extproc-bench-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            upstream, upstream_port, upstream_label = start_upstream(tmp, args.standin)
-            children.append(upstream)
+            upstream, upstream_port, upstream_label = start_upstream(tmp, children, args.standin)
             upstream_pids = [upstream.pid, *_descendants(upstream.pid)]
-            plain, plain_port = start_plain_envoy(tmp, envoy, upstream_port, args.concurrency)
-            children.append(plain)
-            service, service_envoy, service_port = start_extproc(
-                tmp, upstream_port, args.concurrency
+            plain, plain_port = start_plain_envoy(
+                tmp, children, envoy, upstream_port, args.concurrency
             )
-            children.append(service)
+            service, service_envoy, service_port = start_extproc(
+                tmp, children, upstream_port, args.concurrency
+            )
             targets = {
                 "plain": Target("plain", plain_port, {"envoy": [plain.pid]}),
                 "extproc": Target(
@@ -881,7 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             }
             print(f"bench: upstream {upstream_label} on {UPSTREAM_HOST}:{upstream_port}")
-            print(f"bench: {_version([str(envoy), '--version'])}", flush=True)
+            print(f"bench: envoy {_version([str(envoy), '--version'])}", flush=True)
 
             for key in VARIANTS:
                 run_wrk(wrk, targets[key].port, args.connections[0], WARMUP_S)
@@ -914,10 +935,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
         finally:
             # Reverse start order: the Envoys stop before the upstream they send to.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for child in reversed(children):
-                child.stop()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # A second Ctrl-C must not cut the clean-up short.
+            blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+            try:
+                for child in reversed(children):
+                    child.stop()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
 
     print()
     for connections, per_variant in summary.items():
@@ -970,9 +995,9 @@ def _cpu_model() -> str:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:
-        print("\nbench: interrupted; everything it started is stopped", file=sys.stderr)
-        sys.exit(130)
+    except Stopped as stop:
+        print(f"\nbench: {stop}; everything it started is stopped", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except (StartupError, RuntimeError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         sys.exit(1)

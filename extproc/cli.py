@@ -73,6 +73,16 @@ def _add_dns(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_message_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--message-timeout-ms",
+        type=int,
+        default=int(_env("MESSAGE_TIMEOUT_MS", "1000") or 1000),
+        help="Envoy's budget for each ext_proc answer; past it the request fails closed "
+        "(default 1000; $EXTPROC_MESSAGE_TIMEOUT_MS)",
+    )
+
+
 def _hostport_default(name: str, fallback: str) -> tuple[str, int]:
     return parse_hostport(_env(name, fallback) or fallback)
 
@@ -113,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("CONCURRENCY", "2") or 2),
         help="Envoy worker threads ($EXTPROC_CONCURRENCY)",
     )
+    _add_message_timeout(up)
     up.add_argument("--envoy-log-level", default=_env("ENVOY_LOG_LEVEL", "warning"))
 
     serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
@@ -148,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_hostport,
         default=_hostport_default("ENVOY_ADMIN", "127.0.0.1:9901"),
     )
+    _add_message_timeout(render)
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     render.add_argument(
         "--validate", action="store_true", help="also run envoy --mode validate on it"
@@ -180,22 +192,28 @@ def load(path: Path, strict: bool) -> Policy:
     return policy
 
 
-async def _run_until_signal(wait_for: Any = None) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (installed before anything starts)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wait_for is not None:
-        waiters.append(asyncio.ensure_future(wait_for))
-    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    return stop
+
+
+async def _first(*awaitables: Any) -> None:
+    """Wait until the first of ``awaitables`` finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _up(args: argparse.Namespace, policy: Policy) -> int:
     from extproc.server.stack import Stack, StackSettings
 
+    stop = _stop_on_signals()
     stack = Stack(
         policy,
         Locality.parse(args.locality),
@@ -205,9 +223,15 @@ async def _up(args: argparse.Namespace, policy: Policy) -> int:
             dns_resolver=args.dns_resolver,
             concurrency=args.concurrency,
             envoy_log_level=args.envoy_log_level,
+            message_timeout_ms=args.message_timeout_ms,
         ),
     )
-    await stack.start()
+    # A signal during start-up stops what already runs (Stack.start cleans up on cancel).
+    starting = asyncio.ensure_future(stack.start())
+    await _first(starting, stop.wait())
+    if not starting.done() or starting.cancelled():
+        return 0
+    starting.result()  # raises StartupError when a part did not start
     assert stack.envoy is not None
     print(
         "extproc up: listening on {}:{}, status view on http://{}:{}/clusters".format(
@@ -216,12 +240,12 @@ async def _up(args: argparse.Namespace, policy: Policy) -> int:
         file=sys.stderr,
     )
     try:
-        await _run_until_signal(stack.envoy.wait())
+        await _first(stop.wait(), stack.envoy.wait())
     finally:
         code = stack.envoy.returncode
         await stack.stop()
-    if code not in (None, 0, -signal.SIGTERM):
-        print(f"extproc up: envoy exited with code {code}", file=sys.stderr)
+    if not stop.is_set():
+        print(f"extproc up: envoy exited with code {code}; see its log above", file=sys.stderr)
         return 1
     return 0
 
@@ -240,9 +264,10 @@ async def _serve(args: argparse.Namespace, policy: Policy) -> int:
             dns_resolver=args.dns_resolver,
         ),
     )
-    await app.start()
+    stop = _stop_on_signals()
     try:
-        await _run_until_signal()
+        await app.start()
+        await stop.wait()
     finally:
         await app.stop()
     return 0
@@ -260,6 +285,7 @@ def _render(args: argparse.Namespace, policy: Policy) -> int:
             ext_proc_port=args.ext_proc[1],
             envoy_admin_host=args.envoy_admin[0],
             envoy_admin_port=args.envoy_admin[1],
+            message_timeout_ms=args.message_timeout_ms,
         ),
     )
     text = yaml.safe_dump(bootstrap, sort_keys=False)

@@ -65,9 +65,24 @@ spec:
   trafficPolicy:
     outlierDetection:
       consecutive5xxErrors: 1
-      interval: 1s          # the seed: 15s
-      baseEjectionTime: 3s  # the seed: 1m
+      interval: {interval}  # the seed: 15s
+      baseEjectionTime: {base}  # the seed: 1m
 """
+
+
+def seed_yaml(
+    east_port: int,
+    west_port: int,
+    *,
+    outlier: bool = True,
+    interval: str = "1s",
+    base: str = "3s",
+) -> str:
+    """The seed's ServiceEntry (and DestinationRule) with the stand-ins' ports filled in."""
+    text = SERVICE_ENTRY.format(east_port=east_port, west_port=west_port)
+    if outlier:
+        text += "---\n" + DESTINATION_RULE.format(interval=interval, base=base)
+    return text
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -122,7 +137,8 @@ async def run_demo(pause_s: float = 0.3, out: Callable[[str], None] | None = Non
         StandIn(EAST, EAST_IP, 0) as east,
         StandIn(WEST, WEST_IP, 0) as west,
     ):
-        se = SERVICE_ENTRY.format(east_port=east.address[1], west_port=west.address[1])
+        ports = (east.address[1], west.address[1])
+        se = seed_yaml(*ports, outlier=False)
         settings = StackSettings(
             listen=("127.0.0.1", free_port()),
             admin=("127.0.0.1", 0),
@@ -143,8 +159,9 @@ async def run_demo(pause_s: float = 0.3, out: Callable[[str], None] | None = Non
         story.expect(served[EAST] > 0 and served[WEST] > 0, "requests go to both regions")
 
         say("\n== 2. DestinationRule with outlierDetection: prefer the workload's region ==")
-        say(DESTINATION_RULE)
-        policy = load_policy_text(se + "---\n" + DESTINATION_RULE, "failover.yaml")
+        failover = seed_yaml(*ports)
+        say(failover[len(se) :])
+        policy = load_policy_text(failover, "failover.yaml")
         async with Stack(policy, Locality.parse(WORKLOAD), settings) as stack:
             replies = await _loop(stack, 5, pause_s, say)
             story.expect(

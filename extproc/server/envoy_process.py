@@ -118,9 +118,8 @@ class EnvoyProcess:
         ]
         if self._base_id is not None:
             args += ["--base-id", str(self._base_id)]
-        self._proc = await asyncio.create_subprocess_exec(
-            *args, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        # Same process group as ours: a Ctrl-C or a group kill reaches Envoy too.
+        self._proc = await asyncio.create_subprocess_exec(*args, stdin=subprocess.DEVNULL)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:

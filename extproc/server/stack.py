@@ -35,6 +35,7 @@ class StackSettings:
     dns_resolver: tuple[str, int] | None = None
     concurrency: int = 2
     envoy_log_level: str = "warning"
+    message_timeout_ms: int = 1000
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int, str]:
@@ -83,8 +84,8 @@ class Stack:
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Start the service, then Envoy; raise StartupError if either fails."""
-        await self.app.start()
         try:
+            await self.app.start()
             bootstrap = render_bootstrap(
                 self._policy,
                 RenderSettings(
@@ -92,6 +93,7 @@ class Stack:
                     listen_port=self.settings.listen[1],
                     ext_proc_host="127.0.0.1",
                     ext_proc_port=self.app.grpc_port,
+                    message_timeout_ms=self.settings.message_timeout_ms,
                 ),
             )
             self.config_path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
