@@ -83,6 +83,19 @@ def _add_message_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_data_path(parser: argparse.ArgumentParser) -> None:
+    from extproc.render.bootstrap import DataPath
+
+    parser.add_argument(
+        "--data-path",
+        type=DataPath,
+        choices=list(DataPath),
+        default=DataPath(_env("DATA_PATH", "lua")),
+        help="lua: Envoy routes from tables the service publishes (fast, the default); "
+        "ext_proc: the service is asked on every request ($EXTPROC_DATA_PATH)",
+    )
+
+
 def _hostport_default(name: str, fallback: str) -> tuple[str, int]:
     return parse_hostport(_env(name, fallback) or fallback)
 
@@ -124,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Envoy worker threads ($EXTPROC_CONCURRENCY)",
     )
     _add_message_timeout(up)
+    _add_data_path(up)
     up.add_argument("--envoy-log-level", default=_env("ENVOY_LOG_LEVEL", "warning"))
 
     serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
@@ -134,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_hostport,
         default=_hostport_default("GRPC", "127.0.0.1:9002"),
         help="gRPC (ext_proc + health) HOST:PORT ($EXTPROC_GRPC)",
+    )
+    serve.add_argument(
+        "--brain-port",
+        type=int,
+        default=int(_env("BRAIN_PORT", "9004") or 9004),
+        help="the fast path's HTTP sync port, on the --grpc host ($EXTPROC_BRAIN_PORT)",
     )
     serve.add_argument(
         "--admin",
@@ -160,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_hostport_default("ENVOY_ADMIN", "127.0.0.1:9901"),
     )
     _add_message_timeout(render)
+    _add_data_path(render)
+    render.add_argument(
+        "--brain-port",
+        type=int,
+        default=int(_env("BRAIN_PORT", "9004") or 9004),
+        help="the service's fast-path sync port, on the --ext-proc host ($EXTPROC_BRAIN_PORT)",
+    )
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     render.add_argument(
         "--validate", action="store_true", help="also run envoy --mode validate on it"
@@ -179,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="play the seed's failover story locally (no Docker)")
     demo.add_argument("--pause", type=float, default=0.3, help="seconds between requests")
+    _add_data_path(demo)
     return parser
 
 
@@ -224,6 +252,7 @@ async def _up(args: argparse.Namespace, policy: Policy) -> int:
             concurrency=args.concurrency,
             envoy_log_level=args.envoy_log_level,
             message_timeout_ms=args.message_timeout_ms,
+            data_path=args.data_path,
         ),
     )
     # A signal during start-up stops what already runs (Stack.start cleans up on cancel).
@@ -262,6 +291,7 @@ async def _serve(args: argparse.Namespace, policy: Policy) -> int:
             admin_host=args.admin[0],
             admin_port=args.admin[1],
             dns_resolver=args.dns_resolver,
+            brain_port=args.brain_port,
         ),
     )
     stop = _stop_on_signals()
@@ -286,6 +316,8 @@ def _render(args: argparse.Namespace, policy: Policy) -> int:
             envoy_admin_host=args.envoy_admin[0],
             envoy_admin_port=args.envoy_admin[1],
             message_timeout_ms=args.message_timeout_ms,
+            data_path=args.data_path,
+            brain_port=args.brain_port,
         ),
     )
     text = yaml.safe_dump(bootstrap, sort_keys=False)
@@ -368,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from extproc.demo import run_demo
 
-            return asyncio.run(run_demo(pause_s=args.pause))
+            return asyncio.run(run_demo(pause_s=args.pause, data_path=args.data_path))
         policy = load(args.config, args.strict_max_ejection_percent)
         if args.command == "render":
             return _render(args, policy)

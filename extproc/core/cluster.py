@@ -45,6 +45,8 @@ __all__ = ["ClusterState", "HostView", "OutlierEvent", "Pick", "PickReason"]
 
 # Envoy's default least_request choice_count.
 _CHOICE_COUNT = 2
+# route_weights: a priority's load percent times this, split over its hosts.
+_WEIGHT_SCALE = 1000
 
 
 class PickReason(enum.Enum):
@@ -172,6 +174,7 @@ class ClusterState:
         self._healthy_by_priority: list[list[_Host]] = [[] for _ in range(self._num_priorities)]
         self._load = compute_priority_load([], 0)
         self._dirty = True
+        self._generation = 0
         self._rr_indexes: dict[tuple[int, bool], int] = {}
         self._schedulers: dict[tuple[int, bool], _EdfScheduler] = {}
         self._equal_weights: dict[tuple[int, bool], bool] = {}
@@ -267,6 +270,45 @@ class ClusterState:
         if entry is not None and entry.active_requests > 0:
             entry.active_requests -= 1
 
+    @property
+    def generation(self) -> int:
+        """A counter that moves on every change of hosts, health or priority load.
+
+        The data paths that copy this state into Envoy (the routing table, EDS) compare it
+        with what they last sent.
+        """
+        if self._dirty:
+            self._refresh()
+        return self._generation
+
+    def route_weights(self, now: float) -> tuple[tuple[str, int], ...]:
+        """The hosts a request may go to now, with weights that reproduce ``pick``'s spread.
+
+        Each priority's share of the load (Envoy's priority load, panic included) is split
+        over that priority's eligible hosts (healthy ones, or all in panic) by endpoint
+        weight, in parts per 100,000. A weighted draw over these entries picks a priority
+        as ``choose_priority`` does and a host as RANDOM or ROUND_ROBIN do over many
+        requests; LEAST_REQUEST's preference for idle hosts needs per-request counts and is
+        not reproduced. Empty when nothing can serve (Envoy: no healthy upstream).
+        """
+        self.advance(now)
+        if self._dirty:
+            self._refresh()
+        load = self._load
+        if load.no_healthy_upstream:
+            return ()
+        entries: list[tuple[str, int]] = []
+        for priority, share in enumerate(load.loads):
+            if share <= 0:
+                continue
+            panic = load.panic[priority]
+            hosts = self._by_priority[priority] if panic else self._healthy_by_priority[priority]
+            total = sum(h.weight for h in hosts)
+            entries.extend(
+                (h.address, max(1, share * _WEIGHT_SCALE * h.weight // total)) for h in hosts
+            )
+        return tuple(entries)
+
     def drain_events(self) -> list[OutlierEvent]:
         """The outlier events since the last drain, in order."""
         return [] if self._detector is None else self._detector.drain_events()
@@ -351,6 +393,7 @@ class ClusterState:
         self._schedulers.clear()
         self._equal_weights.clear()
         self._dirty = False
+        self._generation += 1
 
     def _choose_host(self, priority: int, panic: bool, hosts: list[_Host]) -> _Host:
         """Pick within one host source with the service's load balancer."""

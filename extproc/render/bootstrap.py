@@ -1,36 +1,54 @@
-"""Render the Envoy bootstrap that puts the ext_proc service in front of every request.
+"""Render the Envoy bootstrap for either data path over the same brain.
 
-How a request is routed (the choice, and why):
+Both paths route each request to one host (IP:port) the service's core chose, in a way no
+client can forge, and report outcomes back so the core runs Istio's outlier detection.
 
-1. The listener's route table has one virtual host per ServiceEntry host; its only route
-   sends the request to that service's cluster ``outbound|<port>||<host>``, an
-   ``ORIGINAL_DST`` cluster whose load balancer takes the destination IP:port from the
-   request's *dynamic metadata* (``original_dst_lb_config.metadata_key``).
-2. The ext_proc filter sees the request headers first; the service answers with dynamic
-   metadata ``extproc.host = "<ip>:<port>"``, the host it picked.
-3. A client cannot set dynamic metadata, so it cannot pick an upstream: not by a header,
-   not when the service is down (the filter fails closed), not when it is slow. With no
-   metadata the ORIGINAL_DST load balancer finds no host and Envoy answers 503.
-   Routing by a header (``cluster_header``, or ORIGINAL_DST's ``use_http_header``) would be
-   a client-controlled router whenever the filter is skipped.
-4. The route does not depend on the service's answer, so no route-cache clearing is needed.
+**lua (the default, the fast path).** A Lua filter keeps, per Envoy worker, a routing table
+the service publishes (``server/brain.py``), draws a host per request and selects it with
+``setUpstreamOverrideHost`` on the service's cluster. That cluster is an EDS cluster fed by
+the service: every resolved host with Istio's priority and locality, ejected hosts marked
+UNHEALTHY. So Envoy's own retry (connect-failure, refused-stream, reset, with previous hosts
+and previous priorities, as Istio's sidecar retries) moves a refused request on to the
+failover endpoint inside the same request, and if the script ever fails, Envoy's load
+balancer over the same hosts and health picks, never a client. Python leaves the
+per-request path.
 
-Hosts the config does not know match a catch-all virtual host that answers 404 without
-asking the service. Envoy's own outlier detection stays off: the service is the detector.
+**ext_proc.** The ext_proc filter asks the service on every request; the answer carries the
+pick as dynamic metadata (``extproc.host``), which the service's ORIGINAL_DST cluster reads
+(``original_dst_lb_config.metadata_key``). A client cannot set dynamic metadata, the filter
+fails closed, and the route does not depend on the answer (no route-cache clearing).
+ORIGINAL_DST pins retries to the chosen host.
+
+Why not a header: with ``cluster_header`` routes or ORIGINAL_DST's ``use_http_header``, a
+client header decides the upstream whenever the filter is skipped or fails, even Envoy's
+admin port (verified on Envoy 1.40). Authorities that match no ServiceEntry host go to a
+catch-all virtual host that answers 404 without asking the service. Envoy's own outlier
+detection stays off on both paths: the service is the detector.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
-from extproc.core.policy import Policy, Service
+from extproc.core.policy import LbAlgorithm, Policy, Service
 
-#: The dynamic-metadata namespace and key the service writes its pick into.
+#: The dynamic-metadata namespace and key the ext_proc answer writes its pick into.
 METADATA_NAMESPACE = "extproc"
 METADATA_HOST_KEY = "host"
+#: The gRPC cluster of the service (ext_proc and EDS) and the brain's HTTP cluster (Lua).
 EXT_PROC_CLUSTER = "extproc"
+BRAIN_CLUSTER = "extproc_brain"
+#: Response headers the fast path reads and removes before the client sees them.
+UP_HEADER = "x-extproc-up"
+ATTEMPTS_HEADER = "x-extproc-att"
+FLAGS_HEADER = "x-extproc-lr"
+
+_LUA_FILTER = "envoy.filters.http.lua"
+_EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
 #: Istio's default outbound retry policy (>= 1.24: 5xx responses are not retried).
 #: istio/istio pilot/pkg/networking/core/route/retry/retry.go DefaultPolicy.
@@ -41,10 +59,15 @@ _ISTIO_CONNECT_TIMEOUT = "10s"
 #: Istio's default circuit-breaker thresholds: effectively unlimited
 #: (cluster_traffic_policy.go getDefaultCircuitBreakerThresholds).
 _UNLIMITED = 4294967295
+_ENVOY_LB = {
+    LbAlgorithm.ROUND_ROBIN: "ROUND_ROBIN",
+    LbAlgorithm.LEAST_REQUEST: "LEAST_REQUEST",
+    LbAlgorithm.RANDOM: "RANDOM",
+}
 
 _UNKNOWN_HOST_BODY = "extproc: no ServiceEntry host matches this request's authority\n"
 
-#: Response attributes the service reads to classify an outcome (see server/outcome.py).
+#: Response attributes the ext_proc path reads to classify an outcome (server/outcome.py).
 RESPONSE_ATTRIBUTES = (
     "response.code_details",
     "response.flags",
@@ -53,20 +76,31 @@ RESPONSE_ATTRIBUTES = (
 )
 
 
+class DataPath(enum.Enum):
+    """How a request gets its host."""
+
+    LUA = "lua"
+    EXT_PROC = "ext_proc"
+
+
 @dataclass(frozen=True, slots=True)
 class RenderSettings:
-    """Where things listen; everything else comes from the policy."""
+    """Where things listen and which data path; everything else comes from the policy."""
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 10000
     ext_proc_host: str = "127.0.0.1"
     ext_proc_port: int = 9002
+    brain_port: int = 9003  # the fast path's HTTP sync endpoint, on ext_proc_host
     envoy_admin_host: str = "127.0.0.1"
     envoy_admin_port: int = 0
+    data_path: DataPath = DataPath.LUA
     # Envoy's default per-message budget is 200 ms. Under saturation the service's queue
     # alone exceeded that (bench: p99 187-230 ms at 64 connections), and the filter fails
     # closed, so slow turned into failed. One second keeps a stalled service bounded.
     message_timeout_ms: int = 1000
+    # The fast path's synchronous table refresh or failure report (loopback).
+    sync_timeout_ms: int = 250
 
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
@@ -77,38 +111,71 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _service_cluster(service: Service) -> dict[str, Any]:
-    return {
-        "name": service.cluster_name,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": _ISTIO_CONNECT_TIMEOUT,
-        "original_dst_lb_config": {
-            "use_http_header": False,
-            "metadata_key": {
-                "key": METADATA_NAMESPACE,
-                "path": [{"key": METADATA_HOST_KEY}],
-            },
-        },
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "max_connections": _UNLIMITED,
-                    "max_pending_requests": _UNLIMITED,
-                    "max_requests": _UNLIMITED,
-                    "max_retries": _UNLIMITED,
-                }
-            ]
-        },
-    }
-
-
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
+
+
+def _circuit_breakers() -> dict[str, Any]:
+    # Envoy's default max_retries (3) overflows under load and fails requests (UO).
+    return {
+        "thresholds": [
+            {
+                "max_connections": _UNLIMITED,
+                "max_pending_requests": _UNLIMITED,
+                "max_requests": _UNLIMITED,
+                "max_retries": _UNLIMITED,
+            }
+        ]
+    }
+
+
+def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": service.cluster_name,
+        "connect_timeout": _ISTIO_CONNECT_TIMEOUT,
+        "circuit_breakers": _circuit_breakers(),
+    }
+    if settings.data_path is DataPath.EXT_PROC:
+        cluster |= {
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "original_dst_lb_config": {
+                "use_http_header": False,
+                "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": METADATA_HOST_KEY}]},
+            },
+        }
+        return cluster
+    outlier = service.outlier_detection
+    cluster |= {
+        "type": "EDS",
+        "eds_cluster_config": {
+            "eds_config": {
+                "resource_api_version": "V3",
+                "api_config_source": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}}],
+                    "set_node_on_first_message_only": True,
+                },
+            }
+        },
+        "lb_policy": _ENVOY_LB[service.lb_algorithm],
+        "common_lb_config": {
+            # Health changes (ejections) take effect at once, not after Envoy's 1 s merge.
+            "update_merge_window": "0s",
+            # Istio sets the panic threshold to minHealthPercent when outlierDetection is set.
+            "healthy_panic_threshold": {
+                "value": float(outlier.min_health_percent if outlier else 50)
+            },
+            # The table may name an ejected host (panic): the override must still apply.
+            "override_host_status": {"statuses": ["UNKNOWN", "HEALTHY", "DEGRADED", "UNHEALTHY"]},
+        },
+    }
+    return cluster
 
 
 def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
@@ -123,33 +190,90 @@ def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
                 explicit_http_config={"http2_protocol_options": {}},
             )
         },
-        "load_assignment": {
-            "cluster_name": EXT_PROC_CLUSTER,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": _socket_address(
-                                    settings.ext_proc_host, settings.ext_proc_port
-                                )
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
+        "load_assignment": _assignment(
+            EXT_PROC_CLUSTER, settings.ext_proc_host, settings.ext_proc_port
+        ),
     }
 
 
-def _virtual_hosts(policy: Policy) -> list[dict[str, Any]]:
+def _brain_cluster(settings: RenderSettings) -> dict[str, Any]:
+    return {
+        "name": BRAIN_CLUSTER,
+        "type": "STATIC" if _is_ip(settings.ext_proc_host) else "STRICT_DNS",
+        "connect_timeout": "0.25s",
+        "load_assignment": _assignment(BRAIN_CLUSTER, settings.ext_proc_host, settings.brain_port),
+    }
+
+
+def _assignment(cluster_name: str, host: str, port: int) -> dict[str, Any]:
+    return {
+        "cluster_name": cluster_name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+    }
+
+
+def _retry_policy(settings: RenderSettings) -> dict[str, Any]:
+    policy: dict[str, Any] = {
+        "retry_on": _ISTIO_RETRY_ON,
+        "num_retries": _ISTIO_NUM_RETRIES,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": _typed(
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                ),
+            }
+        ],
+        "host_selection_retry_max_attempts": "5",
+    }
+    if settings.data_path is DataPath.LUA:
+        # A retry leaves the failed priority (Istio's retryRemoteLocalities does the same),
+        # so a refused connection is retried on the failover endpoint in the same request.
+        policy["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": _typed(
+                "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                update_frequency=1,
+            ),
+        }
+    return policy
+
+
+def _service_route(service: Service, settings: RenderSettings) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "name": service.cluster_name,
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster": service.cluster_name,
+            "timeout": "0s",  # Istio sets no route timeout
+            "retry_policy": _retry_policy(settings),
+        },
+    }
+    if settings.data_path is DataPath.LUA:
+        route["metadata"] = {"filter_metadata": {_LUA_FILTER: {"service": service.cluster_name}}}
+        # Who really served the last attempt, and how many attempts there were; the
+        # upstream cannot forge them (overwritten), and Lua removes them before the client.
+        route["response_headers_to_add"] = [
+            {
+                "header": {"key": UP_HEADER, "value": "%UPSTREAM_HOST%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            },
+            {
+                "header": {"key": ATTEMPTS_HEADER, "value": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            },
+        ]
+    return route
+
+
+def _virtual_hosts(policy: Policy, settings: RenderSettings) -> list[dict[str, Any]]:
     by_host: dict[str, list[Service]] = {}
     for service in policy.services:
         by_host.setdefault(service.host, []).append(service)
     hosts: list[dict[str, Any]] = []
     for host, services in by_host.items():
-        # A bare host without a port means the service's HTTP port: prefer port 80, as a
-        # client on port 80 would reach it; explicit host:port domains reach every port.
+        # A bare host means the service's port 80 when it has one (route/route.go
+        # generateVirtualHostDomains matches with and without the port).
         default = next((s for s in services if s.port == 80), services[0])
         for service in services:
             domains = [f"{host}:{service.port}"]
@@ -159,31 +283,15 @@ def _virtual_hosts(policy: Policy) -> list[dict[str, Any]]:
                 {
                     "name": service.cluster_name,
                     "domains": domains,
-                    "routes": [
-                        {
-                            "name": service.cluster_name,
-                            "match": {"prefix": "/"},
-                            "route": {
-                                "cluster": service.cluster_name,
-                                "timeout": "0s",  # Istio sets no route timeout
-                                "retry_policy": {
-                                    "retry_on": _ISTIO_RETRY_ON,
-                                    "num_retries": _ISTIO_NUM_RETRIES,
-                                    "retry_host_predicate": [
-                                        {
-                                            "name": "envoy.retry_host_predicates.previous_hosts",
-                                            "typed_config": _typed(
-                                                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                                            ),
-                                        }
-                                    ],
-                                    "host_selection_retry_max_attempts": "5",
-                                },
-                            },
-                        }
-                    ],
+                    "routes": [_service_route(service, settings)],
                 }
             )
+    disabled = (
+        _typed("envoy.extensions.filters.http.lua.v3.LuaPerRoute", disabled=True)
+        if settings.data_path is DataPath.LUA
+        else _typed("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", disabled=True)
+    )
+    filter_name = _LUA_FILTER if settings.data_path is DataPath.LUA else _EXT_PROC_FILTER
     hosts.append(
         {
             "name": "unknown_host",
@@ -196,12 +304,7 @@ def _virtual_hosts(policy: Policy) -> list[dict[str, Any]]:
                         "status": 404,
                         "body": {"inline_string": _UNKNOWN_HOST_BODY},
                     },
-                    "typed_per_filter_config": {
-                        "envoy.filters.http.ext_proc": _typed(
-                            "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                            disabled=True,
-                        )
-                    },
+                    "typed_per_filter_config": {filter_name: disabled},
                 }
             ],
         }
@@ -211,7 +314,7 @@ def _virtual_hosts(policy: Policy) -> list[dict[str, Any]]:
 
 def _ext_proc_filter(settings: RenderSettings) -> dict[str, Any]:
     return {
-        "name": "envoy.filters.http.ext_proc",
+        "name": _EXT_PROC_FILTER,
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             grpc_service={"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}},
@@ -233,29 +336,77 @@ def _ext_proc_filter(settings: RenderSettings) -> dict[str, Any]:
     }
 
 
+def lua_source(settings: RenderSettings) -> str:
+    """The fast path's Lua script with its constants filled in."""
+    template = resources.files("extproc.render").joinpath("bridge.lua").read_text()
+    return template.replace("@@BRAIN_CLUSTER@@", BRAIN_CLUSTER).replace(
+        "@@SYNC_TIMEOUT_MS@@", str(settings.sync_timeout_ms)
+    )
+
+
+def _lua_filter(settings: RenderSettings) -> dict[str, Any]:
+    return {
+        "name": _LUA_FILTER,
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.lua.v3.Lua",
+            default_source_code={"inline_string": lua_source(settings)},
+            # The route does not depend on what the script changes.
+            clear_route_cache=False,
+        ),
+    }
+
+
+def _local_reply_config() -> dict[str, Any]:
+    # Envoy's own replies (connect failure, timeout, no healthy upstream) carry their
+    # response flags, so the script can count them as Envoy's outlier detector would.
+    return {
+        "mappers": [
+            {
+                "filter": {"response_flag_filter": {}},
+                "headers_to_add": [
+                    {
+                        "header": {"key": FLAGS_HEADER, "value": "%RESPONSE_FLAGS%"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+            }
+        ]
+    }
+
+
 def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]:
     """Build the Envoy bootstrap (v3) as plain data, ready for YAML or JSON.
 
     Args:
         policy: the compiled policy; one cluster and virtual host per service.
-        settings: listener, ext_proc and Envoy admin addresses.
+        settings: addresses and the data path.
 
     Returns:
         The bootstrap as nested dicts and lists.
     """
-    hcm = _typed(
+    lua = settings.data_path is DataPath.LUA
+    hcm: dict[str, Any] = _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix="extproc_ingress",
         codec_type="AUTO",
-        route_config={"name": "extproc_routes", "virtual_hosts": _virtual_hosts(policy)},
+        route_config={
+            "name": "extproc_routes",
+            "virtual_hosts": _virtual_hosts(policy, settings),
+        },
         http_filters=[
-            _ext_proc_filter(settings),
+            _lua_filter(settings) if lua else _ext_proc_filter(settings),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
             },
         ],
     )
+    if lua:
+        hcm["local_reply_config"] = _local_reply_config()
+    clusters = [_ext_proc_cluster(settings)]
+    if lua:
+        clusters.append(_brain_cluster(settings))
+    clusters += [_service_cluster(s, settings) for s in policy.services]
     return {
         "node": {"id": "extproc", "cluster": "extproc"},
         "admin": {"address": _socket_address(settings.envoy_admin_host, settings.envoy_admin_port)},
@@ -276,7 +427,6 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
                     ],
                 }
             ],
-            "clusters": [_ext_proc_cluster(settings)]
-            + [_service_cluster(s) for s in policy.services],
+            "clusters": clusters,
         },
     }

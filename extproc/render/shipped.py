@@ -15,6 +15,7 @@ SHIPPED_SETTINGS = RenderSettings(
     listen_port=10000,
     ext_proc_host="127.0.0.1",
     ext_proc_port=9002,
+    brain_port=9004,
     envoy_admin_host="127.0.0.1",
     envoy_admin_port=9901,
 )

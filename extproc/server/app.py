@@ -22,6 +22,8 @@ from extproc.core.policy import Locality, Policy
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
 from extproc.server.admin import AdminServer
+from extproc.server.brain import Brain, BrainServer
+from extproc.server.eds import EdsHost, EndpointDiscovery
 from extproc.server.resolver import EndpointResolver, make_resolver
 from extproc.server.servicer import ExternalProcessor, log_events
 
@@ -41,6 +43,8 @@ class ServiceSettings:
     admin_port: int = 9901
     dns_resolver: tuple[str, int] | None = None
     shutdown_grace_s: float = 5.0
+    brain_port: int = 9004  # the fast path's HTTP sync endpoint, on grpc_host
+    table_ttl_ms: int = 100
 
 
 class ServiceApp:
@@ -63,11 +67,24 @@ class ServiceApp:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._resolver = EndpointResolver(
-            lambda: list(self.table), make_resolver(settings.dns_resolver), self._clock.now
+            lambda: list(self.table),
+            make_resolver(settings.dns_resolver),
+            self._clock.now,
+            on_change=self.publish,
         )
+        self.eds = EndpointDiscovery()
+        self.brain = Brain(
+            lambda: self.table,
+            self._clock.now,
+            ttl_ms=settings.table_ttl_ms,
+            on_change=self.publish,
+        )
+        self._brain_server = BrainServer(self.brain)
+        self._published: dict[str, int] = {}
         self._admin = AdminServer(lambda: self.table, self._clock.now, lambda: self._ready)
         self._sweeper: asyncio.Task[None] | None = None
         self.grpc_port = settings.grpc_port
+        self.brain_port = settings.brain_port
 
     @property
     def admin_address(self) -> tuple[str, int]:
@@ -88,6 +105,7 @@ class ServiceApp:
             ExternalProcessor(lambda: self.table, self._clock.now), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.eds.add_to_server(server)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         try:
             self.grpc_port = server.add_insecure_port(address)
@@ -101,7 +119,15 @@ class ServiceApp:
             await self.stop()
             where = f"{self.settings.admin_host}:{self.settings.admin_port}"
             raise StartupError(f"cannot listen for admin on {where}: {exc}") from exc
+        try:
+            await self._brain_server.start(self.settings.grpc_host, self.settings.brain_port)
+        except OSError as exc:
+            await self.stop()
+            where = f"{self.settings.grpc_host}:{self.settings.brain_port}"
+            raise StartupError(f"cannot listen for the fast path's sync on {where}: {exc}") from exc
+        self.brain_port = self._brain_server.address[1]
         await self._resolver.resolve_all()
+        self.publish()
         self._sweeper = asyncio.create_task(self._sweep_loop())
         self._ready = True
         for name in HEALTH_SERVICES:
@@ -115,13 +141,40 @@ class ServiceApp:
 
     async def _sweep_loop(self) -> None:
         # The core runs due sweeps lazily on every pick; this timer makes un-ejections
-        # happen (and get logged) on time even when no request arrives.
+        # happen (and get logged, and reach EDS) on time even when no request arrives.
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.1)
             now = self._clock.now()
             for cluster in self.table:
                 cluster.advance(now)
                 log_events(cluster)
+            self.publish()
+
+    def publish(self) -> None:
+        """Push every cluster whose hosts or health changed to Envoy over EDS."""
+        now = self._clock.now()
+        for cluster in self.table:
+            name = cluster.service.cluster_name
+            generation = cluster.generation
+            if self._published.get(name) == generation:
+                continue
+            self._published[name] = generation
+            self.eds.set_cluster(
+                name,
+                [
+                    EdsHost(
+                        ip=view.address.rpartition(":")[0].strip("[]"),
+                        port=int(view.address.rpartition(":")[2]),
+                        priority=view.priority,
+                        weight=view.weight,
+                        region=view.locality.region,
+                        zone=view.locality.zone,
+                        sub_zone=view.locality.sub_zone,
+                        healthy=not view.ejected,
+                    )
+                    for view in cluster.hosts(now)
+                ],
+            )
 
     async def stop(self) -> None:
         """Stop in order; in-flight streams get the grace period."""
@@ -136,4 +189,5 @@ class ServiceApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self._resolver.stop()
+        await self._brain_server.stop()
         await self._admin.stop()

@@ -88,10 +88,12 @@ class EndpointResolver:
         clusters: Callable[[], list[ClusterState]],
         resolver: dns.asyncresolver.Resolver,
         now: Callable[[], float],
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._clusters = clusters
         self._resolver = resolver
         self._now = now
+        self._on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
 
     async def resolve_all(self) -> None:
@@ -114,6 +116,7 @@ class EndpointResolver:
         if not answer.ok:
             return
         cluster.set_endpoint_addresses(index, answer.ips, self._now())
+        self._on_change()
         log.debug(
             "dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=answer.ips
         )

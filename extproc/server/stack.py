@@ -19,7 +19,7 @@ import yaml
 
 from extproc.core.policy import Locality, Policy
 from extproc.errors import StartupError
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.envoy_process import EnvoyProcess
 
@@ -36,6 +36,7 @@ class StackSettings:
     concurrency: int = 2
     envoy_log_level: str = "warning"
     message_timeout_ms: int = 1000
+    data_path: DataPath = DataPath.LUA
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int, str]:
@@ -71,6 +72,7 @@ class Stack:
             ServiceSettings(
                 grpc_host="127.0.0.1",
                 grpc_port=0,
+                brain_port=0,
                 admin_host=settings.admin[0],
                 admin_port=settings.admin[1],
                 dns_resolver=settings.dns_resolver,
@@ -94,6 +96,8 @@ class Stack:
                     ext_proc_host="127.0.0.1",
                     ext_proc_port=self.app.grpc_port,
                     message_timeout_ms=self.settings.message_timeout_ms,
+                    brain_port=self.app.brain_port,
+                    data_path=self.settings.data_path,
                 ),
             )
             self.config_path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))

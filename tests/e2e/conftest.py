@@ -11,7 +11,9 @@ import pytest
 from extproc.core.policy import Locality
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
+from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, StandIn
+from extproc.sandbox.client import get
 from extproc.server.stack import Stack, StackSettings
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
@@ -55,8 +57,16 @@ async def regions(dns: DnsResponder) -> AsyncIterator[dict[str, Region]]:
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
+@pytest.fixture(params=list(DataPath), ids=[p.value for p in DataPath])
+def data_path(request: pytest.FixtureRequest) -> DataPath:
+    """Every test that starts a stack runs on both data paths."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-async def start_stack(dns: DnsResponder) -> AsyncIterator[StackFactory]:
+async def start_stack(
+    dns: DnsResponder, data_path: DataPath, request: pytest.FixtureRequest
+) -> AsyncIterator[StackFactory]:
     """Start ``Stack`` for a YAML text; every stack is stopped at the end of the test."""
     stacks: list[Stack] = []
 
@@ -70,6 +80,7 @@ async def start_stack(dns: DnsResponder) -> AsyncIterator[StackFactory]:
                 admin=("127.0.0.1", 0),
                 dns_resolver=dns.address,
                 concurrency=concurrency,
+                data_path=data_path,
             ),
         )
         await stack.start()
@@ -77,5 +88,27 @@ async def start_stack(dns: DnsResponder) -> AsyncIterator[StackFactory]:
         return stack
 
     yield start
-    for stack in stacks:
-        await stack.stop()
+    try:
+        if data_path is DataPath.LUA and not request.node.get_closest_marker("lua_errors_expected"):
+            for stack in stacks:
+                # Every Lua error fails open and hides a bug: none may happen in any test.
+                assert await lua_errors(stack) == 0
+    finally:
+        for stack in stacks:
+            await stack.stop()
+
+
+async def envoy_stat(stack: Stack, name: str) -> int:
+    """One counter from the stack's Envoy admin ``/stats`` (0 when absent)."""
+    assert stack.envoy is not None
+    assert stack.envoy.admin_address is not None
+    reply = await get(stack.envoy.admin_address, "admin", f"/stats?filter=^{name}$")
+    for line in reply.body.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    return 0
+
+
+async def lua_errors(stack: Stack) -> int:
+    return await envoy_stat(stack, "http.extproc_ingress.lua.errors")

@@ -1,0 +1,178 @@
+-- extproc fast path: route every request from a table the extproc service publishes.
+--
+-- Rendered into the Envoy bootstrap by extproc/render/bootstrap.py; the words in
+-- @@...@@ are filled in there. One Lua VM runs per Envoy worker, so the file-level
+-- locals below are per-worker state.
+--
+-- Per request: take the route's service (route metadata), refresh its table when stale
+-- (one request per worker per TTL pays a synchronous call to the brain), draw a host by
+-- weight and select it with setUpstreamOverrideHost on the service's EDS cluster. A
+-- client cannot influence that choice; if this script fails, Envoy's own load balancer
+-- on the same cluster (Istio's priorities, ejected hosts marked unhealthy) picks.
+--
+-- Per response: count successes per host (sent with the next sync); report a failure at
+-- once and install the table that comes back. Outcomes are attributed to the host that
+-- really served the last attempt (%UPSTREAM_HOST%); a request retried away from the host
+-- we chose counts as a failure of that host.
+
+local BRAIN_CLUSTER = "@@BRAIN_CLUSTER@@"
+local SYNC_TIMEOUT_MS = @@SYNC_TIMEOUT_MS@@
+local UP_HEADER = "x-extproc-up"
+local ATTEMPTS_HEADER = "x-extproc-att"
+local FLAGS_HEADER = "x-extproc-lr"
+local METADATA_NS = "extproc.lua"
+
+local tables = {}      -- service -> {version, ttl, exp, hosts = {...}, cum = {...}, total}
+local successes = {}   -- service -> {host -> count}
+local WORKER = string.sub(tostring({}), 8)
+
+math.randomseed(os.time() + (tonumber(WORKER, 16) or 0) % 100000)
+
+local function parse(body, now)
+  local t = nil
+  for line in string.gmatch(body, "[^\n]+") do
+    local a, b = string.match(line, "^(%S+) (%d+)$")
+    if a ~= nil then
+      if t == nil then
+        t = {version = tonumber(a), ttl = tonumber(b), hosts = {}, cum = {}, total = 0}
+        t.exp = now + t.ttl
+      else
+        t.total = t.total + tonumber(b)
+        t.hosts[#t.hosts + 1] = a
+        t.cum[#t.cum + 1] = t.total
+      end
+    end
+  end
+  return t
+end
+
+local function pending(service)
+  local lines = {}
+  local counts = successes[service]
+  if counts ~= nil then
+    for host, n in pairs(counts) do
+      lines[#lines + 1] = "s " .. host .. " " .. n .. "\n"
+    end
+    successes[service] = nil
+  end
+  return table.concat(lines)
+end
+
+-- One synchronous round trip to the brain; installs the answer if it is not older than
+-- what this worker holds. Returns false when the brain could not be reached (fail-static:
+-- the caller keeps routing on the last table).
+local function sync(handle, service, extra, now)
+  local headers, body = handle:httpCall(BRAIN_CLUSTER, {
+    [":method"] = "POST",
+    [":path"] = "/v1/sync",
+    [":authority"] = "extproc-brain",
+    ["x-extproc-service"] = service,
+    ["x-extproc-worker"] = WORKER,
+  }, pending(service) .. extra, SYNC_TIMEOUT_MS)
+  if headers == nil or headers[":status"] ~= "200" or body == nil then
+    return false
+  end
+  local t = parse(body, now)
+  local current = tables[service]
+  if t ~= nil and (current == nil or t.version >= current.version) then
+    tables[service] = t
+  end
+  return true
+end
+
+local function pick(t)
+  local r = math.random(t.total)
+  local lo, hi = 1, #t.cum
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if t.cum[mid] < r then lo = mid + 1 else hi = mid end
+  end
+  return t.hosts[lo]
+end
+
+function envoy_on_request(handle)
+  local service = handle:metadata():get("service")
+  if service == nil then
+    return
+  end
+  local now = handle:timestamp()
+  local t = tables[service]
+  if t == nil or now >= t.exp then
+    if t ~= nil then
+      t.exp = now + t.ttl  -- other requests keep the current table while this one refreshes
+    end
+    sync(handle, service, "", now)
+    t = tables[service]
+    if t == nil then
+      handle:respond({[":status"] = "503", ["content-type"] = "text/plain"}, "no routing table\n")
+      return
+    end
+  end
+  if t.total == 0 then
+    handle:respond({[":status"] = "503", ["content-type"] = "text/plain"}, "no healthy upstream")
+    return
+  end
+  local host = pick(t)
+  handle:setUpstreamOverrideHost(host, false)
+  handle:streamInfo():dynamicMetadata():set(METADATA_NS, "host", host)
+end
+
+-- The code Envoy's outlier detector would record for the final attempt, or nil when it
+-- records nothing (no healthy upstream, overflow, no upstream at all).
+local function failure_code(status, flags)
+  if flags ~= nil and flags ~= "" and flags ~= "-" then
+    for flag in string.gmatch(flags, "[^,]+") do
+      if flag == "UF" or flag == "UC" or flag == "UR" then return 503 end
+      if flag == "UT" then return 504 end
+    end
+    if status >= 500 and (string.find(flags, "UH") or string.find(flags, "UO")
+        or string.find(flags, "NR") or string.find(flags, "NC")) then
+      return nil
+    end
+  end
+  if status >= 500 and status <= 599 then return status end
+  return nil
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local up = headers:get(UP_HEADER)
+  local attempts = tonumber(headers:get(ATTEMPTS_HEADER)) or 1
+  local flags = headers:get(FLAGS_HEADER)
+  local status = tonumber(headers:get(":status")) or 0
+  headers:remove(UP_HEADER)
+  headers:remove(ATTEMPTS_HEADER)
+  headers:remove(FLAGS_HEADER)
+  local service = handle:metadata():get("service")
+  local meta = handle:streamInfo():dynamicMetadata():get(METADATA_NS)
+  local chosen = meta and meta["host"]
+  if service == nil or chosen == nil then
+    return
+  end
+  if up == "" or up == "-" then
+    up = nil
+  end
+  local report = ""
+  if attempts > 1 and up ~= chosen then
+    report = "e " .. chosen .. " 503\n"  -- retried away from the host we chose
+  end
+  local code = failure_code(status, flags)
+  if up ~= nil then
+    if code ~= nil then
+      report = report .. "e " .. up .. " " .. code .. "\n"
+    elseif report == "" then
+      local counts = successes[service]
+      if counts == nil then
+        counts = {}
+        successes[service] = counts
+      end
+      counts[up] = (counts[up] or 0) + 1
+      return
+    else
+      report = report .. "s " .. up .. " 1\n"
+    end
+  end
+  if report ~= "" then
+    sync(handle, service, report, handle:timestamp())
+  end
+end

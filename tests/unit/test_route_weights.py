@@ -1,0 +1,66 @@
+"""The routing table the fast path publishes reproduces the picks' spread."""
+
+from __future__ import annotations
+
+import random
+
+from extproc.core.cluster import ClusterState
+from extproc.core.policy import Locality
+from extproc.testing import endpoint, outlier, service
+
+EAST = "10.0.0.1:443"
+EAST_B = "10.0.0.3:443"
+WEST = "10.0.0.2:443"
+
+
+def _state(
+    *endpoints: tuple[str, str], max_ejection_percent: int = 100, min_health: int = 0
+) -> ClusterState:
+    svc = service(
+        endpoints=[endpoint(a, loc) for a, loc in endpoints],
+        outlier=outlier(max_ejection_percent=max_ejection_percent, min_health_percent=min_health),
+    )
+    return ClusterState(svc, Locality.parse("us-east1"), now=0.0, rng=random.Random(3))
+
+
+def test_the_workload_region_takes_everything_while_healthy() -> None:
+    state = _state(("10.0.0.1", "us-east1"), ("10.0.0.2", "us-west"))
+    assert state.route_weights(0.0) == ((EAST, 100_000),)
+
+
+def test_an_ejected_host_leaves_the_table_and_the_failover_region_takes_over() -> None:
+    state = _state(("10.0.0.1", "us-east1"), ("10.0.0.2", "us-west"))
+    before = state.generation
+    state.record(EAST, 503, 1.0)
+    assert state.route_weights(1.0) == ((WEST, 100_000),)
+    assert state.generation > before
+
+
+def test_one_of_two_local_hosts_ejected_spills_30_percent_over() -> None:
+    state = _state(("10.0.0.1", "us-east1"), ("10.0.0.3", "us-east1"), ("10.0.0.2", "us-west"))
+    state.record(EAST, 503, 1.0)
+    assert dict(state.route_weights(1.0)) == {EAST_B: 70_000, WEST: 30_000}
+
+
+def test_nothing_can_serve_gives_an_empty_table() -> None:
+    state = _state(("10.0.0.1", "us-east1"), ("10.0.0.2", "us-west"))
+    state.record(EAST, 503, 1.0)
+    state.record(WEST, 503, 1.0)
+    assert state.route_weights(1.0) == ()
+
+
+def test_panic_lists_every_host_of_the_priority() -> None:
+    state = _state(("10.0.0.1", "us-east1"), ("10.0.0.2", "us-west"), min_health=50)
+    state.record(EAST, 503, 1.0)
+    state.record(WEST, 503, 1.0)
+    # Both priorities below 50 % healthy: total panic, load by host counts (50/50).
+    assert dict(state.route_weights(1.0)) == {EAST: 50_000, WEST: 50_000}
+
+
+def test_the_table_matches_the_picks_statistically() -> None:
+    state = _state(("10.0.0.1", "us-east1"), ("10.0.0.3", "us-east1"), ("10.0.0.2", "us-west"))
+    state.record(EAST, 503, 1.0)
+    weights = dict(state.route_weights(1.0))
+    picks = [state.pick(1.0).host for _ in range(20_000)]
+    for host, weight in weights.items():
+        assert abs(picks.count(host) / len(picks) - weight / 100_000) < 0.02
