@@ -1,0 +1,77 @@
+"""The fast path's sync protocol: reports in, the routing table out."""
+
+from __future__ import annotations
+
+import random
+
+from extproc.core.policy import Locality, Policy
+from extproc.core.table import ServiceTable
+from extproc.server.brain import Brain, Report, parse_reports
+from extproc.testing import FakeClock, endpoint, outlier, service
+
+CLUSTER = "outbound|80||mydb.com"
+EAST = "10.0.0.1:443"
+WEST = "10.0.0.2:443"
+
+
+def _brain(version_base: int | None = 1_000_000) -> tuple[Brain, FakeClock]:
+    clock = FakeClock()
+    svc = service(
+        endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
+        outlier=outlier(consecutive_5xx_errors=2),
+    )
+    table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    return Brain(lambda: table, clock.now, ttl_ms=100, version_base=version_base), clock
+
+
+def test_parse_reports_keeps_order_and_skips_garbage() -> None:
+    body = f"s {EAST} 3\nnonsense\ne {EAST} 503\ne {WEST} x\n\ns {WEST} 1\n"
+    assert parse_reports(body) == [
+        Report("s", EAST, 3),
+        Report("e", EAST, 503),
+        Report("s", WEST, 1),
+    ]
+
+
+def test_a_sync_answers_the_table_with_version_and_ttl() -> None:
+    brain, _ = _brain()
+    answer = brain.sync(CLUSTER, "")
+    assert answer is not None
+    header, *rows = answer.splitlines()
+    version, ttl = header.split()
+    assert int(version) >= 1_000_000
+    assert ttl == "100"
+    assert rows == [f"{EAST} 100000"]
+
+
+def test_an_unknown_service_gets_no_table() -> None:
+    brain, _ = _brain()
+    assert brain.sync("outbound|80||other.com", "") is None
+
+
+def test_successes_reported_before_a_failure_reset_the_consecutive_count() -> None:
+    brain, _ = _brain()
+    brain.sync(CLUSTER, f"e {EAST} 503\n")
+    # One error, then a success, then an error: never two in a row, no ejection.
+    answer = brain.sync(CLUSTER, f"s {EAST} 4\ne {EAST} 503\n")
+    assert answer is not None
+    assert answer.splitlines()[1:] == [f"{EAST} 100000"]
+
+
+def test_the_consecutive_threshold_ejects_and_the_version_goes_up() -> None:
+    brain, _ = _brain()
+    first = brain.sync(CLUSTER, "")
+    assert first is not None
+    answer = brain.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n")
+    assert answer is not None
+    assert answer.splitlines()[1:] == [f"{WEST} 100000"]
+    assert int(answer.split()[0]) > int(first.split()[0])
+
+
+def test_a_restarted_brain_publishes_higher_versions() -> None:
+    old, _ = _brain(version_base=1_000_000)
+    for _ in range(50):
+        old.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n")
+    old_version = int((old.sync(CLUSTER, "") or "0").split()[0])
+    new, _ = _brain(version_base=None)  # the real base: wall-clock ms x 1000
+    assert int((new.sync(CLUSTER, "") or "0").split()[0]) > old_version
