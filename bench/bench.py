@@ -1,21 +1,26 @@
-"""Measure what the ext_proc round trip costs, against plain Envoy, in one bounded run.
+"""Measure what each data path of ``extproc up`` costs, against plain Envoy, in one run.
 
-Every request through ``extproc up`` waits for a gRPC exchange with the Python service
-before Envoy may pick an upstream, so the number that matters is the ratio of its
-throughput to that of the same Envoy without the filter. This script measures both,
-side by side, on loopback only.
+``extproc up`` has two data paths. On ``lua`` (the default, the fast path) Envoy's Lua
+filter picks each request's host from a table the Python service publishes; Python is
+only asked for a fresh table once per Envoy worker per 100 ms and feeds the service
+cluster over EDS. On ``ext_proc`` every request waits for a gRPC exchange with the
+Python service. What matters for both is the ratio of their throughput to that of the
+same Envoy without any filter, so this script measures all three side by side, on
+loopback only.
 
-Theory of operation (the method of envoy-extproc-facts.md section 5):
+Theory of operation (the method of envoy-extproc-facts.md section 5 and
+lua-bridge-facts.md section 4):
 
 1. One fast upstream: nginx with one worker answering ``return 200`` on 127.0.0.21, or,
    when nginx is missing, the project's ``StandIn`` in a child process. It must be far
-   faster than either variant, so that it never is the bottleneck.
-2. Two variants, started once and kept running through all rounds, so runs can
+   faster than any variant, so that it never is the bottleneck.
+2. Three variants, started once and kept running through all rounds, so runs can
    interleave without restarts:
 
    - ``plain``: Envoy with a minimal bootstrap built here, one route to a STATIC cluster.
-   - ``extproc``: ``python -m extproc up`` with a ServiceEntry ``bench.local`` whose one
-     endpoint is the upstream; its Envoy is a child process of the Python one.
+   - ``lua``: ``python -m extproc up --data-path lua`` with a ServiceEntry ``bench.local``
+     whose one endpoint is the upstream; its Envoy is a child process of the Python one.
+   - ``ext_proc``: the same with ``--data-path ext_proc``.
 
 3. For each connection count, ``--rounds`` rounds; each round runs wrk against every
    variant, starting with a different variant each round, so a slow drift of the machine
@@ -23,7 +28,9 @@ Theory of operation (the method of envoy-extproc-facts.md section 5):
 4. Around each wrk run, the CPU seconds of every process involved are read from
    ``/proc/<pid>/stat`` (utime + stime, all threads). Divided by wrk's request count
    this gives CPU microseconds per request, which says where the time goes even when
-   the machine is saturated and req/s alone cannot.
+   the machine is saturated and req/s alone cannot. Around each run the counters of the
+   variant's Envoy that explain a failed request (5xx, Lua errors, ext_proc timeouts,
+   retries, overflows) are read from its admin port too.
 5. The tables show per-metric medians over the rounds; ``--json`` keeps every round.
 
 Everything started here runs in its own session (process group) and is stopped in a
@@ -54,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 from extproc.errors import StartupError
 from extproc.server.envoy_process import find_envoy_binary
@@ -65,9 +73,12 @@ LISTEN_HOST = "127.0.0.1"
 SERVICE_HOST = "bench.local"
 UPSTREAM_BODY = "ok\n"
 
-#: Variant keys, in the order of the first round; later rounds rotate it.
-VARIANTS = ("plain", "extproc")
-VARIANT_LABELS = {"plain": "plain envoy", "extproc": "envoy + ext_proc"}
+#: Variant keys, in the order of the first round; later rounds rotate it. ``lua`` and
+#: ``ext_proc`` are also the values of ``extproc up --data-path``.
+VARIANTS = ("plain", "lua", "ext_proc")
+VARIANT_LABELS = {"plain": "plain envoy", "lua": "envoy + lua", "ext_proc": "envoy + ext_proc"}
+#: The variants that run ``extproc up``, compared with ``plain``.
+DATA_PATHS = ("lua", "ext_proc")
 
 #: How long each variant runs once, untimed, before the first measured round: the first
 #: seconds include connection set-up, lazy allocations and cold caches on both sides.
@@ -196,10 +207,12 @@ def _descendants(pid: int) -> list[int]:
 class Child:
     """One process started here, in its own session, and everything it must not outlive.
 
-    ``extra`` holds (pid, starttime) of processes that left our process group on purpose:
-    ``extproc up`` starts Envoy with ``start_new_session``, so signalling the group of
-    ``extproc up`` never reaches its Envoy. If the parent does not stop it, we do, after
-    checking the starttime so that a recycled pid is never hit.
+    ``extra`` holds (pid, starttime) of the processes this one started: ``extproc up``'s
+    Envoy, nginx's worker. Today they stay in the child's process group (``extproc up``
+    starts Envoy without a session of its own), so signalling the group reaches them.
+    They are still adopted, so that one which leaves the group (an older ``extproc up``
+    used ``start_new_session``; a future one might again) or survives its parent is
+    stopped as well. The starttime check makes sure a recycled pid is never hit.
     """
 
     name: str
@@ -461,9 +474,9 @@ def start_plain_envoy(
 
 
 def start_extproc(
-    tmp: Path, started: list[Child], upstream_port: int, concurrency: int
+    tmp: Path, started: list[Child], upstream_port: int, concurrency: int, data_path: str
 ) -> tuple[Child, int, int]:
-    """Start ``python -m extproc up``; wait until a request through it gets a 200.
+    """Start ``python -m extproc up --data-path <data_path>``; wait for a 200 through it.
 
     Returns:
         The child (the Python service), its Envoy's pid, and the listener port.
@@ -484,6 +497,8 @@ def start_extproc(
         "--log-level",
         "warning",
         "up",
+        "--data-path",
+        data_path,
         "--config",
         str(config),
         "--locality",
@@ -495,13 +510,63 @@ def start_extproc(
         "--concurrency",
         str(concurrency),
     ]
-    child = spawn("extproc-up", argv, tmp, started)
+    child = spawn(f"extproc-up-{data_path}", argv, tmp, started)
     wait_ok(child, LISTEN_HOST, port, SERVICE_HOST)
     envoys = [pid for pid in _children(child.pid) if _comm(pid) == "envoy"]
     if len(envoys) != 1:
-        raise StartupError(f"expected one envoy child of extproc up, found {envoys}")
+        raise StartupError(f"expected one envoy child of {child.name}, found {envoys}")
     child.adopt(envoys[0])
     return child, envoys[0], port
+
+
+def envoy_admin(pid: int) -> tuple[str, int] | None:
+    """The admin address of the Envoy ``pid``, from its ``--admin-address-path`` file.
+
+    Both Envoys here bind their admin to port 0 and write the real address to that file;
+    ``extproc up`` keeps the file in a temp dir of its own, hence the detour via cmdline.
+    """
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        path = argv[argv.index("--admin-address-path") + 1]
+        host, _, port = Path(path).read_text().strip().rpartition(":")
+        return host, int(port)
+    return None
+
+
+#: The Envoy counters that explain a failed or retried request, on any variant:
+#: downstream 4xx/5xx, Lua script errors, ext_proc stream failures and timeouts, the
+#: service cluster's retries, connect failures and circuit-breaker overflows, and the
+#: Lua path's calls to the brain (refreshes and failure reports).
+_COUNTER_FILTER = (
+    r"(downstream_rq_[45]xx|downstream_rq_total|\.lua\.|\.ext_proc\.|upstream_rq_retry|"
+    r"upstream_cx_connect_fail|overflow|upstream_rq_[45]xx|upstream_rq_timeout|"
+    r"upstream_rq_total|no_healthy|upstream_reset)"
+)
+
+
+def envoy_counters(admin: tuple[str, int] | None) -> dict[str, int]:
+    """Counters matching ``_COUNTER_FILTER`` from an Envoy admin; {} when unreachable."""
+    if admin is None:
+        return {}
+    conn = http.client.HTTPConnection(*admin, timeout=5)
+    try:
+        conn.request("GET", f"/stats?type=Counters&filter={quote(_COUNTER_FILTER)}")
+        text = conn.getresponse().read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return {}
+    finally:
+        conn.close()
+    counters: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            counters[name] = int(value)
+    return counters
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """``after - before`` per counter, only where it moved."""
+    return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v != before.get(k, 0)}
 
 
 def _comm(pid: int) -> str:
@@ -639,6 +704,8 @@ class Target:
     port: int
     #: role ("envoy", "python") -> pids summed for that role.
     cpu_pids: dict[str, list[int]]
+    #: the variant's Envoy admin, for its counters; None if it could not be found.
+    admin: tuple[str, int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,6 +720,8 @@ class RunRecord:
     cpu_s: dict[str, float]
     cpu_us_per_request: dict[str, float]
     cpu_percent: dict[str, float]
+    #: how much each counter of ``_COUNTER_FILTER`` moved during the run (only those that did).
+    envoy_counters: dict[str, int]
 
 
 def measure(
@@ -666,9 +735,11 @@ def measure(
 ) -> RunRecord:
     """Run wrk once against ``target`` and charge the CPU each process used meanwhile."""
     roles = {**target.cpu_pids, "upstream": upstream_pids}
+    counters_before = envoy_counters(target.admin)
     before = {role: sum(cpu_seconds(p) for p in pids) for role, pids in roles.items()}
     result, wrk_cpu_s = run_wrk(wrk, target.port, connections, duration_s)
     cpu_s = {role: sum(cpu_seconds(p) for p in pids) - before[role] for role, pids in roles.items()}
+    counters = counter_delta(counters_before, envoy_counters(target.admin))
     cpu_s["wrk"] = wrk_cpu_s
     requests = max(result.requests, 1)
     wall_s = max(result.duration_s, 1e-9)
@@ -679,8 +750,10 @@ def measure(
         variant=target.key,
         wrk=result,
         cpu_s={k: round(v, 3) for k, v in cpu_s.items()},
-        cpu_us_per_request={k: round(v * 1e6 / requests, 1) for k, v in cpu_s.items()},
+        # Two decimals: the lua variant's Python spends well under 1 µs per request.
+        cpu_us_per_request={k: round(v * 1e6 / requests, 2) for k, v in cpu_s.items()},
         cpu_percent={k: round(v * 100 / wall_s, 1) for k, v in cpu_s.items()},
+        envoy_counters=counters,
     )
 
 
@@ -695,9 +768,13 @@ def medians(records: list[RunRecord]) -> dict[str, Any]:
 
     Each metric is a median on its own (the p99 median need not come from the same
     round as the req/s median): with 3 rounds, one disturbed round cannot move any of
-    them.
+    them. Counts (non-2xx, socket errors, Envoy counters) are summed over the rounds.
     """
     roles = sorted({role for r in records for role in r.cpu_us_per_request})
+    counters: dict[str, int] = {}
+    for r in records:
+        for name, value in r.envoy_counters.items():
+            counters[name] = counters.get(name, 0) + value
     return {
         "rounds": len(records),
         "rps": statistics.median(r.wrk.rps for r in records),
@@ -712,6 +789,7 @@ def medians(records: list[RunRecord]) -> dict[str, Any]:
         "cpu_percent": {
             role: statistics.median(r.cpu_percent.get(role, 0.0) for r in records) for role in roles
         },
+        "envoy_counters": dict(sorted(counters.items())),
     }
 
 
@@ -722,7 +800,33 @@ def medians(records: list[RunRecord]) -> dict[str, Any]:
 
 def _cpu_cell(summary: dict[str, Any], role: str) -> str:
     value = summary["cpu_us_per_request"].get(role)
-    return "-" if value is None else f"{value:,.0f}"
+    if value is None:
+        return "-"
+    # Whole µs where the cost is large; the lua variant's Python is a fraction of one.
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2f}"
+
+
+#: Counters that move on every request; the report lists only the ones that explain
+#: failures, retries and brain calls (``--json`` keeps them all).
+_ROUTINE_COUNTERS = re.compile(
+    r"(downstream_rq_total|upstream_rq_total|lua\.executions|ext_proc\.streams_(started|closed)"
+    r"|ext_proc\.stream_msgs_(sent|received))$"
+)
+
+
+def format_counters(per_variant: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per variant whose Envoy counted failures, retries or brain calls."""
+    lines = []
+    for key in VARIANTS:
+        moved = {
+            name: value
+            for name, value in per_variant[key]["envoy_counters"].items()
+            if not _ROUTINE_COUNTERS.search(name) or "extproc_brain" in name
+        }
+        if moved:
+            cells = ", ".join(f"{name} {value:,}" for name, value in moved.items())
+            lines.append(f"  {VARIANT_LABELS[key]} envoy counters (sum of rounds): {cells}")
+    return lines
 
 
 def format_table(connections: int, per_variant: dict[str, dict[str, Any]], rounds: int) -> str:
@@ -764,6 +868,7 @@ def format_table(connections: int, per_variant: dict[str, dict[str, Any]], round
             c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
         ]
         lines.append("  ".join(cells))
+    lines.extend(format_counters(per_variant))
     return "\n".join(lines)
 
 
@@ -786,7 +891,8 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Throughput, latency and CPU per request of Envoy + ext_proc vs plain Envoy.",
+        description="Throughput, latency and CPU per request of extproc up's two data paths "
+        "(lua, ext_proc) vs plain Envoy.",
     )
     parser.add_argument(
         "--connections",
@@ -797,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=_positive, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=_positive, default=3, help="rounds per connection count")
     parser.add_argument(
-        "--concurrency", type=_positive, default=2, help="Envoy worker threads (both variants)"
+        "--concurrency", type=_positive, default=2, help="Envoy worker threads (all variants)"
     )
     parser.add_argument("--json", type=Path, help="write every round and the medians here")
     parser.add_argument(
@@ -890,17 +996,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain, plain_port = start_plain_envoy(
                 tmp, children, envoy, upstream_port, args.concurrency
             )
-            service, service_envoy, service_port = start_extproc(
-                tmp, children, upstream_port, args.concurrency
-            )
             targets = {
-                "plain": Target("plain", plain_port, {"envoy": [plain.pid]}),
-                "extproc": Target(
-                    "extproc",
+                "plain": Target(
+                    "plain",
+                    plain_port,
+                    {"envoy": [plain.pid]},
+                    envoy_admin(plain.pid),
+                )
+            }
+            for data_path in DATA_PATHS:
+                service, service_envoy, service_port = start_extproc(
+                    tmp, children, upstream_port, args.concurrency, data_path
+                )
+                targets[data_path] = Target(
+                    data_path,
                     service_port,
                     {"envoy": [service_envoy], "python": [service.pid]},
-                ),
-            }
+                    envoy_admin(service_envoy),
+                )
             print(f"bench: upstream {upstream_label} on {UPSTREAM_HOST}:{upstream_port}")
             print(f"bench: envoy {_version([str(envoy), '--version'])}", flush=True)
 
@@ -924,7 +1037,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(
                             f"  c={connections} round {round_no + 1}/{args.rounds} "
                             f"{VARIANT_LABELS[key]:<16} {record.wrk.rps:>10,.0f} req/s "
-                            f"p50 {record.wrk.p50_ms:.2f} ms p99 {record.wrk.p99_ms:.2f} ms",
+                            f"p50 {record.wrk.p50_ms:.2f} ms p99 {record.wrk.p99_ms:.2f} ms"
+                            + (f" non-2xx {record.wrk.non_2xx}" if record.wrk.non_2xx else ""),
                             flush=True,
                         )
                 summary[connections] = {
@@ -948,11 +1062,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for connections, per_variant in summary.items():
         print(format_table(connections, per_variant, args.rounds))
         print()
-    ratios = {c: s["extproc"]["rps"] / s["plain"]["rps"] for c, s in summary.items()}
-    print(
-        "ratio envoy + ext_proc / plain envoy (req/s): "
-        + ", ".join(f"{ratio:.3f} at c={c}" for c, ratio in ratios.items())
-    )
+    ratios = {
+        key: {c: s[key]["rps"] / s["plain"]["rps"] for c, s in summary.items()}
+        for key in DATA_PATHS
+    }
+    for key, by_connections in ratios.items():
+        print(
+            f"ratio {VARIANT_LABELS[key]} / plain envoy (req/s): "
+            + ", ".join(f"{ratio:.3f} at c={c}" for c, ratio in by_connections.items())
+        )
 
     if args.json is not None:
         report = {
@@ -969,6 +1087,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "upstream": upstream_label,
             },
             "settings": {
+                "variants": list(VARIANTS),
                 "connections": args.connections,
                 "duration_s": args.duration,
                 "rounds": args.rounds,
@@ -977,7 +1096,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "rounds": [asdict(r) for r in records],
             "medians": {str(c): s for c, s in summary.items()},
-            "ratios": {str(c): round(r, 4) for c, r in ratios.items()},
+            # variant -> connections -> median req/s of the variant / that of plain.
+            "ratios": {
+                key: {str(c): round(r, 4) for c, r in by_connections.items()}
+                for key, by_connections in ratios.items()
+            },
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"bench: wrote {args.json}")

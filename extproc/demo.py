@@ -215,6 +215,9 @@ async def run_demo(
                     break
                 await asyncio.sleep(pause_s)
             story.expect(back is not None, "traffic is back on us-east1 after the ejection")
+            if data_path is DataPath.LUA:
+                say("(every Envoy worker refreshes its table within its 100 ms TTL)")
+                await asyncio.sleep(0.2)
             replies = await _loop(stack, 3, pause_s, say)
             story.expect(all(r.served_by == EAST for r in replies), "and stays there")
 

@@ -48,8 +48,10 @@ async def test_a_name_that_re_resolves_moves_traffic_and_keeps_state_of_staying_
         await wait_for(lambda: new in addresses(stack))
         assert addresses(stack)[old]["ejected"] is True
         assert addresses(stack)[new]["ejected"] is False
-        reply = await get(stack.settings.listen, "mydb.com")
-        assert reply.served_by == f"{EAST} (second address)"
+        # One of two P0 hosts ejected: 70 % to the new address, 30 % spill to us-west.
+        served = {(await get(stack.settings.listen, "mydb.com")).served_by for _ in range(20)}
+        assert f"{EAST} (second address)" in served
+        assert EAST not in served
 
         # Then only the new IP: the old host and its state are gone.
         dns.set_records(EAST, ["127.0.0.13"])

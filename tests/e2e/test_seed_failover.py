@@ -138,7 +138,7 @@ async def test_a_dead_endpoint_is_probed_once_per_unejection(
 
 
 async def test_each_ip_of_a_name_is_its_own_host(
-    regions: dict[str, Region], start_stack: StackFactory, dns: object
+    regions: dict[str, Region], start_stack: StackFactory, dns: object, data_path: DataPath
 ) -> None:
     # A second us-east-1 address on the same port: the name now resolves to two IPs.
     port = regions["east"].port
@@ -155,7 +155,8 @@ async def test_each_ip_of_a_name_is_its_own_host(
 
         # One of two P0 hosts ejected: P0 health 70 %, so 70/30 between 127.0.0.13 and west.
         failures = [r for r in replies if r.status != 200]
-        assert len(failures) <= 1
+        # ext_proc: the tripping request; lua: at most one per Envoy worker (2 here).
+        assert len(failures) <= (2 if data_path is DataPath.LUA else 1)
         after = replies[replies.index(failures[0]) + 1 :] if failures else replies
         counts = Counter(served(after))
         assert set(counts) == {EAST, WEST}, counts
