@@ -559,7 +559,8 @@ def envoy_counters(admin: tuple[str, int] | None) -> dict[str, int]:
     counters: dict[str, int] = {}
     for line in text.splitlines():
         name, _, value = line.partition(": ")
-        if value.strip().isdigit():
+        # http.admin.*: our own stats requests to the admin port.
+        if value.strip().isdigit() and not name.startswith("http.admin."):
             counters[name] = int(value)
     return counters
 

@@ -11,21 +11,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import structlog
 from envoy.admin.v3 import clusters_pb2
 from google.protobuf import json_format
 
 from extproc.core.cluster import HostView
 from extproc.core.table import ServiceTable
-
-log = structlog.get_logger(__name__)
+from extproc.server.http_server import HttpServer
 
 
 def endpoints_json(table: ServiceTable, now: float) -> list[dict[str, Any]]:
@@ -85,8 +81,8 @@ def clusters_text(table: ServiceTable, now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-class AdminServer:
-    """A small HTTP/1.1 server on the admin address; one request per connection."""
+class AdminServer(HttpServer):
+    """The admin view over HTTP/1.1."""
 
     def __init__(
         self,
@@ -94,25 +90,18 @@ class AdminServer:
         now: Callable[[], float],
         ready: Callable[[], bool],
     ) -> None:
+        super().__init__()
         self._table = table
         self._now = now
         self._ready = ready
-        self._server: asyncio.Server | None = None
 
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
-
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+    def respond(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str, bytes]:
+        if method != "GET":
+            return 405, "text/plain", b"only GET\n"
+        status, content_type, text = self._respond(target)
+        return status, content_type, text.encode()
 
     def _respond(self, target: str) -> tuple[int, str, str]:
         path, _, query = target.partition("?")
@@ -134,33 +123,3 @@ class AdminServer:
                 return 200, "application/json", json_format.MessageToJson(message) + "\n"
             return 200, "text/plain", clusters_text(self._table(), now)
         return 404, "text/plain", "not found: try /clusters, /endpoints, /healthz, /readyz\n"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request_line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request_line.decode("latin-1").split()
-            if len(parts) < 2 or parts[0] != "GET":
-                status, ctype, body = 405, "text/plain", "only GET\n"
-            else:
-                status, ctype, body = self._respond(parts[1])
-            data = body.encode()
-            reason = {
-                200: "OK",
-                404: "Not Found",
-                405: "Method Not Allowed",
-                503: "Service Unavailable",
-            }
-            writer.write(
-                f"HTTP/1.1 {status} {reason.get(status, '')}\r\ncontent-type: {ctype}\r\n"
-                f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode()
-                + data
-            )
-            await writer.drain()
-        except Exception:
-            log.exception("admin.request_error")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()

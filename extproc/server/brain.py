@@ -23,8 +23,6 @@ not, see the README.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,13 +31,13 @@ import structlog
 
 from extproc.core.cluster import ClusterState
 from extproc.core.table import ServiceTable
+from extproc.server.http_server import HttpServer
 from extproc.server.servicer import log_events
 
 log = structlog.get_logger(__name__)
 
 SYNC_PATH = "/v1/sync"
 SERVICE_HEADER = "x-extproc-service"
-_MAX_BODY = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,77 +108,20 @@ class Brain:
         return "\n".join(lines) + "\n"
 
 
-class BrainServer:
-    """A small HTTP/1.1 keep-alive server for the Lua filter's ``httpCall``."""
+class BrainServer(HttpServer):
+    """The sync endpoint for the Lua filter's ``httpCall`` (HTTP/1.1 keep-alive)."""
 
     def __init__(self, brain: Brain) -> None:
+        super().__init__()
         self._brain = brain
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
-
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._connections):
-                writer.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
-
-    def _answer(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, bytes]:
-        if method != "POST" or path != SYNC_PATH:
-            return 404, b"not found\n"
+    def respond(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str, bytes]:
+        if method != "POST" or target != SYNC_PATH:
+            return 404, "text/plain", b"not found\n"
         service = headers.get(SERVICE_HEADER, "")
         table = self._brain.sync(service, body.decode("utf-8", "replace"))
         if table is None:
-            return 404, f"no service {service!r}\n".encode()
-        return 200, table.encode()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections.add(writer)
-        try:
-            while True:
-                request_line = await reader.readline()
-                if not request_line:
-                    return
-                headers: dict[str, str] = {}
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                if length > _MAX_BODY:
-                    return
-                body = await reader.readexactly(length) if length else b""
-                parts = request_line.decode("latin-1").split()
-                try:
-                    status, payload = self._answer(parts[0], parts[1], headers, body)
-                except Exception:
-                    log.exception("brain.sync_error", service=headers.get(SERVICE_HEADER))
-                    status, payload = 500, b"internal error\n"
-                writer.write(
-                    b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n"
-                    % (status, b"OK" if status == 200 else b"Error", len(payload))
-                    + payload
-                )
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, IndexError, ValueError):
-            return
-        finally:
-            self._connections.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            return 404, "text/plain", f"no service {service!r}\n".encode()
+        return 200, "text/plain", table.encode()
