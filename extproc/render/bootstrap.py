@@ -44,7 +44,6 @@ EXT_PROC_CLUSTER = "extproc"
 BRAIN_CLUSTER = "extproc_brain"
 #: Response headers the fast path reads and removes before the client sees them.
 UP_HEADER = "x-extproc-up"
-ATTEMPTS_HEADER = "x-extproc-att"
 FLAGS_HEADER = "x-extproc-lr"
 
 _LUA_FILTER = "envoy.filters.http.lua"
@@ -251,15 +250,11 @@ def _service_route(service: Service, settings: RenderSettings) -> dict[str, Any]
     }
     if settings.data_path is DataPath.LUA:
         route["metadata"] = {"filter_metadata": {_LUA_FILTER: {"service": service.cluster_name}}}
-        # Who really served the last attempt, and how many attempts there were; the
-        # upstream cannot forge them (overwritten), and Lua removes them before the client.
+        # Who really served the last attempt; the upstream cannot forge it (overwritten),
+        # and the script removes it before the client sees the response.
         route["response_headers_to_add"] = [
             {
                 "header": {"key": UP_HEADER, "value": "%UPSTREAM_HOST%"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            },
-            {
-                "header": {"key": ATTEMPTS_HEADER, "value": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"},
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             },
         ]

@@ -18,7 +18,6 @@
 local BRAIN_CLUSTER = "@@BRAIN_CLUSTER@@"
 local SYNC_TIMEOUT_MS = @@SYNC_TIMEOUT_MS@@
 local UP_HEADER = "x-extproc-up"
-local ATTEMPTS_HEADER = "x-extproc-att"
 local FLAGS_HEADER = "x-extproc-lr"
 local METADATA_NS = "extproc.lua"
 
@@ -114,7 +113,8 @@ function envoy_on_request(handle)
   end
   local host = pick(t)
   handle:setUpstreamOverrideHost(host, false)
-  handle:streamInfo():dynamicMetadata():set(METADATA_NS, "host", host)
+  -- One value carries both, so the response path needs a single lookup.
+  handle:streamInfo():dynamicMetadata():set(METADATA_NS, "pick", host .. " " .. service)
 end
 
 -- The code Envoy's outlier detector would record for the final attempt, or nil when it
@@ -137,24 +137,26 @@ end
 function envoy_on_response(handle)
   local headers = handle:headers()
   local up = headers:get(UP_HEADER)
-  local attempts = tonumber(headers:get(ATTEMPTS_HEADER)) or 1
   local flags = headers:get(FLAGS_HEADER)
   local status = tonumber(headers:get(":status")) or 0
   headers:remove(UP_HEADER)
-  headers:remove(ATTEMPTS_HEADER)
-  headers:remove(FLAGS_HEADER)
-  local service = handle:metadata():get("service")
+  if flags ~= nil then
+    headers:remove(FLAGS_HEADER)
+  end
   local meta = handle:streamInfo():dynamicMetadata():get(METADATA_NS)
-  local chosen = meta and meta["host"]
-  if service == nil or chosen == nil then
+  local pick_value = meta and meta["pick"]
+  if pick_value == nil then
     return
   end
+  local chosen, service = string.match(pick_value, "^(%S+) (.+)$")
   if up == "" or up == "-" then
     up = nil
   end
   local report = ""
-  if attempts > 1 and up ~= chosen then
-    report = "e " .. chosen .. " 503\n"  -- retried away from the host we chose
+  if up ~= nil and up ~= chosen then
+    -- The override sends the first attempt to the chosen host; another host served the
+    -- last one, so Envoy retried away from the chosen host after it failed.
+    report = "e " .. chosen .. " 503\n"
   end
   local code = failure_code(status, flags)
   if up ~= nil then

@@ -1,21 +1,41 @@
-"""EDS over gRPC: the fast path's per-service clusters learn hosts and health from us.
+"""EDS over gRPC: Envoy's per-service clusters learn hosts and health from the service.
 
-State of the world, one type (``ClusterLoadAssignment``), per the xDS protocol
-(https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol): Envoy subscribes
-with resource names; we answer with the current assignments and a fresh version and
-nonce; a request that echoes our nonce is an ACK (or, with ``error_detail``, a NACK) and
-needs no answer; every later change is pushed on every stream that subscribed to it.
+Every host a service resolved is listed with Istio's priority and locality, and an ejected
+host is marked UNHEALTHY, so Envoy's own load balancer, its retries across priorities and
+the fallback when the fast path's script fails all see what the service sees, and a change
+reaches Envoy in a push instead of a restart.
 
-An assignment lists every resolved host of a service with Istio's priority and locality;
-ejected hosts are UNHEALTHY, so Envoy's own load balancer (retries, and the fallback when
-the Lua script fails) avoids them as Istio's sidecar would.
+Theory of operation (the state-of-the-world variant of the xDS transport protocol, one
+resource type; https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol):
+
+1. Envoy opens a stream and names the clusters it wants (``resource_names``). The first
+   request of a stream is answered with the current assignment of each named cluster; a
+   name we do not know is answered with an assignment with no endpoints, so the cluster
+   finishes warming and serves 503s instead of waiting out Envoy's 15 s EDS timeout.
+2. Every response carries a fresh ``version_info`` and ``nonce``. Envoy answers each one
+   with a request that echoes the nonce: an ACK (the new version) or, with
+   ``error_detail``, a NACK (its previous version). Neither needs an answer; a NACK is
+   logged and the next change is pushed as usual.
+3. A request that echoes an older nonce is stale (a response crossed it on the wire) and is
+   ignored; the ACK of that response carries Envoy's current names.
+4. A request that changes the names is answered with the newly named clusters only: for
+   EDS, unlike clusters and listeners, a response need not repeat unchanged resources.
+5. ``set_cluster`` and ``remove_cluster`` mark the cluster pending on every stream that
+   subscribed to it and wake those streams; each stream sends what is pending on it. A
+   removed cluster is sent with no endpoints: EDS has no deletion by absence.
+
+Envoy 1.40 opens one stream per EDS cluster (each naming just its cluster), all on one
+HTTP/2 connection to the service; the protocol also lets a client put many names on one
+stream and change them later, and that works the same way here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+import contextlib
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -24,10 +44,13 @@ from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
+from google.protobuf import any_pb2
 
 log = structlog.get_logger(__name__)
 
 TYPE_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+#: The explicit wildcard name of the xDS protocol: every cluster we know.
+WILDCARD = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +67,49 @@ class EdsHost:
     healthy: bool = True  # False: UNHEALTHY (an ejected host)
 
 
-def assignment(cluster_name: str, hosts: Sequence[EdsHost]) -> endpoint_pb2.ClusterLoadAssignment:
-    """The ``ClusterLoadAssignment``: one locality group per (priority, locality)."""
+def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
+    """The fields that make an Envoy cluster take its hosts from this service over EDS.
+
+    Merge the result into a cluster's dict (name, connect_timeout, lb_policy stay the
+    caller's). ``update_merge_window: 0s`` applies each push at once instead of batching
+    updates for Envoy's default 1 s, which is what makes an ejection take effect in
+    milliseconds.
+
+    Args:
+        ext_proc_cluster: The static HTTP/2 cluster that reaches the service's gRPC port.
+    """
+    return {
+        "type": "EDS",
+        "eds_cluster_config": {
+            "eds_config": {
+                "resource_api_version": "V3",
+                "api_config_source": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": ext_proc_cluster}}],
+                    "set_node_on_first_message_only": True,
+                },
+            }
+        },
+        "common_lb_config": {"update_merge_window": "0s"},
+    }
+
+
+def _sort_key(host: EdsHost) -> tuple[int, str, str, str, str, int]:
+    return (host.priority, host.region, host.zone, host.sub_zone, host.ip, host.port)
+
+
+def load_assignment(
+    cluster_name: str, hosts: Iterable[EdsHost]
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Build a cluster's ``ClusterLoadAssignment``: one group per (priority, locality).
+
+    Hosts are sorted first, so the same set in another order (DNS answers rotate) gives the
+    same message and no push.
+    """
     message = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
     groups: dict[tuple[int, str, str, str], Any] = {}
-    for host in sorted(hosts, key=lambda h: (h.priority, h.region, h.zone, h.sub_zone)):
+    for host in sorted(hosts, key=_sort_key):
         key = (host.priority, host.region, host.zone, host.sub_zone)
         group = groups.get(key)
         if group is None:
@@ -56,113 +117,187 @@ def assignment(cluster_name: str, hosts: Sequence[EdsHost]) -> endpoint_pb2.Clus
             group.locality.region = host.region
             group.locality.zone = host.zone
             group.locality.sub_zone = host.sub_zone
-        lb = group.lb_endpoints.add()
-        lb.endpoint.address.socket_address.address = host.ip
-        lb.endpoint.address.socket_address.port_value = host.port
-        lb.load_balancing_weight.value = max(1, host.weight)
-        lb.health_status = health_check_pb2.HEALTHY if host.healthy else health_check_pb2.UNHEALTHY
+        lb_endpoint = group.lb_endpoints.add()
+        lb_endpoint.endpoint.address.socket_address.address = host.ip
+        lb_endpoint.endpoint.address.socket_address.port_value = host.port
+        # Envoy rejects a weight of 0; Istio reads an unset endpoint weight as 1
+        # (IstioEndpoint.GetLoadBalancingWeight).
+        lb_endpoint.load_balancing_weight.value = max(1, host.weight)
+        lb_endpoint.health_status = (
+            health_check_pb2.HEALTHY if host.healthy else health_check_pb2.UNHEALTHY
+        )
     for group in groups.values():
+        # Istio weighs a locality by the sum of its endpoints' weights (endpoint_builder.go);
+        # Envoy reads it only when locality-weighted load balancing is on.
         group.load_balancing_weight.value = sum(
             e.load_balancing_weight.value for e in group.lb_endpoints
         )
     return message
 
 
-class _Stream:
-    """One Envoy subscription: what it asked for and a wake-up for changes."""
+def _pack(message: endpoint_pb2.ClusterLoadAssignment) -> Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
 
-    def __init__(self) -> None:
-        self.names: frozenset[str] = frozenset()  # empty: every cluster
-        self.changed = asyncio.Event()
+
+@dataclass(eq=False, slots=True)
+class _Stream:
+    """One Envoy stream: what it subscribed to and what it has not been sent yet."""
+
+    peer: str
+    names: frozenset[str] = frozenset()
+    wildcard: bool = False
+    started: bool = False  # the first request has arrived
+    nonce: str = ""  # of the last response sent
+    pending: set[str] = field(default_factory=set)  # cluster names to send next
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
 
     def wants(self, cluster_name: str) -> bool:
-        return not self.names or cluster_name in self.names
+        return self.wildcard or cluster_name in self.names
 
 
 class EndpointDiscovery(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type: ignore[misc]
-    """Serves the current assignments and pushes every change."""
+    """Serve the current assignments and push every change, state of the world.
+
+    ``set_cluster`` and ``remove_cluster`` only record the change and wake the streams, so
+    they never block; call them on the event loop's thread (the app's publish does).
+    """
 
     def __init__(self) -> None:
-        self._assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
-        self._version = 0
-        self._nonce = 0
+        self._hosts: dict[str, tuple[EdsHost, ...]] = {}
+        self._packed: dict[str, Any] = {}  # cluster name -> Any(ClusterLoadAssignment)
         self._streams: set[_Stream] = set()
+        # One counter for versions and nonces: every response is its own version, so each
+        # one is fresh and an ACK or NACK names exactly the response it answers.
+        self._sequence = itertools.count(1)
+
+    @property
+    def streams(self) -> int:
+        """How many Envoy streams are open (for status views and tests)."""
+        return len(self._streams)
 
     def set_cluster(self, cluster_name: str, hosts: Sequence[EdsHost]) -> None:
-        """Replace a cluster's hosts; subscribed streams get it if it changed."""
-        message = assignment(cluster_name, hosts)
-        if self._assignments.get(cluster_name) == message:
+        """Replace a cluster's hosts; every stream subscribed to it gets it if it changed."""
+        ordered = tuple(sorted(hosts, key=_sort_key))
+        if self._hosts.get(cluster_name) == ordered:
             return
-        self._assignments[cluster_name] = message
+        self._hosts[cluster_name] = ordered
+        self._packed[cluster_name] = _pack(load_assignment(cluster_name, ordered))
         self._changed(cluster_name)
 
     def remove_cluster(self, cluster_name: str) -> None:
-        """Forget a cluster (a reload dropped it)."""
-        if self._assignments.pop(cluster_name, None) is not None:
-            self._changed(cluster_name)
-
-    def _changed(self, cluster_name: str) -> None:
-        self._version += 1
-        for stream in self._streams:
-            if stream.wants(cluster_name):
-                stream.changed.set()
+        """Forget a cluster (a reload dropped it); subscribers get it with no endpoints."""
+        if self._hosts.pop(cluster_name, None) is None:
+            return
+        del self._packed[cluster_name]
+        self._changed(cluster_name)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register the EDS service on a ``grpc.aio`` server (before it starts)."""
         eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(self, server)
 
-    def _response(self, stream: _Stream) -> discovery_pb2.DiscoveryResponse:
-        self._nonce += 1
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=str(self._version), type_url=TYPE_URL, nonce=str(self._nonce)
-        )
-        for name, message in self._assignments.items():
-            if stream.wants(name):
-                response.resources.add().Pack(message)
-        # A subscribed cluster we do not know (yet) gets an empty assignment: no hosts.
-        for name in sorted(stream.names - self._assignments.keys()):
-            response.resources.add().Pack(endpoint_pb2.ClusterLoadAssignment(cluster_name=name))
-        return response
+    def _changed(self, cluster_name: str) -> None:
+        for stream in self._streams:
+            if stream.started and stream.wants(cluster_name):
+                stream.pending.add(cluster_name)
+                stream.wake.set()
 
     async def StreamEndpoints(
         self,
-        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: Any,
+        request_iterator: AsyncIterable[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        stream = _Stream()
+        """Serve one Envoy stream until Envoy closes it or the server stops."""
+        stream = _Stream(peer=context.peer())
         self._streams.add(stream)
-        requests = request_iterator.__aiter__()
-        next_request: asyncio.Task[discovery_pb2.DiscoveryRequest] | None = None
+        # Requests are read in their own task, so a push never waits for one to arrive.
+        reader = asyncio.create_task(self._read(request_iterator, stream))
         try:
             while True:
-                next_request = next_request or asyncio.ensure_future(requests.__anext__())
-                changed = asyncio.ensure_future(stream.changed.wait())
-                done, _ = await asyncio.wait(
-                    {next_request, changed}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if changed not in done:
-                    changed.cancel()
-                if next_request in done:
-                    try:
-                        request = next_request.result()
-                    except StopAsyncIteration:
-                        return
-                    next_request = None
-                    if request.error_detail.message:
-                        log.warning(
-                            "eds.nack",
-                            version=request.version_info,
-                            error=request.error_detail.message,
-                        )
-                    names = frozenset(request.resource_names)
-                    # ACK or NACK of our last answer with the same subscription: nothing to send.
-                    if request.response_nonce and names == stream.names:
-                        continue
-                    stream.names = names
-                    stream.changed.set()
-                if stream.changed.is_set():
-                    stream.changed.clear()
-                    yield self._response(stream)
+                await stream.wake.wait()
+                stream.wake.clear()
+                if stream.closed:
+                    return
+                response = self._response(stream)
+                if response is not None:
+                    yield response
         finally:
             self._streams.discard(stream)
-            if next_request is not None:
-                next_request.cancel()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            log.info("eds.stream_closed", peer=stream.peer, cluster_names=sorted(stream.names))
+
+    async def _read(
+        self, requests: AsyncIterable[discovery_pb2.DiscoveryRequest], stream: _Stream
+    ) -> None:
+        try:
+            async for request in requests:
+                self._on_request(stream, request)
+        except (grpc.RpcError, grpc.aio.AioRpcError, grpc.aio.AbortError) as exc:
+            log.info("eds.stream_error", peer=stream.peer, error=str(exc))
+        finally:
+            stream.closed = True
+            stream.wake.set()
+
+    def _on_request(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
+        # Every step below follows the xDS protocol's "ACK/NACK and resource type instance
+        # version", "When to send an update" and "Resource updates" sections:
+        # https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#ack-nack-and-resource-type-instance-version
+        if request.type_url not in ("", TYPE_URL):
+            log.warning("eds.unexpected_type", peer=stream.peer, type_url=request.type_url)
+            return
+        if stream.started and request.response_nonce != stream.nonce:
+            return  # 3. stale: a newer response is on its way and Envoy will answer it
+        names = frozenset(request.resource_names)
+        if request.HasField("error_detail"):
+            # 2. NACK: Envoy kept its previous version; resending the same would fail again.
+            log.warning(
+                "eds.nack",
+                peer=stream.peer,
+                cluster_names=sorted(names),
+                version=request.version_info,
+                nonce=request.response_nonce,
+                error=request.error_detail.message,
+            )
+        if not stream.started:
+            # 1. Subscribe. No names (or "*") on the first request is the protocol's
+            #    wildcard: every cluster we know, for the life of the stream.
+            stream.started = True
+            stream.wildcard = not names or WILDCARD in names
+            wanted = set(self._hosts) if stream.wildcard else set(names)
+            log.info(
+                "eds.subscribe",
+                peer=stream.peer,
+                node=request.node.id,
+                cluster_names=sorted(names),
+            )
+        elif stream.wildcard:
+            wanted = set()  # the names of a wildcard stream are ignored
+        else:
+            # 4. A new set of names: send the newly named clusters. An empty set means
+            #    Envoy wants nothing any more, not every cluster.
+            wanted = set(names - stream.names)
+        stream.names = names - {WILDCARD}
+        if wanted:
+            stream.pending |= wanted
+            stream.wake.set()
+
+    def _response(self, stream: _Stream) -> discovery_pb2.DiscoveryResponse | None:
+        names = sorted(name for name in stream.pending if stream.wants(name))
+        stream.pending.clear()
+        if not names:
+            return None
+        sequence = str(next(self._sequence))
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=sequence, type_url=TYPE_URL, nonce=sequence
+        )
+        for name in names:
+            packed = self._packed.get(name)
+            if packed is None:
+                packed = _pack(endpoint_pb2.ClusterLoadAssignment(cluster_name=name))
+            response.resources.append(packed)
+        stream.nonce = sequence
+        return response
