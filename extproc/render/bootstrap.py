@@ -149,23 +149,13 @@ def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, An
         }
         return cluster
     outlier = service.outlier_detection
+    eds = eds_cluster_config(EXT_PROC_CLUSTER)
     cluster |= {
-        "type": "EDS",
-        "eds_cluster_config": {
-            "eds_config": {
-                "resource_api_version": "V3",
-                "api_config_source": {
-                    "api_type": "GRPC",
-                    "transport_api_version": "V3",
-                    "grpc_services": [{"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}}],
-                    "set_node_on_first_message_only": True,
-                },
-            }
-        },
+        "type": eds["type"],
+        "eds_cluster_config": eds["eds_cluster_config"],
         "lb_policy": _ENVOY_LB[service.lb_algorithm],
         "common_lb_config": {
-            # Health changes (ejections) take effect at once, not after Envoy's 1 s merge.
-            "update_merge_window": "0s",
+            **eds["common_lb_config"],
             # Istio sets the panic threshold to minHealthPercent when outlierDetection is set.
             "healthy_panic_threshold": {
                 "value": float(outlier.min_health_percent if outlier else 50)
@@ -175,6 +165,32 @@ def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, An
         },
     }
     return cluster
+
+
+def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
+    """The fields that make an Envoy cluster take its hosts from the service over EDS.
+
+    ``update_merge_window: 0s`` applies each push (an ejection) at once instead of after
+    Envoy's default 1 s of batching.
+
+    Args:
+        ext_proc_cluster: The static HTTP/2 cluster that reaches the service's gRPC port.
+    """
+    return {
+        "type": "EDS",
+        "eds_cluster_config": {
+            "eds_config": {
+                "resource_api_version": "V3",
+                "api_config_source": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": ext_proc_cluster}}],
+                    "set_node_on_first_message_only": True,
+                },
+            }
+        },
+        "common_lb_config": {"update_merge_window": "0s"},
+    }
 
 
 def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:

@@ -67,34 +67,6 @@ class EdsHost:
     healthy: bool = True  # False: UNHEALTHY (an ejected host)
 
 
-def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
-    """The fields that make an Envoy cluster take its hosts from this service over EDS.
-
-    Merge the result into a cluster's dict (name, connect_timeout, lb_policy stay the
-    caller's). ``update_merge_window: 0s`` applies each push at once instead of batching
-    updates for Envoy's default 1 s, which is what makes an ejection take effect in
-    milliseconds.
-
-    Args:
-        ext_proc_cluster: The static HTTP/2 cluster that reaches the service's gRPC port.
-    """
-    return {
-        "type": "EDS",
-        "eds_cluster_config": {
-            "eds_config": {
-                "resource_api_version": "V3",
-                "api_config_source": {
-                    "api_type": "GRPC",
-                    "transport_api_version": "V3",
-                    "grpc_services": [{"envoy_grpc": {"cluster_name": ext_proc_cluster}}],
-                    "set_node_on_first_message_only": True,
-                },
-            }
-        },
-        "common_lb_config": {"update_merge_window": "0s"},
-    }
-
-
 def _sort_key(host: EdsHost) -> tuple[int, str, str, str, str, int]:
     return (host.priority, host.region, host.zone, host.sub_zone, host.ip, host.port)
 
