@@ -80,6 +80,9 @@ local function sync(handle, service, extra, now)
 end
 
 local function pick(t)
+  if t.cum[2] == nil then
+    return t.hosts[1]  -- one eligible host: the common case, no draw needed
+  end
   local r = math.random(t.total)
   local lo, hi = 1, #t.cum
   while lo < hi do
@@ -137,11 +140,15 @@ end
 function envoy_on_response(handle)
   local headers = handle:headers()
   local up = headers:get(UP_HEADER)
-  local flags = headers:get(FLAGS_HEADER)
   local status = tonumber(headers:get(":status")) or 0
   headers:remove(UP_HEADER)
-  if flags ~= nil then
-    headers:remove(FLAGS_HEADER)
+  local flags = nil
+  if status >= 400 then
+    -- Only Envoy's own replies carry flags, and those are never 1xx-3xx.
+    flags = headers:get(FLAGS_HEADER)
+    if flags ~= nil then
+      headers:remove(FLAGS_HEADER)
+    end
   end
   local meta = handle:streamInfo():dynamicMetadata():get(METADATA_NS)
   local pick_value = meta and meta["pick"]
