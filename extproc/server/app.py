@@ -181,6 +181,8 @@ class ServiceApp:
         self._ready = False
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
+        # Long-lived EDS streams end now; the grace period is for in-flight requests.
+        self.eds.close()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_s)
             self._server = None

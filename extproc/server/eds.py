@@ -166,6 +166,13 @@ class EndpointDiscovery(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type:
         del self._packed[cluster_name]
         self._changed(cluster_name)
 
+    def close(self) -> None:
+        """End every stream (shutdown): EDS streams never finish on their own, and Envoy
+        keeps the last assignment and reconnects to whoever serves next."""
+        for stream in self._streams:
+            stream.closed = True
+            stream.wake.set()
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the EDS service on a ``grpc.aio`` server (before it starts)."""
         eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(self, server)

@@ -560,3 +560,21 @@ async def test_envoy_follows_pushed_hosts_and_health_without_a_restart(tmp_path:
         await west_up.stop()
         await east_up.stop()
         await server.stop(0)
+
+
+async def test_close_ends_every_stream_so_shutdown_need_not_wait(
+    discovery: EndpointDiscovery, subscribe: Subscribe
+) -> None:
+    discovery.set_cluster(MYDB, [EAST])
+    envoy = await subscribe()
+    await envoy.send(MYDB)
+    await envoy.next()
+    assert discovery.streams == 1
+
+    discovery.close()
+
+    for _ in range(50):
+        if discovery.streams == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert discovery.streams == 0
