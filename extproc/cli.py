@@ -96,6 +96,24 @@ def _add_data_path(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_admin(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin",
+        type=parse_hostport,
+        default=_hostport_default("ADMIN", "127.0.0.1:9090"),
+        help="the status view HOST:PORT ($EXTPROC_ADMIN)",
+    )
+
+
+def _add_brain_port(parser: argparse.ArgumentParser, where: str) -> None:
+    parser.add_argument(
+        "--brain-port",
+        type=int,
+        default=int(_env("BRAIN_PORT", "9004") or 9004),
+        help=f"the fast path's HTTP sync port, {where} ($EXTPROC_BRAIN_PORT)",
+    )
+
+
 def _hostport_default(name: str, fallback: str) -> tuple[str, int]:
     return parse_hostport(_env(name, fallback) or fallback)
 
@@ -123,12 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_hostport_default("LISTEN", "127.0.0.1:10000"),
         help="Envoy's HTTP listener HOST:PORT ($EXTPROC_LISTEN)",
     )
-    up.add_argument(
-        "--admin",
-        type=parse_hostport,
-        default=_hostport_default("ADMIN", "127.0.0.1:9090"),
-        help="the status view HOST:PORT ($EXTPROC_ADMIN)",
-    )
+    _add_admin(up)
     _add_dns(up)
     up.add_argument(
         "--concurrency",
@@ -149,18 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=_hostport_default("GRPC", "127.0.0.1:9002"),
         help="gRPC (ext_proc + health) HOST:PORT ($EXTPROC_GRPC)",
     )
-    serve.add_argument(
-        "--brain-port",
-        type=int,
-        default=int(_env("BRAIN_PORT", "9004") or 9004),
-        help="the fast path's HTTP sync port, on the --grpc host ($EXTPROC_BRAIN_PORT)",
-    )
-    serve.add_argument(
-        "--admin",
-        type=parse_hostport,
-        default=_hostport_default("ADMIN", "127.0.0.1:9090"),
-        help="the status view HOST:PORT ($EXTPROC_ADMIN)",
-    )
+    _add_brain_port(serve, "on the --grpc host")
+    _add_admin(serve)
     _add_dns(serve)
 
     render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
@@ -181,12 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_message_timeout(render)
     _add_data_path(render)
-    render.add_argument(
-        "--brain-port",
-        type=int,
-        default=int(_env("BRAIN_PORT", "9004") or 9004),
-        help="the service's fast-path sync port, on the --ext-proc host ($EXTPROC_BRAIN_PORT)",
-    )
+    _add_brain_port(render, "on the --ext-proc host")
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     render.add_argument(
         "--validate", action="store_true", help="also run envoy --mode validate on it"

@@ -24,6 +24,7 @@ from extproc.errors import StartupError
 from extproc.server.admin import AdminServer
 from extproc.server.brain import Brain, BrainServer
 from extproc.server.eds import EdsHost, EndpointDiscovery
+from extproc.server.http_server import HttpServer
 from extproc.server.resolver import EndpointResolver, make_resolver
 from extproc.server.servicer import ExternalProcessor, log_events
 
@@ -113,18 +114,13 @@ class ServiceApp:
             raise StartupError(f"cannot listen for gRPC on {address}: {exc}") from exc
         await server.start()
         self._server = server
-        try:
-            await self._admin.start(self.settings.admin_host, self.settings.admin_port)
-        except OSError as exc:
-            await self.stop()
-            where = f"{self.settings.admin_host}:{self.settings.admin_port}"
-            raise StartupError(f"cannot listen for admin on {where}: {exc}") from exc
-        try:
-            await self._brain_server.start(self.settings.grpc_host, self.settings.brain_port)
-        except OSError as exc:
-            await self.stop()
-            where = f"{self.settings.grpc_host}:{self.settings.brain_port}"
-            raise StartupError(f"cannot listen for the fast path's sync on {where}: {exc}") from exc
+        await self._listen(self._admin, "admin", self.settings.admin_host, self.settings.admin_port)
+        await self._listen(
+            self._brain_server,
+            "the fast path's sync",
+            self.settings.grpc_host,
+            self.settings.brain_port,
+        )
         self.brain_port = self._brain_server.address[1]
         await self._resolver.resolve_all()
         self.publish()
@@ -138,6 +134,14 @@ class ServiceApp:
             admin="{}:{}".format(*self.admin_address),
             clusters=[c.service.cluster_name for c in self.table],
         )
+
+    async def _listen(self, server: HttpServer, what: str, host: str, port: int) -> None:
+        """Start one HTTP server; on failure stop what already runs and say where."""
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            await self.stop()
+            raise StartupError(f"cannot listen for {what} on {host}:{port}: {exc}") from exc
 
     async def _sweep_loop(self) -> None:
         # The core runs due sweeps lazily on every pick; this timer makes un-ejections
