@@ -70,7 +70,6 @@ _UNKNOWN_HOST_BODY = "extproc: no ServiceEntry host matches this request's autho
 RESPONSE_ATTRIBUTES = (
     "response.code_details",
     "response.flags",
-    "upstream.address",
     "upstream.request_attempt_count",
 )
 

@@ -27,14 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from extproc.core.cluster import ClusterState
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
-from extproc.server.servicer import log_events
-
-log = structlog.get_logger(__name__)
 
 SYNC_PATH = "/v1/sync"
 SERVICE_HEADER = "x-extproc-service"
@@ -96,7 +91,6 @@ class Brain:
                     cluster.record(report.host, 200, now)
             else:
                 cluster.record(report.host, report.value, now)
-        log_events(cluster)
         self._on_change()
         return self.render(cluster, now)
 

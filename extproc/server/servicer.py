@@ -130,7 +130,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             if cluster is None:
                 return _unknown_host(authority)
             pick = cluster.pick(self._now())
-            log_events(cluster)
             if pick.host is None:
                 return _NO_HEALTHY_UPSTREAM
             stream.host = pick.host
@@ -159,7 +158,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         for index, code in enumerate(outcome.codes):
             # Earlier attempts went to the same host (ORIGINAL_DST pins every retry).
             cluster.record(host, code, now, finished=index == last)
-        log_events(cluster)
 
 
 class _Stream:
@@ -192,16 +190,3 @@ def _passthrough(kind: str | None) -> pb.ProcessingResponse:
     if kind == "response_headers":
         return _EMPTY_RESPONSE_HEADERS
     return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
-
-
-def log_events(cluster: ClusterState) -> None:
-    """Log the cluster's outlier events with Envoy's event field names."""
-    for event in cluster.drain_events():
-        log.info(
-            "outlier.eject" if event.action == "EJECT" else "outlier.uneject",
-            cluster_name=event.cluster_name,
-            upstream_url=event.upstream_url,
-            type=event.type,
-            num_ejections=event.num_ejections,
-            enforced=event.enforced,
-        )

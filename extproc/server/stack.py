@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 import yaml
 
 from extproc.core.policy import Locality, Policy
@@ -22,8 +21,6 @@ from extproc.errors import StartupError
 from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.envoy_process import EnvoyProcess
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
