@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from extproc import __version__
-from extproc.core.policy import Locality, Policy
+from extproc.core.policy import DEFAULT_CLUSTER_ID, Locality, Policy, Workload
 from extproc.errors import ConfigError, ExtprocError
 
 
@@ -31,6 +31,24 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """``k=v,k2=v2`` -> ((k, v), (k2, v2)); raises argparse.ArgumentTypeError on bad input.
+
+    An empty text means no labels. Values may be empty (``k=``); keys may not, and may not
+    repeat.
+    """
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+        if key in labels:
+            raise argparse.ArgumentTypeError(f"label {key!r} is given twice")
+        labels[key] = value.strip()
+    return tuple(labels.items())
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -61,6 +79,23 @@ def _add_locality(parser: argparse.ArgumentParser) -> None:
         default=_env("LOCALITY", ""),
         help="the workload's locality region[/zone[/subzone]] ($EXTPROC_LOCALITY)",
     )
+    labels = _env("WORKLOAD_LABELS")
+    parser.add_argument(
+        "--workload-labels",
+        type=parse_labels,
+        default=parse_labels(labels) if labels else (),
+        metavar="K=V[,K=V...]",
+        help="the workload's labels, matched by localityLbSetting.failoverPriority; the "
+        "topology labels of --locality are added ($EXTPROC_WORKLOAD_LABELS)",
+    )
+
+
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    """The workload; a ``topology.istio.io/cluster`` label names its cluster, as a sidecar's
+    ``ISTIO_META_CLUSTER_ID`` does (default ``Kubernetes``)."""
+    labels: tuple[tuple[str, str], ...] = args.workload_labels
+    cluster = dict(labels).get("topology.istio.io/cluster") or DEFAULT_CLUSTER_ID
+    return Workload(locality=Locality.parse(args.locality), labels=labels, cluster_id=cluster)
 
 
 def _add_dns(parser: argparse.ArgumentParser) -> None:
@@ -242,7 +277,7 @@ async def _up(args: argparse.Namespace, policy: Policy) -> int:
     stop = _stop_on_signals()
     stack = Stack(
         policy,
-        Locality.parse(args.locality),
+        workload_from_args(args),
         StackSettings(
             listen=args.listen,
             admin=args.admin,
@@ -282,7 +317,7 @@ async def _serve(args: argparse.Namespace, policy: Policy) -> int:
 
     app = ServiceApp(
         policy,
-        Locality.parse(args.locality),
+        workload_from_args(args),
         ServiceSettings(
             grpc_host=args.grpc[0],
             grpc_port=args.grpc[1],

@@ -5,15 +5,22 @@ One ``ClusterState`` is what one Istio sidecar's Envoy holds for one cluster
 
 * hosts: every resolved IP of every endpoint, as ``ip:port`` (Envoy STRICT_DNS: each A record
   is a host and inherits its endpoint's locality, priority and weight);
-* priorities from ``locality.endpoint_priorities`` (Istio's ``applyLocalityFailover``);
+* priorities and locality weights from ``locality.load_assignment`` (Istio's
+  ``applyLocalityFailover``, ``applyFailoverPriorities`` and ``applyLocalityWeights``);
 * an ``outlier.OutlierDetector`` when the DestinationRule has ``outlierDetection``;
 * the priority split from ``priority.compute_priority_load``, recomputed only when an
   ejection, un-ejection or membership change happens, never per request;
-* the load balancer of ``lb_algorithm`` inside the chosen priority (Envoy's
-  ``ZoneAwareLoadBalancerBase::chooseHost`` -> ``hostSourceToUse``):
+* the host source inside the chosen priority (Envoy's ``ZoneAwareLoadBalancerBase::
+  hostSourceToUse``): all its hosts when it is in panic; else, when Istio set
+  ``locality_weighted_lb_config``, the healthy hosts of one locality picked by an
+  earliest-deadline-first schedule over effective weights
+  ``locality_weight * min(1, 1.4 * healthy / total)`` (``HostSetImpl::
+  effectiveLocalityWeight``, ``chooseHealthyLocality``), rebuilt on every health or
+  membership change and started ``seed % n`` picks in; else its healthy hosts;
+* the load balancer of ``lb_algorithm`` inside that host source:
 
   - ROUND_ROBIN (``round_robin_lb.h``): equal weights -> ``hosts[index++ % n]``, one index per
-    host source (priority, healthy-or-all), every index starting at one random seed per
+    host source (priority, healthy-or-all, locality), every index starting at one seed per
     cluster like Envoy's ``seed_``. Unequal weights -> an earliest-deadline-first schedule
     (Envoy's ``EdfScheduler``: deadline += 1/weight), pre-rolled ``seed % n`` picks.
   - LEAST_REQUEST (``least_request_lb.cc``): equal weights -> Envoy's default N_CHOICES with
@@ -22,10 +29,9 @@ One ``ClusterState`` is what one Istio sidecar's Envoy holds for one cluster
     (``hostWeight`` with ``active_request_bias`` 1), evaluated when a host is re-queued.
   - RANDOM: uniform over the hosts, ignoring weights, like Envoy's random LB.
 
-Not modelled: Envoy's locality-weighted pick inside a priority (Istio turns it on only when
-``failover`` is set and several localities share a priority), degraded hosts, slow start.
-An address listed by two endpoints is one host, owned by the first endpoint listing it
-(Envoy would keep two host objects; the server can only name the address).
+Not modelled: degraded hosts, slow start. An address listed by two endpoints is one host,
+owned by the first endpoint listing it that gets traffic (Envoy would keep two host
+objects; the server can only name the address).
 """
 
 from __future__ import annotations
@@ -34,12 +40,18 @@ import enum
 import heapq
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from extproc.core.locality import endpoint_priorities
-from extproc.core.outlier import OutlierDetector, OutlierEvent
-from extproc.core.policy import LbAlgorithm, Locality, Resolution, Service
-from extproc.core.priority import HostCounts, choose_priority, compute_priority_load
+from extproc.core.locality import load_assignment
+from extproc.core.outlier import AttemptResult, OutlierDetector, OutlierEvent
+from extproc.core.policy import LbAlgorithm, Locality, Resolution, Service, Workload
+from extproc.core.priority import (
+    OVERPROVISIONING_FACTOR,
+    HostCounts,
+    choose_priority,
+    compute_priority_load,
+)
 
 __all__ = ["ClusterState", "HostView", "OutlierEvent", "Pick", "PickReason"]
 
@@ -47,6 +59,10 @@ __all__ = ["ClusterState", "HostView", "OutlierEvent", "Pick", "PickReason"]
 _CHOICE_COUNT = 2
 # route_weights: a priority's load percent times this, split over its hosts.
 _WEIGHT_SCALE = 1000
+# A host source key: (priority, panic, locality index or _WHOLE_PRIORITY).
+_WHOLE_PRIORITY = -1
+
+_T = TypeVar("_T")
 
 
 class PickReason(enum.Enum):
@@ -90,34 +106,58 @@ class _Host:
     address: str
     endpoint_index: int
     priority: int
+    locality: int  # index into its priority's localities
     weight: int
     active_requests: int = 0
 
 
-class _EdfScheduler:
-    """Earliest-deadline-first over hosts, as Envoy's ``EdfScheduler`` for unequal weights.
+@dataclass(slots=True, eq=False)
+class _Locality:
+    """One locality of one priority: Envoy's ``hostsPerLocality`` entry and its weight."""
 
-    Each host is queued with deadline ``now + 1/weight``; a pick pops the earliest (ties in
-    queue order), moves ``now`` to it and re-queues the host with its current weight.
+    index: int
+    locality: Locality
+    weight: int  # Istio's locality weight (sum of endpoint weights, or distribute's share)
+    hosts: list[_Host] = field(default_factory=list)
+    healthy: list[_Host] = field(default_factory=list)
+    effective_weight: float = 0.0  # weight * availability, as of the last refresh
+
+
+class _EdfScheduler(Generic[_T]):
+    """Earliest-deadline-first, as Envoy's ``EdfScheduler`` (hosts or localities).
+
+    Each entry is queued with deadline ``now + 1/weight``; a pick pops the earliest (ties in
+    queue order), moves ``now`` to it and re-queues the entry with its current weight.
     """
 
     __slots__ = ("_heap", "_now", "_order")
 
-    def __init__(self, hosts: Sequence[_Host], weight: Callable[[_Host], float]) -> None:
-        self._heap: list[tuple[float, int, _Host]] = []
+    def __init__(self, entries: Sequence[_T], weight: Callable[[_T], float]) -> None:
+        self._heap: list[tuple[float, int, _T]] = []
         self._now = 0.0
         self._order = 0
-        for host in hosts:
-            self._add(host, weight(host))
+        for entry in entries:
+            self._add(entry, weight(entry))
 
-    def pick(self, weight: Callable[[_Host], float]) -> _Host:
-        deadline, _, host = heapq.heappop(self._heap)
+    @classmethod
+    def with_picks(
+        cls, entries: Sequence[_T], weight: Callable[[_T], float], seed: int
+    ) -> _EdfScheduler[_T]:
+        """Start ``seed % n`` picks in, like Envoy's ``createWithPicks``, so that schedules
+        built from the same entries do not all begin on the same one."""
+        scheduler = cls(entries, weight)
+        for _ in range(seed % len(entries)):
+            scheduler.pick(weight)
+        return scheduler
+
+    def pick(self, weight: Callable[[_T], float]) -> _T:
+        deadline, _, entry = heapq.heappop(self._heap)
         self._now = deadline
-        self._add(host, weight(host))
-        return host
+        self._add(entry, weight(entry))
+        return entry
 
-    def _add(self, host: _Host, weight: float) -> None:
-        heapq.heappush(self._heap, (self._now + 1.0 / weight, self._order, host))
+    def _add(self, entry: _T, weight: float) -> None:
+        heapq.heappush(self._heap, (self._now + 1.0 / weight, self._order, entry))
         self._order += 1
 
 
@@ -125,9 +165,28 @@ def _static_weight(host: _Host) -> float:
     return float(host.weight)
 
 
+def _unit_weight(host: _Host) -> float:
+    return 1.0
+
+
 def _least_request_weight(host: _Host) -> float:
     # LeastRequestLoadBalancer::hostWeight with active_request_bias 1.0.
     return host.weight / (host.active_requests + 1)
+
+
+def _effective_weight(locality: _Locality) -> float:
+    return locality.effective_weight
+
+
+def _effective_locality_weight(weight: int, healthy: int, total: int) -> float:
+    """Envoy's ``HostSetImpl::effectiveLocalityWeight``: the weight scaled by availability.
+
+    In floating point as Envoy computes it: ``weight * min(1, 1.4 * healthy / total)``; a
+    locality without hosts weighs 0.
+    """
+    if total == 0:
+        return 0.0
+    return weight * min(1.0, (OVERPROVISIONING_FACTOR / 100.0) * (healthy / total))
 
 
 def _host_address(ip: str, port: int) -> str:
@@ -136,28 +195,48 @@ def _host_address(ip: str, port: int) -> str:
 
 
 class ClusterState:
-    """Hosts, outlier state and load balancing of one service for one workload locality.
+    """Hosts, outlier state and load balancing of one service for one workload.
 
     Every method that takes ``now`` first runs the outlier sweeps due by then, so the state
     is always the one Envoy would have at ``now``.
     """
 
     def __init__(
-        self, service: Service, workload: Locality, *, now: float, rng: random.Random
+        self,
+        service: Service,
+        workload: Workload | Locality,
+        *,
+        now: float,
+        rng: random.Random,
     ) -> None:
         """Build the state; STATIC endpoints get their address as their only host.
 
         Args:
             service: The compiled service.
-            workload: The client's locality; it decides the endpoint priorities.
+            workload: The client (locality and labels; a bare locality has no labels); it
+                decides the endpoint priorities and locality weights.
             now: Creation time; outlier sweeps run at ``now + k*interval``.
             rng: Randomness for priority draws and host choices (seed it in tests).
         """
         self.service = service
         self._rng = rng
         self._cluster_name = service.cluster_name
-        self._endpoint_priorities = endpoint_priorities(service, workload)
-        self._num_priorities = max(self._endpoint_priorities, default=-1) + 1
+        assignment = load_assignment(service, workload)
+        self._num_priorities = assignment.num_priorities
+        self._locality_weighted = assignment.locality_weighted
+        # Per priority, its localities in Envoy's order; per endpoint, (priority, locality)
+        # or None when Istio sends it no traffic (distribute left its locality out).
+        self._localities: list[list[_Locality]] = [[] for _ in range(self._num_priorities)]
+        placement: dict[int, tuple[int, int]] = {}
+        for group in assignment.groups:
+            localities = self._localities[group.priority]
+            localities.append(_Locality(len(localities), group.locality, group.weight))
+            for index in group.endpoints:
+                placement[index] = (group.priority, len(localities) - 1)
+        self._endpoint_placement = tuple(placement.get(i) for i in range(len(service.endpoints)))
+        self._locality_schedulers: list[_EdfScheduler[_Locality] | None] = [
+            None for _ in range(self._num_priorities)
+        ]
         self._detector: OutlierDetector | None = (
             None
             if service.outlier_detection is None
@@ -175,9 +254,9 @@ class ClusterState:
         self._load = compute_priority_load([], 0)
         self._dirty = True
         self._generation = 0
-        self._rr_indexes: dict[tuple[int, bool], int] = {}
-        self._schedulers: dict[tuple[int, bool], _EdfScheduler] = {}
-        self._equal_weights: dict[tuple[int, bool], bool] = {}
+        self._rr_indexes: dict[tuple[int, bool, int], int] = {}
+        self._schedulers: dict[tuple[int, bool, int], _EdfScheduler[_Host]] = {}
+        self._equal_weights: dict[tuple[int, bool, int], bool] = {}
         if service.resolution is Resolution.STATIC:
             for index, endpoint in enumerate(service.endpoints):
                 self._endpoint_ips[index] = (endpoint.address,)
@@ -222,8 +301,9 @@ class ClusterState:
     def pick(self, now: float) -> Pick:
         """Choose the host for one attempt and count it as active on that host.
 
-        Mirrors ``ZoneAwareLoadBalancerBase::chooseHost``: priority by load, then the
-        healthy hosts of that priority, or all of them when it is in panic.
+        Mirrors ``ZoneAwareLoadBalancerBase::chooseHost``: priority by load, then all hosts
+        of that priority when it is in panic, else the healthy hosts of a locality picked by
+        weight (with locality-weighted balancing) or of the whole priority.
         """
         self.advance(now)
         if self._dirty:
@@ -233,10 +313,20 @@ class ClusterState:
             return Pick(host=None, priority=None, reason=PickReason.NO_HEALTHY_UPSTREAM)
         priority = choose_priority(load.loads, self._rng.randrange(100) + 1)
         panic = load.panic[priority]
-        hosts = self._by_priority[priority] if panic else self._healthy_by_priority[priority]
+        source = (priority, panic, _WHOLE_PRIORITY)
+        if panic:
+            hosts = self._by_priority[priority]
+        else:
+            hosts = self._healthy_by_priority[priority]
+            scheduler = self._locality_schedulers[priority]
+            if scheduler is not None:
+                # hostSourceToUse: chooseHealthyLocality, then that locality's healthy hosts.
+                locality = scheduler.pick(_effective_weight)
+                hosts = locality.healthy
+                source = (priority, panic, locality.index)
         if not hosts:
             return Pick(host=None, priority=None, reason=PickReason.NO_HEALTHY_UPSTREAM)
-        host = self._choose_host(priority, panic, hosts)
+        host = self._choose_host(source, hosts)
         host.active_requests += 1
         return Pick(
             host=host.address,
@@ -244,13 +334,15 @@ class ClusterState:
             reason=PickReason.PANIC if panic else PickReason.HEALTHY,
         )
 
-    def record(self, host: str, code: int, now: float, *, finished: bool = True) -> None:
+    def record(
+        self, host: str, result: AttemptResult | int, now: float, *, finished: bool = True
+    ) -> None:
         """Count the outcome of one attempt on ``host`` and end it as an active request.
 
         Args:
             host: The ``ip:port`` that served the attempt; unknown hosts are ignored.
-            code: The status as Envoy's outlier detector sees it (503 for a connect failure,
-                reset or TLS failure, 504 for a timeout).
+            result: How the attempt ended (``outlier.AttemptResult``); a bare int is an
+                upstream answer with that status.
             now: When the outcome was seen.
             finished: False for an earlier attempt of a request that is still active on
                 the same host (a retry), so its active-request count stays.
@@ -261,7 +353,9 @@ class ClusterState:
             return
         if finished and entry.active_requests > 0:
             entry.active_requests -= 1
-        if self._detector is not None and self._detector.put_http_response_code(host, code, now):
+        if isinstance(result, int):
+            result = AttemptResult.answer(result)
+        if self._detector is not None and self._detector.put_result(host, result, now):
             self._dirty = True
 
     def release(self, host: str) -> None:
@@ -284,12 +378,14 @@ class ClusterState:
     def route_weights(self, now: float) -> tuple[tuple[str, int], ...]:
         """The hosts a request may go to now, with weights that reproduce ``pick``'s spread.
 
-        Each priority's share of the load (Envoy's priority load, panic included) is split
-        over that priority's eligible hosts (healthy ones, or all in panic) by endpoint
-        weight, in parts per 100,000. A weighted draw over these entries picks a priority
-        as ``choose_priority`` does and a host as RANDOM or ROUND_ROBIN do over many
-        requests; LEAST_REQUEST's preference for idle hosts needs per-request counts and is
-        not reproduced. Empty when nothing can serve (Envoy: no healthy upstream).
+        Each host's weight is its true share of the load, in parts per 100,000: its
+        priority's load (Envoy's priority load, panic included), times its locality's share
+        of the effective locality weights when ``pick`` chooses a locality first, times its
+        share of the eligible hosts it is drawn from (healthy ones, or all of the priority
+        in panic): by endpoint weight, or evenly for RANDOM, which ignores weights. A
+        weighted draw over these entries picks as ``pick`` does with RANDOM or ROUND_ROBIN
+        over many requests; LEAST_REQUEST's preference for idle hosts needs per-request
+        counts and is not reproduced. Empty when nothing can serve (no healthy upstream).
         """
         self.advance(now)
         if self._dirty:
@@ -298,15 +394,29 @@ class ClusterState:
         if load.no_healthy_upstream:
             return ()
         entries: list[tuple[str, int]] = []
+        # The host's share within its source: by endpoint weight, except for RANDOM, which
+        # ignores weights (Envoy's RandomLoadBalancer draws uniformly).
+        weight = _unit_weight if self.service.lb_algorithm is LbAlgorithm.RANDOM else _static_weight
         for priority, share in enumerate(load.loads):
             if share <= 0:
                 continue
+            parts = share * _WEIGHT_SCALE
             panic = load.panic[priority]
-            hosts = self._by_priority[priority] if panic else self._healthy_by_priority[priority]
-            total = sum(h.weight for h in hosts)
-            entries.extend(
-                (h.address, max(1, share * _WEIGHT_SCALE * h.weight // total)) for h in hosts
-            )
+            if panic or self._locality_schedulers[priority] is None:
+                hosts = (
+                    self._by_priority[priority] if panic else self._healthy_by_priority[priority]
+                )
+                total = sum(weight(h) for h in hosts)
+                entries.extend((h.address, max(1, int(parts * weight(h) / total))) for h in hosts)
+                continue
+            # Locality-weighted: the locality's share of the schedule, then the host's share
+            # of that locality's healthy hosts.
+            localities = [loc for loc in self._localities[priority] if loc.effective_weight > 0]
+            weights = sum(loc.effective_weight for loc in localities)
+            for loc in localities:
+                total = sum(weight(h) for h in loc.healthy)
+                scale = parts * loc.effective_weight / (weights * total)
+                entries.extend((h.address, max(1, int(scale * weight(h)))) for h in loc.healthy)
         return tuple(entries)
 
     def drain_events(self) -> list[OutlierEvent]:
@@ -352,6 +462,9 @@ class ClusterState:
         hosts: dict[str, _Host] = {}
         for index, ips in enumerate(self._endpoint_ips):
             endpoint = self.service.endpoints[index]
+            placement = self._endpoint_placement[index]
+            if placement is None:
+                continue  # Istio sends this endpoint no traffic: Envoy never sees it
             for ip in ips:
                 address = _host_address(ip, endpoint.port)
                 if address in hosts:
@@ -360,14 +473,19 @@ class ClusterState:
                 hosts[address] = _Host(
                     address=address,
                     endpoint_index=index,
-                    priority=self._endpoint_priorities[index],
+                    priority=placement[0],
+                    locality=placement[1],
                     weight=max(1, endpoint.weight),  # Istio treats weight 0 as 1
                     active_requests=0 if previous is None else previous.active_requests,
                 )
         self._hosts = hosts
         groups: list[list[_Host]] = [[] for _ in range(self._num_priorities)]
+        for localities in self._localities:
+            for loc in localities:
+                loc.hosts = []
         for host in sorted(hosts.values(), key=lambda h: (h.endpoint_index, h.address)):
             groups[host.priority].append(host)
+            self._localities[host.priority][host.locality].hosts.append(host)
         self._by_priority = groups
         if self._detector is not None:
             self._detector.set_hosts(hosts)
@@ -388,6 +506,15 @@ class ClusterState:
             ],
             self._panic_threshold,
         )
+        for priority, localities in enumerate(self._localities):
+            for loc in localities:
+                loc.healthy = [
+                    h for h in loc.hosts if detector is None or not detector.is_ejected(h.address)
+                ]
+                loc.effective_weight = _effective_locality_weight(
+                    loc.weight, len(loc.healthy), len(loc.hosts)
+                )
+            self._locality_schedulers[priority] = self._locality_scheduler(priority)
         # Host lists changed: EDF schedules are rebuilt on demand (Envoy's refresh());
         # round-robin indexes survive, as Envoy's rr_indexes_ do.
         self._schedulers.clear()
@@ -395,12 +522,24 @@ class ClusterState:
         self._dirty = False
         self._generation += 1
 
-    def _choose_host(self, priority: int, panic: bool, hosts: list[_Host]) -> _Host:
+    def _locality_scheduler(self, priority: int) -> _EdfScheduler[_Locality] | None:
+        """The locality schedule of one priority (Envoy's ``rebuildLocalityScheduler``).
+
+        None without locality-weighted balancing, or when no locality of the priority has a
+        healthy host: the pick then falls back to the priority's healthy hosts.
+        """
+        if not self._locality_weighted or not self._healthy_by_priority[priority]:
+            return None
+        entries = [loc for loc in self._localities[priority] if loc.effective_weight > 0]
+        if not entries:
+            return None
+        return _EdfScheduler.with_picks(entries, _effective_weight, self._seed)
+
+    def _choose_host(self, source: tuple[int, bool, int], hosts: list[_Host]) -> _Host:
         """Pick within one host source with the service's load balancer."""
         algorithm = self.service.lb_algorithm
         if algorithm is LbAlgorithm.RANDOM:
             return hosts[self._rng.randrange(len(hosts))]
-        source = (priority, panic)
         equal = self._equal_weights.get(source)
         if equal is None:
             first = hosts[0].weight
@@ -424,16 +563,12 @@ class ClusterState:
 
     def _scheduler(
         self,
-        source: tuple[int, bool],
+        source: tuple[int, bool, int],
         hosts: list[_Host],
         weight: Callable[[_Host], float],
-    ) -> _EdfScheduler:
+    ) -> _EdfScheduler[_Host]:
         scheduler = self._schedulers.get(source)
         if scheduler is None:
-            scheduler = _EdfScheduler(hosts, weight)
-            # Like Envoy's createWithPicks, start each schedule at a seed-dependent point so
-            # different clusters do not all begin on the same host.
-            for _ in range(self._seed % len(hosts)):
-                scheduler.pick(weight)
+            scheduler = _EdfScheduler.with_picks(hosts, weight, self._seed)
             self._schedulers[source] = scheduler
         return scheduler

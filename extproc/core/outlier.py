@@ -1,37 +1,59 @@
-"""Outlier detection: consecutive-5xx ejection, exactly as Istio's sidecar Envoy does it.
+"""Outlier detection: Istio's three consecutive-error detectors, exactly as Envoy runs them.
 
 Theory of operation
 -------------------
-This mirrors Envoy's ``source/common/upstream/outlier_detection_impl.cc`` for the one
-detector Istio enables for ServiceEntry failover, consecutive 5xx (Istio turns success-rate
-ejection off and leaves failure-percentage ejection at enforcing 0). Envoy splits the work
-the same way: an immutable config (``OutlierDetection``), one monitor per host
-(``HostMonitor`` ~ ``DetectorHostMonitorImpl``) and a detector that owns the monitors and
-sweeps them (``OutlierDetector`` ~ ``DetectorImpl``).
+This mirrors Envoy's ``source/common/upstream/outlier_detection_impl.cc`` for the detectors
+Istio's ``outlierDetection`` can enable: consecutive 5xx, consecutive gateway failure and
+consecutive local-origin failure (Istio turns success-rate ejection off and leaves
+failure-percentage ejection at enforcing 0). Envoy splits the work the same way: an
+immutable config (``OutlierDetection``), one monitor per host (``HostMonitor`` ~
+``DetectorHostMonitorImpl``) and a detector that owns the monitors and sweeps them
+(``OutlierDetector`` ~ ``DetectorImpl``).
 
 Rules, units in seconds (``now`` is always an argument, on one monotonic scale):
 
-1. Each attempt's outcome is a status code as Envoy's detector sees it (upstream status;
-   503 for connect failure, reset or TLS failure; 504 for a timeout). 500..599 increments
-   the host's ``consecutive_5xx``; any other code resets it (``putHttpResponseCode``).
-2. Detection fires inline, on the attempt that makes the counter EQUAL to
-   ``consecutive_5xx_errors``; 0 disables it. Counts past the threshold do not fire again
-   until the counter is reset.
-3. A detection for a host that is already ejected is ignored and its counter is left alone:
+1. Each upstream attempt ends one of four ways (``AttemptKind``), which is what Envoy's HTTP
+   router reports (``router.cc``, ``upstream_request.cc``): the upstream answered (the
+   connection was made, ``LocalOriginConnectSuccess``, then the status); no connection
+   (UF: refused, connect timeout, TLS failure, ``LocalOriginConnectFailed``); connected,
+   then reset or closed before the answer (UC, UR: ``LocalOriginConnectSuccess`` then
+   ``LocalOriginConnectFailed``); connected, then no answer in time (UT:
+   ``LocalOriginConnectSuccess`` then ``LocalOriginTimeout`` with code 504).
+2. An answer's status goes through ``outlierDetectionHttpErrorCodes`` first, as the router
+   does with the cluster's ``HttpProtocolOptions.outlier_detection.error_matcher``
+   (``processHttpForOutlierDetection``): without codes the status is used as is; with
+   codes a listed status is an error (a listed 5xx keeps its code, any other listed status
+   counts as 500) and every other status counts as 200, 5xx included.
+3. Non-split mode (``putResultNoLocalExternalSplit``): a connection failure or reset counts
+   as 503, a timeout as 504, an answer as its (matched) code; connection success alone
+   counts nothing.
+4. Split mode (``putResultWithLocalExternalSplit``): every attempt that connected first
+   resets ``consecutive_local_origin_failure`` (``localOriginNoFailure``); failures then
+   increment it, answers go to rule 5 only. So a timeout or reset after connecting leaves
+   the counter at 1, and only threshold 1 ejects on it (verified on Envoy 1.40).
+5. ``putHttpResponseCode``: a 5xx first feeds the gateway counter (502/503/504 increment
+   ``consecutive_gateway_failure``, any other 5xx resets it), then increments
+   ``consecutive_5xx``; any other code resets both.
+6. A detector fires inline, on the report that makes its counter EQUAL to its threshold; 0
+   disables it and counts past the threshold do not fire again until a reset. When both
+   fire on one answer, the gateway detection is handled first.
+7. A detection for a host that is already ejected is ignored and its counter is left alone:
    errors during an ejection never extend it (``onConsecutiveErrorWorker``).
-4. Otherwise the ejection gate (``ejectHost``): allowed iff
+8. Otherwise the ejection gate (``ejectHost``), one for all three detectors: allowed iff
    ``100*(ejections_active+1)/total_hosts <= min(100, max_ejection_percent)``, or
    ``always_eject_one_host`` and nothing is ejected yet. Hosts of all priorities count. A
-   refused ejection is an overflow (Envoy's ``ejections_overflow``). Either way the counter
-   goes back to 0.
-5. On ejection: ``num_ejections += 1``; ``backoff += 1`` while ``backoff*base < max + base``;
+   refused ejection is an overflow (``ejections_overflow``). An allowed one is enforced
+   unless the detector's enforcing is 0 (Istio's unset ``consecutiveGatewayErrors``: Envoy
+   still detects 5 gateway errors, and only logs them). Either way the firing counter goes
+   back to 0.
+9. On ejection: ``num_ejections += 1``; ``backoff += 1`` while ``backoff*base < max + base``;
    the ejection lasts ``min(base*backoff, max)`` with ``max = max(300 s, base)``. Istio sets
    no jitter.
-6. Sweeps run every ``interval`` from the detector's creation, ``t0 + k*interval``, not
-   aligned to ejections (``onIntervalTimer``). A sweep first un-ejects every host whose
-   ejection has lasted at least its duration (``checkHostForUneject``; counters reset,
-   ``last_unejection_time`` set), then decays: each non-ejected host un-ejected at least one
-   interval ago gets ``backoff -= 1`` (down to 0).
+10. Sweeps run every ``interval`` from the detector's creation, ``t0 + k*interval``, not
+    aligned to ejections (``onIntervalTimer``). A sweep first un-ejects every host whose
+    ejection has lasted at least its duration (``checkHostForUneject``; all three counters
+    reset, ``last_unejection_time`` set), then decays: each non-ejected host un-ejected at
+    least one interval ago gets ``backoff -= 1`` (down to 0).
 
 Envoy posts detections from workers to its main thread; here they apply at once, which is
 what a single Envoy worker observes a moment later.
@@ -39,6 +61,7 @@ what a single Envoy worker observes a moment later.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,25 +70,122 @@ from extproc.core.policy import OutlierDetection
 
 EJECT = "EJECT"
 UNEJECT = "UNEJECT"
+# Envoy's envoy.data.cluster.v3.OutlierEjectionType names of the three consecutive detectors.
 CONSECUTIVE_5XX = "CONSECUTIVE_5XX"
+CONSECUTIVE_GATEWAY_FAILURE = "CONSECUTIVE_GATEWAY_FAILURE"
+CONSECUTIVE_LOCAL_ORIGIN_FAILURE = "CONSECUTIVE_LOCAL_ORIGIN_FAILURE"
+
+# What the router reports for a connection failure or reset (resultToHttpCode) and for a
+# timeout (timeout_response_code, which Istio leaves at 504) in non-split mode.
+CONNECT_FAILURE_CODE = 503
+TIMEOUT_CODE = 504
+
+
+class AttemptKind(enum.Enum):
+    """How one upstream attempt ended, as Envoy's HTTP router reports it (rule 1)."""
+
+    ANSWER = "answer"  # connected, and the upstream answered
+    CONNECT_FAILURE = "connect_failure"  # no connection (UF)
+    RESET = "reset"  # connected, then reset or closed before the answer (UC, UR)
+    TIMEOUT = "timeout"  # connected, then no answer in time (UT)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """The outcome of one upstream attempt, in the terms of Envoy's outlier detector.
+
+    ``status`` is the upstream ``:status`` of an ANSWER; None for an answer the caller already
+    knows is not an error (the fast path sends those as counts), and for the other kinds.
+    """
+
+    kind: AttemptKind
+    status: int | None = None
+
+    @classmethod
+    def answer(cls, status: int) -> AttemptResult:
+        """An upstream answer with this ``:status``.
+
+        Prebuilt for 100-599, so the ext_proc path allocates nothing per response.
+        """
+        result = _ANSWERS.get(status)
+        return cls(AttemptKind.ANSWER, status) if result is None else result
+
+    @classmethod
+    def success(cls) -> AttemptResult:
+        """An upstream answer that is not an error, whatever its status."""
+        return _SUCCESS
+
+    @classmethod
+    def connect_failure(cls) -> AttemptResult:
+        """No connection: refused, connect timeout, TLS handshake failure (UF)."""
+        return _CONNECT_FAILURE
+
+    @classmethod
+    def reset(cls) -> AttemptResult:
+        """Connected, then reset or closed before the answer (UC, UR)."""
+        return _RESET
+
+    @classmethod
+    def timeout(cls) -> AttemptResult:
+        """Connected, then no answer before the route or per-try timeout (UT)."""
+        return _TIMEOUT
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection was made (the router's ``LocalOriginConnectSuccess``)."""
+        return self.kind is not AttemptKind.CONNECT_FAILURE
+
+    def code(self, http_error_codes: frozenset[int] = frozenset()) -> int:
+        """The code Envoy's non-split detector counts for this attempt (rules 2 and 3)."""
+        if self.kind is AttemptKind.ANSWER:
+            return http_response_code(self.status, http_error_codes)
+        return TIMEOUT_CODE if self.kind is AttemptKind.TIMEOUT else CONNECT_FAILURE_CODE
+
+
+_ANSWERS: dict[int, AttemptResult] = {
+    status: AttemptResult(AttemptKind.ANSWER, status) for status in range(100, 600)
+}
+_SUCCESS = AttemptResult(AttemptKind.ANSWER)
+_CONNECT_FAILURE = AttemptResult(AttemptKind.CONNECT_FAILURE)
+_RESET = AttemptResult(AttemptKind.RESET)
+_TIMEOUT = AttemptResult(AttemptKind.TIMEOUT)
+
+
+def http_response_code(status: int | None, http_error_codes: frozenset[int]) -> int:
+    """The code the router reports for an upstream answer (rule 2).
+
+    Mirrors ``Filter::onUpstreamHeaders`` with the cluster's outlier-detection matcher
+    (envoyproxy/envoy#39947): no matcher -> the status; matched -> the status if it is a 5xx,
+    else 500; not matched -> 200. None (a known success) is 200.
+    """
+    if status is None:
+        return 200
+    if not http_error_codes:
+        return status
+    if status in http_error_codes:
+        return status if 500 <= status <= 599 else 500
+    return 200
 
 
 @dataclass(frozen=True, slots=True)
 class OutlierEvent:
     """One ejection decision, named after Envoy's ``envoy.data.cluster.v3.OutlierDetectionEvent``.
 
-    ``enforced`` is False for a detection the ``max_ejection_percent`` gate refused (an
-    overflow), so operators can see why a failing host kept its traffic. An UNEJECT carries
+    ``enforced`` is False for a detection that did not eject: either the
+    ``max_ejection_percent`` gate refused it (``overflow``, Envoy's ``ejections_overflow``,
+    so operators can see why a failing host kept its traffic), or its detector's enforcing
+    is 0 (Envoy logs those with ``enforced: false`` too). An UNEJECT carries
     ``enforced=True`` (it ends an enforced ejection) and the type of the ejection it ends.
     """
 
     action: str  # "EJECT" or "UNEJECT"
     cluster_name: str
     upstream_url: str  # "ip:port"
-    type: str  # "CONSECUTIVE_5XX"
+    type: str  # CONSECUTIVE_5XX, CONSECUTIVE_GATEWAY_FAILURE, CONSECUTIVE_LOCAL_ORIGIN_FAILURE
     num_ejections: int
     enforced: bool
     time_s: float
+    overflow: bool = False
 
 
 @dataclass(slots=True)
@@ -73,7 +193,10 @@ class HostMonitor:
     """Outlier state of one host (Envoy's ``DetectorHostMonitorImpl``); mutable on purpose."""
 
     consecutive_5xx: int = 0
+    consecutive_gateway_failure: int = 0
+    consecutive_local_origin_failure: int = 0
     ejected: bool = False
+    ejection_type: str = CONSECUTIVE_5XX  # of the current or last ejection
     num_ejections: int = 0  # lifetime count, never decays
     ejection_backoff: int = 0  # Envoy's ejectTimeBackoff
     last_ejection_time: float | None = None
@@ -124,10 +247,17 @@ class OutlierDetector:
         """Start the sweep clock at ``now`` (Envoy arms the interval timer at creation).
 
         Raises:
-            ValueError: ``interval_s`` is not positive (the sweep clock would never advance).
+            ValueError: ``interval_s`` is not positive (the sweep clock would never advance),
+                or ``enforcing_consecutive_gateway_failure`` is neither 0 nor 100.
         """
         if config.interval_s <= 0:
             raise ValueError(f"outlier detection interval must be positive: {config.interval_s}")
+        if config.enforcing_consecutive_gateway_failure not in (0, 100):
+            # Istio only emits 0 or 100; a percentage roll would need randomness here.
+            raise ValueError(
+                "enforcing_consecutive_gateway_failure must be 0 or 100: "
+                f"{config.enforcing_consecutive_gateway_failure}"
+            )
         self._config = config
         self._cluster_name = cluster_name
         self._t0 = now
@@ -194,11 +324,12 @@ class OutlierDetector:
                 self._monitors[address] = HostMonitor()
         return removed_ejected
 
-    def put_http_response_code(self, address: str, code: int, now: float) -> bool:
-        """Count one attempt's outcome for ``address``; eject inline when the threshold is hit.
+    def put_result(self, address: str, result: AttemptResult, now: float) -> bool:
+        """Count one attempt's outcome for ``address``; eject inline when a threshold is hit.
 
-        Mirrors ``DetectorHostMonitorImpl::putHttpResponseCode`` for the 5xx counter, followed
-        by ``onConsecutiveErrorWorker`` and ``ejectHost``. The caller runs due sweeps first.
+        Mirrors ``DetectorHostMonitorImpl::putResult`` for what the router reports per
+        attempt (rules 1-4), then ``onConsecutiveErrorWorker`` and ``ejectHost``. The caller
+        runs due sweeps first.
 
         Returns:
             True when the host was ejected.
@@ -206,20 +337,78 @@ class OutlierDetector:
         monitor = self._monitors.get(address)
         if monitor is None:
             return False
+        config = self._config
+        if not config.split_external_local_origin_errors:
+            # putResultNoLocalExternalSplit: everything becomes an HTTP code.
+            code = result.code(config.http_error_codes)
+            return self._put_http_response_code(address, monitor, code, now)
+        # putResultWithLocalExternalSplit.
+        if result.connected:
+            # LocalOriginConnectSuccess (the router's onPoolReady) -> localOriginNoFailure.
+            monitor.consecutive_local_origin_failure = 0
+        if result.kind is AttemptKind.ANSWER:
+            code = http_response_code(result.status, config.http_error_codes)
+            return self._put_http_response_code(address, monitor, code, now)
+        # localOriginFailure: LocalOriginConnectFailed or LocalOriginTimeout.
+        monitor.consecutive_local_origin_failure += 1
+        if monitor.consecutive_local_origin_failure != config.consecutive_local_origin_failures:
+            return False
+        return self._on_consecutive_error(address, monitor, CONSECUTIVE_LOCAL_ORIGIN_FAILURE, now)
+
+    def put_http_response_code(self, address: str, code: int, now: float) -> bool:
+        """Count one HTTP code for ``address`` as Envoy's ``putHttpResponseCode`` does.
+
+        The code is taken as the detector sees it: no error-code matching, no local-origin
+        split (``put_result`` does those first).
+
+        Returns:
+            True when the host was ejected.
+        """
+        monitor = self._monitors.get(address)
+        if monitor is None:
+            return False
+        return self._put_http_response_code(address, monitor, code, now)
+
+    def _put_http_response_code(
+        self, address: str, monitor: HostMonitor, code: int, now: float
+    ) -> bool:
+        """``DetectorHostMonitorImpl::putHttpResponseCode`` (rules 5 and 6)."""
+        config = self._config
         if not 500 <= code <= 599:
             monitor.consecutive_5xx = 0
+            monitor.consecutive_gateway_failure = 0
             return False
+        ejected = False
+        # Equality, as Envoy: a threshold of 0 never fires, and counts past the threshold
+        # (possible while ejected) wait for the reset at un-ejection.
+        if 502 <= code <= 504:  # Http::CodeUtility::isGatewayError
+            monitor.consecutive_gateway_failure += 1
+            if monitor.consecutive_gateway_failure == config.consecutive_gateway_errors:
+                ejected = self._on_consecutive_error(
+                    address, monitor, CONSECUTIVE_GATEWAY_FAILURE, now
+                )
+        else:
+            monitor.consecutive_gateway_failure = 0
         monitor.consecutive_5xx += 1
-        if monitor.consecutive_5xx != self._config.consecutive_5xx_errors:
-            # Equality, as Envoy: a threshold of 0 never fires, and counts past the threshold
-            # (possible while ejected) wait for the reset at un-ejection.
-            return False
+        if monitor.consecutive_5xx == config.consecutive_5xx_errors:
+            ejected |= self._on_consecutive_error(address, monitor, CONSECUTIVE_5XX, now)
+        return ejected
+
+    def _on_consecutive_error(
+        self, address: str, monitor: HostMonitor, kind: str, now: float
+    ) -> bool:
+        """``DetectorImpl::onConsecutiveErrorWorker`` for one detection of type ``kind``."""
         if monitor.ejected:
-            # onConsecutiveErrorWorker: already ejected, ignore; the counter is NOT reset.
+            # Already ejected: ignore, and leave the counter alone (rule 7).
             return False
-        ejected = self._eject(address, monitor, now)
-        # onConsecutiveErrorWorker resets the firing counter whether or not ejectHost ejected.
-        monitor.consecutive_5xx = 0
+        ejected = self._eject(address, monitor, kind, now)
+        # Reset the firing counter whether or not ejectHost ejected.
+        if kind == CONSECUTIVE_5XX:
+            monitor.consecutive_5xx = 0
+        elif kind == CONSECUTIVE_GATEWAY_FAILURE:
+            monitor.consecutive_gateway_failure = 0
+        else:
+            monitor.consecutive_local_origin_failure = 0
         return ejected
 
     def advance(self, now: float) -> bool:
@@ -256,8 +445,8 @@ class OutlierDetector:
         events, self._events = self._events, []
         return events
 
-    def _eject(self, address: str, monitor: HostMonitor, now: float) -> bool:
-        """Apply ``DetectorImpl::ejectHost`` (enforcing_consecutive_5xx is 100 under Istio)."""
+    def _eject(self, address: str, monitor: HostMonitor, kind: str, now: float) -> bool:
+        """Apply ``DetectorImpl::ejectHost``: the gate shared by every detector, then enforcing."""
         config = self._config
         if not ejection_allowed(
             self._ejections_active,
@@ -266,11 +455,18 @@ class OutlierDetector:
             config.always_eject_one_host,
         ):
             self._overflow_total += 1
-            self._events.append(self._event(EJECT, address, monitor, enforced=False, now=now))
+            self._events.append(
+                self._event(EJECT, address, monitor, kind, enforced=False, now=now, overflow=True)
+            )
+            return False
+        if kind == CONSECUTIVE_GATEWAY_FAILURE and not config.enforcing_consecutive_gateway_failure:
+            # enforceEjection: Istio enforces 5xx and local-origin at 100, gateway at 0 or 100.
+            self._events.append(self._event(EJECT, address, monitor, kind, enforced=False, now=now))
             return False
         self._ejections_active += 1
         # DetectorHostMonitorImpl::eject
         monitor.ejected = True
+        monitor.ejection_type = kind
         monitor.num_ejections += 1
         monitor.last_ejection_time = now
         # 1. Grow the backoff while the uncapped duration is below max + base, so it stops one
@@ -278,7 +474,7 @@ class OutlierDetector:
         base = config.base_ejection_time_s
         if monitor.ejection_backoff * base < config.max_ejection_time_s + base:
             monitor.ejection_backoff += 1
-        self._events.append(self._event(EJECT, address, monitor, enforced=True, now=now))
+        self._events.append(self._event(EJECT, address, monitor, kind, enforced=True, now=now))
         return True
 
     def _sweep(self, at: float) -> bool:
@@ -305,24 +501,37 @@ class OutlierDetector:
         return changed
 
     def _uneject(self, address: str, monitor: HostMonitor, at: float) -> None:
-        """Apply ``DetectorImpl::unejectHost``: back in, consecutive counters reset."""
+        """Apply ``DetectorImpl::unejectHost``: back in, all consecutive counters reset."""
         self._ejections_active -= 1
         monitor.ejected = False
         monitor.consecutive_5xx = 0
+        monitor.consecutive_gateway_failure = 0
+        monitor.consecutive_local_origin_failure = 0
         monitor.last_unejection_time = at
-        self._events.append(self._event(UNEJECT, address, monitor, enforced=True, now=at))
+        self._events.append(
+            self._event(UNEJECT, address, monitor, monitor.ejection_type, enforced=True, now=at)
+        )
 
     def _event(
-        self, action: str, address: str, monitor: HostMonitor, *, enforced: bool, now: float
+        self,
+        action: str,
+        address: str,
+        monitor: HostMonitor,
+        kind: str,
+        *,
+        enforced: bool,
+        now: float,
+        overflow: bool = False,
     ) -> OutlierEvent:
         return OutlierEvent(
             action=action,
             cluster_name=self._cluster_name,
             upstream_url=address,
-            type=CONSECUTIVE_5XX,
+            type=kind,
             num_ejections=monitor.num_ejections,
             enforced=enforced,
             time_s=now,
+            overflow=overflow,
         )
 
     def _sweep_time(self, k: int) -> float:

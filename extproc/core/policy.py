@@ -9,7 +9,11 @@ YAML. One ``Service`` is one Envoy cluster in Istio's terms: a ServiceEntry host
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+_T = TypeVar("_T")
 
 
 class LbAlgorithm(enum.Enum):
@@ -21,9 +25,15 @@ class LbAlgorithm(enum.Enum):
 
 
 class Resolution(enum.Enum):
-    """``ServiceEntry.resolution`` values we serve."""
+    """``ServiceEntry.resolution`` values we serve.
+
+    DNS is Envoy's STRICT_DNS (every A record is a host); DNS_ROUND_ROBIN is LOGICAL_DNS (one
+    host per endpoint: the first address of each answer); STATIC takes the addresses as they
+    are (pilot ``convertResolution``).
+    """
 
     DNS = "DNS"
+    DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
     STATIC = "STATIC"
 
 
@@ -58,6 +68,13 @@ class OutlierDetection:
     ``always_eject_one_host`` is Envoy's flag of that name: the first ejection of a cluster
     is allowed whatever ``max_ejection_percent`` says (the rule before Envoy 1.28, which the
     seed's two-endpoint DestinationRule relies on). ``False`` is Envoy's current strict rule.
+
+    The gateway detector keeps Envoy's defaults when ``consecutiveGatewayErrors`` is unset,
+    as pilot leaves them (``applyOutlierDetection``): threshold 5 with enforcing 0, so it
+    detects and logs but never ejects; a DR value v sets threshold v, enforcing 100 if v > 0.
+    ``consecutive_local_origin_failures`` only counts with ``split_external_local_origin_errors``
+    (Envoy's default 5, enforcing 100). ``http_error_codes`` is
+    ``outlierDetectionHttpErrorCodes``; empty means the 5xx rule.
     """
 
     consecutive_5xx_errors: int = 5
@@ -66,6 +83,11 @@ class OutlierDetection:
     max_ejection_percent: int = 10
     min_health_percent: int = 0
     always_eject_one_host: bool = True
+    consecutive_gateway_errors: int = 5
+    enforcing_consecutive_gateway_failure: int = 0  # percent; Istio emits 0 or 100
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failures: int = 5
+    http_error_codes: frozenset[int] = frozenset()
 
     @property
     def max_ejection_time_s(self) -> float:
@@ -82,11 +104,30 @@ class Failover:
 
 
 @dataclass(frozen=True, slots=True)
+class Distribute:
+    """One ``localityLbSetting.distribute`` rule.
+
+    ``to`` keeps the YAML order of the map: Istio walks a Go map (random order), which only
+    matters when a locality matches two ``to`` patterns, and validation rejects that.
+    """
+
+    from_locality: str  # a region/zone/subzone pattern; ``*`` ends it as a wildcard
+    to: tuple[tuple[str, int], ...]  # (locality pattern, weight 1..100), weights sum to 100
+
+
+@dataclass(frozen=True, slots=True)
 class LocalityLbSetting:
-    """``localityLbSetting``; Istio's mesh default is ``enabled: true``."""
+    """``localityLbSetting``; Istio's mesh default is ``enabled: true``.
+
+    At most one of ``distribute`` and ``failover`` is set (validated); ``failover_priority``
+    combines with ``failover`` (Istio's ``applyFailoverPriorities``, then
+    ``applyLocalityFailover``).
+    """
 
     enabled: bool = True
     failover: tuple[Failover, ...] = ()
+    distribute: tuple[Distribute, ...] = ()
+    failover_priority: tuple[str, ...] = ()  # label keys, or ``key=value``
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +138,86 @@ class Endpoint:
     address: str  # an IP (STATIC, or DNS with a literal) or a hostname (DNS)
     port: int
     locality: Locality = Locality()
-    labels: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # as written; topology labels are added later
     weight: int = 1  # Istio treats 0 as 1
+    network: str = ""  # ``endpoints[].network``: Istio's topology.istio.io/network label
+
+
+class TlsMode(enum.Enum):
+    """``tls.mode`` values that originate TLS (DISABLE is no ``TlsSettings`` at all)."""
+
+    SIMPLE = "SIMPLE"
+    MUTUAL = "MUTUAL"
+
+
+class UpstreamSni(enum.Enum):
+    """Where the SNI (and the SAN check) of a TLS connection without ``sni`` comes from.
+
+    AUTHORITY is Istio's rule: the request's authority (``auto_sni``). ENDPOINT is extproc's
+    opt-in (the ``extproc.io/upstream-sni: endpoint`` annotation): each endpoint's own name
+    as SNI and as the Host header, which real endpoints behind a ServiceEntry host expect.
+    """
+
+    AUTHORITY = "authority"
+    ENDPOINT = "endpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``trafficPolicy.tls`` in mode SIMPLE or MUTUAL, as pilot's ``constructUpstreamTLS``
+    reads it (``pilot/pkg/networking/core/cluster_tls.go``).
+
+    Empty strings are unset fields: no ``sni`` means SNI from the authority (or the
+    endpoint, see ``UpstreamSni``), no ``ca_certificates`` means the system CA bundle.
+    """
+
+    mode: TlsMode
+    sni: str = ""
+    subject_alt_names: tuple[str, ...] = ()  # the DR's, else the ServiceEntry's
+    ca_certificates: str = ""  # a PEM file; "" is the system bundle
+    client_certificate: str = ""  # MUTUAL only
+    private_key: str = ""  # MUTUAL only
+    ca_crl: str = ""
+    insecure_skip_verify: bool = False
+    sni_from: UpstreamSni = UpstreamSni.AUTHORITY
+
+    @property
+    def auto_sni(self) -> bool:
+        """SNI from the request's authority: Istio sets ``auto_sni`` when ``sni`` is empty
+        (``setAutoSniAndAutoSanValidation``)."""
+        return not self.sni and self.sni_from is UpstreamSni.AUTHORITY
+
+    @property
+    def auto_san_validation(self) -> bool:
+        """Check the certificate against the SNI sent: Istio's rule for ``auto_san_validation``
+        (no ``sni``, no ``subjectAltNames``, verification on)."""
+        return not self.sni and not self.subject_alt_names and not self.insecure_skip_verify
+
+
+#: Istio's default cluster ID (``pkg/config/constants.DefaultClusterName``): istiod's
+#: ``CLUSTER_ID`` (given to ServiceEntry endpoints) and the sidecars' ``ISTIO_META_CLUSTER_ID``.
+DEFAULT_CLUSTER_ID = "Kubernetes"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The client proxy a service answers for: its locality, labels and cluster.
+
+    Istio derives priorities from the proxy's locality (``LbPriority``), its labels
+    (``failoverPriority``) and ``distribute`` rules matched against its locality. ``labels``
+    are the proxy's own labels as given; the topology labels Istio adds to them
+    (``AugmentLabels``: region, zone, subzone, cluster) are derived from ``locality`` and
+    ``cluster_id`` when priorities are computed.
+    """
+
+    locality: Locality = Locality()
+    labels: tuple[tuple[str, str], ...] = ()
+    cluster_id: str = DEFAULT_CLUSTER_ID
+
+    @classmethod
+    def of(cls, workload: Workload | Locality) -> Workload:
+        """A workload, from either a workload or a bare locality (no labels)."""
+        return workload if isinstance(workload, Workload) else cls(locality=workload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +233,15 @@ class Service:
     lb_algorithm: LbAlgorithm = LbAlgorithm.LEAST_REQUEST
     outlier_detection: OutlierDetection | None = None
     locality_lb: LocalityLbSetting = LocalityLbSetting()
+    # connectionPool.tcp.connectTimeout, else Istio's mesh connectTimeout (10s).
+    connect_timeout_s: float = 10.0
+    # trafficPolicy.tls in mode SIMPLE or MUTUAL; None is plain TCP (no tls, or DISABLE).
+    tls: TlsSettings | None = None
     source: str = ""  # where it came from, for messages: 'mesh.yaml: ServiceEntry "x"'
 
     @property
     def cluster_name(self) -> str:
-        """Istio's cluster name for this host and port."""
+        """Istio's cluster name for this host and port (``*.example.com`` stays as written)."""
         return f"outbound|{self.port}||{self.host}"
 
 
@@ -130,9 +253,77 @@ class Policy:
     warnings: tuple[str, ...] = field(default=())
 
     def find(self, host: str, port: int | None) -> Service | None:
-        """The service for a request's ``:authority`` host (and port, when given)."""
-        host = host.lower().rstrip(".")
-        for service in self.services:
-            if service.host == host and (port is None or service.port == port):
-                return service
+        """The service for a request's ``:authority`` host (and port, when given).
+
+        The same answer as Envoy's virtual-host match over ``route_domains`` (what the
+        rendered routes and ``ServiceTable.lookup`` use): an exact host first, then the
+        longest wildcard suffix; a bare host means the host's port-80 service, else its first.
+        """
+        return DomainIndex(route_domains(self.services)).find(authority_key(host, port))
+
+
+def authority_key(host: str, port: int | None) -> str:
+    """The domain string a request matches with: lower case, no trailing dot, ``:port``."""
+    host = host.lower().rstrip(".")
+    return host if port is None else f"{host}:{port}"
+
+
+def route_domains(services: Sequence[Service]) -> list[tuple[Service, tuple[str, ...]]]:
+    """Each service's Envoy virtual-host domains, in service order.
+
+    Every service answers ``host:port``; the bare ``host`` (a client on its default port)
+    means the host's port-80 service when it has one, else its first (Istio's
+    ``generateVirtualHostDomains`` matches with and without the port). A wildcard host
+    (``*.example.com``) gives wildcard domains (``*.example.com``, ``*.example.com:80``),
+    which Envoy matches by suffix.
+    """
+    default: dict[str, Service] = {}
+    for service in services:
+        current = default.get(service.host)
+        if current is None or (service.port == 80 and current.port != 80):
+            default[service.host] = service
+    return [
+        (
+            service,
+            (service.host, f"{service.host}:{service.port}")
+            if default[service.host] is service
+            else (f"{service.host}:{service.port}",),
+        )
+        for service in services
+    ]
+
+
+class DomainIndex(Generic[_T]):
+    """Envoy's virtual-host choice among fixed domains (``RouteMatcher::findVirtualHost``).
+
+    1. An exact domain equal to the key.
+    2. Else the longest suffix wildcard (``*.example.com`` is the suffix ``.example.com``)
+       that is shorter than the key: ``*.example.com`` never matches ``.example.com``, and
+       ``*.b.example.com`` wins over ``*.example.com`` for ``a.b.example.com``.
+
+    Keys are ``authority_key`` strings, so a port is part of the match, as in Envoy
+    (``*.example.com:80`` matches ``db.example.com:80``, ``*.example.com`` does not).
+    """
+
+    __slots__ = ("_exact", "_lengths", "_suffixes")
+
+    def __init__(self, entries: Iterable[tuple[_T, Iterable[str]]]) -> None:
+        self._exact: dict[str, _T] = {}
+        self._suffixes: dict[str, _T] = {}
+        for value, domains in entries:
+            for domain in domains:
+                if domain.startswith("*"):
+                    self._suffixes.setdefault(domain[1:], value)
+                else:
+                    self._exact.setdefault(domain, value)
+        self._lengths = sorted({len(s) for s in self._suffixes}, reverse=True)
+
+    def find(self, key: str) -> _T | None:
+        """The value of the domain ``key`` matches, or None (Envoy's catch-all)."""
+        found = self._exact.get(key)
+        if found is not None:
+            return found
+        for length in self._lengths:
+            if length < len(key) and (found := self._suffixes.get(key[-length:])) is not None:
+                return found
         return None

@@ -6,9 +6,17 @@ import random
 from collections.abc import Iterator
 
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Locality, Policy
+from extproc.core.policy import (
+    DomainIndex,
+    Locality,
+    Policy,
+    Workload,
+    authority_key,
+    route_domains,
+)
 
-#: Bound on remembered authority spellings (case, trailing dot), so clients cannot grow it.
+#: Bound on remembered authority spellings (case, trailing dot, wildcard matches), so clients
+#: cannot grow it.
 _MAX_SPELLINGS = 1024
 
 
@@ -23,33 +31,36 @@ def split_authority(authority: str) -> tuple[str, int | None]:
 class ServiceTable:
     """Every service's ``ClusterState``, found by a request's authority.
 
-    A bare host (no port) means the service's port 80 when there is one, else its first
-    port, as an HTTP client on the default port would reach it.
+    The lookup is the rendered routes' (``policy.route_domains`` and ``DomainIndex``): an
+    exact host first, then the longest wildcard suffix (``*.example.com`` serves
+    ``db.example.com``). A bare host (no port) means the host's port-80 service when there is
+    one, else its first port, as an HTTP client on the default port would reach it.
     """
 
-    def __init__(self, policy: Policy, workload: Locality, *, now: float, rng: random.Random):
+    def __init__(
+        self, policy: Policy, workload: Workload | Locality, *, now: float, rng: random.Random
+    ):
         self.policy = policy
         self.workload = workload
         self.clusters: dict[str, ClusterState] = {}
-        self._by_authority: dict[str, ClusterState] = {}
         for service in policy.services:
-            state = ClusterState(service, workload, now=now, rng=rng)
-            self.clusters[service.cluster_name] = state
-            self._by_authority[f"{service.host}:{service.port}"] = state
-        for service in policy.services:
-            bare = service.host
-            current = self._by_authority.get(bare)
-            if current is None or (service.port == 80 and current.service.port != 80):
-                self._by_authority[bare] = self.clusters[service.cluster_name]
+            self.clusters[service.cluster_name] = ClusterState(service, workload, now=now, rng=rng)
+        domains = [
+            (self.clusters[service.cluster_name], names)
+            for service, names in route_domains(policy.services)
+        ]
+        self._index = DomainIndex(domains)
+        # Exact domains, then every spelling seen so far (case, trailing dot, wildcard hits).
+        self._by_authority: dict[str, ClusterState] = {
+            name: state for state, names in domains for name in names if not name.startswith("*")
+        }
 
     def lookup(self, authority: str) -> ClusterState | None:
         """The cluster for an authority, or None when no ServiceEntry host matches."""
         state = self._by_authority.get(authority)
         if state is not None:
             return state
-        host, port = split_authority(authority)
-        key = host if port is None else f"{host}:{port}"
-        state = self._by_authority.get(key)
+        state = self._index.find(authority_key(*split_authority(authority)))
         if state is not None and len(self._by_authority) < _MAX_SPELLINGS:
             # Remember the spelling we saw so the next lookup is one dict hit.
             self._by_authority[authority] = state

@@ -7,22 +7,33 @@ What pilot does for a ServiceEntry, reduced to what extproc routes:
 2. Endpoints: ``endpoints[].ports[portName]``, else ``targetPort``, else the port number
    (``pilot/pkg/serviceregistry/serviceentry/conversion.go``); weight 0 means 1
    (``model.GetLoadBalancingWeight``). Resolution DNS without endpoints resolves the host
-   itself (``convertResolution``: STRICT_DNS on the host name).
-3. The DestinationRule whose ``host`` equals the SE host applies, with Istio's documented
-   defaults for every unset outlier-detection field (``cluster_traffic_policy.go``
-   ``applyOutlierDetection``).
+   itself (``convertResolution``: STRICT_DNS on the host name; DNS_ROUND_ROBIN is
+   LOGICAL_DNS). A wildcard host (``*.example.com``) is one cluster,
+   ``outbound|80||*.example.com``, on its endpoints.
+3. The DestinationRule of the SE host applies: Istio's ``MostSpecificHostMatch``
+   (``pilot/pkg/model/config.go``), the same host, else the longest wildcard host that
+   covers it (``*.example.com`` covers ``db.example.com`` and ``*.db.example.com``). Two
+   DestinationRules for one host are merged as ``mergeDestinationRule`` does
+   (``pilot/pkg/model/destination_rule.go``): the trafficPolicy of the first one that has
+   one; Istio's "first" is by creation time, here document order, with a warning.
+4. The policy of a port: a ``portLevelSettings`` entry for the port replaces the whole
+   top-level policy (``GetPortLevelTrafficPolicy``, ``pilot/pkg/networking/util/util.go``):
+   what the entry leaves out takes Istio's defaults, not the top-level values. Istio's
+   documented defaults fill every unset outlier-detection field (``cluster_traffic_policy.go``
+   ``applyOutlierDetection``); ``connectionPool.tcp.connectTimeout`` sets the cluster's
+   connect timeout, else the mesh's 10s (``applyConnectionPool``).
 
-Cross-object rules are checked here: one DestinationRule per host, one ServiceEntry per
-host and port. Wildcard hosts are not served yet.
+Cross-object rules are checked here: one ServiceEntry per host and port.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from extproc.core.policy import (
+    Distribute,
     Endpoint,
     Failover,
     LbAlgorithm,
@@ -35,12 +46,16 @@ from extproc.core.policy import (
 )
 from extproc.errors import ConfigError, Problem
 from extproc.istio.schema import (
+    ConnectionPoolSpec,
     DestinationRule,
+    LocalityLbSettingSpec,
     OutlierDetectionSpec,
     Parsed,
+    PortTrafficPolicySpec,
     ServiceEntry,
     ServicePort,
     Source,
+    TrafficPolicySpec,
     lb_algorithm,
     parse_duration,
 )
@@ -56,15 +71,30 @@ _DEFAULT_CONSECUTIVE_5XX: Final = 5
 _DEFAULT_INTERVAL_NS: Final = 10 * 1_000_000_000
 _DEFAULT_BASE_EJECTION_NS: Final = 30 * 1_000_000_000
 _DEFAULT_MAX_EJECTION_PERCENT: Final = 10  # Envoy's default; Istio sets it only when > 0
+# Envoy's DEFAULT_CONSECUTIVE_GATEWAY_FAILURE and DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE
+# (outlier_detection_impl.h), which pilot leaves in place when the DR field is unset.
+_DEFAULT_CONSECUTIVE_GATEWAY_FAILURE: Final = 5
+_DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE: Final = 5
+
+
+# Istio's mesh default connectTimeout (pkg/config/mesh/mesh.go DefaultMeshConfig).
+_MESH_CONNECT_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(slots=True)
 class _Rule:
-    """A DestinationRule with where it came from, and whether any service used it."""
+    """The DestinationRules of one host, merged, and which services they applied to.
+
+    ``source`` is the first DestinationRule for the host; ``policy`` is the trafficPolicy
+    that applies and ``policy_source`` the DestinationRule it came from (Istio keeps the
+    first rule's policy, or takes a later one's when the earlier ones have none).
+    """
 
     source: Source
-    dr: DestinationRule
+    policy: TrafficPolicySpec | None
+    policy_source: Source
     used: bool = False
+    ports: set[int] = field(default_factory=set)  # service ports it applied to
 
 
 @dataclass(slots=True)
@@ -77,25 +107,55 @@ class _Compiler:
     declared: dict[tuple[str, int], Source] = field(default_factory=dict)
 
     def collect_rules(self, objects: Sequence[Parsed]) -> None:
+        """Index DestinationRules by host, merging those of one host as Istio does.
+
+        ``mergeDestinationRule`` (pilot/pkg/model/destination_rule.go), for rules without a
+        workloadSelector in one namespace: the first rule's trafficPolicy stays; a later
+        rule's is used only when the earlier ones have none. Istio orders the rules by
+        creation time, which a file does not have: document order stands in for it.
+        """
         for parsed in objects:
             if not isinstance(parsed.obj, DestinationRule):
                 continue
             source, host = parsed.source, _normalize(parsed.obj.spec.host)
-            if "*" in host:
-                self.warnings.append(
-                    source.problem("spec.host", "wildcard hosts are not supported yet, ignored")
-                )
+            policy = parsed.obj.spec.traffic_policy
+            first = self.rules.get(host)
+            if first is None:
+                self.rules[host] = _Rule(source, policy, source)
                 continue
-            if (first := self.rules.get(host)) is not None:
-                self.errors.append(
-                    source.problem(
-                        "spec.host",
-                        f'"{host}" is also the host of {first.source.cite()}; '
-                        "extproc supports one DestinationRule per host",
-                    )
+            if policy is None:
+                outcome = "it has no trafficPolicy, so it changes nothing"
+            elif first.policy is None:
+                first.policy, first.policy_source = policy, source
+                outcome = "its trafficPolicy applies, as the earlier one has none"
+            else:
+                outcome = (
+                    f"its trafficPolicy is ignored, the one of {first.policy_source.cite()} applies"
                 )
-                continue
-            self.rules[host] = _Rule(source, parsed.obj)
+            self.warnings.append(
+                source.problem(
+                    "spec.host",
+                    f'"{host}" is also the host of {first.source.cite()}; Istio merges '
+                    "DestinationRules of one host and keeps the trafficPolicy of the oldest "
+                    "one that has one; extproc has no creation time and goes by document "
+                    f"order: {outcome}",
+                )
+            )
+
+    def rule_for(self, host: str) -> _Rule | None:
+        """The DestinationRule of a ServiceEntry host: Istio's ``MostSpecificHostMatch``.
+
+        The rule for the same host (``*.example.com`` for ``*.example.com``), else the longest
+        wildcard rule host covering it (pilot/pkg/model/config.go).
+        """
+        rule = self.rules.get(host)
+        if rule is not None:
+            return rule
+        best: tuple[str, _Rule] | None = None
+        for pattern, candidate in self.rules.items():
+            if _covers(pattern, host) and (best is None or len(pattern) > len(best[0])):
+                best = (pattern, candidate)
+        return None if best is None else best[1]
 
     def add_service_entry(self, source: Source, se: ServiceEntry) -> None:
         spec = se.spec
@@ -114,13 +174,6 @@ class _Compiler:
                 )
         for i, raw_host in enumerate(spec.hosts):
             host = _normalize(raw_host)
-            if "*" in host:
-                self.warnings.append(
-                    source.problem(
-                        f"spec.hosts[{i}]", "wildcard hosts are not supported yet, ignored"
-                    )
-                )
-                continue
             for port in http_ports:
                 if (first := self.declared.get((host, port.number))) is not None:
                     self.errors.append(
@@ -144,31 +197,41 @@ class _Compiler:
                 locality=Locality.parse(ep.locality),
                 labels=tuple(sorted(ep.labels.items())),
                 weight=ep.weight or 1,
+                network=ep.network,
             )
             for ep in spec.endpoints
         )
-        # 2. DNS without endpoints: Envoy resolves the host name itself.
-        if spec.resolution == "DNS" and not endpoints:
+        # 2. DNS without endpoints: Envoy resolves the host name itself (never a wildcard:
+        #    validation requires endpoints for one).
+        if spec.resolution in ("DNS", "DNS_ROUND_ROBIN") and not endpoints:
             endpoints = (Endpoint(address=host, port=default_port),)
 
         lb = LbAlgorithm.LEAST_REQUEST  # Istio's default without a DestinationRule
         outlier: OutlierDetection | None = None
         locality_lb = LocalityLbSetting()
-        rule = self.rules.get(host)
+        connect_timeout_s = _MESH_CONNECT_TIMEOUT_S
+        rule = self.rule_for(host)
         if rule is not None:
             rule.used = True
-            policy = rule.dr.spec.traffic_policy
+            rule.ports.add(port.number)
+            # 3. The port's own settings, if any, else the top-level ones (never a mix).
+            policy, where = _port_policy(rule.policy, port.number)
+            if policy is not None:
+                connect_timeout_s = _connect_timeout_s(policy.connection_pool)
             if policy is not None and policy.load_balancer is not None:
                 lb = lb_algorithm(policy.load_balancer.simple)
                 lls = policy.load_balancer.locality_lb_setting
                 if lls is not None:
-                    locality_lb = LocalityLbSetting(
-                        enabled=lls.enabled is not False,
-                        failover=tuple(Failover(f.from_, f.to) for f in lls.failover),
-                    )
+                    locality_lb = _locality_lb_setting(lls)
             if policy is not None and policy.outlier_detection is not None:
                 outlier = self.outlier_detection(policy.outlier_detection)
-                self.check_ejection(rule.source, outlier, len(endpoints), host, port.number)
+                self.check_ejection(
+                    rule.policy_source.problem,
+                    f"{where}.outlierDetection.maxEjectionPercent",
+                    outlier,
+                    len(endpoints),
+                    f"outbound|{port.number}||{host}",
+                )
 
         return Service(
             host=host,
@@ -180,6 +243,7 @@ class _Compiler:
             lb_algorithm=lb,
             outlier_detection=outlier,
             locality_lb=locality_lb,
+            connect_timeout_s=connect_timeout_s,
             source=f'{source.file}: ServiceEntry "{source.name}"',
         )
 
@@ -187,6 +251,13 @@ class _Compiler:
         interval_ns = _nanos(od.interval, _DEFAULT_INTERVAL_NS)
         base_ns = _nanos(od.base_ejection_time, _DEFAULT_BASE_EJECTION_NS)
         consecutive = od.consecutive_5xx_errors
+        gateway = od.consecutive_gateway_errors
+        # Pilot's applyOutlierDetection (istio/istio cluster_traffic_policy.go):
+        # 1. consecutiveGatewayErrors v sets the threshold v and enforcing 100 if v > 0, else
+        #    0; unset leaves Envoy's threshold 5 at enforcing 0 (detected, never ejected).
+        # 2. split sets consecutive_local_origin_failure only if v > 0; otherwise Envoy's
+        #    default 5 applies (enforcing 100 by default).
+        local_origin = od.consecutive_local_origin_failures or 0
         return OutlierDetection(
             consecutive_5xx_errors=_DEFAULT_CONSECUTIVE_5XX if consecutive is None else consecutive,
             interval_s=interval_ns / 1e9,
@@ -195,10 +266,27 @@ class _Compiler:
             max_ejection_percent=od.max_ejection_percent or _DEFAULT_MAX_EJECTION_PERCENT,
             min_health_percent=od.min_health_percent or 0,
             always_eject_one_host=self.always_eject_one_host,
+            consecutive_gateway_errors=(
+                _DEFAULT_CONSECUTIVE_GATEWAY_FAILURE if gateway is None else gateway
+            ),
+            enforcing_consecutive_gateway_failure=100 if (gateway or 0) > 0 else 0,
+            split_external_local_origin_errors=od.split_external_local_origin_errors,
+            consecutive_local_origin_failures=(
+                local_origin
+                if od.split_external_local_origin_errors and local_origin > 0
+                else _DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE
+            ),
+            # applyOutlierDetectionErrorCodes: an error matcher only for a non-empty list.
+            http_error_codes=frozenset(od.outlier_detection_http_error_codes),
         )
 
     def check_ejection(
-        self, source: Source, outlier: OutlierDetection, endpoints: int, host: str, port: int
+        self,
+        problem: Callable[[str, str], Problem],
+        path: str,
+        outlier: OutlierDetection,
+        endpoints: int,
+        cluster: str,
     ) -> None:
         """Warn when Envoy >= 1.28 would refuse even the first ejection.
 
@@ -212,7 +300,6 @@ class _Compiler:
         limit = outlier.max_ejection_percent
         if share <= limit:
             return
-        cluster = f"outbound|{port}||{host}"
         if self.always_eject_one_host:
             ours = (
                 "extproc allows the first ejection by default (Envoy's always_eject_one_host, "
@@ -221,8 +308,8 @@ class _Compiler:
         else:
             ours = "extproc applies the same strict rule (always_eject_one_host is off)"
         self.warnings.append(
-            source.problem(
-                "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+            problem(
+                path,
                 f"on current Istio/Envoy (>= 1.28, strict max_ejection_percent) this "
                 f"DestinationRule never ejects any endpoint of {cluster} "
                 f"(1 of {endpoints} = {_percent(share)}% > {limit}%); {ours}; "
@@ -231,15 +318,35 @@ class _Compiler:
         )
 
     def report_unused_rules(self) -> None:
-        for host, rule in self.rules.items():
+        """Warn about DestinationRules, and port-level entries, that apply to nothing."""
+        hosts = sorted({host for host, _ in self.declared})
+        for pattern, rule in self.rules.items():
             if not rule.used:
+                covered = [h for h in hosts if _covers(pattern, h)]
+                reason = (
+                    "matches no ServiceEntry host (HTTP port)"
+                    if not covered
+                    else f"matches ServiceEntry host {', '.join(covered)}, but a more specific "
+                    "DestinationRule applies to each"
+                )
                 self.warnings.append(
                     rule.source.problem(
-                        "spec.host",
-                        f'"{host}" matches no ServiceEntry host (HTTP port); '
-                        "this DestinationRule is ignored",
+                        "spec.host", f'"{pattern}" {reason}; this DestinationRule is ignored'
                     )
                 )
+                continue
+            if rule.policy is None:
+                continue
+            for i, entry in enumerate(rule.policy.port_level_settings):
+                number = entry.port.number if entry.port is not None else 0
+                if 1 <= number <= 65535 and number not in rule.ports:
+                    self.warnings.append(
+                        rule.policy_source.problem(
+                            f"spec.trafficPolicy.portLevelSettings[{i}].port.number",
+                            f"port {number} is not an HTTP port of a ServiceEntry host this "
+                            "DestinationRule applies to; this entry never applies",
+                        )
+                    )
 
 
 def compile_policy(
@@ -257,8 +364,8 @@ def compile_policy(
         warnings: findings of earlier steps, kept ahead of this step's in ``Policy.warnings``.
 
     Raises:
-        ConfigError: with every cross-object problem (duplicate DestinationRule host,
-            host and port declared twice); nothing is half-applied.
+        ConfigError: with every cross-object problem (a host and port declared by two
+            ServiceEntries); nothing is half-applied.
     """
     compiler = _Compiler(always_eject_one_host)
     compiler.collect_rules(objects)
@@ -273,6 +380,52 @@ def compile_policy(
         services=tuple(compiler.services),
         warnings=tuple(str(w) for w in all_warnings),
     )
+
+
+def _locality_lb_setting(lls: LocalityLbSettingSpec) -> LocalityLbSetting:
+    """``localityLbSetting`` as validated; ``distribute`` keeps each ``to`` map's YAML order."""
+    return LocalityLbSetting(
+        enabled=lls.enabled is not False,
+        failover=tuple(Failover(f.from_, f.to) for f in lls.failover),
+        distribute=tuple(Distribute(d.from_, tuple(d.to.items())) for d in lls.distribute),
+        failover_priority=tuple(lls.failover_priority),
+    )
+
+
+def _port_policy(
+    policy: TrafficPolicySpec | None, port: int
+) -> tuple[TrafficPolicySpec | PortTrafficPolicySpec | None, str]:
+    """The policy of one port, and its path for messages.
+
+    Istio's ``GetPortLevelTrafficPolicy`` (pilot/pkg/networking/util/util.go): the first
+    ``portLevelSettings`` entry for the port replaces the top-level policy as a whole
+    ("port level policies do not inherit"); without one the top-level policy applies.
+    """
+    if policy is None:
+        return None, "spec.trafficPolicy"
+    for i, entry in enumerate(policy.port_level_settings):
+        if entry.port is not None and entry.port.number == port:
+            return entry, f"spec.trafficPolicy.portLevelSettings[{i}]"
+    return policy, "spec.trafficPolicy"
+
+
+def _connect_timeout_s(pool: ConnectionPoolSpec | None) -> float:
+    """``connectionPool.tcp.connectTimeout``, else the mesh default (``applyConnectionPool``)."""
+    if pool is None or pool.tcp is None or pool.tcp.connect_timeout is None:
+        return _MESH_CONNECT_TIMEOUT_S
+    return _nanos(pool.tcp.connect_timeout, 0) / 1e9
+
+
+def _covers(pattern: str, host: str) -> bool:
+    """Whether DestinationRule host ``pattern`` applies to ServiceEntry host ``host``.
+
+    ``mostSpecificHostWildcardMatch``: a wildcard covers by suffix, a wildcard host through
+    its own suffix (``*.com`` covers ``*.example.com``); an exact host only itself.
+    """
+    if not pattern.startswith("*"):
+        return pattern == host
+    needle = host[1:] if host.startswith("*") else host
+    return needle.endswith(pattern[1:])
 
 
 def _normalize(host: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from extproc.errors import Problem
 
 __all__ = [
     "API_VERSIONS",
+    "UPSTREAM_SNI_ANNOTATION",
+    "ClientTlsSettingsSpec",
     "DestinationRule",
     "Findings",
     "IstioObject",
@@ -52,6 +55,12 @@ API_VERSIONS: Final = (
 )
 
 NOT_YET: Final = "not supported yet, ignored"
+
+#: extproc's switch on a DestinationRule (Istio ignores annotations it does not know): with
+#: ``endpoint``, TLS without ``sni`` sends each endpoint's own name as SNI and Host instead of
+#: the request's authority (``authority``, Istio's behaviour and the default).
+UPSTREAM_SNI_ANNOTATION: Final = "extproc.io/upstream-sni"
+UPSTREAM_SNI_VALUES: Final = ("authority", "endpoint")
 
 # ---------------------------------------------------------------------------------------------
 # Durations
@@ -148,12 +157,13 @@ class _Model(BaseModel):
 
 
 class ObjectMeta(_Model):
-    """``metadata``; only the name is used (in messages)."""
+    """``metadata``: the name (in messages) and extproc's annotation."""
 
     CHECK_EXTRA = False
 
     name: str = ""
     namespace: str = ""
+    annotations: dict[str, Any] = Field(default_factory=dict)
 
 
 class ServicePort(_Model):
@@ -168,24 +178,27 @@ class ServicePort(_Model):
 class WorkloadEntry(_Model):
     """``ServiceEntry.spec.endpoints[]``."""
 
-    IGNORED = {"network": NOT_YET, "serviceAccount": NOT_YET}
+    IGNORED = {"serviceAccount": NOT_YET}
 
     address: str = ""
     ports: dict[str, int] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     locality: str = ""
     weight: int = 0
+    network: str = ""  # only as the topology.istio.io/network label (failoverPriority)
 
 
 class ServiceEntrySpec(_Model):
     IGNORED = {
         "addresses": NOT_YET,
         "exportTo": NOT_YET,
-        "subjectAltNames": NOT_YET,
         "workloadSelector": NOT_YET,
     }
 
     hosts: list[str] = Field(default_factory=list)
+    # The SANs TLS origination checks when the DestinationRule's tls names none
+    # (constructUpstreamTLS, for ServiceEntries).
+    subject_alt_names: list[str] = Field(default_factory=list, alias="subjectAltNames")
     ports: list[ServicePort] = Field(default_factory=list)
     location: str = ""
     resolution: str = ""
@@ -207,24 +220,23 @@ class OutlierDetectionSpec(_Model):
     """``trafficPolicy.outlierDetection``; unset fields stay ``None`` (defaults in compile)."""
 
     IGNORED = {
-        "consecutiveGatewayErrors": NOT_YET,
-        "consecutiveLocalOriginFailures": NOT_YET,
-        "splitExternalLocalOriginErrors": NOT_YET,
-        "outlierDetectionHttpErrorCodes": NOT_YET,
         "consecutiveErrors": "deprecated by Istio (use consecutive5xxErrors), ignored",
     }
 
     consecutive_5xx_errors: int | None = Field(default=None, alias="consecutive5xxErrors")
+    consecutive_gateway_errors: int | None = Field(default=None, alias="consecutiveGatewayErrors")
     interval: GoDuration | None = None
     base_ejection_time: GoDuration | None = Field(default=None, alias="baseEjectionTime")
     max_ejection_percent: int | None = Field(default=None, alias="maxEjectionPercent")
     min_health_percent: int | None = Field(default=None, alias="minHealthPercent")
-    # Declared only so that Istio's rule tying them together can be checked.
     split_external_local_origin_errors: bool = Field(
         default=False, alias="splitExternalLocalOriginErrors"
     )
     consecutive_local_origin_failures: int | None = Field(
         default=None, alias="consecutiveLocalOriginFailures"
+    )
+    outlier_detection_http_error_codes: list[int] = Field(
+        default_factory=list, alias="outlierDetectionHttpErrorCodes"
     )
 
 
@@ -236,15 +248,13 @@ class FailoverSpec(_Model):
 
 
 class DistributeSpec(_Model):
-    """``localityLbSetting.distribute[]``; validated, not implemented."""
+    """``localityLbSetting.distribute[]``: weights for the localities of one client locality."""
 
     from_: str = Field(default="", alias="from")
     to: dict[str, int] = Field(default_factory=dict)
 
 
 class LocalityLbSettingSpec(_Model):
-    IGNORED = {"distribute": NOT_YET, "failoverPriority": NOT_YET}
-
     enabled: bool | None = None
     failover: list[FailoverSpec] = Field(default_factory=list)
     distribute: list[DistributeSpec] = Field(default_factory=list)
@@ -265,11 +275,63 @@ class LoadBalancerSpec(_Model):
     )
 
 
+class TcpSettingsSpec(_Model):
+    """``connectionPool.tcp``: only ``connectTimeout`` (the cluster's ``connect_timeout``)."""
+
+    IGNORED = {
+        "maxConnections": NOT_YET,
+        "tcpKeepalive": NOT_YET,
+        "maxConnectionDuration": NOT_YET,
+        "idleTimeout": NOT_YET,
+    }
+
+    connect_timeout: GoDuration | None = Field(default=None, alias="connectTimeout")
+
+
+class ConnectionPoolSpec(_Model):
+    """``trafficPolicy.connectionPool`` (``ConnectionPoolSettings``)."""
+
+    IGNORED = {"http": NOT_YET}
+
+    tcp: TcpSettingsSpec | None = None
+
+
+class ClientTlsSettingsSpec(_Model):
+    """``tls`` of a traffic policy or a port's (``ClientTLSSettings``); unset mode is DISABLE."""
+
+    mode: str = ""
+    client_certificate: str = Field(default="", alias="clientCertificate")
+    private_key: str = Field(default="", alias="privateKey")
+    ca_certificates: str = Field(default="", alias="caCertificates")
+    credential_name: str = Field(default="", alias="credentialName")
+    subject_alt_names: list[str] = Field(default_factory=list, alias="subjectAltNames")
+    sni: str = ""
+    insecure_skip_verify: bool | None = Field(default=None, alias="insecureSkipVerify")
+    ca_crl: str = Field(default="", alias="caCrl")
+
+
+class PortSelectorSpec(_Model):
+    """``portLevelSettings[].port`` (``PortSelector``)."""
+
+    number: int = 0
+
+
+class PortTrafficPolicySpec(_Model):
+    """``trafficPolicy.portLevelSettings[]``: replaces the top-level policy on its port.
+
+    Its fields mirror ``TrafficPolicySpec``'s, so either can be the policy of a port
+    (Istio's ``GetPortLevelTrafficPolicy`` returns the port's settings as a TrafficPolicy).
+    """
+
+    port: PortSelectorSpec | None = None
+    load_balancer: LoadBalancerSpec | None = Field(default=None, alias="loadBalancer")
+    outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
+    connection_pool: ConnectionPoolSpec | None = Field(default=None, alias="connectionPool")
+    tls: ClientTlsSettingsSpec | None = None
+
+
 class TrafficPolicySpec(_Model):
     IGNORED = {
-        "connectionPool": NOT_YET,
-        "tls": NOT_YET,
-        "portLevelSettings": NOT_YET,
         "tunnel": NOT_YET,
         "proxyProtocol": NOT_YET,
         "retryBudget": NOT_YET,
@@ -277,6 +339,11 @@ class TrafficPolicySpec(_Model):
 
     load_balancer: LoadBalancerSpec | None = Field(default=None, alias="loadBalancer")
     outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
+    connection_pool: ConnectionPoolSpec | None = Field(default=None, alias="connectionPool")
+    tls: ClientTlsSettingsSpec | None = None
+    port_level_settings: list[PortTrafficPolicySpec] = Field(
+        default_factory=list, alias="portLevelSettings"
+    )
 
 
 class DestinationRuleSpec(_Model):
@@ -562,7 +629,6 @@ _ISTIO_TLS_PROTOCOLS: Final = frozenset({"HTTPS", "TLS"})
 _RESOLUTIONS: Final = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS")
 _UNSUPPORTED_RESOLUTION: Final[Mapping[str, str]] = {
     "NONE": "extproc must know the endpoints it chooses between",
-    "DNS_ROUND_ROBIN": "it gives one endpoint, so there is nothing to fail over to",
     "DYNAMIC_DNS": "it resolves wildcard hosts per request",
 }
 _LOCATIONS: Final = ("MESH_EXTERNAL", "MESH_INTERNAL")
@@ -707,14 +773,22 @@ def _check_service_entry(se: ServiceEntry, check: _Checker) -> None:
             "only one of WorkloadSelector or Endpoints is allowed in Service Entry",
         )
 
-    if resolution == "DNS" and not spec.endpoints:
-        # Without endpoints Envoy resolves the hosts themselves: they must be real names.
+    if resolution in ("DNS", "DNS_ROUND_ROBIN") and not spec.endpoints:
+        # Without endpoints Envoy resolves the hosts themselves: they must be real names, so
+        # a wildcard host (*.example.com) needs endpoints.
         for i, host in enumerate(spec.hosts):
             if host != "*" and _domain_error(host) is None and _fqdn_error(host) is not None:
                 check.error(
                     f"spec.hosts[{i}]",
-                    "hosts must be FQDN if no endpoints are provided for resolution mode DNS",
+                    "hosts must be FQDN if no endpoints are provided for resolution mode "
+                    f"{resolution}",
                 )
+    if resolution == "DNS_ROUND_ROBIN" and len(spec.endpoints) > 1:
+        # LOGICAL_DNS has one host: pilot cannot build it from several endpoints.
+        check.error(
+            "spec.endpoints",
+            "there must only be 0 or 1 endpoint for resolution mode DNS_ROUND_ROBIN",
+        )
     if resolution == "STATIC" and not spec.endpoints:
         check.warn(
             "spec.endpoints", "STATIC resolution without endpoints: no request can be served"
@@ -780,32 +854,107 @@ def _check_destination_rule(dr: DestinationRule, check: _Checker) -> None:
     policy = spec.traffic_policy
     if policy is None:
         return
+    where = "spec.trafficPolicy"
     # validateTrafficPolicy: an empty trafficPolicy is a mistake, not a no-op.
-    # (model_fields_set also holds extra keys: count Istio's fields only.)
+    # (model_fields_set also holds extra keys: count Istio's fields only. An empty
+    # portLevelSettings list is unset, as an empty repeated field is in protobuf.)
     istio_fields = {*TrafficPolicySpec.model_fields, *TrafficPolicySpec.IGNORED}
+    if not policy.port_level_settings:
+        istio_fields.discard("port_level_settings")
     if not policy.model_fields_set & istio_fields:
-        check.error("spec.trafficPolicy", "traffic policy must have at least one field")
+        check.error(where, "traffic policy must have at least one field")
+    _check_policy_components(policy, where, check)
+    _check_port_level_settings(policy.port_level_settings, f"{where}.portLevelSettings", check)
+    _check_upstream_sni(dr, check)
+
+
+def _check_policy_components(
+    policy: TrafficPolicySpec | PortTrafficPolicySpec, where: str, check: _Checker
+) -> None:
+    """What ``validateTrafficPolicy`` and ``validatePortTrafficPolicies`` both check."""
     if policy.outlier_detection is not None:
-        _check_outlier_detection(
-            policy.outlier_detection, "spec.trafficPolicy.outlierDetection", check
-        )
+        _check_outlier_detection(policy.outlier_detection, f"{where}.outlierDetection", check)
+    if policy.connection_pool is not None:
+        _check_connection_pool(policy.connection_pool, f"{where}.connectionPool", check)
+    if policy.tls is not None:
+        _check_tls(policy.tls, f"{where}.tls", check)
     if policy.load_balancer is not None:
+        # validateLoadBalancer(lb, outlier): failover needs the same level's outlierDetection.
         _check_load_balancer(
             policy.load_balancer,
-            "spec.trafficPolicy.loadBalancer",
+            f"{where}.loadBalancer",
             policy.outlier_detection is not None,
             check,
         )
+
+
+_PORT_POLICY_FIELDS: Final = frozenset(
+    {*PortTrafficPolicySpec.model_fields, *PortTrafficPolicySpec.IGNORED} - {"port"}
+)
+
+
+def _check_port_level_settings(
+    settings: Sequence[PortTrafficPolicySpec], where: str, check: _Checker
+) -> None:
+    """``validatePortTrafficPolicies``, plus warnings for entries that can never apply."""
+    first: dict[int, int] = {}
+    for i, entry in enumerate(settings):
+        here = f"{where}[{i}]"
+        if entry.port is None:
+            check.error(f"{here}.port", "portTrafficPolicy must have valid port")
+        if not entry.model_fields_set & _PORT_POLICY_FIELDS:
+            check.error(here, "port traffic policy must have at least one field")
+        else:
+            _check_policy_components(entry, here, check)
+        if entry.port is None:
+            continue
+        number = entry.port.number
+        if (problem := _port_error(number)) is not None:
+            # Istio accepts it (PortSelector.number is any uint32); it matches no port.
+            check.warn(f"{here}.port.number", f"{problem}; this entry never applies")
+        elif number in first:
+            # GetPortLevelTrafficPolicy takes the first entry for a port (break).
+            check.warn(
+                f"{here}.port.number",
+                f"port {number} is already set by portLevelSettings[{first[number]}]; "
+                "Istio applies the first entry for a port, and so does extproc: "
+                "this entry is ignored",
+            )
+        else:
+            first[number] = i
+
+
+def _check_connection_pool(pool: ConnectionPoolSpec, where: str, check: _Checker) -> None:
+    """``validateConnectionPool``, for the fields extproc reads (others are only warned)."""
+    if pool.tcp is None and "http" not in (pool.model_extra or {}):
+        check.error(where, "connection pool must have at least one field")
+    if pool.tcp is not None and pool.tcp.connect_timeout is not None:
+        _check_duration(pool.tcp.connect_timeout, f"{where}.tcp.connectTimeout", check)
 
 
 def _check_outlier_detection(od: OutlierDetectionSpec, where: str, check: _Checker) -> None:
     """``validateOutlierDetection``."""
     for alias, value in (
         ("consecutive5xxErrors", od.consecutive_5xx_errors),
+        ("consecutiveGatewayErrors", od.consecutive_gateway_errors),
         ("consecutiveLocalOriginFailures", od.consecutive_local_origin_failures),
     ):
         if value is not None and value < 0:  # UInt32Value
             check.error(f"{where}.{alias}", f"must be 0 or more, got {value}")
+    for i, code in enumerate(od.outlier_detection_http_error_codes):
+        # Istio checks the range in the CRD schema only (istio/api destination_rule.proto:
+        # protoc-gen-crd list-value-validation Minimum=100, Maximum=599), so the message is
+        # the API server's (kube-openapi validate).
+        here = f"{where}.outlierDetectionHttpErrorCodes[{i}]"
+        if code < 100:
+            check.error(
+                here,
+                f"Invalid value: {code}: {here} in body should be greater than or equal to 100",
+            )
+        elif code > 599:
+            check.error(
+                here, f"Invalid value: {code}: {here} in body should be less than or equal to 599"
+            )
     if (
         not od.split_external_local_origin_errors
         and (od.consecutive_local_origin_failures or 0) > 0
@@ -889,9 +1038,10 @@ def _check_locality_lb(
         if (total := sum(rule.to.values())) != 100:
             check.error(f"{here}.to", f"total locality weight {total} != 100")
             return
-        if (problem := _localities_error(list(rule.to))) is not None:
+        if (problem := _localities_error(list(rule.to), ordered=False)) is not None:
             check.error(f"{here}.to", problem)
-    if (problem := _localities_error([rule.from_ for rule in lls.distribute])) is not None:
+    sources = [rule.from_ for rule in lls.distribute]
+    if (problem := _localities_error(sources, ordered=True)) is not None:
         check.error(f"{where}.distribute", problem)
 
     if (lls.failover or lls.failover_priority) and not has_outlier_detection:
@@ -914,11 +1064,18 @@ def _check_locality_lb(
             check.error(here, "locality lb failover region should not contain '*' wildcard")
 
 
-def _localities_error(localities: Sequence[str]) -> str | None:
-    """``validateLocalities``: well-formed ``region/zone/subzone`` patterns that do not overlap.
+def _localities_error(localities: Sequence[str], *, ordered: bool) -> str | None:
+    """``validateLocalities``: well-formed ``region/zone/subzone`` patterns.
 
-    A pattern covers the localities it is a prefix of (``us-east`` covers ``us-east/a``;
-    a final ``*`` covers everything below); two patterns overlap when one covers the other.
+    ``ordered`` (the ``from`` of the distribute rules, a list): Istio's check, in list order.
+    A pattern overlaps when an earlier one covers it (``us-east`` and ``us-east/*`` cover
+    ``us-east/a``), or when it has no final ``*`` and covers an earlier one (``us-east``
+    after ``us-east/a``). A later pattern ending in ``*`` may be broader (``a/z1`` then
+    ``a/*``; ``us-east`` then ``*``), as Istio accepts it: the first matching rule wins.
+
+    Not ordered (the ``to`` of one rule, a map): Istio walks it in Go's random map order,
+    so it accepts overlapping targets on some pushes and rejects them on others; here any two
+    overlapping targets are an error, whichever comes first.
     """
     seen: list[tuple[str, ...]] = []
     for locality in localities:
@@ -927,13 +1084,20 @@ def _localities_error(localities: Sequence[str]) -> str | None:
             return (
                 f"locality {locality} wildcard '*' number can not exceed 1 and must be in the end"
             )
+        if () in seen:
+            return f"locality {locality} overlap with previous specified ones"
         parts = locality.split("/", 2)
         if any(part == "" for part in parts):
             return f"locality {locality} must not contain empty region/zone/subzone info"
-        prefix = tuple(parts[:-1]) if parts[-1] == "*" else tuple(parts)
+        wildcard = parts[-1] == "*"
+        prefix = tuple(parts[:-1]) if wildcard else tuple(parts)
         for other in seen:
-            shorter = min(len(prefix), len(other))
-            if prefix[:shorter] == other[:shorter]:
+            if _covers(other, prefix) or ((not ordered or not wildcard) and _covers(prefix, other)):
                 return f"locality {locality} overlap with previous specified ones"
         seen.append(prefix)
     return None
+
+
+def _covers(pattern: tuple[str, ...], other: tuple[str, ...]) -> bool:
+    """Whether every locality ``other`` matches is matched by ``pattern`` (both prefixes)."""
+    return other[: len(pattern)] == pattern

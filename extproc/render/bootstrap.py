@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from extproc.core.policy import LbAlgorithm, Policy, Service
+from extproc.core.policy import LbAlgorithm, Policy, Service, route_domains
 
 #: The dynamic-metadata namespace and key the ext_proc answer writes its pick into.
 METADATA_NAMESPACE = "extproc"
@@ -42,6 +42,9 @@ METADATA_HOST_KEY = "host"
 #: The gRPC cluster of the service (ext_proc and EDS) and the brain's HTTP cluster (Lua).
 EXT_PROC_CLUSTER = "extproc"
 BRAIN_CLUSTER = "extproc_brain"
+#: The gRPC health service name Envoy's health check of the service asks about (the EPP
+#: protocol's name for the ext_proc service; the service serves it in server/app.py).
+EXT_PROC_HEALTH_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 #: Response headers the fast path reads and removes before the client sees them.
 UP_HEADER = "x-extproc-up"
 FLAGS_HEADER = "x-extproc-lr"
@@ -53,8 +56,6 @@ _EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 #: istio/istio pilot/pkg/networking/core/route/retry/retry.go DefaultPolicy.
 _ISTIO_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 _ISTIO_NUM_RETRIES = 2
-#: Istio's mesh default connectTimeout (pkg/config/mesh/mesh.go).
-_ISTIO_CONNECT_TIMEOUT = "10s"
 #: Istio's default circuit-breaker thresholds: effectively unlimited
 #: (cluster_traffic_policy.go getDefaultCircuitBreakerThresholds).
 _UNLIMITED = 4294967295
@@ -109,6 +110,11 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+def _duration(seconds: float) -> str:
+    """A protobuf JSON duration in whole milliseconds (Istio validates ms precision)."""
+    return f"{round(seconds * 1000) / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -134,7 +140,8 @@ def _circuit_breakers() -> dict[str, Any]:
 def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": service.cluster_name,
-        "connect_timeout": _ISTIO_CONNECT_TIMEOUT,
+        # connectionPool.tcp.connectTimeout, else the mesh default (10s): applyConnectionPool.
+        "connect_timeout": _duration(service.connect_timeout_s),
         "circuit_breakers": _circuit_breakers(),
     }
     if settings.data_path is DataPath.EXT_PROC:
@@ -207,6 +214,37 @@ def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
         "load_assignment": _assignment(
             EXT_PROC_CLUSTER, settings.ext_proc_host, settings.ext_proc_port
         ),
+        "health_checks": [_service_health_check()],
+    }
+
+
+def _service_health_check() -> dict[str, Any]:
+    """Envoy's gRPC health check of the service (``grpc.health.v1.Health/Check``).
+
+    It takes a service that is shutting down (NOT_SERVING) or gone out of rotation when
+    another replica is healthy, and never fails a request that would otherwise work:
+
+    - NOT_SERVING marks the host unhealthy at once; connection failures and timeouts need
+      ``unhealthy_threshold`` in a row (``ActiveHealthCheckSession::setUnhealthy``: only
+      network failures count toward the threshold).
+    - A host starts unhealthy until its first check, and one success makes it healthy
+      (``handleSuccess``: the first check skips ``healthy_threshold``). Envoy does not wait
+      for health at start-up beyond that first check, which ends on a refused connection.
+    - A cluster whose only host is unhealthy is in panic (Envoy's default
+      ``healthy_panic_threshold`` of 50 %) and still sends to it: with one service, a
+      failed check changes nothing for ext_proc, EDS or the sync; the ext_proc filter fails
+      closed on its own when the service really does not answer.
+    - ``no_traffic_interval`` equals ``interval``: the default (60 s) applies until the
+      cluster has carried traffic, which on the ext_proc path is the first request.
+    (``source/extensions/health_checkers/common/health_checker_base_impl.cc``)
+    """
+    return {
+        "timeout": "1s",
+        "interval": "1s",
+        "no_traffic_interval": "1s",
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+        "grpc_health_check": {"service_name": EXT_PROC_HEALTH_SERVICE},
     }
 
 
@@ -277,25 +315,18 @@ def _service_route(service: Service, settings: RenderSettings) -> dict[str, Any]
 
 
 def _virtual_hosts(policy: Policy, settings: RenderSettings) -> list[dict[str, Any]]:
-    by_host: dict[str, list[Service]] = {}
-    for service in policy.services:
-        by_host.setdefault(service.host, []).append(service)
-    hosts: list[dict[str, Any]] = []
-    for host, services in by_host.items():
-        # A bare host means the service's port 80 when it has one (route/route.go
-        # generateVirtualHostDomains matches with and without the port).
-        default = next((s for s in services if s.port == 80), services[0])
-        for service in services:
-            domains = [f"{host}:{service.port}"]
-            if service is default:
-                domains.insert(0, host)
-            hosts.append(
-                {
-                    "name": service.cluster_name,
-                    "domains": domains,
-                    "routes": [_service_route(service, settings)],
-                }
-            )
+    # The domains ServiceTable.lookup matches too (core/policy.py route_domains): a bare host
+    # means its port-80 service, else its first (route/route.go generateVirtualHostDomains);
+    # a wildcard host (*.example.com) is an Envoy suffix wildcard, where an exact host wins
+    # and then the longest suffix. The catch-all "*" below takes everything else.
+    hosts: list[dict[str, Any]] = [
+        {
+            "name": service.cluster_name,
+            "domains": list(domains),
+            "routes": [_service_route(service, settings)],
+        }
+        for service, domains in route_domains(policy.services)
+    ]
     disabled = (
         _typed("envoy.extensions.filters.http.lua.v3.LuaPerRoute", disabled=True)
         if settings.data_path is DataPath.LUA

@@ -40,6 +40,15 @@ local function parse(body, now)
         t.hosts[#t.hosts + 1] = a
         t.cum[#t.cum + 1] = t.total
       end
+    elseif t ~= nil then
+      -- outlierDetectionHttpErrorCodes: the statuses Envoy's detector counts as errors.
+      local list = string.match(line, "^codes=([%d,]+)$")
+      if list ~= nil then
+        t.codes = {}
+        for c in string.gmatch(list, "%d+") do
+          t.codes[tonumber(c)] = true
+        end
+      end
     end
   end
   return t
@@ -120,18 +129,26 @@ function envoy_on_request(handle)
   handle:streamInfo():dynamicMetadata():set(METADATA_NS, "pick", host .. " " .. service)
 end
 
--- The code Envoy's outlier detector would record for the final attempt, or nil when it
--- records nothing (no healthy upstream, overflow, no upstream at all).
-local function failure_code(status, flags)
+-- What the final attempt reports to the brain when Envoy's outlier detector counts it on
+-- its own, or nil for a success (sent later as a count) or when it records nothing (no
+-- healthy upstream, overflow, no upstream at all). An attempt that got no answer carries a
+-- last word: c (no connection), r (reset after connecting), t (timeout). An answer counts
+-- when it is a 5xx or, with the service's error codes (codes), when it is listed.
+local function failure_code(status, flags, codes)
   if flags ~= nil and flags ~= "" and flags ~= "-" then
     for flag in string.gmatch(flags, "[^,]+") do
-      if flag == "UF" or flag == "UC" or flag == "UR" then return 503 end
-      if flag == "UT" then return 504 end
+      if flag == "UF" then return "503 c" end
+      if flag == "UC" or flag == "UR" then return "503 r" end
+      if flag == "UT" then return "504 t" end
     end
     if status >= 500 and (string.find(flags, "UH") or string.find(flags, "UO")
         or string.find(flags, "NR") or string.find(flags, "NC")) then
       return nil
     end
+  end
+  if codes ~= nil then
+    if codes[status] then return status end
+    return nil
   end
   if status >= 500 and status <= 599 then return status end
   return nil
@@ -163,9 +180,10 @@ function envoy_on_response(handle)
   if up ~= nil and up ~= chosen then
     -- The override sends the first attempt to the chosen host; another host served the
     -- last one, so Envoy retried away from the chosen host after it failed.
-    report = "e " .. chosen .. " 503\n"
+    report = "e " .. chosen .. " 503 c\n"
   end
-  local code = failure_code(status, flags)
+  local t = tables[service]
+  local code = failure_code(status, flags, t and t.codes)
   if up ~= nil then
     if code ~= nil then
       report = report .. "e " .. up .. " " .. code .. "\n"

@@ -5,6 +5,7 @@ bad and coming back, in each of the ways Envoy's outlier detection tells apart:
 
 - ``Mode.HEALTHY``: ``200 healthy: <name>``.
 - ``Mode.FAIL_503``: ``503 unhealthy: <name>`` (gateway errors, ``consecutive_5xx``).
+- ``Mode.FAIL_500``: ``500 unhealthy: <name>`` (a 5xx that is no gateway error).
 - ``Mode.REFUSE``: nothing listens on the port, and open connections are reset (connect failures,
   ``consecutive_local_origin_failure``); leaving REFUSE listens on the SAME port again, because
   Envoy's endpoint (from DNS) names that port.
@@ -74,6 +75,7 @@ class Mode(enum.Enum):
 
     HEALTHY = "healthy"
     FAIL_503 = "fail_503"
+    FAIL_500 = "fail_500"
     REFUSE = "refuse"
     HANG = "hang"
 
@@ -157,6 +159,9 @@ class StandIn:
             Mode.HEALTHY: _render(200, "OK", f"healthy: {name}\n".encode("ascii"), name),
             Mode.FAIL_503: _render(
                 503, "Service Unavailable", f"unhealthy: {name}\n".encode("ascii"), name
+            ),
+            Mode.FAIL_500: _render(
+                500, "Internal Server Error", f"unhealthy: {name}\n".encode("ascii"), name
             ),
         }
         self._bad_request = _render(400, "Bad Request", b"bad request\n", name)

@@ -1,27 +1,43 @@
-"""The admin address: the endpoint view, health and readiness, over plain HTTP.
+"""The admin address: the endpoint view, metrics, health and readiness, over plain HTTP.
 
 - ``/clusters?format=json``: Envoy's admin ``envoy.admin.v3.Clusters`` JSON, with
   ``health_status.failed_outlier_check`` set exactly for ejected hosts, so tools that read
   Envoy's ``/clusters`` (``istioctl proxy-config endpoints --file``) read ours unchanged.
+  Field names are the proto's (snake_case) and defaults are left out, as Envoy writes them.
 - ``/clusters``: the same as Envoy's text lines (``cluster::ip:port::health_flags::...``).
 - ``/endpoints``: our own JSON per host (locality, priority, counters, ejection time left);
   ``extproc status`` prints it as a table.
+- ``/metrics``: Prometheus text format (``server/metrics.py``).
 - ``/healthz`` (live) and ``/readyz`` (config loaded and DNS answered once).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from envoy.admin.v3 import clusters_pb2
+from envoy.admin.v3 import clusters_pb2, metrics_pb2
 from google.protobuf import json_format
 
 from extproc.core.cluster import HostView
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
+from extproc.server.metrics import (
+    CONNECT_FAILURE,
+    CONTENT_TYPE,
+    HTTP_5XX,
+    SUCCESS,
+    TIMEOUT,
+    Metrics,
+)
+
+#: The attempts counted on one host by outcome: ``(cluster_name, upstream_url) -> counts``.
+HostStats = Callable[[str, str], dict[str, int]]
+
+_HEALTHY = 1  # envoy.config.core.v3.HealthStatus.HEALTHY
 
 
 def endpoints_json(table: ServiceTable, now: float) -> list[dict[str, Any]]:
@@ -36,14 +52,53 @@ def endpoints_json(table: ServiceTable, now: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _host_status(view: HostView) -> clusters_pb2.HostStatus:
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _envoy_stats(view: HostView, counts: dict[str, int]) -> list[tuple[str, int, bool]]:
+    """Envoy's per-host stats we can give, as ``(name, value, is_gauge)``.
+
+    From the attempts the data path reported: ``rq_error`` counts 5xx answers, ``rq_timeout``
+    timeouts, ``cx_connect_fail`` attempts that got no answer (connect failures and resets),
+    ``rq_total`` the attempts that reached the host. Connection counts are not known here.
+    """
+    answered = counts[SUCCESS] + counts[HTTP_5XX] + counts[TIMEOUT]
+    return [
+        ("cx_connect_fail", counts[CONNECT_FAILURE], False),
+        ("rq_error", counts[HTTP_5XX], False),
+        ("rq_success", counts[SUCCESS], False),
+        ("rq_timeout", counts[TIMEOUT], False),
+        ("rq_total", answered, False),
+        ("rq_active", view.active_requests, True),
+    ]
+
+
+def _no_stats(cluster_name: str, upstream_url: str) -> dict[str, int]:
+    return dict.fromkeys((SUCCESS, HTTP_5XX, CONNECT_FAILURE, TIMEOUT), 0)
+
+
+def _host_status(view: HostView, counts: dict[str, int]) -> clusters_pb2.HostStatus:
     host, _, port = view.address.rpartition(":")
-    status = clusters_pb2.HostStatus(
-        weight=view.weight, priority=view.priority, hostname=view.endpoint_address
-    )
+    status = clusters_pb2.HostStatus(weight=view.weight, priority=view.priority)
+    # Envoy's STRICT_DNS hosts carry the name they were resolved from; an IP endpoint has
+    # no hostname.
+    if not _is_ip(view.endpoint_address):
+        status.hostname = view.endpoint_address
     status.address.socket_address.address = host.strip("[]")
     status.address.socket_address.port_value = int(port)
-    status.health_status.eds_health_status = 1  # HEALTHY: DNS hosts are healthy to EDS
+    for name, value, gauge in _envoy_stats(view, counts):
+        status.stats.add(
+            name=name,
+            value=value,
+            type=metrics_pb2.SimpleMetric.GAUGE if gauge else metrics_pb2.SimpleMetric.COUNTER,
+        )
+    # DNS hosts are healthy to EDS; the outlier detector's verdict is a flag of its own.
+    status.health_status.eds_health_status = _HEALTHY
     status.health_status.failed_outlier_check = view.ejected
     status.locality.region = view.locality.region
     status.locality.zone = view.locality.zone
@@ -51,32 +106,69 @@ def _host_status(view: HostView) -> clusters_pb2.HostStatus:
     return status
 
 
-def clusters_proto(table: ServiceTable, now: float) -> clusters_pb2.Clusters:
+def clusters_proto(
+    table: ServiceTable, now: float, stats: HostStats = _no_stats
+) -> clusters_pb2.Clusters:
     """Our state in Envoy's admin ``Clusters`` message."""
     message = clusters_pb2.Clusters()
     for cluster in table:
-        status = message.cluster_statuses.add(name=cluster.service.cluster_name)
-        status.host_statuses.extend(_host_status(v) for v in cluster.hosts(now))
+        name = cluster.service.cluster_name
+        status = message.cluster_statuses.add(name=name, observability_name=name)
+        status.host_statuses.extend(
+            _host_status(view, stats(name, view.address)) for view in cluster.hosts(now)
+        )
     return message
 
 
-def clusters_text(table: ServiceTable, now: float) -> str:
-    """Envoy's ``/clusters`` text form, one line per host fact."""
+def clusters_json(table: ServiceTable, now: float, stats: HostStats = _no_stats) -> str:
+    """``/clusters?format=json`` as Envoy writes it: proto field names, defaults left out."""
+    text: str = json_format.MessageToJson(
+        clusters_proto(table, now, stats), preserving_proto_field_name=True
+    )
+    return text
+
+
+def clusters_text(table: ServiceTable, now: float, stats: HostStats = _no_stats) -> str:
+    """Envoy's ``/clusters`` text form, in Envoy's line order.
+
+    Per cluster its names, then per host its stats (sorted by name), hostname, health flags
+    (``healthy`` or ``/failed_outlier_check``), weight, locality, canary, priority and the
+    success rates, which are -1 because success-rate ejection is off under Istio.
+    """
     lines = []
     for cluster in table:
         name = cluster.service.cluster_name
+        lines.append(f"{name}::observability_name::{name}")
+        if cluster.service.outlier_detection is not None:
+            lines += [
+                f"{name}::outlier::{stat}::-1"
+                for stat in (
+                    "success_rate_average",
+                    "success_rate_ejection_threshold",
+                    "local_origin_success_rate_average",
+                    "local_origin_success_rate_ejection_threshold",
+                )
+            ]
+        lines.append(f"{name}::added_via_api::false")
         for view in cluster.hosts(now):
             prefix = f"{name}::{view.address}"
+            stat_lines = sorted(
+                (stat, value) for stat, value, _ in _envoy_stats(view, stats(name, view.address))
+            )
+            lines += [f"{prefix}::{stat}::{value}" for stat, value in stat_lines]
+            hostname = "" if _is_ip(view.endpoint_address) else view.endpoint_address
             flags = "/failed_outlier_check" if view.ejected else "healthy"
             lines += [
-                f"{prefix}::hostname::{view.endpoint_address}",
+                f"{prefix}::hostname::{hostname}",
                 f"{prefix}::health_flags::{flags}",
                 f"{prefix}::weight::{view.weight}",
                 f"{prefix}::region::{view.locality.region}",
                 f"{prefix}::zone::{view.locality.zone}",
                 f"{prefix}::sub_zone::{view.locality.sub_zone}",
+                f"{prefix}::canary::false",
                 f"{prefix}::priority::{view.priority}",
-                f"{prefix}::rq_active::{view.active_requests}",
+                f"{prefix}::success_rate::-1",
+                f"{prefix}::local_origin_success_rate::-1",
             ]
     return "\n".join(lines) + "\n"
 
@@ -89,22 +181,28 @@ class AdminServer(HttpServer):
         table: Callable[[], ServiceTable],
         now: Callable[[], float],
         ready: Callable[[], bool],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._table = table
         self._now = now
         self._ready = ready
+        self._metrics = metrics
+        self._stats: HostStats = metrics.host_stats if metrics is not None else _no_stats
 
     def respond(
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, str, bytes]:
         if method != "GET":
             return 405, "text/plain", b"only GET\n"
-        status, content_type, text = self._respond(target)
+        path, _, query = target.partition("?")
+        if path == "/metrics" and self._metrics is not None:
+            return 200, CONTENT_TYPE, self._metrics.exposition()
+        status, content_type, text = self._respond(path, query)
         return status, content_type, text.encode()
 
-    def _respond(self, target: str) -> tuple[int, str, str]:
-        path, _, query = target.partition("?")
+    def _respond(self, path: str, query: str) -> tuple[int, str, str]:
         now = self._now()
         if path == "/healthz":
             return 200, "text/plain", "ok\n"
@@ -119,7 +217,14 @@ class AdminServer(HttpServer):
             return 200, "application/json", body + "\n"
         if path == "/clusters":
             if "format=json" in query.split("&"):
-                message = clusters_proto(self._table(), now)
-                return 200, "application/json", json_format.MessageToJson(message) + "\n"
-            return 200, "text/plain", clusters_text(self._table(), now)
-        return 404, "text/plain", "not found: try /clusters, /endpoints, /healthz, /readyz\n"
+                return (
+                    200,
+                    "application/json",
+                    clusters_json(self._table(), now, self._stats) + "\n",
+                )
+            return 200, "text/plain", clusters_text(self._table(), now, self._stats)
+        return (
+            404,
+            "text/plain",
+            "not found: try /clusters, /endpoints, /metrics, /healthz, /readyz\n",
+        )

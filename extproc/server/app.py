@@ -1,8 +1,8 @@
 """Start-up and shutdown of the service in one place, in order.
 
-Start: build the table (NOT_SERVING) -> gRPC server (ext_proc + health) -> resolve DNS once
--> sweep timer -> admin -> SERVING. Stop: NOT_SERVING -> stop the gRPC server with a grace
-period for in-flight streams -> timers, DNS, admin.
+Start: build the table (NOT_SERVING) -> gRPC server (ext_proc + health; liveness SERVING)
+-> resolve DNS once -> sweep timer -> admin -> SERVING. Stop: NOT_SERVING -> stop the gRPC
+server with a grace period for in-flight streams -> timers, DNS, admin.
 """
 
 from __future__ import annotations
@@ -18,21 +18,27 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.clock import Clock, MonotonicClock
-from extproc.core.cluster import ClusterState
-from extproc.core.policy import Locality, Policy
+from extproc.core.policy import Locality, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
+from extproc.render.bootstrap import EXT_PROC_HEALTH_SERVICE
 from extproc.server.admin import AdminServer
 from extproc.server.brain import Brain, BrainServer
 from extproc.server.eds import EdsHost, EndpointDiscovery
 from extproc.server.http_server import HttpServer
+from extproc.server.logs import OutlierEventLog
+from extproc.server.metrics import Metrics
 from extproc.server.resolver import EndpointResolver, make_resolver
 from extproc.server.servicer import ExternalProcessor
 
 log = structlog.get_logger(__name__)
 
-#: gRPC health service names: overall, the EPP-style probes, and the ext_proc service.
-HEALTH_SERVICES = ("", "liveness", "readiness", "envoy.service.ext_proc.v3.ExternalProcessor")
+#: gRPC health service names: overall, the EPP-style probes, and the ext_proc service (the
+#: one the rendered Envoy's ``grpc_health_check`` asks about). ``liveness`` is SERVING from
+#: the moment the gRPC port is up (a slow first DNS answer is no reason to restart us); the
+#: others once the service is ready; all are NOT_SERVING from the start of shutdown.
+HEALTH_SERVICES = ("", "liveness", "readiness", EXT_PROC_HEALTH_SERVICE)
+LIVENESS = "liveness"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,7 @@ class ServiceApp:
     def __init__(
         self,
         policy: Policy,
-        workload: Locality,
+        workload: Workload | Locality,
         settings: ServiceSettings,
         *,
         clock: Clock | None = None,
@@ -75,15 +81,20 @@ class ServiceApp:
             on_change=self.publish,
         )
         self.eds = EndpointDiscovery()
+        self.metrics = Metrics(lambda: self.table, self._clock.now)
+        self._outlier_log = OutlierEventLog()
         self.brain = Brain(
             lambda: self.table,
             self._clock.now,
             ttl_ms=settings.table_ttl_ms,
             on_change=self.publish,
+            metrics=self.metrics,
         )
         self._brain_server = BrainServer(self.brain)
         self._published: dict[str, int] = {}
-        self._admin = AdminServer(lambda: self.table, self._clock.now, lambda: self._ready)
+        self._admin = AdminServer(
+            lambda: self.table, self._clock.now, lambda: self._ready, metrics=self.metrics
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self.grpc_port = settings.grpc_port
         self.brain_port = settings.brain_port
@@ -91,6 +102,11 @@ class ServiceApp:
     @property
     def admin_address(self) -> tuple[str, int]:
         return self._admin.address
+
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        """The gRPC health servicer (every name in ``HEALTH_SERVICES``)."""
+        return self._health
 
     def now(self) -> float:
         """The service's clock reading (for views computed outside a request)."""
@@ -104,7 +120,7 @@ class ServiceApp:
             options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000)]
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(
-            ExternalProcessor(lambda: self.table, self._clock.now), server
+            ExternalProcessor(lambda: self.table, self._clock.now, metrics=self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.eds.add_to_server(server)
@@ -115,6 +131,7 @@ class ServiceApp:
             raise StartupError(f"cannot listen for gRPC on {address}: {exc}") from exc
         await server.start()
         self._server = server
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._listen(self._admin, "admin", self.settings.admin_host, self.settings.admin_port)
         await self._listen(
             self._brain_server,
@@ -147,14 +164,21 @@ class ServiceApp:
     async def _sweep_loop(self) -> None:
         # The core runs due sweeps lazily on every pick; this timer makes un-ejections
         # happen on time even when no request arrives, and it is the one place that logs
-        # outlier events (within 0.1 s), so no request pays for logging.
+        # and counts outlier events (within 0.1 s), so no request pays for either.
         while True:
             await asyncio.sleep(0.1)
             now = self._clock.now()
             for cluster in self.table:
                 cluster.advance(now)
-                log_events(cluster)
+            self.drain_events()
             self.publish()
+
+    def drain_events(self) -> None:
+        """Log and count every cluster's outlier events since the last drain."""
+        for cluster in self.table:
+            for event in cluster.drain_events():
+                self._outlier_log.write(event)
+                self.metrics.count_event(event)
 
     def publish(self) -> None:
         """Push every cluster whose hosts or health changed to Envoy over EDS."""
@@ -196,21 +220,7 @@ class ServiceApp:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for cluster in self.table:
-            log_events(cluster)  # what happened since the last sweep tick
+        self.drain_events()  # what happened since the last sweep tick
         await self._resolver.stop()
         await self._brain_server.stop()
         await self._admin.stop()
-
-
-def log_events(cluster: ClusterState) -> None:
-    """Log the cluster's outlier events with Envoy's event field names."""
-    for event in cluster.drain_events():
-        log.info(
-            "outlier.eject" if event.action == "EJECT" else "outlier.uneject",
-            cluster_name=event.cluster_name,
-            upstream_url=event.upstream_url,
-            type=event.type,
-            num_ejections=event.num_ejections,
-            enforced=event.enforced,
-        )

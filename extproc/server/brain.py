@@ -5,13 +5,24 @@ Protocol (plain text, because Envoy's LuaJIT has no JSON library and ``gmatch`` 
 ``POST /v1/sync`` with ``x-extproc-service: <cluster name>`` and ``x-extproc-worker: <id>``;
 the body lists, oldest first, what that Envoy worker saw since its last sync::
 
-    s <ip:port> <n>        n successes (any non-5xx answer): resets the consecutive count
-    e <ip:port> <code>     one failed attempt, as Envoy's outlier detector counts it
-                           (503 for a connect failure or reset, 504 for a timeout)
+    s <ip:port> <n>        n upstream answers that are not errors (not 5xx, or not listed
+                           in the table's ``codes=`` line): they reset the counters
+    e <ip:port> <status>   one upstream answer the detector counts: a 5xx, or any status
+                           the ``codes=`` line lists (outlierDetectionHttpErrorCodes)
+    e <ip:port> <code> c|r|t
+                           one attempt that got no answer (local origin): ``c`` no
+                           connection (UF), ``r`` reset or closed after connecting (UC, UR),
+                           ``t`` timed out after connecting (UT); ``code`` is what Envoy's
+                           non-split detector counts (503, or 504 for ``t``)
+
+A script that predates the last word sends ``e <ip:port> 503`` for a local-origin failure
+too; outside split mode and without error codes that counts the same.
 
 The answer is always that service's current table::
 
     <version> <ttl_ms>
+    codes=<status>,...     only with outlierDetectionHttpErrorCodes: the statuses to report
+                           one by one (an older script skips the line: it has no space)
     <ip:port> <weight>     one line per host a request may go to now
 
 Versions only go up, also across restarts: they start from the wall-clock milliseconds at
@@ -28,8 +39,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from extproc.core.cluster import ClusterState
+from extproc.core.outlier import AttemptResult
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
+from extproc.server.metrics import CONNECT_FAILURE, HTTP_5XX, SUCCESS, TIMEOUT, Metrics
+
+#: The optional last word of an ``e`` line -> the attempt's outcome.
+_NO_ANSWER = {"c": CONNECT_FAILURE, "r": CONNECT_FAILURE, "t": TIMEOUT}
+#: The last word of an ``e`` line -> what the outlier detector records.
+_LOCAL_ORIGIN = {
+    "c": AttemptResult.connect_failure(),
+    "r": AttemptResult.reset(),
+    "t": AttemptResult.timeout(),
+}
 
 SYNC_PATH = "/v1/sync"
 SERVICE_HEADER = "x-extproc-service"
@@ -42,6 +64,14 @@ class Report:
     kind: str  # "s" or "e"
     host: str
     value: int  # successes for "s", the status code for "e"
+    origin: str = ""  # "e" only: "c", "r" or "t" (no answer, see above), "" an answer
+
+    @property
+    def result(self) -> AttemptResult:
+        """What the outlier detector records for this line (once, for ``s``)."""
+        if self.kind == "s":
+            return AttemptResult.success()
+        return _LOCAL_ORIGIN.get(self.origin) or AttemptResult.answer(self.value)
 
 
 def parse_reports(body: str) -> list[Report]:
@@ -51,6 +81,8 @@ def parse_reports(body: str) -> list[Report]:
         parts = line.split()
         if len(parts) == 3 and parts[0] in ("s", "e") and parts[2].isdigit():
             reports.append(Report(parts[0], parts[1], int(parts[2])))
+        elif len(parts) == 4 and parts[0] == "e" and parts[2].isdigit() and parts[3] in _NO_ANSWER:
+            reports.append(Report("e", parts[1], int(parts[2]), parts[3]))
     return reports
 
 
@@ -65,10 +97,12 @@ class Brain:
         ttl_ms: int = 100,
         version_base: int | None = None,
         on_change: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._table = table
         self._now = now
         self._on_change = on_change
+        self._metrics = metrics
         self.ttl_ms = ttl_ms
         # Wall clock on purpose: versions must keep rising across restarts of the service.
         self._version_base = (
@@ -85,19 +119,38 @@ class Brain:
         if cluster is None:
             return None
         now = self._now()
-        for report in parse_reports(body):
-            if report.kind == "s":
-                if report.value > 0:
-                    cluster.record(report.host, 200, now)
-            else:
-                cluster.record(report.host, report.value, now)
+        reports = parse_reports(body)
+        for report in reports:
+            # n successes in a row reset the counters as one does.
+            if report.kind != "s" or report.value > 0:
+                cluster.record(report.host, report.result, now)
         self._on_change()
-        return self.render(cluster, now)
+        table = self.render(cluster, now)
+        if self._metrics is not None:
+            self._count(cluster_name, reports)
+            self._metrics.sync_decisions.observe(self._now() - now)
+        return table
+
+    def _count(self, cluster_name: str, reports: list[Report]) -> None:
+        assert self._metrics is not None
+        for report in reports:
+            if report.kind == "s":
+                outcome, n = SUCCESS, report.value
+            else:
+                outcome = _NO_ANSWER.get(report.origin) or (
+                    HTTP_5XX if 500 <= report.value <= 599 else SUCCESS
+                )
+                n = 1
+            if n > 0:
+                self._metrics.count_attempt(cluster_name, report.host, outcome, n)
 
     def render(self, cluster: ClusterState, now: float) -> str:
         """The table text for a cluster."""
         weights = cluster.route_weights(now)
         lines = [f"{self.version(cluster)} {self.ttl_ms}"]
+        outlier = cluster.service.outlier_detection
+        if outlier is not None and outlier.http_error_codes:
+            lines.append("codes=" + ",".join(map(str, sorted(outlier.http_error_codes))))
         lines += [f"{host} {weight}" for host, weight in weights]
         return "\n".join(lines) + "\n"
 

@@ -9,6 +9,12 @@ Refresh follows Envoy with Istio's settings (``respect_dns_ttl: true``, mesh
 after the refresh rate when the TTL is 0. NXDOMAIN or an empty answer removes the hosts
 (the endpoint's priority may become empty, and traffic moves on without any ejection);
 a timeout or server failure keeps the last good answer and retries sooner.
+
+Resolution DNS_ROUND_ROBIN is Envoy's LOGICAL_DNS (pilot ``convertResolution``): one host per
+endpoint, the first address of each answer (``LogicalDnsCluster`` connects to the first
+address only). Envoy keeps one logical host whose address changes; here the host is the
+``ip:port``, so when a refresh puts another address first, that address starts with fresh
+outlier state (Envoy's logical host would keep its state).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import dns.resolver
 import structlog
 
 from extproc.core.cluster import ClusterState
+from extproc.core.policy import Resolution
 
 log = structlog.get_logger(__name__)
 
@@ -115,11 +122,12 @@ class EndpointResolver:
     def _apply(self, cluster: ClusterState, index: int, name: str, answer: Answer) -> None:
         if not answer.ok:
             return
-        cluster.set_endpoint_addresses(index, answer.ips, self._now())
+        ips = answer.ips
+        if cluster.service.resolution is Resolution.DNS_ROUND_ROBIN:
+            ips = ips[:1]  # LOGICAL_DNS: the first address of the answer
+        cluster.set_endpoint_addresses(index, ips, self._now())
         self._on_change()
-        log.debug(
-            "dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=answer.ips
-        )
+        log.debug("dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=ips)
 
     async def _refresh_loop(
         self, cluster: ClusterState, index: int, name: str, delay_s: float

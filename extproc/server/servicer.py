@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 from extproc.core.cluster import ClusterState
 from extproc.core.table import ServiceTable
 from extproc.render.bootstrap import METADATA_HOST_KEY, METADATA_NAMESPACE
+from extproc.server.metrics import DecisionHistogram, Metrics
 from extproc.server.outcome import classify
 
 log = structlog.get_logger(__name__)
@@ -81,14 +82,23 @@ def _header(headers: Any, name: str) -> str:
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Routes each request to the host the core picks and records what came back."""
 
-    def __init__(self, table: Callable[[], ServiceTable], now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        table: Callable[[], ServiceTable],
+        now: Callable[[], float],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         """Args:
         table: returns the current table (a reload swaps it).
         now: the clock.
+        metrics: where decision times and attempt outcomes are counted.
         """
         self._table = table
         self._now = now
         self._route_cache: dict[str, pb.ProcessingResponse] = {}
+        self._metrics = metrics
+        self._decisions = metrics.ext_proc_decisions if metrics else DecisionHistogram()
 
     def _routing_answer(self, host: str) -> pb.ProcessingResponse:
         answer = self._route_cache.get(host)
@@ -125,15 +135,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def _answer(self, stream: _Stream, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
-            authority = _header(request.request_headers, ":authority")
-            cluster = stream.cluster = self._table().lookup(authority)
-            if cluster is None:
-                return _unknown_host(authority)
-            pick = cluster.pick(self._now())
-            if pick.host is None:
-                return _NO_HEALTHY_UPSTREAM
-            stream.host = pick.host
-            return self._routing_answer(pick.host)
+            started = self._now()
+            answer = self._route(stream, request, started)
+            self._decisions.observe(self._now() - started)
+            return answer
         if kind == "response_headers":
             if stream.cluster is not None and stream.host is not None:
                 host, stream.host = stream.host, None
@@ -141,6 +146,19 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return _EMPTY_RESPONSE_HEADERS
         # Modes we did not ask for (bodies, trailers): pass through untouched.
         return _passthrough(kind)
+
+    def _route(
+        self, stream: _Stream, request: pb.ProcessingRequest, now: float
+    ) -> pb.ProcessingResponse:
+        authority = _header(request.request_headers, ":authority")
+        cluster = stream.cluster = self._table().lookup(authority)
+        if cluster is None:
+            return _unknown_host(authority)
+        pick = cluster.pick(now)
+        if pick.host is None:
+            return _NO_HEALTHY_UPSTREAM
+        stream.host = pick.host
+        return self._routing_answer(pick.host)
 
     def _record(self, cluster: ClusterState, host: str, request: pb.ProcessingRequest) -> None:
         status_text = _header(request.response_headers, ":status")
@@ -152,12 +170,19 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             int(fields["upstream.request_attempt_count"].number_value),
         )
         now = self._now()
-        if not outcome.codes:
+        if not outcome.results:
             cluster.release(host)
-        last = len(outcome.codes) - 1
-        for index, code in enumerate(outcome.codes):
+        last = len(outcome.results) - 1
+        for index, result in enumerate(outcome.results):
             # Earlier attempts went to the same host (ORIGINAL_DST pins every retry).
-            cluster.record(host, code, now, finished=index == last)
+            cluster.record(host, result, now, finished=index == last)
+        if self._metrics is not None:
+            self._metrics.count_response(
+                cluster.service.cluster_name,
+                host,
+                outcome.codes,
+                via_upstream=fields["response.code_details"].string_value == "via_upstream",
+            )
 
 
 class _Stream:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from extproc.core.policy import Locality, Policy
+from extproc.core.policy import Locality, Policy, Workload
 from extproc.errors import StartupError
 from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
 from extproc.server.app import ServiceApp, ServiceSettings
@@ -57,7 +57,7 @@ class Stack:
     def __init__(
         self,
         policy: Policy,
-        workload: Locality,
+        workload: Workload | Locality,
         settings: StackSettings,
         *,
         rng: random.Random | None = None,

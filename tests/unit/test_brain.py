@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from extproc.core.policy import Locality, Policy
+from extproc.core.outlier import AttemptResult
+from extproc.core.policy import Locality, OutlierDetection, Policy
 from extproc.core.table import ServiceTable
 from extproc.server.brain import Brain, Report, parse_reports
 from extproc.testing import FakeClock, endpoint, outlier, service
@@ -75,3 +77,90 @@ def test_a_restarted_brain_publishes_higher_versions() -> None:
     old_version = int((old.sync(CLUSTER, "") or "0").split()[0])
     new, _ = _brain(version_base=None)  # the real base: wall-clock ms x 1000
     assert int((new.sync(CLUSTER, "") or "0").split()[0]) > old_version
+
+
+# --- outlier detection types over the sync protocol -------------------------------------------
+
+
+def _brain_with(config: OutlierDetection) -> Brain:
+    clock = FakeClock()
+    svc = service(
+        endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
+        outlier=config,
+    )
+    table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    return Brain(lambda: table, clock.now, ttl_ms=100, version_base=1_000_000)
+
+
+def _rows(answer: str | None) -> list[str]:
+    assert answer is not None
+    return [row for row in answer.splitlines()[1:] if not row.startswith("codes=")]
+
+
+def test_the_last_word_of_an_error_line_names_the_local_origin_failure() -> None:
+    body = f"e {EAST} 503 c\ne {EAST} 503 r\ne {EAST} 504 t\ne {EAST} 503\ns {WEST} 2\n"
+    assert [r.result for r in parse_reports(body)] == [
+        AttemptResult.connect_failure(),
+        AttemptResult.reset(),
+        AttemptResult.timeout(),
+        AttemptResult.answer(503),
+        AttemptResult.success(),
+    ]
+
+
+def test_split_mode_ejects_on_refused_connections_only_after_the_threshold() -> None:
+    brain = _brain_with(
+        replace(
+            outlier(consecutive_5xx_errors=1, max_ejection_percent=100),
+            split_external_local_origin_errors=True,
+            consecutive_local_origin_failures=3,
+        )
+    )
+    assert _rows(brain.sync(CLUSTER, f"e {EAST} 503 c\ne {EAST} 503 c\n")) == [f"{EAST} 100000"]
+    assert _rows(brain.sync(CLUSTER, f"e {EAST} 503 c\n")) == [f"{WEST} 100000"]
+
+
+def test_split_mode_counts_an_upstream_503_as_an_answer_not_a_local_failure() -> None:
+    brain = _brain_with(
+        replace(
+            outlier(consecutive_5xx_errors=0, max_ejection_percent=100),
+            split_external_local_origin_errors=True,
+            consecutive_local_origin_failures=2,
+        )
+    )
+    # Upstream 503s reset the local-origin count: the connection was made each time.
+    body = f"e {EAST} 503 c\ne {EAST} 503\ne {EAST} 503 c\ne {EAST} 503\n"
+    assert _rows(brain.sync(CLUSTER, body)) == [f"{EAST} 100000"]
+
+
+def test_gateway_errors_eject_on_503_but_not_on_500() -> None:
+    brain = _brain_with(
+        replace(
+            outlier(consecutive_5xx_errors=0, max_ejection_percent=100),
+            consecutive_gateway_errors=1,
+            enforcing_consecutive_gateway_failure=100,
+        )
+    )
+    assert _rows(brain.sync(CLUSTER, f"e {EAST} 500\ne {EAST} 500\n")) == [f"{EAST} 100000"]
+    assert _rows(brain.sync(CLUSTER, f"e {EAST} 503\n")) == [f"{WEST} 100000"]
+
+
+def test_the_table_lists_the_error_codes_the_script_must_report() -> None:
+    config = replace(outlier(consecutive_5xx_errors=1), http_error_codes=frozenset({503, 404}))
+    answer = _brain_with(config).sync(CLUSTER, "")
+    assert answer is not None
+    assert answer.splitlines()[1] == "codes=404,503"
+    plain = _brain_with(outlier(consecutive_5xx_errors=1)).sync(CLUSTER, "")
+    assert plain is not None
+    assert not any(row.startswith("codes=") for row in plain.splitlines())
+
+
+def test_a_listed_404_ejects_and_counted_successes_never_do() -> None:
+    config = replace(
+        outlier(consecutive_5xx_errors=1, max_ejection_percent=100),
+        http_error_codes=frozenset({404}),
+    )
+    brain = _brain_with(config)
+    # "s" lines are answers the script found unlisted, whatever their status.
+    assert _rows(brain.sync(CLUSTER, f"s {EAST} 5\n")) == [f"{EAST} 100000"]
+    assert _rows(brain.sync(CLUSTER, f"e {EAST} 404\n")) == [f"{WEST} 100000"]

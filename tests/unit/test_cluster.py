@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Collection
+from dataclasses import replace
 from itertools import pairwise
 
 import pytest
@@ -12,7 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.core.cluster import ClusterState, Pick, PickReason
-from extproc.core.policy import LbAlgorithm, Locality, OutlierDetection, Resolution, Service
+from extproc.core.policy import (
+    Distribute,
+    Endpoint,
+    LbAlgorithm,
+    Locality,
+    LocalityLbSetting,
+    OutlierDetection,
+    Resolution,
+    Service,
+    Workload,
+)
 from extproc.testing import BLOG_OUTLIER, FakeClock, endpoint, failover, outlier, service
 
 EAST_IP, WEST_IP, EU_IP = "10.0.0.1", "10.0.0.2", "10.0.0.3"
@@ -234,9 +245,11 @@ def test_strict_max_ejection_percent_never_ejects_two_hosts() -> None:
     picks = serve(state, clock, 10, dead={EAST})
     assert {p.host for p in picks} == {EAST}
     assert state.ejections_active == 0
-    assert state.overflow_total == 10
+    # 10 consecutive-5xx detections, plus Envoy's unenforced gateway detector firing on the
+    # 5th and 10th 503: the gate refuses all 12 before enforcing is looked at.
+    assert state.overflow_total == 12
     events = state.drain_events()
-    assert len(events) == 10
+    assert len(events) == 12
     assert {(e.action, e.enforced, e.num_ejections) for e in events} == {("EJECT", False, 0)}
 
 
@@ -501,3 +514,206 @@ def test_ejected_host_is_never_picked_outside_panic(
         elif last is not None:
             state.record(last, 503 if op == "fail" else 200, now)
         assert state.ejections_active <= allowed
+
+
+# --- locality-weighted picking (Envoy's locality_weighted_lb_config) ----------------------------
+
+
+def _spread(state: ClusterState, picks: int, now: float = 2.0) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for _ in range(picks):
+        pick = state.pick(now)
+        assert pick.host is not None
+        counts[pick.host] += 1
+        state.release(pick.host)
+    return counts
+
+
+def _two_localities_in_p0(
+    *, lb: LbAlgorithm = LbAlgorithm.ROUND_ROBIN, failover_set: bool = True, min_health: int = 0
+) -> ClusterState:
+    """us-east1 (two DNS endpoints) and us-west (one) share P0 for a client in eu-west."""
+    svc = service(
+        [
+            endpoint("east-a.example.com", "us-east1"),
+            endpoint("east-b.example.com", "us-east1"),
+            endpoint("west.example.com", "us-west"),
+        ],
+        outlier=outlier(max_ejection_percent=100, min_health_percent=min_health),
+        failover=BLOG_FAILOVER if failover_set else (),
+        lb=lb,
+        resolution=Resolution.DNS,
+    )
+    state = cluster(svc, "eu-west", seed=11)
+    state.set_endpoint_addresses(0, ["10.1.0.1"], 0.0)
+    state.set_endpoint_addresses(1, ["10.1.0.2"], 0.0)
+    state.set_endpoint_addresses(2, ["10.2.0.1"], 0.0)
+    return state
+
+
+def test_locality_weight_is_scaled_by_its_healthy_share() -> None:
+    state = _two_localities_in_p0()
+    state.record("10.1.0.1:443", 503, 1.0)
+    # us-east1: weight 2 * min(1, 1.4 * 1/2) = 1.4; us-west: 1. Not 50/50 over healthy hosts.
+    counts = _spread(state, 2_400)
+    assert counts == {"10.1.0.2:443": 1_400, "10.2.0.1:443": 1_000}
+
+
+def test_without_failover_istio_sets_no_locality_weights_and_hosts_share_evenly() -> None:
+    state = _two_localities_in_p0(failover_set=False)
+    state.record("10.1.0.1:443", 503, 1.0)
+    counts = _spread(state, 2_400)
+    assert counts == {"10.1.0.2:443": 1_200, "10.2.0.1:443": 1_200}
+
+
+def test_locality_weight_counts_endpoints_not_resolved_addresses() -> None:
+    # STRICT_DNS: one endpoint weighs 1 however many A records it has.
+    svc = service(
+        [endpoint("east.example.com", "us-east1"), endpoint("west.example.com", "us-west")],
+        outlier=BLOG_OUTLIER,
+        failover=BLOG_FAILOVER,
+        resolution=Resolution.DNS,
+    )
+    state = cluster(svc, "eu-west")
+    state.set_endpoint_addresses(0, ["10.1.0.1", "10.1.0.2", "10.1.0.3"], 0.0)
+    state.set_endpoint_addresses(1, ["10.2.0.1"], 0.0)
+    counts = _spread(state, 3_000)
+    assert counts["10.2.0.1:443"] == 1_500
+    assert {counts[f"10.1.0.{i}:443"] for i in (1, 2, 3)} == {500}
+
+
+def test_a_priority_in_panic_skips_the_locality_pick() -> None:
+    state = _two_localities_in_p0(min_health=80)
+    state.record("10.1.0.1:443", 503, 1.0)  # 2 of 3 healthy < 80 %
+    picks = [state.pick(2.0) for _ in range(300)]
+    assert {p.reason for p in picks} == {PickReason.PANIC}
+    hosts = Counter(p.host for p in picks)
+    assert hosts == {"10.1.0.1:443": 100, "10.1.0.2:443": 100, "10.2.0.1:443": 100}
+
+
+def _distributed(*to: tuple[str, int], workload: str = "us-east1") -> ClusterState:
+    svc = replace(
+        service(
+            [(EAST_IP, "us-east1"), (WEST_IP, "us-west"), (EU_IP, "eu-west")],
+            outlier=outlier(max_ejection_percent=100),
+        ),
+        locality_lb=LocalityLbSetting(distribute=(Distribute("us-east1", to),)),
+    )
+    return cluster(svc, workload)
+
+
+def test_distribute_80_20_splits_picks_80_20() -> None:
+    # Istio's locality integration test: "Distribute" 80/20.
+    state = _distributed(("us-east1", 80), ("us-west", 20))
+    assert _spread(state, 1_000) == {EAST: 800, WEST: 200}
+    assert {v.address for v in state.hosts(2.0)} == {EAST, WEST}
+
+
+def test_distribute_never_fails_over_to_a_locality_it_left_out() -> None:
+    state = _distributed(("us-east1", 80), ("us-west", 20))
+    state.record(EAST, 503, 1.0)
+    state.record(WEST, 503, 1.0)
+    assert state.pick(2.0).reason is PickReason.NO_HEALTHY_UPSTREAM
+
+
+def test_distribute_keeps_one_priority_and_shifts_load_by_locality_health() -> None:
+    state = _distributed(("us-east1", 80), ("us-west", 20))
+    state.record(EAST, 503, 1.0)
+    assert _spread(state, 100) == {WEST: 100}
+    assert {v.priority for v in state.hosts(2.0)} == {0}
+
+
+def test_distribute_from_another_region_does_not_apply() -> None:
+    state = _distributed(("us-east1", 80), ("us-west", 20), workload="eu-west")
+    # No rule for eu-west: every endpoint stays, with its own weight, in one priority.
+    assert _spread(state, 300) == {EAST: 100, WEST: 100, EU: 100}
+
+
+def test_failover_priority_labels_order_the_endpoints() -> None:
+    svc = replace(
+        service(
+            [
+                Endpoint(EAST_IP, 443, labels=(("tier", "gold"),)),
+                Endpoint(WEST_IP, 443, labels=(("tier", "silver"),)),
+            ],
+            outlier=outlier(max_ejection_percent=100),
+        ),
+        locality_lb=LocalityLbSetting(failover_priority=("tier",)),
+    )
+    state = ClusterState(svc, Workload(labels=(("tier", "silver"),)), now=0.0, rng=random.Random(1))
+    assert by_address(state, 0.0) == {WEST: (0, False), EAST: (1, False)}
+    assert state.pick(1.0).host == WEST
+    state.record(WEST, 503, 1.0)
+    assert state.pick(2.0).host == EAST
+
+
+_LOCALITY = st.sampled_from(["r1/z1", "r1/z2", "r2/z1"])
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    endpoints=st.lists(
+        st.tuples(_LOCALITY, st.integers(1, 4), st.integers(1, 3)), min_size=1, max_size=5
+    ),
+    ejected=st.sets(st.integers(0, 14), max_size=4),
+    lb=st.sampled_from([LbAlgorithm.ROUND_ROBIN, LbAlgorithm.RANDOM]),
+    seed=st.integers(0, 2**16),
+)
+def test_locality_weighted_picks_match_route_weights(
+    endpoints: list[tuple[str, int, int]],
+    ejected: set[int],
+    lb: LbAlgorithm,
+    seed: int,
+) -> None:
+    svc = service(
+        [endpoint(f"ep{i}.example.com", loc, weight=w) for i, (loc, w, _) in enumerate(endpoints)],
+        outlier=outlier(max_ejection_percent=100),
+        failover=failover(("r9", "r1")),
+        lb=lb,
+        resolution=Resolution.DNS,
+    )
+    state = cluster(svc, "r1/z1", seed=seed)
+    addresses = []
+    for i, (_, _, ips) in enumerate(endpoints):
+        ours = [f"10.{i}.0.{k}" for k in range(ips)]
+        state.set_endpoint_addresses(i, ours, 0.0)
+        addresses += [f"{ip}:443" for ip in ours]
+    for index in sorted(ejected):
+        if index < len(addresses):
+            state.record(addresses[index], 503, 1.0)
+    weights = dict(state.route_weights(2.0))
+    total = sum(weights.values())
+    picks = 8_000
+    counts = Counter(state.pick(2.0).host for _ in range(picks))
+    if not weights:
+        assert set(counts) == {None}
+        return
+    assert set(counts) <= set(weights)
+    for host, weight in weights.items():
+        assert abs(counts[host] / picks - weight / total) < 0.03
+
+
+def test_per_priority_panic_uses_all_hosts_of_that_priority_only() -> None:
+    # Rule 31: minHealthPercent 40; P0 10 % healthy (panics), P1 40 % healthy (does not);
+    # N = 14 + 56 = 70 < 100, so panic applies per priority: loads 20/80.
+    svc = service(
+        [endpoint("east.example.com", "us-east1"), endpoint("west.example.com", "us-west")],
+        outlier=outlier(max_ejection_percent=100, min_health_percent=40),
+        failover=BLOG_FAILOVER,
+        resolution=Resolution.DNS,
+    )
+    state = cluster(svc)
+    east = [f"10.1.0.{i}" for i in range(10)]
+    west = [f"10.2.0.{i}" for i in range(5)]
+    state.set_endpoint_addresses(0, east, 0.0)
+    state.set_endpoint_addresses(1, west, 0.0)
+    for ip in east[1:] + west[2:]:
+        state.record(f"{ip}:443", 503, 1.0)
+    picks = [state.pick(2.0) for _ in range(10_000)]
+    p0 = [p for p in picks if p.priority == 0]
+    p1 = [p for p in picks if p.priority == 1]
+    assert 0.18 < len(p0) / len(picks) < 0.22
+    assert {p.reason for p in p0} == {PickReason.PANIC}
+    assert {p.host for p in p0} == {f"{ip}:443" for ip in east}
+    assert {p.reason for p in p1} == {PickReason.HEALTHY}
+    assert {p.host for p in p1} == {f"{ip}:443" for ip in west[:2]}

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from extproc.core.policy import (
+    Distribute,
     Endpoint,
     Failover,
     LbAlgorithm,
@@ -331,13 +332,14 @@ def test_trailing_dot_host_is_served_without_it() -> None:
     assert service.host == "mydb.com"
 
 
-def test_wildcard_service_entry_host_is_skipped_with_a_warning() -> None:
+def test_wildcard_service_entry_host_is_one_cluster_named_as_istio_names_it() -> None:
     policy = _policy(_doc(SE, hosts=["mydb.com", "*.example.com"]))
-    assert [s.host for s in policy.services] == ["mydb.com"]
-    assert policy.warnings == (
-        'cfg.yaml: ServiceEntry "db" (document 1): spec.hosts[1]: '
-        "wildcard hosts are not supported yet, ignored",
-    )
+    assert [s.cluster_name for s in policy.services] == [
+        "outbound|80||mydb.com",
+        "outbound|80||*.example.com",
+    ]
+    assert policy.services[1].endpoints == policy.services[0].endpoints
+    assert policy.warnings == ()
 
 
 def test_same_host_and_port_in_two_service_entries_is_an_error() -> None:
@@ -482,31 +484,19 @@ def test_destination_rule_matching_no_host_is_a_warning() -> None:
     )
 
 
-def test_wildcard_destination_rule_host_is_a_warning() -> None:
+def test_wildcard_destination_rule_host_applies_to_the_hosts_it_covers() -> None:
     policy = _policy(SE, _doc(DR, host="*.com"))
-    assert _only_service(policy).outlier_detection is None
-    assert policy.warnings == (
-        'cfg.yaml: DestinationRule "db" (document 2): spec.host: '
-        "wildcard hosts are not supported yet, ignored",
-    )
-
-
-def test_two_destination_rules_for_one_host_is_an_error_naming_both() -> None:
-    assert _errors(SE, _doc(DR, "first"), _doc(DR, "second")) == [
-        'cfg.yaml: DestinationRule "second" (document 3): spec.host: "mydb.com" is also the host '
-        'of DestinationRule "first" (cfg.yaml, document 2); extproc supports one '
-        "DestinationRule per host"
-    ]
+    assert _only_service(policy).outlier_detection == OutlierDetection(max_ejection_percent=100)
+    assert policy.warnings == ()
 
 
 def test_schema_and_cross_object_errors_are_reported_together() -> None:
     bad = _doc(SE, "bad", hosts=["bad.com"], resolution="NONE")
-    assert _errors(bad, SE, _doc(DR, "first"), _doc(DR, "second")) == [
+    assert _errors(bad, SE, _doc(SE, "again")) == [
         'cfg.yaml: ServiceEntry "bad" (document 1): spec.resolution: NONE is not supported '
         "(extproc must know the endpoints it chooses between): use DNS or STATIC",
-        'cfg.yaml: DestinationRule "second" (document 4): spec.host: "mydb.com" is also the host '
-        'of DestinationRule "first" (cfg.yaml, document 3); extproc supports one '
-        "DestinationRule per host",
+        'cfg.yaml: ServiceEntry "again" (document 3): spec.hosts[0]: "mydb.com" port 80 is '
+        'already declared by ServiceEntry "db" (cfg.yaml, document 2)',
     ]
 
 
@@ -566,3 +556,376 @@ def test_dns_host_without_endpoints_counts_as_one_endpoint() -> None:
     dr = _doc(DR, trafficPolicy={"outlierDetection": {"maxEjectionPercent": 99}})
     (warning,) = _policy(se, dr).warnings
     assert "(1 of 1 = 100% > 99%)" in warning
+
+
+# ---------------------------------------------------------------------------------------------
+# localityLbSetting: distribute and failoverPriority
+
+
+def _with_locality_lb(setting: dict[str, Any]) -> Service:
+    dr = _doc(
+        DR,
+        trafficPolicy={
+            "loadBalancer": {"localityLbSetting": setting},
+            "outlierDetection": {"maxEjectionPercent": 100},
+        },
+    )
+    policy = _policy(SE, dr)
+    assert policy.warnings == ()
+    return _only_service(policy)
+
+
+def test_distribute_is_compiled_with_its_targets_in_yaml_order() -> None:
+    service = _with_locality_lb(
+        {
+            "distribute": [
+                {"from": "us-east1/*", "to": {"us-west/*": 30, "us-east1/*": 70}},
+                {"from": "us-west/*", "to": {"us-west/*": 100}},
+            ]
+        }
+    )
+    assert service.locality_lb.distribute == (
+        Distribute("us-east1/*", (("us-west/*", 30), ("us-east1/*", 70))),
+        Distribute("us-west/*", (("us-west/*", 100),)),
+    )
+
+
+def test_failover_priority_is_compiled_with_failover() -> None:
+    service = _with_locality_lb(
+        {
+            "failoverPriority": ["topology.istio.io/network", "tier=gold"],
+            "failover": [{"from": "us-east1", "to": "us-west"}],
+        }
+    )
+    assert service.locality_lb == LocalityLbSetting(
+        failover=(Failover("us-east1", "us-west"),),
+        failover_priority=("topology.istio.io/network", "tier=gold"),
+    )
+
+
+def test_endpoint_network_is_kept_for_failover_priority() -> None:
+    endpoint = {"address": "10.0.0.1", "network": "net-2"}
+    service = _only_service(_policy(_doc(SE, resolution="STATIC", endpoints=[endpoint])))
+    assert service.endpoints[0].network == "net-2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Wildcard hosts, several DestinationRules for one host, portLevelSettings, connectTimeout,
+# DNS_ROUND_ROBIN
+
+
+def _rule(name: str, host: str, **traffic_policy: Any) -> dict[str, Any]:
+    return _doc(DR, name, host=host, trafficPolicy=traffic_policy)
+
+
+def _interval_rule(name: str, host: str, interval_s: int) -> dict[str, Any]:
+    """A DestinationRule recognisable by its outlier-detection interval."""
+    od = {"interval": f"{interval_s}s", "maxEjectionPercent": 100}
+    return _rule(name, host, outlierDetection=od)
+
+
+@pytest.mark.parametrize(
+    ("se_host", "dr_hosts", "expected"),
+    [
+        pytest.param(
+            "db.example.com", ["*.example.com", "db.example.com"], 1, id="exact-beats-wildcard"
+        ),
+        pytest.param("db.example.com", ["*.com", "*.example.com"], 1, id="longest-wildcard"),
+        pytest.param(
+            "a.db.example.com", ["*.db.example.com", "*.example.com"], 0, id="longest-first"
+        ),
+        pytest.param("*.example.com", ["*.com", "*.example.com"], 1, id="wildcard-own-rule"),
+        pytest.param(
+            "*.db.example.com", ["*.com", "*.example.com"], 1, id="wildcard-longest-cover"
+        ),
+    ],
+)
+def test_the_most_specific_destination_rule_applies(
+    se_host: str, dr_hosts: list[str], expected: int
+) -> None:
+    rules = [_interval_rule(f"r{i}", host, i + 1) for i, host in enumerate(dr_hosts)]
+    service = _only_service(_policy(_doc(SE, hosts=[se_host]), *rules))
+    assert service.outlier_detection is not None
+    assert service.outlier_detection.interval_s == expected + 1
+
+
+def test_exact_destination_rule_does_not_apply_to_a_wildcard_service_entry() -> None:
+    policy = _policy(_doc(SE, hosts=["*.example.com"]), _doc(DR, host="db.example.com"))
+    assert _only_service(policy).outlier_detection is None
+    assert policy.warnings == (
+        'cfg.yaml: DestinationRule "db" (document 2): spec.host: "db.example.com" matches no '
+        "ServiceEntry host (HTTP port); this DestinationRule is ignored",
+    )
+
+
+def test_wildcard_destination_rule_matching_no_host_is_a_warning() -> None:
+    policy = _policy(SE, _doc(DR, host="*.example.com"))
+    assert policy.warnings == (
+        'cfg.yaml: DestinationRule "db" (document 2): spec.host: "*.example.com" matches no '
+        "ServiceEntry host (HTTP port); this DestinationRule is ignored",
+    )
+
+
+def test_wildcard_destination_rule_shadowed_on_every_host_it_covers_is_a_warning() -> None:
+    se = _doc(SE, hosts=["a.example.com", "b.example.com", "other.com"])
+    policy = _policy(
+        se,
+        _interval_rule("wild", "*.example.com", 1),
+        _interval_rule("a", "a.example.com", 2),
+        _interval_rule("b", "b.example.com", 3),
+    )
+    assert [s.outlier_detection.interval_s for s in policy.services if s.outlier_detection] == [
+        2.0,
+        3.0,
+    ]
+    assert policy.warnings == (
+        'cfg.yaml: DestinationRule "wild" (document 2): spec.host: "*.example.com" matches '
+        "ServiceEntry host a.example.com, b.example.com, but a more specific DestinationRule "
+        "applies to each; this DestinationRule is ignored",
+    )
+
+
+MERGE_WARNING: Final = (
+    'cfg.yaml: DestinationRule "second" (document 3): spec.host: "mydb.com" is also the host '
+    'of DestinationRule "first" (cfg.yaml, document 2); Istio merges DestinationRules of one '
+    "host and keeps the trafficPolicy of the oldest one that has one; extproc has no creation "
+    "time and goes by document order: "
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "interval_s", "outcome"),
+    [
+        pytest.param(
+            1,
+            2,
+            1.0,
+            'its trafficPolicy is ignored, the one of DestinationRule "first" (cfg.yaml, '
+            "document 2) applies",
+            id="first-policy-stays",
+        ),
+        pytest.param(
+            None, 2, 2.0, "its trafficPolicy applies, as the earlier one has none", id="fills-in"
+        ),
+        pytest.param(1, None, 1.0, "it has no trafficPolicy, so it changes nothing", id="empty"),
+    ],
+)
+def test_two_destination_rules_for_one_host_merge_as_istio_in_document_order(
+    first: int | None, second: int | None, interval_s: float, outcome: str
+) -> None:
+    def rule(name: str, interval: int | None) -> dict[str, Any]:
+        if interval is None:
+            doc = _doc(DR, name)
+            del doc["spec"]["trafficPolicy"]
+            return doc
+        return _interval_rule(name, "mydb.com", interval)
+
+    policy = _policy(SE, rule("first", first), rule("second", second))
+    outlier = _only_service(policy).outlier_detection
+    assert outlier is not None
+    assert outlier.interval_s == interval_s
+    assert policy.warnings == (MERGE_WARNING + outcome,)
+
+
+def test_merged_rule_warns_about_ejection_under_the_rule_whose_policy_applies() -> None:
+    first = _doc(DR, "first")
+    del first["spec"]["trafficPolicy"]
+    second = _rule("second", "mydb.com", outlierDetection={})
+    warnings = _policy(SE, first, second).warnings
+    assert warnings[1].startswith(
+        'cfg.yaml: DestinationRule "second" (document 3): '
+        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy"
+    )
+
+
+TWO_PORTS: Final = [
+    {"number": 80, "name": "http", "protocol": "HTTP"},
+    {"number": 8080, "name": "http-alt", "protocol": "HTTP"},
+]
+
+
+PORT_8080_OD: Final = {"consecutive5xxErrors": 2, "maxEjectionPercent": 100}
+
+
+def test_port_level_settings_replace_the_whole_policy_on_their_port_only() -> None:
+    dr = _rule(
+        "db",
+        "mydb.com",
+        loadBalancer={"simple": "ROUND_ROBIN", "localityLbSetting": {"enabled": False}},
+        outlierDetection={"interval": "1s", "maxEjectionPercent": 100},
+        connectionPool={"tcp": {"connectTimeout": "250ms"}},
+        portLevelSettings=[{"port": {"number": 8080}, "outlierDetection": PORT_8080_OD}],
+    )
+    port80, port8080 = _policy(_doc(SE, ports=TWO_PORTS), dr).services
+    assert (port80.lb_algorithm, port80.outlier_detection, port80.connect_timeout_s) == (
+        LbAlgorithm.ROUND_ROBIN,
+        OutlierDetection(interval_s=1.0, max_ejection_percent=100),
+        0.25,
+    )
+    assert port80.locality_lb == LocalityLbSetting(enabled=False)
+    # Nothing inherited from the top level: Istio's defaults fill what the entry leaves out.
+    assert (port8080.lb_algorithm, port8080.outlier_detection, port8080.connect_timeout_s) == (
+        LbAlgorithm.LEAST_REQUEST,
+        OutlierDetection(consecutive_5xx_errors=2, max_ejection_percent=100),
+        10.0,
+    )
+    assert port8080.locality_lb == LocalityLbSetting()
+
+
+def test_port_level_settings_alone_leave_other_ports_on_istio_defaults() -> None:
+    entry = {"port": {"number": 8080}, "loadBalancer": {"simple": "RANDOM"}}
+    dr = _rule("db", "mydb.com", portLevelSettings=[entry])
+    policy = _policy(_doc(SE, ports=TWO_PORTS), dr)
+    assert [s.lb_algorithm for s in policy.services] == [
+        LbAlgorithm.LEAST_REQUEST,
+        LbAlgorithm.RANDOM,
+    ]
+    assert policy.warnings == ()
+
+
+def test_first_port_level_entry_for_a_port_wins() -> None:
+    entries = [
+        {"port": {"number": 80}, "loadBalancer": {"simple": "RANDOM"}},
+        {"port": {"number": 80}, "loadBalancer": {"simple": "ROUND_ROBIN"}},
+    ]
+    service = _only_service(_policy(SE, _rule("db", "mydb.com", portLevelSettings=entries)))
+    assert service.lb_algorithm is LbAlgorithm.RANDOM
+
+
+def test_port_level_entry_for_a_port_no_service_has_is_a_warning() -> None:
+    entry = {"port": {"number": 9090}, "loadBalancer": {"simple": "RANDOM"}}
+    policy = _policy(SE, _rule("db", "mydb.com", portLevelSettings=[entry]))
+    assert _only_service(policy).lb_algorithm is LbAlgorithm.LEAST_REQUEST
+    assert policy.warnings == (
+        'cfg.yaml: DestinationRule "db" (document 2): '
+        "spec.trafficPolicy.portLevelSettings[0].port.number: port 9090 is not an HTTP port of "
+        "a ServiceEntry host this DestinationRule applies to; this entry never applies",
+    )
+
+
+def test_port_level_ejection_warning_names_the_port_level_path() -> None:
+    entry = {"port": {"number": 80}, "outlierDetection": {}}
+    (warning,) = _policy(SE, _rule("db", "mydb.com", portLevelSettings=[entry])).warnings
+    assert warning.startswith(
+        'cfg.yaml: DestinationRule "db" (document 2): '
+        "spec.trafficPolicy.portLevelSettings[0].outlierDetection.maxEjectionPercent: "
+    )
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected_s"),
+    [
+        pytest.param({"tcp": {"connectTimeout": "250ms"}}, 0.25, id="250ms"),
+        pytest.param({"tcp": {"connectTimeout": "1m30s"}}, 90.0, id="composite"),
+        pytest.param({"tcp": {"connectTimeout": "1ms"}}, 0.001, id="smallest"),
+        pytest.param({"http": {"maxRetries": 1}}, 10.0, id="http-only-is-mesh-default"),
+        pytest.param(None, 10.0, id="unset-is-mesh-default"),
+    ],
+)
+def test_connect_timeout_comes_from_connection_pool_tcp(
+    pool: dict[str, Any] | None, expected_s: float
+) -> None:
+    policy: dict[str, Any] = {"loadBalancer": {"simple": "RANDOM"}}
+    if pool is not None:
+        policy["connectionPool"] = pool
+    service = _only_service(_policy(SE, _rule("db", "mydb.com", **policy)))
+    assert service.connect_timeout_s == expected_s
+
+
+def test_dns_round_robin_keeps_its_resolution_and_its_one_endpoint() -> None:
+    se = _doc(SE, resolution="DNS_ROUND_ROBIN", endpoints=[{"address": "db.example.com"}])
+    service = _only_service(_policy(se))
+    assert (service.resolution, service.endpoints) == (
+        Resolution.DNS_ROUND_ROBIN,
+        (Endpoint("db.example.com", 80),),
+    )
+
+
+def test_dns_round_robin_without_endpoints_resolves_the_host_itself() -> None:
+    se = _doc(SE, resolution="DNS_ROUND_ROBIN")
+    del se["spec"]["endpoints"]
+    assert _only_service(_policy(se)).endpoints == (Endpoint("mydb.com", 80),)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        pytest.param("db.example.com", None, "outbound|80||db.example.com", id="exact"),
+        pytest.param("other.example.com", None, "outbound|80||*.example.com", id="wildcard"),
+        pytest.param("a.b.example.com", 80, "outbound|80||*.b.example.com", id="longest"),
+        pytest.param("x.b.example.com", 8080, "outbound|8080||*.example.com", id="port"),
+        pytest.param("example.com", None, None, id="suffix-alone-is-no-match"),
+        pytest.param("db.example.org", None, None, id="no-match"),
+    ],
+)
+def test_policy_finds_exact_hosts_first_then_the_longest_wildcard(
+    host: str, port: int | None, expected: str | None
+) -> None:
+    policy = _policy(
+        _doc(SE, "wild", hosts=["*.example.com"], ports=TWO_PORTS),
+        _doc(SE, "exact", hosts=["db.example.com", "*.b.example.com"]),
+    )
+    found = policy.find(host, port)
+    assert (found.cluster_name if found else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("od", "gateway", "enforcing", "split", "local_origin", "codes"),
+    [
+        pytest.param({}, 5, 0, False, 5, (), id="unset-envoy-defaults-gateway-unenforced"),
+        pytest.param({"consecutiveGatewayErrors": 3}, 3, 100, False, 5, (), id="gateway-3"),
+        pytest.param({"consecutiveGatewayErrors": 0}, 0, 0, False, 5, (), id="gateway-0-off"),
+        pytest.param(
+            {"splitExternalLocalOriginErrors": True}, 5, 0, True, 5, (), id="split-default-5"
+        ),
+        pytest.param(
+            {"splitExternalLocalOriginErrors": True, "consecutiveLocalOriginFailures": 2},
+            5,
+            0,
+            True,
+            2,
+            (),
+            id="split-2",
+        ),
+        pytest.param(
+            {"splitExternalLocalOriginErrors": True, "consecutiveLocalOriginFailures": 0},
+            5,
+            0,
+            True,
+            5,
+            (),
+            id="split-0-keeps-envoy-default",
+        ),
+        pytest.param(
+            {"outlierDetectionHttpErrorCodes": [503, 404, 503]},
+            5,
+            0,
+            False,
+            5,
+            (404, 503),
+            id="error-codes",
+        ),
+        pytest.param(
+            {"outlierDetectionHttpErrorCodes": []}, 5, 0, False, 5, (), id="empty-codes-5xx-rule"
+        ),
+    ],
+)
+def test_outlier_detection_maps_gateway_local_origin_and_error_codes_like_pilot(
+    od: dict[str, Any],
+    gateway: int,
+    enforcing: int,
+    split: bool,
+    local_origin: int,
+    codes: tuple[int, ...],
+) -> None:
+    dr = _doc(DR, trafficPolicy={"outlierDetection": {"maxEjectionPercent": 100, **od}})
+    service = _only_service(_policy(_doc(SE, endpoints=[{"address": "a.example.com"}]), dr))
+    outlier = service.outlier_detection
+    assert outlier is not None
+    assert (
+        outlier.consecutive_gateway_errors,
+        outlier.enforcing_consecutive_gateway_failure,
+        outlier.split_external_local_origin_errors,
+        outlier.consecutive_local_origin_failures,
+        outlier.http_error_codes,
+    ) == (gateway, enforcing, split, local_origin, frozenset(codes))

@@ -186,10 +186,15 @@ SE_ERRORS = [
         "(extproc must know the endpoints it chooses between): use DNS or STATIC",
     ),
     (
-        "resolution-dns-round-robin",
+        "dns-round-robin-with-two-endpoints",
         {"spec.resolution": "DNS_ROUND_ROBIN"},
-        "spec.resolution: DNS_ROUND_ROBIN is not supported "
-        "(it gives one endpoint, so there is nothing to fail over to): use DNS or STATIC",
+        "spec.endpoints: there must only be 0 or 1 endpoint for resolution mode DNS_ROUND_ROBIN",
+    ),
+    (
+        "dns-round-robin-without-endpoints-needs-fqdn-hosts",
+        {"spec.resolution": "DNS_ROUND_ROBIN", "spec.hosts": ["*.mydb.com"], "spec.endpoints": []},
+        "spec.hosts[0]: hosts must be FQDN if no endpoints are provided for resolution mode "
+        "DNS_ROUND_ROBIN",
     ),
     (
         "resolution-dynamic-dns",
@@ -529,9 +534,7 @@ DISTRIBUTE_ERRORS = [
 @pytest.mark.parametrize(
     ("distribute", "expected"), [pytest.param(d, e, id=i) for i, d, e in DISTRIBUTE_ERRORS]
 )
-def test_distribute_is_validated_although_not_implemented(
-    distribute: list[dict[str, Any]], expected: str
-) -> None:
+def test_distribute_is_validated(distribute: list[dict[str, Any]], expected: str) -> None:
     dr = _patched(DR, {f"{LLS}.failover": DELETE, f"{LLS}.distribute": distribute})
     assert _errors(SE, dr) == [DR_AT + expected]
 
@@ -558,11 +561,6 @@ SE_WARNINGS = [
         "workload-selector",
         {"spec.workloadSelector": {"labels": {"app": "db"}}, "spec.endpoints": DELETE},
         f"spec.workloadSelector: {NOT_YET}",
-    ),
-    (
-        "endpoint-network",
-        {"spec.endpoints[0].network": "n1"},
-        f"spec.endpoints[0].network: {NOT_YET}",
     ),
     (
         "endpoint-service-account",
@@ -606,15 +604,20 @@ def test_service_entry_field_we_do_not_implement_is_a_warning(
 
 DR_WARNINGS = [
     (
-        "connection-pool",
+        "connection-pool-tcp-max-connections",
         {"spec.trafficPolicy.connectionPool": {"tcp": {"maxConnections": 1}}},
-        f"spec.trafficPolicy.connectionPool: {NOT_YET}",
+        f"spec.trafficPolicy.connectionPool.tcp.maxConnections: {NOT_YET}",
+    ),
+    (
+        "connection-pool-http",
+        {"spec.trafficPolicy.connectionPool": {"http": {"maxRetries": 1}}},
+        f"spec.trafficPolicy.connectionPool.http: {NOT_YET}",
     ),
     ("tls", {"spec.trafficPolicy.tls": {"mode": "SIMPLE"}}, f"spec.trafficPolicy.tls: {NOT_YET}"),
     (
-        "port-level-settings",
-        {"spec.trafficPolicy.portLevelSettings": []},
-        f"spec.trafficPolicy.portLevelSettings: {NOT_YET}",
+        "port-level-tls",
+        {"spec.trafficPolicy.portLevelSettings": [{"port": {"number": 80}, "tls": {}}]},
+        f"spec.trafficPolicy.portLevelSettings[0].tls: {NOT_YET}",
     ),
     (
         "tunnel",
@@ -655,36 +658,6 @@ DR_WARNINGS = [
         "zone-aware",
         {f"{LLS}": DELETE, "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting": {}},
         f"spec.trafficPolicy.loadBalancer.zoneAwareLbSetting: {NOT_YET}",
-    ),
-    (
-        "failover-priority",
-        {f"{LLS}.failoverPriority": ["topology.istio.io/network"]},
-        f"{LLS}.failoverPriority: {NOT_YET}",
-    ),
-    (
-        "distribute",
-        {f"{LLS}.failover": DELETE, f"{LLS}.distribute": [{"from": "a/*", "to": {"b/*": 100}}]},
-        f"{LLS}.distribute: {NOT_YET}",
-    ),
-    (
-        "consecutive-gateway-errors",
-        {f"{OD}.consecutiveGatewayErrors": 3},
-        f"{OD}.consecutiveGatewayErrors: {NOT_YET}",
-    ),
-    (
-        "consecutive-local-origin-failures",
-        {f"{OD}.splitExternalLocalOriginErrors": True, f"{OD}.consecutiveLocalOriginFailures": 3},
-        f"{OD}.consecutiveLocalOriginFailures: {NOT_YET}",
-    ),
-    (
-        "split-external-local-origin-errors",
-        {f"{OD}.splitExternalLocalOriginErrors": True},
-        f"{OD}.splitExternalLocalOriginErrors: {NOT_YET}",
-    ),
-    (
-        "http-error-codes",
-        {f"{OD}.outlierDetectionHttpErrorCodes": [500, 503]},
-        f"{OD}.outlierDetectionHttpErrorCodes: {NOT_YET}",
     ),
     (
         "consecutive-errors-deprecated",
@@ -853,3 +826,266 @@ def test_composed_durations_add_up(hours: int, minutes: int, seconds: int, milli
     text = f"{hours}h{minutes}m{seconds}s{millis}ms"
     expected = ((hours * 60 + minutes) * 60 + seconds) * 1_000_000_000 + millis * 1_000_000
     assert parse_duration(text) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# distribute sources and targets (validateLocalities)
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        pytest.param(["us-east/a", "us-east/*"], id="broader-wildcard-after-narrower"),
+        pytest.param(["us-east", "*"], id="catch-all-last"),
+        pytest.param(["us-east/a/1", "us-east/a/*"], id="subzone-then-zone-wildcard"),
+        pytest.param(["us-east/a", "us-east/b", "us-west"], id="disjoint"),
+    ],
+)
+def test_distribute_sources_may_widen_in_order_as_istio_allows(sources: list[str]) -> None:
+    rules = [{"from": src, "to": {"us-west": 100}} for src in sources]
+    dr = _patched(DR, {f"{LLS}.failover": DELETE, f"{LLS}.distribute": rules})
+    assert _policy(SE, dr).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("sources", "overlapping"),
+    [
+        pytest.param(["*", "us-east"], "us-east", id="catch-all-first"),
+        pytest.param(["us-east/a", "us-east"], "us-east", id="region-after-its-zone"),
+        pytest.param(["us-east/a/1", "us-east/a"], "us-east/a", id="zone-after-its-subzone"),
+        pytest.param(["us-east/*", "us-east/a/1"], "us-east/a/1", id="covered-by-wildcard"),
+        pytest.param(["us-east/a", "us-east/a"], "us-east/a", id="repeated"),
+    ],
+)
+def test_distribute_sources_covered_by_an_earlier_one_are_an_error(
+    sources: list[str], overlapping: str
+) -> None:
+    rules = [{"from": src, "to": {"us-west": 100}} for src in sources]
+    dr = _patched(DR, {f"{LLS}.failover": DELETE, f"{LLS}.distribute": rules})
+    assert _errors(SE, dr) == [
+        DR_AT + f"{LLS}.distribute: locality {overlapping} overlap with previous specified ones"
+    ]
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        pytest.param({"us-east/a": 50, "us-east/*": 50}, id="narrower-first"),
+        pytest.param({"us-east/*": 50, "us-east/a": 50}, id="wildcard-first"),
+        pytest.param({"us-east": 50, "*": 50}, id="catch-all"),
+    ],
+)
+def test_overlapping_distribute_targets_are_an_error_in_any_order(
+    targets: dict[str, int],
+) -> None:
+    # Istio checks the target map in Go's random order: it would accept these only sometimes.
+    second = list(targets)[1]
+    rules = [{"from": "us-east", "to": targets}]
+    dr = _patched(DR, {f"{LLS}.failover": DELETE, f"{LLS}.distribute": rules})
+    assert _errors(SE, dr) == [
+        DR_AT + f"{LLS}.distribute[0].to: locality {second} overlap with previous specified ones"
+    ]
+
+
+def test_distribute_failover_priority_and_endpoint_network_are_not_warned_about() -> None:
+    se = _patched(SE, {"spec.endpoints[0].network": "n1"})
+    dr = _patched(
+        DR,
+        {
+            f"{LLS}.failover": DELETE,
+            f"{LLS}.failoverPriority": ["topology.istio.io/network"],
+        },
+    )
+    assert _policy(se, dr).warnings == ()
+    dr = _patched(
+        DR,
+        {f"{LLS}.failover": DELETE, f"{LLS}.distribute": [{"from": "a/*", "to": {"b/*": 100}}]},
+    )
+    assert _policy(SE, dr).warnings == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# portLevelSettings and connectionPool (validatePortTrafficPolicies, validateConnectionPool)
+
+PLS: Final = "spec.trafficPolicy.portLevelSettings"
+POOL: Final = "spec.trafficPolicy.connectionPool"
+
+PORT_LEVEL_ERRORS = [
+    (
+        "port-missing",
+        [{"outlierDetection": {"interval": "1s"}}],
+        [f"{PLS}[0].port: portTrafficPolicy must have valid port"],
+    ),
+    (
+        "no-field",
+        [{"port": {"number": 80}}],
+        [f"{PLS}[0]: port traffic policy must have at least one field"],
+    ),
+    (
+        "port-missing-and-no-field",
+        [{"tls": None}],
+        [
+            f"{PLS}[0].port: portTrafficPolicy must have valid port",
+            f"{PLS}[0]: port traffic policy must have at least one field",
+        ],
+    ),
+    (
+        "outlier-detection-checked",
+        [{"port": {"number": 80}, "outlierDetection": {"interval": "0s"}}],
+        [f'{PLS}[0].outlierDetection.interval: "0s" is too short: duration must be at least 1ms'],
+    ),
+    (
+        "load-balancer-checked",
+        [{"port": {"number": 80}, "loadBalancer": {"simple": "FASTEST"}}],
+        [
+            f'{PLS}[0].loadBalancer.simple: unknown load balancer "FASTEST"; expected one of '
+            "UNSPECIFIED, LEAST_CONN, RANDOM, PASSTHROUGH, ROUND_ROBIN, LEAST_REQUEST"
+        ],
+    ),
+    (
+        "connect-timeout-checked",
+        [{"port": {"number": 80}, "connectionPool": {"tcp": {"connectTimeout": "500us"}}}],
+        [
+            f'{PLS}[0].connectionPool.tcp.connectTimeout: "500us" is too short: '
+            "duration must be at least 1ms"
+        ],
+    ),
+    (
+        "port-number-not-an-integer",
+        [{"port": {"number": "80"}, "outlierDetection": {}}],
+        [f'{PLS}[0].port.number: must be an integer, got "80"'],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"), [pytest.param(s, e, id=i) for i, s, e in PORT_LEVEL_ERRORS]
+)
+def test_port_level_settings_are_validated_like_istio(
+    settings: list[dict[str, Any]], expected: list[str]
+) -> None:
+    dr = _patched(DR, {PLS: settings})
+    assert _errors(SE, dr) == [DR_AT + e for e in expected]
+
+
+def test_port_level_settings_alone_make_a_traffic_policy_non_empty() -> None:
+    entry = {"port": {"number": 80}, "outlierDetection": {"maxEjectionPercent": 100}}
+    dr = _patched(DR, {"spec.trafficPolicy": {"portLevelSettings": [entry]}})
+    assert _policy(SE, dr).warnings == ()
+
+
+def test_empty_port_level_settings_do_not_make_a_traffic_policy_non_empty() -> None:
+    dr = _patched(DR, {"spec.trafficPolicy": {"portLevelSettings": []}})
+    assert _errors(SE, dr) == [
+        DR_AT + "spec.trafficPolicy: traffic policy must have at least one field"
+    ]
+
+
+def test_port_level_failover_needs_outlier_detection_on_the_same_level() -> None:
+    failover = {"localityLbSetting": {"failover": [{"from": "us-east1", "to": "us-west"}]}}
+    dr = _patched(DR, {PLS: [{"port": {"number": 80}, "loadBalancer": failover}]})
+    assert _policy(SE, dr).warnings == (
+        DR_AT + f"{PLS}[0].loadBalancer.localityLbSetting.failover: outlier detection policy "
+        "must be provided for failover: without outlierDetection Istio does not fail over (it "
+        "will not take effect), and neither does extproc",
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param(
+            [{"port": {}, "outlierDetection": {}}],
+            f"{PLS}[0].port.number: port number 0 must be in the range 1..65535; "
+            "this entry never applies",
+            id="port-number-unset",
+        ),
+        pytest.param(
+            [
+                {"port": {"number": 80}, "outlierDetection": {}},
+                {"port": {"number": 80}, "loadBalancer": {"simple": "RANDOM"}},
+            ],
+            f"{PLS}[1].port.number: port 80 is already set by portLevelSettings[0]; Istio "
+            "applies the first entry for a port, and so does extproc: this entry is ignored",
+            id="port-set-twice",
+        ),
+    ],
+)
+def test_port_level_entry_that_can_never_apply_is_a_warning(
+    settings: list[dict[str, Any]], expected: str
+) -> None:
+    assert DR_AT + expected in _policy(SE, _patched(DR, {PLS: settings})).warnings
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected"),
+    [
+        pytest.param({}, f"{POOL}: connection pool must have at least one field", id="empty"),
+        pytest.param(
+            {"tcp": {"connectTimeout": "0s"}},
+            f'{POOL}.tcp.connectTimeout: "0s" is too short: duration must be at least 1ms',
+            id="connect-timeout-zero",
+        ),
+        pytest.param(
+            {"tcp": {"connectTimeout": "1500us"}},
+            f'{POOL}.tcp.connectTimeout: "1500us": only durations to ms precision are supported',
+            id="connect-timeout-below-ms",
+        ),
+        pytest.param(
+            {"tcp": {"connectTimeout": 5}},
+            f"{POOL}.tcp.connectTimeout: 5 is not a duration (write a string with a unit, "
+            'e.g. "5s")',
+            id="connect-timeout-number",
+        ),
+    ],
+)
+def test_connection_pool_is_validated_like_istio(pool: dict[str, Any], expected: str) -> None:
+    assert _errors(SE, _patched(DR, {POOL: pool})) == [DR_AT + expected]
+
+
+def test_connect_timeout_alone_is_accepted_without_warnings() -> None:
+    dr = _patched(DR, {POOL: {"tcp": {"connectTimeout": "250ms"}}})
+    assert _policy(SE, dr).warnings == ()
+
+
+def test_dns_round_robin_with_one_endpoint_is_accepted() -> None:
+    se = _patched(SE, {"spec.resolution": "DNS_ROUND_ROBIN", "spec.endpoints[1]": DELETE})
+    assert _policy(se).warnings == ()
+
+
+def test_wildcard_host_with_endpoints_is_accepted() -> None:
+    se = _patched(SE, {"spec.hosts": ["*.mydb.com"]})
+    assert _policy(se, _patched(DR, {"spec.host": "*.mydb.com"})).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("code", "bound"),
+    [
+        pytest.param(99, "greater than or equal to 100", id="below-100"),
+        pytest.param(600, "less than or equal to 599", id="above-599"),
+    ],
+)
+def test_outlier_http_error_code_out_of_range_is_rejected_as_the_crd_schema_does(
+    code: int, bound: str
+) -> None:
+    field = f"{OD}.outlierDetectionHttpErrorCodes[1]"
+    changes = {f"{OD}.outlierDetectionHttpErrorCodes": [404, code]}
+    assert _errors(SE, _patched(DR, changes)) == [
+        f"{DR_AT}{field}: Invalid value: {code}: {field} in body should be {bound}"
+    ]
+
+
+def test_negative_consecutive_gateway_errors_is_rejected() -> None:
+    assert _errors(SE, _patched(DR, {f"{OD}.consecutiveGatewayErrors": -1})) == [
+        f"{DR_AT}{OD}.consecutiveGatewayErrors: must be 0 or more, got -1"
+    ]
+
+
+def test_gateway_local_origin_and_error_code_fields_are_served_without_warnings() -> None:
+    changes = {
+        f"{OD}.consecutiveGatewayErrors": 3,
+        f"{OD}.splitExternalLocalOriginErrors": True,
+        f"{OD}.consecutiveLocalOriginFailures": 2,
+        f"{OD}.outlierDetectionHttpErrorCodes": [100, 404, 599],
+    }
+    assert _policy(SE, _patched(DR, changes)).warnings == ()

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from extproc.core.outlier import AttemptResult
 from extproc.server.outcome import classify
 
 REFUSED = (
     "upstream_reset_before_response_started"
     "{remote_connection_failure|delayed_connect_error:_Connection_refused}"
 )
+RESET = "upstream_reset_before_response_started{connection_termination}"
+
+ANSWER = AttemptResult.answer
+UF = AttemptResult.connect_failure()
+UC = AttemptResult.reset()
+UT = AttemptResult.timeout()
 
 
 @pytest.mark.parametrize(
@@ -21,6 +28,7 @@ REFUSED = (
         pytest.param(200, "via_upstream", 0, 2, (503, 200), id="retried-connect-failure-then-200"),
         pytest.param(503, REFUSED, 0x8020, 3, (503, 503, 503), id="refused-three-attempts"),
         pytest.param(503, REFUSED, 0x20, 1, (503,), id="refused-once"),
+        pytest.param(503, RESET, 0x40, 1, (503,), id="reset-counts-as-503"),
         pytest.param(504, "response_timeout", 0x4, 1, (504,), id="timeout-counts-as-504"),
         pytest.param(503, "no_healthy_upstream", 0x2, 0, (), id="no-healthy-upstream-not-counted"),
         pytest.param(503, "cluster_not_found", 0x1000000, 0, (), id="no-cluster-not-counted"),
@@ -32,3 +40,23 @@ def test_classify_counts_attempts_like_envoy(
     status: int, details: str, flags: int, attempts: int, codes: tuple[int, ...]
 ) -> None:
     assert classify(status, details, flags, attempts).codes == codes
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "flags", "attempts", "results"),
+    [
+        pytest.param(503, "via_upstream", 0, 1, (ANSWER(503),), id="upstream-503-is-an-answer"),
+        pytest.param(503, REFUSED, 0x20, 1, (UF,), id="refused-never-connected"),
+        pytest.param(503, RESET, 0x40, 1, (UC,), id="terminated-after-connecting"),
+        pytest.param(503, "upstream_reset", 0x10, 1, (UC,), id="remote-reset-after-connecting"),
+        pytest.param(504, "response_timeout", 0x4, 1, (UT,), id="timeout-after-connecting"),
+        pytest.param(200, "via_upstream", 0, 3, (UF, UF, ANSWER(200)), id="retries-then-answer"),
+        pytest.param(504, "response_timeout", 0x4, 2, (UF, UT), id="retry-then-timeout"),
+    ],
+)
+def test_classify_tells_local_origin_failures_from_upstream_answers(
+    status: int, details: str, flags: int, attempts: int, results: tuple[AttemptResult, ...]
+) -> None:
+    # Split mode needs the kind: only answers reach the 5xx and gateway counters, and only
+    # attempts that connected reset the local-origin counter.
+    assert classify(status, details, flags, attempts).results == results

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Locality
-from extproc.testing import endpoint, outlier, service
+from extproc.core.policy import LbAlgorithm, Locality
+from extproc.testing import endpoint, failover, outlier, service
 
 EAST = "10.0.0.1:443"
 EAST_B = "10.0.0.3:443"
@@ -59,6 +59,49 @@ def test_panic_lists_every_host_of_the_priority() -> None:
 
 def test_the_table_matches_the_picks_statistically() -> None:
     state = _state(("10.0.0.1", "us-east1"), ("10.0.0.3", "us-east1"), ("10.0.0.2", "us-west"))
+    state.record(EAST, 503, 1.0)
+    weights = dict(state.route_weights(1.0))
+    picks = [state.pick(1.0).host for _ in range(20_000)]
+    for host, weight in weights.items():
+        assert abs(picks.count(host) / len(picks) - weight / 100_000) < 0.02
+
+
+def _locality_weighted(lb: LbAlgorithm = LbAlgorithm.ROUND_ROBIN) -> ClusterState:
+    """us-east1 (two endpoints, weights 3 and 1) and us-west (one) share P0 for eu-west."""
+    svc = service(
+        endpoints=[
+            endpoint("10.0.0.1", "us-east1", weight=3),
+            endpoint("10.0.0.3", "us-east1", weight=1),
+            endpoint("10.0.0.2", "us-west", weight=4),
+        ],
+        outlier=outlier(max_ejection_percent=100),
+        failover=failover(("us-east1", "us-west")),
+        lb=lb,
+    )
+    return ClusterState(svc, Locality.parse("eu-west"), now=0.0, rng=random.Random(3))
+
+
+def test_each_host_gets_locality_share_times_host_share() -> None:
+    state = _locality_weighted()
+    # Localities weigh 4 and 4; inside us-east1 the hosts split 3:1.
+    assert dict(state.route_weights(0.0)) == {EAST: 37_500, EAST_B: 12_500, WEST: 50_000}
+
+
+def test_an_ejection_lowers_its_locality_weight_by_availability() -> None:
+    state = _locality_weighted()
+    state.record(EAST, 503, 1.0)
+    # P0, the only priority, keeps 100 %. us-east1: 4 * min(1, 1.4 * 1/2) = 2.8; us-west: 4.
+    weights = dict(state.route_weights(1.0))
+    assert weights == {EAST_B: int(100_000 * 2.8 / 6.8), WEST: int(100_000 * 4 / 6.8)}
+
+
+def test_random_ignores_host_weights_but_not_locality_weights() -> None:
+    state = _locality_weighted(LbAlgorithm.RANDOM)
+    assert dict(state.route_weights(0.0)) == {EAST: 25_000, EAST_B: 25_000, WEST: 50_000}
+
+
+def test_the_locality_weighted_table_matches_the_picks_statistically() -> None:
+    state = _locality_weighted()
     state.record(EAST, 503, 1.0)
     weights = dict(state.route_weights(1.0))
     picks = [state.pick(1.0).host for _ in range(20_000)]
