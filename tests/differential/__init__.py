@@ -1,0 +1,1 @@
+"""Differential tests: extproc against Istio's own sidecar Envoy, request by request."""
