@@ -22,12 +22,18 @@ What pilot does for a ServiceEntry, reduced to what extproc routes:
    documented defaults fill every unset outlier-detection field (``cluster_traffic_policy.go``
    ``applyOutlierDetection``); ``connectionPool.tcp.connectTimeout`` sets the cluster's
    connect timeout, else the mesh's 10s (``applyConnectionPool``).
+5. ``tls`` in mode SIMPLE or MUTUAL originates TLS (``constructUpstreamTLS``,
+   ``pilot/pkg/networking/core/cluster_tls.go``): the DestinationRule's
+   ``subjectAltNames``, else the ServiceEntry's; without ``sni`` the SNI and the SAN check
+   follow the request's authority, unless the DestinationRule carries extproc's
+   ``extproc.io/upstream-sni: endpoint`` annotation (each endpoint's own name).
 
 Cross-object rules are checked here: one ServiceEntry per host and port.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -43,9 +49,14 @@ from extproc.core.policy import (
     Policy,
     Resolution,
     Service,
+    TlsMode,
+    TlsSettings,
+    UpstreamSni,
 )
 from extproc.errors import ConfigError, Problem
 from extproc.istio.schema import (
+    UPSTREAM_SNI_ANNOTATION,
+    ClientTlsSettingsSpec,
     ConnectionPoolSpec,
     DestinationRule,
     LocalityLbSettingSpec,
@@ -93,6 +104,8 @@ class _Rule:
     source: Source
     policy: TrafficPolicySpec | None
     policy_source: Source
+    # The annotation of the DestinationRule the policy came from (policy_source).
+    sni_from: UpstreamSni = UpstreamSni.AUTHORITY
     used: bool = False
     ports: set[int] = field(default_factory=set)  # service ports it applied to
 
@@ -105,6 +118,7 @@ class _Compiler:
     services: list[Service] = field(default_factory=list)
     rules: dict[str, _Rule] = field(default_factory=dict)
     declared: dict[tuple[str, int], Source] = field(default_factory=dict)
+    said: set[tuple[Source, str]] = field(default_factory=set)  # (rule, path): said once
 
     def collect_rules(self, objects: Sequence[Parsed]) -> None:
         """Index DestinationRules by host, merging those of one host as Istio does.
@@ -119,14 +133,17 @@ class _Compiler:
                 continue
             source, host = parsed.source, _normalize(parsed.obj.spec.host)
             policy = parsed.obj.spec.traffic_policy
+            sni_from = UpstreamSni(
+                parsed.obj.metadata.annotations.get(UPSTREAM_SNI_ANNOTATION, "authority")
+            )
             first = self.rules.get(host)
             if first is None:
-                self.rules[host] = _Rule(source, policy, source)
+                self.rules[host] = _Rule(source, policy, source, sni_from)
                 continue
             if policy is None:
                 outcome = "it has no trafficPolicy, so it changes nothing"
             elif first.policy is None:
-                first.policy, first.policy_source = policy, source
+                first.policy, first.policy_source, first.sni_from = policy, source, sni_from
                 outcome = "its trafficPolicy applies, as the earlier one has none"
             else:
                 outcome = (
@@ -210,6 +227,7 @@ class _Compiler:
         outlier: OutlierDetection | None = None
         locality_lb = LocalityLbSetting()
         connect_timeout_s = _MESH_CONNECT_TIMEOUT_S
+        tls: TlsSettings | None = None
         rule = self.rule_for(host)
         if rule is not None:
             rule.used = True
@@ -218,6 +236,10 @@ class _Compiler:
             policy, where = _port_policy(rule.policy, port.number)
             if policy is not None:
                 connect_timeout_s = _connect_timeout_s(policy.connection_pool)
+            if policy is not None and policy.tls is not None:
+                tls = _tls_settings(policy.tls, rule.sni_from, spec.subject_alt_names)
+                if tls is not None:
+                    self.check_sni(rule, f"{where}.tls", tls, source, host, endpoints)
             if policy is not None and policy.load_balancer is not None:
                 lb = lb_algorithm(policy.load_balancer.simple)
                 lls = policy.load_balancer.locality_lb_setting
@@ -244,7 +266,70 @@ class _Compiler:
             outlier_detection=outlier,
             locality_lb=locality_lb,
             connect_timeout_s=connect_timeout_s,
+            tls=tls,
             source=f'{source.file}: ServiceEntry "{source.name}"',
+        )
+
+    def check_sni(
+        self,
+        rule: _Rule,
+        path: str,
+        tls: TlsSettings,
+        source: Source,
+        host: str,
+        endpoints: Sequence[Endpoint],
+    ) -> None:
+        """Say what SNI the endpoints get when the DestinationRule names none.
+
+        Without ``sni`` Istio sends the request's authority (the ServiceEntry host) as SNI
+        and checks the certificate against it (``auto_sni``, ``auto_san_validation``). Real
+        endpoints under other names (DynamoDB's regional hosts) present certificates for
+        their own names, so every handshake fails verification: a warning with the fix.
+        With ``extproc.io/upstream-sni: endpoint`` every endpoint needs a name.
+        """
+        if tls.sni_from is UpstreamSni.ENDPOINT:
+            where = f"metadata.annotations[{UPSTREAM_SNI_ANNOTATION}]"
+            ips = [e.address for e in endpoints if _is_ip(e.address)]
+            if ips and (rule.policy_source, where) not in self.said:
+                self.said.add((rule.policy_source, where))
+                self.errors.append(
+                    rule.policy_source.problem(
+                        where,
+                        f"endpoint needs endpoint names to send, but {source.cite()} has "
+                        f"the IP address {ips[0]} as an endpoint of {host}",
+                    )
+                )
+            return
+        if not tls.auto_sni:
+            return
+        others = sorted({e.address for e in endpoints if _normalize(e.address) != host})
+        names = [a for a in others if not _is_ip(a)]
+        if not names or (rule.policy_source, path) in self.said:
+            return
+        self.said.add((rule.policy_source, path))
+        if tls.insecure_skip_verify:
+            check = "no certificate is verified (insecureSkipVerify)"
+        elif tls.subject_alt_names:
+            check = "the certificate is checked against subjectAltNames"
+        else:
+            check = (
+                f'the certificate is checked against "{host}" (auto_san_validation), and '
+                "endpoints under other names present certificates for their own names, so "
+                "every handshake fails verification (503)"
+            )
+        fix = (
+            f"annotate this DestinationRule with {UPSTREAM_SNI_ANNOTATION}: endpoint to send "
+            "each endpoint its own name as SNI and Host (extproc only; Istio ignores it)"
+        )
+        if len(names) == 1:
+            fix += f', or set sni: {names[0]} and subjectAltNames: ["{names[0]}"] (Istio too)'
+        self.warnings.append(
+            rule.policy_source.problem(
+                path,
+                f"mode {tls.mode.value} without sni: Istio sends the request's authority "
+                f'("{host}") as SNI to every endpoint, and so does extproc; the endpoints of '
+                f"{source.cite()} are other names ({', '.join(names)}); {check}. Fix: {fix}",
+            )
         )
 
     def outlier_detection(self, od: OutlierDetectionSpec) -> OutlierDetection:
@@ -407,6 +492,42 @@ def _port_policy(
         if entry.port is not None and entry.port.number == port:
             return entry, f"spec.trafficPolicy.portLevelSettings[{i}]"
     return policy, "spec.trafficPolicy"
+
+
+def _tls_settings(
+    spec: ClientTlsSettingsSpec, sni_from: UpstreamSni, service_sans: Sequence[str]
+) -> TlsSettings | None:
+    """``tls`` as pilot's ``constructUpstreamTLS`` uses it; ``None`` for DISABLE (no TLS).
+
+    The ServiceEntry's ``subjectAltNames`` stand in for the DestinationRule's when it has
+    none. Without ``sni`` they change nothing: ``auto_san_validation`` replaces Envoy's SAN
+    matchers with the SNI sent, so they are kept only with a fixed ``sni``.
+    """
+    if spec.mode not in ("SIMPLE", "MUTUAL"):
+        return None  # DISABLE or unset; ISTIO_MUTUAL and credentialName are rejected
+    sans = tuple(spec.subject_alt_names)
+    if not sans and spec.sni and not spec.insecure_skip_verify:
+        sans = tuple(service_sans)
+    mutual = spec.mode == "MUTUAL"
+    return TlsSettings(
+        mode=TlsMode(spec.mode),
+        sni=spec.sni,
+        subject_alt_names=sans,
+        ca_certificates=spec.ca_certificates,
+        client_certificate=spec.client_certificate if mutual else "",
+        private_key=spec.private_key if mutual else "",
+        ca_crl="" if spec.insecure_skip_verify else spec.ca_crl,
+        insecure_skip_verify=spec.insecure_skip_verify is True,
+        sni_from=sni_from,
+    )
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _connect_timeout_s(pool: ConnectionPoolSpec | None) -> float:

@@ -851,6 +851,7 @@ def _check_destination_rule(dr: DestinationRule, check: _Checker) -> None:
         check.error("spec.host", "is required")
     elif (problem := _domain_error(spec.host)) is not None:
         check.error("spec.host", problem)
+    _check_upstream_sni(dr, check)
     policy = spec.traffic_policy
     if policy is None:
         return
@@ -865,7 +866,6 @@ def _check_destination_rule(dr: DestinationRule, check: _Checker) -> None:
         check.error(where, "traffic policy must have at least one field")
     _check_policy_components(policy, where, check)
     _check_port_level_settings(policy.port_level_settings, f"{where}.portLevelSettings", check)
-    _check_upstream_sni(dr, check)
 
 
 def _check_policy_components(
@@ -930,6 +930,164 @@ def _check_connection_pool(pool: ConnectionPoolSpec, where: str, check: _Checker
         check.error(where, "connection pool must have at least one field")
     if pool.tcp is not None and pool.tcp.connect_timeout is not None:
         _check_duration(pool.tcp.connect_timeout, f"{where}.tcp.connectTimeout", check)
+
+
+# ClientTLSSettings.TLSmode (networking/v1alpha3/destination_rule.proto).
+_TLS_MODES: Final = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
+# Envoy's UpstreamTlsContext.sni: max_bytes 255 (a DNS name's limit).
+_MAX_SNI_BYTES: Final = 255
+
+
+def _check_tls(tls: ClientTlsSettingsSpec, where: str, check: _Checker) -> None:
+    """``agent.ValidateTLS`` (pkg/config/validation/agent/validation.go), with its messages,
+    then what extproc cannot serve (mesh and Kubernetes credentials) and unreadable files."""
+    mode = tls.mode or "DISABLE"
+    if mode not in _TLS_MODES:
+        check.error(
+            f"{where}.mode",
+            f"unknown TLS mode {_show(tls.mode)}; expected one of {', '.join(_TLS_MODES)}",
+        )
+        return
+    insecure = tls.insecure_skip_verify is True
+    if (
+        insecure
+        and mode == "SIMPLE"
+        and (tls.ca_certificates or tls.credential_name or tls.subject_alt_names)
+    ):
+        check.error(
+            where,
+            "cannot specify CaCertificates or CredentialName or SubjectAltNames "
+            "when InsecureSkipVerify is set true",
+        )
+    if insecure and mode == "MUTUAL" and (tls.ca_certificates or tls.subject_alt_names):
+        check.error(
+            where,
+            "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true",
+        )
+    if mode == "DISABLE":
+        # (model_fields_set also holds unknown keys, which are warned about on their own.)
+        set_fields = sorted(
+            tls.model_fields_set & set(ClientTlsSettingsSpec.model_fields) - {"mode"}
+        )
+        if set_fields:
+            names = ", ".join(ClientTlsSettingsSpec.model_fields[f].alias or f for f in set_fields)
+            check.warn(
+                where,
+                f"mode is {'DISABLE' if tls.mode else 'unset (DISABLE)'}: no TLS is originated, "
+                f"so {names} {'has' if len(set_fields) == 1 else 'have'} no effect",
+            )
+        return
+    if mode == "ISTIO_MUTUAL":
+        check.error(
+            f"{where}.mode",
+            "ISTIO_MUTUAL uses the mesh's own certificates, which istiod issues and the Istio "
+            "agent serves over SDS; extproc has no mesh identity: use SIMPLE, or MUTUAL with "
+            "clientCertificate and privateKey files",
+        )
+        return
+    if tls.credential_name:
+        if tls.client_certificate or tls.ca_certificates or tls.private_key or tls.ca_crl:
+            check.error(
+                where,
+                "cannot specify client certificates or CA certificate or CA CRL "
+                "If credentialName is set",
+            )
+        check.error(
+            f"{where}.credentialName",
+            "names a Kubernetes Secret or ConfigMap, which the Istio agent fetches and serves "
+            "over SDS; extproc has no Kubernetes: give the files instead (caCertificates, and "
+            "for MUTUAL clientCertificate and privateKey)",
+        )
+        return
+    if mode == "MUTUAL":
+        if not tls.client_certificate:
+            check.error(f"{where}.clientCertificate", "client certificate required for mutual tls")
+        if not tls.private_key:
+            check.error(f"{where}.privateKey", "private key required for mutual tls")
+    else:
+        for alias, value in (
+            ("clientCertificate", tls.client_certificate),
+            ("privateKey", tls.private_key),
+        ):
+            if value:
+                # constructUpstreamTLS reads client certificates only when mutual.
+                check.warn(f"{where}.{alias}", "is used in mode MUTUAL only; ignored in SIMPLE")
+    if len(tls.sni.encode()) > _MAX_SNI_BYTES:
+        check.error(f"{where}.sni", f"is longer than {_MAX_SNI_BYTES} bytes (Envoy's limit)")
+    files = [("caCertificates", tls.ca_certificates)]
+    if insecure:
+        if tls.ca_crl:
+            check.warn(
+                f"{where}.caCrl",
+                "is ignored with insecureSkipVerify (no certificate is verified), as in Istio",
+            )
+    else:
+        files.append(("caCrl", tls.ca_crl))
+    if mode == "MUTUAL":
+        files += [("clientCertificate", tls.client_certificate), ("privateKey", tls.private_key)]
+    for alias, path in files:
+        if path and (problem := _file_error(path)) is not None:
+            check.error(f"{where}.{alias}", problem)
+
+
+def _file_error(path: str) -> str | None:
+    """Why Envoy could not read ``path`` at start-up, or ``None``.
+
+    Istio's agent reads these files and serves them over SDS; here Envoy reads them itself,
+    so a missing file would only show when Envoy starts: it is an error at load instead.
+    """
+    if not os.path.exists(path):
+        return f"{_show(path)}: no such file"
+    if not os.path.isfile(path):
+        return f"{_show(path)}: not a file"
+    if not os.access(path, os.R_OK):
+        return f"{_show(path)}: not readable"
+    return None
+
+
+def _check_upstream_sni(dr: DestinationRule, check: _Checker) -> None:
+    """extproc's ``extproc.io/upstream-sni`` annotation: a known value, and one that matters."""
+    annotations = dr.metadata.annotations
+    if UPSTREAM_SNI_ANNOTATION not in annotations:
+        return
+    where = f"metadata.annotations[{UPSTREAM_SNI_ANNOTATION}]"
+    value = annotations[UPSTREAM_SNI_ANNOTATION]
+    if value not in UPSTREAM_SNI_VALUES:
+        check.error(
+            where,
+            f"{_show(value)} is not one of {', '.join(map(_show, UPSTREAM_SNI_VALUES))}",
+        )
+        return
+    if value != "endpoint":
+        return
+    originating = False
+    for path, tls in _tls_settings_of(dr):
+        if (tls.mode or "DISABLE") not in ("SIMPLE", "MUTUAL"):
+            continue
+        originating = True
+        if tls.sni:
+            check.error(
+                f"{path}.sni",
+                f"cannot be combined with the annotation {UPSTREAM_SNI_ANNOTATION}: endpoint, "
+                "which sends each endpoint's own name as SNI: remove one of them",
+            )
+    if not originating:
+        check.warn(
+            where,
+            "has no effect: this DestinationRule originates no TLS (tls.mode SIMPLE or MUTUAL)",
+        )
+
+
+def _tls_settings_of(dr: DestinationRule) -> list[tuple[str, ClientTlsSettingsSpec]]:
+    """Every ``tls`` of a DestinationRule's traffic policy, with its path."""
+    policy = dr.spec.traffic_policy
+    if policy is None:
+        return []
+    found = [] if policy.tls is None else [("spec.trafficPolicy.tls", policy.tls)]
+    for i, entry in enumerate(policy.port_level_settings):
+        if entry.tls is not None:
+            found.append((f"spec.trafficPolicy.portLevelSettings[{i}].tls", entry.tls))
+    return found
 
 
 def _check_outlier_detection(od: OutlierDetectionSpec, where: str, check: _Checker) -> None:

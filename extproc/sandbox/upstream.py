@@ -122,6 +122,10 @@ class StandIn:
         mode: The mode at start.
         log_limit: How many statuses ``log`` keeps, oldest dropped first; a benchmark run must
             not grow memory without bound.
+        record_requests: Keep the TLS SNI and the Host header of every answered request in
+            ``received``, and the SNI of every TLS ClientHello, failed handshakes included, in
+            ``sni_seen`` (tests of TLS origination); off, the request path stays lean. It
+            takes the ``ssl_context``'s ``sni_callback``.
         loopback_only: Refuse a ``host`` outside 127.0.0.0/8. Only the stand-in process in a
             container (``python -m extproc.sandbox stand-in``, docker-compose) passes False, to
             listen on the container's network.
@@ -141,6 +145,7 @@ class StandIn:
         mode: Mode = Mode.HEALTHY,
         log_limit: int = 10_000,
         loopback_only: bool = True,
+        record_requests: bool = False,
     ) -> None:
         if not (name.isascii() and name.isprintable() and name.strip() == name and name):
             raise ValueError(f"name: {name!r} must be printable ASCII without outer spaces")
@@ -169,6 +174,12 @@ class StandIn:
         self._reply: _Reply | None = self._replies.get(mode)
         self._served: collections.Counter[int] = collections.Counter()
         self._log: collections.deque[tuple[int]] = collections.deque(maxlen=log_limit)
+        self._received: collections.deque[tuple[str | None, str]] | None = (
+            collections.deque(maxlen=log_limit) if record_requests else None
+        )
+        self._sni_seen: collections.deque[str | None] = collections.deque(maxlen=log_limit)
+        if record_requests and ssl_context is not None:
+            ssl_context.sni_callback = self._remember_sni
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: socket.socket | None = None
         self._placeholder: socket.socket | None = None
@@ -210,10 +221,34 @@ class StandIn:
         """A snapshot of the last ``log_limit`` answers, oldest first, as ``(status,)``."""
         return list(self._log)
 
+    @property
+    def received(self) -> list[tuple[str | None, str]]:
+        """``(SNI, Host)`` of each answered request, oldest first (``record_requests``).
+
+        SNI is None for plain HTTP or a client that sent none; Host is "" when absent.
+        """
+        return list(self._received or ())
+
+    @property
+    def sni_seen(self) -> list[str | None]:
+        """The SNI of every TLS ClientHello, oldest first (``record_requests``)."""
+        return list(self._sni_seen)
+
     def reset_counters(self) -> None:
-        """Forget ``requests_served`` and ``log``, so a test or benchmark phase starts at zero."""
+        """Forget what was served, logged and received, so a phase starts at zero."""
         self._served.clear()
         self._log.clear()
+        self._sni_seen.clear()
+        if self._received is not None:
+            self._received.clear()
+
+    def _remember_sni(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        """``sni_callback``: note the client's SNI, and keep it on its TLS object for
+        ``received``."""
+        self._sni_seen.append(server_name)
+        ssl_object.stand_in_sni = server_name  # type: ignore[attr-defined]
 
     def set_mode(self, mode: Mode) -> None:
         """Switch mode; the change is complete (port refusing or listening) when this returns.
@@ -425,7 +460,9 @@ class _HttpConnection(asyncio.Protocol):
         "_chunk_left",
         "_chunk_state",
         "_closing",
+        "_host",
         "_hung",
+        "_sni",
         "_stand_in",
         "_transport",
         "_variant",
@@ -441,10 +478,14 @@ class _HttpConnection(asyncio.Protocol):
         self._variant = _KEEP_ALIVE
         self._hung = False
         self._closing = False
+        self._sni: str | None = None
+        self._host = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        self._sni = getattr(ssl_object, "stand_in_sni", None)
         self._stand_in._connections.add(self)
         if self._stand_in._mode is Mode.REFUSE:
             # Accepted before REFUSE, handshake finished after: reset it like the others.
@@ -576,6 +617,12 @@ class _HttpConnection(asyncio.Protocol):
                             close = True
                     elif field_name == b"expect" and value == b"100-continue":
                         expect_continue = True
+        if self._stand_in._received is not None:
+            self._host = ""
+            for field in head[line_end + 2 :].split(b"\r\n") if line_end >= 0 else ():
+                field_name, _, value = field.partition(b":")
+                if field_name.strip().lower() == b"host":
+                    self._host = value.strip().decode("latin-1")
         self._variant = (2 if method == b"HEAD" else 0) + (1 if close else 0)
         if chunked:
             self._chunk_state = _CHUNK_SIZE_LINE  # chunked wins over content-length (RFC 9112)
@@ -631,6 +678,8 @@ class _HttpConnection(asyncio.Protocol):
         out.append(reply.wire[self._variant])
         stand_in._served[reply.status] += 1
         stand_in._log.append(reply.log_entry)
+        if stand_in._received is not None:
+            stand_in._received.append((self._sni, self._host))
         if self._variant & 1:
             self._closing = True
             return False

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,17 @@ class EdsHost:
     zone: str
     sub_zone: str
     healthy: bool = True  # False: UNHEALTHY (an ejected host)
+    # The endpoint address it came from; a name is sent as the host's hostname, as a
+    # STRICT_DNS host carries it (Envoy's auto_host_sni and auto_host_rewrite use it).
+    hostname: str = ""
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _sort_key(host: EdsHost) -> tuple[int, str, str, str, str, int]:
@@ -92,6 +104,8 @@ def load_assignment(
         lb_endpoint = group.lb_endpoints.add()
         lb_endpoint.endpoint.address.socket_address.address = host.ip
         lb_endpoint.endpoint.address.socket_address.port_value = host.port
+        if host.hostname and not _is_ip(host.hostname):
+            lb_endpoint.endpoint.hostname = host.hostname
         # Envoy rejects a weight of 0; Istio reads an unset endpoint weight as 1
         # (IstioEndpoint.GetLoadBalancingWeight).
         lb_endpoint.load_balancing_weight.value = max(1, host.weight)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from extproc.istio import load_policy
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.istio import load_policy, load_policy_text
+from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
 from extproc.render.shipped import render_shipped
 from extproc.server.envoy_process import validate_config
 
@@ -37,6 +37,57 @@ def test_rendered_config_passes_envoy_validate(fixture: Path, tmp_path: Path) ->
     import yaml
 
     bootstrap = render_bootstrap(load_policy(fixture), RenderSettings(ext_proc_host="extproc"))
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    assert "OK" in validate_config(path)
+
+
+#: The DestinationRule ``tls`` variants of the seed's HTTPS example (tests/e2e/test_tls.py):
+#: (tls lines with {certs} for the test-made files, mode, the upstream-sni annotation).
+TLS_VARIANTS = {
+    "simple-authority": ("", "SIMPLE", False),
+    "simple-endpoint": ("", "SIMPLE", True),
+    "sni-and-sans": ("sni: a.example\nsubjectAltNames:\n- a.example", "SIMPLE", False),
+    "insecure-authority": ("insecureSkipVerify: true", "SIMPLE", False),
+    "insecure-endpoint": ("insecureSkipVerify: true", "SIMPLE", True),
+    "ca-certificates-endpoint": ("caCertificates: {certs}/ca.pem", "SIMPLE", True),
+    "mutual-authority": (
+        "caCertificates: {certs}/ca.pem\nclientCertificate: {certs}/c.pem\n"
+        "privateKey: {certs}/k.pem",
+        "MUTUAL",
+        False,
+    ),
+    "mutual-endpoint": (
+        "clientCertificate: {certs}/c.pem\nprivateKey: {certs}/k.pem",
+        "MUTUAL",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("data_path", list(DataPath), ids=[p.value for p in DataPath])
+@pytest.mark.parametrize("variant", list(TLS_VARIANTS))
+def test_rendered_tls_config_passes_envoy_validate(
+    variant: str, data_path: DataPath, tmp_path: Path
+) -> None:
+    import trustme
+    import yaml
+
+    from .test_tls import https_seed
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client = ca.issue_cert("workload.example")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
+    tls, mode, annotation = TLS_VARIANTS[variant]
+    policy = load_policy_text(
+        https_seed(443, tls.format(certs=tmp_path), annotation=annotation, mode=mode)
+    )
+    bootstrap = render_bootstrap(
+        policy,
+        RenderSettings(data_path=data_path, system_ca_file=str(tmp_path / "ca.pem")),
+    )
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap))
     assert "OK" in validate_config(path)

@@ -20,6 +20,8 @@ from extproc.core.policy import (
     Policy,
     Resolution,
     Service,
+    TlsMode,
+    TlsSettings,
 )
 from extproc.errors import ConfigError
 from extproc.istio import load_policy, load_policy_text
@@ -162,14 +164,19 @@ def test_seed_https_variant_uses_target_port_round_robin_and_failover() -> None:
                 locality_lb=LocalityLbSetting(
                     enabled=True, failover=(Failover(from_region="us-east1", to_region="us-west"),)
                 ),
+                tls=TlsSettings(mode=TlsMode.SIMPLE),
                 source=f'{SEED / "https.yaml"}: ServiceEntry "external-svc-dns"',
             ),
         ),
         warnings=(
-            f'{SEED / "https.yaml"}: DestinationRule "mydynamodb" (document 2): '
-            "spec.trafficPolicy.tls: not supported yet, ignored",
+            # The SNI warning's text is tested in test_istio_tls.py.
+            policy.warnings[0],
             _seed_warning("https.yaml"),
         ),
+    )
+    assert policy.warnings[0].startswith(
+        f'{SEED / "https.yaml"}: DestinationRule "mydynamodb" (document 2): '
+        "spec.trafficPolicy.tls: mode SIMPLE without sni"
     )
 
 
