@@ -14,15 +14,20 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from extproc import __version__
 from extproc.core.policy import DEFAULT_CLUSTER_ID, Locality, Policy, Workload
 from extproc.errors import ConfigError, ExtprocError
+from extproc.server.reload import PolicyChange, Stamp, fingerprint
+
+if TYPE_CHECKING:
+    from extproc.server.metrics import Metrics
+    from extproc.server.reload import ConfigReloader
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -131,6 +136,27 @@ def _add_data_path(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_system_ca_file(parser: argparse.ArgumentParser) -> None:
+    from extproc.render.bootstrap import DEFAULT_SYSTEM_CA_FILE
+
+    parser.add_argument(
+        "--system-ca-file",
+        default=_env("SYSTEM_CA_FILE", DEFAULT_SYSTEM_CA_FILE),
+        help="the CA bundle, as Envoy sees it, for DestinationRule tls without caCertificates "
+        f"(Istio's system roots; default {DEFAULT_SYSTEM_CA_FILE}; $EXTPROC_SYSTEM_CA_FILE)",
+    )
+
+
+def _add_reload(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--watch-interval-s",
+        type=float,
+        default=float(_env("WATCH_INTERVAL_S", "1") or 1),
+        help="look for config changes this often; 0: only on SIGHUP "
+        "(default 1; $EXTPROC_WATCH_INTERVAL_S)",
+    )
+
+
 def _add_admin(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin",
@@ -186,7 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_message_timeout(up)
     _add_data_path(up)
+    _add_system_ca_file(up)
     up.add_argument("--envoy-log-level", default=_env("ENVOY_LOG_LEVEL", "warning"))
+    _add_reload(up)
+    up.add_argument(
+        "--drain-time-s",
+        type=int,
+        default=int(_env("DRAIN_TIME_S", "10") or 10),
+        help="on a reload that restarts Envoy, how long the old Envoy drains its connections; "
+        "it exits 5 s later (default 10; $EXTPROC_DRAIN_TIME_S)",
+    )
 
     serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
     _add_config(serve)
@@ -200,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_brain_port(serve, "on the --grpc host")
     _add_admin(serve)
     _add_dns(serve)
+    _add_reload(serve)
 
     render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
     _add_config(render)
@@ -219,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_message_timeout(render)
     _add_data_path(render)
+    _add_system_ca_file(render)
     _add_brain_port(render, "on the --ext-proc host")
     render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     render.add_argument(
@@ -271,7 +308,29 @@ async def _first(*awaitables: Any) -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _up(args: argparse.Namespace, policy: Policy) -> int:
+def _reloader(
+    args: argparse.Namespace,
+    apply: Callable[[Policy], Awaitable[PolicyChange]],
+    metrics: Metrics,
+    stamp: tuple[Stamp, ...],
+) -> ConfigReloader:
+    """Live reload of ``--config``; SIGHUP asks for one (installed here, before start)."""
+    from extproc.istio import load_policy
+    from extproc.server.reload import ConfigReloader
+
+    strict = args.strict_max_ejection_percent
+
+    def read(path: Path) -> Policy:
+        return load_policy(path, always_eject_one_host=not strict)
+
+    reloader = ConfigReloader(
+        args.config, read, apply, metrics=metrics, poll_s=args.watch_interval_s, initial=stamp
+    )
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.request)
+    return reloader
+
+
+async def _up(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, ...]) -> int:
     from extproc.server.stack import Stack, StackSettings
 
     stop = _stop_on_signals()
@@ -286,8 +345,12 @@ async def _up(args: argparse.Namespace, policy: Policy) -> int:
             envoy_log_level=args.envoy_log_level,
             message_timeout_ms=args.message_timeout_ms,
             data_path=args.data_path,
+            system_ca_file=args.system_ca_file,
+            drain_time_s=args.drain_time_s,
+            parent_shutdown_time_s=args.drain_time_s + 5,
         ),
     )
+    reloader = _reloader(args, stack.reload, stack.app.metrics, stamp)
     # A signal during start-up stops what already runs (Stack.start cleans up on cancel).
     starting = asyncio.ensure_future(stack.start())
     await _first(starting, stop.wait())
@@ -301,9 +364,12 @@ async def _up(args: argparse.Namespace, policy: Policy) -> int:
         ),
         file=sys.stderr,
     )
+    watching = asyncio.ensure_future(reloader.run())
     try:
-        await _first(stop.wait(), stack.envoy.wait())
+        await _first(stop.wait(), stack.wait())
     finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
         code = stack.envoy.returncode
         await stack.stop()
     if not stop.is_set():
@@ -312,7 +378,7 @@ async def _up(args: argparse.Namespace, policy: Policy) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, policy: Policy) -> int:
+async def _serve(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, ...]) -> int:
     from extproc.server.app import ServiceApp, ServiceSettings
 
     app = ServiceApp(
@@ -328,10 +394,16 @@ async def _serve(args: argparse.Namespace, policy: Policy) -> int:
         ),
     )
     stop = _stop_on_signals()
+    reloader = _reloader(args, app.apply_policy, app.metrics, stamp)
+    watching: asyncio.Future[None] | None = None
     try:
         await app.start()
+        watching = asyncio.ensure_future(reloader.run())
         await stop.wait()
     finally:
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
         await app.stop()
     return 0
 
@@ -351,6 +423,7 @@ def _render(args: argparse.Namespace, policy: Policy) -> int:
             message_timeout_ms=args.message_timeout_ms,
             data_path=args.data_path,
             brain_port=args.brain_port,
+            system_ca_file=args.system_ca_file,
         ),
     )
     text = yaml.safe_dump(bootstrap, sort_keys=False)
@@ -434,13 +507,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from extproc.demo import run_demo
 
             return asyncio.run(run_demo(pause_s=args.pause, data_path=args.data_path))
+        # Taken before reading: a change made while we start is reloaded at once.
+        stamp = fingerprint(args.config)
         policy = load(args.config, args.strict_max_ejection_percent)
         if args.command == "render":
             return _render(args, policy)
         if args.command == "up":
-            return asyncio.run(_up(args, policy))
+            return asyncio.run(_up(args, policy, stamp))
         if args.command == "serve":
-            return asyncio.run(_serve(args, policy))
+            return asyncio.run(_serve(args, policy, stamp))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)

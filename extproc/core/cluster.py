@@ -257,6 +257,8 @@ class ClusterState:
         self._rr_indexes: dict[tuple[int, bool, int], int] = {}
         self._schedulers: dict[tuple[int, bool, int], _EdfScheduler[_Host]] = {}
         self._equal_weights: dict[tuple[int, bool, int], bool] = {}
+        # The state that replaced this one in a config reload (see ``carry_over``).
+        self._successor: ClusterState | None = None
         if service.resolution is Resolution.STATIC:
             for index, endpoint in enumerate(service.endpoints):
                 self._endpoint_ips[index] = (endpoint.address,)
@@ -347,6 +349,10 @@ class ClusterState:
             finished: False for an earlier attempt of a request that is still active on
                 the same host (a retry), so its active-request count stays.
         """
+        if self._successor is not None:
+            # Picked before a reload replaced this state: the outcome counts in the new one.
+            self._successor.record(host, result, now, finished=finished)
+            return
         self.advance(now)
         entry = self._hosts.get(host)
         if entry is None:
@@ -360,9 +366,62 @@ class ClusterState:
 
     def release(self, host: str) -> None:
         """End a picked attempt that produced no outcome (the stream was aborted)."""
+        if self._successor is not None:
+            self._successor.release(host)
+            return
         entry = self._hosts.get(host)
         if entry is not None and entry.active_requests > 0:
             entry.active_requests -= 1
+
+    def carry_over(
+        self, old: ClusterState | None, now: float, *, after_generation: int = 0
+    ) -> None:
+        """Take over from ``old``, the state of the same cluster a config reload replaces.
+
+        1. Resolved addresses: a DNS endpoint whose name ``old`` had resolved starts with
+           those IPs (DNS_ROUND_ROBIN: the first), so the reload empties no endpoint while
+           its name is being resolved again.
+        2. Per host (``ip:port``) that stays: its active requests and, when both configs
+           have ``outlierDetection``, its whole outlier state
+           (``OutlierDetector.carry_over``). Hosts that went are dropped, new ones start
+           fresh, as a DNS change does.
+        3. ``generation`` continues above ``old``'s and ``after_generation`` (what a data
+           path last saw of this cluster name), so routing-table versions and EDS pushes
+           keep going up.
+        4. ``old`` forwards ``record`` and ``release`` here from now on, so requests picked
+           before the reload count in this state.
+
+        Args:
+            old: The replaced state, or None when the cluster is new to this config.
+            now: The reload time; ``old`` runs its sweeps due by then first.
+            after_generation: A generation the new one must exceed (a cluster name that
+                an earlier config had, then dropped).
+        """
+        floor = after_generation
+        if old is not None:
+            old.advance(now)
+            floor = max(floor, old.generation)
+            if self.service.resolution is not Resolution.STATIC:
+                resolved: dict[str, tuple[str, ...]] = {}
+                for endpoint, ips in zip(old.service.endpoints, old._endpoint_ips, strict=True):
+                    if ips:
+                        resolved.setdefault(endpoint.address, ips)
+                for index, endpoint in enumerate(self.service.endpoints):
+                    ips = resolved.get(endpoint.address, ())
+                    if self.service.resolution is Resolution.DNS_ROUND_ROBIN:
+                        ips = ips[:1]
+                    if ips and not self._endpoint_ips[index]:
+                        self._endpoint_ips[index] = ips
+                self._rebuild_hosts()
+            for address, host in self._hosts.items():
+                previous = old._hosts.get(address)
+                if previous is not None:
+                    host.active_requests = previous.active_requests
+            if self._detector is not None and old._detector is not None:
+                self._detector.carry_over(old._detector)
+            old._successor = self
+        self._generation = max(self._generation, floor)
+        self._dirty = True  # the next read moves generation past the floor
 
     @property
     def generation(self) -> int:

@@ -61,6 +61,7 @@ what a single Envoy worker observes a moment later.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Iterable
@@ -203,6 +204,11 @@ class HostMonitor:
     last_unejection_time: float | None = None
 
 
+def _below(count: int, threshold: int) -> int:
+    """``count`` kept under an enabled ``threshold``, so the next error can reach it."""
+    return min(count, threshold - 1) if threshold > 0 else count
+
+
 def ejection_duration_s(config: OutlierDetection, backoff: int) -> float:
     """How long an ejection lasts at ``backoff``: ``min(base*backoff, max_ejection_time)``.
 
@@ -323,6 +329,38 @@ class OutlierDetector:
             if address not in self._monitors:
                 self._monitors[address] = HostMonitor()
         return removed_ejected
+
+    def carry_over(self, old: OutlierDetector) -> None:
+        """Take over the state of ``old`` (the detector a config reload replaces).
+
+        Every host monitored by both keeps its monitor as it was (counters, ejection,
+        backoff, ejection and un-ejection times); new hosts stay fresh. The sweep clock is
+        kept when the interval did not change, so an ejection ends at the sweep it would
+        have ended at. Envoy itself starts a changed cluster from scratch; extproc keeps
+        the state because a reload is not an outlier event.
+        """
+        config = self._config
+        for address in self._monitors:
+            monitor = old._monitors.get(address)
+            if monitor is None:
+                continue
+            kept = dataclasses.replace(monitor)
+            # A detector fires only when its counter reaches the threshold exactly (rule 6):
+            # a count already at or past a lowered threshold would never fire again. The
+            # next error fires instead; the reload itself ejects nobody.
+            kept.consecutive_5xx = _below(kept.consecutive_5xx, config.consecutive_5xx_errors)
+            kept.consecutive_gateway_failure = _below(
+                kept.consecutive_gateway_failure, config.consecutive_gateway_errors
+            )
+            kept.consecutive_local_origin_failure = _below(
+                kept.consecutive_local_origin_failure, config.consecutive_local_origin_failures
+            )
+            self._monitors[address] = kept
+        self._ejections_active = sum(m.ejected for m in self._monitors.values())
+        self._overflow_total = old._overflow_total
+        if old._config.interval_s == self._config.interval_s:
+            self._t0 = old._t0
+            self._next_sweep = old._next_sweep
 
     def put_result(self, address: str, result: AttemptResult, now: float) -> bool:
         """Count one attempt's outcome for ``address``; eject inline when a threshold is hit.

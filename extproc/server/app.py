@@ -3,6 +3,11 @@
 Start: build the table (NOT_SERVING) -> gRPC server (ext_proc + health; liveness SERVING)
 -> resolve DNS once -> sweep timer -> admin -> SERVING. Stop: NOT_SERVING -> stop the gRPC
 server with a grace period for in-flight streams -> timers, DNS, admin.
+
+Reload (``apply_policy``): resolve the names the new config adds -> build the new table
+and carry every kept host's state over -> swap it in one assignment (the servicer, the
+brain, EDS, metrics and the admin view all read ``self.table``) -> push EDS -> DNS refresh
+follows the new table.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.clock import Clock, MonotonicClock
-from extproc.core.policy import Locality, Policy, Workload
+from extproc.core.cluster import ClusterState
+from extproc.core.policy import Locality, Policy, Resolution, Workload
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
 from extproc.render.bootstrap import EXT_PROC_HEALTH_SERVICE
@@ -28,7 +34,14 @@ from extproc.server.eds import EdsHost, EndpointDiscovery
 from extproc.server.http_server import HttpServer
 from extproc.server.logs import OutlierEventLog
 from extproc.server.metrics import Metrics
-from extproc.server.resolver import EndpointResolver, make_resolver
+from extproc.server.reload import PolicyChange, policy_change
+from extproc.server.resolver import (
+    Answer,
+    EndpointResolver,
+    is_ip,
+    make_resolver,
+    resolve,
+)
 from extproc.server.servicer import ExternalProcessor
 
 log = structlog.get_logger(__name__)
@@ -74,9 +87,11 @@ class ServiceApp:
         self._ready = False
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._dns = make_resolver(settings.dns_resolver)
+        self._reload_lock = asyncio.Lock()
         self._resolver = EndpointResolver(
             lambda: list(self.table),
-            make_resolver(settings.dns_resolver),
+            self._dns,
             self._clock.now,
             on_change=self.publish,
         )
@@ -120,7 +135,10 @@ class ServiceApp:
             options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000)]
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(
-            ExternalProcessor(lambda: self.table, self._clock.now, metrics=self.metrics), server
+            ExternalProcessor(
+                lambda: self.table, self._clock.now, metrics=self.metrics, on_change=self.publish
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.eds.add_to_server(server)
@@ -201,10 +219,57 @@ class ServiceApp:
                         zone=view.locality.zone,
                         sub_zone=view.locality.sub_zone,
                         healthy=not view.ejected,
+                        hostname=view.endpoint_address,
                     )
                     for view in cluster.hosts(now)
                 ],
             )
+
+    async def apply_policy(self, policy: Policy) -> PolicyChange:
+        """Serve a new, validated policy: swap the whole table at once.
+
+        Hosts (cluster name + ``ip:port``) that stay keep their outlier state and active
+        requests (``ClusterState.carry_over``); requests picked before the swap report to
+        the new table. Names the new config adds are resolved before the swap, so a new
+        endpoint takes traffic from the first request. Removed clusters are sent to Envoy
+        with no endpoints.
+
+        Returns:
+            What changed; ``unchanged`` when the services are the same (nothing swapped).
+        """
+        async with self._reload_lock:
+            old = self.table
+            change = policy_change(old.policy, policy)
+            if change.unchanged:
+                return change
+            names = sorted(_new_names(old, policy))
+            answers = dict(
+                zip(
+                    names,
+                    await asyncio.gather(*(resolve(self._dns, name) for name in names)),
+                    strict=True,
+                )
+            )
+            # From here to the swap nothing awaits: no outcome can land in the old table
+            # after its state was carried over.
+            now = self._clock.now()
+            table = ServiceTable(policy, old.workload, now=now, rng=self._rng)
+            for cluster in table:
+                name = cluster.service.cluster_name
+                cluster.carry_over(
+                    old.clusters.get(name), now, after_generation=self._published.get(name, 0)
+                )
+                _fill_new_endpoints(cluster, old, answers, now)
+            self.drain_events()  # the old table's last events (sweeps run by the carry-over)
+            self.table = table
+            for name in old.clusters.keys() - table.clusters.keys():
+                self.eds.remove_cluster(name)
+            self.publish()
+            # DNS refresh follows the new table: new names are kept fresh, dropped ones no
+            # longer asked for.
+            await self._resolver.stop()
+            await self._resolver.resolve_all()
+            return change
 
     async def stop(self) -> None:
         """Stop in order; in-flight streams get the grace period."""
@@ -224,3 +289,41 @@ class ServiceApp:
         await self._resolver.stop()
         await self._brain_server.stop()
         await self._admin.stop()
+
+
+def _new_names(old: ServiceTable, policy: Policy) -> set[str]:
+    """DNS names of endpoints the carry-over cannot fill: new to their cluster."""
+    names: set[str] = set()
+    for service in policy.services:
+        if service.resolution is Resolution.STATIC:
+            continue
+        before = old.clusters.get(service.cluster_name)
+        known = {e.address for e in before.service.endpoints} if before is not None else set()
+        names.update(
+            e.address for e in service.endpoints if e.address not in known and not is_ip(e.address)
+        )
+    return names
+
+
+def _fill_new_endpoints(
+    cluster: ClusterState, old: ServiceTable, answers: dict[str, Answer], now: float
+) -> None:
+    """Give endpoints new to their cluster the addresses resolved for the reload."""
+    service = cluster.service
+    if service.resolution is Resolution.STATIC:
+        return
+    before = old.clusters.get(service.cluster_name)
+    known = {e.address for e in before.service.endpoints} if before is not None else set()
+    for index, endpoint in enumerate(service.endpoints):
+        if endpoint.address in known:
+            continue
+        if is_ip(endpoint.address):
+            cluster.set_endpoint_addresses(index, [endpoint.address], now)
+            continue
+        answer = answers.get(endpoint.address)
+        if answer is None or not answer.ok:
+            continue  # the DNS refresh after the swap tries again
+        ips = answer.ips
+        if service.resolution is Resolution.DNS_ROUND_ROBIN:
+            ips = ips[:1]  # LOGICAL_DNS: the first address, as EndpointResolver does
+        cluster.set_endpoint_addresses(index, ips, now)

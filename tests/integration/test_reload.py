@@ -1,0 +1,385 @@
+"""Live reload on real files, sockets and processes: what the watcher sees, a running
+service's reload (DNS, EDS, table versions), and ``extproc serve`` reloading on SIGHUP, on
+a file change and on a ConfigMap-style symlink swap, and refusing bad configs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+
+from extproc.core.policy import Locality
+from extproc.istio import load_policy_text
+from extproc.sandbox import DnsResponder
+from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
+from extproc.server.reload import fingerprint
+
+from .test_eds import Subscriber, assignments
+
+MYDB = "outbound|80||mydb.com"
+OTHER = "outbound|80||other.com"
+
+
+def entry(
+    host: str, endpoints: list[tuple[str, str]], *, resolution: str = "STATIC", name: str = ""
+) -> str:
+    lines = "".join(f"  - {{address: {a}, locality: {loc}}}\n" for a, loc in endpoints)
+    return f"""\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: {name or host.split(".")[0]}}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: {resolution}
+  endpoints:
+{lines}"""
+
+
+def rule(host: str, interval: str = "1s", base: str = "30s") -> str:
+    return f"""\
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: {host.split(".")[0]}}}
+spec:
+  host: {host}
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: {interval}, baseEjectionTime: {base}}}
+"""
+
+
+MYDB_YAML = entry("mydb.com", [("127.0.0.11", "us-east1"), ("127.0.0.12", "us-west")])
+OTHER_YAML = entry("other.com", [("127.0.0.13", "us-east1")])
+
+
+# --- what the watcher sees ------------------------------------------------------------------
+
+
+def configmap(root: Path, version: str, files: dict[str, str]) -> None:
+    """Lay out or update a directory as the kubelet's atomic writer does.
+
+    ``..<version>/`` holds the files, ``..data`` points at it, and each file is a symlink
+    through ``..data``; an update writes a new version and renames a new ``..data`` link
+    over the old one (``kubernetes/kubernetes`` ``pkg/volume/util/atomic_writer.go``).
+    """
+    (root / f"..{version}").mkdir()
+    for name, text in files.items():
+        (root / f"..{version}" / name).write_text(text)
+    (root / "..data_tmp").symlink_to(f"..{version}")
+    (root / "..data_tmp").rename(root / "..data")
+    for name in files:
+        link = root / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+
+
+def test_an_unchanged_config_keeps_its_fingerprint(tmp_path: Path) -> None:
+    (tmp_path / "mydb.yaml").write_text(MYDB_YAML)
+    assert fingerprint(tmp_path) == fingerprint(tmp_path)
+    assert fingerprint(tmp_path / "mydb.yaml") == fingerprint(tmp_path / "mydb.yaml")
+
+
+@pytest.mark.parametrize("watch", ["directory", "file"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda p: p.write_text(MYDB_YAML + "#\n"), id="written-in-place"),
+        pytest.param(
+            lambda p: (
+                p.with_suffix(".new").write_text(MYDB_YAML),
+                p.with_suffix(".new").rename(p),
+            ),
+            id="renamed-over",
+        ),
+    ],
+)
+def test_a_written_or_renamed_file_changes_the_fingerprint(
+    tmp_path: Path, watch: str, change: Callable[[Path], object]
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(MYDB_YAML)
+    watched = tmp_path if watch == "directory" else config
+    before = fingerprint(watched)
+    change(config)
+    assert fingerprint(watched) != before
+
+
+def test_a_new_file_in_the_directory_changes_the_fingerprint(tmp_path: Path) -> None:
+    (tmp_path / "mydb.yaml").write_text(MYDB_YAML)
+    before = fingerprint(tmp_path)
+    (tmp_path / "other.yaml").write_text(OTHER_YAML)
+    assert fingerprint(tmp_path) != before
+
+
+@pytest.mark.parametrize("watch", ["directory", "file"])
+def test_a_configmap_symlink_swap_changes_the_fingerprint(tmp_path: Path, watch: str) -> None:
+    configmap(tmp_path, "v1", {"mydb.yaml": MYDB_YAML})
+    watched = tmp_path if watch == "directory" else tmp_path / "mydb.yaml"
+    before = fingerprint(watched)
+    configmap(tmp_path, "v2", {"mydb.yaml": MYDB_YAML})  # same text, new files
+    assert fingerprint(watched) != before
+
+
+# --- a running service ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def dns() -> AsyncIterator[DnsResponder]:
+    async with DnsResponder(
+        {"east.example": ["127.0.0.11"], "west.example": ["127.0.0.12"]}, ttl_s=1
+    ) as responder:
+        yield responder
+
+
+@pytest.fixture
+async def app(dns: DnsResponder) -> AsyncIterator[ServiceApp]:
+    yaml = (
+        entry("mydb.com", [("east.example", "us-east1")], resolution="DNS", name="mydb")
+        + "---\n"
+        + rule("mydb.com")
+    )
+    service = ServiceApp(
+        load_policy_text(yaml, "mydb.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            grpc_port=0, admin_port=0, brain_port=0, shutdown_grace_s=0, dns_resolver=dns.address
+        ),
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def sync(app: ServiceApp, cluster: str = MYDB) -> list[str]:
+    """One fast-path sync (in a thread: the service answers on this test's loop)."""
+    return await asyncio.to_thread(_sync, app.brain_port, cluster)
+
+
+def _sync(port: int, cluster: str) -> list[str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{SYNC_PATH}",
+        data=b"",
+        headers={SERVICE_HEADER: cluster},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return str(response.read().decode()).splitlines()
+
+
+async def test_a_reload_resolves_a_new_name_before_the_swap_and_stops_asking_for_a_dropped_one(
+    app: ServiceApp, dns: DnsResponder
+) -> None:
+    text = (
+        entry("mydb.com", [("west.example", "us-west")], resolution="DNS", name="mydb")
+        + "---\n"
+        + rule("mydb.com")
+    )
+
+    await app.apply_policy(load_policy_text(text, "mydb.yaml"))
+    hosts = [v.address for v in app.table.clusters[MYDB].hosts(app.now())]
+    dns.queries.clear()
+    await asyncio.sleep(2.5)  # two TTLs: every refresh loop has asked again
+
+    assert hosts == ["127.0.0.12:80"]  # served from the first request after the swap
+    asked = {name for name, _ in dns.queries}
+    assert asked == {"west.example"}
+
+
+async def test_table_versions_and_eds_keep_going_after_a_reload(app: ServiceApp) -> None:
+    before = int((await sync(app))[0].split()[0])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        subscriber = Subscriber(eds_pb2_grpc.EndpointDiscoveryServiceStub(channel))
+        await subscriber.send(MYDB, OTHER)
+        first = assignments(await subscriber.next())
+        text = (
+            entry(
+                "mydb.com",
+                [("east.example", "us-east1"), ("west.example", "us-west")],
+                resolution="DNS",
+                name="mydb",
+            )
+            + "---\n"
+            + rule("mydb.com")
+            + "---\n"
+            + OTHER_YAML
+        )
+
+        change = await app.apply_policy(load_policy_text(text, "mydb.yaml"))
+        pushed: dict[str, Any] = {}
+        while set(pushed) != {MYDB, OTHER}:
+            pushed |= assignments(await subscriber.next())
+        subscriber.call.cancel()
+
+    after = await sync(app)
+    assert change.added == (OTHER,)
+    assert change.changed == (MYDB,)
+    assert int(after[0].split()[0]) > before
+    assert sorted(line.split()[0] for line in after[1:]) == ["127.0.0.11:80"]  # west is P1
+    assert [(h[0], h[2]) for h in first[MYDB]] == [(0, "127.0.0.11")]
+    assert first[OTHER] == []
+    assert [(h[0], h[2]) for h in pushed[MYDB]] == [(0, "127.0.0.11"), (1, "127.0.0.12")]
+    assert [h[2] for h in pushed[OTHER]] == ["127.0.0.13"]
+
+
+# --- ``extproc serve`` ----------------------------------------------------------------------
+
+
+class Serve:
+    """``python -m extproc serve`` on ephemeral ports, its JSON log lines collected."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self._new = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+        self.admin = ""
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(raw))
+                self._new.set()
+
+    async def wait_for(self, event: str, count: int = 1, timeout_s: float = 15.0) -> dict[str, Any]:
+        """The ``count``-th log line with this event."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                found = [line for line in self.lines if line.get("event") == event]
+                if len(found) >= count:
+                    return found[count - 1]
+                self._new.clear()
+                await self._new.wait()
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == event]
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=5) as response:
+            return str(response.read().decode())
+
+    def clusters(self) -> set[str]:
+        return {row["cluster_name"] for row in json.loads(self.get("/endpoints"))}
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    running: list[Serve] = []
+
+    async def start(config: Path, *, watch_s: float = 0.1) -> Serve:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "extproc",
+            "serve",
+            "--config",
+            str(config),
+            "--locality",
+            "us-east1",
+            "--grpc",
+            "127.0.0.1:0",
+            "--brain-port",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+            "--watch-interval-s",
+            str(watch_s),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")},
+        )
+        server = Serve(proc)
+        running.append(server)
+        ready = await server.wait_for("service.ready")
+        server.admin = ready["admin"]
+        return server
+
+    yield start
+    for server in running:
+        if server.proc.returncode is None:
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(server.proc.wait(), 15)
+        await server._reader
+
+
+async def test_sighup_reloads_the_config(tmp_path: Path, serve: Callable[..., Any]) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text(MYDB_YAML)
+    server = await serve(config, watch_s=0)  # no polling: only the signal reloads
+
+    config.write_text(MYDB_YAML + "---\n" + OTHER_YAML)
+    server.proc.send_signal(signal.SIGHUP)
+    reload = await server.wait_for("config.reload")
+
+    assert reload["reason"] == "signal"
+    assert reload["services_added"] == [OTHER]
+    assert server.clusters() == {MYDB, OTHER}
+
+
+async def test_a_changed_file_is_reloaded_without_a_signal(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    (tmp_path / "mydb.yaml").write_text(MYDB_YAML)
+    server = await serve(tmp_path)
+
+    (tmp_path / "other.yaml").write_text(OTHER_YAML)
+    added = await server.wait_for("config.reload")
+    (tmp_path / "other.yaml").unlink()
+    removed = await server.wait_for("config.reload", count=2)
+
+    assert added["reason"] == removed["reason"] == "file_change"
+    assert added["services_added"] == [OTHER]
+    assert removed["services_removed"] == [OTHER]
+    assert server.clusters() == {MYDB}
+
+
+async def test_a_configmap_update_by_symlink_swap_is_reloaded(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    configmap(tmp_path, "v1", {"mydb.yaml": MYDB_YAML})
+    server = await serve(tmp_path)
+
+    configmap(tmp_path, "v2", {"mydb.yaml": MYDB_YAML + "---\n" + rule("mydb.com")})
+    reload = await server.wait_for("config.reload")
+
+    assert reload["services_changed"] == [MYDB]
+    assert 'extproc_config_reloads_total{result="ok"} 1.0' in server.get("/metrics")
+
+
+async def test_bad_configs_are_rejected_with_their_errors_and_change_nothing(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(MYDB_YAML + "---\n" + rule("mydb.com"))
+    server = await serve(config)
+    endpoints = server.get("/endpoints")
+
+    config.write_text(MYDB_YAML.replace("hosts: [mydb.com]", "hosts: [mydb.com"))
+    syntax = await server.wait_for("config.rejected")
+    config.write_text(MYDB_YAML + "---\n" + rule("mydb.com", interval="1x"))
+    semantic = await server.wait_for("config.rejected", count=2)
+
+    assert str(config) in syntax["errors"][0]
+    assert semantic["errors"] == [
+        f'{config}: DestinationRule "mydb" (document 2): '
+        'spec.trafficPolicy.outlierDetection.interval: "1x" is not a duration'
+    ]
+    assert server.events("config.reload") == []
+    assert server.get("/endpoints") == endpoints
+    assert 'extproc_config_reloads_total{result="rejected"} 2.0' in server.get("/metrics")
