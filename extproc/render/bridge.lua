@@ -115,7 +115,9 @@ function envoy_on_request(handle)
     sync(handle, service, "", now)
     t = tables[service]
     if t == nil then
-      handle:respond({[":status"] = "503", ["content-type"] = "text/plain"}, "no routing table\n")
+      -- The brain has never answered this worker: no override, so Envoy's own load
+      -- balancer routes over the last EDS assignment (Istio's priorities, the brain's last
+      -- ejections). Never a client's choice.
       return
     end
   end
@@ -156,7 +158,8 @@ end
 
 function envoy_on_response(handle)
   local headers = handle:headers()
-  local up = headers:get(UP_HEADER)
+  -- "<host of the last attempt> <number of attempts>" (%UPSTREAM_HOST%, "-" for none).
+  local up_value = headers:get(UP_HEADER)
   local status = tonumber(headers:get(":status")) or 0
   headers:remove(UP_HEADER)
   local flags = nil
@@ -173,14 +176,29 @@ function envoy_on_response(handle)
     return
   end
   local chosen, service = string.match(pick_value, "^(%S+) (.+)$")
-  if up == "" or up == "-" then
-    up = nil
+  local up, attempts = nil, 1
+  if up_value ~= nil then
+    local host, count = string.match(up_value, "^(%S+) (%d+)$")
+    if host ~= nil and host ~= "-" then
+      up = host
+    end
+    attempts = tonumber(count) or 1
   end
   local report = ""
   if up ~= nil and up ~= chosen then
-    -- The override sends the first attempt to the chosen host; another host served the
-    -- last one, so Envoy retried away from the chosen host after it failed.
-    report = "e " .. chosen .. " 503 c\n"
+    if attempts > 1 then
+      -- The override sends the first attempt to the chosen host; another host served the
+      -- last one, so Envoy retried away from the chosen host after it failed.
+      report = "e " .. chosen .. " 503 c\n"
+    end
+    -- One attempt on another host: Envoy did not honour the override, because EDS already
+    -- marks the chosen host UNHEALTHY (the brain ejected it after this worker's table was
+    -- made). The chosen host did nothing.
+  elseif up ~= nil and attempts > 1 then
+    -- Retries that could not leave the chosen host: each earlier attempt failed on it.
+    for _ = 2, attempts do
+      report = report .. "e " .. chosen .. " 503 c\n"
+    end
   end
   local t = tables[service]
   local code = failure_code(status, flags, t and t.codes)

@@ -16,11 +16,18 @@ In non-split mode the detector counts the failures as 503 (UF, UR, UC) and 504 (
 split mode they feed the local-origin counter instead (``core.outlier``, rules 3 and 4).
 
 The ext_proc filter gives us the final response only, with ``response.code_details``,
-``response.flags`` and ``upstream.request_attempt_count``. Our cluster pins every attempt of
-a request to the host we picked (ORIGINAL_DST), and Envoy's retry policy only retries
-local-origin failures (connect-failure, refused-stream, reset), so every attempt before the
-last was such a failure of that same host. Which kind is not reported; we count them as
-connect failures (a refused or dead host, what retries mostly meet), then the final result.
+``response.flags``, ``upstream.request_attempt_count`` and ``upstream.address`` (the host of
+the last attempt). Envoy's retry policy only retries local-origin failures (connect-failure,
+refused-stream, reset), so every attempt before the last was such a failure. Which kind is
+not reported; we count them as connect failures (a refused or dead host, what retries mostly
+meet), then the final result. Where they ran:
+
+- The last attempt ran on the host we picked: every attempt did (a retry left it only when
+  no other host was eligible, as with one host, or every host in panic).
+- It ran on another host: Envoy's retry left ours (``previous_hosts``, ``previous_priorities``).
+  The first attempt was ours (the Override Host policy sends it there), so ours gets one
+  failure and the other host the final result. The middle attempt of three ran on a host
+  Envoy does not name; it is not counted (the lua path has the same blind spot).
 """
 
 from __future__ import annotations
@@ -42,17 +49,30 @@ _RESET_AFTER_CONNECT = UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The results to record for one request, in the order the attempts happened."""
+    """The results to record for one request, in the order the attempts happened.
+
+    ``results`` belong to the host the service picked. ``elsewhere`` is the last attempt's
+    result when it ran on another host (``classify``'s ``moved``), else None.
+    """
 
     results: tuple[AttemptResult, ...]
+    elsewhere: AttemptResult | None = None
 
     @property
     def codes(self) -> tuple[int, ...]:
-        """The codes Envoy's non-split detector counts, without error-code matching."""
+        """The picked host's codes as Envoy's non-split detector counts them, without
+        error-code matching."""
         return tuple(result.code() for result in self.results)
 
 
-def classify(status: int, code_details: str, flags: int, attempt_count: int) -> Outcome:
+_EARLIER_FAILURE = (AttemptResult.connect_failure(),)
+#: The common case, one attempt answered, prebuilt: nothing is allocated per response.
+_ONE_ANSWER = {status: Outcome((AttemptResult.answer(status),)) for status in range(100, 600)}
+
+
+def classify(
+    status: int, code_details: str, flags: int, attempt_count: int, *, moved: bool = False
+) -> Outcome:
     """Turn a final response into the per-attempt results Envoy's detector would see.
 
     Args:
@@ -60,19 +80,36 @@ def classify(status: int, code_details: str, flags: int, attempt_count: int) -> 
         code_details: ``response.code_details``; ``via_upstream`` for an upstream answer.
         flags: ``response.flags`` bitmask.
         attempt_count: ``upstream.request_attempt_count`` (0 when no upstream was tried).
+        moved: the last attempt ran on another host than the picked one
+            (``upstream.address``).
 
     Returns:
         The results to record, oldest first; empty when nothing is counted.
     """
-    earlier = (AttemptResult.connect_failure(),) * max(0, attempt_count - 1)
+    if attempt_count == 1 and not moved and code_details == "via_upstream":
+        return _ONE_ANSWER.get(status) or Outcome((AttemptResult.answer(status),))
+    final = _final_result(status, code_details, flags, attempt_count)
+    earlier = _EARLIER_FAILURE * (attempt_count - 1) if attempt_count > 1 else ()
+    if moved:
+        # 1. The first attempt went to the picked host, so with more than one it failed.
+        # 2. A single attempt elsewhere: Envoy did not know the host yet (an EDS push in
+        #    flight) and its own load balancer picked; ours had no attempt.
+        return Outcome(earlier[:1], final)
+    return Outcome(earlier if final is None else (*earlier, final))
+
+
+def _final_result(
+    status: int, code_details: str, flags: int, attempt_count: int
+) -> AttemptResult | None:
+    """What the last attempt counts as, or None when Envoy's detector counts nothing."""
     if code_details == "via_upstream":
-        return Outcome((*earlier, AttemptResult.answer(status)))
+        return AttemptResult.answer(status)
     if attempt_count <= 0 or flags & UPSTREAM_OVERFLOW:
-        return Outcome(())
+        return None
     if flags & UPSTREAM_REQUEST_TIMEOUT:
-        return Outcome((*earlier, AttemptResult.timeout()))
+        return AttemptResult.timeout()
     if flags & UPSTREAM_CONNECTION_FAILURE:
-        return Outcome((*earlier, AttemptResult.connect_failure()))
+        return AttemptResult.connect_failure()
     if flags & _RESET_AFTER_CONNECT:
-        return Outcome((*earlier, AttemptResult.reset()))
-    return Outcome(earlier)
+        return AttemptResult.reset()
+    return None

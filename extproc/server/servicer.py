@@ -4,9 +4,12 @@ Envoy opens one bidirectional stream per HTTP request. We answer:
 
 - request headers: dynamic metadata ``extproc.host = "<ip>:<port>"`` (the pick), or an
   immediate 503 "no healthy upstream" when nothing can serve, or an immediate 404 when no
-  ServiceEntry host matches the authority;
+  ServiceEntry host matches the authority; Envoy's Override Host policy sends the first
+  attempt to the pick, a retry to the cluster's own load balancer;
 - response headers: nothing to change; the status and attributes are recorded against the
-  host we picked.
+  host we picked, or, when Envoy's retry left it (``upstream.address`` names another
+  host), as one failure of ours and the final result of the host that served
+  (``outcome.classify``).
 
 Everything that decides lives in ``extproc.core``; this module only parses and builds
 protos. An exception inside one stream is logged and answered so that Envoy fails that one
@@ -88,14 +91,18 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         now: Callable[[], float],
         *,
         metrics: Metrics | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         """Args:
         table: returns the current table (a reload swaps it).
         now: the clock.
         metrics: where decision times and attempt outcomes are counted.
+        on_change: called when an outcome changed a cluster's health (an ejection), so
+            EDS tells Envoy's load balancer at once: it picks every retry.
         """
         self._table = table
         self._now = now
+        self._on_change = on_change
         self._route_cache: dict[str, pb.ProcessingResponse] = {}
         self._metrics = metrics
         self._decisions = metrics.ext_proc_decisions if metrics else DecisionHistogram()
@@ -163,26 +170,41 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def _record(self, cluster: ClusterState, host: str, request: pb.ProcessingRequest) -> None:
         status_text = _header(request.response_headers, ":status")
         fields = request.attributes[_ATTRIBUTES_KEY].fields
+        details = fields["response.code_details"].string_value
+        # The host of the last attempt; another one than ours when Envoy's retry left ours.
+        served = fields["upstream.address"].string_value
+        moved = served != host and served != ""
         outcome = classify(
             int(status_text) if status_text.isdigit() else 0,
-            fields["response.code_details"].string_value,
+            details,
             int(fields["response.flags"].number_value),
             int(fields["upstream.request_attempt_count"].number_value),
+            moved=moved,
         )
         now = self._now()
+        generation = cluster.generation
         if not outcome.results:
             cluster.release(host)
         last = len(outcome.results) - 1
         for index, result in enumerate(outcome.results):
-            # Earlier attempts went to the same host (ORIGINAL_DST pins every retry).
             cluster.record(host, result, now, finished=index == last)
+        if outcome.elsewhere is not None:
+            # Not picked by us, so not counted active: nothing to release there.
+            cluster.record(served, outcome.elsewhere, now, finished=False)
+        if self._on_change is not None and cluster.generation != generation:
+            self._on_change()
         if self._metrics is not None:
-            self._metrics.count_response(
-                cluster.service.cluster_name,
-                host,
-                outcome.codes,
-                via_upstream=fields["response.code_details"].string_value == "via_upstream",
-            )
+            via_upstream = details == "via_upstream"
+            name = cluster.service.cluster_name
+            if not moved:
+                self._metrics.count_response(name, host, outcome.codes, via_upstream=via_upstream)
+                return
+            if outcome.results:
+                self._metrics.count_response(name, host, outcome.codes, via_upstream=False)
+            if outcome.elsewhere is not None:
+                self._metrics.count_response(
+                    name, served, (outcome.elsewhere.code(),), via_upstream=via_upstream
+                )
 
 
 class _Stream:

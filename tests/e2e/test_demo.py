@@ -20,8 +20,5 @@ async def test_demo_plays_every_step_of_the_seed(data_path: DataPath) -> None:
     assert code == 0, text
     assert not [line for line in lines if line.startswith("  FAIL ")]
     assert "FAILED" in text  # the status table shows us-east1 failing its outlier check
-    if data_path is DataPath.EXT_PROC:
-        assert "upstream connect error" in text  # step 3's one failed request, as in the seed
-    else:
-        assert "upstream connect error" not in text  # retried on us-west inside the request
+    assert "upstream connect error" not in text  # retried on us-west inside the request
     assert "Every step turned out as the seed shows." in text

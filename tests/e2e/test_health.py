@@ -15,6 +15,7 @@ import contextlib
 import json
 import random
 import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,12 @@ async def test_shutdown_turns_the_service_not_serving_then_envoy_marks_it_unheal
     await wait_for_health(admin, failed=True)
 
 
-async def test_envoy_starts_before_the_service_and_serves_once_it_is_up(
+async def test_envoy_started_before_the_service_waits_for_it_then_serves(
     tmp_path: Path, regions: dict[str, Region], dns: DnsResponder
 ) -> None:
-    # The ext_proc path: without EDS, Envoy's start-up waits for nothing from the service.
+    # Both paths route over the service's EDS cluster: Envoy's initialization waits for the
+    # first EDS answer (ConfigSource initial_fetch_timeout, 15 s by default), so a listener
+    # opened before the service could only fail requests closed anyway.
     yaml_text = seed(regions["east"].port, regions["west"].port)
     grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
     config = tmp_path / "envoy.yaml"
@@ -171,25 +174,37 @@ async def test_envoy_starts_before_the_service_and_serves_once_it_is_up(
         await envoy.start()
         assert envoy.admin_address is not None
         admin = envoy.admin_address
-        # No service yet: Envoy is up anyway, its listener open, the service host unhealthy.
+        # No service yet: Envoy runs, its health check fails the service host, and it is not
+        # ready: its listener stays closed, no request gets anywhere.
         for _ in range(100):
-            with contextlib.suppress(OSError):
-                ready = await asyncio.to_thread(
-                    urllib.request.urlopen, f"http://{admin[0]}:{admin[1]}/ready", None, 2
-                )
-                if ready.status == 200:
-                    break
+            if (await service_host_health(admin)).get("failed_active_health_check") is True:
+                break
             await asyncio.sleep(0.1)
         assert (await service_host_health(admin)).get("failed_active_health_check") is True
-        assert (await get(("127.0.0.1", listen_port), "mydb.com")).status == 503  # fails closed
+        assert await _ready_status(admin) != 200
+        assert (await get(("127.0.0.1", listen_port), "mydb.com")).status == 0
 
         await app.start()
+        for _ in range(100):
+            if await _ready_status(admin) == 200:
+                break
+            await asyncio.sleep(0.1)
         await wait_for_health(admin, failed=False)
         reply = await get(("127.0.0.1", listen_port), "mydb.com")
         assert (reply.status, reply.served_by) == (200, EAST)
     finally:
         await envoy.stop()
         await app.stop()
+
+
+async def _ready_status(admin: tuple[str, int]) -> int:
+    """Envoy's ``/ready``: 200 once initialized (EDS included), 503 before."""
+    url = f"http://{admin[0]}:{admin[1]}/ready"
+    try:
+        reply = await asyncio.to_thread(urllib.request.urlopen, url, None, 2)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    return int(reply.status)
 
 
 async def _check(port: int, service: str) -> int:

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from extproc.demo import SERVICE_ENTRY
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import Mode
 from extproc.sandbox.client import Reply, get
 from extproc.server.admin import endpoints_json
@@ -24,9 +23,9 @@ from .conftest import EAST, WEST, Region, StackFactory
 
 pytestmark = pytest.mark.e2e
 
-# Istio's default retry policy tries a refused request 3 times; the fast path's retries move
-# on to the failover host, the ext_proc path's stay on the host it picked (ORIGINAL_DST).
-REFUSED_ATTEMPTS_PER_REQUEST = {DataPath.LUA: 1, DataPath.EXT_PROC: 3}
+# Istio's default retry policy tries a refused request 3 times; on both paths the retries
+# move on to the failover host (previous_priorities), so us-east1 sees one attempt each.
+REFUSED_ATTEMPTS_PER_REQUEST = 1
 
 
 def policy(regions: dict[str, Region], outlier_detection: str) -> str:
@@ -86,7 +85,7 @@ async def test_gateway_errors_eject_on_503_and_never_on_500(
 
 
 async def test_split_mode_ejects_on_refused_connections_only_after_the_local_origin_count(
-    regions: dict[str, Region], start_stack: StackFactory, data_path: DataPath
+    regions: dict[str, Region], start_stack: StackFactory
 ) -> None:
     # consecutive5xxErrors: 1 alone would eject at the first refused attempt (the seed's
     # story); split mode counts refused connections against consecutiveLocalOriginFailures.
@@ -99,7 +98,7 @@ async def test_split_mode_ejects_on_refused_connections_only_after_the_local_ori
         )
     )
     regions["east"].servers[0].set_mode(Mode.REFUSE)
-    needed = math.ceil(5 / REFUSED_ATTEMPTS_PER_REQUEST[data_path])
+    needed = math.ceil(5 / REFUSED_ATTEMPTS_PER_REQUEST)
 
     for _ in range(needed):
         assert east_row(stack, regions)["ejected"] is False

@@ -45,6 +45,10 @@ class Harness:
             policy, Locality.parse("us-east1"), now=self.clock.now(), rng=random.Random(7)
         )
         self.broken = False
+        self.changes = 0  # on_change calls: the EDS pushes the service would make
+
+    def note_change(self) -> None:
+        self.changes += 1
 
     def current_table(self) -> ServiceTable:
         if self.broken:
@@ -60,7 +64,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Fixture]:
     h = Harness(getattr(request, "param", 10))
     server = grpc.aio.server()
     pb_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(h.current_table, h.clock.now), server
+        ExternalProcessor(h.current_table, h.clock.now, on_change=h.note_change), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -112,13 +116,62 @@ async def test_a_refused_connection_with_retries_counts_every_attempt(harness: F
         stub,
         request_headers("mydb.com"),
         response_headers(
-            503, code_details="upstream_reset_before_response_started{x}", flags=0x8020, attempts=3
+            503,
+            code_details="upstream_reset_before_response_started{x}",
+            flags=0x8020,
+            attempts=3,
+            upstream=EAST,
         ),
     )
     [row] = [v for v in h.table.lookup("mydb.com").hosts(h.clock.now()) if v.address == EAST]  # type: ignore[union-attr]
     assert row.ejected
     assert row.consecutive_5xx == 2  # 1st attempt ejected (and reset); 2 more while ejected
     assert row.active_requests == 0
+
+
+async def test_a_retry_that_left_the_picked_host_counts_its_failure_and_the_other_answer(
+    harness: Fixture,
+) -> None:
+    # us-east1 refused; Envoy's retry left it (previous priorities) and us-west answered 200.
+    h, stub = harness
+    await exchange(
+        stub, request_headers("mydb.com"), response_headers(200, attempts=2, upstream=WEST)
+    )
+    cluster = h.table.lookup("mydb.com")
+    assert cluster is not None
+    rows = {v.address: v for v in cluster.hosts(h.clock.now())}
+    assert rows[EAST].ejected  # consecutive5xxErrors: 1, and a refused connect counts 503
+    assert rows[EAST].num_ejections == 1
+    assert not rows[WEST].ejected
+    assert rows[WEST].consecutive_5xx == 0
+    assert all(v.active_requests == 0 for v in rows.values())
+    [answer] = await exchange(stub, request_headers("mydb.com"))
+    assert routed_host(answer) == WEST
+
+
+async def test_an_ejection_is_pushed_at_once_and_a_success_pushes_nothing(
+    harness: Fixture,
+) -> None:
+    # Envoy's load balancer picks every retry from EDS health: it must learn of an ejection
+    # with the response that caused it, not at the next sweep.
+    h, stub = harness
+    await exchange(stub, request_headers("mydb.com"), response_headers(200, upstream=EAST))
+    assert h.changes == 0
+    await exchange(stub, request_headers("mydb.com"), response_headers(503, upstream=EAST))
+    assert h.changes == 1
+
+
+@pytest.mark.parametrize("harness", [100], indirect=True)
+async def test_a_503_from_the_host_a_retry_moved_to_is_counted_there(harness: Fixture) -> None:
+    h, stub = harness
+    await exchange(
+        stub, request_headers("mydb.com"), response_headers(503, attempts=2, upstream=WEST)
+    )
+    cluster = h.table.lookup("mydb.com")
+    assert cluster is not None
+    rows = {v.address: v for v in cluster.hosts(h.clock.now())}
+    assert rows[EAST].ejected
+    assert rows[WEST].ejected
 
 
 async def test_the_second_ejection_needs_max_ejection_percent(harness: Fixture) -> None:

@@ -33,6 +33,7 @@ UT = AttemptResult.timeout()
         pytest.param(503, "no_healthy_upstream", 0x2, 0, (), id="no-healthy-upstream-not-counted"),
         pytest.param(503, "cluster_not_found", 0x1000000, 0, (), id="no-cluster-not-counted"),
         pytest.param(503, "overflow", 0x80, 1, (), id="overflow-not-counted"),
+        pytest.param(503, "overflow", 0x80, 2, (503,), id="only-the-overflow-not-counted"),
         pytest.param(0, "downstream_remote_disconnect", 0x4000, 1, (), id="client-went-away"),
     ],
 )
@@ -60,3 +61,36 @@ def test_classify_tells_local_origin_failures_from_upstream_answers(
     # Split mode needs the kind: only answers reach the 5xx and gateway counters, and only
     # attempts that connected reset the local-origin counter.
     assert classify(status, details, flags, attempts).results == results
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "flags", "attempts", "ours", "elsewhere"),
+    [
+        pytest.param(200, "via_upstream", 0, 2, (UF,), ANSWER(200), id="refused-then-200"),
+        pytest.param(503, "via_upstream", 0, 2, (UF,), ANSWER(503), id="refused-then-503"),
+        pytest.param(200, "via_upstream", 0, 3, (UF,), ANSWER(200), id="middle-attempt-unknown"),
+        pytest.param(503, REFUSED, 0x20, 3, (UF,), UF, id="refused-everywhere"),
+        pytest.param(504, "response_timeout", 0x4, 2, (UF,), UT, id="refused-then-timeout"),
+        pytest.param(503, "overflow", 0x80, 2, (UF,), None, id="refused-then-overflow"),
+        pytest.param(200, "via_upstream", 0, 1, (), ANSWER(200), id="one-attempt-elsewhere"),
+    ],
+)
+def test_a_retry_that_left_the_picked_host_splits_the_attempts(
+    status: int,
+    details: str,
+    flags: int,
+    attempts: int,
+    ours: tuple[AttemptResult, ...],
+    elsewhere: AttemptResult | None,
+) -> None:
+    # The override sends the first attempt to the picked host: with more than one attempt it
+    # failed there (once), and the host that served the last one gets the final result.
+    outcome = classify(status, details, flags, attempts, moved=True)
+    assert outcome.results == ours
+    assert outcome.elsewhere == elsewhere
+
+
+def test_an_answer_on_the_picked_host_is_not_counted_elsewhere() -> None:
+    outcome = classify(200, "via_upstream", 0, 1)
+    assert outcome.results == (ANSWER(200),)
+    assert outcome.elsewhere is None
