@@ -137,7 +137,9 @@ async def test_the_brain_killed_and_restarted_under_a_request_loop_costs_no_requ
     regions["east"].servers[0].set_mode(Mode.FAIL_503)
     after = await loop(stack, 10, pause_s=0.02)
 
-    assert {r.status for r in replies} == {200}, [(r.status, r.body[:80]) for r in replies if r.status != 200]
+    assert {r.status for r in replies} == {200}, [
+        (r.status, r.body[:80]) for r in replies if r.status != 200
+    ]
     assert {r.served_by for r in replies} == {EAST}
     assert [r.status for r in after].count(503) <= 2
     assert after[-1].served_by == WEST
