@@ -175,14 +175,24 @@ function envoy_on_response(handle)
   if pick_value == nil then
     return
   end
-  local chosen, service = string.match(pick_value, "^(%S+) (.+)$")
+  -- Plain string.find and string.sub only: LuaJIT compiles them, while string.match is not
+  -- compiled and would take this per-response path out of the JIT.
+  local space = string.find(pick_value, " ", 1, true)
+  if space == nil then
+    return
+  end
+  local chosen = string.sub(pick_value, 1, space - 1)
+  local service = string.sub(pick_value, space + 1)
   local up, attempts = nil, 1
   if up_value ~= nil then
-    local host, count = string.match(up_value, "^(%S+) (%d+)$")
-    if host ~= nil and host ~= "-" then
-      up = host
+    space = string.find(up_value, " ", 1, true)
+    if space ~= nil then
+      local host = string.sub(up_value, 1, space - 1)
+      if host ~= "-" and host ~= "" then
+        up = host
+      end
+      attempts = tonumber(string.sub(up_value, space + 1)) or 1
     end
-    attempts = tonumber(count) or 1
   end
   local report = ""
   if up ~= nil and up ~= chosen then
