@@ -9,6 +9,7 @@ YAML. One ``Service`` is one Envoy cluster in Istio's terms: a ServiceEntry host
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -35,6 +36,15 @@ class Resolution(enum.Enum):
     DNS = "DNS"
     DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
     STATIC = "STATIC"
+
+
+def is_ip(address: str) -> bool:
+    """True for an IPv4 or IPv6 literal (an endpoint address that needs no DNS)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

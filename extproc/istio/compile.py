@@ -33,7 +33,6 @@ Cross-object rules are checked here: one ServiceEntry per host and port.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -52,6 +51,7 @@ from extproc.core.policy import (
     TlsMode,
     TlsSettings,
     UpstreamSni,
+    is_ip,
 )
 from extproc.errors import ConfigError, Problem
 from extproc.istio.schema import (
@@ -289,7 +289,7 @@ class _Compiler:
         """
         if tls.sni_from is UpstreamSni.ENDPOINT:
             where = f"metadata.annotations[{UPSTREAM_SNI_ANNOTATION}]"
-            ips = [e.address for e in endpoints if _is_ip(e.address)]
+            ips = [e.address for e in endpoints if is_ip(e.address)]
             if ips and (rule.policy_source, where) not in self.said:
                 self.said.add((rule.policy_source, where))
                 self.errors.append(
@@ -303,7 +303,7 @@ class _Compiler:
         if not tls.auto_sni:
             return
         others = sorted({e.address for e in endpoints if _normalize(e.address) != host})
-        names = [a for a in others if not _is_ip(a)]
+        names = [a for a in others if not is_ip(a)]
         if not names or (rule.policy_source, path) in self.said:
             return
         self.said.add((rule.policy_source, path))
@@ -520,14 +520,6 @@ def _tls_settings(
         insecure_skip_verify=spec.insecure_skip_verify is True,
         sni_from=sni_from,
     )
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _connect_timeout_s(pool: ConnectionPoolSpec | None) -> float:

@@ -18,7 +18,6 @@ Cross-object rules (which DestinationRule applies to which host) live in ``compi
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Final, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from extproc.core.policy import LbAlgorithm
+from extproc.core.policy import LbAlgorithm, is_ip
 from extproc.errors import Problem
 
 __all__ = [
@@ -690,14 +689,6 @@ def _fqdn_error(name: str) -> str | None:
     return _labels_error(name, name)
 
 
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
-
 def _port_error(port: int) -> str | None:
     # agent.ValidatePort
     return None if 1 <= port <= 65535 else f"port number {port} must be in the range 1..65535"
@@ -818,11 +809,11 @@ def _check_endpoint(
         check.error(f"{where}.address", "is required")
     elif address.startswith("unix://"):
         check.error(f"{where}.address", "unix domain socket endpoints are not supported")
-    elif resolution == "STATIC" and not _is_ip(address):
+    elif resolution == "STATIC" and not is_ip(address):
         check.error(
             f"{where}.address", f"endpoint address {_show(address)} is not a valid IP address"
         )
-    elif not _is_ip(address) and _fqdn_error(address) is not None:
+    elif not is_ip(address) and _fqdn_error(address) is not None:
         check.error(
             f"{where}.address",
             f"endpoint address {_show(address)} is not a valid FQDN or an IP address",

@@ -41,7 +41,6 @@ us-west is made under us-west's name.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -53,6 +52,7 @@ from extproc.core.policy import (
     TlsMode,
     TlsSettings,
     UpstreamSni,
+    is_ip,
     route_domains,
 )
 
@@ -152,14 +152,6 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
 def _duration(seconds: float) -> str:
     """A protobuf JSON duration in whole milliseconds (Istio validates ms precision)."""
     return f"{round(seconds * 1000) / 1000:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _circuit_breakers() -> dict[str, Any]:
@@ -339,7 +331,7 @@ def _tls_cluster_fields(tls: TlsSettings, settings: RenderSettings) -> dict[str,
 def _san_matcher(san: str) -> dict[str, Any]:
     """One exact SAN. Istio's untyped ``match_subject_alt_names`` is deprecated in Envoy;
     the typed form needs a SAN type, read off the value (URI, IP or DNS)."""
-    san_type = "URI" if "://" in san else "IP_ADDRESS" if _is_ip(san) else "DNS"
+    san_type = "URI" if "://" in san else "IP_ADDRESS" if is_ip(san) else "DNS"
     return {"san_type": san_type, "matcher": {"exact": san}}
 
 
@@ -378,7 +370,7 @@ def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
     # A name (compose: "extproc") is resolved by Envoy; an IP needs no DNS.
     return {
         "name": EXT_PROC_CLUSTER,
-        "type": "STATIC" if _is_ip(settings.ext_proc_host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(settings.ext_proc_host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
@@ -426,7 +418,7 @@ def _service_health_check() -> dict[str, Any]:
 def _brain_cluster(settings: RenderSettings) -> dict[str, Any]:
     return {
         "name": BRAIN_CLUSTER,
-        "type": "STATIC" if _is_ip(settings.ext_proc_host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(settings.ext_proc_host) else "STRICT_DNS",
         "connect_timeout": "0.25s",
         "load_assignment": _assignment(BRAIN_CLUSTER, settings.ext_proc_host, settings.brain_port),
     }

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -23,6 +22,7 @@ from envoy.admin.v3 import clusters_pb2, metrics_pb2
 from google.protobuf import json_format
 
 from extproc.core.cluster import HostView
+from extproc.core.policy import is_ip
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
 from extproc.server.metrics import (
@@ -52,14 +52,6 @@ def endpoints_json(table: ServiceTable, now: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _envoy_stats(view: HostView, counts: dict[str, int]) -> list[tuple[str, int, bool]]:
     """Envoy's per-host stats we can give, as ``(name, value, is_gauge)``.
 
@@ -87,7 +79,7 @@ def _host_status(view: HostView, counts: dict[str, int]) -> clusters_pb2.HostSta
     status = clusters_pb2.HostStatus(weight=view.weight, priority=view.priority)
     # Envoy's STRICT_DNS hosts carry the name they were resolved from; an IP endpoint has
     # no hostname.
-    if not _is_ip(view.endpoint_address):
+    if not is_ip(view.endpoint_address):
         status.hostname = view.endpoint_address
     status.address.socket_address.address = host.strip("[]")
     status.address.socket_address.port_value = int(port)
@@ -156,7 +148,7 @@ def clusters_text(table: ServiceTable, now: float, stats: HostStats = _no_stats)
                 (stat, value) for stat, value, _ in _envoy_stats(view, stats(name, view.address))
             )
             lines += [f"{prefix}::{stat}::{value}" for stat, value in stat_lines]
-            hostname = "" if _is_ip(view.endpoint_address) else view.endpoint_address
+            hostname = "" if is_ip(view.endpoint_address) else view.endpoint_address
             flags = "/failed_outlier_check" if view.ejected else "healthy"
             lines += [
                 f"{prefix}::hostname::{hostname}",

@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.clock import Clock, MonotonicClock
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Locality, Policy, Resolution, Workload
+from extproc.core.policy import Locality, Policy, Resolution, Workload, is_ip
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
 from extproc.render.bootstrap import EXT_PROC_HEALTH_SERVICE
@@ -38,7 +38,6 @@ from extproc.server.reload import PolicyChange, policy_change
 from extproc.server.resolver import (
     Answer,
     EndpointResolver,
-    is_ip,
     make_resolver,
     resolve,
 )

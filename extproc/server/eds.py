@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from google.protobuf import any_pb2
+
+from extproc.core.policy import is_ip
 
 log = structlog.get_logger(__name__)
 
@@ -69,14 +70,6 @@ class EdsHost:
     # The endpoint address it came from; a name is sent as the host's hostname, as a
     # STRICT_DNS host carries it (Envoy's auto_host_sni and auto_host_rewrite use it).
     hostname: str = ""
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _sort_key(host: EdsHost) -> tuple[int, str, str, str, str, int]:
@@ -104,7 +97,7 @@ def load_assignment(
         lb_endpoint = group.lb_endpoints.add()
         lb_endpoint.endpoint.address.socket_address.address = host.ip
         lb_endpoint.endpoint.address.socket_address.port_value = host.port
-        if host.hostname and not _is_ip(host.hostname):
+        if host.hostname and not is_ip(host.hostname):
             lb_endpoint.endpoint.hostname = host.hostname
         # Envoy rejects a weight of 0; Istio reads an unset endpoint weight as 1
         # (IstioEndpoint.GetLoadBalancingWeight).

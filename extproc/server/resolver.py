@@ -20,7 +20,6 @@ outlier state (Envoy's logical host would keep its state).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,22 +29,13 @@ import dns.resolver
 import structlog
 
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Resolution
+from extproc.core.policy import Resolution, is_ip
 
 log = structlog.get_logger(__name__)
 
 DNS_REFRESH_RATE_S = 60.0  # Istio mesh default dnsRefreshRate
 _MIN_REFRESH_S = 1.0
 _FAILURE_RETRY_S = 5.0
-
-
-def is_ip(address: str) -> bool:
-    """True for an IPv4 or IPv6 literal."""
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
