@@ -7,7 +7,8 @@ Three steps, each in its module: ``load`` splits YAML into documents, ``schema``
 document against Istio's API and validation rules, ``compile`` joins DestinationRules to
 ServiceEntry hosts and applies Istio's defaults. Every problem of every step is collected;
 if any is an error, ``ConfigError`` carries them all and nothing is returned. Warnings end up
-in ``Policy.warnings``. This package does no I/O beyond reading the given files.
+in ``Policy.warnings``. This package does no I/O beyond reading the given files and checking
+that the TLS files a DestinationRule names can be read.
 """
 
 from __future__ import annotations
