@@ -32,7 +32,7 @@ meet), then the final result. Where they ran:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from extproc.core.outlier import AttemptResult
 
@@ -57,12 +57,12 @@ class Outcome:
 
     results: tuple[AttemptResult, ...]
     elsewhere: AttemptResult | None = None
+    #: The picked host's codes as Envoy's non-split detector counts them, without error-code
+    #: matching (for metrics); computed once, so a prebuilt outcome costs nothing per response.
+    codes: tuple[int, ...] = field(init=False, compare=False)
 
-    @property
-    def codes(self) -> tuple[int, ...]:
-        """The picked host's codes as Envoy's non-split detector counts them, without
-        error-code matching."""
-        return tuple(result.code() for result in self.results)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codes", tuple(result.code() for result in self.results))
 
 
 _EARLIER_FAILURE = (AttemptResult.connect_failure(),)

@@ -3,8 +3,11 @@ responder and stand-in endpoints, all on loopback with ports read back after bin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +16,13 @@ from extproc.demo import free_port
 from extproc.istio import load_policy_text
 from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, StandIn
-from extproc.sandbox.client import get
+from extproc.sandbox.client import Reply, get
 from extproc.server.stack import Stack, StackSettings
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
 WEST = "dynamodb.us-west-1.amazonaws.com"
+#: The command line, as a user runs it.
+EXTPROC = (sys.executable, "-m", "extproc")
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +117,46 @@ async def envoy_stat(stack: Stack, name: str) -> int:
 
 async def lua_errors(stack: Stack) -> int:
     return await envoy_stat(stack, "http.extproc_ingress.lua.errors")
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    return "{}:{}".format(*address)
+
+
+async def start_extproc_up(
+    config: Path,
+    listen: tuple[str, int],
+    admin: tuple[str, int],
+    *extra: str,
+    dns_resolver: tuple[str, int] | None = None,
+    stdout: int = asyncio.subprocess.PIPE,
+    stderr: int = asyncio.subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """``extproc up`` as a process, for a workload in us-east1; ``extra`` flags are appended."""
+    args = [*EXTPROC, "up", "--config", str(config), "--locality", "us-east1"]
+    args += ["--listen", _hostport(listen), "--admin", _hostport(admin)]
+    if dns_resolver is not None:
+        args += ["--dns-resolver", _hostport(dns_resolver)]
+    return await asyncio.create_subprocess_exec(
+        *args,
+        *extra,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env=None if env is None else dict(env),
+    )
+
+
+async def first_200(
+    address: tuple[str, int], host: str = "mydb.com", timeout_s: float = 30.0
+) -> Reply:
+    """Ask until a request for ``host`` succeeds; that reply."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        reply = await get(address, host, timeout_s=2)
+        if reply.status == 200:
+            return reply
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no request for {host} succeeded within {timeout_s:g}s")

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,28 +14,15 @@ from extproc.demo import free_port
 from extproc.sandbox import DnsResponder
 from extproc.sandbox.client import get
 
-from .conftest import EAST, Region
+from .conftest import EAST, EXTPROC, Region, first_200, start_extproc_up
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
-
-EXTPROC = [sys.executable, "-m", "extproc"]
 
 
 def _children_of(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
-
-
-async def _wait_for_200(address: tuple[str, int], timeout_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        reply = await get(address, "mydb.com", timeout_s=2)
-        if reply.status == 200:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("extproc up did not start serving")
 
 
 async def test_up_routes_like_the_seed_and_stops_cleanly_on_sigterm(
@@ -46,24 +32,9 @@ async def test_up_routes_like_the_seed_and_stops_cleanly_on_sigterm(
     config.write_text(seed(regions["east"].port, regions["west"].port))
     listen = ("127.0.0.1", free_port())
     admin = ("127.0.0.1", free_port())
-    proc = await asyncio.create_subprocess_exec(
-        *EXTPROC,
-        "up",
-        "--config",
-        str(config),
-        "--locality",
-        "us-east1",
-        "--listen",
-        "{}:{}".format(*listen),
-        "--admin",
-        "{}:{}".format(*admin),
-        "--dns-resolver",
-        "{}:{}".format(*dns.address),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_extproc_up(config, listen, admin, dns_resolver=dns.address)
     try:
-        await _wait_for_200(listen)
+        await first_200(listen)
         replies = [await get(listen, "mydb.com") for _ in range(5)]
         assert [r.served_by for r in replies] == [EAST] * 5
 
@@ -96,20 +67,7 @@ async def test_up_with_a_bad_config_exits_1_naming_file_document_and_field(tmp_p
     config = tmp_path / "bad.yaml"
     config.write_text(seed(8080, 8081).replace("interval: 1s", 'interval: "1x"'))
     listen = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *EXTPROC,
-        "up",
-        "--config",
-        str(config),
-        "--locality",
-        "us-east1",
-        "--listen",
-        f"127.0.0.1:{listen}",
-        "--admin",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_extproc_up(config, ("127.0.0.1", listen), ("127.0.0.1", 0))
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     message = err.decode()
     assert proc.returncode == 1

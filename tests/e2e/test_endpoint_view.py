@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,11 @@ from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import get
 from tests.differential.reference import Proxy, ReferenceEnvoy, render_reference
 
-from .conftest import EAST, WEST, Region
+from .conftest import EAST, EXTPROC, WEST, Region, first_200, start_extproc_up
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
 
-EXTPROC = [sys.executable, "-m", "extproc"]
 CLUSTER = "outbound|80||mydb.com"
 
 #: The parts of an ``envoy.admin.v3.HostStatus`` that istioctl's endpoint views read
@@ -135,16 +133,6 @@ async def _wait_ejected(address: tuple[str, int], expected: set[str]) -> dict[st
     raise AssertionError(f"never ejected {expected}: {clusters}")
 
 
-async def _wait_serving(listen: tuple[str, int], timeout_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        if (await get(listen, "mydb.com", timeout_s=2)).status == 200:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("extproc up did not start serving")
-
-
 async def _status_rows(admin: tuple[str, int]) -> set[tuple[str, ...]]:
     """``extproc status``'s first four columns (istioctl's), one tuple per endpoint."""
     status = await asyncio.create_subprocess_exec(
@@ -182,23 +170,14 @@ async def test_clusters_json_matches_a_real_envoys_for_the_same_yaml_and_ejectio
         ),
         concurrency=1,
     )
-    proc = await asyncio.create_subprocess_exec(
-        *EXTPROC,
-        "up",
-        "--config",
-        str(config),
-        "--locality",
-        "us-east1",
-        "--listen",
-        "{}:{}".format(*listen),
-        "--admin",
-        "{}:{}".format(*admin),
-        "--dns-resolver",
-        "{}:{}".format(*dns.address),
+    proc = await start_extproc_up(
+        config,
+        listen,
+        admin,
         "--data-path",
         data_path.value,
+        dns_resolver=dns.address,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     stderr_lines: list[bytes] = []
@@ -211,7 +190,7 @@ async def test_clusters_json_matches_a_real_envoys_for_the_same_yaml_and_ejectio
     reader = asyncio.create_task(drain_stderr())
     try:
         async with reference:
-            await _wait_serving(listen)
+            await first_200(listen)
             assert reference.envoy.admin_address is not None
             envoy_admin = reference.envoy.admin_address
             # Both route to us-east1 (priority 0) while it is healthy.

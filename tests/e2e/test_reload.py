@@ -21,7 +21,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from extproc.server.envoy_process import HotRestart
 from extproc.server.reload import ConfigReloader, PolicyChange
 from extproc.server.stack import Stack
 
-from .conftest import EAST, WEST, Region, StackFactory
+from .conftest import EAST, WEST, Region, StackFactory, first_200, start_extproc_up
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
@@ -138,18 +137,6 @@ class RequestLoop:
 def _children_of(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
-
-
-async def first_200(address: tuple[str, int], host: str, timeout_s: float = 30.0) -> Reply:
-    """Ask until a request for ``host`` succeeds; that reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        reply = await get(address, host, timeout_s=2)
-        if reply.status == 200:
-            return reply
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no request for {host} succeeded within {timeout_s:g}s")
 
 
 def east_row(stack: Stack, port: int) -> dict[str, Any]:
@@ -261,28 +248,16 @@ async def test_extproc_up_reloads_on_sighup_and_leaves_no_process_behind(
     config = tmp_path / "mesh.yaml"
     config.write_text(text)
     listen = ("127.0.0.1", free_port())
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "extproc",
-        "up",
-        "--config",
-        str(config),
-        "--locality",
-        "us-east1",
-        "--listen",
-        "{}:{}".format(*listen),
-        "--admin",
-        "127.0.0.1:0",
-        "--dns-resolver",
-        "{}:{}".format(*dns.address),
+    proc = await start_extproc_up(
+        config,
+        listen,
+        ("127.0.0.1", 0),
         "--watch-interval-s",
         "0",
         "--drain-time-s",
         "1",
-        stdin=asyncio.subprocess.DEVNULL,
+        dns_resolver=dns.address,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")},
     )
     assert proc.stderr is not None
