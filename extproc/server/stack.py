@@ -69,6 +69,8 @@ class StackSettings:
     # after parent_shutdown_time_s (Envoy's --drain-time-s and --parent-shutdown-time-s).
     drain_time_s: int = 10
     parent_shutdown_time_s: int = 15
+    # Envoy's own admin (/stats, /config_dump); None: a free loopback port.
+    envoy_admin: tuple[str, int] | None = None
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int, str]:
@@ -165,6 +167,8 @@ class Stack:
             RenderSettings(
                 listen_host=self.settings.listen[0],
                 listen_port=self.settings.listen[1],
+                envoy_admin_host=(self.settings.envoy_admin or ("127.0.0.1", 0))[0],
+                envoy_admin_port=(self.settings.envoy_admin or ("127.0.0.1", 0))[1],
                 ext_proc_host="127.0.0.1",
                 ext_proc_port=self.app.grpc_port,
                 message_timeout_ms=self.settings.message_timeout_ms,
@@ -173,6 +177,12 @@ class Stack:
                 system_ca_file=self.settings.system_ca_file,
             ),
         )
+
+    @property
+    def envoy_admin_address(self) -> tuple[str, int]:
+        """Where the serving Envoy's own admin listens (known once it has started)."""
+        assert self.envoy is not None and self.envoy.admin_address is not None
+        return self.envoy.admin_address
 
     async def reload(self, policy: Policy) -> PolicyChange:
         """Serve a new, validated policy; hot restart Envoy only if its bootstrap changed.
