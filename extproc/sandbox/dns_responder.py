@@ -15,6 +15,10 @@ Theory of operation:
 3. Negative answers carry no SOA, so no resolver caches them (RFC 2308 §5): a name added with
    ``set_records`` resolves on the very next query.
 4. Anything that does not parse is dropped: a stray packet must never take the server down.
+5. Two faults a broken resolver shows, for the fault suite (``bench/faults.py``): ``servfail``
+   answers every query SERVFAIL, and ``delay_s`` sends every answer that much later. Both apply
+   from the next query; ``stop`` then ``start`` takes the server away and brings it back on
+   the same port.
 
 Only 127.0.0.0/8 addresses are accepted, for the listening host and for every record, so that a
 misconfigured sandbox can never send traffic off the machine.
@@ -90,6 +94,10 @@ class DnsResponder:
         ttl_s: TTL of every answer, in seconds. Keep it short so that a resolver honouring
             TTLs (Envoy with ``respect_dns_ttl``) sees ``set_records`` soon.
 
+    Attributes:
+        servfail: Answer every query SERVFAIL (a resolver whose upstream is broken).
+        delay_s: Send every answer this many seconds after the query (a slow resolver).
+
     Raises:
         ValueError: A record address or ``host`` is not in 127.0.0.0/8, or ``ttl_s`` is negative.
     """
@@ -107,6 +115,8 @@ class DnsResponder:
         self.host = _loopback_ipv4(host, "host")
         self.ttl_s = ttl_s
         self.queries: list[tuple[str, str]] = []
+        self.servfail = False
+        self.delay_s = 0.0
         self._port = port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -306,7 +316,9 @@ class DnsResponder:
         rdtype_text = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((question.name.to_text(omit_final_dot=True).lower(), rdtype_text))
         rdatas = self._records.get(question.name)
-        if question.rdclass != dns.rdataclass.IN:
+        if self.servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif question.rdclass != dns.rdataclass.IN:
             response.set_rcode(dns.rcode.REFUSED)
         elif not rdatas:
             response.set_rcode(dns.rcode.NXDOMAIN)
@@ -338,10 +350,19 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         try:
             wire = self._responder.answer(data, max_size=None)
-            if wire is not None and self._transport is not None:
-                self._transport.sendto(wire, addr)
+            if wire is None:
+                return
+            if self._responder.delay_s > 0:
+                loop = asyncio.get_running_loop()
+                loop.call_later(self._responder.delay_s, self._send, wire, addr)
+            else:
+                self._send(wire, addr)
         except Exception:
             logger.exception("dns_responder.udp_error", peer=str(addr))
+
+    def _send(self, wire: bytes, addr: tuple[str | object, int]) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(wire, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a client that gave up; not our problem.
@@ -380,5 +401,14 @@ class _TcpProtocol(asyncio.Protocol):
             except Exception:
                 logger.exception("dns_responder.tcp_error")
                 continue
-            if answer is not None and self._transport is not None:
-                self._transport.write(len(answer).to_bytes(2, "big") + answer)
+            if answer is None:
+                continue
+            if self._responder.delay_s > 0:
+                loop = asyncio.get_running_loop()
+                loop.call_later(self._responder.delay_s, self._send, answer)
+            else:
+                self._send(answer)
+
+    def _send(self, answer: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(len(answer).to_bytes(2, "big") + answer)

@@ -10,6 +10,8 @@ bad and coming back, in each of the ways Envoy's outlier detection tells apart:
   ``consecutive_local_origin_failure``); leaving REFUSE listens on the SAME port again, because
   Envoy's endpoint (from DNS) names that port.
 - ``Mode.HANG``: connections are accepted and requests read, but never answered (timeouts).
+- ``Mode.RESET``: the status line, the headers and half the body of the healthy answer, then
+  RST a moment later (a server that crashes mid-response).
 
 Theory of operation:
 
@@ -23,7 +25,8 @@ Theory of operation:
    increment and a write. The body of a request is read and dropped (``content-length`` or
    chunked), so keep-alive and pipelined requests stay in step.
 4. Once a request hangs, its connection stays silent for good: answering later requests on it
-   would answer them out of order.
+   would answer them out of order. RESET is a hang that ends in RST after ``_RESET_AFTER_S``,
+   so that the client has read the partial answer before the reset arrives.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ _TLS_HANDSHAKE_TIMEOUT_S = 10.0
 _CLOSE_GRACE_S = 1.0
 # SO_LINGER on, timeout 0: close() sends RST instead of FIN, as a crashed server's kernel would.
 _LINGER_RST = struct.pack("ii", 1, 0)
+# In RESET, how long the partial answer stands before the RST.
+_RESET_AFTER_S = 0.05
 
 # The four wire variants of one answer, indexed by (is HEAD) * 2 + (close after).
 _KEEP_ALIVE, _CLOSE, _HEAD_KEEP_ALIVE, _HEAD_CLOSE = range(4)
@@ -78,6 +83,7 @@ class Mode(enum.Enum):
     FAIL_500 = "fail_500"
     REFUSE = "refuse"
     HANG = "hang"
+    RESET = "reset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,10 @@ class StandIn:
             ),
         }
         self._bad_request = _render(400, "Bad Request", b"bad request\n", name)
+        # RESET's partial answer: the healthy head (keep-alive form) and half its body.
+        healthy = self._replies[Mode.HEALTHY].wire[_KEEP_ALIVE]
+        body_size = len(f"healthy: {name}\n")
+        self._partial = healthy[: len(healthy) - body_size + body_size // 2]
         # What the connections answer with right now; None means stay silent (HANG, REFUSE).
         self._reply: _Reply | None = self._replies.get(mode)
         self._served: collections.Counter[int] = collections.Counter()
@@ -462,6 +472,7 @@ class _HttpConnection(asyncio.Protocol):
         "_closing",
         "_host",
         "_hung",
+        "_resetting",
         "_sni",
         "_stand_in",
         "_transport",
@@ -477,6 +488,7 @@ class _HttpConnection(asyncio.Protocol):
         self._chunk_left = 0
         self._variant = _KEEP_ALIVE
         self._hung = False
+        self._resetting = False
         self._closing = False
         self._sni: str | None = None
         self._host = ""
@@ -571,6 +583,9 @@ class _HttpConnection(asyncio.Protocol):
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self._closing:
             transport.close()
+        elif self._resetting:
+            self._resetting = False
+            asyncio.get_running_loop().call_later(_RESET_AFTER_S, self.reset)
 
     def _read_head(self, head: bytes, out: list[bytes]) -> bool:
         """Take what matters from a request head; False if it is not a request we can frame."""
@@ -673,6 +688,9 @@ class _HttpConnection(asyncio.Protocol):
         stand_in = self._stand_in
         reply = stand_in._reply
         if reply is None:
+            if stand_in._mode is Mode.RESET:
+                out.append(stand_in._partial)
+                self._resetting = True
             self._hung = True
             return False
         out.append(reply.wire[self._variant])
