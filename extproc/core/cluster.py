@@ -364,6 +364,16 @@ class ClusterState:
         if self._detector is not None and self._detector.put_result(host, result, now):
             self._dirty = True
 
+    def has_host(self, host: str) -> bool:
+        """Whether ``host`` (``ip:port``) is one of the cluster's hosts now.
+
+        Outcomes for other addresses are dropped (``record`` ignores them), so the data
+        paths check this before counting a report in the metrics.
+        """
+        if self._successor is not None:
+            return self._successor.has_host(host)
+        return host in self._hosts
+
     def release(self, host: str) -> None:
         """End a picked attempt that produced no outcome (the stream was aborted)."""
         if self._successor is not None:

@@ -119,7 +119,9 @@ class Brain:
         if cluster is None:
             return None
         now = self._now()
-        reports = parse_reports(body)
+        # A line naming no host of this service (one a DNS change dropped, a made-up one)
+        # changes nothing; dropped here, it does not reach the metrics either.
+        reports = [report for report in parse_reports(body) if cluster.has_host(report.host)]
         for report in reports:
             # n successes in a row reset the counters as one does.
             if report.kind != "s" or report.value > 0:
