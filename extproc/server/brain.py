@@ -74,15 +74,36 @@ class Report:
         return _LOCAL_ORIGIN.get(self.origin) or AttemptResult.answer(self.value)
 
 
+#: The most digits a number of a sync line has: a status, a success count (far above what
+#: one worker sees in one table's TTL).
+_STATUS_DIGITS = 3
+_COUNT_DIGITS = 9
+
+
+def _number(word: str, digits: int) -> int | None:
+    """``word`` as a number of 1 to ``digits`` ASCII digits, else None.
+
+    ``str.isdigit`` alone would let through what ``int`` refuses (``"²"``, more than 4,300
+    digits) and other scripts' digits, which Lua never writes.
+    """
+    if len(word) <= digits and word.isascii() and word.isdigit():
+        return int(word)
+    return None
+
+
 def parse_reports(body: str) -> list[Report]:
     """Parse a sync body; malformed lines are skipped (a bad worker cannot stop the others)."""
     reports = []
     for line in body.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] in ("s", "e") and parts[2].isdigit():
-            reports.append(Report(parts[0], parts[1], int(parts[2])))
-        elif len(parts) == 4 and parts[0] == "e" and parts[2].isdigit() and parts[3] in _NO_ANSWER:
-            reports.append(Report("e", parts[1], int(parts[2]), parts[3]))
+        if len(parts) == 3 and parts[0] in ("s", "e"):
+            value = _number(parts[2], _COUNT_DIGITS if parts[0] == "s" else _STATUS_DIGITS)
+            if value is not None:
+                reports.append(Report(parts[0], parts[1], value))
+        elif len(parts) == 4 and parts[0] == "e" and parts[3] in _NO_ANSWER:
+            value = _number(parts[2], _STATUS_DIGITS)
+            if value is not None:
+                reports.append(Report("e", parts[1], value, parts[3]))
     return reports
 
 

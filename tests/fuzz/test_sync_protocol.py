@@ -424,3 +424,34 @@ def test_a_report_for_a_host_outside_the_service_counts_no_outcome() -> None:
     assert metrics.host_stats(mydb, stranger) == dict.fromkeys(metrics.host_stats(mydb, ""), 0)
     assert metrics.host_stats(mydb, neighbour) == dict.fromkeys(metrics.host_stats(mydb, ""), 0)
     assert metrics.host_stats(other, neighbour) == dict.fromkeys(metrics.host_stats(other, ""), 0)
+
+
+_HOST = world.ALL_HOSTS[0]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"s {_HOST} \u00b2",
+        f"e {_HOST} \u00b2",
+        f"s {_HOST} {'9' * 4301}",
+        f"e {_HOST} {'9' * 4301} c",
+        f"e {_HOST} \u0665\u0660\u0663",
+        f"e {_HOST} \uff15\uff10\uff13 r",
+        f"e {_HOST} 0503",
+        f"s {_HOST} 1234567890",
+    ],
+    ids=[
+        "superscript-two-count",
+        "superscript-two-status",
+        "4301-digit-count",
+        "4301-digit-code",
+        "arabic-indic-status",
+        "fullwidth-code",
+        "four-digit-status",
+        "ten-digit-count",
+    ],
+)
+def test_a_number_lua_never_writes_skips_its_line(line: str) -> None:
+    body = f"{line}\ns {_HOST} 2\n"
+    assert parse_reports(body) == [Report("s", _HOST, 2)]
