@@ -8,17 +8,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The package from this checkout (.dockerignore lets in only what the build needs).
+# The package from this checkout (.dockerignore lets in only what the build needs), without
+# the `envoy` extra: Envoy runs from its own image.
 COPY pyproject.toml README.md /src/
 COPY extproc /src/extproc
 RUN pip install /src && rm -rf /src
 
 RUN groupadd --system --gid 10001 extproc \
-    && useradd --system --uid 10001 --gid extproc --no-create-home --shell /usr/sbin/nologin extproc
+    && useradd --system --uid 10001 --gid extproc --no-create-home --shell /usr/sbin/nologin extproc \
+    && install -d -o 10001 -g 10001 -m 0750 /run/extproc
 USER 10001:10001
 
-# gRPC (ext_proc, EDS, health), the fast path's sync, the admin view (`extproc serve`).
-EXPOSE 9002 9004 9090
+# The admin view. gRPC (ext_proc, EDS, health) and the fast path's sync are Unix sockets in
+# /run/extproc (EXTPROC_SOCKET_DIR), or TCP with a shared secret (`extproc serve --help`).
+EXPOSE 9090
 
 # Ready once the config is loaded and DNS has answered (/readyz on the admin port, read from
 # EXTPROC_ADMIN as the service reads it). Python's standard library only: no curl in the image.

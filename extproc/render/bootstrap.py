@@ -41,6 +41,7 @@ us-west is made under us-west's name.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -68,6 +69,16 @@ EXT_PROC_HEALTH_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 #: Response headers the fast path reads and removes before the client sees them.
 UP_HEADER = "x-extproc-up"
 FLAGS_HEADER = "x-extproc-lr"
+#: The header (HTTP) and metadata key (gRPC) that carry the shared secret to the service
+#: when Envoy reaches it over TCP (``extproc serve --secret-file``).
+SECRET_HEADER = "x-extproc-secret"
+#: The service's Unix domain sockets, in ``RenderSettings.socket_dir``.
+GRPC_SOCKET = "grpc.sock"
+SYNC_SOCKET = "sync.sock"
+#: Envoy's global limit on downstream connections (overload manager). Envoy warns at start
+#: when none is set; Istio's sidecar has no limit of its own, so this one is high enough
+#: never to be what stops a workload, and bounds file descriptors under a connection flood.
+MAX_DOWNSTREAM_CONNECTIONS = 65536
 
 _LUA_FILTER = "envoy.filters.http.lua"
 _EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -139,14 +150,55 @@ class RenderSettings:
     sync_timeout_ms: int = 250
     # The CA bundle of TLS origination without caCertificates, as Envoy's host sees it.
     system_ca_file: str = DEFAULT_SYSTEM_CA_FILE
+    # Reach the service over Unix domain sockets in this directory (GRPC_SOCKET,
+    # SYNC_SOCKET) instead of ext_proc_host:ext_proc_port and brain_port: extproc up's
+    # private directory, or a volume only Envoy's and the service's containers share.
+    socket_dir: str | None = None
+    # Sent with every gRPC stream and sync request (SECRET_HEADER): extproc serve over TCP
+    # accepts nothing without it.
+    secret: str | None = None
 
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
 
 
+_SECRET = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+
+
+def is_valid_secret(secret: str) -> bool:
+    """Whether a shared secret can travel as a header value and a Lua string as it is.
+
+    Base64, hex and token alphabets only, at least 16 characters: what ``openssl rand
+    -base64 32`` or ``secrets.token_urlsafe()`` print.
+    """
+    return _SECRET.match(secret) is not None
+
+
 def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _service_address(settings: RenderSettings, port: int, socket: str) -> dict[str, Any]:
+    """Where Envoy reaches one of the service's listeners: a Unix socket or host:port."""
+    if settings.socket_dir is not None:
+        return {"pipe": {"path": f"{settings.socket_dir.rstrip('/')}/{socket}"}}
+    return _socket_address(settings.ext_proc_host, port)
+
+
+def _grpc_service(settings: RenderSettings) -> dict[str, Any]:
+    """The service as a gRPC target; with a secret, every stream carries it."""
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}}
+    if settings.secret is not None:
+        service["initial_metadata"] = [{"key": SECRET_HEADER, "value": settings.secret}]
+    return service
+
+
+def _static_or_dns(settings: RenderSettings) -> str:
+    # A name (compose: "extproc") is resolved by Envoy; an IP or a socket needs no DNS.
+    if settings.socket_dir is not None or is_ip(settings.ext_proc_host):
+        return "STATIC"
+    return "STRICT_DNS"
 
 
 def _duration(seconds: float) -> str:
@@ -178,7 +230,7 @@ def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, An
     if service.tls is not None:
         cluster |= _tls_cluster_fields(service.tls, settings)
     outlier = service.outlier_detection
-    eds = eds_cluster_config(EXT_PROC_CLUSTER)
+    eds = eds_cluster_config(EXT_PROC_CLUSTER, _grpc_service(settings))
     if settings.data_path is DataPath.EXT_PROC:
         cluster |= {
             "type": eds["type"],
@@ -340,7 +392,9 @@ def _endpoint_sni(tls: TlsSettings | None) -> bool:
     return tls is not None and tls.sni_from is UpstreamSni.ENDPOINT and not tls.sni
 
 
-def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
+def eds_cluster_config(
+    ext_proc_cluster: str, grpc_service: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The fields that make an Envoy cluster take its hosts from the service over EDS.
 
     ``update_merge_window: 0s`` applies each push (an ejection) at once instead of after
@@ -348,6 +402,8 @@ def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
 
     Args:
         ext_proc_cluster: The static HTTP/2 cluster that reaches the service's gRPC port.
+        grpc_service: The ``GrpcService`` to use instead of a bare ``envoy_grpc`` on that
+            cluster (one that carries the shared secret).
     """
     return {
         "type": "EDS",
@@ -357,7 +413,9 @@ def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
                 "api_config_source": {
                     "api_type": "GRPC",
                     "transport_api_version": "V3",
-                    "grpc_services": [{"envoy_grpc": {"cluster_name": ext_proc_cluster}}],
+                    "grpc_services": [
+                        grpc_service or {"envoy_grpc": {"cluster_name": ext_proc_cluster}}
+                    ],
                     "set_node_on_first_message_only": True,
                 },
             }
@@ -367,10 +425,9 @@ def eds_cluster_config(ext_proc_cluster: str) -> dict[str, Any]:
 
 
 def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
-    # A name (compose: "extproc") is resolved by Envoy; an IP needs no DNS.
     return {
         "name": EXT_PROC_CLUSTER,
-        "type": "STATIC" if is_ip(settings.ext_proc_host) else "STRICT_DNS",
+        "type": _static_or_dns(settings),
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
@@ -379,7 +436,7 @@ def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
             )
         },
         "load_assignment": _assignment(
-            EXT_PROC_CLUSTER, settings.ext_proc_host, settings.ext_proc_port
+            EXT_PROC_CLUSTER, _service_address(settings, settings.ext_proc_port, GRPC_SOCKET)
         ),
         "health_checks": [_service_health_check()],
     }
@@ -418,16 +475,18 @@ def _service_health_check() -> dict[str, Any]:
 def _brain_cluster(settings: RenderSettings) -> dict[str, Any]:
     return {
         "name": BRAIN_CLUSTER,
-        "type": "STATIC" if is_ip(settings.ext_proc_host) else "STRICT_DNS",
+        "type": _static_or_dns(settings),
         "connect_timeout": "0.25s",
-        "load_assignment": _assignment(BRAIN_CLUSTER, settings.ext_proc_host, settings.brain_port),
+        "load_assignment": _assignment(
+            BRAIN_CLUSTER, _service_address(settings, settings.brain_port, SYNC_SOCKET)
+        ),
     }
 
 
-def _assignment(cluster_name: str, host: str, port: int) -> dict[str, Any]:
+def _assignment(cluster_name: str, address: dict[str, Any]) -> dict[str, Any]:
     return {
         "cluster_name": cluster_name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
     }
 
 
@@ -531,7 +590,7 @@ def _ext_proc_filter(settings: RenderSettings) -> dict[str, Any]:
         "name": _EXT_PROC_FILTER,
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            grpc_service={"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}},
+            grpc_service=_grpc_service(settings),
             # Fail closed: without the service's pick there is no upstream to go to anyway.
             failure_mode_allow=False,
             status_on_error={"code": 503},
@@ -553,8 +612,14 @@ def _ext_proc_filter(settings: RenderSettings) -> dict[str, Any]:
 def lua_source(settings: RenderSettings) -> str:
     """The fast path's Lua script with its constants filled in."""
     template = resources.files("extproc.render").joinpath("bridge.lua").read_text()
-    return template.replace("@@BRAIN_CLUSTER@@", BRAIN_CLUSTER).replace(
-        "@@SYNC_TIMEOUT_MS@@", str(settings.sync_timeout_ms)
+    secret = settings.secret if settings.secret is not None else ""
+    if not is_valid_secret(secret) and secret:
+        raise ValueError("the shared secret must be 16-512 characters of [A-Za-z0-9._~+/=-]")
+    return (
+        template.replace("@@BRAIN_CLUSTER@@", BRAIN_CLUSTER)
+        .replace("@@SYNC_TIMEOUT_MS@@", str(settings.sync_timeout_ms))
+        .replace("@@SECRET_HEADER@@", SECRET_HEADER)
+        .replace("@@SECRET@@", f'"{secret}"')
     )
 
 
@@ -621,7 +686,7 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
     if lua:
         clusters.append(_brain_cluster(settings))
     clusters += [_service_cluster(s, settings) for s in policy.services]
-    return {
+    bootstrap: dict[str, Any] = {
         "node": {"id": "extproc", "cluster": "extproc"},
         "admin": {"address": _socket_address(settings.envoy_admin_host, settings.envoy_admin_port)},
         "static_resources": {
@@ -629,6 +694,11 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
                 {
                     "name": "extproc_http",
                     "address": _socket_address(settings.listen_host, settings.listen_port),
+                    # Envoy sets SO_REUSEPORT by default, so a second process could bind the
+                    # same port and take half of the connections meant for this listener.
+                    # Without it the port is ours alone; hot restart still hands the socket
+                    # over (listener.proto enable_reuse_port).
+                    "enable_reuse_port": False,
                     "filter_chains": [
                         {
                             "filters": [
@@ -643,4 +713,17 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
             ],
             "clusters": clusters,
         },
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": _typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS,
+                    ),
+                }
+            ]
+        },
     }
+    return bootstrap

@@ -20,6 +20,8 @@ local SYNC_TIMEOUT_MS = @@SYNC_TIMEOUT_MS@@
 local UP_HEADER = "x-extproc-up"
 local FLAGS_HEADER = "x-extproc-lr"
 local METADATA_NS = "extproc.lua"
+-- Empty unless the service is reached over TCP (extproc serve --secret-file).
+local SECRET = @@SECRET@@
 
 local tables = {}      -- service -> {version, ttl, exp, hosts = {...}, cum = {...}, total}
 local successes = {}   -- service -> {host -> count}
@@ -70,13 +72,18 @@ end
 -- what this worker holds. Returns false when the brain could not be reached (fail-static:
 -- the caller keeps routing on the last table).
 local function sync(handle, service, extra, now)
-  local headers, body = handle:httpCall(BRAIN_CLUSTER, {
+  local request = {
     [":method"] = "POST",
     [":path"] = "/v1/sync",
     [":authority"] = "extproc-brain",
     ["x-extproc-service"] = service,
     ["x-extproc-worker"] = WORKER,
-  }, pending(service) .. extra, SYNC_TIMEOUT_MS)
+  }
+  if SECRET ~= "" then
+    request["@@SECRET_HEADER@@"] = SECRET
+  end
+  local headers, body = handle:httpCall(BRAIN_CLUSTER, request, pending(service) .. extra,
+    SYNC_TIMEOUT_MS)
   if headers == nil or headers[":status"] ~= "200" or body == nil then
     return false
   end

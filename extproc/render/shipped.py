@@ -9,19 +9,19 @@ import yaml
 from extproc.istio import load_policy
 from extproc.render.bootstrap import RenderSettings, render_bootstrap
 
-#: Where the shipped Envoy reaches the service and listens (compose and sidecar layouts).
+#: Where the shipped Envoy listens and reaches the service: the sidecar layout, over the
+#: service's sockets in /run/extproc (``extproc serve --socket-dir /run/extproc``).
 SHIPPED_SETTINGS = RenderSettings(
     listen_host="0.0.0.0",
     listen_port=10000,
-    ext_proc_host="127.0.0.1",
-    ext_proc_port=9002,
-    brain_port=9004,
+    socket_dir="/run/extproc",
     envoy_admin_host="127.0.0.1",
     envoy_admin_port=9901,
 )
 
 HEADER = (
-    "# Rendered by `extproc render --config envoy/mydb.yaml` -- do not edit by hand.\n"
+    "# Rendered by `extproc render --config envoy/mydb.yaml --socket-dir /run/extproc`\n"
+    "# -- do not edit by hand.\n"
     "# tests/e2e/test_rendered_configs.py keeps it in sync and validates it with Envoy.\n"
 )
 

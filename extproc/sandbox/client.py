@@ -28,18 +28,23 @@ async def get(
     *,
     headers: dict[str, str] | None = None,
     timeout_s: float = 10.0,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> Reply:
-    """Send ``GET path`` with ``Host: host`` to ``address`` and read the whole reply."""
+    """Send ``GET path`` (or ``method``, with ``body``) with ``Host: host`` to ``address``
+    and read the whole reply."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    if body or method != "GET":
+        extra += f"content-length: {len(body)}\r\n"
     request = (
-        f"GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: extproc-demo\r\n"
+        f"{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: extproc-demo\r\n"
         f"{extra}connection: close\r\n\r\n"
     )
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(*address)
             try:
-                writer.write(request.encode())
+                writer.write(request.encode() + body)
                 await writer.drain()
                 data = await reader.read()
             finally:

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import random
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -27,7 +32,12 @@ from extproc.core.cluster import ClusterState
 from extproc.core.policy import Locality, Policy, Resolution, Workload, is_ip
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
-from extproc.render.bootstrap import EXT_PROC_HEALTH_SERVICE
+from extproc.render.bootstrap import (
+    EXT_PROC_HEALTH_SERVICE,
+    GRPC_SOCKET,
+    SECRET_HEADER,
+    SYNC_SOCKET,
+)
 from extproc.server.admin import AdminServer
 from extproc.server.brain import Brain, BrainServer
 from extproc.server.eds import EdsHost, EndpointDiscovery
@@ -51,6 +61,8 @@ log = structlog.get_logger(__name__)
 #: others once the service is ready; all are NOT_SERVING from the start of shutdown.
 HEALTH_SERVICES = ("", "liveness", "readiness", EXT_PROC_HEALTH_SERVICE)
 LIVENESS = "liveness"
+#: SERVING only once every DNS endpoint has answered, like the admin view's /readyz.
+READINESS = "readiness"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +77,13 @@ class ServiceSettings:
     shutdown_grace_s: float = 5.0
     brain_port: int = 9004  # the fast path's HTTP sync endpoint, on grpc_host
     table_ttl_ms: int = 100
+    # gRPC and the sync on Unix domain sockets in this directory (GRPC_SOCKET, SYNC_SOCKET)
+    # instead of grpc_host:grpc_port and brain_port. Whoever can open the directory can
+    # report outcomes: extproc up makes it private (0700).
+    socket_dir: Path | None = None
+    # Required of every ext_proc and EDS stream (gRPC metadata) and sync request (header)
+    # when set: over TCP any local process could otherwise report outcomes.
+    secret: str | None = None
 
 
 class ServiceApp:
@@ -104,10 +123,10 @@ class ServiceApp:
             on_change=self.publish,
             metrics=self.metrics,
         )
-        self._brain_server = BrainServer(self.brain)
+        self._brain_server = BrainServer(self.brain, settings.secret)
         self._published: dict[str, int] = {}
         self._admin = AdminServer(
-            lambda: self.table, self._clock.now, lambda: self._ready, metrics=self.metrics
+            lambda: self.table, self._clock.now, lambda: self.ready, metrics=self.metrics
         )
         self._sweeper: asyncio.Task[None] | None = None
         self.grpc_port = settings.grpc_port
@@ -116,6 +135,18 @@ class ServiceApp:
     @property
     def admin_address(self) -> tuple[str, int]:
         return self._admin.address
+
+    @property
+    def ready(self) -> bool:
+        """Started, and every DNS endpoint has had an answer (NXDOMAIN counts) once."""
+        return self._ready and self._resolver.all_answered()
+
+    @property
+    def grpc_target(self) -> str:
+        """Where gRPC listens, as a gRPC target (``host:port`` or ``unix:PATH``)."""
+        if self.settings.socket_dir is not None:
+            return f"unix:{self.settings.socket_dir / GRPC_SOCKET}"
+        return f"{self.settings.grpc_host}:{self.grpc_port}"
 
     @property
     def health(self) -> health.aio.HealthServicer:
@@ -130,8 +161,10 @@ class ServiceApp:
         """Bring everything up; raises StartupError when a port cannot be bound."""
         for name in HEALTH_SERVICES:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        interceptors = [] if self.settings.secret is None else [_SecretCheck(self.settings.secret)]
         server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000)]
+            options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 10000)],
+            interceptors=interceptors,
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(
             ExternalProcessor(
@@ -141,31 +174,49 @@ class ServiceApp:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.eds.add_to_server(server)
-        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        socket_dir = self.settings.socket_dir
+        if socket_dir is None:
+            address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        else:
+            address = f"unix:{socket_dir / GRPC_SOCKET}"
+            _claim_socket(socket_dir / GRPC_SOCKET)
+            _claim_socket(socket_dir / SYNC_SOCKET)
         try:
-            self.grpc_port = server.add_insecure_port(address)
+            bound = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        if socket_dir is None:
+            self.grpc_port = bound
         await server.start()
         self._server = server
         await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._listen(self._admin, "admin", self.settings.admin_host, self.settings.admin_port)
-        await self._listen(
-            self._brain_server,
-            "the fast path's sync",
-            self.settings.grpc_host,
-            self.settings.brain_port,
-        )
-        self.brain_port = self._brain_server.address[1]
+        if socket_dir is None:
+            await self._listen(
+                self._brain_server,
+                "the fast path's sync",
+                self.settings.grpc_host,
+                self.settings.brain_port,
+            )
+            self.brain_port = self._brain_server.address[1]
+        else:
+            try:
+                await self._brain_server.start_unix(str(socket_dir / SYNC_SOCKET))
+            except OSError as exc:
+                await self.stop()
+                raise StartupError(
+                    f"cannot listen for the fast path's sync on {socket_dir / SYNC_SOCKET}: {exc}"
+                ) from exc
         await self._resolver.resolve_all()
         self.publish()
         self._sweeper = asyncio.create_task(self._sweep_loop())
         self._ready = True
         for name in HEALTH_SERVICES:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if name != READINESS or self.ready:
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "service.ready",
-            grpc=f"{self.settings.grpc_host}:{self.grpc_port}",
+            grpc=self.grpc_target,
             admin="{}:{}".format(*self.admin_address),
             clusters=[c.service.cluster_name for c in self.table],
         )
@@ -182,8 +233,13 @@ class ServiceApp:
         # The core runs due sweeps lazily on every pick; this timer makes un-ejections
         # happen on time even when no request arrives, and it is the one place that logs
         # and counts outlier events (within 0.1 s), so no request pays for either.
+        readiness_served = self.ready
         while True:
             await asyncio.sleep(0.1)
+            if not readiness_served and self.ready:
+                readiness_served = True
+                await self._health.set(READINESS, health_pb2.HealthCheckResponse.SERVING)
+                log.info("service.dns_answered")
             now = self._clock.now()
             for cluster in self.table:
                 cluster.advance(now)
@@ -249,6 +305,9 @@ class ServiceApp:
                     strict=True,
                 )
             )
+            for name, answer in answers.items():
+                if answer.ok:
+                    self._resolver.answered(name)
             # From here to the swap nothing awaits: no outcome can land in the old table
             # after its state was carried over.
             now = self._clock.now()
@@ -326,3 +385,66 @@ def _fill_new_endpoints(
         if service.resolution is Resolution.DNS_ROUND_ROBIN:
             ips = ips[:1]  # LOGICAL_DNS: the first address, as EndpointResolver does
         cluster.set_endpoint_addresses(index, ips, now)
+
+
+def _claim_socket(path: Path) -> None:
+    """Remove a Unix socket left by a service that died; refuse one that is in use."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise StartupError(f"cannot listen on {path}: it exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody listens there: a leftover
+            return
+    raise StartupError(f"cannot listen on {path}: another process is listening there")
+
+
+_Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
+class _SecretCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuse ext_proc and EDS streams that do not carry the shared secret.
+
+    Health stays open: it says only SERVING or NOT_SERVING, and Envoy's health check of the
+    service is not given the secret. A refused stream ends UNAUTHENTICATED before any
+    message is read, so it can neither report an outcome nor read an assignment.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret.encode()
+
+    async def intercept_service(
+        self, continuation: _Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or str(details.method).startswith("/grpc.health.v1.Health/"):
+            return handler
+        given = b""
+        for key, value in details.invocation_metadata or ():
+            if key == SECRET_HEADER:
+                given = value.encode() if isinstance(value, str) else bytes(value)
+        if hmac.compare_digest(given, self._secret):
+            return handler
+        return _refusal(handler)
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that aborts UNAUTHENTICATED."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "extproc: wrong or missing secret")
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

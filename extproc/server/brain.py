@@ -34,6 +34,7 @@ not, see the README.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from extproc.core.cluster import ClusterState
 from extproc.core.outlier import AttemptResult
 from extproc.core.table import ServiceTable
+from extproc.render.bootstrap import SECRET_HEADER
 from extproc.server.http_server import HttpServer
 from extproc.server.metrics import CONNECT_FAILURE, HTTP_5XX, SUCCESS, TIMEOUT, Metrics
 
@@ -55,6 +57,7 @@ _LOCAL_ORIGIN = {
 
 SYNC_PATH = "/v1/sync"
 SERVICE_HEADER = "x-extproc-service"
+_FORBIDDEN = (403, "text/plain", b"forbidden\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +184,19 @@ class Brain:
 class BrainServer(HttpServer):
     """The sync endpoint for the Lua filter's ``httpCall`` (HTTP/1.1 keep-alive)."""
 
-    def __init__(self, brain: Brain) -> None:
+    def __init__(self, brain: Brain, secret: str | None = None) -> None:
         super().__init__()
         self._brain = brain
+        self._secret = secret.encode() if secret is not None else None
 
     def respond(
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, str, bytes]:
+        if self._secret is not None and not hmac.compare_digest(
+            headers.get(SECRET_HEADER, "").encode("latin-1"), self._secret
+        ):
+            # Outcome reports move traffic: only the Envoy given the secret may send them.
+            return _FORBIDDEN
         if method != "POST" or target != SYNC_PATH:
             return 404, "text/plain", b"not found\n"
         service = headers.get(SERVICE_HEADER, "")

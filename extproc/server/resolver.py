@@ -92,6 +92,21 @@ class EndpointResolver:
         self._now = now
         self._on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
+        # Names the DNS server has answered at least once (NXDOMAIN is an answer).
+        self._answered: set[str] = set()
+
+    def answered(self, name: str) -> None:
+        """Count an answer obtained elsewhere (a reload resolves new names itself)."""
+        self._answered.add(name)
+
+    def all_answered(self) -> bool:
+        """Whether every DNS endpoint of every cluster has had an answer: readiness."""
+        return all(
+            is_ip(endpoint.address) or endpoint.address in self._answered
+            for cluster in self._clusters()
+            if cluster.service.resolution is not Resolution.STATIC
+            for endpoint in cluster.service.endpoints
+        )
 
     async def resolve_all(self) -> None:
         """Resolve every endpoint once (start-up readiness), then keep them fresh."""
@@ -112,6 +127,7 @@ class EndpointResolver:
     def _apply(self, cluster: ClusterState, index: int, name: str, answer: Answer) -> None:
         if not answer.ok:
             return
+        self._answered.add(name)
         ips = answer.ips
         if cluster.service.resolution is Resolution.DNS_ROUND_ROBIN:
             ips = ips[:1]  # LOGICAL_DNS: the first address of the answer

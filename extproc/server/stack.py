@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,25 @@ class StackSettings:
     parent_shutdown_time_s: int = 15
     # Envoy's own admin (/stats, /config_dump); None: a free loopback port.
     envoy_admin: tuple[str, int] | None = None
+    # Envoy's log lines as JSON; None: when stderr is not a terminal, as the service's are.
+    envoy_json_logs: bool | None = None
+
+
+def _check_listen_port(listen: tuple[str, int]) -> None:
+    """Refuse a listen address another process holds, before anything starts.
+
+    Envoy's listener is rendered without SO_REUSEPORT, so it would fail on such a port
+    too, but only after the service started; this says which address and why at once.
+    """
+    host, port = listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As Envoy binds: SO_REUSEADDR (a port in TIME_WAIT is free), no SO_REUSEPORT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int, str]:
@@ -100,21 +121,22 @@ class Stack:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
+        # Private (0700, mkdtemp's mode): the service's sockets and Envoy's bootstrap. Only
+        # this user's processes can reach the sockets that take outcome reports; no port
+        # on the host does.
+        self._tmp = tempfile.TemporaryDirectory(prefix="extproc-up-")
         self.app = ServiceApp(
             policy,
             workload,
             ServiceSettings(
-                grpc_host="127.0.0.1",
-                grpc_port=0,
-                brain_port=0,
                 admin_host=settings.admin[0],
                 admin_port=settings.admin[1],
                 dns_resolver=settings.dns_resolver,
+                socket_dir=Path(self._tmp.name),
             ),
             rng=rng,
         )
         self._policy = policy
-        self._tmp = tempfile.TemporaryDirectory(prefix="extproc-up-")
         self.envoy: EnvoyProcess | None = None
         self.config_path = Path(self._tmp.name) / "envoy.yaml"
         self._bootstrap: dict[str, Any] | None = None
@@ -125,6 +147,7 @@ class Stack:
     async def start(self, timeout_s: float = 30.0) -> None:
         """Start the service, then Envoy; raise StartupError if either fails."""
         try:
+            _check_listen_port(self.settings.listen)
             await self.app.start()
             bootstrap = self._render(self._policy)
             self.config_path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
@@ -151,6 +174,11 @@ class Stack:
             config_path,
             concurrency=self.settings.concurrency,
             log_level=self.settings.envoy_log_level,
+            json_logs=(
+                not sys.stderr.isatty()
+                if self.settings.envoy_json_logs is None
+                else self.settings.envoy_json_logs
+            ),
             hot_restart=HotRestart(
                 epoch=epoch,
                 base_id=base_id,
@@ -169,10 +197,8 @@ class Stack:
                 listen_port=self.settings.listen[1],
                 envoy_admin_host=(self.settings.envoy_admin or ("127.0.0.1", 0))[0],
                 envoy_admin_port=(self.settings.envoy_admin or ("127.0.0.1", 0))[1],
-                ext_proc_host="127.0.0.1",
-                ext_proc_port=self.app.grpc_port,
+                socket_dir=self._tmp.name,
                 message_timeout_ms=self.settings.message_timeout_ms,
-                brain_port=self.app.brain_port,
                 data_path=self.settings.data_path,
                 system_ca_file=self.settings.system_ca_file,
             ),
@@ -181,7 +207,8 @@ class Stack:
     @property
     def envoy_admin_address(self) -> tuple[str, int]:
         """Where the serving Envoy's own admin listens (known once it has started)."""
-        assert self.envoy is not None and self.envoy.admin_address is not None
+        assert self.envoy is not None
+        assert self.envoy.admin_address is not None
         return self.envoy.admin_address
 
     async def reload(self, policy: Policy) -> PolicyChange:

@@ -2,8 +2,9 @@
 
 There is no Docker engine on our machines, so three things stand in for ``docker compose up``:
 
-1. ``envoy/compose/envoy.yaml`` is the renderer's output for the compose addresses (Envoy
-   reaches the service by its compose name, ``extproc``), and Envoy accepts it.
+1. ``envoy/compose/envoy.yaml`` is the renderer's output for the compose layout (Envoy
+   reaches the service over Unix sockets in a volume only the two containers share), and
+   Envoy accepts it.
 2. ``docker-compose.yml`` is read as data and checked for what compose would only find out at
    run time: names and ports that agree across the compose file, the Envoy config and the Istio
    YAML; health checks and ``depends_on: service_healthy``; the Envoy image's version; ports.
@@ -63,25 +64,22 @@ RENDER_ARGS = (
     "envoy/compose/mydb.yaml",
     "--listen",
     "0.0.0.0:10000",
-    "--ext-proc",
-    "extproc:9002",
-    "--brain-port",
-    "9004",
+    "--socket-dir",
+    "/run/extproc",
     "--envoy-admin",
     "0.0.0.0:9901",
 )
+SOCKET_DIR = "/run/extproc"
 COMPOSE_SETTINGS = RenderSettings(
     listen_host="0.0.0.0",
     listen_port=10000,
-    ext_proc_host="extproc",
-    ext_proc_port=9002,
-    brain_port=9004,
+    socket_dir=SOCKET_DIR,
     envoy_admin_host="0.0.0.0",
     envoy_admin_port=9901,
 )
 HEADER = (
     f"# Rendered by `extproc render {' '.join(RENDER_ARGS)}`\n"
-    "# -- do not edit by hand. Envoy reaches the service by its compose name, `extproc`.\n"
+    "# -- do not edit by hand. Envoy reaches the service over the sockets in /run/extproc.\n"
     "# tests/e2e/test_compose.py keeps it in sync and validates it with Envoy.\n"
 )
 
@@ -190,27 +188,46 @@ def test_the_render_command_in_the_header_reproduces_the_compose_envoy_config() 
     assert HEADER + result.stdout == ENVOY_CONFIG.read_text()
 
 
-def test_envoy_reaches_the_service_by_its_compose_name_through_dns() -> None:
+def pipes(node: Any) -> list[str]:
+    """Every Unix socket path (``pipe``) in an Envoy config, depth first."""
+    if isinstance(node, dict):
+        found = [node["pipe"]["path"]] if isinstance(node.get("pipe"), dict) else []
+        return found + [path for value in node.values() for path in pipes(value)]
+    if isinstance(node, list):
+        return [path for value in node for path in pipes(value)]
+    return []
+
+
+def test_envoy_reaches_the_service_only_through_the_shared_socket_volume() -> None:
     config = yaml.safe_load(ENVOY_CONFIG.read_text())
     by_name = {c["name"]: c for c in config["static_resources"]["clusters"]}
     for name in ("extproc", "extproc_brain"):
         cluster = by_name[name]
-        assert cluster["type"] == "STRICT_DNS"
-        assert {a["address"] for a in socket_addresses(cluster)} == {"extproc"}
+        assert cluster["type"] == "STATIC"
+        assert socket_addresses(cluster) == []
+        [path] = pipes(cluster)
+        assert path.rpartition("/")[0] == SOCKET_DIR
+    # The volume holds the sockets; only the service and Envoy mount it.
+    mounting = {
+        name: volume.split(":")[0]
+        for name, service in services().items()
+        for volume in service.get("volumes", [])
+        if volume.split(":")[1] == SOCKET_DIR
+    }
+    assert set(mounting) == {"extproc", "envoy"}
+    [volume] = set(mounting.values())
+    assert volume in compose()["volumes"], "a named volume, not a host directory"
+    assert services()["extproc"]["environment"]["EXTPROC_SOCKET_DIR"] == SOCKET_DIR
 
 
 # -- 2. docker-compose.yml agrees with itself, the Envoy config and the Istio YAML -----------
 
 
-def test_every_address_the_envoy_config_names_is_a_compose_service_port() -> None:
+def test_the_envoy_config_names_no_host_but_its_own_listeners() -> None:
     config = yaml.safe_load(ENVOY_CONFIG.read_text())
-    env = services()["extproc"]["environment"]
-    service_ports = {port_of(env["EXTPROC_GRPC"]), int(env["EXTPROC_BRAIN_PORT"])}
-    names = {a["address"] for a in socket_addresses(config)} - {"0.0.0.0"}
-    assert names == {"extproc"}, "Envoy names only the service; everything else comes by EDS"
-    assert names <= services().keys()
-    named_ports = {a["port_value"] for a in socket_addresses(config) if a["address"] == "extproc"}
-    assert named_ports == service_ports
+    # The listener and the admin; the service is a socket, the endpoints come by EDS.
+    assert {a["address"] for a in socket_addresses(config)} == {"0.0.0.0"}
+    assert not {"EXTPROC_GRPC", "EXTPROC_BRAIN_PORT"} & set(services()["extproc"]["environment"])
 
 
 def test_envoy_publishes_its_listener_and_admin_and_the_client_targets_the_listener() -> None:
@@ -238,14 +255,19 @@ def test_the_istio_endpoints_are_the_stand_ins_network_aliases_and_ports() -> No
         assert port_of(flag(argv, "--listen")) == endpoint["ports"]["http"]
 
 
+def bind_mounts(service: dict[str, Any]) -> list[str]:
+    """A service's mounts of repository files (``./...``), not its named volumes."""
+    return [volume for volume in service.get("volumes", []) if volume.startswith("./")]
+
+
 def test_the_mounted_configs_are_the_ones_in_the_repository() -> None:
     extproc = services()["extproc"]
-    [volume] = extproc["volumes"]
+    [volume] = bind_mounts(extproc)
     source, target, _mode = volume.split(":")
     assert (ROOT / source).resolve() == ISTIO_CONFIG
     assert target == extproc["environment"]["EXTPROC_CONFIG"]
     envoy = services()["envoy"]
-    [volume] = envoy["volumes"]
+    [volume] = bind_mounts(envoy)
     source, target, _mode = volume.split(":")
     assert (ROOT / source).resolve() == ENVOY_CONFIG
     assert flag(envoy["command"], "-c") == target
@@ -401,19 +423,23 @@ class LocalCompose:
       port becomes a free local port. ``--any-address`` is dropped: loopback is allowed anyway.
     - Docker's DNS, which resolves the stand-ins' network aliases, becomes a ``DnsResponder``
       that resolves the same names to those addresses (``EXTPROC_DNS_RESOLVER``).
-    - Every ``0.0.0.0:PORT`` a service listens on (the service's gRPC, sync and admin ports;
-      Envoy's listener and admin) becomes ``127.0.0.1:<free port>``; mounted files become
-      the repository files they mount.
-    - In Envoy's config, the service's compose name ``extproc`` becomes 127.0.0.1, with the
-      service's local ports. The clusters stay STRICT_DNS: Envoy resolves the IP literal.
+    - Every ``0.0.0.0:PORT`` a service listens on (the service's admin port; Envoy's
+      listener and admin) becomes ``127.0.0.1:<free port>``; mounted files become the
+      repository files they mount, and the shared socket volume a private temporary
+      directory (``EXTPROC_SOCKET_DIR`` and the sockets' paths in Envoy's config).
     - Health checks run as compose runs them, with the same ports remapped.
     """
 
     tmp: Path
     dns: DnsResponder
+    sockets: Path = field(init=False)
     ports: dict[str, dict[int, int]] = field(default_factory=dict)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sockets = self.tmp / "extproc-sockets"  # the volume
+        self.sockets.mkdir(mode=0o700)
 
     def local(self, service: str, address: str, host: str = "127.0.0.1") -> str:
         """A compose ``HOST:PORT`` this service listens on, as its local address."""
@@ -496,19 +522,17 @@ async def start_stand_ins(up: LocalCompose) -> None:
 async def start_service(up: LocalCompose) -> None:
     service = services()["extproc"]
     compose_env: dict[str, str] = service["environment"]
-    listening = [compose_env["EXTPROC_GRPC"], compose_env["EXTPROC_ADMIN"]]
-    brain = int(compose_env["EXTPROC_BRAIN_PORT"])
-    up.ports["extproc"] = {port_of(a): free_port() for a in listening} | {brain: free_port()}
+    up.ports["extproc"] = {port_of(compose_env["EXTPROC_ADMIN"]): free_port()}
     mounts = {
         target: str(ROOT / source)
-        for source, target, _mode in (v.split(":") for v in service["volumes"])
+        for source, target, _mode in (v.split(":") for v in bind_mounts(service))
     }
+    assert compose_env["EXTPROC_SOCKET_DIR"] == SOCKET_DIR
     env = {
         "EXTPROC_CONFIG": mounts[compose_env["EXTPROC_CONFIG"]],
         "EXTPROC_LOCALITY": compose_env["EXTPROC_LOCALITY"],
-        "EXTPROC_GRPC": up.local("extproc", compose_env["EXTPROC_GRPC"]),
+        "EXTPROC_SOCKET_DIR": str(up.sockets),
         "EXTPROC_ADMIN": up.local("extproc", compose_env["EXTPROC_ADMIN"]),
-        "EXTPROC_BRAIN_PORT": str(up.ports["extproc"][brain]),
         "EXTPROC_DNS_RESOLVER": "{}:{}".format(*up.dns.address),
     }
     assert set(env) - {"EXTPROC_DNS_RESOLVER"} == set(compose_env)
@@ -523,11 +547,14 @@ async def start_envoy(up: LocalCompose) -> tuple[str, int]:
     admin = config["admin"]["address"]["socket_address"]
     listener_port = listener["port_value"]
     up.ports["envoy"] = {listener_port: free_port(), admin["port_value"]: free_port()}
+    for cluster in config["static_resources"]["clusters"]:
+        for endpoint in cluster.get("load_assignment", {}).get("endpoints", []):
+            for lb_endpoint in endpoint["lb_endpoints"]:
+                pipe = lb_endpoint["endpoint"]["address"].get("pipe")
+                if pipe is not None:
+                    pipe["path"] = pipe["path"].replace(SOCKET_DIR, str(up.sockets), 1)
     for address in socket_addresses(config):
-        if address["address"] == "extproc":
-            address["address"] = "127.0.0.1"
-            address["port_value"] = up.ports["extproc"][address["port_value"]]
-        elif address["address"] == "0.0.0.0":
+        if address["address"] == "0.0.0.0":
             address["address"] = "127.0.0.1"
             address["port_value"] = up.ports["envoy"][address["port_value"]]
     path = up.tmp / "envoy.yaml"

@@ -124,8 +124,7 @@ async def test_the_brain_killed_and_restarted_under_a_request_loop_costs_no_requ
         load_policy_text(text, "test.yaml"),
         Locality.parse("us-east1"),
         ServiceSettings(
-            grpc_port=old.grpc_port,
-            brain_port=old.brain_port,
+            socket_dir=old.settings.socket_dir,
             admin_port=0,
             dns_resolver=dns.address,
         ),

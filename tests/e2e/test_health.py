@@ -41,7 +41,7 @@ from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.envoy_process import EnvoyProcess
 from extproc.server.stack import Stack
 
-from .conftest import EAST, Region, StackFactory, envoy_stat
+from .conftest import EAST, WEST, Region, StackFactory, envoy_stat
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
@@ -124,7 +124,7 @@ async def test_shutdown_turns_the_service_not_serving_then_envoy_marks_it_unheal
     admin = _envoy_admin(stack)
     await wait_for_health(admin, failed=False)
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.app.grpc_port}") as channel:
+    async with grpc.aio.insecure_channel(stack.app.grpc_target) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=EXT_PROC_HEALTH_SERVICE)
         )
@@ -246,6 +246,38 @@ async def test_liveness_serves_while_the_first_dns_answer_is_pending_readiness_w
             for name in ("", "readiness", EXT_PROC_HEALTH_SERVICE):
                 assert await _check(grpc_port, name) == not_serving, name
             await asyncio.wait_for(starting, 10)
-            assert await _check(grpc_port, "readiness") == serving
+            # Started, but no DNS answer yet: not ready (README: ready means DNS answered).
+            assert await _check(grpc_port, "readiness") == not_serving
+            assert await _readyz(app) == 503
         finally:
             await app.stop()
+
+
+async def _readyz(app: ServiceApp) -> int:
+    url = "http://{}:{}/readyz".format(*app.admin_address)
+    try:
+        reply = await asyncio.to_thread(urllib.request.urlopen, url, None, 2)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    return int(reply.status)
+
+
+async def test_readiness_waits_for_a_dns_answer_and_nxdomain_is_an_answer(
+    regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    # us-west answers NXDOMAIN (no records): an answer, so it does not hold readiness.
+    dns.set_records(WEST, [])
+    app = ServiceApp(
+        load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            grpc_port=0, brain_port=0, admin_port=0, dns_resolver=dns.address, shutdown_grace_s=0
+        ),
+    )
+    await app.start()
+    try:
+        assert app.ready
+        assert await _readyz(app) == 200
+        assert await _check(app.grpc_port, "readiness") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await app.stop()

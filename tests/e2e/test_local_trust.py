@@ -1,0 +1,330 @@
+"""Only the Envoy we configured can report outcomes or read routing tables.
+
+``extproc up`` reaches its service over Unix sockets in a private (0700) directory, so no
+port on the host takes outcome reports. ``extproc serve`` over TCP requires a shared secret
+on every ext_proc and EDS stream and on every sync request; the Envoy rendered with it
+works on both data paths, and a local process without it changes nothing. Envoy's listener
+is its own: no ``SO_REUSEPORT`` sharing with another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import stat
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.core.policy import Locality
+from extproc.demo import free_port
+from extproc.errors import StartupError
+from extproc.istio import load_policy_text
+from extproc.render.bootstrap import (
+    BRAIN_CLUSTER,
+    EXT_PROC_CLUSTER,
+    GRPC_SOCKET,
+    SECRET_HEADER,
+    SYNC_SOCKET,
+    DataPath,
+    RenderSettings,
+    render_bootstrap,
+)
+from extproc.sandbox import DnsResponder, Mode
+from extproc.sandbox.client import get
+from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
+from extproc.server.envoy_process import EnvoyProcess
+from extproc.server.stack import Stack, StackSettings
+
+from .conftest import EAST, WEST, Region, StackFactory
+from .seed_yaml import seed
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "s3cret-token-for-tests-0123456789"
+CLUSTER = "outbound|80||mydb.com"
+#: An interpreter another user can run (this one may live in root's home).
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _tcp_listening_inodes() -> dict[int, int]:
+    """inode -> port of every listening TCP socket on this machine (IPv4 and IPv6)."""
+    found: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                found[int(fields[9])] = int(fields[1].rpartition(":")[2], 16)
+    return found
+
+
+def _our_tcp_listen_ports() -> set[int]:
+    """The TCP ports this process (the test, with the service inside it) listens on."""
+    listening = _tcp_listening_inodes()
+    ports = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inode = int(target[8:-1])
+            if inode in listening:
+                ports.add(listening[inode])
+    return ports
+
+
+async def test_up_takes_outcome_reports_on_no_tcp_port(
+    start_stack: StackFactory, regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port))
+    assert (await get(stack.settings.listen, "mydb.com")).served_by == EAST
+    # Stand-ins, the DNS responder and the admin view listen in this process; the
+    # service's gRPC and sync do not listen on TCP at all.
+    expected = {r.port for r in regions.values()} | {dns.address[1], stack.app.admin_address[1]}
+    assert _our_tcp_listen_ports() == expected
+    clusters = {
+        c["name"]: c
+        for c in yaml.safe_load(stack.config_path.read_text())["static_resources"]["clusters"]
+    }
+    for name in (EXT_PROC_CLUSTER, BRAIN_CLUSTER):
+        if name not in clusters:
+            continue  # the brain cluster exists on the lua path only
+        [lb] = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert "pipe" in lb["endpoint"]["address"], name
+
+
+async def test_up_keeps_its_sockets_in_a_directory_only_its_user_can_open(
+    start_stack: StackFactory, regions: dict[str, Region]
+) -> None:
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port))
+    directory = stack.config_path.parent
+    info = directory.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o700
+    assert info.st_uid == os.getuid()
+    for name in (GRPC_SOCKET, SYNC_SOCKET):
+        assert (directory / name).is_socket()
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not Path(SYSTEM_PYTHON).exists() or not shutil.which("setpriv"),
+    reason="connecting as another user needs root and setpriv (to become nobody) and a "
+    "system python3",
+)
+async def test_another_local_user_cannot_connect_to_ups_sockets(
+    start_stack: StackFactory, regions: dict[str, Region]
+) -> None:
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port))
+    directory = stack.config_path.parent
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        "    s.connect(sys.argv[1])\n"
+        "except PermissionError:\n"
+        "    sys.exit(13)\n"
+        "sys.exit(0)\n"
+    )
+    for name in (GRPC_SOCKET, SYNC_SOCKET):
+        # setpriv drops to nobody in the child only (fork-safe with gRPC's threads here).
+        proc = await asyncio.create_subprocess_exec(
+            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+            *("/usr/bin/env", "-i", SYSTEM_PYTHON, "-I", "-c", probe, str(directory / name)),
+            stderr=asyncio.subprocess.PIPE,
+            cwd="/",
+        )
+        _, stderr = await proc.communicate()
+        assert proc.returncode == 13, stderr
+
+
+async def test_a_second_up_on_a_busy_listen_port_is_refused_and_takes_no_traffic(
+    start_stack: StackFactory, regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    first = await start_stack(seed(regions["east"].port, regions["west"].port))
+    second = Stack(
+        load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
+        Locality.parse("us-west"),  # another locality: it would send requests to us-west
+        StackSettings(
+            listen=first.settings.listen, admin=("127.0.0.1", 0), dns_resolver=dns.address
+        ),
+    )
+    with pytest.raises(
+        StartupError, match=r"cannot listen on 127\.0\.0\.1:\d+: Address already in use"
+    ):
+        await second.start()
+    replies = [await get(first.settings.listen, "mydb.com") for _ in range(10)]
+    assert {r.served_by for r in replies} == {EAST}
+
+
+async def test_envoys_listener_does_not_share_its_port_through_so_reuseport(
+    start_stack: StackFactory, regions: dict[str, Region]
+) -> None:
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as intruder:
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError, match="Address already in use"):
+            intruder.bind(stack.settings.listen)
+
+
+# -- extproc serve over TCP, with a shared secret ------------------------------------------
+
+
+async def _serve_with_envoy(
+    tmp_path: Path, yaml_text: str, data_path: DataPath, dns: DnsResponder
+) -> tuple[ServiceApp, EnvoyProcess, tuple[str, int]]:
+    grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
+    app = ServiceApp(
+        load_policy_text(yaml_text, "test.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            grpc_port=grpc_port,
+            brain_port=brain_port,
+            admin_port=0,
+            dns_resolver=dns.address,
+            shutdown_grace_s=0,
+            secret=SECRET,
+        ),
+        rng=random.Random(1),
+    )
+    await app.start()
+    config = tmp_path / "envoy.yaml"
+    bootstrap = render_bootstrap(
+        load_policy_text(yaml_text, "test.yaml"),
+        RenderSettings(
+            listen_port=listen_port,
+            ext_proc_port=grpc_port,
+            brain_port=brain_port,
+            data_path=data_path,
+            secret=SECRET,
+        ),
+    )
+    config.write_text(yaml.safe_dump(bootstrap))
+    envoy = EnvoyProcess(config, concurrency=2)
+    try:
+        await envoy.start()
+    except BaseException:
+        await app.stop()
+        raise
+    return app, envoy, ("127.0.0.1", listen_port)
+
+
+async def _first_200(listen: tuple[str, int]) -> None:
+    for _ in range(100):
+        if (await get(listen, "mydb.com")).status == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("Envoy never served a request")
+
+
+def _ejected(app: ServiceApp) -> set[str]:
+    cluster = app.table.clusters[CLUSTER]
+    return {view.address for view in cluster.hosts(app.now()) if view.ejected}
+
+
+async def test_serve_with_a_secret_works_with_the_envoy_given_it(
+    tmp_path: Path, data_path: DataPath, regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    app, envoy, listen = await _serve_with_envoy(
+        tmp_path, seed(regions["east"].port, regions["west"].port), data_path, dns
+    )
+    try:
+        await _first_200(listen)
+        assert (await get(listen, "mydb.com")).served_by == EAST
+        # Its outcome reports are accepted: a 503 ejects us-east1 and traffic moves.
+        regions["east"].servers[0].set_mode(Mode.FAIL_503)
+        replies = [await get(listen, "mydb.com") for _ in range(6)]
+        assert replies[-1].served_by == WEST
+        assert _ejected(app) == {f"127.0.0.11:{regions['east'].port}"}
+    finally:
+        await envoy.stop()
+        await app.stop()
+
+
+@pytest.mark.parametrize("secret", [None, "wrong-secret-but-long-enough"], ids=["none", "wrong"])
+async def test_serve_refuses_a_local_process_without_the_secret_on_every_port(
+    tmp_path: Path, regions: dict[str, Region], dns: DnsResponder, secret: str | None
+) -> None:
+    app, envoy, listen = await _serve_with_envoy(
+        tmp_path, seed(regions["east"].port, regions["west"].port), DataPath.LUA, dns
+    )
+    east = f"127.0.0.11:{regions['east'].port}"
+    try:
+        await _first_200(listen)
+        # The fast path's sync: a forged report that would eject a healthy us-east1.
+        headers = {SERVICE_HEADER: CLUSTER, "x-extproc-worker": "forged"}
+        if secret is not None:
+            headers[SECRET_HEADER] = secret
+        for _ in range(3):
+            reply = await get(
+                ("127.0.0.1", app.brain_port),
+                "extproc-brain",
+                SYNC_PATH,
+                method="POST",
+                headers=headers,
+                body=f"e {east} 503\n".encode(),
+            )
+            assert reply.status == 403
+        assert _ejected(app) == set()
+
+        metadata = () if secret is None else ((SECRET_HEADER, secret),)
+        async with grpc.aio.insecure_channel(app.grpc_target) as channel:
+            # ext_proc: a stream that would report a 503 of us-east1.
+            stream = pb_grpc.ExternalProcessorStub(channel).Process(metadata=metadata)
+            await stream.write(pb.ProcessingRequest(request_headers=pb.HttpHeaders()))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.read()
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            # EDS: the routing tables (every host, priority and health) are not readable.
+            eds = eds_pb2_grpc.EndpointDiscoveryServiceStub(channel).StreamEndpoints(
+                metadata=metadata
+            )
+            await eds.write(
+                discovery_pb2.DiscoveryRequest(
+                    node=base_pb2.Node(id="intruder"), resource_names=[CLUSTER]
+                )
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await eds.read()
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            # Health stays open: it tells nothing but SERVING.
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert _ejected(app) == set()
+        replies = [await get(listen, "mydb.com") for _ in range(5)]
+        assert {r.served_by for r in replies} == {EAST}
+    finally:
+        await envoy.stop()
+        await app.stop()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_the_admin_view_is_read_only(
+    start_stack: StackFactory, regions: dict[str, Region], method: str
+) -> None:
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port))
+    before = (await get(stack.app.admin_address, "admin", "/endpoints")).body
+    for path in ("/endpoints", "/clusters", "/v1/sync", "/metrics"):
+        reply = await get(
+            stack.app.admin_address,
+            "admin",
+            path,
+            method=method,
+            headers={SERVICE_HEADER: CLUSTER},
+            body=f"e 127.0.0.11:{regions['east'].port} 503\n".encode(),
+        )
+        assert reply.status == 405, path
+    assert (await get(stack.app.admin_address, "admin", "/endpoints")).body == before
