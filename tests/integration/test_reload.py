@@ -1,6 +1,7 @@
 """Live reload on real files, sockets and processes: what the watcher sees, a running
-service's reload (DNS, EDS, table versions), and ``extproc serve`` reloading on SIGHUP, on
-a file change and on a ConfigMap-style symlink swap, and refusing bad configs."""
+service's reload (DNS, EDS, table versions), ``extproc serve`` reloading on SIGHUP, on
+a file change and on a ConfigMap-style symlink swap, and refusing bad configs, and a
+reload reading only files that have stopped changing."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ import grpc
 import pytest
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 
-from extproc.core.policy import Locality
-from extproc.istio import load_policy_text
+from extproc.core.policy import Locality, OutlierDetection, Policy
+from extproc.istio import load_policy, load_policy_text
 from extproc.sandbox import DnsResponder
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
-from extproc.server.reload import fingerprint
+from extproc.server.reload import ConfigReloader, PolicyChange, fingerprint
 
 from .test_eds import Subscriber, assignments
 
@@ -383,3 +384,144 @@ async def test_bad_configs_are_rejected_with_their_errors_and_change_nothing(
     assert server.events("config.reload") == []
     assert server.get("/endpoints") == endpoints
     assert 'extproc_config_reloads_total{result="rejected"} 2.0' in server.get("/metrics")
+
+
+# --- reading only what has stopped changing -------------------------------------------------
+
+FULL = MYDB_YAML + "---\n" + rule("mydb.com") + "---\n" + OTHER_YAML
+
+
+class Recorder:
+    """A reloader's ``load`` and ``apply`` that remember what was read and served."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.applied: list[Policy] = []
+        self.changed = asyncio.Event()
+
+    def load(self, path: Path) -> Policy:
+        self.loads += 1
+        return load_policy(path)
+
+    async def apply(self, policy: Policy) -> PolicyChange:
+        self.applied.append(policy)
+        self.changed.set()
+        return PolicyChange()
+
+    async def next_apply(self, timeout_s: float = 5.0) -> Policy:
+        self.changed.clear()
+        await asyncio.wait_for(self.changed.wait(), timeout_s)
+        return self.applied[-1]
+
+
+async def write_in_place(path: Path, text: str, pause_s: float) -> None:
+    """Truncate, then write ``text`` in two parts, as ``: > f`` then a slow writer would."""
+    half = text.index("---\n", text.index("---\n") + 1)  # the first two documents
+    with path.open("w") as handle:  # the truncate
+        handle.flush()
+        await asyncio.sleep(0.05)
+        handle.write(text[:half])  # a valid config, but not the one being written
+        handle.flush()
+        await asyncio.sleep(pause_s)
+        handle.write(text[half:])
+
+
+Shape = list[tuple[str, OutlierDetection | None]]
+
+
+def shape(policy: Policy) -> Shape:
+    """What a config serves, without where it came from."""
+    return [(s.cluster_name, s.outlier_detection) for s in policy.services]
+
+
+def services(text: str) -> Shape:
+    return shape(load_policy_text(text, "expected.yaml"))
+
+
+async def test_a_truncate_then_write_during_a_live_reload_never_swaps_in_the_empty_or_half_state(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(MYDB_YAML)
+    versions = [FULL.replace("baseEjectionTime: 30s", f"baseEjectionTime: {n}s") for n in (31, 32)]
+    recorder = Recorder()
+    reloader = ConfigReloader(config, recorder.load, recorder.apply, poll_s=0.02)
+    watching = asyncio.create_task(reloader.run())
+    try:
+        for text in versions:
+            applied = asyncio.create_task(recorder.next_apply())
+            await write_in_place(config, text, pause_s=0.12)
+            await applied
+            await asyncio.sleep(0.4)  # no second, late apply of anything else
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+    assert [shape(p) for p in recorder.applied] == [services(t) for t in versions]
+
+
+async def test_sighup_waits_for_the_config_to_stop_changing(tmp_path: Path) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(MYDB_YAML)
+    recorder = Recorder()
+    reloader = ConfigReloader(config, recorder.load, recorder.apply, poll_s=0)
+    watching = asyncio.create_task(reloader.run())
+    try:
+        writing = asyncio.create_task(write_in_place(config, FULL, pause_s=0.12))
+        await asyncio.sleep(0.01)
+        reloader.request()  # the signal lands while the file is empty
+        applied = await recorder.next_apply()
+        await writing
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+    assert shape(applied) == services(FULL)
+    assert len(recorder.applied) == 1
+
+
+async def test_a_write_that_overlaps_the_read_makes_the_reload_read_again(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(MYDB_YAML)
+    reads: list[Shape] = []
+
+    def load(path: Path) -> Policy:
+        policy = load_policy(path)
+        if not reads:
+            path.write_text(FULL)  # lands while the first read is under way
+        reads.append(shape(policy))
+        return policy
+
+    recorder = Recorder()
+    reloader = ConfigReloader(config, load, recorder.apply, settle_s=0.01)
+    assert await reloader.reload() is True
+
+    assert reads == [services(MYDB_YAML), services(FULL)]
+    assert [shape(p) for p in recorder.applied] == [services(FULL)]
+
+
+async def test_a_config_that_keeps_changing_is_not_read_and_the_next_change_retries(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(MYDB_YAML)
+    recorder = Recorder()
+    reloader = ConfigReloader(
+        config, recorder.load, recorder.apply, settle_s=0.05, settle_timeout_s=0.3
+    )
+
+    async def churn() -> None:
+        for n in range(20):
+            config.write_text(MYDB_YAML + "#" * n + "\n")
+            await asyncio.sleep(0.02)
+
+    churning = asyncio.create_task(churn())
+    accepted = await reloader.reload()
+    await churning
+
+    assert accepted is False
+    assert recorder.loads == 0
+    assert await reloader.reload() is True  # settled now
+    assert [shape(p) for p in recorder.applied] == [services(MYDB_YAML)]

@@ -1,18 +1,24 @@
 """Live reload, pure parts: what a new ClusterState takes over from the one it replaces,
-how two policies differ, and a rejected config leaving the served table untouched."""
+how two policies differ, a rejected config leaving the served table untouched, and what a
+reload logs (a warning when it removes most services; a config's warnings once)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from extproc.core.cluster import ClusterState
 from extproc.core.outlier import AttemptResult
 from extproc.core.policy import LbAlgorithm, Locality, OutlierDetection, Policy, Resolution, Service
 from extproc.istio import load_policy
+from extproc.server import reload as reload_module
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.reload import ConfigReloader, PolicyChange, policy_change
 from extproc.testing import FakeClock, endpoint, failover, outlier, service
@@ -309,7 +315,9 @@ async def test_a_rejected_config_leaves_the_served_table_object_untouched(
     cluster = table.clusters["outbound|80||mydb.com"]
     cluster.record(EAST, AttemptResult.answer(503), clock.now())
     before = cluster.hosts(clock.now())
-    reloader = ConfigReloader(config, load_policy, app.apply_policy, metrics=app.metrics)
+    reloader = ConfigReloader(
+        config, load_policy, app.apply_policy, metrics=app.metrics, settle_s=0
+    )
 
     config.write_text(bad)
     accepted = await reloader.reload()
@@ -330,7 +338,9 @@ async def test_a_good_reload_swaps_the_table_and_keeps_the_ejection(tmp_path: Pa
     )
     old = app.table
     old.clusters["outbound|80||mydb.com"].record(EAST, 503, clock.now())
-    reloader = ConfigReloader(config, load_policy, app.apply_policy, metrics=app.metrics)
+    reloader = ConfigReloader(
+        config, load_policy, app.apply_policy, metrics=app.metrics, settle_s=0
+    )
 
     config.write_text(SEED.replace("baseEjectionTime: 30s", "baseEjectionTime: 60s"))
     accepted = await reloader.reload()
@@ -343,3 +353,104 @@ async def test_a_good_reload_swaps_the_table_and_keeps_the_ejection(tmp_path: Pa
     assert east.ejected is True
     assert east.ejection_time_left_s == 60.0  # the new baseEjectionTime, same ejection
     assert app.metrics.exposition().count(b'extproc_config_reloads_total{result="ok"} 1.0')
+
+
+# --- what a reload logs ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """The reloader's log lines (a fresh logger: one cached earlier would not be captured)."""
+    with capture_logs() as captured:
+        monkeypatch.setattr(reload_module, "log", structlog.get_logger(reload_module.__name__))
+        yield captured
+
+
+def hosts(*names: str, warnings: tuple[str, ...] = ()) -> Policy:
+    return Policy(tuple(replace(seed_service(), host=name) for name in names), warnings)
+
+
+async def reload_to(tmp_path: Path, old: Policy, new: Policy) -> bool:
+    """Reload from ``old`` (being served) to ``new``, as the reloader sees it."""
+    served = [old]
+
+    async def apply(policy: Policy) -> PolicyChange:
+        change = policy_change(served[-1], policy)
+        served.append(policy)
+        return change
+
+    (tmp_path / "mesh.yaml").write_text("")
+    reloader = ConfigReloader(tmp_path / "mesh.yaml", lambda _: new, apply, policy=old, settle_s=0)
+    return await reloader.reload()
+
+
+def cluster(name: str) -> str:
+    return f"outbound|80||{name}"
+
+
+@pytest.mark.parametrize(
+    ("after", "removed"),
+    [
+        pytest.param(("a.com",), [cluster("b.com"), cluster("c.com")], id="two-of-three"),
+        pytest.param((), [cluster(n) for n in ("a.com", "b.com", "c.com")], id="all"),
+        pytest.param(("d.com",), [cluster(n) for n in ("a.com", "b.com", "c.com")], id="renamed"),
+    ],
+)
+async def test_a_reload_that_removes_most_services_is_applied_with_a_warning_naming_them(
+    tmp_path: Path, logs: list[dict[str, Any]], after: tuple[str, ...], removed: list[str]
+) -> None:
+    accepted = await reload_to(tmp_path, hosts("a.com", "b.com", "c.com"), hosts(*after))
+
+    assert accepted is True
+    (warning,) = [line for line in logs if line["event"] == "config.reload_removes"]
+    assert warning["log_level"] == "warning"
+    assert warning["services_removed"] == removed
+    assert warning["services_before"] == 3
+    assert [line["event"] for line in logs][-1] == "config.reload"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        pytest.param(("a.com", "b.com"), ("a.com",), id="half"),
+        pytest.param(("a.com", "b.com", "c.com"), ("a.com", "c.com"), id="one-of-three"),
+        pytest.param(("a.com",), ("a.com", "b.com"), id="added"),
+    ],
+)
+async def test_a_reload_that_keeps_half_the_services_or_more_does_not_warn(
+    tmp_path: Path, logs: list[dict[str, Any]], before: tuple[str, ...], after: tuple[str, ...]
+) -> None:
+    assert await reload_to(tmp_path, hosts(*before), hosts(*after)) is True
+    assert [line["event"] for line in logs] == ["config.reload"]
+
+
+async def test_a_reload_logs_only_the_warnings_the_previous_config_did_not_have(
+    tmp_path: Path, logs: list[dict[str, Any]]
+) -> None:
+    old = hosts("a.com", warnings=("maxEjectionPercent ...", "tls ..."))
+    new = hosts("a.com", "b.com", warnings=("maxEjectionPercent ...", "new one"))
+
+    assert await reload_to(tmp_path, old, new) is True
+
+    shown = [line["warning"] for line in logs if line["event"] == "config.warning"]
+    assert shown == ["new one"]
+    assert logs[-1]["warnings"] == 2  # config.reload still says how many apply
+
+
+async def test_the_same_warnings_at_every_reload_are_logged_once(
+    tmp_path: Path, logs: list[dict[str, Any]]
+) -> None:
+    config = tmp_path / "mesh.yaml"
+    config.write_text("")
+    policy = hosts("a.com", warnings=("maxEjectionPercent ...",))
+
+    async def apply(new: Policy) -> PolicyChange:
+        return PolicyChange(unchanged=True)
+
+    reloader = ConfigReloader(config, lambda _: policy, apply, settle_s=0)
+    for _ in range(3):
+        assert await reloader.reload() is True
+
+    assert [line["warning"] for line in logs if line["event"] == "config.warning"] == [
+        "maxEjectionPercent ..."
+    ]
