@@ -77,6 +77,17 @@ def validate_config(config_path: Path, binary: Path | None = None) -> str:
     return output
 
 
+def _parent_death_signal() -> list[str]:
+    """A prefix that makes the kernel SIGTERM Envoy when we die, even by SIGKILL.
+
+    ``setpriv --pdeathsig`` (util-linux) sets ``PR_SET_PDEATHSIG`` and execs Envoy in the
+    same process, so no Envoy outlives ``extproc up``. A ``preexec_fn`` could do the same,
+    but it is not safe in a process with threads (gRPC's). Without setpriv, nothing changes.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
+
+
 #: Envoy's log lines as JSON with the keys of the service's (server/logs.py), from the first
 #: line on (the command line applies before the bootstrap is read). ``%j`` is the message
 #: escaped for JSON; spdlog's flags
@@ -200,7 +211,9 @@ class EnvoyProcess:
             else:
                 args += ["--base-id", str(restart.base_id)]
         # Same process group as ours: a Ctrl-C or a group kill reaches Envoy too.
-        self._proc = await asyncio.create_subprocess_exec(*args, stdin=subprocess.DEVNULL)
+        self._proc = await asyncio.create_subprocess_exec(
+            *_parent_death_signal(), *args, stdin=subprocess.DEVNULL
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:

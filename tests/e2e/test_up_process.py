@@ -1,0 +1,130 @@
+"""``extproc up`` as a process: one log format, no start-up noise, Envoy's death noticed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from extproc.demo import free_port
+from extproc.sandbox import DnsResponder
+
+from .conftest import Region, first_200, start_extproc_up
+from .seed_yaml import seed
+
+pytestmark = pytest.mark.e2e
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True)
+    children: dict[int, list[int]] = {}
+    for line in out.stdout.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for every purpose here.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
+
+
+async def _gone(pids: list[int], timeout_s: float) -> bool:
+    for _ in range(int(timeout_s / 0.05)):
+        if not any(_alive(pid) for pid in pids):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def _is_envoy(pid: int) -> bool:
+    return "envoy" in Path(f"/proc/{pid}/cmdline").read_text()
+
+
+async def test_up_logs_only_json_lines_when_stderr_is_not_a_terminal_and_no_limit_warning(
+    tmp_path: Path, regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(seed(regions["east"].port, regions["west"].port))
+    listen, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    proc = await start_extproc_up(
+        config, listen, admin, "--envoy-log-level", "info", dns_resolver=dns.address
+    )
+    try:
+        await first_200(listen)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    lines = err.decode().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    envoy = [r for r in records if str(r.get("logger", "")).startswith("envoy.")]
+    assert envoy, "Envoy logged at info level"
+    assert all({"timestamp", "level", "event"} <= r.keys() for r in records)
+    # Plain lines are only the command's own messages to the user (prefixed), never Envoy's.
+    plain = [line for line in lines if not line.startswith("{")]
+    assert all(line.startswith(("extproc up:", "warning:")) for line in plain), plain
+    # Envoy's "no configured limit to the number of allowed active downstream connections":
+    # the overload manager sets one.
+    assert not [r for r in envoy if "no configured limit" in str(r["event"])]
+
+
+async def test_up_exits_non_zero_when_envoy_is_killed_and_leaves_no_process(
+    tmp_path: Path, regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(seed(regions["east"].port, regions["west"].port))
+    listen, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    proc = await start_extproc_up(config, listen, admin, dns_resolver=dns.address)
+    try:
+        await first_200(listen)
+        [envoy] = [pid for pid in _descendants(proc.pid) if _is_envoy(pid)]
+        os.kill(envoy, signal.SIGKILL)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1, err.decode()
+    assert "envoy exited" in err.decode()
+    assert await _gone([envoy], timeout_s=5)
+    # Its listen port is free again.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+        probe.bind(listen)
+
+
+async def test_envoy_does_not_outlive_an_up_killed_with_sigkill(
+    tmp_path: Path, regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(seed(regions["east"].port, regions["west"].port))
+    listen, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    proc = await start_extproc_up(config, listen, admin, dns_resolver=dns.address)
+    try:
+        await first_200(listen)
+        envoys = _descendants(proc.pid)
+        assert envoys
+        proc.kill()
+        await proc.wait()
+        assert await _gone(envoys, timeout_s=10), "Envoy outlived extproc up"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
