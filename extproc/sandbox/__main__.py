@@ -10,7 +10,7 @@
 docker-compose runs a stand-in for each region; ``docker compose exec us-east1 python -m
 extproc.sandbox set-mode refuse`` makes us-east1 fail (``extproc/sandbox/control.py``).
 Without Docker, ``dns`` resolves the seed's names to the stand-ins' loopback addresses, as
-Docker's DNS resolves the compose network aliases (docs/compose.md).
+Docker's DNS resolves the compose network aliases (README.md, "Run it with docker-compose").
 """
 
 from __future__ import annotations
