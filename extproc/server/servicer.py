@@ -75,6 +75,30 @@ def _route_to(host: str) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), dynamic_metadata=metadata)
 
 
+#: Far above any attempt count our Envoy reports (1 + the route's retries); classify builds
+#: one result per attempt, so a larger count is not taken.
+_MAX_ATTEMPTS = 100
+#: ``response.flags`` is Envoy's 64-bit response-flag mask.
+_MAX_FLAGS = (1 << 64) - 1
+
+
+def _whole(value: float, limit: int) -> int:
+    """A whole-number attribute (a Struct number is a double); 0 unless within 0..limit.
+
+    ``int`` raises on NaN and the infinities, which Envoy never sends.
+    """
+    return int(value) if 0 <= value <= limit else 0
+
+
+def _status(text: str) -> int:
+    """The ``:status``, 0 unless it is 1-3 ASCII digits.
+
+    ``str.isdigit`` alone accepts what ``int`` refuses (``"\u00b2"``, which is also a
+    latin-1 byte) and numbers of any length.
+    """
+    return int(text) if len(text) <= 3 and text.isascii() and text.isdigit() else 0
+
+
 def _header(headers: Any, name: str) -> str:
     for header in headers.headers.headers:
         if header.key == name:
@@ -175,10 +199,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         served = fields["upstream.address"].string_value
         moved = served != host and served != ""
         outcome = classify(
-            int(status_text) if status_text.isdigit() else 0,
+            _status(status_text),
             details,
-            int(fields["response.flags"].number_value),
-            int(fields["upstream.request_attempt_count"].number_value),
+            _whole(fields["response.flags"].number_value, _MAX_FLAGS),
+            _whole(fields["upstream.request_attempt_count"].number_value, _MAX_ATTEMPTS),
             moved=moved,
         )
         now = self._now()
