@@ -225,7 +225,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 return
             if outcome.results:
                 self._metrics.count_response(name, host, outcome.codes, via_upstream=False)
-            if outcome.elsewhere is not None:
+            # The record above ignores an address that is no host of ours; so do the metrics.
+            if outcome.elsewhere is not None and cluster.has_host(served):
                 self._metrics.count_response(
                     name, served, (outcome.elsewhere.code(),), via_upstream=via_upstream
                 )

@@ -519,3 +519,15 @@ def test_response_attributes_envoy_never_sends_are_answered_without_an_error(
     answers, errors, _, _ = _stream(runner, [request_headers("mydb.com"), message])
     assert errors == []
     assert [a.WhichOneof("response") for a in answers] == ["request_headers", "response_headers"]
+
+
+def test_an_upstream_address_outside_the_service_counts_no_outcome(
+    runner: asyncio.Runner,
+) -> None:
+    stranger = "10.9.9.9:443"
+    answers, errors, _, metrics = _stream(
+        runner, [request_headers("mydb.com"), response_headers(200, attempts=2, upstream=stranger)]
+    )
+    assert errors == []
+    assert routed_host(answers[0]) in world.HOSTS[world.CLUSTER_NAMES[0]]
+    assert not any(metrics.host_stats(world.CLUSTER_NAMES[0], stranger).values())
