@@ -181,6 +181,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def _route(
         self, stream: _Stream, request: pb.ProcessingRequest, now: float
     ) -> pb.ProcessingResponse:
+        if stream.cluster is not None and stream.host is not None:
+            # Envoy sends request headers once per stream; a second set starts over, and
+            # the first pick ends without an outcome.
+            stream.cluster.release(stream.host)
+            stream.host = None
         authority = _header(request.request_headers, ":authority")
         cluster = stream.cluster = self._table().lookup(authority)
         if cluster is None:

@@ -531,3 +531,13 @@ def test_an_upstream_address_outside_the_service_counts_no_outcome(
     assert errors == []
     assert routed_host(answers[0]) in world.HOSTS[world.CLUSTER_NAMES[0]]
     assert not any(metrics.host_stats(world.CLUSTER_NAMES[0], stranger).values())
+
+
+@pytest.mark.parametrize(
+    "second", ["mydb.com", "other.com:8080", "nowhere.example"], ids=["same", "other", "unknown"]
+)
+def test_a_second_request_headers_on_one_stream_leaves_no_active_request(
+    runner: asyncio.Runner, second: str
+) -> None:
+    _, errors, _, _ = _stream(runner, [request_headers("mydb.com"), request_headers(second)])
+    assert errors == []
