@@ -21,9 +21,19 @@ _MAX_SPELLINGS = 1024
 
 
 def split_authority(authority: str) -> tuple[str, int | None]:
-    """``host[:port]`` -> (lower-case host without a trailing dot, port or None)."""
+    """``host[:port]`` -> (lower-case host without a trailing dot, port or None).
+
+    A port is 1-5 ASCII digits: ``str.isdigit`` alone takes ``"\u00b2"`` and numbers of
+    any length, which ``int`` refuses; such an authority names no port, so no service.
+    """
     host, sep, port = authority.rpartition(":")
-    if sep and port.isdigit() and (host.endswith("]") or ":" not in host):
+    if (
+        sep
+        and len(port) <= 5
+        and port.isascii()
+        and port.isdigit()
+        and (host.endswith("]") or ":" not in host)
+    ):
         return host.lower().rstrip("."), int(port)
     return authority.lower().rstrip("."), None
 

@@ -541,3 +541,19 @@ def test_a_second_request_headers_on_one_stream_leaves_no_active_request(
 ) -> None:
     _, errors, _, _ = _stream(runner, [request_headers("mydb.com"), request_headers(second)])
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    "authority",
+    ["mydb.com:\u00b2", "mydb.com:\u00b9", "mydb.com:" + "8" * 4301],
+    ids=["superscript-two", "superscript-one", "4301-digits"],
+)
+def test_an_authority_port_of_other_digits_is_no_service(
+    runner: asyncio.Runner, authority: str
+) -> None:
+    message = request_headers("mydb.com")
+    message.request_headers.headers.headers[0].raw_value = authority.encode("latin-1", "replace")
+    message.request_headers.headers.headers[0].value = authority
+    answers, errors, _, _ = _stream(runner, [message])
+    assert errors == []
+    assert answers[0].immediate_response.status.code == 404
