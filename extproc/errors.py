@@ -15,16 +15,15 @@ from dataclasses import dataclass
 class Problem:
     """One finding about a config file, located like ``istioctl analyze`` does."""
 
-    file: str
-    document: str  # e.g. 'DestinationRule "mydynamodb" (document 2)'
+    file: str  # the file, or the directory or ``<stdin>`` for the config as a whole
+    document: str  # e.g. 'DestinationRule "mydynamodb" (document 2)'; "" for the whole file
     path: str  # dotted field path, e.g. "spec.trafficPolicy.outlierDetection.interval"
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}: {self.document}"
-        if self.path:
-            where += f": {self.path}"
-        return f"{where}: {self.message}"
+        # Empty parts are left out: "nope.yaml: cannot read: ...", never "nope.yaml: : ...".
+        parts = [p for p in (self.file, self.document, self.path) if p]
+        return ": ".join([*parts, self.message])
 
 
 class ExtprocError(Exception):

@@ -261,6 +261,9 @@ class Policy:
 
     services: tuple[Service, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    # (kind, count) of every object the config held, by kind: what was read, for reports
+    # (``extproc check``). Not part of what is served, so not compared.
+    objects: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
     def find(self, host: str, port: int | None) -> Service | None:
         """The service for a request's ``:authority`` host (and port, when given).

@@ -33,7 +33,7 @@ Cross-object rules are checked here: one ServiceEntry per host and port.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -71,7 +71,7 @@ from extproc.istio.schema import (
     parse_duration,
 )
 
-__all__ = ["HTTP_PROTOCOLS", "compile_policy"]
+__all__ = ["HTTP_PROTOCOLS", "README_DIFFERENCES", "compile_policy", "compile_services"]
 
 # Protocols whose requests pass through Envoy's HTTP filters (where ext_proc runs). An unset
 # protocol is sniffed by Istio; extproc only sees it if it is HTTP, so it is served as HTTP.
@@ -87,6 +87,9 @@ _DEFAULT_MAX_EJECTION_PERCENT: Final = 10  # Envoy's default; Istio sets it only
 _DEFAULT_CONSECUTIVE_GATEWAY_FAILURE: Final = 5
 _DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE: Final = 5
 
+
+#: The README section on what extproc does differently from Istio, and why.
+README_DIFFERENCES: Final = "README.md#differences-from-istio"
 
 # Istio's mesh default connectTimeout (pkg/config/mesh/mesh.go DefaultMeshConfig).
 _MESH_CONNECT_TIMEOUT_S: Final = 10.0
@@ -110,15 +113,26 @@ class _Rule:
     ports: set[int] = field(default_factory=set)  # service ports it applied to
 
 
+@dataclass(frozen=True, slots=True)
+class _Blocked:
+    """A service whose DestinationRule would never eject on Envoy >= 1.28 (strict rule)."""
+
+    cluster: str
+    endpoints: int
+    limit: int  # maxEjectionPercent
+
+
 @dataclass(slots=True)
 class _Compiler:
     always_eject_one_host: bool
+    source: str = "<string>"
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     rules: dict[str, _Rule] = field(default_factory=dict)
     declared: dict[tuple[str, int], Source] = field(default_factory=dict)
     said: set[tuple[Source, str]] = field(default_factory=set)  # (rule, path): said once
+    blocked: list[_Blocked] = field(default_factory=list)
 
     def collect_rules(self, objects: Sequence[Parsed]) -> None:
         """Index DestinationRules by host, merging those of one host as Istio does.
@@ -247,13 +261,7 @@ class _Compiler:
                     locality_lb = _locality_lb_setting(lls)
             if policy is not None and policy.outlier_detection is not None:
                 outlier = self.outlier_detection(policy.outlier_detection)
-                self.check_ejection(
-                    rule.policy_source.problem,
-                    f"{where}.outlierDetection.maxEjectionPercent",
-                    outlier,
-                    len(endpoints),
-                    f"outbound|{port.number}||{host}",
-                )
+                self.check_ejection(outlier, len(endpoints), f"outbound|{port.number}||{host}")
 
         return Service(
             host=host,
@@ -365,40 +373,36 @@ class _Compiler:
             http_error_codes=frozenset(od.outlier_detection_http_error_codes),
         )
 
-    def check_ejection(
-        self,
-        problem: Callable[[str, str], Problem],
-        path: str,
-        outlier: OutlierDetection,
-        endpoints: int,
-        cluster: str,
-    ) -> None:
-        """Warn when Envoy >= 1.28 would refuse even the first ejection.
+    def check_ejection(self, outlier: OutlierDetection, endpoints: int, cluster: str) -> None:
+        """Note a service where Envoy >= 1.28 would refuse even the first ejection.
 
         Envoy's gate (``DetectorImpl::ejectHost``, strict since 1.28): eject only if
         ``100 * (ejected + 1) / hosts <= max_ejection_percent``. The first ejection is the
         easiest; if it fails, the DestinationRule never ejects anything.
         """
-        if endpoints == 0:
+        if endpoints and 100 / endpoints > outlier.max_ejection_percent:
+            self.blocked.append(_Blocked(cluster, endpoints, outlier.max_ejection_percent))
+
+    def report_blocked_ejections(self) -> None:
+        """One short warning for the whole config, however many services it concerns.
+
+        It is a known difference, explained once in the README (the seed's own
+        two-endpoint DestinationRule hits it), not a mistake to repeat at every reload.
+        """
+        if not self.blocked:
             return
-        share = 100 / endpoints
-        limit = outlier.max_ejection_percent
-        if share <= limit:
-            return
-        if self.always_eject_one_host:
-            ours = (
-                "extproc allows the first ejection by default (Envoy's always_eject_one_host, "
-                "the rule the seed relied on)"
-            )
-        else:
-            ours = "extproc applies the same strict rule (always_eject_one_host is off)"
+        first = self.blocked[0]
+        where = first.cluster
+        if len(self.blocked) > 1:
+            where += f" (+{len(self.blocked) - 1} more)"
+        ours = "extproc does" if self.always_eject_one_host else "nor does extproc (strict)"
         self.warnings.append(
-            problem(
-                path,
-                f"on current Istio/Envoy (>= 1.28, strict max_ejection_percent) this "
-                f"DestinationRule never ejects any endpoint of {cluster} "
-                f"(1 of {endpoints} = {_percent(share)}% > {limit}%); {ours}; "
-                "setting maxEjectionPercent: 100 makes both agree",
+            Problem(
+                self.source,
+                "",
+                "",
+                f"{where}: maxEjectionPercent {first.limit}% < 1 of {first.endpoints} endpoints: "
+                f"Istio never ejects, {ours} ({README_DIFFERENCES})",
             )
         )
 
@@ -434,37 +438,45 @@ class _Compiler:
                     )
 
 
-def compile_policy(
-    objects: Sequence[Parsed],
-    *,
-    always_eject_one_host: bool = True,
-    warnings: Sequence[Problem] = (),
-) -> Policy:
-    """Build the policy from validated objects, in document order.
+def compile_services(
+    objects: Sequence[Parsed], *, always_eject_one_host: bool = True, source: str = "<string>"
+) -> tuple[tuple[Service, ...], tuple[Problem, ...]]:
+    """Build the services from validated objects, in document order, and this step's warnings.
 
     Args:
         objects: the ServiceEntries and DestinationRules, as ``schema.parse_object`` returned
             them.
         always_eject_one_host: copied into every ``OutlierDetection`` (see there).
-        warnings: findings of earlier steps, kept ahead of this step's in ``Policy.warnings``.
+        source: names the config as a whole (a file, a directory) in warnings about it.
 
     Raises:
         ConfigError: with every cross-object problem (a host and port declared by two
             ServiceEntries); nothing is half-applied.
     """
-    compiler = _Compiler(always_eject_one_host)
+    compiler = _Compiler(always_eject_one_host, source)
     compiler.collect_rules(objects)
     for parsed in objects:
         if isinstance(parsed.obj, ServiceEntry):
             compiler.add_service_entry(parsed.source, parsed.obj)
     compiler.report_unused_rules()
+    compiler.report_blocked_ejections()
     if compiler.errors:
         raise ConfigError(compiler.errors)
-    all_warnings = [*warnings, *compiler.warnings]
-    return Policy(
-        services=tuple(compiler.services),
-        warnings=tuple(str(w) for w in all_warnings),
+    return tuple(compiler.services), tuple(compiler.warnings)
+
+
+def compile_policy(
+    objects: Sequence[Parsed],
+    *,
+    always_eject_one_host: bool = True,
+    warnings: Sequence[Problem] = (),
+    source: str = "<string>",
+) -> Policy:
+    """``compile_services`` as a ``Policy``; ``warnings`` of earlier steps come first."""
+    services, own = compile_services(
+        objects, always_eject_one_host=always_eject_one_host, source=source
     )
+    return Policy(services=services, warnings=tuple(str(w) for w in [*warnings, *own]))
 
 
 def _locality_lb_setting(lls: LocalityLbSettingSpec) -> LocalityLbSetting:
@@ -552,8 +564,3 @@ def _nanos(text: str | None, default: int) -> int:
     nanos = parse_duration(text)
     assert nanos is not None  # validated by the schema
     return nanos
-
-
-def _percent(value: float) -> str:
-    """``50``, ``33.3``, ``12.5``: one decimal at most, no trailing zero."""
-    return f"{value:.1f}".rstrip("0").rstrip(".")

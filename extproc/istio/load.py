@@ -6,22 +6,26 @@ loader here resolves plain scalars with the YAML 1.2 core schema instead (``true
 the only booleans; integers are decimal, ``0o`` octal or ``0x`` hex; no timestamps), so a value
 means what it means to ``kubectl``. Duplicate keys are an error rather than "last one wins".
 
-Nothing here knows about Istio kinds: it yields ``Document`` values and ``Problem`` values.
+Nothing here knows about Istio kinds: it yields ``Document`` values and ``Problem`` values. It
+knows one Kubernetes convention: a ``kind: List`` (what ``kubectl get -o yaml`` prints) is read
+as its ``items``.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
 from extproc.errors import Problem
 
-__all__ = ["Document", "Loaded", "load_path", "load_text"]
+__all__ = ["STDIN", "Document", "Loaded", "load_path", "load_text"]
 
 _YAML11_ONLY = frozenset(
     {
@@ -86,59 +90,83 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One non-empty YAML document.
+    """One object of a YAML stream.
 
     ``index`` counts every document of the file's stream from 1, empty ones included, so
-    "document 3" is the third ``---`` section a reader counts.
+    "document 3" is the third ``---`` section a reader counts. ``item`` is set for an object
+    read out of a ``kind: List`` document (``items[2]``, or ``items[0].items[1]`` for a List
+    inside a List).
     """
 
     file: str
     index: int
     data: object
+    item: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """The documents read, and the problems met while reading them."""
+    """The documents read, and the problems met while reading them.
+
+    ``source`` names what was read in messages about the whole config (the file, the
+    directory, ``<stdin>``); ``directory`` says it is a directory, ``files`` the files read.
+    """
 
     documents: tuple[Document, ...] = ()
     errors: tuple[Problem, ...] = ()
     warnings: tuple[Problem, ...] = ()
+    source: str = "<string>"
+    directory: bool = False
+    files: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class _Acc:
+    source: str
+    directory: bool = False
     documents: list[Document] = field(default_factory=list)
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
     def freeze(self) -> Loaded:
-        return Loaded(tuple(self.documents), tuple(self.errors), tuple(self.warnings))
+        return Loaded(
+            tuple(self.documents),
+            tuple(self.errors),
+            tuple(self.warnings),
+            self.source,
+            self.directory,
+            tuple(self.files),
+        )
+
+
+#: The name standard input has in messages, as ``kubectl apply -f -`` reads it.
+STDIN: Final = "<stdin>"
 
 
 def load_text(text: str, source: str = "<string>") -> Loaded:
     """Split ``text`` into documents; ``source`` names it in problems."""
-    acc = _Acc()
+    acc = _Acc(source)
+    acc.files.append(source)
     _read_stream(text, source, acc)
     return acc.freeze()
 
 
 def load_path(path: str | Path) -> Loaded:
-    """Read a file, or every ``*.yaml``/``*.yml`` file of a directory (sorted, not recursive).
+    """Read a file, every ``*.yaml``/``*.yml`` file of a directory (sorted, not recursive),
+    or standard input for ``-``.
 
     A directory is read as one configuration: problems of every file are collected so that
     one report lists them all.
     """
+    if str(path) == "-":
+        return _read_stdin()
     path = Path(path)
-    acc = _Acc()
-    if path.is_dir():
+    acc = _Acc(str(path), directory=path.is_dir())
+    if acc.directory:
         files = sorted(
             p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.is_dir()
         )
-        if not files:
-            acc.warnings.append(
-                Problem(str(path), "", "", "no *.yaml or *.yml file in this directory")
-            )
         for file in files:
             _read_file(file, acc)
     else:
@@ -146,17 +174,45 @@ def load_path(path: str | Path) -> Loaded:
     return acc.freeze()
 
 
+def _read_stdin() -> Loaded:
+    acc = _Acc(STDIN)
+    acc.files.append(STDIN)
+    stream = sys.stdin
+    try:
+        # The bytes when there are (the BOM and UTF-8 checks of a file); else the text.
+        buffer = getattr(stream, "buffer", None)
+        data = buffer.read() if buffer is not None else stream.read().encode()
+    except (OSError, ValueError, UnicodeError) as exc:  # closed, or not text
+        acc.errors.append(Problem(STDIN, "", "", f"cannot read: {_reason(exc)}"))
+        return acc.freeze()
+    _read_bytes(data, STDIN, acc)
+    return acc.freeze()
+
+
 def _read_file(path: Path, acc: _Acc) -> None:
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+    except OSError as exc:
+        acc.errors.append(Problem(name, "", "", f"cannot read: {_reason(exc)}"))
+        return
+    acc.files.append(name)
+    _read_bytes(data, name, acc)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _read_bytes(data: bytes, name: str, acc: _Acc) -> None:
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         acc.errors.append(
             Problem(name, "", "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
         )
-        return
-    except OSError as exc:
-        acc.errors.append(Problem(name, "", "", f"cannot read: {exc.strerror or exc}"))
         return
     _read_stream(text, name, acc)
 
@@ -170,13 +226,65 @@ def _read_stream(text: str, name: str, acc: _Acc) -> None:
             node = loader.get_node()
             data = loader.construct_document(node) if node is not None else None
             if data is not None:
-                acc.documents.append(Document(name, index, data))
+                _add(data, name, index, "", acc, ())
     except yaml.MarkedYAMLError as exc:
         acc.errors.append(Problem(name, f"document {max(index, 1)}", "", _describe(exc)))
     except yaml.YAMLError as exc:  # errors without a position (e.g. a reader error)
         acc.errors.append(Problem(name, f"document {max(index, 1)}", "", f"invalid YAML: {exc}"))
+    except RecursionError:  # nesting deeper than Python's stack (PyYAML recurses)
+        acc.errors.append(
+            Problem(name, f"document {max(index, 1)}", "", "YAML error: nested too deeply")
+        )
     finally:
         loader.dispose()
+
+
+def _add(
+    data: object, name: str, index: int, item: str, acc: _Acc, within: tuple[int, ...]
+) -> None:
+    """Add one object, or the items of a List (``kubectl get -o yaml``) one by one.
+
+    Kubernetes' convention (``meta.IsListType``): a kind ending in ``List`` with an ``items``
+    list, such as ``v1 List`` or ``networking.istio.io/v1 ServiceEntryList``. ``within``
+    holds the Lists this one is inside, so a YAML alias cannot make a List its own item.
+    """
+    if not _is_list(data):
+        acc.documents.append(Document(name, index, data, item))
+        return
+    assert isinstance(data, dict)
+    where = f"document {index}, {item}" if item else f"document {index}"
+    items = data.get("items")
+    if items is None:
+        return  # an empty List
+    if not isinstance(items, list):
+        acc.errors.append(Problem(name, where, "items", f"must be a list, got {_kind_of(items)}"))
+        return
+    if id(data) in within:
+        acc.errors.append(
+            Problem(name, where, "", "this List is one of its own items (a YAML alias)")
+        )
+        return
+    for i, entry in enumerate(items):
+        here = f"{item}.items[{i}]" if item else f"items[{i}]"
+        _add(entry, name, index, here, acc, (*within, id(data)))
+
+
+def _is_list(data: object) -> bool:
+    if not isinstance(data, dict):
+        return False
+    kind = data.get("kind")
+    return isinstance(kind, str) and kind.endswith("List") and "items" in data
+
+
+def _kind_of(value: object) -> str:
+    """A value in a message, as ``schema`` shows values: mappings and scalars."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _describe(exc: yaml.MarkedYAMLError) -> str:

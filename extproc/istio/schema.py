@@ -5,9 +5,11 @@ a *warning* is reported and tolerated. Parsing happens in two steps:
 
 1. Shape: pydantic models in strict mode, as the Kubernetes API server checks a CRD's OpenAPI
    schema (``"80"`` is not a port number, ``on`` is not a boolean). Fields are read by their
-   Istio (camelCase) names through explicit aliases. A field the models do not declare is kept,
-   never silently dropped: it becomes a warning naming its dotted path. Fields Istio defines but
-   extproc does not implement say "not supported yet, ignored"; anything else is an unknown field.
+   Istio (camelCase) names through explicit aliases. Every field name is checked against
+   Istio's API (``api.py``): a name Istio does not have is an error with the nearest one
+   (``consecutive5xxError``: did you mean ``consecutive5xxErrors``?), as the API server
+   refuses it; an Istio field extproc does not implement is a warning naming its dotted path
+   ("not supported yet, ignored"). No field is dropped silently.
 2. Meaning: the checks of ``ValidateServiceEntry``/``ValidateDestinationRule``
    (``pkg/config/validation/validation.go``) and ``ValidateLocalityLbSetting``
    (``pkg/config/validation/agent/validation.go``) that matter here, plus what extproc cannot
@@ -18,10 +20,11 @@ Cross-object rules (which DestinationRule applies to which host) live in ``compi
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Final, get_args
@@ -31,6 +34,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from extproc.core.policy import LbAlgorithm, is_ip
 from extproc.errors import Problem
+from extproc.istio import api
 
 __all__ = [
     "API_VERSIONS",
@@ -137,14 +141,16 @@ GoDuration = Annotated[str, BeforeValidator(_duration_text)]
 
 
 class _Model(BaseModel):
-    """Strict, immutable, and keeping what it does not declare (see ``_walk_extra``)."""
+    """Strict, immutable, and keeping what it does not declare (see ``_walk_fields``)."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=False)
 
-    # Istio fields extproc reads but does not implement: alias -> warning (None: no warning).
+    # Istio fields with their own message when written (None: not a word). Every other
+    # Istio field the model does not declare gets NOT_YET; a name not in Istio's API
+    # (``api.py``) is an error.
     IGNORED: ClassVar[Mapping[str, str | None]] = {}
     # False for Kubernetes metadata, whose many server-written fields are not configuration.
-    CHECK_EXTRA: ClassVar[bool] = True
+    WARN_UNIMPLEMENTED: ClassVar[bool] = True
 
     @model_validator(mode="before")
     @classmethod
@@ -158,7 +164,7 @@ class _Model(BaseModel):
 class ObjectMeta(_Model):
     """``metadata``: the name (in messages) and extproc's annotation."""
 
-    CHECK_EXTRA = False
+    WARN_UNIMPLEMENTED = False
 
     name: str = ""
     namespace: str = ""
@@ -177,8 +183,6 @@ class ServicePort(_Model):
 class WorkloadEntry(_Model):
     """``ServiceEntry.spec.endpoints[]``."""
 
-    IGNORED = {"serviceAccount": NOT_YET}
-
     address: str = ""
     ports: dict[str, int] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -188,12 +192,6 @@ class WorkloadEntry(_Model):
 
 
 class ServiceEntrySpec(_Model):
-    IGNORED = {
-        "addresses": NOT_YET,
-        "exportTo": NOT_YET,
-        "workloadSelector": NOT_YET,
-    }
-
     hosts: list[str] = Field(default_factory=list)
     # The SANs TLS origination checks when the DestinationRule's tls names none
     # (constructUpstreamTLS, for ServiceEntries).
@@ -261,13 +259,6 @@ class LocalityLbSettingSpec(_Model):
 
 
 class LoadBalancerSpec(_Model):
-    IGNORED = {
-        "consistentHash": NOT_YET,
-        "warmupDurationSecs": NOT_YET,
-        "warmup": NOT_YET,
-        "zoneAwareLbSetting": NOT_YET,
-    }
-
     simple: str | None = None
     locality_lb_setting: LocalityLbSettingSpec | None = Field(
         default=None, alias="localityLbSetting"
@@ -277,20 +268,11 @@ class LoadBalancerSpec(_Model):
 class TcpSettingsSpec(_Model):
     """``connectionPool.tcp``: only ``connectTimeout`` (the cluster's ``connect_timeout``)."""
 
-    IGNORED = {
-        "maxConnections": NOT_YET,
-        "tcpKeepalive": NOT_YET,
-        "maxConnectionDuration": NOT_YET,
-        "idleTimeout": NOT_YET,
-    }
-
     connect_timeout: GoDuration | None = Field(default=None, alias="connectTimeout")
 
 
 class ConnectionPoolSpec(_Model):
     """``trafficPolicy.connectionPool`` (``ConnectionPoolSettings``)."""
-
-    IGNORED = {"http": NOT_YET}
 
     tcp: TcpSettingsSpec | None = None
 
@@ -330,12 +312,6 @@ class PortTrafficPolicySpec(_Model):
 
 
 class TrafficPolicySpec(_Model):
-    IGNORED = {
-        "tunnel": NOT_YET,
-        "proxyProtocol": NOT_YET,
-        "retryBudget": NOT_YET,
-    }
-
     load_balancer: LoadBalancerSpec | None = Field(default=None, alias="loadBalancer")
     outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
     connection_pool: ConnectionPoolSpec | None = Field(default=None, alias="connectionPool")
@@ -346,8 +322,6 @@ class TrafficPolicySpec(_Model):
 
 
 class DestinationRuleSpec(_Model):
-    IGNORED = {"subsets": NOT_YET, "exportTo": NOT_YET, "workloadSelector": NOT_YET}
-
     host: str = ""
     traffic_policy: TrafficPolicySpec | None = Field(default=None, alias="trafficPolicy")
 
@@ -375,17 +349,26 @@ _MODELS: Final[Mapping[str, type[ServiceEntry] | type[DestinationRule]]] = {
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where an object came from: file, position in the file, kind and name."""
+    """Where an object came from: file, position in the file, kind and name.
+
+    ``item`` locates an object inside a ``kind: List`` document (``items[2]``).
+    """
 
     file: str
     index: int
     kind: str = ""
     name: str = ""
+    item: str = ""
+
+    @property
+    def position(self) -> str:
+        """``document 2``, or ``document 1, items[2]`` for an item of a List."""
+        return f"document {self.index}, {self.item}" if self.item else f"document {self.index}"
 
     @property
     def document(self) -> str:
         """``DestinationRule "mydynamodb" (document 2)``, as ``Problem.document`` wants it."""
-        position = f"document {self.index}"
+        position = self.position
         if self.kind and self.name:
             return f'{self.kind} "{self.name}" ({position})'
         if self.kind:
@@ -394,7 +377,7 @@ class Source:
 
     def cite(self) -> str:
         """Name this object in another one's message: ``ServiceEntry "x" (a.yaml, document 1)``."""
-        return f'{self.kind} "{self.name}" ({self.file}, document {self.index})'
+        return f'{self.kind} "{self.name}" ({self.file}, {self.position})'
 
     def problem(self, path: str, message: str) -> Problem:
         return Problem(self.file, self.document, path, message)
@@ -402,10 +385,15 @@ class Source:
 
 @dataclass(slots=True)
 class Findings:
-    """Errors and warnings found so far, in the order found."""
+    """Errors and warnings found so far, in the order found.
+
+    ``skipped`` holds the kind of each object of another API group (a Deployment, a
+    Service): they are reported together, in one warning, by whoever reads the whole config.
+    """
 
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,14 +424,18 @@ class _Checker:
 # Entry point
 
 
-def parse_object(data: object, file: str, index: int, findings: Findings) -> Parsed | None:
-    """Validate one YAML document; return it if it is a valid ServiceEntry or DestinationRule.
+def parse_object(
+    data: object, file: str, index: int, findings: Findings, item: str = ""
+) -> Parsed | None:
+    """Validate one object; return it if it is a valid ServiceEntry or DestinationRule.
 
-    Every problem found is appended to ``findings``. ``None`` is returned for other kinds
-    (a warning) and for invalid objects (errors).
+    Every problem found is appended to ``findings``. ``None`` is returned for invalid
+    objects (errors), for the other kinds of ``networking.istio.io`` (a warning each) and for
+    objects of other API groups (their kind goes to ``findings.skipped``). ``item`` locates
+    an object inside a List document (``items[2]``).
     """
     if not isinstance(data, dict):
-        check = _Checker(Source(file, index), findings)
+        check = _Checker(Source(file, index, item=item), findings)
         check.error("", f"expected a Kubernetes object (a mapping), got {_describe(data)}")
         return None
     kind = data.get("kind")
@@ -455,15 +447,19 @@ def parse_object(data: object, file: str, index: int, findings: Findings) -> Par
             index,
             kind if isinstance(kind, str) else "",
             name if isinstance(name, str) else "",
+            item,
         ),
         findings,
     )
     if kind is None:
         check.error("kind", "is required")
         return None
-    model = _MODELS.get(kind) if isinstance(kind, str) else None
+    if not isinstance(kind, str):
+        check.error("kind", f"must be a string, got {_show(kind)}")
+        return None
+    model = _MODELS.get(kind)
     if model is None:
-        check.warn("kind", f"{_show(kind)} is not supported by extproc, ignored")
+        _check_other_kind(data, kind, check)
         return None
 
     api_version = data.get("apiVersion")
@@ -471,13 +467,18 @@ def parse_object(data: object, file: str, index: int, findings: Findings) -> Par
         if api_version is None:
             check.error("apiVersion", "is required")
         else:
-            check.error(
-                "apiVersion",
-                f"{_show(api_version)} is not supported for {kind}; use {', '.join(API_VERSIONS)}",
+            message = (
+                f"{_show(api_version)} is not supported for {kind}; use {', '.join(API_VERSIONS)}"
             )
+            if isinstance(api_version, str) and (near := _near_group(api_version)) is not None:
+                message += f"; did you mean {_show(near)}?"
+            check.error("apiVersion", message)
         # Go on with a valid version: the rest of the object can still be checked.
         data = {**data, "apiVersion": API_VERSIONS[0]}
 
+    # Names first, on the raw mapping: a misspelt field is an error even where the shape
+    # of the object is wrong too (``spc`` for ``spec`` also leaves ``spec`` missing).
+    _walk_fields(model, data, api.SHAPES[kind], "", check)
     try:
         obj = model.model_validate(data)
     except ValidationError as exc:
@@ -488,12 +489,90 @@ def parse_object(data: object, file: str, index: int, findings: Findings) -> Par
 
     if not obj.metadata.name:
         check.error("metadata.name", "is required")
-    _walk_extra(model, data, "", check)
     if isinstance(obj, ServiceEntry):
         _check_service_entry(obj, check)
     else:
         _check_destination_rule(obj, check)
     return None if check.failed else Parsed(check.source, obj)
+
+
+def _check_other_kind(data: Mapping[object, object], kind: str, check: _Checker) -> None:
+    """Any kind but ServiceEntry and DestinationRule.
+
+    In ``networking.istio.io`` a kind the API does not have is an error (the API server has
+    no such resource), with the nearest kind; a real one is a warning. Objects of other API
+    groups are only counted (``Findings.skipped``); a group one typo away from Istio's is
+    an error.
+    """
+    api_version = data.get("apiVersion")
+    if api_version is None:
+        check.error("apiVersion", "is required")
+        return
+    if not isinstance(api_version, str):
+        check.error("apiVersion", f"must be a string, got {_show(api_version)}")
+        return
+    group, _, version = api_version.rpartition("/")
+    if group != api.GROUP:
+        near = _near_group(api_version)
+        if near is None:
+            check.findings.skipped.append(kind)
+            return
+        check.error(
+            "apiVersion", f"{_show(api_version)} is not an API version; did you mean {_show(near)}?"
+        )
+        version = near.rpartition("/")[2]
+    versions = api.KINDS.get(kind)
+    if versions is None:
+        message = f"{_show(kind)} is not a kind of {api.GROUP}"
+        if (suggestion := suggest(kind, api.KINDS)) is not None:
+            message += f"; did you mean {_show(suggestion)}?"
+        else:
+            message += f" (its kinds: {', '.join(api.KINDS)})"
+        check.error("kind", message)
+        return
+    if version not in versions:
+        check.error(
+            "apiVersion",
+            f"{_show(api_version)} is not served for {kind}; use "
+            + ", ".join(f"{api.GROUP}/{v}" for v in versions),
+        )
+        return
+    check.warn("kind", f"{_show(kind)} is not supported by extproc, ignored")
+
+
+def _near_group(api_version: str) -> str | None:
+    """``networking.istio.io/<version>`` when ``api_version``'s group is a typo of it.
+
+    A group one or two characters away (``networking.istio.oi``, ``Networking.istio.io``,
+    a missing version) is a typo; ``networking.k8s.io`` (Ingress, NetworkPolicy) is not.
+    """
+    group, slash, version = api_version.rpartition("/")
+    if not slash and "." in api_version:  # "networking.istio.io": a group, no version
+        group, version = api_version, ""
+    if group == api.GROUP and version:
+        return None
+    if difflib.SequenceMatcher(None, group.lower(), api.GROUP).ratio() < _GROUP_TYPO_RATIO:
+        return None
+    return f"{api.GROUP}/{version or API_VERSIONS[0].rpartition('/')[2]}"
+
+
+# A group this close to networking.istio.io is taken for a typo (networking.istio.oi: 0.95;
+# networking.k8s.io, a real group: 0.83).
+_GROUP_TYPO_RATIO: Final = 0.9
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``word`` most likely misspells (``difflib``), or ``None``.
+
+    A match that differs only in case wins; otherwise ``difflib.get_close_matches`` with its
+    default cutoff (0.6), compared in lower case.
+    """
+    names = list(candidates)
+    by_lower = {name.lower(): name for name in names}
+    if (same := by_lower.get(word.lower())) is not None and same != word:
+        return same
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return by_lower[close[0]] if close else None
 
 
 def lb_algorithm(simple: str | None) -> LbAlgorithm:
@@ -571,32 +650,80 @@ def _pydantic_problem(error: ErrorDetails) -> tuple[str, str]:
     return path, error["msg"]
 
 
-def _walk_extra(cls: type[_Model], data: Mapping[str, Any], path: str, check: _Checker) -> None:
-    """Warn about every field of ``data`` that ``cls`` (recursively) keeps but does not implement.
+def _walk_fields(
+    cls: type[_Model] | None,
+    data: Mapping[object, object],
+    shape: api.Shape,
+    path: str,
+    check: _Checker,
+) -> None:
+    """Check every field name of ``data`` against Istio's API (``shape``).
 
-    ``data`` is the raw mapping ``cls`` validated, so the warnings follow the user's key order.
+    A name the API does not have is an error, with the nearest name it has. An Istio field
+    that ``cls`` does not declare is a warning (its ``IGNORED`` message, else NOT_YET); below
+    it (``cls`` is ``None``) names are still checked, but nothing is warned about twice.
+    ``data`` is the raw mapping, so findings follow the user's key order.
     """
-    by_alias = {info.alias or name: info for name, info in cls.model_fields.items()}
+    names = shape.field_names()
+    by_alias = {} if cls is None else {i.alias or n: i for n, i in cls.model_fields.items()}
     for key, value in data.items():
-        here = f"{path}.{key}" if path else key
         if value is None:  # null is unset (see _Model._drop_nulls)
             continue
-        if key in cls.IGNORED:
-            # Known to Istio, not implemented: its content is not looked at.
+        if not isinstance(key, str):
+            if cls is None:  # where a model reads, pydantic already says so
+                check.error(_join(path, str(key)), f"keys must be strings, got {_show(key)}")
+            continue
+        here = _join(path, key)
+        child_shape = (shape.fields or {}).get(key)
+        if child_shape is None:
+            check.error(here, _unknown_field(key, names))
+            continue
+        child: type[_Model] | None = None
+        if cls is None:
+            pass
+        elif key in cls.IGNORED:
             if (message := cls.IGNORED[key]) is not None:
                 check.warn(here, message)
         elif key in by_alias:
             child = _model_in(by_alias[key].annotation)
-            if child is None:
-                continue
-            if isinstance(value, dict):
-                _walk_extra(child, value, here, check)
-            elif isinstance(value, list):
-                for i, item in enumerate(value):
-                    if isinstance(item, dict):
-                        _walk_extra(child, item, f"{here}[{i}]", check)
-        elif cls.CHECK_EXTRA:
-            check.warn(here, "unknown field, ignored")
+        elif cls.WARN_UNIMPLEMENTED:
+            check.warn(here, NOT_YET)
+        _walk_value(child, value, child_shape, here, check)
+
+
+def _walk_value(
+    cls: type[_Model] | None, value: object, shape: api.Shape, path: str, check: _Checker
+) -> None:
+    """``_walk_fields`` for whatever ``value`` is: an object, a list of them, a map of them."""
+    if shape.open:
+        return
+    if shape.fields is not None and isinstance(value, dict):
+        _walk_fields(cls, value, shape, path, check)
+    elif shape.items is not None and isinstance(value, list):
+        for i, item in enumerate(value):
+            _walk_value(cls, item, shape.items, f"{path}[{i}]", check)
+    elif shape.values is not None and isinstance(value, dict):
+        for key, item in value.items():
+            _walk_value(None, item, shape.values, _join(path, str(key)), check)
+
+
+def _unknown_field(key: str, names: Sequence[str]) -> str:
+    """``unknown field; did you mean "trafficPolicy"?``, else the names there are."""
+    if (suggestion := suggest(key, names)) is not None:
+        return f"unknown field; did you mean {_show(suggestion)}?"
+    if not names:
+        return "unknown field"
+    if len(names) <= _LISTED_NAMES:
+        return f"unknown field; expected one of {', '.join(names)}"
+    return "unknown field"
+
+
+# Up to this many field names are listed when none is near an unknown one.
+_LISTED_NAMES: Final = 12
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def _model_in(annotation: Any) -> type[_Model] | None:
@@ -848,12 +975,11 @@ def _check_destination_rule(dr: DestinationRule, check: _Checker) -> None:
         return
     where = "spec.trafficPolicy"
     # validateTrafficPolicy: an empty trafficPolicy is a mistake, not a no-op.
-    # (model_fields_set also holds extra keys: count Istio's fields only. An empty
-    # portLevelSettings list is unset, as an empty repeated field is in protobuf.)
-    istio_fields = {*TrafficPolicySpec.model_fields, *TrafficPolicySpec.IGNORED}
+    # (An empty portLevelSettings list is unset, as an empty repeated field is in protobuf.)
+    written = _written(policy, api.TRAFFIC_POLICY.field_names())
     if not policy.port_level_settings:
-        istio_fields.discard("port_level_settings")
-    if not policy.model_fields_set & istio_fields:
+        written.discard("portLevelSettings")
+    if not written:
         check.error(where, "traffic policy must have at least one field")
     _check_policy_components(policy, where, check)
     _check_port_level_settings(policy.port_level_settings, f"{where}.portLevelSettings", check)
@@ -879,9 +1005,14 @@ def _check_policy_components(
         )
 
 
-_PORT_POLICY_FIELDS: Final = frozenset(
-    {*PortTrafficPolicySpec.model_fields, *PortTrafficPolicySpec.IGNORED} - {"port"}
-)
+_PORT_POLICY_FIELDS: Final = frozenset(api.PORT_TRAFFIC_POLICY.field_names()) - {"port"}
+
+
+def _written(obj: _Model, names: Iterable[str]) -> set[str]:
+    """The fields written in ``obj``, by their Istio names, among ``names`` (Istio's)."""
+    declared = type(obj).model_fields
+    written = {declared[n].alias or n for n in obj.model_fields_set if n in declared}
+    return (written | set(obj.model_extra or {})) & set(names)
 
 
 def _check_port_level_settings(
@@ -893,7 +1024,7 @@ def _check_port_level_settings(
         here = f"{where}[{i}]"
         if entry.port is None:
             check.error(f"{here}.port", "portTrafficPolicy must have valid port")
-        if not entry.model_fields_set & _PORT_POLICY_FIELDS:
+        if not _written(entry, _PORT_POLICY_FIELDS):
             check.error(here, "port traffic policy must have at least one field")
         else:
             _check_policy_components(entry, here, check)

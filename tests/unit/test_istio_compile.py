@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ from extproc.core.policy import (
 )
 from extproc.errors import ConfigError
 from extproc.istio import load_policy, load_policy_text
+from extproc.istio.compile import README_DIFFERENCES
 
 SEED: Final = Path(__file__).parent.parent / "fixtures" / "seed"
 
@@ -97,12 +99,8 @@ SEED_OUTLIER: Final = OutlierDetection(
 
 def _seed_warning(file: str) -> str:
     return (
-        f'{SEED / file}: DestinationRule "mydynamodb" (document 2): '
-        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy "
-        "(>= 1.28, strict max_ejection_percent) this DestinationRule never ejects any endpoint "
-        "of outbound|80||mydb.com (1 of 2 = 50% > 10%); extproc allows the first ejection by "
-        "default (Envoy's always_eject_one_host, the rule the seed relied on); setting "
-        "maxEjectionPercent: 100 makes both agree"
+        f"{SEED / file}: outbound|80||mydb.com: maxEjectionPercent 10% < 1 of 2 endpoints: "
+        "Istio never ejects, extproc does (README.md#differences-from-istio)"
     )
 
 
@@ -192,11 +190,9 @@ def test_seed_strict_mode_says_extproc_will_not_eject_either() -> None:
     assert outlier is not None
     assert outlier.always_eject_one_host is False
     assert policy.warnings == (
-        f'{SEED / "step2-outlier.yaml"}: DestinationRule "mydynamodb" (document 2): '
-        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy "
-        "(>= 1.28, strict max_ejection_percent) this DestinationRule never ejects any endpoint "
-        "of outbound|80||mydb.com (1 of 2 = 50% > 10%); extproc applies the same strict rule "
-        "(always_eject_one_host is off); setting maxEjectionPercent: 100 makes both agree",
+        f"{SEED / 'step2-outlier.yaml'}: outbound|80||mydb.com: maxEjectionPercent 10% < 1 of "
+        "2 endpoints: Istio never ejects, nor does extproc (strict) "
+        "(README.md#differences-from-istio)",
     )
 
 
@@ -512,16 +508,16 @@ def test_schema_and_cross_object_errors_are_reported_together() -> None:
 
 
 @pytest.mark.parametrize(
-    ("endpoints", "max_percent", "share"),
+    ("endpoints", "max_percent"),
     [
-        pytest.param(1, None, "100", id="one-endpoint-default"),
-        pytest.param(2, 10, "50", id="two-endpoints"),
-        pytest.param(3, 30, "33.3", id="three-endpoints"),
-        pytest.param(8, 0, "12.5", id="eight-endpoints-zero-means-10"),
+        pytest.param(1, None, id="one-endpoint-default"),
+        pytest.param(2, 10, id="two-endpoints"),
+        pytest.param(3, 30, id="three-endpoints"),
+        pytest.param(8, 0, id="eight-endpoints-zero-means-10"),
     ],
 )
 def test_max_ejection_percent_that_blocks_every_ejection_is_warned(
-    endpoints: int, max_percent: int | None, share: str
+    endpoints: int, max_percent: int | None
 ) -> None:
     se = _doc(SE, endpoints=[{"address": f"e{i}.example.com"} for i in range(endpoints)])
     od: dict[str, Any] = {}
@@ -530,12 +526,8 @@ def test_max_ejection_percent_that_blocks_every_ejection_is_warned(
     policy = _policy(se, _doc(DR, trafficPolicy={"outlierDetection": od}))
     limit = max_percent or 10
     assert policy.warnings == (
-        'cfg.yaml: DestinationRule "db" (document 2): '
-        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy "
-        "(>= 1.28, strict max_ejection_percent) this DestinationRule never ejects any endpoint "
-        f"of outbound|80||mydb.com (1 of {endpoints} = {share}% > {limit}%); extproc allows the "
-        "first ejection by default (Envoy's always_eject_one_host, the rule the seed relied "
-        "on); setting maxEjectionPercent: 100 makes both agree",
+        f"cfg.yaml: outbound|80||mydb.com: maxEjectionPercent {limit}% < 1 of {endpoints} "
+        "endpoints: Istio never ejects, extproc does (README.md#differences-from-istio)",
     )
 
 
@@ -562,7 +554,37 @@ def test_dns_host_without_endpoints_counts_as_one_endpoint() -> None:
     del se["spec"]["endpoints"]
     dr = _doc(DR, trafficPolicy={"outlierDetection": {"maxEjectionPercent": 99}})
     (warning,) = _policy(se, dr).warnings
-    assert "(1 of 1 = 100% > 99%)" in warning
+    assert "maxEjectionPercent 99% < 1 of 1 endpoints:" in warning
+
+
+def test_blocked_ejections_are_one_short_warning_for_the_whole_config() -> None:
+    hosts = [f"db{i}.example.com" for i in range(4)]
+    se = _doc(SE, hosts=hosts)
+    rules = [
+        _doc(DR, f"dr{i}", host=host, trafficPolicy={"outlierDetection": {}})
+        for i, host in enumerate(hosts)
+    ]
+    (warning,) = _policy(se, *rules).warnings
+    assert warning == (
+        "cfg.yaml: outbound|80||db0.example.com (+3 more): maxEjectionPercent 10% < 1 of 2 "
+        "endpoints: Istio never ejects, extproc does (README.md#differences-from-istio)"
+    )
+
+
+def _github_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, - for spaces."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_ejection_warning_points_at_a_readme_heading_that_exists() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    anchors = {
+        _github_anchor(line.lstrip("#")) for line in readme.splitlines() if line.startswith("#")
+    }
+    file, _, anchor = README_DIFFERENCES.partition("#")
+    assert file == "README.md"
+    assert anchor in anchors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,14 +756,13 @@ def test_two_destination_rules_for_one_host_merge_as_istio_in_document_order(
     assert policy.warnings == (MERGE_WARNING + outcome,)
 
 
-def test_merged_rule_warns_about_ejection_under_the_rule_whose_policy_applies() -> None:
+def test_merged_rule_warns_about_ejection_with_the_policy_that_applies() -> None:
     first = _doc(DR, "first")
     del first["spec"]["trafficPolicy"]
-    second = _rule("second", "mydb.com", outlierDetection={})
+    second = _rule("second", "mydb.com", outlierDetection={"maxEjectionPercent": 20})
     warnings = _policy(SE, first, second).warnings
     assert warnings[1].startswith(
-        'cfg.yaml: DestinationRule "second" (document 3): '
-        "spec.trafficPolicy.outlierDetection.maxEjectionPercent: on current Istio/Envoy"
+        "cfg.yaml: outbound|80||mydb.com: maxEjectionPercent 20% < 1 of 2 endpoints:"
     )
 
 
@@ -810,12 +831,11 @@ def test_port_level_entry_for_a_port_no_service_has_is_a_warning() -> None:
     )
 
 
-def test_port_level_ejection_warning_names_the_port_level_path() -> None:
-    entry = {"port": {"number": 80}, "outlierDetection": {}}
+def test_port_level_outlier_detection_is_checked_for_blocked_ejections() -> None:
+    entry = {"port": {"number": 80}, "outlierDetection": {"maxEjectionPercent": 30}}
     (warning,) = _policy(SE, _rule("db", "mydb.com", portLevelSettings=[entry])).warnings
     assert warning.startswith(
-        'cfg.yaml: DestinationRule "db" (document 2): '
-        "spec.trafficPolicy.portLevelSettings[0].outlierDetection.maxEjectionPercent: "
+        "cfg.yaml: outbound|80||mydb.com: maxEjectionPercent 30% < 1 of 2 endpoints:"
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -139,22 +142,30 @@ def test_directory_reads_yaml_and_yml_files_sorted_and_not_recursively(tmp_path:
     assert loaded.errors == loaded.warnings == ()
 
 
-def test_empty_directory_is_a_warning(tmp_path: Path) -> None:
-    loaded = load_path(tmp_path)
-    assert loaded.documents == ()
-    assert loaded.errors == ()
-    assert loaded.warnings == (
-        Problem(str(tmp_path), "", "", "no *.yaml or *.yml file in this directory"),
+def test_empty_directory_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_policy(tmp_path)
+    assert caught.value.problems == (
+        Problem(
+            str(tmp_path),
+            "",
+            "",
+            "no ServiceEntry in this directory (no *.yaml or *.yml file): nothing to serve",
+        ),
+    )
+    assert str(caught.value) == (
+        f"{tmp_path}: no ServiceEntry in this directory (no *.yaml or *.yml file): nothing to serve"
     )
 
 
-def test_missing_file_is_an_error(tmp_path: Path) -> None:
+def test_missing_file_is_an_error_without_an_empty_segment(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as caught:
         load_policy(missing)
     assert caught.value.problems == (
         Problem(str(missing), "", "", "cannot read: No such file or directory"),
     )
+    assert str(caught.value) == f"{missing}: cannot read: No such file or directory"
 
 
 def test_non_utf8_file_is_an_error(tmp_path: Path) -> None:
@@ -220,14 +231,8 @@ def test_a_yaml_1_1_boolean_is_not_a_boolean_to_istio() -> None:
 )
 def test_a_document_that_is_not_a_mapping_is_an_error(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_policy_text(text, "x.yaml")
-    assert caught.value.problems == (Problem("x.yaml", "document 1", "", message),)
-
-
-def test_empty_text_gives_an_empty_policy() -> None:
-    policy = load_policy_text("# only a comment\n---\n")
-    assert policy.services == ()
-    assert policy.warnings == ()
+        load_policy_text(SE + "---\n" + text, "x.yaml")
+    assert caught.value.problems == (Problem("x.yaml", "document 2", "", message),)
 
 
 def test_config_error_lists_every_problem_one_per_line() -> None:
@@ -235,5 +240,199 @@ def test_config_error_lists_every_problem_one_per_line() -> None:
         load_policy_text("- a\n---\n- b\n", "x.yaml")
     assert str(caught.value) == (
         "x.yaml: document 1: expected a Kubernetes object (a mapping), got a list\n"
-        "x.yaml: document 2: expected a Kubernetes object (a mapping), got a list"
+        "x.yaml: document 2: expected a Kubernetes object (a mapping), got a list\n"
+        "x.yaml: no ServiceEntry in this file (read: 2 without a kind): nothing to serve"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# kind: List (kubectl get -o yaml)
+
+
+def _list_of(*texts: str, kind: str = "List", api_version: str = "v1") -> str:
+    items = [yaml.safe_load(t) for t in texts]
+    listed = {"apiVersion": api_version, "kind": kind, "items": items, "metadata": {}}
+    return yaml.safe_dump(listed, sort_keys=False)
+
+
+def test_a_kind_list_is_read_as_its_items() -> None:
+    policy = load_policy_text(_list_of(SE, DR), "got.yaml")
+    (service,) = policy.services
+    assert service.lb_algorithm.value == "ROUND_ROBIN"  # the DestinationRule item applied
+    assert service.source == 'got.yaml: ServiceEntry "db"'
+    assert policy.objects == (("DestinationRule", 1), ("ServiceEntry", 1))
+
+
+def test_a_typed_list_is_read_as_its_items() -> None:
+    text = _list_of(SE, kind="ServiceEntryList", api_version="networking.istio.io/v1")
+    assert len(load_policy_text(text).services) == 1
+
+
+def test_problems_in_a_list_name_the_document_and_the_item() -> None:
+    bad = SE.replace("number: 80", "number: 0")
+    with pytest.raises(ConfigError) as caught:
+        load_policy_text(DR + "---\n" + _list_of(DR, DR, bad), "got.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        'got.yaml: ServiceEntry "db" (document 2, items[2]): spec.ports[0].number: '
+        "port number 0 must be in the range 1..65535",
+    ]
+
+
+def test_a_list_inside_a_list_is_read_too() -> None:
+    inner = _list_of(SE)
+    text = _list_of(DR, inner)
+    loaded = load_text(text, "got.yaml")
+    assert [d.item for d in loaded.documents] == ["items[0]", "items[1].items[0]"]
+    assert len(load_policy_text(text).services) == 1
+
+
+def test_a_list_whose_items_are_not_a_list_is_an_error() -> None:
+    loaded = load_text("apiVersion: v1\nkind: List\nitems: {a: 1}\n", "got.yaml")
+    assert loaded.errors == (
+        Problem("got.yaml", "document 1", "items", "must be a list, got a mapping"),
+    )
+
+
+def test_a_list_that_contains_itself_through_an_alias_is_an_error() -> None:
+    loaded = load_text("&top\napiVersion: v1\nkind: List\nitems: [*top]\n", "got.yaml")
+    assert loaded.documents == ()
+    assert loaded.errors == (
+        Problem(
+            "got.yaml",
+            "document 1, items[0]",
+            "",
+            "this List is one of its own items (a YAML alias)",
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A config that serves nothing is an error
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        pytest.param("", "no object at all", id="empty"),
+        pytest.param("---\n", "no object at all", id="separator-only"),
+        pytest.param("# mydb.yaml, being written\n", "no object at all", id="comment-only"),
+        pytest.param("---\n---\n# x\n", "no object at all", id="empty-documents"),
+        pytest.param(DR, "read: 1 DestinationRule", id="destination-rules-only"),
+        pytest.param(
+            "apiVersion: v1\nkind: List\nitems: []\n", "no object at all", id="empty-list"
+        ),
+    ],
+)
+def test_a_config_without_a_service_entry_is_an_error_naming_the_file(
+    text: str, found: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_policy_text(text, "mydb.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        f"mydb.yaml: no ServiceEntry in this file ({found}): nothing to serve"
+    ]
+
+
+def test_a_directory_without_a_service_entry_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "dr.yaml").write_text(DR)
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(tmp_path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{tmp_path}: no ServiceEntry in this directory (read: 1 DestinationRule): nothing to serve"
+    ]
+
+
+def test_service_entries_without_an_http_port_are_an_error() -> None:
+    tcp = SE.replace("protocol: HTTP", "protocol: TCP")
+    with pytest.raises(ConfigError) as caught:
+        load_policy_text(tcp, "mydb.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "mydb.yaml: no ServiceEntry in this file has an HTTP port (GRPC, HTTP, HTTP2 or unset; "
+        "1 ServiceEntry read): nothing to serve"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard input
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+@pytest.mark.parametrize("path", ["-", Path("-")], ids=["str", "path"])
+def test_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch, path: str | Path) -> None:
+    _stdin(monkeypatch, (SE + "---\n" + DR).encode())
+    (service,) = load_policy(path).services
+    assert service.source == '<stdin>: ServiceEntry "db"'
+
+
+def test_problems_on_standard_input_call_it_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    _stdin(monkeypatch, SE.replace("number: 80", "number: 0").encode())
+    with pytest.raises(ConfigError) as caught:
+        load_policy("-")
+    assert str(caught.value) == (
+        '<stdin>: ServiceEntry "db" (document 1): spec.ports[0].number: '
+        "port number 0 must be in the range 1..65535"
+    )
+
+
+def test_empty_standard_input_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _stdin(monkeypatch, b"")
+    with pytest.raises(ConfigError) as caught:
+        load_policy("-")
+    assert (
+        str(caught.value)
+        == "<stdin>: no ServiceEntry in the input (no object at all): nothing to serve"
+    )
+
+
+def test_closed_standard_input_is_a_read_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
+    stream.close()
+    monkeypatch.setattr(sys, "stdin", stream)
+    with pytest.raises(ConfigError) as caught:
+        load_policy("-")
+    assert str(caught.value) == "<stdin>: cannot read: I/O operation on closed file."
+
+
+# ---------------------------------------------------------------------------------------------
+# strict
+
+
+VIRTUAL_SERVICE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: db
+"""
+
+
+def test_strict_turns_every_warning_into_an_error(tmp_path: Path) -> None:
+    text = SE + "---\n" + VIRTUAL_SERVICE
+    assert load_policy_text(text, "cfg.yaml").warnings == (
+        'cfg.yaml: VirtualService "db" (document 2): kind: "VirtualService" is not supported by '
+        "extproc, ignored",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_policy_text(text, "cfg.yaml", strict=True)
+    assert [str(p) for p in caught.value.problems] == [
+        'cfg.yaml: VirtualService "db" (document 2): kind: "VirtualService" is not supported by '
+        "extproc, ignored",
+    ]
+    file = tmp_path / "cfg.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError):
+        load_policy(file, strict=True)
+
+
+def test_strict_keeps_errors_first_and_adds_the_warnings() -> None:
+    text = SE.replace("number: 80", "number: 0") + "---\n" + VIRTUAL_SERVICE
+    with pytest.raises(ConfigError) as caught:
+        load_policy_text(text, "cfg.yaml", strict=True)
+    assert [p.path for p in caught.value.problems] == ["spec.ports[0].number", "kind"]
+
+
+def test_strict_accepts_a_config_without_warnings() -> None:
+    assert len(load_policy_text(SE + "---\n" + DR, strict=True).services) == 1

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from extproc.core.policy import Policy
 from extproc.errors import ConfigError
-from extproc.istio import load_policy_text
+from extproc.istio import api, load_policy_text, schema
 from extproc.istio.schema import parse_duration
 
 DELETE: Final = object()
@@ -349,7 +349,10 @@ def test_the_rest_of_an_object_is_checked_despite_a_wrong_api_version() -> None:
 
 
 def test_missing_kind_is_an_error() -> None:
-    assert _errors(_patched(SE, {"kind": DELETE})) == ["cfg.yaml: document 1: kind: is required"]
+    assert _errors(_patched(SE, {"kind": DELETE})) == [
+        "cfg.yaml: document 1: kind: is required",
+        "cfg.yaml: no ServiceEntry in this file (read: 1 without a kind): nothing to serve",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,13 +569,6 @@ SE_WARNINGS = [
         {"spec.endpoints[1].serviceAccount": "sa"},
         f"spec.endpoints[1].serviceAccount: {NOT_YET}",
     ),
-    ("unknown-spec-field", {"spec.host": "mydb.com"}, "spec.host: unknown field, ignored"),
-    (
-        "unknown-port-field",
-        {"spec.ports[0].tls": {"mode": "SIMPLE"}},
-        "spec.ports[0].tls: unknown field, ignored",
-    ),
-    ("unknown-top-level-field", {"extra": 1}, "extra: unknown field, ignored"),
     (
         "endpoint-port-not-declared",
         {"spec.endpoints[0].ports": {"grpc": 90}},
@@ -658,16 +654,6 @@ DR_WARNINGS = [
         f"{OD}.consecutiveErrors: deprecated by Istio (use consecutive5xxErrors), ignored",
     ),
     (
-        "unknown-outlier-field",
-        {f"{OD}.consecutive5xxError": 3},
-        f"{OD}.consecutive5xxError: unknown field, ignored",
-    ),
-    (
-        "unknown-failover-field",
-        {f"{LLS}.failover[0].weight": 3},
-        f"{LLS}.failover[0].weight: unknown field, ignored",
-    ),
-    (
         "least-conn-deprecated",
         {"spec.trafficPolicy.loadBalancer.simple": "LEAST_CONN"},
         "spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is deprecated; "
@@ -704,12 +690,112 @@ def test_destination_rule_field_we_do_not_implement_is_a_warning(
     assert DR_AT + expected in _policy(SE, _patched(DR, changes)).warnings
 
 
+# ---------------------------------------------------------------------------------------------
+# Names Istio's API does not have: errors, as the API server (strict field validation) makes them
+
+UNKNOWN_SE_FIELDS = [
+    ("spec-field", {"spec.host": "mydb.com"}, 'spec.host: unknown field; did you mean "hosts"?'),
+    (
+        "port-field",
+        {"spec.ports[0].tls": {"mode": "SIMPLE"}},
+        "spec.ports[0].tls: unknown field; expected one of number, protocol, name, targetPort",
+    ),
+    (
+        "top-level-field",
+        {"extra": 1},
+        "extra: unknown field; expected one of apiVersion, kind, metadata, spec, status",
+    ),
+    (
+        "endpoint-field-case",
+        {"spec.endpoints[1].Locality": "us-west"},
+        'spec.endpoints[1].Locality: unknown field; did you mean "locality"?',
+    ),
+    (
+        "metadata-field",
+        {"metadata.lables": {"app": "db"}},
+        'metadata.lables: unknown field; did you mean "labels"?',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"), [pytest.param(c, e, id=i) for i, c, e in UNKNOWN_SE_FIELDS]
+)
+def test_unknown_service_entry_field_is_an_error_with_a_suggestion(
+    changes: dict[str, object], expected: str
+) -> None:
+    assert _errors(_patched(SE, changes), DR) == [SE_AT + expected]
+
+
+UNKNOWN_DR_FIELDS = [
+    (
+        "outlier-field-typo",
+        {f"{OD}.consecutive5xxError": 3},
+        f'{OD}.consecutive5xxError: unknown field; did you mean "consecutive5xxErrors"?',
+    ),
+    (
+        "failover-field",
+        {f"{LLS}.failover[0].weight": 3},
+        f"{LLS}.failover[0].weight: unknown field; expected one of from, to",
+    ),
+    (
+        "inside-a-field-extproc-ignores",
+        {"spec.subsets": [{"name": "v1", "trafficPolicy": {"tsl": {"mode": "SIMPLE"}}}]},
+        'spec.subsets[0].trafficPolicy.tsl: unknown field; did you mean "tls"?',
+    ),
+    (
+        "connection-pool-typo",
+        {"spec.trafficPolicy.connectionPool": {"http": {"maxRetires": 3}}},
+        "spec.trafficPolicy.connectionPool.http.maxRetires: unknown field; did you mean "
+        '"maxRetries"?',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"), [pytest.param(c, e, id=i) for i, c, e in UNKNOWN_DR_FIELDS]
+)
+def test_unknown_destination_rule_field_is_an_error_with_a_suggestion(
+    changes: dict[str, object], expected: str
+) -> None:
+    assert DR_AT + expected in _errors(SE, _patched(DR, changes))
+
+
+@pytest.mark.parametrize("misspelt", ["traficPolicy", "TrafficPolicy"])
+def test_a_misspelt_traffic_policy_is_an_error_not_a_policy_dropped(misspelt: str) -> None:
+    dr = copy.deepcopy(DR)
+    dr["spec"][misspelt] = dr["spec"].pop("trafficPolicy")
+    assert _errors(SE, dr) == [
+        DR_AT + f'spec.{misspelt}: unknown field; did you mean "trafficPolicy"?'
+    ]
+
+
+def test_a_misspelt_spec_is_reported_as_such_and_as_missing() -> None:
+    se = copy.deepcopy(SE)
+    se["spc"] = se.pop("spec")
+    assert _errors(se, DR)[:2] == [
+        SE_AT + 'spc: unknown field; did you mean "spec"?',
+        SE_AT + "spec: is required",
+    ]
+
+
+def test_every_unknown_field_is_reported_in_the_order_written() -> None:
+    dr = _patched(DR, {f"{OD}.intervall": "1s", "spec.hots": "x", f"{OD}.baseEjection": "1s"})
+    assert _errors(SE, dr) == [
+        DR_AT + f'{OD}.intervall: unknown field; did you mean "interval"?',
+        DR_AT + f'{OD}.baseEjection: unknown field; did you mean "baseEjectionTime"?',
+        DR_AT + 'spec.hots: unknown field; did you mean "host"?',
+    ]
+
+
 def test_unknown_fields_of_a_traffic_policy_do_not_make_it_non_empty() -> None:
     dr = _patched(DR, {"spec.trafficPolicy": {"outlierDetectoin": {"interval": "1s"}}})
     with pytest.raises(ConfigError) as caught:
         _policy(SE, dr)
     assert [str(p) for p in caught.value.problems] == [
-        DR_AT + "spec.trafficPolicy: traffic policy must have at least one field"
+        DR_AT
+        + 'spec.trafficPolicy.outlierDetectoin: unknown field; did you mean "outlierDetection"?',
+        DR_AT + "spec.trafficPolicy: traffic policy must have at least one field",
     ]
 
 
@@ -748,19 +834,158 @@ def test_kubernetes_metadata_and_status_are_not_warned_about() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "document"),
+    ("api_version", "kind"),
     [
-        pytest.param("VirtualService", 'VirtualService "db" (document 3)', id="istio-kind"),
-        pytest.param("Service", 'Service "db" (document 3)', id="kubernetes-kind"),
+        pytest.param("networking.istio.io/v1", "VirtualService", id="virtual-service"),
+        pytest.param("networking.istio.io/v1beta1", "Gateway", id="gateway"),
+        pytest.param("networking.istio.io/v1", "Sidecar", id="sidecar"),
+        pytest.param("networking.istio.io/v1alpha3", "WorkloadEntry", id="workload-entry"),
+        pytest.param("networking.istio.io/v1alpha3", "EnvoyFilter", id="envoy-filter"),
     ],
 )
-def test_other_kinds_are_ignored_with_a_warning(kind: str, document: str) -> None:
-    other = {"apiVersion": "networking.istio.io/v1", "kind": kind, "metadata": {"name": "db"}}
+def test_other_istio_networking_kinds_are_ignored_with_a_warning(
+    api_version: str, kind: str
+) -> None:
+    other = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "db"}}
     policy = _policy(SE, DR, other)
     assert policy.warnings == (
-        f'cfg.yaml: {document}: kind: "{kind}" is not supported by extproc, ignored',
+        f'cfg.yaml: {kind} "db" (document 3): kind: "{kind}" is not supported by extproc, ignored',
     )
     assert len(policy.services) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        pytest.param(
+            "ServiceEnrty",
+            '"ServiceEnrty" is not a kind of networking.istio.io; did you mean "ServiceEntry"?',
+            id="typo",
+        ),
+        pytest.param(
+            "Service",
+            '"Service" is not a kind of networking.istio.io; did you mean "ServiceEntry"?',
+            id="kubernetes-kind-in-istio-group",
+        ),
+        pytest.param(
+            "destinationrule",
+            '"destinationrule" is not a kind of networking.istio.io; did you mean '
+            '"DestinationRule"?',
+            id="case",
+        ),
+        pytest.param(
+            "Mesh",
+            '"Mesh" is not a kind of networking.istio.io (its kinds: DestinationRule, '
+            "EnvoyFilter, Gateway, ProxyConfig, ServiceEntry, Sidecar, VirtualService, "
+            "WorkloadEntry, WorkloadGroup)",
+            id="no-near-kind",
+        ),
+    ],
+)
+def test_unknown_kind_of_the_istio_networking_group_is_an_error_with_a_suggestion(
+    kind: str, expected: str
+) -> None:
+    other = {"apiVersion": "networking.istio.io/v1", "kind": kind, "metadata": {"name": "x"}}
+    assert _errors(SE, DR, other) == [f'cfg.yaml: {kind} "x" (document 3): kind: {expected}']
+
+
+def test_a_misspelt_service_entry_kind_is_an_error_and_leaves_no_service_entry() -> None:
+    assert _errors(_patched(SE, {"kind": "ServiceEnrty"}), DR) == [
+        'cfg.yaml: ServiceEnrty "db" (document 1): kind: "ServiceEnrty" is not a kind of '
+        'networking.istio.io; did you mean "ServiceEntry"?',
+        "cfg.yaml: no ServiceEntry in this file (read: 1 DestinationRule, 1 ServiceEnrty): "
+        "nothing to serve",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "expected"),
+    [
+        pytest.param(
+            "networking.istio.oi/v1",
+            "VirtualService",
+            'apiVersion: "networking.istio.oi/v1" is not an API version; did you mean '
+            '"networking.istio.io/v1"?',
+            id="group-typo",
+        ),
+        pytest.param(
+            "networking.istio.io",
+            "VirtualService",
+            'apiVersion: "networking.istio.io" is not an API version; did you mean '
+            '"networking.istio.io/v1"?',
+            id="no-version",
+        ),
+        pytest.param(
+            "networking.istio.io/v1",
+            "EnvoyFilter",
+            'apiVersion: "networking.istio.io/v1" is not served for EnvoyFilter; use '
+            "networking.istio.io/v1alpha3",
+            id="version-the-kind-lacks",
+        ),
+    ],
+)
+def test_wrong_api_version_of_an_istio_networking_kind_is_an_error(
+    api_version: str, kind: str, expected: str
+) -> None:
+    other = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}}
+    assert _errors(SE, DR, other) == [f'cfg.yaml: {kind} "x" (document 3): {expected}']
+
+
+def test_a_service_entry_group_typo_gets_a_suggestion() -> None:
+    assert _errors(_patched(SE, {"apiVersion": "networking.isito.io/v1"}), DR) == [
+        SE_AT + 'apiVersion: "networking.isito.io/v1" is not supported for ServiceEntry; use '
+        "networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3; "
+        'did you mean "networking.istio.io/v1"?'
+    ]
+
+
+def _object(api_version: str, kind: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}
+
+
+def test_objects_of_other_api_groups_are_skipped_with_one_warning_that_counts_them() -> None:
+    others = [
+        _object("apps/v1", "Deployment", "app"),
+        _object("v1", "Service", "app"),
+        _object("v1", "ConfigMap", "conf"),
+        _object("v1", "Service", "db"),
+        _object("gateway.networking.k8s.io/v1", "Gateway", "gw"),
+        _object("networking.k8s.io/v1", "Ingress", "in"),
+        _object("security.istio.io/v1", "PeerAuthentication", "pa"),
+    ]
+    policy = _policy(SE, *others, DR)
+    assert policy.warnings == (
+        "cfg.yaml: 7 objects of other API groups skipped (2 Service, 1 ConfigMap, "
+        "1 Deployment, 1 Gateway, 1 Ingress, 1 PeerAuthentication): "
+        "extproc reads networking.istio.io only",
+    )
+    assert len(policy.services) == 1
+
+
+def test_one_object_of_another_api_group_is_counted_in_the_singular() -> None:
+    policy = _policy(SE, DR, _object("v1", "Namespace", "prod"))
+    assert policy.warnings == (
+        "cfg.yaml: 1 object of another API group skipped (1 Namespace): "
+        "extproc reads networking.istio.io only",
+    )
+
+
+@pytest.mark.parametrize(
+    ("api_version", "expected"),
+    [
+        pytest.param(DELETE, "apiVersion: is required", id="missing"),
+        pytest.param(1, "apiVersion: must be a string, got 1", id="not-a-string"),
+    ],
+)
+def test_an_object_of_another_kind_needs_an_api_version(api_version: object, expected: str) -> None:
+    other = _patched(_object("v1", "Service", "x"), {"apiVersion": api_version})
+    assert _errors(SE, DR, other) == [f'cfg.yaml: Service "x" (document 3): {expected}']
+
+
+def test_a_kind_that_is_not_a_string_is_an_error() -> None:
+    assert _errors(SE, DR, _object("v1", "Service", "x") | {"kind": ["Service"]}) == [
+        "cfg.yaml: document 3: kind: must be a string, got a list"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1082,3 +1307,29 @@ def test_gateway_local_origin_and_error_code_fields_are_served_without_warnings(
         f"{OD}.outlierDetectionHttpErrorCodes": [100, 404, 599],
     }
     assert _policy(SE, _patched(DR, changes)).warnings == ()
+
+
+def _shape_problems(model: type[Any], shape: api.Shape, path: str) -> list[str]:
+    """Fields a model reads (or names in IGNORED) that Istio's API shape lacks, recursively."""
+    problems = []
+    fields = shape.fields or {}
+    for name in model.IGNORED:
+        if name not in fields:
+            problems.append(f"{path}.{name}")
+    for name, info in model.model_fields.items():
+        alias = info.alias or name
+        child_shape = fields.get(alias)
+        if child_shape is None:
+            problems.append(f"{path}.{alias}")
+            continue
+        child = schema._model_in(info.annotation)
+        while child_shape.items is not None:
+            child_shape = child_shape.items
+        if child is not None:
+            problems += _shape_problems(child, child_shape, f"{path}.{alias}")
+    return problems
+
+
+@pytest.mark.parametrize("kind", ["ServiceEntry", "DestinationRule"])
+def test_every_field_extproc_reads_is_a_field_of_istios_api(kind: str) -> None:
+    assert _shape_problems(schema._MODELS[kind], api.SHAPES[kind], kind) == []

@@ -1,0 +1,179 @@
+"""What a loaded policy means for one workload, in words: ``extproc check``'s report.
+
+Pure functions of a ``Policy`` (and a ``Workload``): no I/O. The priorities are the ones
+``core.locality`` computes for the data path, so the report and the traffic agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from extproc.core.locality import LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE, endpoint_priorities
+from extproc.core.policy import Locality, Policy, Service, Workload
+
+__all__ = ["check_summary", "locality_text", "locality_warnings"]
+
+# The failoverPriority labels Istio derives from a locality (``AugmentLabels``).
+_LOCALITY_LABELS: Final = frozenset({LABEL_REGION, LABEL_ZONE, LABEL_SUBZONE})
+
+
+def locality_text(locality: Locality) -> str:
+    """A locality as written on the command line: ``us-east1/us-east1-b``; ``""`` if unset."""
+    parts = [locality.region, locality.zone, locality.sub_zone]
+    while parts and not parts[-1]:
+        parts.pop()
+    return "/".join(parts)
+
+
+def _locality_orders(service: Service) -> bool:
+    """Whether the workload's locality orders this service's endpoints into priorities.
+
+    Istio's ``ApplyLocalityLoadBalancer``: only with ``localityLbSetting`` enabled (the
+    mesh default), no ``distribute`` (weights, never priorities) and ``outlierDetection``
+    set (without it Istio turns failover off: Envoy could not tell a dead endpoint). With
+    ``failoverPriority`` alone, the locality counts only through the topology labels it
+    gives (``topology.kubernetes.io/region`` and the like) among those labels.
+    """
+    setting = service.locality_lb
+    if not setting.enabled or setting.distribute or service.outlier_detection is None:
+        return False
+    if setting.failover_priority and not setting.failover:
+        keys = {entry.split("=")[0] for entry in setting.failover_priority}
+        return bool(keys & _LOCALITY_LABELS)
+    return True
+
+
+def locality_warnings(policy: Policy, workload: Workload) -> list[str]:
+    """Warn when the workload's region is none of the endpoints' regions, where it matters.
+
+    A region that matches no endpoint (no ``--locality``, a typo, ``US-EAST1`` for
+    ``us-east1``: Istio compares regions case-sensitively) puts every endpoint in the same
+    tier, so locality failover silently does nothing. It matters only for services whose
+    endpoints the locality orders (see ``_locality_orders``: ``outlierDetection`` set,
+    locality LB enabled, no ``distribute``) and that have endpoints with a region: elsewhere
+    every endpoint is in priority 0 whatever the locality, as in Istio. One warning for the
+    config, listing the regions of those services.
+
+    Returns:
+        At most one message; empty when the locality matches or does not matter.
+    """
+    region = workload.locality.region
+    affected = [
+        s
+        for s in policy.services
+        if _locality_orders(s)
+        and any(e.locality.region for e in s.endpoints)
+        and region not in {e.locality.region for e in s.endpoints}
+    ]
+    if not affected:
+        return []
+    regions = sorted({e.locality.region for s in affected for e in s.endpoints} - {""})
+    flat = all((p or 0) == 0 for s in affected for p in endpoint_priorities(s, workload))
+    effect = (
+        "every endpoint is in priority 0 and locality failover is off"
+        if flat
+        else "locality failover prefers no endpoint"
+    )
+    # Name the services only when the locality does match the others.
+    ordered = [s for s in policy.services if _locality_orders(s)]
+    where = ""
+    if len(affected) < len(ordered):
+        where = " in " + ", ".join(s.cluster_name for s in affected)
+    message = (
+        f"--locality {_quote(locality_text(workload.locality))} matches no endpoint's "
+        f"region{where} (the config has: {', '.join(regions)}): {effect}"
+    )
+    same_but_case = [r for r in regions if r.lower() == region.lower()]
+    if region and same_but_case:
+        message += f'; regions are case-sensitive, as in Istio: did you mean "{same_but_case[0]}"?'
+    return [message]
+
+
+def check_summary(policy: Policy, workload: Workload | None) -> str:
+    """What ``extproc check`` prints for a valid config.
+
+    The objects read (by kind), the services (Istio's cluster names) with what applies to
+    each, and the endpoints of each, in the column order of ``istioctl proxy-config
+    endpoints``, as a fresh proxy would list them before any traffic (all healthy, no
+    outlier ejected). With a workload, each endpoint's priority as Envoy gets it for that
+    workload; an endpoint that gets no traffic at all (``distribute`` leaves its locality
+    out) shows ``-``. DNS endpoints are shown by name: Envoy resolves them.
+    """
+    lines: list[str] = []
+    total = sum(n for _, n in policy.objects)
+    listed = ", ".join(f"{n} {kind}" for kind, n in policy.objects)
+    lines.append(f"objects: {total}" + (f" ({listed})" if listed else ""))
+    lines.append(f"services: {len(policy.services)}")
+    for service in policy.services:
+        lines.append(f"  {service.cluster_name}  {_describe(service)}")
+    header = ["ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER", "LOCALITY"]
+    if workload is not None:
+        header.append("PRIORITY")
+        lines.append(f"endpoints for {_describe_workload(workload)}, before any traffic:")
+    else:
+        lines.append("endpoints, before any traffic (give --locality for their priorities):")
+    rows = [header]
+    for service in policy.services:
+        priorities: Sequence[int | None] = (
+            endpoint_priorities(service, workload) if workload is not None else ()
+        )
+        for i, endpoint in enumerate(service.endpoints):
+            row = [
+                f"{endpoint.address}:{endpoint.port}",
+                "HEALTHY",
+                "OK",
+                service.cluster_name,
+                str(endpoint.locality),
+            ]
+            if workload is not None:
+                priority = priorities[i]
+                row.append("-" if priority is None else str(priority))
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines.extend(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows
+    )
+    return "\n".join(lines)
+
+
+def _describe(service: Service) -> str:
+    count = len(service.endpoints)
+    parts = [
+        f"{count} endpoint{'' if count == 1 else 's'}",
+        service.resolution.value,
+        service.lb_algorithm.value,
+    ]
+    od = service.outlier_detection
+    if od is None:
+        parts.append("no outlier detection")
+    else:
+        parts.append(
+            f"outlier detection ({od.consecutive_5xx_errors} x 5xx, every {od.interval_s:g}s, "
+            f"ejected {od.base_ejection_time_s:g}s, at most {od.max_ejection_percent}%)"
+        )
+    setting = service.locality_lb
+    if not setting.enabled:
+        parts.append("locality LB off")
+    elif setting.distribute:
+        parts.append("locality weights (distribute)")
+    elif od is None:
+        parts.append("no locality failover (it needs outlierDetection)")
+    elif setting.failover_priority:
+        parts.append("failoverPriority" + (" + failover" if setting.failover else ""))
+    else:
+        parts.append("locality failover")
+    if service.tls is not None:
+        parts.append(f"TLS {service.tls.mode.value}")
+    return ", ".join(parts)
+
+
+def _describe_workload(workload: Workload) -> str:
+    described = f"--locality {_quote(locality_text(workload.locality))}"
+    if workload.labels:
+        described += " and labels " + ",".join(f"{k}={v}" for k, v in workload.labels)
+    return described
+
+
+def _quote(text: str) -> str:
+    return f'"{text}"'
