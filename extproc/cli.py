@@ -1,41 +1,179 @@
 """The ``extproc`` command line.
 
 Every flag can also come from an ``EXTPROC_*`` variable (``--dns-resolver`` from
-``EXTPROC_DNS_RESOLVER``); a flag on the command line wins.
+``EXTPROC_DNS_RESOLVER``); a flag on the command line wins. A variable's value is parsed
+as the flag's value would be, after the command line, so a bad one is a usage error (exit
+2) that names the variable.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import functools
 import json
 import os
+import re
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from extproc import __version__
-from extproc.core.policy import DEFAULT_CLUSTER_ID, Locality, Policy, Workload
-from extproc.errors import ConfigError, ExtprocError
+from extproc.core.policy import DEFAULT_CLUSTER_ID, Locality, Policy, Workload, is_ip
+from extproc.errors import ConfigError, ExtprocError, Problem
 from extproc.server.reload import PolicyChange, Stamp, fingerprint
 
 if TYPE_CHECKING:
+    from extproc.render.bootstrap import DataPath
     from extproc.server.metrics import Metrics
     from extproc.server.reload import ConfigReloader
 
+T = TypeVar("T")
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port); raises argparse.ArgumentTypeError on bad input."""
+# --- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """An address as the flags take it; ``str`` gives it back as one would type it."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        # RFC 3986 section 3.2.2: an IPv6 literal goes in brackets before ``:port``.
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def pair(self) -> tuple[str, int]:
+        """``(host, port)``, as the settings classes take it."""
+        return (self.host, self.port)
+
+
+# A DNS name as Envoy's STRICT_DNS cluster would resolve it: dot-separated labels.
+_DNS_NAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
+
+
+def parse_hostport(
+    text: str, *, default_port: int | None = None, resolve: bool = True, fixed_port: bool = False
+) -> HostPort:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> ``HostPort``.
+
+    Args:
+        text: what the user typed.
+        default_port: the port when ``text`` has none (53 for a DNS server); None: required.
+        resolve: turn a name into its first IPv4 address (else IPv6), for what must bind
+            or what Envoy takes only as an IP; False keeps a name (a peer that resolves it
+            itself, such as Envoy's STRICT_DNS cluster for ``--ext-proc``).
+        fixed_port: refuse port 0 (any free port) where the port must be known.
+
+    Raises:
+        argparse.ArgumentTypeError: saying what is wrong, so argparse prints it with usage.
+    """
+    text = text.strip()
+    host, port_text = _split_hostport(text, default_port is not None)
+    if port_text is None:
+        assert default_port is not None
+        port = default_port
+    elif not (port_text.isascii() and port_text.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the port {port_text!r} is not a number"
+            if port_text
+            else f"{text!r}: no port after ':'"
+        )
+    else:
+        port = int(port_text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port} is out of range (0-65535)")
+    if port == 0 and fixed_port:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: port 0 (any free port) cannot be used here; give the port"
+        )
+    if not host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no host: write 127.0.0.1:{port} (this machine only)"
+            f" or 0.0.0.0:{port} (every interface)"
+        )
+    if is_ip(host):
+        return HostPort(host, port)
+    if not _DNS_NAME.match(host):
+        raise argparse.ArgumentTypeError(f"{text!r}: {host!r} is not an IP address or a host name")
+    return HostPort(_resolve(host) if resolve else host, port)
+
+
+def _split_hostport(text: str, port_optional: bool) -> tuple[str, str | None]:
+    """``text`` -> (host, port text or None when absent and ``port_optional``)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or ":" not in host or not is_ip(host):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: brackets hold an IPv6 address, as in [::1]:10000"
+            )
+        if not rest and port_optional:
+            return host, None
+        if not rest.startswith(":"):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected :PORT after ']'")
+        return host, rest[1:]
+    if port_optional and (is_ip(text) or ":" not in text):
+        return text, None  # an address without a port, IPv6 included
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} has no port: write HOST:PORT")
+    if ":" in host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an IPv6 address goes in brackets, as in [{host}]:{port}"
+        )
+    return host, port
+
+
+def _resolve(host: str) -> str:
+    """A name's first IPv4 address, else its first IPv6 one (``localhost`` -> 127.0.0.1).
+
+    Envoy takes only IP addresses for its listeners and admin (a name there fails with
+    ``malformed IP address``), and a DNS resolver is reached by address.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise argparse.ArgumentTypeError(
+            f"cannot resolve {host!r} to an IP address ({reason}); give an IP address"
+        ) from None
+    addresses = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos]
+    ipv4 = [address for family, address in addresses if family == socket.AF_INET]
+    ipv6 = [address for family, address in addresses if family == socket.AF_INET6]
+    if not ipv4 + ipv6:
+        raise argparse.ArgumentTypeError(f"{host!r} has no IPv4 or IPv6 address")
+    return (ipv4 + ipv6)[0]
+
+
+def _address(
+    *, default_port: int | None = None, resolve: bool = True, fixed_port: bool = False
+) -> Callable[[str], HostPort]:
+    """``parse_hostport`` with these options, as an argparse type."""
+    return functools.partial(
+        parse_hostport, default_port=default_port, resolve=resolve, fixed_port=fixed_port
+    )
+
+
+HP = "HOST:PORT"  # the metavar of address flags
+#: What binds in this process or in Envoy: names resolved, port 0 means a free one.
+BIND = _address()
+#: Envoy's HTTP listener: an IP and a fixed port (what clients are told to use).
+LISTEN = _address(fixed_port=True)
+#: A DNS server: an IP (dnspython asks it directly), port 53 unless given.
+DNS_SERVER = _address(default_port=53, fixed_port=True)
+#: Something that is reached, not bound: a name stays a name (it resolves where it is used).
+PEER = _address(resolve=False, fixed_port=True)
 
 
 def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
@@ -56,42 +194,202 @@ def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(labels.items())
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"EXTPROC_{name}", default)
+def _count(text: str) -> int:
+    if not (text.strip().isascii() and text.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
 
 
-def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    default = _env("CONFIG")
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (1/true/yes or 0/false/no)")
+
+
+def _one_of(*values: str) -> Callable[[str], str]:
+    def choice(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(values)})"
+            )
+        return text
+
+    return choice
+
+
+def _data_path(text: str) -> DataPath:
+    from extproc.render.bootstrap import DataPath
+
+    return DataPath(_one_of(*(p.value for p in DataPath))(text))
+
+
+# --- flags and their EXTPROC_* variables ----------------------------------------------------
+
+
+class _FromEnv(str):
+    """A flag's default read from an ``EXTPROC_*`` variable.
+
+    argparse parses a string default as it parses the flag's value, after the command line
+    and only when the flag was not given (its documented rule), so a bad value becomes a
+    usage error; ``_typed`` adds the variable's name to it.
+    """
+
+    var: str
+
+    def __new__(cls, text: str, var: str) -> _FromEnv:
+        self = super().__new__(cls, text)
+        self.var = var
+        return self
+
+
+def _typed(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """``convert`` as an argparse type whose errors name the variable a value came from."""
+
+    @functools.wraps(convert)
+    def parse(text: str) -> T:
+        try:
+            return convert(text)
+        except argparse.ArgumentTypeError as exc:
+            if isinstance(text, _FromEnv):
+                raise argparse.ArgumentTypeError(f"(from ${text.var}) {exc}") from None
+            raise
+
+    return parse
+
+
+class _Switch(argparse.Action):
+    """A flag without a value (``--strict``) whose variable may say 1/true or 0/false."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        default: Any = False,
+        type: Callable[[str], Any] | None = None,  # noqa: A002 (argparse's keyword)
+        help: str | None = None,  # noqa: A002 (argparse's keyword)
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, type=type, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True)
+
+
+def _env_name(name: str) -> str:
+    return f"EXTPROC_{name}"
+
+
+def _option(
+    parser: argparse._ActionsContainer,
+    flag: str,
+    env: str,
+    convert: Callable[[str], Any],
+    default: str | None,
+    help: str,  # noqa: A002 (argparse's keyword)
+    **kwargs: Any,
+) -> None:
+    """Add ``flag`` (``--listen``), its default overridable by ``EXTPROC_<env>``.
+
+    ``default`` is text, parsed by ``convert`` like a value given on the command line, and
+    only if it is used. An empty variable counts as unset.
+    """
+    var = _env_name(env)
+    text = os.environ.get(var) or None
+    shown = f"default {default}; ${var}" if default else f"${var}"
     parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path(default) if default else None,
-        required=required and default is None,
-        help="ServiceEntry/DestinationRule YAML: a file or a directory ($EXTPROC_CONFIG)",
+        flag,
+        type=_typed(convert),
+        default=_FromEnv(text, var) if text is not None else default,
+        help=f"{help} ({shown})",
+        **kwargs,
     )
+
+
+def _switch(parser: argparse.ArgumentParser, flag: str, env: str, help: str) -> None:  # noqa: A002
+    """Add an on/off ``flag``; ``EXTPROC_<env>=1`` turns it on."""
+    var = _env_name(env)
+    text = os.environ.get(var) or None
     parser.add_argument(
+        flag,
+        action=_Switch,
+        type=_typed(_boolean),
+        default=_FromEnv(text, var) if text is not None else False,
+        help=f"{help} (${var}=1)",
+    )
+
+
+def _add_config(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
+    """``--config`` (and, for ``check``, a positional PATH instead); ``-`` reads stdin."""
+    required = not os.environ.get(_env_name("CONFIG"))
+    where: argparse._ActionsContainer = parser
+    if positional:
+        where = parser.add_mutually_exclusive_group(required=required)
+        where.add_argument(
+            "path", nargs="?", type=Path, metavar="PATH", help="the config, as --config"
+        )
+    _option(
+        where,
+        "--config",
+        "CONFIG",
+        Path,
+        None,
+        "ServiceEntry/DestinationRule YAML: a file or a directory; - reads standard input",
+        required=required and not positional,
+    )
+
+
+def _add_strict(parser: argparse.ArgumentParser) -> None:
+    _switch(
+        parser,
+        "--strict",
+        "STRICT",
+        "warnings are errors, for CI: fields extproc ignores, a --locality no endpoint has",
+    )
+    _switch(
+        parser,
         "--strict-max-ejection-percent",
-        action="store_true",
-        default=_env("STRICT_MAX_EJECTION_PERCENT", "") in ("1", "true"),
-        help="apply maxEjectionPercent to the first ejection too, as Envoy >= 1.28 does "
+        "STRICT_MAX_EJECTION_PERCENT",
+        "apply maxEjectionPercent to the first ejection too, as Envoy >= 1.28 does "
         "(default: the first ejection is always allowed, Envoy's always_eject_one_host)",
     )
 
 
 def _add_locality(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _option(
+        parser,
         "--locality",
-        default=_env("LOCALITY", ""),
-        help="the workload's locality region[/zone[/subzone]] ($EXTPROC_LOCALITY)",
+        "LOCALITY",
+        str,
+        "",
+        "the workload's locality region[/zone[/subzone]]",
     )
-    labels = _env("WORKLOAD_LABELS")
-    parser.add_argument(
+    _option(
+        parser,
         "--workload-labels",
-        type=parse_labels,
-        default=parse_labels(labels) if labels else (),
+        "WORKLOAD_LABELS",
+        parse_labels,
+        "",
+        "the workload's labels, matched by localityLbSetting.failoverPriority; the "
+        "topology labels of --locality are added",
         metavar="K=V[,K=V...]",
-        help="the workload's labels, matched by localityLbSetting.failoverPriority; the "
-        "topology labels of --locality are added ($EXTPROC_WORKLOAD_LABELS)",
     )
 
 
@@ -104,79 +402,88 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
 
 
 def _add_dns(parser: argparse.ArgumentParser) -> None:
-    default = _env("DNS_RESOLVER")
-    parser.add_argument(
+    _option(
+        parser,
         "--dns-resolver",
-        type=parse_hostport,
-        default=parse_hostport(default) if default else None,
-        help="resolve endpoint names with this DNS server, HOST:PORT ($EXTPROC_DNS_RESOLVER)",
+        "DNS_RESOLVER",
+        DNS_SERVER,
+        None,
+        "resolve endpoint names with this DNS server (port 53 unless given; "
+        "default: the system's resolvers)",
+        metavar="HOST[:PORT]",
     )
 
 
 def _add_message_timeout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _option(
+        parser,
         "--message-timeout-ms",
-        type=int,
-        default=int(_env("MESSAGE_TIMEOUT_MS", "1000") or 1000),
-        help="Envoy's budget for each ext_proc answer; past it the request fails closed "
-        "(default 1000; $EXTPROC_MESSAGE_TIMEOUT_MS)",
+        "MESSAGE_TIMEOUT_MS",
+        _count,
+        "1000",
+        "Envoy's budget for each ext_proc answer; past it the request fails closed",
     )
 
 
 def _add_data_path(parser: argparse.ArgumentParser) -> None:
-    from extproc.render.bootstrap import DataPath
-
-    parser.add_argument(
+    _option(
+        parser,
         "--data-path",
-        type=DataPath,
-        choices=list(DataPath),
-        default=DataPath(_env("DATA_PATH", "lua")),
-        help="lua: Envoy routes from tables the service publishes (fast, the default); "
-        "ext_proc: the service is asked on every request ($EXTPROC_DATA_PATH)",
+        "DATA_PATH",
+        _data_path,
+        "lua",
+        "lua: Envoy routes from tables the service publishes (fast); "
+        "ext_proc: the service is asked on every request",
+        metavar="{lua,ext_proc}",
     )
 
 
 def _add_system_ca_file(parser: argparse.ArgumentParser) -> None:
     from extproc.render.bootstrap import DEFAULT_SYSTEM_CA_FILE
 
-    parser.add_argument(
+    _option(
+        parser,
         "--system-ca-file",
-        default=_env("SYSTEM_CA_FILE", DEFAULT_SYSTEM_CA_FILE),
-        help="the CA bundle, as Envoy sees it, for DestinationRule tls without caCertificates "
-        f"(Istio's system roots; default {DEFAULT_SYSTEM_CA_FILE}; $EXTPROC_SYSTEM_CA_FILE)",
+        "SYSTEM_CA_FILE",
+        str,
+        DEFAULT_SYSTEM_CA_FILE,
+        "the CA bundle, as Envoy sees it, for DestinationRule tls without caCertificates "
+        "(Istio's system roots)",
     )
 
 
 def _add_reload(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _option(
+        parser,
         "--watch-interval-s",
-        type=float,
-        default=float(_env("WATCH_INTERVAL_S", "1") or 1),
-        help="look for config changes this often; 0: only on SIGHUP "
-        "(default 1; $EXTPROC_WATCH_INTERVAL_S)",
+        "WATCH_INTERVAL_S",
+        _seconds,
+        "1",
+        "look for config changes this often; 0: only on SIGHUP",
     )
 
 
 def _add_admin(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--admin",
-        type=parse_hostport,
-        default=_hostport_default("ADMIN", "127.0.0.1:9090"),
-        help="the status view HOST:PORT ($EXTPROC_ADMIN)",
-    )
+    _option(parser, "--admin", "ADMIN", BIND, "127.0.0.1:9090", "the status view", metavar=HP)
+
+
+def _add_listen(parser: argparse.ArgumentParser, default: str) -> None:
+    _option(parser, "--listen", "LISTEN", LISTEN, default, "Envoy's HTTP listener", metavar=HP)
+
+
+def _add_envoy_admin(parser: argparse.ArgumentParser, default: str | None, help: str) -> None:  # noqa: A002
+    _option(parser, "--envoy-admin", "ENVOY_ADMIN", BIND, default, help, metavar=HP)
 
 
 def _add_brain_port(parser: argparse.ArgumentParser, where: str) -> None:
-    parser.add_argument(
+    _option(
+        parser,
         "--brain-port",
-        type=int,
-        default=int(_env("BRAIN_PORT", "9004") or 9004),
-        help=f"the fast path's HTTP sync port, {where} ($EXTPROC_BRAIN_PORT)",
+        "BRAIN_PORT",
+        _count,
+        "9004",
+        f"the fast path's HTTP sync port, {where}",
     )
-
-
-def _hostport_default(name: str, fallback: str) -> tuple[str, int]:
-    return parse_hostport(_env(name, fallback) or fallback)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,53 +492,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="Istio's locality failover for external services, on plain Envoy.",
     )
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
-    parser.add_argument(
+    _option(
+        parser,
         "--log-level",
-        default=_env("LOG_LEVEL"),
-        choices=["debug", "info", "warning", "error"],
-        help="default: info (warning for demo, whose story is the output)",
+        "LOG_LEVEL",
+        _one_of("debug", "info", "warning", "error"),
+        None,
+        "default: info (warning for demo, whose story is the output)",
+        metavar="{debug,info,warning,error}",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the service and Envoy on this machine (foreground)")
     _add_config(up)
+    _add_strict(up)
     _add_locality(up)
-    up.add_argument(
-        "--listen",
-        type=parse_hostport,
-        default=_hostport_default("LISTEN", "127.0.0.1:10000"),
-        help="Envoy's HTTP listener HOST:PORT ($EXTPROC_LISTEN)",
-    )
+    _add_listen(up, "127.0.0.1:10000")
     _add_admin(up)
-    _add_dns(up)
-    up.add_argument(
-        "--concurrency",
-        type=int,
-        default=int(_env("CONCURRENCY", "2") or 2),
-        help="Envoy worker threads ($EXTPROC_CONCURRENCY)",
+    _add_envoy_admin(
+        up,
+        None,
+        "Envoy's own admin (/stats, /config_dump); default: a free loopback port",
     )
+    _add_dns(up)
+    _option(up, "--concurrency", "CONCURRENCY", _count, "2", "Envoy worker threads")
     _add_message_timeout(up)
     _add_data_path(up)
     _add_system_ca_file(up)
-    up.add_argument("--envoy-log-level", default=_env("ENVOY_LOG_LEVEL", "warning"))
+    _option(
+        up,
+        "--envoy-log-level",
+        "ENVOY_LOG_LEVEL",
+        str,
+        "warning",
+        "Envoy's --log-level",
+    )
     _add_reload(up)
-    up.add_argument(
+    _option(
+        up,
         "--drain-time-s",
-        type=int,
-        default=int(_env("DRAIN_TIME_S", "10") or 10),
-        help="on a reload that restarts Envoy, how long the old Envoy drains its connections; "
-        "it exits 5 s later (default 10; $EXTPROC_DRAIN_TIME_S)",
+        "DRAIN_TIME_S",
+        _count,
+        "10",
+        "on a reload that restarts Envoy, how long the old Envoy drains its connections; "
+        "it exits 5 s later",
     )
 
     serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
     _add_config(serve)
+    _add_strict(serve)
     _add_locality(serve)
-    serve.add_argument(
-        "--grpc",
-        type=parse_hostport,
-        default=_hostport_default("GRPC", "127.0.0.1:9002"),
-        help="gRPC (ext_proc + health) HOST:PORT ($EXTPROC_GRPC)",
-    )
+    _option(serve, "--grpc", "GRPC", BIND, "127.0.0.1:9002", "gRPC (ext_proc + health)", metavar=HP)
     _add_brain_port(serve, "on the --grpc host")
     _add_admin(serve)
     _add_dns(serve)
@@ -239,20 +550,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
     _add_config(render)
-    render.add_argument(
-        "--listen", type=parse_hostport, default=_hostport_default("LISTEN", "0.0.0.0:10000")
-    )
-    render.add_argument(
+    _add_strict(render)
+    _add_listen(render, "0.0.0.0:10000")
+    _option(
+        render,
         "--ext-proc",
-        type=parse_hostport,
-        default=_hostport_default("EXT_PROC", "127.0.0.1:9002"),
-        help="where Envoy reaches the service",
+        "EXT_PROC",
+        PEER,
+        "127.0.0.1:9002",
+        "where Envoy reaches the service (a name is resolved by Envoy)",
+        metavar=HP,
     )
-    render.add_argument(
-        "--envoy-admin",
-        type=parse_hostport,
-        default=_hostport_default("ENVOY_ADMIN", "127.0.0.1:9901"),
-    )
+    _add_envoy_admin(render, "127.0.0.1:9901", "Envoy's own admin")
     _add_message_timeout(render)
     _add_data_path(render)
     _add_system_ca_file(render)
@@ -263,31 +572,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     check = sub.add_parser(
-        "check", help="validate a config: exit 0 ok, 1 errors; warnings on stderr"
+        "check",
+        help="validate a config: exit 0 ok (and a summary), 1 errors; warnings on stderr",
     )
-    check.add_argument("path", type=Path)
-    check.add_argument("--strict-max-ejection-percent", action="store_true")
+    _add_config(check, positional=True)
+    _add_strict(check)
+    _add_locality(check)
 
     status = sub.add_parser("status", help="print the endpoint table of a running service")
-    status.add_argument(
-        "--admin", type=parse_hostport, default=_hostport_default("ADMIN", "127.0.0.1:9090")
-    )
+    _option(status, "--admin", "ADMIN", PEER, "127.0.0.1:9090", "the status view", metavar=HP)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
     demo = sub.add_parser("demo", help="play the seed's failover story locally (no Docker)")
-    demo.add_argument("--pause", type=float, default=0.3, help="seconds between requests")
+    demo.add_argument(
+        "--pause", type=_typed(_seconds), default=0.3, help="seconds between requests"
+    )
     _add_data_path(demo)
     return parser
 
 
-def load(path: Path, strict: bool) -> Policy:
-    """Load a config and print its warnings to stderr."""
-    from extproc.istio import load_policy
+# --- commands -------------------------------------------------------------------------------
 
-    policy = load_policy(path, always_eject_one_host=not strict)
+
+def read_config(path: Path, args: argparse.Namespace, workload: Workload | None) -> Policy:
+    """Load a config as the flags say; the workload's locality warnings join its warnings.
+
+    Raises:
+        ConfigError: the config's errors, and with ``--strict`` its warnings too.
+    """
+    from extproc.istio import load_policy, locality_warnings
+
+    strict: bool = args.strict
+    policy = load_policy(
+        path, always_eject_one_host=not args.strict_max_ejection_percent, strict=strict
+    )
+    extra = locality_warnings(policy, workload) if workload is not None else []
+    if extra and strict:
+        raise ConfigError([Problem(_source(path), "", "", text) for text in extra])
+    if extra:
+        policy = dataclasses.replace(policy, warnings=(*policy.warnings, *extra))
+    return policy
+
+
+def _source(path: Path) -> str:
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
+def show_warnings(policy: Policy) -> None:
     for warning in policy.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return policy
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -310,37 +643,55 @@ async def _first(*awaitables: Any) -> None:
 
 def _reloader(
     args: argparse.Namespace,
+    policy: Policy,
     apply: Callable[[Policy], Awaitable[PolicyChange]],
     metrics: Metrics,
     stamp: tuple[Stamp, ...],
 ) -> ConfigReloader:
     """Live reload of ``--config``; SIGHUP asks for one (installed here, before start)."""
-    from extproc.istio import load_policy
     from extproc.server.reload import ConfigReloader
 
-    strict = args.strict_max_ejection_percent
+    workload = workload_from_args(args)
 
     def read(path: Path) -> Policy:
-        return load_policy(path, always_eject_one_host=not strict)
+        return read_config(path, args, workload)
 
     reloader = ConfigReloader(
-        args.config, read, apply, metrics=metrics, poll_s=args.watch_interval_s, initial=stamp
+        args.config,
+        read,
+        apply,
+        metrics=metrics,
+        poll_s=args.watch_interval_s,
+        initial=stamp,
+        policy=policy,
     )
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.request)
     return reloader
+
+
+def started_line(
+    listen: tuple[str, int], admin: tuple[str, int], envoy_admin: tuple[str, int]
+) -> str:
+    """What ``extproc up`` prints once it serves: every address, ready to paste."""
+    return (
+        f"extproc up: listening on {HostPort(*listen)};"
+        f" status view http://{HostPort(*admin)}/clusters;"
+        f" envoy admin http://{HostPort(*envoy_admin)}/"
+    )
 
 
 async def _up(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, ...]) -> int:
     from extproc.server.stack import Stack, StackSettings
 
     stop = _stop_on_signals()
+    envoy_admin: HostPort | None = args.envoy_admin
     stack = Stack(
         policy,
         workload_from_args(args),
         StackSettings(
-            listen=args.listen,
-            admin=args.admin,
-            dns_resolver=args.dns_resolver,
+            listen=args.listen.pair,
+            admin=args.admin.pair,
+            dns_resolver=args.dns_resolver.pair if args.dns_resolver else None,
             concurrency=args.concurrency,
             envoy_log_level=args.envoy_log_level,
             message_timeout_ms=args.message_timeout_ms,
@@ -348,9 +699,10 @@ async def _up(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, ...]
             system_ca_file=args.system_ca_file,
             drain_time_s=args.drain_time_s,
             parent_shutdown_time_s=args.drain_time_s + 5,
+            envoy_admin=envoy_admin.pair if envoy_admin else None,
         ),
     )
-    reloader = _reloader(args, stack.reload, stack.app.metrics, stamp)
+    reloader = _reloader(args, policy, stack.reload, stack.app.metrics, stamp)
     # A signal during start-up stops what already runs (Stack.start cleans up on cancel).
     starting = asyncio.ensure_future(stack.start())
     await _first(starting, stop.wait())
@@ -359,10 +711,9 @@ async def _up(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, ...]
     starting.result()  # raises StartupError when a part did not start
     assert stack.envoy is not None
     print(
-        "extproc up: listening on {}:{}, status view on http://{}:{}/clusters".format(
-            *args.listen, *stack.app.admin_address
-        ),
+        started_line(stack.settings.listen, stack.app.admin_address, stack.envoy_admin_address),
         file=sys.stderr,
+        flush=True,
     )
     watching = asyncio.ensure_future(reloader.run())
     try:
@@ -385,16 +736,16 @@ async def _serve(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, .
         policy,
         workload_from_args(args),
         ServiceSettings(
-            grpc_host=args.grpc[0],
-            grpc_port=args.grpc[1],
-            admin_host=args.admin[0],
-            admin_port=args.admin[1],
-            dns_resolver=args.dns_resolver,
+            grpc_host=args.grpc.host,
+            grpc_port=args.grpc.port,
+            admin_host=args.admin.host,
+            admin_port=args.admin.port,
+            dns_resolver=args.dns_resolver.pair if args.dns_resolver else None,
             brain_port=args.brain_port,
         ),
     )
     stop = _stop_on_signals()
-    reloader = _reloader(args, app.apply_policy, app.metrics, stamp)
+    reloader = _reloader(args, policy, app.apply_policy, app.metrics, stamp)
     watching: asyncio.Future[None] | None = None
     try:
         await app.start()
@@ -414,12 +765,12 @@ def _render(args: argparse.Namespace, policy: Policy) -> int:
     bootstrap = render_bootstrap(
         policy,
         RenderSettings(
-            listen_host=args.listen[0],
-            listen_port=args.listen[1],
-            ext_proc_host=args.ext_proc[0],
-            ext_proc_port=args.ext_proc[1],
-            envoy_admin_host=args.envoy_admin[0],
-            envoy_admin_port=args.envoy_admin[1],
+            listen_host=args.listen.host,
+            listen_port=args.listen.port,
+            ext_proc_host=args.ext_proc.host,
+            ext_proc_port=args.ext_proc.port,
+            envoy_admin_host=args.envoy_admin.host,
+            envoy_admin_port=args.envoy_admin.port,
             message_timeout_ms=args.message_timeout_ms,
             data_path=args.data_path,
             brain_port=args.brain_port,
@@ -441,6 +792,19 @@ def _render(args: argparse.Namespace, policy: Policy) -> int:
             handle.flush()
             validate_config(Path(handle.name))
         print("envoy --mode validate: OK", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from extproc.istio import check_summary
+
+    path: Path = args.path if args.path is not None else args.config
+    given = bool(args.locality or args.workload_labels)
+    workload = workload_from_args(args) if given else None
+    policy = read_config(path, args, workload)
+    show_warnings(policy)
+    print(f"{_source(path)}: OK", file=sys.stderr)
+    print(check_summary(policy, workload))
     return 0
 
 
@@ -480,7 +844,7 @@ def format_status(rows: list[dict[str, Any]]) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    url = "http://{}:{}/endpoints".format(*args.admin)
+    url = f"http://{args.admin}/endpoints"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             rows = json.loads(response.read())
@@ -498,9 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"))
     try:
         if args.command == "check":
-            load(args.path, args.strict_max_ejection_percent)
-            print(f"{args.path}: OK", file=sys.stderr)
-            return 0
+            return _check(args)
         if args.command == "status":
             return _status(args)
         if args.command == "demo":
@@ -509,7 +871,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(pause_s=args.pause, data_path=args.data_path))
         # Taken before reading: a change made while we start is reloaded at once.
         stamp = fingerprint(args.config)
-        policy = load(args.config, args.strict_max_ejection_percent)
+        workload = workload_from_args(args) if args.command in ("up", "serve") else None
+        policy = read_config(args.config, args, workload)
+        show_warnings(policy)
         if args.command == "render":
             return _render(args, policy)
         if args.command == "up":
