@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
+from extproc.cli import HostPort, format_status
 from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
 from extproc.render.bootstrap import DataPath
@@ -110,10 +111,20 @@ class _Story:
             self.failures.append(what)
 
 
+def curl(listen: tuple[str, int]) -> str:
+    """The curl command that sends ``mydb.com`` to the demo's Envoy, ready to paste."""
+    return f"curl -sS --connect-to mydb.com:80:{HostPort(*listen)} http://mydb.com"
+
+
+def status_command(admin: tuple[str, int]) -> str:
+    return f"extproc status --admin {HostPort(*admin)}"
+
+
 async def _loop(
     stack: Stack, count: int, pause_s: float, out: Callable[[str], None]
 ) -> list[Reply]:
-    out(f"$ for i in {{1..{count}}}; do curl -sS http://mydb.com; echo; sleep {pause_s:g}; done")
+    command = curl(stack.settings.listen)
+    out(f"$ for i in {{1..{count}}}; do {command}; echo; sleep {pause_s:g}; done")
     replies = []
     for _ in range(count):
         reply = await get(stack.settings.listen, "mydb.com")
@@ -124,8 +135,6 @@ async def _loop(
 
 
 def _status_table(stack: Stack) -> str:
-    from extproc.cli import format_status
-
     return format_status(endpoints_json(stack.app.table, stack.app.now()))
 
 
@@ -148,19 +157,31 @@ async def run_demo(
     ):
         ports = (east.address[1], west.address[1])
         se = seed_yaml(*ports, outlier=False)
+        # Fixed ports (free a moment ago), so that every step's Stack is at the addresses
+        # printed here.
+        envoy_admin = ("127.0.0.1", free_port())
         settings = StackSettings(
             listen=("127.0.0.1", free_port()),
-            admin=("127.0.0.1", 0),
+            admin=("127.0.0.1", free_port()),
             dns_resolver=dns.address,
             envoy_log_level="error",
             data_path=data_path,
+            envoy_admin=envoy_admin,
         )
         say(
             f"Data path: {data_path.value}. Workload locality: {WORKLOAD}."
-            f" DNS responder on {dns.address[0]}:{dns.address[1]}:"
+            f" DNS responder on {HostPort(*dns.address)}:"
         )
         say(f"  {EAST} -> {EAST_IP} (stand-in on port {east.address[1]})")
         say(f"  {WEST} -> {WEST_IP} (stand-in on port {west.address[1]})")
+        say(
+            f"Envoy listens on {HostPort(*settings.listen)};"
+            f" status view http://{HostPort(*settings.admin)}/clusters;"
+            f" envoy admin http://{HostPort(*envoy_admin)}/"
+        )
+        say("While it runs, try from another terminal:")
+        say(f"  $ {curl(settings.listen)}")
+        say(f"  $ {status_command(settings.admin)}")
 
         say("\n== 1. ServiceEntry only: no outlierDetection, so no locality failover ==")
         say(se)
@@ -190,7 +211,7 @@ async def run_demo(
                 " so none failed (the seed shows one connect error; Istio's Envoy, measured"
                 " today, retries on us-west too)",
             )
-            say("$ extproc status")
+            say(f"$ {status_command(stack.settings.admin)}")
             say(_status_table(stack))
 
             say(f"\n== 4. {EAST} is back: traffic returns once its ejection ends ==")
@@ -199,7 +220,8 @@ async def run_demo(
                 "(the first ejection lasts baseEjectionTime = 3s;"
                 " un-ejection happens at the next 1s sweep)"
             )
-            say(f"$ while true; do curl -sS http://mydb.com; echo; sleep {pause_s:g}; done")
+            command = curl(stack.settings.listen)
+            say(f"$ while true; do {command}; echo; sleep {pause_s:g}; done")
             back = None
             for attempt in range(int(10 / pause_s) + 1):
                 reply = await get(stack.settings.listen, "mydb.com")
