@@ -200,6 +200,13 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    port = _count(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535)")
+    return port
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -480,7 +487,7 @@ def _add_brain_port(parser: argparse.ArgumentParser, where: str) -> None:
         parser,
         "--brain-port",
         "BRAIN_PORT",
-        _count,
+        _port,
         "9004",
         f"the fast path's HTTP sync port, {where}",
     )

@@ -182,3 +182,10 @@ def test_up_prints_every_address_in_one_pasteable_line() -> None:
         "extproc up: listening on [::1]:10000; status view http://127.0.0.1:9090/clusters;"
         " envoy admin http://127.0.0.1:9901/"
     )
+
+
+def test_the_brain_port_is_range_checked_too(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--config", "x", "--brain-port", "99999"])
+    assert exited.value.code == 2
+    assert "argument --brain-port: port 99999 is out of range (0-65535)" in capsys.readouterr().err
