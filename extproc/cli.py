@@ -493,6 +493,73 @@ def _add_brain_port(parser: argparse.ArgumentParser, where: str) -> None:
     )
 
 
+def _add_transport(parser: argparse.ArgumentParser, who: str) -> None:
+    """How Envoy and ``serve`` reach each other when ``up`` does not run both.
+
+    Outcome reports move traffic, so no transport is open to any local process: Unix
+    sockets in a directory only Envoy and the service can open, or TCP with a shared secret
+    on every ext_proc and EDS stream and sync request.
+    """
+    _option(
+        parser,
+        "--socket-dir",
+        "SOCKET_DIR",
+        Path,
+        None,
+        f"Unix sockets in this directory instead of TCP ({who}); give it the same "
+        "directory on both sides, one only they can open",
+        metavar="DIR",
+    )
+    _option(
+        parser,
+        "--secret-file",
+        "SECRET_FILE",
+        Path,
+        None,
+        "over TCP: a file holding the shared secret (16-512 of [A-Za-z0-9._~+/=-], e.g. "
+        "`openssl rand -base64 32`), the same file for serve and render",
+        metavar="FILE",
+    )
+
+
+def read_secret(path: Path | None) -> str | None:
+    """The shared secret in ``path`` (surrounding whitespace dropped), or None.
+
+    Raises:
+        ExtprocError: the file cannot be read or its content cannot be a secret.
+    """
+    from extproc.render.bootstrap import is_valid_secret
+
+    if path is None:
+        return None
+    try:
+        secret = path.read_text().strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExtprocError(f"--secret-file {path}: cannot read: {exc}") from exc
+    if not is_valid_secret(secret):
+        raise ExtprocError(
+            f"--secret-file {path}: the secret must be 16-512 characters of "
+            "[A-Za-z0-9._~+/=-] (for example the output of `openssl rand -base64 32`)"
+        )
+    if mode & 0o077:
+        print(
+            f"warning: --secret-file {path}: readable by other users (mode "
+            f"{mode & 0o777:o}); chmod 600 it",
+            file=sys.stderr,
+        )
+    return secret
+
+
+def _require_transport(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.command in ("serve", "render") and args.socket_dir is None and not args.secret_file:
+        parser.error(
+            f"{args.command} over TCP needs --secret-file (the same one for serve and "
+            "render), or --socket-dir: without either, any local process could report "
+            "outcomes and move traffic"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="extproc",
@@ -551,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_locality(serve)
     _option(serve, "--grpc", "GRPC", BIND, "127.0.0.1:9002", "gRPC (ext_proc + health)", metavar=HP)
     _add_brain_port(serve, "on the --grpc host")
+    _add_transport(serve, "--grpc and --brain-port are not used then")
     _add_admin(serve)
     _add_dns(serve)
     _add_reload(serve)
@@ -573,7 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_path(render)
     _add_system_ca_file(render)
     _add_brain_port(render, "on the --ext-proc host")
-    render.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
+    _add_transport(render, "--ext-proc and --brain-port are not used then")
+    render.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="write to a file instead of stdout (mode 600 when it holds the secret)",
+    )
     render.add_argument(
         "--validate", action="store_true", help="also run envoy --mode validate on it"
     )
@@ -749,6 +823,8 @@ async def _serve(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, .
             admin_port=args.admin.port,
             dns_resolver=args.dns_resolver.pair if args.dns_resolver else None,
             brain_port=args.brain_port,
+            socket_dir=args.socket_dir,
+            secret=read_secret(args.secret_file),
         ),
     )
     stop = _stop_on_signals()
@@ -769,6 +845,7 @@ async def _serve(args: argparse.Namespace, policy: Policy, stamp: tuple[Stamp, .
 def _render(args: argparse.Namespace, policy: Policy) -> int:
     from extproc.render.bootstrap import RenderSettings, render_bootstrap
 
+    secret = read_secret(args.secret_file)
     bootstrap = render_bootstrap(
         policy,
         RenderSettings(
@@ -782,11 +859,16 @@ def _render(args: argparse.Namespace, policy: Policy) -> int:
             data_path=args.data_path,
             brain_port=args.brain_port,
             system_ca_file=args.system_ca_file,
+            socket_dir=str(args.socket_dir) if args.socket_dir is not None else None,
+            secret=secret,
         ),
     )
     text = yaml.safe_dump(bootstrap, sort_keys=False)
     if args.output:
-        args.output.write_text(text)
+        # The bootstrap holds the secret when there is one: only its owner may read it.
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
     else:
         sys.stdout.write(text)
     if args.validate:
@@ -863,7 +945,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _require_transport(parser, args)
     from extproc.server.logs import configure_logging
 
     configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"))

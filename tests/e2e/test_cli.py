@@ -103,6 +103,8 @@ def test_render_output_passes_envoy_validate(tmp_path: Path) -> None:
             "render",
             "--config",
             str(config),
+            "--socket-dir",
+            str(tmp_path),
             "--validate",
             "-o",
             str(tmp_path / "envoy.yaml"),

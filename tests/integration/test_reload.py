@@ -278,6 +278,13 @@ class Serve:
         return {row["cluster_name"] for row in json.loads(self.get("/endpoints"))}
 
 
+def _socket_dir(tmp_path: Path, index: int) -> Path:
+    """A private socket directory per ``serve`` of a test."""
+    path = tmp_path / f"sockets-{index}"
+    path.mkdir(mode=0o700)
+    return path
+
+
 @pytest.fixture
 async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     running: list[Serve] = []
@@ -292,10 +299,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             str(config),
             "--locality",
             "us-east1",
-            "--grpc",
-            "127.0.0.1:0",
-            "--brain-port",
-            "0",
+            "--socket-dir",
+            str(_socket_dir(tmp_path, len(running))),
             "--admin",
             "127.0.0.1:0",
             "--watch-interval-s",
