@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 import yaml
 
 from extproc.cli import main
 from extproc.render.bootstrap import SECRET_HEADER
 
 SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog() -> Iterator[None]:
-    # main() points structlog at this test's captured stderr; the next test gets its own.
-    yield
-    structlog.reset_defaults()
 
 
 def _lua(bootstrap: dict[str, Any]) -> str:
