@@ -45,3 +45,10 @@ def test_readme_headings_are_unique_and_well_formed() -> None:
     assert len(headings) == len(set(headings)), "a heading appears twice"
     for heading in headings:
         assert re.fullmatch(r"#{1,4} [^\s].*[\w)`]", heading), heading
+
+
+def test_the_readme_activates_the_venv_before_its_first_bare_extproc_command() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    activate = next(i for i, line in enumerate(lines) if ". .venv/bin/activate" in line)
+    first = next(i for i, line in enumerate(lines) if line.startswith("$ extproc "))
+    assert activate < first
