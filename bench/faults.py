@@ -381,7 +381,9 @@ def _identity(pid: int) -> tuple[int, int] | None:
 
 
 def _alive(identity: tuple[int, int]) -> bool:
-    return _identity(identity[0]) == identity
+    """Still running: a zombie (state Z) has exited and waits only for its reaper."""
+    fields = _read_stat(identity[0])
+    return fields is not None and int(fields[19]) == identity[1] and fields[0] != "Z"
 
 
 def _processes_where(field_index: int, value: int) -> list[int]:
@@ -510,25 +512,28 @@ class ComposePorts:
     listen: int
     envoy_admin: int
     admin: int
-    grpc: int
-    brain: int
 
 
 def compose_commands(
-    config: Path, data_path: str, ports: ComposePorts, dns: tuple[str, int], bootstrap: Path
+    config: Path,
+    data_path: str,
+    ports: ComposePorts,
+    dns: tuple[str, int],
+    bootstrap: Path,
+    socket_dir: Path,
 ) -> tuple[list[str], list[str]]:
     """``extproc serve`` and the ``extproc render`` of its Envoy's bootstrap.
 
-    The one place that says how the two connect (today: the gRPC and sync ports on
-    127.0.0.1); a change of those flags is a change here only.
+    The one place that says how the two connect: Unix sockets in ``socket_dir`` (a 0700
+    directory), as docker-compose shares ``/run/extproc`` between them. Over TCP it would
+    be ``--grpc``/``--brain-port`` and ``--ext-proc``/``--brain-port``, each side with the
+    same ``--secret-file``.
     """
-    grpc = _hostport("127.0.0.1", ports.grpc)
     serve = _extproc(
         "serve",
         ("--config", config),
         ("--locality", LOCALITY),
-        ("--grpc", grpc),
-        ("--brain-port", ports.brain),
+        ("--socket-dir", socket_dir),
         ("--admin", _hostport("127.0.0.1", ports.admin)),
         ("--dns-resolver", _hostport(*dns)),
     )
@@ -536,8 +541,7 @@ def compose_commands(
         "render",
         ("--config", config),
         ("--listen", _hostport("127.0.0.1", ports.listen)),
-        ("--ext-proc", grpc),
-        ("--brain-port", ports.brain),
+        ("--socket-dir", socket_dir),
         ("--envoy-admin", _hostport("127.0.0.1", ports.envoy_admin)),
         ("--data-path", data_path),
         ("--output", bootstrap),
@@ -723,6 +727,7 @@ class Case:
     tmp: Path
     notes: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    cleanup: list[Path] = field(default_factory=list)  # directories removed after the case
 
     @property
     def fault_end_s(self) -> float:
@@ -809,10 +814,13 @@ async def case_service_kill(case: Case) -> CaseResult:
     ``extproc render`` and started here, as docker-compose runs them."""
     world = case.world
     config = case.config(world.yaml())
-    ports = ComposePorts(*(free_port() for _ in range(5)))
+    ports = ComposePorts(*(free_port() for _ in range(3)))
     bootstrap = case.tmp / "envoy.yaml"
+    # Its own short path: a Unix socket's path has at most 107 bytes.
+    sockets = Path(tempfile.mkdtemp(prefix="faults-sockets-"))
+    case.cleanup.append(sockets)
     serve_argv, render_argv = compose_commands(
-        config, case.data_path, ports, world.dns.address, bootstrap
+        config, case.data_path, ports, world.dns.address, bootstrap, sockets
     )
     render = await case.processes.spawn("render", render_argv)
     if await render.proc.wait() != 0:
@@ -1190,6 +1198,8 @@ async def run_case(
                 return await CASES[name](case)
             finally:
                 await processes.stop_all()
+                for directory in case.cleanup:
+                    shutil.rmtree(directory, ignore_errors=True)
     except (CaseError, OSError) as exc:
         await processes.stop_all()
         return CaseResult(name, data_path, 0, 0, 0, None, "", error=str(exc).splitlines()[0])
