@@ -57,7 +57,8 @@ _ATTRIBUTE_NAMES = (
 # Protobuf string fields hold UTF-8: no lone surrogates.
 _text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=30)
 
-_AUTHORITIES = (
+#: Authorities that name a service (so a request is routed and its response recorded)...
+_ROUTED = (
     "mydb.com",
     "mydb.com:80",
     "MyDB.Com.",
@@ -67,6 +68,9 @@ _AUTHORITIES = (
     "other.com",
     "dns.example.com",
     "dns.example.com:80",
+)
+#: ... and near misses.
+_NEAR = (
     "mydb.com:443",
     "mydb.com:",
     "mydb.com:080",
@@ -83,14 +87,20 @@ _AUTHORITIES = (
 )
 
 
+_edits = st.integers(1, 3)
+_places = st.integers(0, 1 << 16)
+_edit_kinds = st.sampled_from(["insert", "delete", "replace"])
+_edit_chars = st.one_of(st.sampled_from(".:[]*0189mM"), st.characters(codec="utf-8"))
+_near_authorities = st.sampled_from(_ROUTED)
+
+
 @st.composite
-def _mutated(draw: st.DrawFn, text: str) -> str:
-    """``text`` with a few characters inserted, deleted or replaced."""
-    chars = list(text)
-    for _ in range(draw(st.integers(1, 3))):
-        where = draw(st.integers(0, len(chars)))
-        edit = draw(st.sampled_from(["insert", "delete", "replace"]))
-        char = draw(st.one_of(st.sampled_from(".:[]*0189mM"), st.characters(codec="utf-8")))
+def _mutated_authority(draw: st.DrawFn) -> str:
+    """An authority of a service with a few characters inserted, deleted or replaced."""
+    chars = list(draw(_near_authorities))
+    for _ in range(draw(_edits)):
+        where = draw(_places) % (len(chars) + 1)
+        edit, char = draw(_edit_kinds), draw(_edit_chars)
         if edit == "insert":
             chars.insert(where, char)
         elif where < len(chars):
@@ -98,10 +108,14 @@ def _mutated(draw: st.DrawFn, text: str) -> str:
     return "".join(chars)
 
 
+_routed = st.sampled_from(_ROUTED)
 _authorities = st.one_of(
-    st.sampled_from(_AUTHORITIES),
-    st.sampled_from(_AUTHORITIES),
-    st.sampled_from(_AUTHORITIES[:9]).flatmap(_mutated),
+    _routed,
+    _routed,
+    _routed,
+    _routed,
+    st.sampled_from(_NEAR),
+    _mutated_authority(),
     st.integers(1_000, 70_000).map(lambda n: "m" * n + ".com"),
     _text,
 )
@@ -111,26 +125,38 @@ _header_keys = st.one_of(
 )
 
 
+# Every strategy is built once, here: building one inside a draw costs more than the draw.
+_where = st.sampled_from(["raw", "raw", "value", "both", "bytes"])
+_raw_bytes = st.binary(max_size=40)
+_positions = st.integers(0, 4)
+_repeats = st.sampled_from([1, 1, 1, 0, 2])
+_tenths = st.integers(0, 9)
+_sixths = st.integers(0, 5)
+
+
 @st.composite
 def _header(draw: st.DrawFn, key: st.SearchStrategy[str], value: st.SearchStrategy[str]) -> Any:
     """One header: in ``raw_value`` (Envoy 1.40), in ``value``, in both, or raw bytes."""
     name, text = draw(key), draw(value)
-    where = draw(st.sampled_from(["raw", "raw", "value", "both", "bytes"]))
+    where = draw(_where)
     if where == "raw":
         return base_pb2.HeaderValue(key=name, raw_value=text.encode())
     if where == "value":
         return base_pb2.HeaderValue(key=name, value=text)
     if where == "both":
         return base_pb2.HeaderValue(key=name, value=draw(_text), raw_value=text.encode())
-    return base_pb2.HeaderValue(key=name, raw_value=draw(st.binary(max_size=40)))
+    return base_pb2.HeaderValue(key=name, raw_value=draw(_raw_bytes))
+
+
+_other_headers = st.lists(_header(_header_keys, _text), max_size=4)
 
 
 @st.composite
-def _header_map(draw: st.DrawFn, special: str, values: st.SearchStrategy[str]) -> Any:
-    """Headers with ``special`` (``:authority``, ``:status``) absent, once or repeated."""
-    headers = draw(st.lists(_header(_header_keys, _text), max_size=4))
-    for _ in range(draw(st.sampled_from([1, 1, 1, 0, 2]))):
-        headers.insert(draw(st.integers(0, len(headers))), draw(_header(st.just(special), values)))
+def _header_map(draw: st.DrawFn, special: st.SearchStrategy[Any]) -> Any:
+    """Other headers and ``special`` (``:authority``, ``:status``) absent, once or twice."""
+    headers = draw(_other_headers)
+    for _ in range(draw(_repeats)):
+        headers.insert(min(draw(_positions), len(headers)), draw(special))
     return base_pb2.HeaderMap(headers=headers)
 
 
@@ -141,50 +167,65 @@ _statuses = st.one_of(
     st.integers(0, 999).map(str),
     _text,
 )
+_authority_headers = _header_map(_header(st.just(":authority"), _authorities))
+_status_headers = _header_map(_header(st.just(":status"), _statuses))
+_trailer_headers = _header_map(_header(st.just("grpc-status"), _text))
+
+_numbers = st.one_of(
+    st.sampled_from([0.0, 1.0, 2.0, 3.0, 0x20, 0x10, 0x4, 0x80]),
+    st.sampled_from([2.0**63, 1e300, -1.0, 0.5, float("nan"), float("inf"), float("-inf")]),
+    st.integers(-(2**70), 2**70).map(float),
+    st.floats(),
+)
+_floats = st.floats()
+_booleans = st.booleans()
+_strings = {
+    "upstream.address": st.sampled_from(world.ALL_HOSTS + world.FOREIGN_HOSTS),
+    "response.code_details": st.sampled_from(
+        ["via_upstream", "upstream_reset_before_response_started{connection_failure}", ""]
+    ),
+}
+_RIGHT_KIND = {name: "string" if name in _strings else "number" for name in _ATTRIBUTE_NAMES}
+_value_kinds = {
+    name: st.sampled_from([kind, kind, kind, "number", "string", "bool", "null", "list"])
+    for name, kind in _RIGHT_KIND.items()
+}
+_string_values = {
+    name: st.one_of(choices, choices, _text)
+    for name in _ATTRIBUTE_NAMES
+    for choices in [_strings.get(name, st.sampled_from(["1", "2", "NaN"]))]
+}
 
 
 @st.composite
 def _struct_value(draw: st.DrawFn, name: str) -> Any:
     """An attribute value: mostly of its right type, else of any type."""
     value = struct_pb2.Value()
-    right = "string" if name in ("response.code_details", "upstream.address") else "number"
-    kind = draw(st.sampled_from([right, right, right, "number", "string", "bool", "null", "list"]))
+    kind = draw(_value_kinds[name])
     if kind == "number":
-        value.number_value = draw(
-            st.one_of(
-                st.sampled_from([0.0, 1.0, 2.0, 3.0, 0x20, 0x10, 0x4, 0x80, 2.0**63, 1e300]),
-                st.integers(-(2**70), 2**70).map(float),
-                st.floats(),
-            )
-        )
+        value.number_value = draw(_numbers)
     elif kind == "string":
-        if name == "upstream.address":
-            choices = st.sampled_from(world.ALL_HOSTS + world.FOREIGN_HOSTS)
-        elif name == "response.code_details":
-            choices = st.sampled_from(
-                ["via_upstream", "upstream_reset_before_response_started{connection_failure}", ""]
-            )
-        else:
-            choices = st.sampled_from(["1", "2", "NaN"])
-        value.string_value = draw(st.one_of(choices, choices, _text))
+        value.string_value = draw(_string_values[name])
     elif kind == "bool":
-        value.bool_value = draw(st.booleans())
+        value.bool_value = draw(_booleans)
     elif kind == "null":
         value.null_value = 0
     else:
-        value.list_value.values.add().number_value = draw(st.floats())
+        value.list_value.values.add().number_value = draw(_floats)
     return value
 
 
-@st.composite
+_struct_values = {name: _struct_value(name) for name in _ATTRIBUTE_NAMES}
+_namespaces = st.sampled_from([_ATTRIBUTES, _ATTRIBUTES, _ATTRIBUTES, "envoy.other", ""])
+
+
 def _attributes(draw: st.DrawFn, message: Any) -> None:
     """Fill the response attributes Envoy sends, each present or not, maybe misplaced."""
-    namespace = draw(st.sampled_from([_ATTRIBUTES, _ATTRIBUTES, _ATTRIBUTES, "envoy.other", ""]))
-    fields = message.attributes[namespace].fields
+    fields = message.attributes[draw(_namespaces)].fields
     for name in _ATTRIBUTE_NAMES:
-        if draw(st.integers(0, 5)) > 0:
-            fields[name].CopyFrom(draw(_struct_value(name)))
-    if draw(st.integers(0, 9)) == 0:
+        if draw(_sixths) > 0:
+            fields[name].CopyFrom(draw(_struct_values[name]))
+    if draw(_tenths) == 0:
         fields[draw(_text)].string_value = draw(_text)
 
 
@@ -192,12 +233,11 @@ def _attributes(draw: st.DrawFn, message: Any) -> None:
 def _request_headers(draw: st.DrawFn) -> Any:
     message = pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(
-            headers=draw(_header_map(":authority", _authorities)),
-            end_of_stream=draw(st.booleans()),
+            headers=draw(_authority_headers), end_of_stream=draw(_booleans)
         )
     )
-    if draw(st.integers(0, 9)) == 0:
-        draw(_attributes(message))
+    if draw(_tenths) == 0:
+        _attributes(draw, message)
     return message
 
 
@@ -205,29 +245,51 @@ def _request_headers(draw: st.DrawFn) -> Any:
 def _response_headers(draw: st.DrawFn) -> Any:
     message = pb.ProcessingRequest(
         response_headers=pb.HttpHeaders(
-            headers=draw(_header_map(":status", _statuses)), end_of_stream=draw(st.booleans())
+            headers=draw(_status_headers), end_of_stream=draw(_booleans)
         )
     )
-    draw(_attributes(message))
+    _attributes(draw, message)
     return message
+
+
+_bodies = st.binary(max_size=64)
 
 
 @st.composite
 def _body(draw: st.DrawFn, kind: str) -> Any:
-    body = pb.HttpBody(body=draw(st.binary(max_size=64)), end_of_stream=draw(st.booleans()))
+    body = pb.HttpBody(body=draw(_bodies), end_of_stream=draw(_booleans))
     return pb.ProcessingRequest(**{kind: body})
 
 
 @st.composite
 def _trailers(draw: st.DrawFn, kind: str) -> Any:
-    trailers = pb.HttpTrailers(trailers=draw(_header_map("grpc-status", _text)))
-    return pb.ProcessingRequest(**{kind: trailers})
+    return pb.ProcessingRequest(**{kind: pb.HttpTrailers(trailers=draw(_trailer_headers))})
 
 
+_lua_statuses = st.sampled_from([200, 404, 429, 500, 502, 503, 504])
+
+
+@st.composite
+def _envoy_response(draw: st.DrawFn) -> Any:
+    """Response headers as Envoy sends them (``extproc.testing``), any attribute values."""
+    return response_headers(
+        draw(_lua_statuses),
+        code_details=draw(_strings["response.code_details"]),
+        flags=draw(_numbers),
+        attempts=draw(_numbers),
+        upstream=draw(_strings["upstream.address"]),
+    )
+
+
+# Half of them well formed, so most streams get as far as an outcome.
+_requests = st.one_of(_routed.map(request_headers), _request_headers())
+_responses = st.one_of(_envoy_response(), _response_headers())
+_request_bodies = _body("request_body")
+_response_ends = st.one_of(_body("response_body"), _trailers("response_trailers"))
 _any_message = st.one_of(
-    _request_headers(),
-    _response_headers(),
-    _body("request_body"),
+    _requests,
+    _responses,
+    _request_bodies,
     _body("response_body"),
     _trailers("request_trailers"),
     _trailers("response_trailers"),
@@ -238,18 +300,37 @@ _any_message = st.one_of(
 @st.composite
 def _envoy_order(draw: st.DrawFn) -> list[Any]:
     """Envoy's order: request headers, maybe bodies, response headers, maybe the rest."""
-    messages = [draw(_request_headers())]
-    if draw(st.booleans()):
-        messages.append(draw(_body("request_body")))
-    messages.append(draw(_response_headers()))
-    if draw(st.booleans()):
-        messages.append(draw(st.one_of(_body("response_body"), _trailers("response_trailers"))))
+    messages = [draw(_requests)]
+    if draw(_booleans):
+        messages.append(draw(_request_bodies))
+    messages.append(draw(_responses))
+    if draw(_booleans):
+        messages.append(draw(_response_ends))
+    return messages
+
+
+_orders = _envoy_order()
+_changes = st.sampled_from(["repeat", "swap", "drop"])
+
+
+@st.composite
+def _disorder(draw: st.DrawFn) -> list[Any]:
+    """Envoy's order with one message repeated, two swapped or one left out."""
+    messages = draw(_orders)
+    i, j = (draw(_places) % len(messages) for _ in range(2))
+    change = draw(_changes)
+    if change == "repeat":
+        messages.insert(j, messages[i])
+    elif change == "swap":
+        messages[i], messages[j] = messages[j], messages[i]
+    else:
+        del messages[i]
     return messages
 
 
 _streams = st.lists(
     st.tuples(
-        st.one_of(_envoy_order(), _envoy_order(), st.lists(_any_message, max_size=6)),
+        st.one_of(_orders, _orders, _disorder(), st.lists(_any_message, max_size=6)),
         st.one_of(st.none(), st.none(), st.integers(1, 3)),  # answers read before a drop
         st.sampled_from([0.0, 0.0, 0.5, 2.0]),  # seconds before the stream
     ),
