@@ -22,6 +22,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -287,12 +288,17 @@ _HTTP_SETTINGS = settings(
 )
 
 
+#: What the server's event loop reported as unhandled (an exception out of a connection).
+_LOOP_ERRORS: list[dict[str, Any]] = []
+
+
 @pytest.fixture(scope="module")
 def brain_address() -> Iterator[tuple[str, int]]:
     """A BrainServer on 127.0.0.1:0, served by an event loop in its own thread."""
     table, clock = world.build()
     server = BrainServer(Brain(lambda: table, clock.now, metrics=Metrics(lambda: table, clock.now)))
     loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _, context: _LOOP_ERRORS.append(context))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
@@ -303,6 +309,7 @@ def brain_address() -> Iterator[tuple[str, int]]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+    assert _LOOP_ERRORS == []
 
 
 def _exchange(address: tuple[str, int], raw: bytes) -> bytes:
@@ -364,6 +371,7 @@ def test_a_sync_over_http_answers_a_table_or_a_404_never_a_5xx(
     brain_address: tuple[str, int], service: bytes, body: bytes
 ) -> None:
     answers = _responses(_exchange(brain_address, _sync_request(service, body)))
+    assert _LOOP_ERRORS == []
     assert len(answers) == 1
     status, payload = answers[0]
     name = service.decode("latin-1").strip()
@@ -432,6 +440,7 @@ def test_malformed_http_never_gets_a_5xx_and_the_brain_keeps_answering(
     # connection without one.
     for status, payload in _responses(_exchange(brain_address, raw)):
         assert status < 500, payload[:200]
+    assert _LOOP_ERRORS == []
     _assert_answers(brain_address)
 
 
