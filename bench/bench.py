@@ -1,37 +1,58 @@
-"""Measure what each data path of ``extproc up`` costs, against plain Envoy, in one run.
+"""Measure what each data path of ``extproc up`` costs, against Istio's native Envoy, in one run.
 
 ``extproc up`` has two data paths. On ``lua`` (the default, the fast path) Envoy's Lua
 filter picks each request's host from a table the Python service publishes; Python is
 only asked for a fresh table once per Envoy worker per 100 ms and feeds the service
 cluster over EDS. On ``ext_proc`` every request waits for a gRPC exchange with the
-Python service. What matters for both is the ratio of their throughput to that of the
-same Envoy without any filter, so this script measures all three side by side, on
-loopback only.
+Python service. The yardstick is the Envoy an Istio user would have instead: a native
+Envoy configured as Istio's pilot configures a sidecar for the same YAML. So this
+script measures every data path side by side with that Envoy, and with a bare Envoy as
+the floor, on loopback only.
 
 Theory of operation (the method of envoy-extproc-facts.md section 5 and
 lua-bridge-facts.md section 4):
 
-1. One fast upstream: nginx with one worker answering ``return 200`` on 127.0.0.21, or,
-   when nginx is missing, the project's ``StandIn`` in a child process. It must be far
-   faster than any variant, so that it never is the bottleneck.
-2. Three variants, started once and kept running through all rounds, so runs can
+1. One fast upstream: nginx with one worker answering ``return 200`` on 127.0.0.21, on
+   two ports (one per locality, below), or, when nginx is missing, the project's
+   ``StandIn`` in a child process. It must be far faster than any variant, so that it
+   never is the bottleneck.
+2. One Istio config for every variant that reads one (``_SERVICE_YAML``): a ServiceEntry
+   ``bench.local`` (port 80, ``resolution: STATIC``, so no DNS anywhere) with two
+   endpoints on the upstream, ``127.0.0.21:<port A>`` in ``us-east1`` and
+   ``127.0.0.21:<port B>`` in ``us-west1``; a DestinationRule with outlierDetection
+   (``consecutive5xxErrors: 5``, ``interval: 10s``, ``baseEjectionTime: 30s``) and
+   ``localityLbSetting`` failover ``us-east1 -> us-west1``. The client is in ``us-east1``,
+   so port A is priority 0 and port B priority 1: every variant sends all its traffic
+   to port A while it is healthy, and each does the work failover needs (priorities,
+   outlier accounting, retries) on every request.
+3. The variants, started once and kept running through all rounds, so runs can
    interleave without restarts:
 
-   - ``plain``: Envoy with a minimal bootstrap built here, one route to a STATIC cluster.
-   - ``lua``: ``python -m extproc up --data-path lua`` with a ServiceEntry ``bench.local``
-     whose one endpoint is the upstream; its Envoy is a child process of the Python one.
+   - ``istio``: a native Envoy with the bootstrap that ``tests/differential/reference.py``
+     (the pilot-like translator of the differential tests) renders from that YAML for a
+     sidecar in ``us-east1``: STATIC endpoints in two priorities, outlier_detection,
+     ``healthy_panic_threshold`` 0, LEAST_REQUEST, Istio's default circuit breakers and
+     retry policy (``DefaultPolicy``), no route timeout. No filter but the router. Its
+     listener keeps Envoy's default ``enable_reuse_port`` (on), as pilot does.
+   - ``plain``: Envoy with a minimal bootstrap built here, one route to a STATIC cluster
+     with port A only: the floor.
+   - ``lua``: ``python -m extproc up --data-path lua`` on the same YAML; its Envoy is a
+     child process of the Python one. Its listener has ``enable_reuse_port: false``.
    - ``ext_proc``: the same with ``--data-path ext_proc``.
+   - ``plain_no_reuse_port`` (only with ``--reuse-port-ab``): ``plain`` with
+     ``enable_reuse_port: false``, to measure what that listener difference costs.
 
-3. For each connection count, ``--rounds`` rounds; each round runs wrk against every
+4. For each connection count, ``--rounds`` rounds; each round runs wrk against every
    variant, starting with a different variant each round, so a slow drift of the machine
    (thermal, noisy neighbours) does not always land on the same variant.
-4. Around each wrk run, the CPU seconds of every process involved are read from
+5. Around each wrk run, the CPU seconds of every process involved are read from
    ``/proc/<pid>/stat`` (utime + stime, all threads). Divided by wrk's request count
    this gives CPU microseconds per request, which says where the time goes even when
    the machine is saturated and req/s alone cannot. Around each run the counters of the
    variant's Envoy that explain a failed request (5xx, Lua errors, ext_proc timeouts,
    retries, overflows) are read from its admin port too.
-5. The tables show per-metric medians over the rounds; ``--json`` keeps every round.
+6. The tables show per-metric medians over the rounds and each variant's median req/s
+   as a ratio to ``istio`` first, then to ``plain``; ``--json`` keeps every round.
 
 Everything started here runs in its own session (process group) and is stopped in a
 ``finally``: on success, on errors, on Ctrl-C, and on SIGTERM/SIGHUP.
@@ -71,14 +92,31 @@ from extproc.server.envoy_process import find_envoy_binary
 UPSTREAM_HOST = "127.0.0.21"
 LISTEN_HOST = "127.0.0.1"
 SERVICE_HOST = "bench.local"
+#: The ``plain`` variants' one cluster (the others are named as Istio names them).
+PLAIN_CLUSTER = "bench"
 UPSTREAM_BODY = "ok\n"
+
+#: The client's locality and the two endpoint localities of ``_SERVICE_YAML``: the first
+#: is priority 0 for every variant, the second its failover (priority 1).
+LOCALITY = "us-east1"
+FAILOVER_LOCALITY = "us-west1"
 
 #: Variant keys, in the order of the first round; later rounds rotate it. ``lua`` and
 #: ``ext_proc`` are also the values of ``extproc up --data-path``.
-VARIANTS = ("plain", "lua", "ext_proc")
-VARIANT_LABELS = {"plain": "plain envoy", "lua": "envoy + lua", "ext_proc": "envoy + ext_proc"}
-#: The variants that run ``extproc up``, compared with ``plain``.
+VARIANTS = ("istio", "plain", "lua", "ext_proc")
+#: Only with ``--reuse-port-ab``: plain Envoy with its listener as ``extproc up`` renders it.
+NO_REUSE_PORT = "plain_no_reuse_port"
+VARIANT_LABELS = {
+    "istio": "native envoy (istio's config)",
+    "plain": "plain envoy",
+    NO_REUSE_PORT: "plain envoy, no reuse_port",
+    "lua": "envoy + lua",
+    "ext_proc": "envoy + ext_proc",
+}
+#: The variants that run ``extproc up``.
 DATA_PATHS = ("lua", "ext_proc")
+#: What every variant's req/s is divided by, in the order the reports show the ratios.
+BASELINES = ("istio", "plain")
 
 #: How long each variant runs once, untimed, before the first measured round: the first
 #: seconds include connection set-up, lazy allocations and cold caches on both sides.
@@ -107,9 +145,13 @@ spec:
   resolution: STATIC
   endpoints:
   - address: {upstream_host}
-    locality: us-east1
+    locality: {locality}
     ports:
-      http: {upstream_port}
+      http: {port}
+  - address: {upstream_host}
+    locality: {failover_locality}
+    ports:
+      http: {failover_port}
 ---
 apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
@@ -118,6 +160,12 @@ metadata:
 spec:
   host: {host}
   trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        failover:
+        - from: {locality}
+          to: {failover_locality}
     outlierDetection:
       consecutive5xxErrors: 5
       interval: 10s
@@ -143,6 +191,7 @@ http {{
   keepalive_timeout 300s;
   server {{
     listen {host}:{port};
+    listen {host}:{failover_port};
     location / {{ return 200 "{body}"; }}
   }}
 }}
@@ -341,37 +390,78 @@ def wait_ok(child: Child, host: str, port: int, authority: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def start_upstream(tmp: Path, started: list[Child], prefer_standin: bool) -> tuple[Child, int, str]:
-    """Start nginx (one worker) or, without nginx, a StandIn child process.
+def start_upstream(
+    tmp: Path, started: list[Child], prefer_standin: bool
+) -> tuple[Child, tuple[int, int], str]:
+    """Start nginx (one worker) or, without nginx, a StandIn child process, on two ports.
+
+    The first port is the endpoint in ``LOCALITY``, the second the one in
+    ``FAILOVER_LOCALITY``: one server, so the failover endpoint is real without a second
+    process competing for the cores.
 
     Returns:
-        The child, its port on ``UPSTREAM_HOST``, and a label naming what it is.
+        The child, its two ports on ``UPSTREAM_HOST``, and a label naming what it is.
     """
     port = free_port(UPSTREAM_HOST)
+    failover_port = free_port(UPSTREAM_HOST)
+    while failover_port == port:
+        failover_port = free_port(UPSTREAM_HOST)
     nginx = None if prefer_standin else shutil.which("nginx")
     if nginx is not None:
         conf = tmp / "nginx.conf"
         conf.write_text(
             _NGINX_CONF.format(
-                tmp=tmp, host=UPSTREAM_HOST, port=port, body=UPSTREAM_BODY.replace("\n", "\\n")
+                tmp=tmp,
+                host=UPSTREAM_HOST,
+                port=port,
+                failover_port=failover_port,
+                body=UPSTREAM_BODY.replace("\n", "\\n"),
             )
         )
         argv = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")]
         child = spawn("nginx", argv, tmp, started)
         label = f"nginx, 1 worker ({_version([nginx, '-v'])})"
     else:
-        argv = [sys.executable, str(Path(__file__).resolve()), "--_standin", str(port)]
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--_standin",
+            str(port),
+            str(failover_port),
+        ]
         child = spawn("standin", argv, tmp, started)
         label = "extproc.sandbox.StandIn (nginx not found)"
-    wait_ok(child, UPSTREAM_HOST, port, SERVICE_HOST)
-    return child, port, label
+    for each in (port, failover_port):
+        wait_ok(child, UPSTREAM_HOST, each, SERVICE_HOST)
+    return child, (port, failover_port), label
 
 
-def plain_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
+def service_yaml(upstream_ports: tuple[int, int]) -> str:
+    """The Istio config of the ``istio``, ``lua`` and ``ext_proc`` variants."""
+    return _SERVICE_YAML.format(
+        host=SERVICE_HOST,
+        upstream_host=UPSTREAM_HOST,
+        locality=LOCALITY,
+        failover_locality=FAILOVER_LOCALITY,
+        port=upstream_ports[0],
+        failover_port=upstream_ports[1],
+    )
+
+
+def plain_bootstrap(
+    listen_port: int, upstream_port: int, *, reuse_port: bool = True
+) -> dict[str, Any]:
     """The smallest Envoy config that proxies ``bench.local`` to the upstream.
 
-    No ext_proc filter, a STATIC cluster, no retries: the floor the ext_proc variant is
-    compared with. Envoy reads JSON as YAML, so no YAML library is needed.
+    No filter but the router, a STATIC cluster of one endpoint, no retries, no outlier
+    detection: the floor every variant is also compared with. Envoy reads JSON as YAML,
+    so no YAML library is needed.
+
+    Args:
+        listen_port: The listener's port on ``LISTEN_HOST``.
+        upstream_port: The upstream's port on ``UPSTREAM_HOST``.
+        reuse_port: Envoy's default (on). Off is how ``extproc up`` renders its listener,
+            so that no other process can share its port.
     """
 
     def address(host: str, port: int) -> dict[str, Any]:
@@ -389,7 +479,10 @@ def plain_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
                     "name": "bench",
                     "domains": [SERVICE_HOST],
                     "routes": [
-                        {"match": {"prefix": "/"}, "route": {"cluster": "bench", "timeout": "0s"}}
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": PLAIN_CLUSTER, "timeout": "0s"},
+                        }
                     ],
                 }
             ],
@@ -403,13 +496,15 @@ def plain_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
             }
         ],
     }
+    listener: dict[str, Any] = {"name": "plain", "address": address(LISTEN_HOST, listen_port)}
+    if not reuse_port:
+        listener["enable_reuse_port"] = False
     return {
         "admin": {"address": address(LISTEN_HOST, 0)},
         "static_resources": {
             "listeners": [
                 {
-                    "name": "plain",
-                    "address": address(LISTEN_HOST, listen_port),
+                    **listener,
                     "filter_chains": [
                         {
                             "filters": [
@@ -424,11 +519,11 @@ def plain_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
             ],
             "clusters": [
                 {
-                    "name": "bench",
+                    "name": PLAIN_CLUSTER,
                     "type": "STATIC",
                     "connect_timeout": "10s",
                     "load_assignment": {
-                        "cluster_name": "bench",
+                        "cluster_name": PLAIN_CLUSTER,
                         "endpoints": [
                             {
                                 "lb_endpoints": [
@@ -443,17 +538,52 @@ def plain_bootstrap(listen_port: int, upstream_port: int) -> dict[str, Any]:
     }
 
 
-def start_plain_envoy(
-    tmp: Path, started: list[Child], envoy: Path, upstream_port: int, concurrency: int
-) -> tuple[Child, int]:
-    """Start plain Envoy on a free port; wait until it proxies a 200.
+def _repo_root_on_path() -> None:
+    """Make ``tests`` importable: the script runs as ``bench/bench.py``, not as a module."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
-    Returns:
-        The child and its listener port.
+
+def istio_bootstrap(yaml_text: str, listen_port: int) -> dict[str, Any]:
+    """Istio's sidecar config for ``yaml_text`` (client in ``LOCALITY``), as pilot renders it.
+
+    The translator is the differential tests' reference (tests/differential/reference.py),
+    which reads the raw YAML without extproc's loader, so the yardstick is independent of
+    the product it measures.
+
+    Raises:
+        StartupError: the config needs DNS (a STRICT_DNS cluster): the bench has no DNS
+            responder, so it uses literal IPs (``resolution: STATIC``) only.
     """
-    port = free_port(LISTEN_HOST)
-    config = tmp / "plain-envoy.json"
-    config.write_text(json.dumps(plain_bootstrap(port, upstream_port), indent=2))
+    _repo_root_on_path()
+    from tests.differential.reference import Proxy, render_reference
+
+    bootstrap = render_reference(
+        yaml_text,
+        Proxy(locality=LOCALITY),
+        listen=(LISTEN_HOST, listen_port),
+        # Unused: every cluster is STATIC (checked below).
+        dns_resolver=(LISTEN_HOST, 53),
+    )
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        if cluster["type"] != "STATIC":
+            raise StartupError(f"istio variant: cluster {cluster['name']} needs DNS")
+    return bootstrap
+
+
+def start_envoy(
+    tmp: Path,
+    started: list[Child],
+    envoy: Path,
+    name: str,
+    bootstrap: dict[str, Any],
+    port: int,
+    concurrency: int,
+) -> Child:
+    """Start Envoy with ``bootstrap`` (listening on ``port``); wait until it proxies a 200."""
+    config = tmp / f"{name}.json"
+    config.write_text(json.dumps(bootstrap, indent=2))
     argv = [
         str(envoy),
         "-c",
@@ -463,30 +593,24 @@ def start_plain_envoy(
         "--log-level",
         "warning",
         "--admin-address-path",
-        str(tmp / "plain-envoy-admin-address"),
-        # Two Envoys share the host: without this they fight over the hot-restart
+        str(tmp / f"{name}-admin-address"),
+        # Several Envoys share the host: without this they fight over the hot-restart
         # shared memory of the default base id.
         "--disable-hot-restart",
     ]
-    child = spawn("plain-envoy", argv, tmp, started)
+    child = spawn(name, argv, tmp, started)
     wait_ok(child, LISTEN_HOST, port, SERVICE_HOST)
-    return child, port
+    return child
 
 
 def start_extproc(
-    tmp: Path, started: list[Child], upstream_port: int, concurrency: int, data_path: str
+    tmp: Path, started: list[Child], config: Path, concurrency: int, data_path: str
 ) -> tuple[Child, int, int]:
     """Start ``python -m extproc up --data-path <data_path>``; wait for a 200 through it.
 
     Returns:
         The child (the Python service), its Envoy's pid, and the listener port.
     """
-    config = tmp / "bench-service.yaml"
-    config.write_text(
-        _SERVICE_YAML.format(
-            host=SERVICE_HOST, upstream_host=UPSTREAM_HOST, upstream_port=upstream_port
-        )
-    )
     port = free_port(LISTEN_HOST)
     admin = free_port(LISTEN_HOST)
     argv = [
@@ -502,7 +626,7 @@ def start_extproc(
         "--config",
         str(config),
         "--locality",
-        "us-east1",
+        LOCALITY,
         "--listen",
         f"{LISTEN_HOST}:{port}",
         "--admin",
@@ -568,6 +692,57 @@ def envoy_counters(admin: tuple[str, int] | None) -> dict[str, int]:
 def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """``after - before`` per counter, only where it moved."""
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v != before.get(k, 0)}
+
+
+def served_by(clusters_text: str) -> dict[str, int]:
+    """Requests per upstream host of the ``bench.local`` cluster, from Envoy's ``/clusters``.
+
+    The lines read ``<cluster>::<host:port>::rq_total::<n>``; the brain's and the ext_proc
+    service's clusters are left out.
+    """
+    hosts: dict[str, int] = {}
+    for line in clusters_text.splitlines():
+        parts = line.split("::")
+        if (
+            len(parts) == 4
+            and parts[2] == "rq_total"
+            and (parts[0] == PLAIN_CLUSTER or SERVICE_HOST in parts[0])
+        ):
+            hosts[parts[1]] = hosts.get(parts[1], 0) + int(parts[3])
+    return dict(sorted(hosts.items()))
+
+
+def envoy_served_by(admin: tuple[str, int] | None) -> dict[str, int]:
+    """``served_by`` of an Envoy admin; {} when unreachable."""
+    if admin is None:
+        return {}
+    conn = http.client.HTTPConnection(*admin, timeout=5)
+    try:
+        conn.request("GET", "/clusters")
+        return served_by(conn.getresponse().read().decode(errors="replace"))
+    except (OSError, http.client.HTTPException):
+        return {}
+    finally:
+        conn.close()
+
+
+def format_served_by(
+    per_variant: dict[str, dict[str, int]], upstream_ports: tuple[int, int]
+) -> str:
+    """One line per variant: the share of its requests each endpoint served."""
+    names = {
+        f"{UPSTREAM_HOST}:{upstream_ports[0]}": LOCALITY,
+        f"{UPSTREAM_HOST}:{upstream_ports[1]}": FAILOVER_LOCALITY,
+    }
+    lines = ["served by (all requests of the run, warm-up included):"]
+    for key, hosts in per_variant.items():
+        total = sum(hosts.values())
+        cells = ", ".join(
+            f"{host} ({names.get(host, '?')}) {n:,} = {100 * n / total:.1f} %"
+            for host, n in hosts.items()
+        )
+        lines.append(f"  {VARIANT_LABELS[key]:<29} {cells or 'unknown (no admin)'}")
+    return "\n".join(lines)
 
 
 def _comm(pid: int) -> str:
@@ -818,7 +993,7 @@ _ROUTINE_COUNTERS = re.compile(
 def format_counters(per_variant: dict[str, dict[str, Any]]) -> list[str]:
     """One line per variant whose Envoy counted failures, retries or brain calls."""
     lines = []
-    for key in VARIANTS:
+    for key in per_variant:
         moved = {
             name: value
             for name, value in per_variant[key]["envoy_counters"].items()
@@ -830,15 +1005,40 @@ def format_counters(per_variant: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ratio(rps: float, base_rps: float) -> float | None:
+    """``rps / base_rps``, None when the baseline served nothing."""
+    return rps / base_rps if base_rps > 0 else None
+
+
+def ratios(
+    summary: dict[int, dict[str, dict[str, Any]]],
+) -> dict[str, dict[str, dict[int, float | None]]]:
+    """baseline -> variant -> connections -> median req/s of the variant / the baseline's.
+
+    Every variant, the baselines included (1.0 to themselves, and ``plain`` to ``istio``
+    says what Istio's config costs over a bare Envoy).
+    """
+    return {
+        base: {
+            key: {c: ratio(s[key]["rps"], s[base]["rps"]) for c, s in summary.items()}
+            for key in next(iter(summary.values()))
+        }
+        for base in BASELINES
+    }
+
+
+def _ratio_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_table(connections: int, per_variant: dict[str, dict[str, Any]], rounds: int) -> str:
-    """One table for one connection count, medians only, ratio to plain Envoy."""
-    base = per_variant["plain"]["rps"]
+    """One table for one connection count, medians only, ratios to ``istio`` and ``plain``."""
     header = (
         "variant",
         "req/s",
         "p50 ms",
         "p99 ms",
-        "ratio",
+        *(f"vs {base}" for base in BASELINES),
         "envoy µs/req",
         "python µs/req",
         "upstream µs/req",
@@ -846,15 +1046,14 @@ def format_table(connections: int, per_variant: dict[str, dict[str, Any]], round
         "sock err",
     )
     rows = [header]
-    for key in VARIANTS:
-        s = per_variant[key]
+    for key, s in per_variant.items():
         rows.append(
             (
                 VARIANT_LABELS[key],
                 f"{s['rps']:,.0f}",
                 f"{s['p50_ms']:.2f}",
                 f"{s['p99_ms']:.2f}",
-                f"{s['rps'] / base:.3f}" if base else "-",
+                *(_ratio_cell(ratio(s["rps"], per_variant[b]["rps"])) for b in BASELINES),
                 _cpu_cell(s, "envoy"),
                 _cpu_cell(s, "python"),
                 _cpu_cell(s, "upstream"),
@@ -893,7 +1092,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Throughput, latency and CPU per request of extproc up's two data paths "
-        "(lua, ext_proc) vs plain Envoy.",
+        "(lua, ext_proc) vs a native Envoy with Istio's config for the same YAML, and vs "
+        "plain Envoy.",
     )
     parser.add_argument(
         "--connections",
@@ -910,14 +1110,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--standin", action="store_true", help="use the StandIn upstream even if nginx exists"
     )
+    parser.add_argument(
+        "--reuse-port-ab",
+        action="store_true",
+        help="also run plain Envoy with enable_reuse_port: false (as extproc up renders its "
+        "listener), to measure that difference",
+    )
     # Internal: the StandIn upstream runs in a child process of its own, so its event
     # loop neither competes with this script's GIL nor hides in this script's CPU time.
-    parser.add_argument("--_standin", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--_standin", type=int, nargs="+", metavar="PORT", help=argparse.SUPPRESS)
     return parser
 
 
-def _serve_standin(port: int) -> int:
-    """Run a StandIn on ``UPSTREAM_HOST:port`` until SIGTERM."""
+def _serve_standin(ports: Sequence[int]) -> int:
+    """Run a StandIn on ``UPSTREAM_HOST:port`` for each port until SIGTERM."""
     import asyncio
 
     from extproc.sandbox import StandIn
@@ -927,8 +1133,12 @@ def _serve_standin(port: int) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        # log_limit=1: the request log is for tests; here it would only cost time.
-        async with StandIn("bench-upstream", UPSTREAM_HOST, port, log_limit=1):
+        async with contextlib.AsyncExitStack() as stack:
+            for port in ports:
+                # log_limit=1: the request log is for tests; here it would only cost time.
+                await stack.enter_async_context(
+                    StandIn(f"bench-upstream-{port}", UPSTREAM_HOST, port, log_limit=1)
+                )
             await stop.wait()
 
     asyncio.run(serve())
@@ -975,12 +1185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return _EXIT_WRK_MISSING
     envoy = find_envoy_binary()
+    variants = [*VARIANTS, NO_REUSE_PORT] if args.reuse_port_ab else list(VARIANTS)
 
-    variants = len(VARIANTS)
-    load_s = args.rounds * variants * len(args.connections) * args.duration
-    warmup_s = variants * WARMUP_S
+    load_s = args.rounds * len(variants) * len(args.connections) * args.duration
+    warmup_s = len(variants) * WARMUP_S
     print(
-        f"bench: {args.rounds} rounds x {variants} variants x {len(args.connections)} "
+        f"bench: {args.rounds} rounds x {len(variants)} variants x {len(args.connections)} "
         f"connection counts x {args.duration}s = {load_s}s of load "
         f"(+ {warmup_s}s warm-up and a few seconds of start-up)",
         flush=True,
@@ -989,25 +1199,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     children: list[Child] = []
     records: list[RunRecord] = []
     summary: dict[int, dict[str, dict[str, Any]]] = {}
+    istio_config: dict[str, Any] = {}
     with _signals_raise(), tempfile.TemporaryDirectory(prefix="extproc-bench-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            upstream, upstream_port, upstream_label = start_upstream(tmp, children, args.standin)
+            upstream, upstream_ports, upstream_label = start_upstream(tmp, children, args.standin)
             upstream_pids = [upstream.pid, *_descendants(upstream.pid)]
-            plain, plain_port = start_plain_envoy(
-                tmp, children, envoy, upstream_port, args.concurrency
-            )
-            targets = {
-                "plain": Target(
-                    "plain",
-                    plain_port,
-                    {"envoy": [plain.pid]},
-                    envoy_admin(plain.pid),
+            yaml_text = service_yaml(upstream_ports)
+            config = tmp / "bench-service.yaml"
+            config.write_text(yaml_text)
+
+            targets: dict[str, Target] = {}
+            # The Envoys this script configures itself; the data paths' come from extproc up.
+            for key in [k for k in variants if k not in DATA_PATHS]:
+                port = free_port(LISTEN_HOST)
+                if key == "istio":
+                    bootstrap = istio_config = istio_bootstrap(yaml_text, port)
+                else:
+                    reuse_port = key != NO_REUSE_PORT
+                    bootstrap = plain_bootstrap(port, upstream_ports[0], reuse_port=reuse_port)
+                child = start_envoy(
+                    tmp, children, envoy, f"{key}-envoy", bootstrap, port, args.concurrency
                 )
-            }
+                targets[key] = Target(key, port, {"envoy": [child.pid]}, envoy_admin(child.pid))
             for data_path in DATA_PATHS:
                 service, service_envoy, service_port = start_extproc(
-                    tmp, children, upstream_port, args.concurrency, data_path
+                    tmp, children, config, args.concurrency, data_path
                 )
                 targets[data_path] = Target(
                     data_path,
@@ -1015,15 +1232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {"envoy": [service_envoy], "python": [service.pid]},
                     envoy_admin(service_envoy),
                 )
-            print(f"bench: upstream {upstream_label} on {UPSTREAM_HOST}:{upstream_port}")
+            print(
+                f"bench: upstream {upstream_label} on {UPSTREAM_HOST}:{upstream_ports[0]} "
+                f"({LOCALITY}) and :{upstream_ports[1]} ({FAILOVER_LOCALITY})"
+            )
             print(f"bench: envoy {_version([str(envoy), '--version'])}", flush=True)
 
-            for key in VARIANTS:
+            for key in variants:
                 run_wrk(wrk, targets[key].port, args.connections[0], WARMUP_S)
 
             for connections in args.connections:
                 for round_no in range(args.rounds):
-                    order = rotated(VARIANTS, round_no)
+                    order = rotated(variants, round_no)
                     for position, key in enumerate(order):
                         record = measure(
                             targets[key],
@@ -1037,7 +1257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         records.append(record)
                         print(
                             f"  c={connections} round {round_no + 1}/{args.rounds} "
-                            f"{VARIANT_LABELS[key]:<16} {record.wrk.rps:>10,.0f} req/s "
+                            f"{VARIANT_LABELS[key]:<29} {record.wrk.rps:>10,.0f} req/s "
                             f"p50 {record.wrk.p50_ms:.2f} ms p99 {record.wrk.p99_ms:.2f} ms"
                             + (f" non-2xx {record.wrk.non_2xx}" if record.wrk.non_2xx else ""),
                             flush=True,
@@ -1046,8 +1266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     key: medians(
                         [r for r in records if r.connections == connections and r.variant == key]
                     )
-                    for key in VARIANTS
+                    for key in variants
                 }
+            hosts = {key: envoy_served_by(targets[key].admin) for key in variants}
         finally:
             # Reverse start order: the Envoys stop before the upstream they send to.
             # A second Ctrl-C must not cut the clean-up short.
@@ -1063,15 +1284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for connections, per_variant in summary.items():
         print(format_table(connections, per_variant, args.rounds))
         print()
-    ratios = {
-        key: {c: s[key]["rps"] / s["plain"]["rps"] for c, s in summary.items()}
-        for key in DATA_PATHS
-    }
-    for key, by_connections in ratios.items():
-        print(
-            f"ratio {VARIANT_LABELS[key]} / plain envoy (req/s): "
-            + ", ".join(f"{ratio:.3f} at c={c}" for c, ratio in by_connections.items())
-        )
+    print(format_served_by(hosts, upstream_ports))
+    print()
+    by_base = ratios(summary)
+    for base, per_variant_ratios in by_base.items():
+        print(f"ratio to {VARIANT_LABELS[base]} (median req/s):")
+        for key, by_connections in per_variant_ratios.items():
+            if key == base:
+                continue
+            print(
+                f"  {VARIANT_LABELS[key]:<29} "
+                + ", ".join(f"{_ratio_cell(r)} at c={c}" for c, r in by_connections.items())
+            )
 
     if args.json is not None:
         report = {
@@ -1088,7 +1312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "upstream": upstream_label,
             },
             "settings": {
-                "variants": list(VARIANTS),
+                "variants": variants,
+                "baselines": list(BASELINES),
                 "connections": args.connections,
                 "duration_s": args.duration,
                 "rounds": args.rounds,
@@ -1097,11 +1322,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "rounds": [asdict(r) for r in records],
             "medians": {str(c): s for c, s in summary.items()},
-            # variant -> connections -> median req/s of the variant / that of plain.
+            # variant -> upstream host -> requests it served over the whole run.
+            "served_by": hosts,
+            # baseline ("istio" first, then "plain") -> variant -> connections -> median
+            # req/s of the variant / that of the baseline.
             "ratios": {
-                key: {str(c): round(r, 4) for c, r in by_connections.items()}
-                for key, by_connections in ratios.items()
+                base: {
+                    key: {
+                        str(c): None if r is None else round(r, 4)
+                        for c, r in by_connections.items()
+                    }
+                    for key, by_connections in per_variant_ratios.items()
+                }
+                for base, per_variant_ratios in by_base.items()
             },
+            # What the istio variant ran: the Istio YAML and pilot's translation of it.
+            "istio_config": {"yaml": yaml_text, "envoy_bootstrap": istio_config},
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"bench: wrote {args.json}")

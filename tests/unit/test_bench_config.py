@@ -1,0 +1,123 @@
+"""The benchmark's configs (``bench/bench.py``): every variant that reads the Istio YAML does
+the same failover work on it, the native Envoy's config is pilot's, and the reports divide by
+the right baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from extproc.core.locality import endpoint_priorities
+from extproc.core.policy import Locality, Workload
+from extproc.errors import StartupError
+from extproc.istio import load_policy_text
+
+
+def _load_bench() -> ModuleType:
+    # bench/ is a directory of scripts, not a package: load the script by its path.
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+    spec = importlib.util.spec_from_file_location("bench_bench", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+PORTS = (18001, 18002)
+EAST = f"{bench.UPSTREAM_HOST}:{PORTS[0]}"
+WEST = f"{bench.UPSTREAM_HOST}:{PORTS[1]}"
+
+
+def _native_priorities(bootstrap: dict[str, Any]) -> dict[str, int]:
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    return {
+        f"{lb['endpoint']['address']['socket_address']['address']}:"
+        f"{lb['endpoint']['address']['socket_address']['port_value']}": group["priority"]
+        for group in cluster["load_assignment"]["endpoints"]
+        for lb in group["lb_endpoints"]
+    }
+
+
+def test_extproc_puts_the_client_locality_at_priority_0_and_the_failover_at_1() -> None:
+    policy = load_policy_text(bench.service_yaml(PORTS))
+    (service,) = policy.services
+    workload = Workload(locality=Locality.parse(bench.LOCALITY))
+    by_host = {
+        f"{e.address}:{e.port}": p
+        for e, p in zip(service.endpoints, endpoint_priorities(service, workload), strict=True)
+    }
+    assert by_host == {EAST: 0, WEST: 1}
+    assert service.outlier_detection is not None
+
+
+def test_native_envoy_gets_the_same_priorities_and_istios_cluster_and_route() -> None:
+    bootstrap = bench.istio_bootstrap(bench.service_yaml(PORTS), 10099)
+    assert _native_priorities(bootstrap) == {EAST: 0, WEST: 1}
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    assert cluster["type"] == "STATIC"
+    assert cluster["outlier_detection"]["consecutive_5xx"] == 5
+    assert cluster["common_lb_config"]["healthy_panic_threshold"] == {"value": 0.0}
+    assert cluster["circuit_breakers"]["thresholds"][0]["max_retries"] == 4294967295
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["retry_policy"]["num_retries"] == 2
+    # Pilot leaves Envoy's default (SO_REUSEPORT on); extproc up turns it off.
+    assert "enable_reuse_port" not in listener
+
+
+def test_native_envoy_config_that_needs_dns_is_refused() -> None:
+    dns_yaml = bench.service_yaml(PORTS).replace("resolution: STATIC", "resolution: DNS")
+    with pytest.raises(StartupError, match="needs DNS"):
+        bench.istio_bootstrap(dns_yaml, 10099)
+
+
+@pytest.mark.parametrize(
+    ("reuse_port", "listener_field"),
+    [pytest.param(True, None, id="envoy-default"), pytest.param(False, False, id="off")],
+)
+def test_plain_envoy_sets_enable_reuse_port_only_when_turned_off(
+    reuse_port: bool, listener_field: bool | None
+) -> None:
+    bootstrap = bench.plain_bootstrap(10099, PORTS[0], reuse_port=reuse_port)
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    assert listener.get("enable_reuse_port") == listener_field
+
+
+def test_served_by_counts_requests_of_the_service_cluster_only() -> None:
+    clusters = "\n".join(
+        [
+            f"outbound|80||bench.local::{EAST}::rq_total::990",
+            f"outbound|80||bench.local::{WEST}::rq_total::10",
+            f"outbound|80||bench.local::{EAST}::cx_active::16",
+            "extproc_brain::127.0.0.1:9004::rq_total::600",
+            f"bench::{EAST}::rq_total::5",
+        ]
+    )
+    assert bench.served_by(clusters) == {EAST: 995, WEST: 10}
+
+
+def test_ratios_divide_every_variant_by_istio_then_by_plain() -> None:
+    summary = {
+        16: {
+            "istio": {"rps": 800.0},
+            "plain": {"rps": 1000.0},
+            "lua": {"rps": 600.0},
+        }
+    }
+    by_base = bench.ratios(summary)
+    assert list(by_base) == ["istio", "plain"]
+    assert by_base["istio"] == {"istio": {16: 1.0}, "plain": {16: 1.25}, "lua": {16: 0.75}}
+    assert by_base["plain"] == {"istio": {16: 0.8}, "plain": {16: 1.0}, "lua": {16: 0.6}}
+
+
+def test_ratio_to_a_baseline_that_served_nothing_is_none() -> None:
+    assert bench.ratio(500.0, 0.0) is None
