@@ -23,7 +23,21 @@ class Problem:
     def __str__(self) -> str:
         # Empty parts are left out: "nope.yaml: cannot read: ...", never "nope.yaml: : ...".
         parts = [p for p in (self.file, self.document, self.path) if p]
-        return ": ".join([*parts, self.message])
+        return _printable(": ".join([*parts, self.message]))
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line and encodable: control characters and lone surrogates escaped.
+
+    Names and keys come from the YAML as written, and a quoted YAML string may hold any of
+    them (``"a\\nb"``, ``"\\ud800"``); one problem stays one line that UTF-8 can print.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode()
+        for ch in text
+    )
 
 
 class ExtprocError(Exception):

@@ -218,7 +218,11 @@ def _read_bytes(data: bytes, name: str, acc: _Acc) -> None:
 
 
 def _read_stream(text: str, name: str, acc: _Acc) -> None:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character first
+    except yaml.reader.ReaderError as exc:
+        acc.errors.append(Problem(name, "", "", _describe_reader(exc, text)))
+        return
     index = 0
     try:
         while loader.check_node():
@@ -285,6 +289,15 @@ def _kind_of(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _describe_reader(exc: yaml.reader.ReaderError, text: str) -> str:
+    """A character YAML does not allow (NUL, most C0 controls), with its line and column."""
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return f"YAML error at line {line}, column {column}: character #x{character:04x} is not allowed"
 
 
 def _describe(exc: yaml.MarkedYAMLError) -> str:

@@ -466,11 +466,13 @@ def parse_object(
     if api_version not in API_VERSIONS:
         if api_version is None:
             check.error("apiVersion", "is required")
+        elif not isinstance(api_version, str):
+            check.error("apiVersion", f"must be a string, got {_show(api_version)}")
         else:
             message = (
                 f"{_show(api_version)} is not supported for {kind}; use {', '.join(API_VERSIONS)}"
             )
-            if isinstance(api_version, str) and (near := _near_group(api_version)) is not None:
+            if (near := _near_group(api_version)) is not None:
                 message += f"; did you mean {_show(near)}?"
             check.error("apiVersion", message)
         # Go on with a valid version: the rest of the object can still be checked.
@@ -514,6 +516,14 @@ def _check_other_kind(data: Mapping[object, object], kind: str, check: _Checker)
     group, _, version = api_version.rpartition("/")
     if group != api.GROUP:
         near = _near_group(api_version)
+        if near is None and not group and kind in api.KINDS:
+            # The core group (v1) has no Istio kind: the group was left out.
+            served = api.KINDS[kind]
+            near = f"{api.GROUP}/{version if version in served else served[0]}"
+            check.error(
+                "apiVersion", f"{_show(api_version)} has no {kind}; did you mean {_show(near)}?"
+            )
+            return
         if near is None:
             check.findings.skipped.append(kind)
             return
@@ -816,6 +826,16 @@ def _fqdn_error(name: str) -> str | None:
     return _labels_error(name, name)
 
 
+_UINT32_MAX: Final = 2**32 - 1
+
+
+def _uint32_error(value: int, path: str) -> str | None:
+    """A uint32 field over its maximum, in the API server's words (kube-openapi validate)."""
+    if value <= _UINT32_MAX:
+        return None
+    return f"Invalid value: {value}: {path} in body should be less than or equal to {_UINT32_MAX}"
+
+
 def _port_error(port: int) -> str | None:
     # agent.ValidatePort
     return None if 1 <= port <= 65535 else f"port number {port} must be in the range 1..65535"
@@ -914,6 +934,15 @@ def _check_service_entry(se: ServiceEntry, check: _Checker) -> None:
 
     for j, endpoint in enumerate(spec.endpoints):
         _check_endpoint(endpoint, f"spec.endpoints[{j}]", resolution, names, check)
+    # Envoy refuses a cluster whose host weights in a locality, or locality weights in a
+    # priority, add up past uint32 (upstream_impl.cc); the total bounds both.
+    total = sum(max(1, e.weight) for e in spec.endpoints)
+    if len(spec.endpoints) > 1 and total > _UINT32_MAX and not check.failed:
+        check.error(
+            "spec.endpoints",
+            f"the endpoint weights add up to {total}, more than {_UINT32_MAX} "
+            "(Envoy's limit for the endpoints of one locality and the localities of a priority)",
+        )
 
     # Several hosts share one listener port: only HTTP (authority) or TLS (SNI) tells them
     # apart. An unset protocol counts as neither, as in Istio.
@@ -960,6 +989,8 @@ def _check_endpoint(
             )
     if endpoint.weight < 0:
         check.error(f"{where}.weight", f"weight {endpoint.weight} < 0")
+    elif (problem := _uint32_error(endpoint.weight, f"{where}.weight")) is not None:
+        check.error(f"{where}.weight", problem)
 
 
 def _check_destination_rule(dr: DestinationRule, check: _Checker) -> None:
@@ -1031,7 +1062,9 @@ def _check_port_level_settings(
         if entry.port is None:
             continue
         number = entry.port.number
-        if (problem := _port_error(number)) is not None:
+        if number < 0 or (problem := _uint32_error(number, f"{here}.port.number")):
+            check.error(f"{here}.port.number", problem or f"must be 0 or more, got {number}")
+        elif (problem := _port_error(number)) is not None:
             # Istio accepts it (PortSelector.number is any uint32); it matches no port.
             check.warn(f"{here}.port.number", f"{problem}; this entry never applies")
         elif number in first:
@@ -1221,6 +1254,8 @@ def _check_outlier_detection(od: OutlierDetectionSpec, where: str, check: _Check
     ):
         if value is not None and value < 0:  # UInt32Value
             check.error(f"{where}.{alias}", f"must be 0 or more, got {value}")
+        elif value is not None and (problem := _uint32_error(value, f"{where}.{alias}")):
+            check.error(f"{where}.{alias}", problem)
     for i, code in enumerate(od.outlier_detection_http_error_codes):
         # Istio checks the range in the CRD schema only (istio/api destination_rule.proto:
         # protoc-gen-crd list-value-validation Minimum=100, Maximum=599), so the message is

@@ -916,6 +916,12 @@ def test_a_misspelt_service_entry_kind_is_an_error_and_leaves_no_service_entry()
             id="no-version",
         ),
         pytest.param(
+            "v1",
+            "VirtualService",
+            'apiVersion: "v1" has no VirtualService; did you mean "networking.istio.io/v1"?',
+            id="group-left-out",
+        ),
+        pytest.param(
             "networking.istio.io/v1",
             "EnvoyFilter",
             'apiVersion: "networking.istio.io/v1" is not served for EnvoyFilter; use '
@@ -1333,3 +1339,62 @@ def _shape_problems(model: type[Any], shape: api.Shape, path: str) -> list[str]:
 @pytest.mark.parametrize("kind", ["ServiceEntry", "DestinationRule"])
 def test_every_field_extproc_reads_is_a_field_of_istios_api(kind: str) -> None:
     assert _shape_problems(schema._MODELS[kind], api.SHAPES[kind], kind) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# uint32 fields (the CRD's maximum) and the weights Envoy adds up
+
+UINT32_OVER: Final = 2**32
+
+
+@pytest.mark.parametrize(
+    ("doc", "changes", "path"),
+    [
+        pytest.param("SE", {"spec.endpoints[0].weight": UINT32_OVER}, "spec.endpoints[0].weight"),
+        pytest.param(
+            "DR", {f"{OD}.consecutive5xxErrors": UINT32_OVER}, f"{OD}.consecutive5xxErrors"
+        ),
+        pytest.param(
+            "DR", {f"{OD}.consecutiveGatewayErrors": UINT32_OVER}, f"{OD}.consecutiveGatewayErrors"
+        ),
+        pytest.param(
+            "DR",
+            {
+                "spec.trafficPolicy.portLevelSettings": [
+                    {"port": {"number": UINT32_OVER}, "tls": {}}
+                ]
+            },
+            "spec.trafficPolicy.portLevelSettings[0].port.number",
+        ),
+    ],
+)
+def test_a_uint32_field_over_its_maximum_is_an_error(
+    doc: str, changes: dict[str, object], path: str
+) -> None:
+    se, dr = (_patched(SE, changes), DR) if doc == "SE" else (SE, _patched(DR, changes))
+    at = SE_AT if doc == "SE" else DR_AT
+    assert at + (
+        f"{path}: Invalid value: {UINT32_OVER}: {path} in body should be less than or equal to "
+        "4294967295"
+    ) in _errors(se, dr)
+
+
+def test_endpoint_weights_that_add_up_past_uint32_are_an_error() -> None:
+    half = 2**31
+    se = _patched(SE, {"spec.endpoints[0].weight": half, "spec.endpoints[1].weight": half})
+    assert _errors(se, DR) == [
+        SE_AT + f"spec.endpoints: the endpoint weights add up to {2 * half}, more than "
+        "4294967295 (Envoy's limit for the endpoints of one locality and the localities of a "
+        "priority)"
+    ]
+
+
+def test_a_problem_stays_one_printable_line_whatever_the_names_hold() -> None:
+    se = _patched(SE, {"metadata.name": "db\n\ud800"})
+    se["spec"]["x\ny"] = 1
+    (problem,) = _errors(se, DR)
+    assert problem == (
+        'cfg.yaml: ServiceEntry "db\\n\\ud800" (document 1): spec.x\\ny: unknown field; '
+        "expected one of hosts, addresses, ports, location, resolution, endpoints, "
+        "workloadSelector, exportTo, subjectAltNames"
+    )
