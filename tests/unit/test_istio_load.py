@@ -436,3 +436,17 @@ def test_strict_keeps_errors_first_and_adds_the_warnings() -> None:
 
 def test_strict_accepts_a_config_without_warnings() -> None:
     assert len(load_policy_text(SE + "---\n" + DR, strict=True).services) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        pytest.param("\x00", "line 1, column 1", id="nul"),
+        pytest.param("a: 1\nb: x\x01y\n", "line 2, column 5", id="control-character"),
+    ],
+)
+def test_a_character_yaml_does_not_allow_is_an_error_with_its_place(text: str, where: str) -> None:
+    loaded = load_text(text, "bin.yaml")
+    assert loaded.documents == ()
+    (problem,) = loaded.errors
+    assert str(problem).startswith(f"bin.yaml: YAML error at {where}: character #x")
