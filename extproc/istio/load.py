@@ -249,8 +249,9 @@ def _add(
     """Add one object, or the items of a List (``kubectl get -o yaml``) one by one.
 
     Kubernetes' convention (``meta.IsListType``): a kind ending in ``List`` with an ``items``
-    list, such as ``v1 List`` or ``networking.istio.io/v1 ServiceEntryList``. ``within``
-    holds the Lists this one is inside, so a YAML alias cannot make a List its own item.
+    list, such as ``v1 List`` or ``networking.istio.io/v1 ServiceEntryList``; kubectl reads
+    the items of a List inside a List too. ``within`` holds the Lists this one is inside, so
+    a YAML alias cannot make a List its own item.
     """
     if not _is_list(data):
         acc.documents.append(Document(name, index, data, item))
@@ -274,10 +275,13 @@ def _add(
 
 
 def _is_list(data: object) -> bool:
-    if not isinstance(data, dict):
+    """``kind: List`` with ``items``, or a typed list (``ServiceEntryList``) with an items list."""
+    if not isinstance(data, dict) or "items" not in data:
         return False
     kind = data.get("kind")
-    return isinstance(kind, str) and kind.endswith("List") and "items" in data
+    if kind == "List":
+        return True
+    return isinstance(kind, str) and kind.endswith("List") and isinstance(data["items"], list)
 
 
 def _kind_of(value: object) -> str:

@@ -145,7 +145,7 @@ class _Model(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=False)
 
-    # Istio fields with their own message when written (None: not a word). Every other
+    # Istio fields with their own message when written (None: say nothing). Every other
     # Istio field the model does not declare gets NOT_YET; a name not in Istio's API
     # (``api.py``) is an error.
     IGNORED: ClassVar[Mapping[str, str | None]] = {}
@@ -534,7 +534,7 @@ def _check_other_kind(data: Mapping[object, object], kind: str, check: _Checker)
     versions = api.KINDS.get(kind)
     if versions is None:
         message = f"{_show(kind)} is not a kind of {api.GROUP}"
-        if (suggestion := suggest(kind, api.KINDS)) is not None:
+        if (suggestion := _suggest(kind, api.KINDS)) is not None:
             message += f"; did you mean {_show(suggestion)}?"
         else:
             message += f" (its kinds: {', '.join(api.KINDS)})"
@@ -571,7 +571,7 @@ def _near_group(api_version: str) -> str | None:
 _GROUP_TYPO_RATIO: Final = 0.9
 
 
-def suggest(word: str, candidates: Iterable[str]) -> str | None:
+def _suggest(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate ``word`` most likely misspells (``difflib``), or ``None``.
 
     A match that differs only in case wins; otherwise ``difflib.get_close_matches`` with its
@@ -719,7 +719,7 @@ def _walk_value(
 
 def _unknown_field(key: str, names: Sequence[str]) -> str:
     """``unknown field; did you mean "trafficPolicy"?``, else the names there are."""
-    if (suggestion := suggest(key, names)) is not None:
+    if (suggestion := _suggest(key, names)) is not None:
         return f"unknown field; did you mean {_show(suggestion)}?"
     if not names:
         return "unknown field"

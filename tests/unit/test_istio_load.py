@@ -450,3 +450,16 @@ def test_a_character_yaml_does_not_allow_is_an_error_with_its_place(text: str, w
     assert loaded.documents == ()
     (problem,) = loaded.errors
     assert str(problem).startswith(f"bin.yaml: YAML error at {where}: character #x")
+
+
+def test_yaml_nested_deeper_than_the_stack_is_an_error() -> None:
+    loaded = load_text("a: " + "[" * 5000 + "]" * 5000, "deep.yaml")
+    assert loaded.errors == (
+        Problem("deep.yaml", "document 1", "", "YAML error: nested too deeply"),
+    )
+
+
+def test_a_kind_named_like_a_list_with_other_items_is_an_ordinary_object() -> None:
+    loaded = load_text("apiVersion: x.io/v1\nkind: AllowList\nitems: {a: 1}\n", "a.yaml")
+    assert loaded.errors == ()
+    assert [d.item for d in loaded.documents] == [""]
