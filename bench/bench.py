@@ -734,12 +734,14 @@ def format_served_by(
         f"{UPSTREAM_HOST}:{upstream_ports[0]}": LOCALITY,
         f"{UPSTREAM_HOST}:{upstream_ports[1]}": FAILOVER_LOCALITY,
     }
+    order = list(names)
     lines = ["served by (all requests of the run, warm-up included):"]
     for key, hosts in per_variant.items():
-        total = sum(hosts.values())
+        total = max(sum(hosts.values()), 1)
+        # Priority 0's endpoint first; a host the config does not name (none expected) last.
+        ranked = sorted(hosts.items(), key=lambda h: order.index(h[0]) if h[0] in order else 2)
         cells = ", ".join(
-            f"{host} ({names.get(host, '?')}) {n:,} = {100 * n / total:.1f} %"
-            for host, n in hosts.items()
+            f"{host} ({names.get(host, '?')}) {n:,} = {100 * n / total:.1f} %" for host, n in ranked
         )
         lines.append(f"  {VARIANT_LABELS[key]:<29} {cells or 'unknown (no admin)'}")
     return "\n".join(lines)

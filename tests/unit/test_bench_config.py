@@ -121,3 +121,11 @@ def test_ratios_divide_every_variant_by_istio_then_by_plain() -> None:
 
 def test_ratio_to_a_baseline_that_served_nothing_is_none() -> None:
     assert bench.ratio(500.0, 0.0) is None
+
+
+def test_served_by_lists_the_priority_0_endpoint_first_with_its_locality() -> None:
+    text = bench.format_served_by({"istio": {WEST: 0, EAST: 400}}, PORTS)
+    line = text.splitlines()[1]
+    assert line.index(EAST) < line.index(WEST)
+    assert f"{EAST} ({bench.LOCALITY}) 400 = 100.0 %" in line
+    assert f"{WEST} ({bench.FAILOVER_LOCALITY}) 0 = 0.0 %" in line
