@@ -120,7 +120,7 @@ def check_summary(policy: Policy, workload: Workload | None) -> str:
         )
         for i, endpoint in enumerate(service.endpoints):
             row = [
-                f"{endpoint.address}:{endpoint.port}",
+                _host_port(endpoint.address, endpoint.port),
                 "HEALTHY",
                 "OK",
                 service.cluster_name,
@@ -173,6 +173,11 @@ def _describe_workload(workload: Workload) -> str:
     if workload.labels:
         described += " and labels " + ",".join(f"{k}={v}" for k, v in workload.labels)
     return described
+
+
+def _host_port(address: str, port: int) -> str:
+    """``10.0.0.1:80``, ``[2001:db8::1]:80`` (Go's ``net.JoinHostPort``, as istioctl shows)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _quote(text: str) -> str:

@@ -207,3 +207,10 @@ def test_summary_marks_an_endpoint_distribute_sends_nothing() -> None:
     rows = check_summary(policy, _at("us-east1/us-east1-b")).splitlines()
     assert rows[2].endswith("locality weights (distribute)")
     assert [row.split()[-1] for row in rows[-2:]] == ["-", "0"]
+
+
+def test_summary_shows_an_ipv6_endpoint_in_brackets() -> None:
+    se = copy.deepcopy(SE)
+    se["spec"]["endpoints"] = [{"address": "2001:db8::1", "locality": "us-east1"}]
+    rows = check_summary(_policy(se), None).splitlines()
+    assert rows[-1].startswith("[2001:db8::1]:80  HEALTHY")
