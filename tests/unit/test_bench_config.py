@@ -124,8 +124,10 @@ def test_ratio_to_a_baseline_that_served_nothing_is_none() -> None:
 
 
 def test_served_by_lists_the_priority_0_endpoint_first_with_its_locality() -> None:
-    text = bench.format_served_by({"istio": {WEST: 0, EAST: 400}}, PORTS)
+    # Port A sorts after port B as text, so only the priority order puts it first.
+    east, west = f"{bench.UPSTREAM_HOST}:50000", f"{bench.UPSTREAM_HOST}:40000"
+    text = bench.format_served_by({"istio": {west: 0, east: 400}}, (50000, 40000))
     line = text.splitlines()[1]
-    assert line.index(EAST) < line.index(WEST)
-    assert f"{EAST} ({bench.LOCALITY}) 400 = 100.0 %" in line
-    assert f"{WEST} ({bench.FAILOVER_LOCALITY}) 0 = 0.0 %" in line
+    assert line.index(east) < line.index(west)
+    assert f"{east} ({bench.LOCALITY}) 400 = 100.0 %" in line
+    assert f"{west} ({bench.FAILOVER_LOCALITY}) 0 = 0.0 %" in line
