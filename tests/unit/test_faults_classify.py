@@ -211,8 +211,16 @@ def test_the_longest_gap_is_between_two_successes_and_ignores_failures() -> None
         served(WEST, 1.7, done=1.8),
     ]
 
-    assert faults.longest_gap_s(requests) == pytest.approx(1.5)
-    assert faults.longest_gap_s(requests[:2]) is None
+    start, length = faults.longest_gap(requests, end=1.9)
+
+    assert (start, length) == (pytest.approx(0.1), pytest.approx(1.5))
+
+
+def test_a_loop_that_ends_failing_has_its_gap_run_to_the_end() -> None:
+    requests = [served(EAST, 0.0, done=0.1), Request(0.2, 0.3, 503, "", True, "HTTP 503")]
+
+    assert faults.longest_gap(requests, end=5.0) == (pytest.approx(0.1), pytest.approx(4.9))
+    assert faults.longest_gap(requests[1:], end=5.0) is None
 
 
 def test_a_truncated_answer_is_a_failure_though_its_status_is_200() -> None:
