@@ -116,7 +116,10 @@ SEEDS: Final = _seed_configs()
 # The property
 
 
-_DOCUMENT = re.compile(r"^(?:.+ \()?document \d+(?:, items\[\d+\](?:\.items\[\d+\])*)?\)?$")
+# The kind and name in front are the YAML's own strings, whatever they hold (str() escapes).
+_DOCUMENT = re.compile(
+    r"^(?:.+ \()?document \d+(?:, items\[\d+\](?:\.items\[\d+\])*)?\)?$", re.DOTALL
+)
 
 
 def _check_located(problem: Problem) -> None:
