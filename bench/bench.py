@@ -386,7 +386,7 @@ def wait_ok(child: Child, host: str, port: int, authority: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The three things under test
+# The things under test
 # --------------------------------------------------------------------------------------
 
 
