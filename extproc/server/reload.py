@@ -234,6 +234,8 @@ class ConfigReloader:
                 after = await self._look()
                 if after == now:
                     if error is not None:
+                        # Judged: a rejected file is reported once, not at every poll.
+                        self._seen = now
                         raise error
                     return now, policy
                 now = after  # a write overlapped the read: what was read may be torn

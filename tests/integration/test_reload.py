@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import sys
 import urllib.request
@@ -21,10 +22,12 @@ import pytest
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 
 from extproc.core.policy import Locality, OutlierDetection, Policy
+from extproc.core.table import ServiceTable
 from extproc.istio import load_policy, load_policy_text
 from extproc.sandbox import DnsResponder
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
+from extproc.server.metrics import Metrics
 from extproc.server.reload import ConfigReloader, PolicyChange, fingerprint
 
 from .test_eds import Subscriber, assignments
@@ -530,3 +533,31 @@ async def test_a_config_that_keeps_changing_is_not_read_and_the_next_change_retr
     assert recorder.loads == 0
     assert await reloader.reload() is True  # settled now
     assert [shape(p) for p in recorder.applied] == [services(MYDB_YAML)]
+
+
+async def test_a_rejected_config_is_reported_once_not_at_every_poll(tmp_path: Path) -> None:
+    config = tmp_path / "mydb.yaml"
+    config.write_text(MYDB_YAML)
+    table = ServiceTable(
+        load_policy(config), Locality.parse("us-east1"), now=0.0, rng=random.Random(1)
+    )
+    metrics = Metrics(lambda: table, lambda: 0.0)
+    recorder = Recorder()
+    reloader = ConfigReloader(
+        config, recorder.load, recorder.apply, metrics=metrics, poll_s=0.02, settle_s=0.01
+    )
+    watching = asyncio.create_task(reloader.run())
+    try:
+        config.write_text("apiVersion: networking.istio.io/v1\nkind: ServiceEnrty\n")
+        for _ in range(100):
+            if recorder.loads:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # some 25 polls of the same, rejected file
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+    assert recorder.loads == 1
+    assert recorder.applied == []
+    assert 'extproc_config_reloads_total{result="rejected"} 1.0' in metrics.exposition().decode()
