@@ -5,7 +5,9 @@ Envoy opens one bidirectional stream per HTTP request. We answer:
 - request headers: dynamic metadata ``extproc.host = "<ip>:<port>"`` (the pick), or an
   immediate 503 "no healthy upstream" when nothing can serve, or an immediate 404 when no
   ServiceEntry host matches the authority; Envoy's Override Host policy sends the first
-  attempt to the pick, a retry to the cluster's own load balancer;
+  attempt to the pick, a retry to the cluster's own load balancer. While the cluster's
+  DNS names have not all answered since start, no override: Envoy's load balancer routes
+  over the last EDS assignment, which EDS does not replace before then;
 - response headers: nothing to change; the status and attributes are recorded against the
   host we picked, or, when Envoy's retry left it (``upstream.address`` names another
   host), as one failure of ours and the final result of the host that served
@@ -38,6 +40,10 @@ log = structlog.get_logger(__name__)
 
 _ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 _EMPTY_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+# No extproc.host: Envoy's Override Host policy finds no override and its fallback (Istio's
+# LB over the cluster's EDS hosts) picks (OverrideHostLoadBalancer::chooseHostInternal,
+# envoyproxy/envoy source/extensions/load_balancing_policies/override_host/load_balancer.cc).
+_NO_OVERRIDE = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 
 
 def _immediate(status: int, body: str, details: str) -> pb.ProcessingResponse:
@@ -116,6 +122,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         *,
         metrics: Metrics | None = None,
         on_change: Callable[[], None] | None = None,
+        withheld: Callable[[ClusterState], bool] = lambda _cluster: False,
     ) -> None:
         """Args:
         table: returns the current table (a reload swaps it).
@@ -123,10 +130,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         metrics: where decision times and attempt outcomes are counted.
         on_change: called when an outcome changed a cluster's health (an ejection), so
             EDS tells Envoy's load balancer at once: it picks every retry.
+        withheld: whether a cluster's hosts are not known yet (its DNS names have not all
+            answered since start); its requests get no override.
         """
         self._table = table
         self._now = now
         self._on_change = on_change
+        self._withheld = withheld
         self._route_cache: dict[str, pb.ProcessingResponse] = {}
         self._metrics = metrics
         self._decisions = metrics.ext_proc_decisions if metrics else DecisionHistogram()
@@ -190,6 +200,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         cluster = stream.cluster = self._table().lookup(authority)
         if cluster is None:
             return _unknown_host(authority)
+        if self._withheld(cluster):
+            # Our hosts are not the truth yet; EDS keeps Envoy's last assignment, so
+            # Envoy's own LB over it routes (fail-static), never a client's choice.
+            return _NO_OVERRIDE
         pick = cluster.pick(now)
         if pick.host is None:
             return _NO_HEALTHY_UPSTREAM
