@@ -14,6 +14,12 @@ import structlog
 log = structlog.get_logger(__name__)
 
 _MAX_BODY = 1 << 20
+_MAX_HEADERS = 100
+#: Envoy's connections to the sync endpoint carry a request every table TTL (100 ms) per
+#: worker; an operator's curl is short. Idle longer than this, a connection is closed.
+_IDLE_S = 300.0
+#: From a request's first line to its last body byte.
+_REQUEST_S = 10.0
 _REASONS = {
     200: b"OK",
     403: b"Forbidden",
@@ -30,6 +36,8 @@ class HttpServer:
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self.idle_timeout_s = _IDLE_S
+        self.request_timeout_s = _REQUEST_S
 
     @property
     def address(self) -> tuple[str, int]:
@@ -68,20 +76,26 @@ class HttpServer:
         self._connections.add(writer)
         try:
             while True:
-                request_line = await reader.readline()
+                # An idle keep-alive connection may wait; a started request must finish in
+                # time, within bounded headers: a slow or endless client holds no slot.
+                async with asyncio.timeout(self.idle_timeout_s):
+                    request_line = await reader.readline()
                 if not request_line:
                     return
-                headers: dict[str, str] = {}
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                if length > _MAX_BODY:
-                    return
-                body = await reader.readexactly(length) if length else b""
+                async with asyncio.timeout(self.request_timeout_s):
+                    headers: dict[str, str] = {}
+                    while True:
+                        line = await reader.readline()
+                        if line in (b"\r\n", b"\n", b""):
+                            break
+                        if len(headers) >= _MAX_HEADERS:
+                            return
+                        name, _, value = line.decode("latin-1").partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                    length = int(headers.get("content-length", "0") or 0)
+                    if not 0 <= length <= _MAX_BODY:
+                        return
+                    body = await reader.readexactly(length) if length else b""
                 method, target = request_line.decode("latin-1").split()[:2]
                 try:
                     status, content_type, payload = self.respond(method, target, headers, body)
@@ -103,7 +117,7 @@ class HttpServer:
                 await writer.drain()
                 if close:
                     return
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, TimeoutError):
             return
         finally:
             self._connections.discard(writer)
