@@ -1,8 +1,16 @@
 """Start-up and shutdown of the service in one place, in order.
 
-Start: build the table (NOT_SERVING) -> gRPC server (ext_proc + health; liveness SERVING)
--> resolve DNS once -> sweep timer -> admin -> SERVING. Stop: NOT_SERVING -> stop the gRPC
-server with a grace period for in-flight streams -> timers, DNS, admin.
+Start: build the table (NOT_SERVING), endpoints written as IPs filled in -> gRPC server
+(ext_proc + health; liveness SERVING) -> resolve DNS once -> sweep timer -> admin ->
+SERVING. Stop: NOT_SERVING -> stop the gRPC server with a grace period for in-flight
+streams -> timers, DNS, admin.
+
+Until each DNS name of a cluster has had an answer once (NXDOMAIN counts), the cluster is
+withheld: EDS sends Envoy nothing for it, the brain answers its syncs 503 and the ext_proc
+servicer sets no override. Envoy keeps routing on what it holds (the Lua workers' last
+tables, the last EDS assignment), which is the fail-static state a restarted service must
+not overwrite with empty hosts it has not learned yet. Once published, a cluster is never
+withheld again.
 
 Reload (``apply_policy``): resolve the names the new config adds -> build the new table
 and carry every kept host's state over -> swap it in one assignment (the servicer, the
@@ -122,9 +130,12 @@ class ServiceApp:
             ttl_ms=settings.table_ttl_ms,
             on_change=self.publish,
             metrics=self.metrics,
+            withheld=self.withheld,
         )
         self._brain_server = BrainServer(self.brain, settings.secret)
         self._published: dict[str, int] = {}
+        # Clusters EDS has been given hosts for since start, and not removed since.
+        self._live: set[str] = set()
         self._admin = AdminServer(
             lambda: self.table, self._clock.now, lambda: self.ready, metrics=self.metrics
         )
@@ -138,8 +149,18 @@ class ServiceApp:
 
     @property
     def ready(self) -> bool:
-        """Started, and every DNS endpoint has had an answer (NXDOMAIN counts) once."""
+        """Started, and every DNS endpoint has had an answer (NXDOMAIN counts) once.
+
+        From start-up to ready, the clusters still waiting for a name are withheld.
+        """
         return self._ready and self._resolver.all_answered()
+
+    def withheld(self, cluster: ClusterState) -> bool:
+        """Whether a cluster is not published yet: a DNS name of it never answered."""
+        return (
+            cluster.service.cluster_name not in self._live
+            and not self._resolver.cluster_answered(cluster)
+        )
 
     @property
     def grpc_target(self) -> str:
@@ -168,7 +189,11 @@ class ServiceApp:
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(
             ExternalProcessor(
-                lambda: self.table, self._clock.now, metrics=self.metrics, on_change=self.publish
+                lambda: self.table,
+                self._clock.now,
+                metrics=self.metrics,
+                on_change=self.publish,
+                withheld=self.withheld,
             ),
             server,
         )
@@ -187,6 +212,9 @@ class ServiceApp:
             raise StartupError(f"cannot listen for gRPC on {address}: {exc}") from exc
         if socket_dir is None:
             self.grpc_port = bound
+        # Before any stream or sync: IP endpoints are known now, the rest is withheld.
+        self._resolver.set_ip_endpoints()
+        self.publish()
         await server.start()
         self._server = server
         await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
@@ -236,10 +264,17 @@ class ServiceApp:
         readiness_served = self.ready
         while True:
             await asyncio.sleep(0.1)
-            if not readiness_served and self.ready:
-                readiness_served = True
-                await self._health.set(READINESS, health_pb2.HealthCheckResponse.SERVING)
-                log.info("service.dns_answered")
+            if readiness_served != self.ready:
+                # Both ways, as /readyz: a reload can add a name that has not answered yet.
+                readiness_served = self.ready
+                await self._health.set(
+                    READINESS,
+                    health_pb2.HealthCheckResponse.SERVING
+                    if readiness_served
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
+                if readiness_served:
+                    log.info("service.dns_answered")
             now = self._clock.now()
             for cluster in self.table:
                 cluster.advance(now)
@@ -254,10 +289,17 @@ class ServiceApp:
                 self.metrics.count_event(event)
 
     def publish(self) -> None:
-        """Push every cluster whose hosts or health changed to Envoy over EDS."""
+        """Push every cluster whose hosts or health changed to Envoy over EDS.
+
+        A withheld cluster is not pushed, not even empty: Envoy keeps what it has.
+        """
         now = self._clock.now()
         for cluster in self.table:
             name = cluster.service.cluster_name
+            if self.withheld(cluster):
+                self.eds.withhold(name)
+                continue
+            self._live.add(name)
             generation = cluster.generation
             if self._published.get(name) == generation:
                 continue
@@ -322,6 +364,7 @@ class ServiceApp:
             self.table = table
             for name in old.clusters.keys() - table.clusters.keys():
                 self.eds.remove_cluster(name)
+                self._live.discard(name)
             self.publish()
             # DNS refresh follows the new table: new names are kept fresh, dropped ones no
             # longer asked for.

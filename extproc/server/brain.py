@@ -18,12 +18,19 @@ the body lists, oldest first, what that Envoy worker saw since its last sync::
 A script that predates the last word sends ``e <ip:port> 503`` for a local-origin failure
 too; outside split mode and without error codes that counts the same.
 
-The answer is always that service's current table::
+The answer is that service's current table::
 
     <version> <ttl_ms>
     codes=<status>,...     only with outlierDetectionHttpErrorCodes: the statuses to report
                            one by one (an older script skips the line: it has no space)
     <ip:port> <weight>     one line per host a request may go to now
+
+except for a service whose DNS names have not all answered since this process started
+(``withheld``): its hosts are not known yet, and an empty table would win over the one
+each worker holds (see versions below). It is answered 503 with no table, and the script
+keeps routing on the table it has (fail-static) and asks again one TTL later; a worker
+that has none sets no override, so Envoy's load balancer routes over the last EDS
+assignment, which EDS does not replace meanwhile either. The reports are still recorded.
 
 Versions only go up, also across restarts: they start from the wall-clock milliseconds at
 start-up (times 1000, plus the cluster state's change counter), so a restarted brain's
@@ -122,11 +129,23 @@ class Brain:
         version_base: int | None = None,
         on_change: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        withheld: Callable[[ClusterState], bool] = lambda _cluster: False,
     ) -> None:
+        """Args:
+        table: returns the current table (a reload swaps it).
+        now: the clock.
+        ttl_ms: how long a worker routes on a table before it asks again.
+        version_base: the first version (default: from the wall clock, see above).
+        on_change: called after reports were recorded (EDS pushes what changed).
+        metrics: where attempt outcomes and decision times are counted.
+        withheld: whether a cluster has no table to give yet (its DNS names have not
+            all answered since start).
+        """
         self._table = table
         self._now = now
         self._on_change = on_change
         self._metrics = metrics
+        self._withheld = withheld
         self.ttl_ms = ttl_ms
         # Wall clock on purpose: versions must keep rising across restarts of the service.
         self._version_base = (
@@ -137,8 +156,13 @@ class Brain:
         """The table version for the cluster's current state."""
         return self._version_base + cluster.generation
 
+    def withheld(self, cluster_name: str) -> bool:
+        """Whether a known service has no table to answer yet (its DNS has not answered)."""
+        cluster = self._table().clusters.get(cluster_name)
+        return cluster is not None and self._withheld(cluster)
+
     def sync(self, cluster_name: str, body: str) -> str | None:
-        """Apply one sync; the table to answer, or None for an unknown service."""
+        """Apply one sync; the table to answer, or None for an unknown or withheld service."""
         cluster = self._table().clusters.get(cluster_name)
         if cluster is None:
             return None
@@ -151,7 +175,7 @@ class Brain:
             if report.kind != "s" or report.value > 0:
                 cluster.record(report.host, report.result, now)
         self._on_change()
-        table = self.render(cluster, now)
+        table = None if self._withheld(cluster) else self.render(cluster, now)
         if self._metrics is not None:
             self._count(cluster_name, reports)
             self._metrics.sync_decisions.observe(self._now() - now)
@@ -201,6 +225,9 @@ class BrainServer(HttpServer):
             return 404, "text/plain", b"not found\n"
         service = headers.get(SERVICE_HEADER, "")
         table = self._brain.sync(service, body.decode("utf-8", "replace"))
-        if table is None:
-            return 404, "text/plain", f"no service {service!r}\n".encode()
-        return 200, "text/plain", table.encode()
+        if table is not None:
+            return 200, "text/plain", table.encode()
+        if self._brain.withheld(service):
+            # Anything but 200 keeps the worker's table (bridge.lua's sync).
+            return 503, "text/plain", f"no DNS answer yet for {service!r}\n".encode()
+        return 404, "text/plain", f"no service {service!r}\n".encode()

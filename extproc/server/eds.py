@@ -23,6 +23,12 @@ resource type; https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
 5. ``set_cluster`` and ``remove_cluster`` mark the cluster pending on every stream that
    subscribed to it and wake those streams; each stream sends what is pending on it. A
    removed cluster is sent with no endpoints: EDS has no deletion by absence.
+6. A withheld cluster (``withhold``) is sent nothing, not even an empty assignment, until
+   its first ``set_cluster``: the service knows the cluster but not its hosts yet (a
+   restart whose DNS has not answered). Envoy keeps the assignment it holds, as the
+   protocol lets a client keep a resource until the server replaces it; an Envoy that
+   holds none waits for its ``initial_fetch_timeout`` (15 s by default), then serves the
+   cluster with no hosts until the first push.
 
 Envoy 1.40 opens one stream per EDS cluster (each naming just its cluster), all on one
 HTTP/2 connection to the service; the protocol also lets a client put many names on one
@@ -147,6 +153,7 @@ class EndpointDiscovery(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type:
     def __init__(self) -> None:
         self._hosts: dict[str, tuple[EdsHost, ...]] = {}
         self._packed: dict[str, Any] = {}  # cluster name -> Any(ClusterLoadAssignment)
+        self._withheld: set[str] = set()  # known clusters with no assignment to send yet
         self._streams: set[_Stream] = set()
         # One counter for versions and nonces: every response is its own version, so each
         # one is fresh and an ACK or NACK names exactly the response it answers.
@@ -157,9 +164,18 @@ class EndpointDiscovery(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type:
         """How many Envoy streams are open (for status views and tests)."""
         return len(self._streams)
 
+    def withhold(self, cluster_name: str) -> None:
+        """Send nothing for a cluster that was never set, until ``set_cluster`` (step 6).
+
+        A cluster already set is not affected: once sent, an assignment is only replaced.
+        """
+        if cluster_name not in self._hosts:
+            self._withheld.add(cluster_name)
+
     def set_cluster(self, cluster_name: str, hosts: Sequence[EdsHost]) -> None:
         """Replace a cluster's hosts; every stream subscribed to it gets it if it changed."""
         ordered = tuple(sorted(hosts, key=_sort_key))
+        self._withheld.discard(cluster_name)
         if self._hosts.get(cluster_name) == ordered:
             return
         self._hosts[cluster_name] = ordered
@@ -168,9 +184,12 @@ class EndpointDiscovery(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type:
 
     def remove_cluster(self, cluster_name: str) -> None:
         """Forget a cluster (a reload dropped it); subscribers get it with no endpoints."""
-        if self._hosts.pop(cluster_name, None) is None:
+        if cluster_name in self._withheld:
+            self._withheld.discard(cluster_name)  # what Envoy holds of it goes too
+        elif self._hosts.pop(cluster_name, None) is None:
             return
-        del self._packed[cluster_name]
+        else:
+            del self._packed[cluster_name]
         self._changed(cluster_name)
 
     def close(self) -> None:
@@ -272,7 +291,10 @@ class EndpointDiscovery(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type:
             stream.wake.set()
 
     def _response(self, stream: _Stream) -> discovery_pb2.DiscoveryResponse | None:
-        names = sorted(name for name in stream.pending if stream.wants(name))
+        # 6. A withheld cluster stays out; its first set_cluster makes it pending again.
+        names = sorted(
+            name for name in stream.pending if stream.wants(name) and name not in self._withheld
+        )
         stream.pending.clear()
         if not names:
             return None

@@ -99,32 +99,56 @@ class EndpointResolver:
         """Count an answer obtained elsewhere (a reload resolves new names itself)."""
         self._answered.add(name)
 
-    def all_answered(self) -> bool:
-        """Whether every DNS endpoint of every cluster has had an answer: readiness."""
+    def cluster_answered(self, cluster: ClusterState) -> bool:
+        """Whether every DNS endpoint of ``cluster`` has had an answer (NXDOMAIN counts).
+
+        Until then the cluster's hosts are not the truth yet: a name that never answered
+        has no host, so its endpoint's priority looks empty.
+        """
+        if cluster.service.resolution is Resolution.STATIC:
+            return True
         return all(
             is_ip(endpoint.address) or endpoint.address in self._answered
-            for cluster in self._clusters()
-            if cluster.service.resolution is not Resolution.STATIC
             for endpoint in cluster.service.endpoints
         )
 
-    async def resolve_all(self) -> None:
-        """Resolve every endpoint once (start-up readiness), then keep them fresh."""
-        jobs = []
+    def all_answered(self) -> bool:
+        """Whether every DNS endpoint of every cluster has had an answer: readiness."""
+        return all(self.cluster_answered(cluster) for cluster in self._clusters())
+
+    def set_ip_endpoints(self) -> None:
+        """Give every endpoint written as an IP its one address; no DNS, nothing awaited.
+
+        Call it before anything can read the hosts (the first sync, the first EDS push), so
+        an endpoint that needs no answer is never shown empty.
+        """
         for cluster in self._clusters():
             for index, endpoint in enumerate(cluster.service.endpoints):
                 if is_ip(endpoint.address):
                     cluster.set_endpoint_addresses(index, [endpoint.address], self._now())
-                    continue
-                jobs.append((cluster, index, endpoint.address))
+
+    async def resolve_all(self) -> None:
+        """Resolve every endpoint once (start-up readiness), then keep them fresh."""
+        self.set_ip_endpoints()
+        jobs = [
+            (cluster, index, endpoint.address)
+            for cluster in self._clusters()
+            for index, endpoint in enumerate(cluster.service.endpoints)
+            if not is_ip(endpoint.address)
+        ]
         answers = await asyncio.gather(*(resolve(self._resolver, name) for _, _, name in jobs))
         for (cluster, index, name), answer in zip(jobs, answers, strict=True):
-            self._apply(cluster, index, name, answer)
+            self._apply(cluster, index, name, answer, notify=False)
             self._tasks.append(
                 asyncio.create_task(self._refresh_loop(cluster, index, name, answer.refresh_s))
             )
+        # Once, after every answer is in: a name two endpoints share counts as answered
+        # from its first endpoint on, and the second must not be published missing.
+        self._on_change()
 
-    def _apply(self, cluster: ClusterState, index: int, name: str, answer: Answer) -> None:
+    def _apply(
+        self, cluster: ClusterState, index: int, name: str, answer: Answer, *, notify: bool = True
+    ) -> None:
         if not answer.ok:
             return
         self._answered.add(name)
@@ -132,7 +156,8 @@ class EndpointResolver:
         if cluster.service.resolution is Resolution.DNS_ROUND_ROBIN:
             ips = ips[:1]  # LOGICAL_DNS: the first address of the answer
         cluster.set_endpoint_addresses(index, ips, self._now())
-        self._on_change()
+        if notify:
+            self._on_change()
         log.debug("dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=ips)
 
     async def _refresh_loop(

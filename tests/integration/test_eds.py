@@ -286,6 +286,66 @@ async def test_a_removed_cluster_is_sent_with_no_endpoints(
     assert assignments(await envoy.next()) == {MYDB: []}
 
 
+async def test_a_withheld_cluster_is_sent_nothing_until_it_is_set(
+    discovery: EndpointDiscovery, subscribe: Subscribe
+) -> None:
+    discovery.withhold(MYDB)
+    discovery.set_cluster(OTHER, [WEST])
+    envoy = await subscribe()
+
+    await envoy.send(MYDB, OTHER)
+    first = await envoy.next()
+    await envoy.send(MYDB, OTHER, last=first)
+    # Not even an empty assignment: Envoy keeps the one it holds for MYDB.
+    assert set(assignments(first)) == {OTHER}
+    assert await envoy.quiet()
+
+    discovery.set_cluster(MYDB, [EAST])
+    assert assignments(await envoy.next()) == {
+        MYDB: [(0, "us-east1", "127.0.0.11", 443, 3, HEALTHY)]
+    }
+
+
+async def test_a_withheld_cluster_is_not_sent_to_a_wildcard_stream_until_it_is_set(
+    discovery: EndpointDiscovery, subscribe: Subscribe
+) -> None:
+    discovery.withhold(MYDB)
+    envoy = await subscribe()
+    await envoy.send()
+    assert await envoy.quiet()
+
+    discovery.set_cluster(MYDB, [])  # the first answer may be empty (NXDOMAIN): that is sent
+
+    assert assignments(await envoy.next()) == {MYDB: []}
+
+
+async def test_a_withheld_cluster_that_is_removed_is_sent_empty(
+    discovery: EndpointDiscovery, subscribe: Subscribe
+) -> None:
+    discovery.withhold(MYDB)
+    envoy = await subscribe()
+    await envoy.send(MYDB)
+    assert await envoy.quiet()
+
+    discovery.remove_cluster(MYDB)
+
+    assert assignments(await envoy.next()) == {MYDB: []}
+
+
+async def test_withholding_a_cluster_already_sent_changes_nothing(
+    discovery: EndpointDiscovery, subscribe: Subscribe
+) -> None:
+    discovery.set_cluster(MYDB, [EAST])
+    discovery.withhold(MYDB)
+    envoy = await subscribe()
+
+    await envoy.send(MYDB)
+
+    assert assignments(await envoy.next()) == {
+        MYDB: [(0, "us-east1", "127.0.0.11", 443, 3, HEALTHY)]
+    }
+
+
 async def test_no_names_on_the_first_request_subscribes_to_every_cluster(
     discovery: EndpointDiscovery, subscribe: Subscribe
 ) -> None:

@@ -8,7 +8,14 @@ from dataclasses import replace
 from extproc.core.outlier import AttemptResult
 from extproc.core.policy import Locality, OutlierDetection, Policy
 from extproc.core.table import ServiceTable
-from extproc.server.brain import Brain, Report, parse_reports
+from extproc.server.brain import (
+    SERVICE_HEADER,
+    SYNC_PATH,
+    Brain,
+    BrainServer,
+    Report,
+    parse_reports,
+)
 from extproc.testing import FakeClock, endpoint, outlier, service
 
 CLUSTER = "outbound|80||mydb.com"
@@ -77,6 +84,53 @@ def test_a_restarted_brain_publishes_higher_versions() -> None:
     old_version = int((old.sync(CLUSTER, "") or "0").split()[0])
     new, _ = _brain(version_base=None)  # the real base: wall-clock ms x 1000
     assert int((new.sync(CLUSTER, "") or "0").split()[0]) > old_version
+
+
+class _Held:
+    """A switch for the brain's ``withheld``: the service's DNS has (not) answered yet."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def __call__(self, _cluster: object) -> bool:
+        return self.on
+
+
+def _held_brain() -> tuple[Brain, _Held]:
+    held = _Held()
+    svc = service(
+        endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
+        outlier=outlier(consecutive_5xx_errors=2),
+    )
+    table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    brain = Brain(lambda: table, FakeClock().now, version_base=1_000_000, withheld=held)
+    return brain, held
+
+
+def test_a_withheld_service_gets_no_table_and_its_reports_still_count() -> None:
+    brain, held = _held_brain()
+
+    assert brain.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n") is None
+    assert brain.withheld(CLUSTER)
+    held.on = False
+    answer = brain.sync(CLUSTER, "")
+
+    assert answer is not None
+    assert answer.splitlines()[1:] == [f"{WEST} 100000"]  # east was ejected meanwhile
+
+
+def test_the_sync_endpoint_answers_503_while_withheld_404_for_an_unknown_service() -> None:
+    brain, held = _held_brain()
+    server = BrainServer(brain)
+
+    def status(service_name: str) -> int:
+        return server.respond("POST", SYNC_PATH, {SERVICE_HEADER: service_name}, b"")[0]
+
+    # bridge.lua keeps the table it routes on for anything but 200 (fail-static).
+    assert status(CLUSTER) == 503
+    assert status("outbound|80||other.com") == 404
+    held.on = False
+    assert status(CLUSTER) == 200
 
 
 # --- outlier detection types over the sync protocol -------------------------------------------
