@@ -22,6 +22,12 @@ failover endpoint here too. A client cannot set dynamic metadata, the policy rea
 header, the filter fails closed, and the route does not depend on the answer (no
 route-cache clearing).
 
+**What neither filter sees** is an upstream reset after the response head went downstream:
+Lua's ``envoy_on_response`` and ext_proc's response headers run on the head, and Envoy's
+detector counts the head's status and then the reset as a local-origin failure. The HCM's
+gRPC access log carries exactly those requests to the service (``_reset_access_log``,
+``server/access_log.py``); its filter drops every other request inside Envoy.
+
 Why not a header: with ``cluster_header`` routes, ORIGINAL_DST's ``use_http_header`` or an
 Override Host ``header`` source, a client header decides the upstream whenever the filter
 is skipped or fails, even Envoy's admin port (verified on Envoy 1.40). Authorities that
@@ -79,6 +85,15 @@ SYNC_SOCKET = "sync.sock"
 #: when none is set; Istio's sidecar has no limit of its own, so this one is high enough
 #: never to be what stops a workload, and bounds file descriptors under a connection flood.
 MAX_DOWNSTREAM_CONNECTIONS = 65536
+
+#: Envoy's response code details of an upstream reset after the response started
+#: (``ResponseCodeDetails::LateUpstreamReset``, ``envoy/stream_info/stream_info.h``); the
+#: reason follows in braces: ``upstream_reset_after_response_started{protocol_error}``.
+LATE_UPSTREAM_RESET = "upstream_reset_after_response_started"
+#: The access log that carries those resets to the service's AccessLogService names the
+#: data path of the Envoy that sends it (``reset_log_name``): on lua the head's success
+#: reaches the service later than the reset, on ext_proc before it.
+RESET_LOG_PREFIX = "extproc.late_upstream_reset."
 
 _LUA_FILTER = "envoy.filters.http.lua"
 _EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -157,6 +172,11 @@ class RenderSettings:
     # Sent with every gRPC stream and sync request (SECRET_HEADER): extproc serve over TCP
     # accepts nothing without it.
     secret: str | None = None
+
+
+def reset_log_name(data_path: DataPath) -> str:
+    """The ``log_name`` of the reset access log of an Envoy on ``data_path``."""
+    return RESET_LOG_PREFIX + data_path.value
 
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
@@ -653,6 +673,60 @@ def _local_reply_config() -> dict[str, Any]:
     }
 
 
+#: The response flags ``Filter::streamResetReasonToResponseFlag`` gives an upstream reset
+#: (``source/common/router/router.cc``), without UO: ``onUpstreamReset`` reports every
+#: reset to the outlier detector but an overflow.
+_RESET_FLAGS = ("UR", "UC", "UPE", "LR", "UF", "OM")
+
+
+def _reset_access_log(settings: RenderSettings) -> dict[str, Any]:
+    """The HCM access log that sends the service each upstream reset after the response started.
+
+    Envoy's router reports such a reset to the outlier detector as
+    ``LocalOriginConnectFailed`` (``Filter::onUpstreamReset``; 503 outside split mode), after
+    the head's status (``onUpstreamHeaders``). Neither data path sees it, so a 200 head and a
+    reset counted as a success only. The filter runs in Envoy for every request and drops
+    all but those, so a normal request costs no message:
+
+    1. ``response_flag_filter``: a bit test; a request without a reset flag stops here.
+    2. CEL on ``response.code_details``: a reset before the response started is an Envoy
+       local reply, which both data paths already count; only a late one goes on.
+
+    ``buffer_size_bytes: 0`` sends each entry at once (``GrpcAccessLogger::log`` flushes
+    when the buffer reaches its size), over the service's own gRPC target and secret.
+    """
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {"response_flag_filter": {"flags": list(_RESET_FLAGS)}},
+                    {
+                        "extension_filter": {
+                            "name": "envoy.access_loggers.extension_filters.cel",
+                            "typed_config": _typed(
+                                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                                expression=(
+                                    f"response.code_details.startsWith('{LATE_UPSTREAM_RESET}')"
+                                ),
+                            ),
+                        }
+                    },
+                ]
+            }
+        },
+        "typed_config": _typed(
+            "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            common_config={
+                "log_name": reset_log_name(settings.data_path),
+                "grpc_service": _grpc_service(settings),
+                "transport_api_version": "V3",
+                "buffer_size_bytes": 0,
+            },
+        ),
+    }
+
+
 def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]:
     """Build the Envoy bootstrap (v3) as plain data, ready for YAML or JSON.
 
@@ -682,6 +756,7 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
     )
     if lua:
         hcm["local_reply_config"] = _local_reply_config()
+    hcm["access_log"] = [_reset_access_log(settings)]
     clusters = [_ext_proc_cluster(settings)]
     if lua:
         clusters.append(_brain_cluster(settings))

@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 import structlog
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -46,6 +47,7 @@ from extproc.render.bootstrap import (
     SECRET_HEADER,
     SYNC_SOCKET,
 )
+from extproc.server.access_log import AccessLogReceiver
 from extproc.server.admin import AdminServer
 from extproc.server.brain import Brain, BrainServer
 from extproc.server.eds import EdsHost, EndpointDiscovery
@@ -198,6 +200,10 @@ class ServiceApp:
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # Upstream resets after the response started, which neither data path sees.
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(
+            AccessLogReceiver(lambda: self.table, self._clock.now, on_change=self.publish), server
+        )
         self.eds.add_to_server(server)
         socket_dir = self.settings.socket_dir
         if socket_dir is None:
@@ -449,7 +455,7 @@ _Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHand
 
 
 class _SecretCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuse ext_proc and EDS streams that do not carry the shared secret.
+    """Refuse ext_proc, EDS and access-log streams that do not carry the shared secret.
 
     Health stays open: it says only SERVING or NOT_SERVING, and Envoy's health check of the
     service is not given the secret. A refused stream ends UNAUTHENTICATED before any

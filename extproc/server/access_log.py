@@ -1,0 +1,166 @@
+"""Upstream resets after the response started, from Envoy's access log: what no data path sees.
+
+An upstream that sends its response head and then resets the connection (a crash
+mid-body) is an outlier to Envoy. Per attempt, Envoy 1.40's router reports
+(``source/common/router/router.cc``, ``upstream_request.cc``):
+
+1. ``LocalOriginConnectSuccess`` when the connection is ready (only split mode uses it);
+2. ``putHttpResponseCode(status)`` on the head (``Filter::onUpstreamHeaders``): a 200 is a
+   success and resets the 5xx and gateway counters;
+3. ``LocalOriginConnectFailed`` on the reset (``Filter::onUpstreamReset``, for every reason
+   but an overflow), although the response already started and nothing is retried. Outside
+   split mode that is a 503 (``resultToHttpCode``), in split mode a local-origin failure.
+
+Measured on the reference Envoy (``tests/differential``): with ``consecutive5xxErrors: 1``
+the first such reset ejects the host, and so it does with ``consecutiveGatewayErrors: 1``
+or ``consecutiveLocalOriginFailures: 1`` in split mode; with a threshold of 2 a host that
+always resets is never ejected, and neither is one that answered a 503 just before, since
+each head's 200 resets the count first. Envoy's access log shows such a request as
+``code=200 flags=UPE details=upstream_reset_after_response_started{protocol_error}``.
+
+Lua's ``envoy_on_response`` and ext_proc's response headers see step 2 only. The rendered
+Envoy (``render/bootstrap.py`` ``_reset_access_log``) sends exactly these requests, filtered
+inside Envoy, as ``envoy.service.accesslog.v3`` entries, and this servicer records step 3
+for the entry's upstream host (``upstream_remote_address``) in the entry's cluster
+(``upstream_cluster``). The result is ``AttemptResult.connect_failure()``: the
+``LocalOriginConnectFailed`` alone, without another connect success, as Envoy reports it.
+
+Order. On the ext_proc path step 2 was recorded with the response headers, before the
+entry exists. On the lua path the head's success travels in the worker's success batch,
+which reaches the brain with that worker's next sync, up to one table TTL later and so
+usually after the entry. The log name says which path sent it (``reset_log_name``); for
+lua, an entry whose head was no error records that success itself, first, so the reset
+follows a success as in Envoy: a host that always resets after a 200 then stays in with a
+threshold above 1, as on Istio's Envoy, instead of counting the resets as consecutive
+because the batch comes late. The batch's copy later only repeats a success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from extproc.core.outlier import AttemptResult, http_response_code
+from extproc.core.table import ServiceTable
+from extproc.render.bootstrap import LATE_UPSTREAM_RESET, RESET_LOG_PREFIX, DataPath
+
+log = structlog.get_logger(__name__)
+
+#: Envoy's ``LocalOriginConnectFailed`` on its own: the connection's success was reported
+#: when it was ready, and recorded with the head's answer.
+_RESET_AFTER_HEAD = AttemptResult.connect_failure()
+#: ``Http::Utility::resetReasonToString(Overflow)``: an overflow reset is not reported to the
+#: outlier detector (``onUpstreamReset``'s ``dropped``, envoyproxy/envoy#25487).
+_OVERFLOW = "overflow"
+
+
+@dataclass(frozen=True, slots=True)
+class LateReset:
+    """One upstream reset after the response started, as an access-log entry tells it."""
+
+    cluster_name: str
+    host: str  # ip:port, IPv6 in brackets (Envoy's upstream_url)
+    status: int  # the head's status, which the client already got
+
+
+def late_reset(entry: accesslog_pb2.HTTPAccessLogEntry) -> LateReset | None:
+    """The reset an entry reports, or None when Envoy's detector records nothing for it.
+
+    Envoy's filter already sends only late resets; the check is repeated here because a
+    misconfigured or foreign Envoy may send anything.
+    """
+    details = entry.response.response_code_details
+    if not details.startswith(LATE_UPSTREAM_RESET):
+        return None
+    if details[len(LATE_UPSTREAM_RESET) :].strip("{}").split(",")[0] == _OVERFLOW:
+        return None
+    common = entry.common_properties
+    address = common.upstream_remote_address.socket_address
+    if not address.address or not address.port_value or not common.upstream_cluster:
+        return None
+    ip, port = address.address, address.port_value
+    host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return LateReset(common.upstream_cluster, host, entry.response.response_code.value)
+
+
+def answer_reported_late(log_name: str) -> bool:
+    """Whether the Envoy behind a log name reports the head's success after the reset (lua)."""
+    if not log_name.startswith(RESET_LOG_PREFIX):
+        return False
+    return log_name[len(RESET_LOG_PREFIX) :] == DataPath.LUA.value
+
+
+class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """Records the late upstream resets Envoy's access log sends, as Envoy's detector does."""
+
+    def __init__(
+        self,
+        table: Callable[[], ServiceTable],
+        now: Callable[[], float],
+        *,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """Args:
+        table: returns the current table (a reload swaps it).
+        now: the clock.
+        on_change: called when a reset changed a cluster's health (an ejection), so EDS
+            tells Envoy at once.
+        """
+        self._table = table
+        self._now = now
+        self._on_change = on_change
+
+    async def StreamAccessLogs(
+        self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: Any
+    ) -> als_pb2.StreamAccessLogsResponse:
+        # One stream per Envoy worker; only its first message carries the identifier.
+        late_answer = False
+        async for message in request_iterator:
+            if message.HasField("identifier"):
+                late_answer = answer_reported_late(message.identifier.log_name)
+            for entry in message.http_logs.log_entry:
+                try:
+                    self.record(entry, answer_reported_late=late_answer)
+                except Exception:
+                    # One bad entry is dropped; the stream and the server go on.
+                    log.exception("access_log.entry_error")
+        return als_pb2.StreamAccessLogsResponse()
+
+    def record(
+        self, entry: accesslog_pb2.HTTPAccessLogEntry, *, answer_reported_late: bool
+    ) -> bool:
+        """Record one entry's reset; whether it was one of ours (a known cluster and host).
+
+        Args:
+            entry: one access-log entry.
+            answer_reported_late: the head's success reaches the service after the reset
+                (the lua path's batches; see the module docstring).
+        """
+        reset = late_reset(entry)
+        if reset is None:
+            return False
+        cluster = self._table().clusters.get(reset.cluster_name)
+        if cluster is None or not cluster.has_host(reset.host):
+            return False
+        now = self._now()
+        generation = cluster.generation
+        outlier = cluster.service.outlier_detection
+        codes = outlier.http_error_codes if outlier is not None else frozenset()
+        # The request ended long ago for the active-request counts (finished=False).
+        if answer_reported_late and not 500 <= http_response_code(reset.status, codes) <= 599:
+            cluster.record(reset.host, AttemptResult.answer(reset.status), now, finished=False)
+        cluster.record(reset.host, _RESET_AFTER_HEAD, now, finished=False)
+        log.debug(
+            "access_log.late_reset",
+            cluster_name=reset.cluster_name,
+            upstream_url=reset.host,
+            status=reset.status,
+        )
+        if self._on_change is not None and cluster.generation != generation:
+            self._on_change()
+        return True
