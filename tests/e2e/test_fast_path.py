@@ -155,3 +155,67 @@ async def test_a_worker_that_never_had_a_table_routes_by_envoys_own_balancer(
 
     # Envoy's load balancer over the last EDS assignment: us-east1 is P0 there too.
     assert [r.served_by for r in replies] == [EAST] * 6
+
+
+@pytest.mark.parametrize("dns_fault", ["down", "slow"])
+async def test_the_brain_restarted_before_its_first_dns_answer_costs_no_request(
+    regions: dict[str, Region],
+    start_stack: StackFactory,
+    dns: Any,
+    data_path: DataPath,
+    dns_fault: str,
+) -> None:
+    # Both data paths: the restarted service knows no host until DNS answers, and withholds
+    # its clusters meanwhile, so Envoy keeps routing on what it holds (the Lua workers'
+    # tables, the last EDS assignment). "down": no DNS server until after the restart;
+    # "slow": every answer 1 s late, so the sync and EDS are up before the first one.
+    # ext_proc fails closed while the service is down (documented), so there only the
+    # requests from the restart on must all succeed.
+    text = seed(regions["east"].port, regions["west"].port)
+    stack = await start_stack(text)
+    old = stack.app
+    before = await loop(stack, 5, pause_s=0.02)
+
+    if dns_fault == "down":
+        await dns.stop()
+    else:
+        dns.delay_s = 1.0
+    await old.stop()
+    down = await loop(stack, 10, pause_s=0.02)
+    new = ServiceApp(
+        load_policy_text(text, "test.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            socket_dir=old.settings.socket_dir,
+            admin_port=0,
+            dns_resolver=dns.address,
+        ),
+    )
+    starting = asyncio.create_task(new.start())
+    await asyncio.sleep(0.2)  # listening, its first queries not answered
+    stack.app = new
+    withheld = new.withheld(new.table.clusters["outbound|80||mydb.com"])
+    restarted = await loop(stack, 25, pause_s=0.02)
+    await starting
+    if dns_fault == "down":
+        await dns.start()
+    # The resolver asks again within 5 s of a failure; requests keep flowing meanwhile.
+    loop_time = asyncio.get_running_loop().time
+    deadline = loop_time() + 10
+    while not new.ready and loop_time() < deadline:
+        restarted += await loop(stack, 5, pause_s=0.02)
+    ready = new.ready
+    restarted += await loop(stack, 10, pause_s=0.02)
+    # Then the new brain's decisions take effect: an ejection moves traffic.
+    regions["east"].servers[0].set_mode(Mode.FAIL_503)
+    after = await loop(stack, 10, pause_s=0.02)
+
+    assert withheld
+    assert ready
+    served = before + restarted + (down if data_path is DataPath.LUA else [])
+    assert {r.status for r in served} == {200}, [
+        (r.status, r.body[:80]) for r in served if r.status != 200
+    ]
+    assert {r.served_by for r in served} == {EAST}
+    assert [r.status for r in after].count(503) <= 2
+    assert after[-1].served_by == WEST
