@@ -1,0 +1,195 @@
+"""An endpoint that resets after its response started is ejected, as Istio's Envoy ejects it.
+
+us-east1 sends a 200 head and half the body, then RST (the stand-in's ``Mode.RESET``). Both
+data paths see only the head; Envoy's access log tells the service of the reset
+(``extproc/server/access_log.py``). Istio's Envoy ejects us-east1 on the first such reset
+and fails that one request (``tests/differential/test_late_reset.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from envoy.config.core.v3 import address_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from extproc.core.policy import Locality
+from extproc.demo import free_port
+from extproc.istio import load_policy_text
+from extproc.render.bootstrap import (
+    LATE_UPSTREAM_RESET,
+    SECRET_HEADER,
+    DataPath,
+    RenderSettings,
+    render_bootstrap,
+    reset_log_name,
+)
+from extproc.sandbox import DnsResponder, Mode
+from extproc.sandbox.client import Reply, get
+from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.envoy_process import EnvoyProcess
+
+from .conftest import EAST, WEST, Region, StackFactory, envoy_stat
+from .seed_yaml import seed
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "s3cret-token-for-tests-0123456789"
+CLUSTER = "outbound|80||mydb.com"
+#: The stand-in resets 50 ms after the head; requests this far apart do not overlap.
+SPACING_S = 0.1
+#: Entries the reset access log let through its filter (Envoy's gRPC access log stat).
+LOGS_WRITTEN = "access_logs.grpc_access_log.logs_written"
+
+
+def whole(reply: Reply) -> str:
+    """Who served a reply that arrived whole, else ``<failed>``."""
+    length = reply.headers.get("content-length")
+    if reply.status == 200 and length is not None and int(length) == len(reply.body.encode()):
+        return reply.served_by
+    return "<failed>"
+
+
+async def spaced(listen: tuple[str, int], count: int) -> list[str]:
+    served = []
+    for _ in range(count):
+        served.append(whole(await get(listen, "mydb.com", timeout_s=5)))
+        await asyncio.sleep(SPACING_S)
+    return served
+
+
+def ejected(app: ServiceApp) -> set[str]:
+    return {view.address for view in app.table.clusters[CLUSTER].hosts(app.now()) if view.ejected}
+
+
+async def test_a_region_that_resets_mid_response_is_ejected_after_the_first_reset(
+    regions: dict[str, Region], start_stack: StackFactory
+) -> None:
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port, base="30s"))
+    assert await spaced(stack.settings.listen, 3) == [EAST] * 3
+    regions["east"].servers[0].set_mode(Mode.RESET)
+
+    served = await spaced(stack.settings.listen, 10)
+
+    # One failed request, as on Istio's Envoy; then us-west serves.
+    assert served == ["<failed>"] + [WEST] * 9
+    assert ejected(stack.app) == {f"127.0.0.11:{regions['east'].port}"}
+
+
+async def test_only_a_reset_after_the_response_started_is_sent_to_the_service(
+    regions: dict[str, Region], start_stack: StackFactory
+) -> None:
+    # Envoy's filter drops every other request: the data paths count those themselves.
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port, base="30s"))
+    east, west = regions["east"].servers[0], regions["west"].servers[0]
+    assert await spaced(stack.settings.listen, 5) == [EAST] * 5
+    east.set_mode(Mode.FAIL_503)  # an upstream 503: ejects us-east1
+    assert (await get(stack.settings.listen, "mydb.com")).status == 503
+    east.set_mode(Mode.HEALTHY)
+    west.set_mode(Mode.REFUSE)  # a local reply with a reset flag (UF), before any response
+    assert (await get(stack.settings.listen, "mydb.com")).status == 503
+    assert await envoy_stat(stack, LOGS_WRITTEN) == 0
+
+    west.set_mode(Mode.RESET)
+    await spaced(stack.settings.listen, 2)
+
+    assert await envoy_stat(stack, LOGS_WRITTEN) >= 1
+
+
+async def test_a_reset_log_reaches_serve_over_tcp_with_the_secret(
+    tmp_path: Path, data_path: DataPath, regions: dict[str, Region], dns: DnsResponder
+) -> None:
+    # extproc serve over TCP: the access log carries the secret as gRPC metadata.
+    grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
+    text = seed(regions["east"].port, regions["west"].port, base="30s")
+    app = ServiceApp(
+        load_policy_text(text, "test.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            grpc_port=grpc_port,
+            brain_port=brain_port,
+            admin_port=0,
+            dns_resolver=dns.address,
+            shutdown_grace_s=0,
+            secret=SECRET,
+        ),
+        rng=random.Random(1),
+    )
+    await app.start()
+    config = tmp_path / "envoy.yaml"
+    settings = RenderSettings(
+        listen_port=listen_port,
+        ext_proc_port=grpc_port,
+        brain_port=brain_port,
+        data_path=data_path,
+        secret=SECRET,
+    )
+    config.write_text(yaml.safe_dump(render_bootstrap(load_policy_text(text, "t.yaml"), settings)))
+    envoy = EnvoyProcess(config, concurrency=2)
+    listen = ("127.0.0.1", listen_port)
+    try:
+        await envoy.start()
+        for _ in range(100):
+            if whole(await get(listen, "mydb.com")) == EAST:
+                break
+            await asyncio.sleep(0.1)
+        regions["east"].servers[0].set_mode(Mode.RESET)
+        assert await spaced(listen, 6) == ["<failed>"] + [WEST] * 5
+        assert ejected(app) == {f"127.0.0.11:{regions['east'].port}"}
+    finally:
+        await envoy.stop()
+        await app.stop()
+
+
+def _forged_reset(host: str) -> als_pb2.StreamAccessLogsMessage:
+    ip, _, port = host.rpartition(":")
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    entry.common_properties.upstream_cluster = CLUSTER
+    entry.common_properties.upstream_remote_address.CopyFrom(
+        address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=ip, port_value=int(port))
+        )
+    )
+    entry.response.response_code.value = 200
+    entry.response.response_code_details = LATE_UPSTREAM_RESET + "{protocol_error}"
+    message = als_pb2.StreamAccessLogsMessage()
+    message.identifier.log_name = reset_log_name(DataPath.EXT_PROC)
+    message.http_logs.log_entry.append(entry)
+    return message
+
+
+@pytest.mark.parametrize("secret", [None, "wrong-secret-but-long-enough"], ids=["none", "wrong"])
+async def test_a_forged_reset_log_without_the_secret_ejects_nothing(
+    regions: dict[str, Region], dns: DnsResponder, secret: str | None
+) -> None:
+    app = ServiceApp(
+        load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            grpc_port=0, brain_port=0, admin_port=0, dns_resolver=dns.address, secret=SECRET
+        ),
+        rng=random.Random(1),
+    )
+    await app.start()
+    east = f"127.0.0.11:{regions['east'].port}"
+    try:
+        metadata = () if secret is None else ((SECRET_HEADER, secret),)
+        async with grpc.aio.insecure_channel(app.grpc_target) as channel:
+            stub = als_pb2_grpc.AccessLogServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.StreamAccessLogs(iter([_forged_reset(east)]), metadata=metadata)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert ejected(app) == set()
+            # The same entry with the secret is taken: the refusal was the secret's doing.
+            await stub.StreamAccessLogs(
+                iter([_forged_reset(east)]), metadata=((SECRET_HEADER, SECRET),)
+            )
+        assert ejected(app) == {east}
+    finally:
+        await app.stop()
