@@ -141,13 +141,14 @@ end
 -- What the final attempt reports to the brain when Envoy's outlier detector counts it on
 -- its own, or nil for a success (sent later as a count) or when it records nothing (no
 -- healthy upstream, overflow, no upstream at all). An attempt that got no answer carries a
--- last word: c (no connection), r (reset after connecting), t (timeout). An answer counts
+-- last word: c (no connection), r (reset or malformed answer after connecting), t (timeout). An answer counts
 -- when it is a 5xx or, with the service's error codes (codes), when it is listed.
 local function failure_code(status, flags, codes)
   if flags ~= nil and flags ~= "" and flags ~= "-" then
     for flag in string.gmatch(flags, "[^,]+") do
       if flag == "UF" then return "503 c" end
-      if flag == "UC" or flag == "UR" then return "503 r" end
+      -- UPE: a malformed answer, which Envoy replies 502 to and counts as a reset.
+      if flag == "UC" or flag == "UR" or flag == "UPE" then return "503 r" end
       if flag == "UT" then return "504 t" end
     end
     if status >= 500 and (string.find(flags, "UH") or string.find(flags, "UO")

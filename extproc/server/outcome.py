@@ -7,8 +7,10 @@ upstream_request.cc; the detector's side is outlier_detection_impl.cc ``putResul
   status (``putHttpResponseCode``, through ``outlierDetectionHttpErrorCodes`` when set);
 - a connect failure, connect timeout or TLS failure (UF): ``LocalOriginConnectFailed``
   without a connection;
-- a reset or connection termination after connecting (UR, UC): ``LocalOriginConnectSuccess``
-  then ``LocalOriginConnectFailed``;
+- a reset, connection termination or malformed answer after connecting (UR, UC, UPE):
+  ``LocalOriginConnectSuccess`` then ``LocalOriginConnectFailed`` (``onUpstreamReset``
+  counts every reset reason but an overflow; a protocol error is answered 502 to the client
+  and counted as 503);
 - an upstream request timeout (UT): ``LocalOriginConnectSuccess`` then ``LocalOriginTimeout``;
 - circuit-breaker overflow, "no healthy upstream", no route/cluster: not reported at all.
 
@@ -43,8 +45,11 @@ UPSTREAM_REMOTE_RESET = 0x10  # UR
 UPSTREAM_CONNECTION_FAILURE = 0x20  # UF
 UPSTREAM_CONNECTION_TERMINATION = 0x40  # UC
 UPSTREAM_OVERFLOW = 0x80  # UO
+UPSTREAM_PROTOCOL_ERROR = 0x800000  # UPE
 
-_RESET_AFTER_CONNECT = UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION
+_RESET_AFTER_CONNECT = (
+    UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION | UPSTREAM_PROTOCOL_ERROR
+)
 
 
 @dataclass(frozen=True, slots=True)

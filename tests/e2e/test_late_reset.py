@@ -4,11 +4,16 @@ us-east1 sends a 200 head and half the body, then RST (the stand-in's ``Mode.RES
 data paths see only the head; Envoy's access log tells the service of the reset
 (``extproc/server/access_log.py``). Istio's Envoy ejects us-east1 on the first such reset
 and fails that one request (``tests/differential/test_late_reset.py``).
+
+A malformed answer head is the same reset one step earlier (``protocol_error`` before the
+response started): Envoy answers 502 and counts a local-origin failure, which both data
+paths read from the reply's response flags (UPE).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from pathlib import Path
 
@@ -62,6 +67,15 @@ async def spaced(listen: tuple[str, int], count: int) -> list[str]:
         served.append(whole(await get(listen, "mydb.com", timeout_s=5)))
         await asyncio.sleep(SPACING_S)
     return served
+
+
+async def _malformed_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer every request with a head Envoy's codec rejects (a non-numeric length)."""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: nope\r\n\r\nhello")
+        await writer.drain()
+    writer.close()
 
 
 def ejected(app: ServiceApp) -> set[str]:
@@ -145,6 +159,40 @@ async def test_a_reset_log_reaches_serve_over_tcp_with_the_secret(
     finally:
         await envoy.stop()
         await app.stop()
+
+
+@pytest.mark.parametrize(
+    "split",
+    [False, True],
+    ids=["5xx", "local-origin"],
+)
+async def test_a_region_that_answers_a_malformed_head_is_ejected_after_the_first_502(
+    regions: dict[str, Region], start_stack: StackFactory, dns: DnsResponder, split: bool
+) -> None:
+    # Measured on the reference, with consecutive5xxErrors: 1 and with only
+    # consecutiveLocalOriginFailures: 1 in split mode: 502 (flags UPE,
+    # upstream_reset_before_response_started{protocol_error}), us-east1 ejected, then
+    # us-west. us-east1's name moves to a server that breaks the protocol, on a loopback
+    # address of its own.
+    server = await asyncio.start_server(_malformed_head, "127.0.0.13", 0)
+    port = server.sockets[0].getsockname()[1]
+    dns.set_records(EAST, ["127.0.0.13"])
+    text = seed(port, regions["west"].port, base="30s")
+    if split:
+        text = text.replace(
+            "consecutive5xxErrors: 1",
+            "consecutive5xxErrors: 0\n      splitExternalLocalOriginErrors: true\n"
+            "      consecutiveLocalOriginFailures: 1",
+        )
+    try:
+        stack = await start_stack(text)
+        replies = [await get(stack.settings.listen, "mydb.com") for _ in range(6)]
+        assert [r.status for r in replies] == [502] + [200] * 5
+        assert [r.served_by for r in replies[1:]] == [WEST] * 5
+        assert ejected(stack.app) == {f"127.0.0.13:{port}"}
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def _forged_reset(host: str) -> als_pb2.StreamAccessLogsMessage:

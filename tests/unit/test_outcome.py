@@ -12,6 +12,7 @@ REFUSED = (
     "{remote_connection_failure|delayed_connect_error:_Connection_refused}"
 )
 RESET = "upstream_reset_before_response_started{connection_termination}"
+PROTOCOL_ERROR = "upstream_reset_before_response_started{protocol_error}"
 
 ANSWER = AttemptResult.answer
 UF = AttemptResult.connect_failure()
@@ -29,6 +30,7 @@ UT = AttemptResult.timeout()
         pytest.param(503, REFUSED, 0x8020, 3, (503, 503, 503), id="refused-three-attempts"),
         pytest.param(503, REFUSED, 0x20, 1, (503,), id="refused-once"),
         pytest.param(503, RESET, 0x40, 1, (503,), id="reset-counts-as-503"),
+        pytest.param(502, PROTOCOL_ERROR, 0x800000, 1, (503,), id="protocol-error-counts-as-503"),
         pytest.param(504, "response_timeout", 0x4, 1, (504,), id="timeout-counts-as-504"),
         pytest.param(503, "no_healthy_upstream", 0x2, 0, (), id="no-healthy-upstream-not-counted"),
         pytest.param(503, "cluster_not_found", 0x1000000, 0, (), id="no-cluster-not-counted"),
@@ -50,6 +52,9 @@ def test_classify_counts_attempts_like_envoy(
         pytest.param(503, REFUSED, 0x20, 1, (UF,), id="refused-never-connected"),
         pytest.param(503, RESET, 0x40, 1, (UC,), id="terminated-after-connecting"),
         pytest.param(503, "upstream_reset", 0x10, 1, (UC,), id="remote-reset-after-connecting"),
+        pytest.param(
+            502, PROTOCOL_ERROR, 0x800000, 1, (UC,), id="malformed-answer-after-connecting"
+        ),
         pytest.param(504, "response_timeout", 0x4, 1, (UT,), id="timeout-after-connecting"),
         pytest.param(200, "via_upstream", 0, 3, (UF, UF, ANSWER(200)), id="retries-then-answer"),
         pytest.param(504, "response_timeout", 0x4, 2, (UF, UT), id="retry-then-timeout"),
