@@ -41,6 +41,9 @@ Theory of operation:
    worker's table refresh (TTL 100 ms). ``LAG_AFTER_S`` covers the poll itself: a change
    Envoy already routes by shows in the view up to one poll later. A request served by any
    other host, an ejected host or an address that is no longer in the view is *misrouted*.
+   A view is taken only while the service is ready (``/readyz``): until each DNS name has
+   answered once, a restarted service withholds its clusters and Envoy routes on the last
+   view published, which stays in effect, as it does while the service is down.
 5. **The longest gap** is the longest time between two successful answers.
 
 The numbers a case must meet are checked (``Check``): misrouted is 0 everywhere; with the
@@ -670,10 +673,16 @@ class ViewPoller:
         )
         return View(loop.time(), hosts)
 
+    async def ready(self) -> bool:
+        status, _, _, _ = await http_get(self.admin, "admin", "/readyz", 1.0)
+        return status == 200
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                view = await self.read()
+                # Readiness first: a restarted service, once ready, stays so in these
+                # cases, so the view read next is one Envoy routes by.
+                view = await self.read() if await self.ready() else None
                 if view is not None:
                     self.views.append(view)
             with contextlib.suppress(TimeoutError):

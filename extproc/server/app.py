@@ -9,8 +9,9 @@ Until each DNS name of a cluster has had an answer once (NXDOMAIN counts), the c
 withheld: EDS sends Envoy nothing for it, the brain answers its syncs 503 and the ext_proc
 servicer sets no override. Envoy keeps routing on what it holds (the Lua workers' last
 tables, the last EDS assignment), which is the fail-static state a restarted service must
-not overwrite with empty hosts it has not learned yet. Once published, a cluster is never
-withheld again.
+not overwrite with empty hosts it has not learned yet. Once published, a cluster is not
+withheld again (a reload that adds a name to it publishes the hosts it has, as before)
+unless a reload removes it.
 
 Reload (``apply_policy``): resolve the names the new config adds -> build the new table
 and carry every kept host's state over -> swap it in one assignment (the servicer, the
