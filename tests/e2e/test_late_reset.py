@@ -96,6 +96,37 @@ async def test_a_region_that_resets_mid_response_is_ejected_after_the_first_rese
     assert ejected(stack.app) == {f"127.0.0.11:{regions['east'].port}"}
 
 
+async def test_after_the_service_restarts_envoy_sends_late_resets_to_the_new_one(
+    regions: dict[str, Region], start_stack: StackFactory, dns: DnsResponder
+) -> None:
+    text = seed(regions["east"].port, regions["west"].port, base="30s")
+    stack = await start_stack(text)
+    east = regions["east"].servers[0]
+    east.set_mode(Mode.RESET)
+    assert (await spaced(stack.settings.listen, 2)) == ["<failed>", WEST]  # a log stream is open
+    east.set_mode(Mode.HEALTHY)
+    old = stack.app
+    await old.stop()  # the stream breaks; a new service starts with us-east1 not ejected
+    new = ServiceApp(
+        load_policy_text(text, "test.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(socket_dir=old.settings.socket_dir, admin_port=0, dns_resolver=dns.address),
+    )
+    await new.start()
+    stack.app = new
+    for _ in range(50):
+        if whole(await get(stack.settings.listen, "mydb.com")) == EAST:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # every Lua worker on the new service's table
+
+    east.set_mode(Mode.RESET)
+    served = await spaced(stack.settings.listen, 6)
+
+    assert served == ["<failed>"] + [WEST] * 5
+    assert ejected(new) == {f"127.0.0.11:{regions['east'].port}"}
+
+
 async def test_only_a_reset_after_the_response_started_is_sent_to_the_service(
     regions: dict[str, Region], start_stack: StackFactory
 ) -> None:
