@@ -130,43 +130,46 @@ class EndpointResolver:
     async def resolve_all(self) -> None:
         """Resolve every endpoint once (start-up readiness), then keep them fresh."""
         self.set_ip_endpoints()
-        jobs = [
-            (cluster, index, endpoint.address)
-            for cluster in self._clusters()
-            for index, endpoint in enumerate(cluster.service.endpoints)
-            if not is_ip(endpoint.address)
-        ]
-        answers = await asyncio.gather(*(resolve(self._resolver, name) for _, _, name in jobs))
-        for (cluster, index, name), answer in zip(jobs, answers, strict=True):
-            self._apply(cluster, index, name, answer, notify=False)
-            self._tasks.append(
-                asyncio.create_task(self._refresh_loop(cluster, index, name, answer.refresh_s))
-            )
-        # Once, after every answer is in: a name two endpoints share counts as answered
-        # from its first endpoint on, and the second must not be published missing.
-        self._on_change()
+        names = sorted(
+            {
+                endpoint.address
+                for cluster in self._clusters()
+                for endpoint in cluster.service.endpoints
+                if not is_ip(endpoint.address)
+            }
+        )
+        answers = await asyncio.gather(*(resolve(self._resolver, name) for name in names))
+        for name, answer in zip(names, answers, strict=True):
+            self._apply(name, answer, notify=False)
+            self._tasks.append(asyncio.create_task(self._refresh_loop(name, answer.refresh_s)))
+        self._on_change()  # once, with every first answer in
 
-    def _apply(
-        self, cluster: ClusterState, index: int, name: str, answer: Answer, *, notify: bool = True
-    ) -> None:
+    def _apply(self, name: str, answer: Answer, *, notify: bool = True) -> None:
+        """Give every endpoint with this name, in every cluster, the answer's addresses.
+
+        One query per name: the endpoints that share it (a ServiceEntry with two ports is
+        two clusters) get an answer together, so none is published while another that
+        counts as answered still has no host.
+        """
         if not answer.ok:
             return
         self._answered.add(name)
-        ips = answer.ips
-        if cluster.service.resolution is Resolution.DNS_ROUND_ROBIN:
-            ips = ips[:1]  # LOGICAL_DNS: the first address of the answer
-        cluster.set_endpoint_addresses(index, ips, self._now())
+        for cluster in self._clusters():
+            ips = answer.ips
+            if cluster.service.resolution is Resolution.DNS_ROUND_ROBIN:
+                ips = ips[:1]  # LOGICAL_DNS: the first address of the answer
+            for index, endpoint in enumerate(cluster.service.endpoints):
+                if endpoint.address == name:
+                    cluster.set_endpoint_addresses(index, ips, self._now())
         if notify:
             self._on_change()
-        log.debug("dns.resolved", cluster_name=cluster.service.cluster_name, name=name, ips=ips)
+        log.debug("dns.resolved", name=name, ips=answer.ips)
 
-    async def _refresh_loop(
-        self, cluster: ClusterState, index: int, name: str, delay_s: float
-    ) -> None:
+    async def _refresh_loop(self, name: str, delay_s: float) -> None:
         while True:
             await asyncio.sleep(delay_s)
             answer = await resolve(self._resolver, name)
-            self._apply(cluster, index, name, answer)
+            self._apply(name, answer)
             delay_s = answer.refresh_s
 
     async def stop(self) -> None:

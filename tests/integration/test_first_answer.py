@@ -283,3 +283,37 @@ async def test_a_reload_adding_a_name_that_does_not_answer_withholds_only_a_new_
     dns.servfail = False
     await wait_until_ready(app)
     assert (await sync(app, NEW))[0] == 200
+
+
+async def test_clusters_that_share_a_name_are_published_together_when_it_answers(
+    dns: DnsResponder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One ServiceEntry, two ports: two clusters with the same endpoint names.
+    text = MYDB_YAML.replace(
+        "ports: [{number: 80, name: http, protocol: HTTP}]",
+        "ports: [{number: 80, name: http, protocol: HTTP},"
+        " {number: 8080, name: alt, protocol: HTTP}]",
+    )
+    app = ServiceApp(
+        load_policy_text(text, "mydb.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            grpc_port=0, admin_port=0, brain_port=0, shutdown_grace_s=0, dns_resolver=dns.address
+        ),
+    )
+    published: list[tuple[str, int]] = []
+    set_cluster = app.eds.set_cluster
+
+    def record(name: str, hosts: Any) -> None:
+        published.append((name, len(hosts)))
+        set_cluster(name, hosts)
+
+    monkeypatch.setattr(app.eds, "set_cluster", record)
+    await app.start()
+    try:
+        dns.servfail = False
+        await wait_until_ready(app)
+    finally:
+        await app.stop()
+
+    assert sorted(published) == [("outbound|8080||mydb.com", 2), (MYDB, 2)]
