@@ -4,19 +4,23 @@ responder and stand-in endpoints, all on loopback with ports read back after bin
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from extproc.core.policy import Locality
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import DataPath
+from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
 from extproc.sandbox import DnsResponder, StandIn
 from extproc.sandbox.client import Reply, get
+from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.envoy_process import EnvoyProcess
 from extproc.server.stack import Stack, StackSettings
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
@@ -160,3 +164,43 @@ async def first_200(
             return reply
         await asyncio.sleep(0.2)
     raise AssertionError(f"no request for {host} succeeded within {timeout_s:g}s")
+
+
+async def serve_with_envoy(
+    tmp_path: Path, yaml_text: str, data_path: DataPath, dns: DnsResponder, secret: str
+) -> tuple[ServiceApp, EnvoyProcess, tuple[str, int]]:
+    """``extproc serve`` over TCP with a shared secret, and an Envoy rendered with it (the
+    layout of two hosts or containers), started in this process; the listener's address.
+    The caller stops both."""
+    grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
+    app = ServiceApp(
+        load_policy_text(yaml_text, "test.yaml"),
+        Locality.parse("us-east1"),
+        ServiceSettings(
+            grpc_port=grpc_port,
+            brain_port=brain_port,
+            admin_port=0,
+            dns_resolver=dns.address,
+            shutdown_grace_s=0,
+            secret=secret,
+        ),
+        rng=random.Random(1),
+    )
+    await app.start()
+    config = tmp_path / "envoy.yaml"
+    settings = RenderSettings(
+        listen_port=listen_port,
+        ext_proc_port=grpc_port,
+        brain_port=brain_port,
+        data_path=data_path,
+        secret=secret,
+    )
+    bootstrap = render_bootstrap(load_policy_text(yaml_text, "test.yaml"), settings)
+    config.write_text(yaml.safe_dump(bootstrap))
+    envoy = EnvoyProcess(config, concurrency=2)
+    try:
+        await envoy.start()
+    except BaseException:
+        await app.stop()
+        raise
+    return app, envoy, ("127.0.0.1", listen_port)

@@ -19,28 +19,23 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from envoy.config.core.v3 import address_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extproc.core.policy import Locality
-from extproc.demo import free_port
 from extproc.istio import load_policy_text
 from extproc.render.bootstrap import (
     LATE_UPSTREAM_RESET,
     SECRET_HEADER,
     DataPath,
-    RenderSettings,
-    render_bootstrap,
     reset_log_name,
 )
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import Reply, get
 from extproc.server.app import ServiceApp, ServiceSettings
-from extproc.server.envoy_process import EnvoyProcess
 
-from .conftest import EAST, WEST, Region, StackFactory, envoy_stat
+from .conftest import EAST, WEST, Region, StackFactory, envoy_stat, serve_with_envoy
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
@@ -151,35 +146,9 @@ async def test_a_reset_log_reaches_serve_over_tcp_with_the_secret(
     tmp_path: Path, data_path: DataPath, regions: dict[str, Region], dns: DnsResponder
 ) -> None:
     # extproc serve over TCP: the access log carries the secret as gRPC metadata.
-    grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
     text = seed(regions["east"].port, regions["west"].port, base="30s")
-    app = ServiceApp(
-        load_policy_text(text, "test.yaml"),
-        Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=grpc_port,
-            brain_port=brain_port,
-            admin_port=0,
-            dns_resolver=dns.address,
-            shutdown_grace_s=0,
-            secret=SECRET,
-        ),
-        rng=random.Random(1),
-    )
-    await app.start()
-    config = tmp_path / "envoy.yaml"
-    settings = RenderSettings(
-        listen_port=listen_port,
-        ext_proc_port=grpc_port,
-        brain_port=brain_port,
-        data_path=data_path,
-        secret=SECRET,
-    )
-    config.write_text(yaml.safe_dump(render_bootstrap(load_policy_text(text, "t.yaml"), settings)))
-    envoy = EnvoyProcess(config, concurrency=2)
-    listen = ("127.0.0.1", listen_port)
+    app, envoy, listen = await serve_with_envoy(tmp_path, text, data_path, dns, SECRET)
     try:
-        await envoy.start()
         for _ in range(100):
             if whole(await get(listen, "mydb.com")) == EAST:
                 break

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import socket
 import stat
@@ -28,7 +27,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.core.policy import Locality
-from extproc.demo import free_port
 from extproc.errors import StartupError
 from extproc.istio import load_policy_text
 from extproc.render.bootstrap import (
@@ -38,17 +36,14 @@ from extproc.render.bootstrap import (
     SECRET_HEADER,
     SYNC_SOCKET,
     DataPath,
-    RenderSettings,
-    render_bootstrap,
 )
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import get
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.app import ServiceApp
 from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
-from extproc.server.envoy_process import EnvoyProcess
 from extproc.server.stack import Stack, StackSettings
 
-from .conftest import EAST, WEST, Region, StackFactory
+from .conftest import EAST, WEST, Region, StackFactory, first_200, serve_with_envoy
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
@@ -181,53 +176,6 @@ async def test_envoys_listener_does_not_share_its_port_through_so_reuseport(
 # -- extproc serve over TCP, with a shared secret ------------------------------------------
 
 
-async def _serve_with_envoy(
-    tmp_path: Path, yaml_text: str, data_path: DataPath, dns: DnsResponder
-) -> tuple[ServiceApp, EnvoyProcess, tuple[str, int]]:
-    grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
-    app = ServiceApp(
-        load_policy_text(yaml_text, "test.yaml"),
-        Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=grpc_port,
-            brain_port=brain_port,
-            admin_port=0,
-            dns_resolver=dns.address,
-            shutdown_grace_s=0,
-            secret=SECRET,
-        ),
-        rng=random.Random(1),
-    )
-    await app.start()
-    config = tmp_path / "envoy.yaml"
-    bootstrap = render_bootstrap(
-        load_policy_text(yaml_text, "test.yaml"),
-        RenderSettings(
-            listen_port=listen_port,
-            ext_proc_port=grpc_port,
-            brain_port=brain_port,
-            data_path=data_path,
-            secret=SECRET,
-        ),
-    )
-    config.write_text(yaml.safe_dump(bootstrap))
-    envoy = EnvoyProcess(config, concurrency=2)
-    try:
-        await envoy.start()
-    except BaseException:
-        await app.stop()
-        raise
-    return app, envoy, ("127.0.0.1", listen_port)
-
-
-async def _first_200(listen: tuple[str, int]) -> None:
-    for _ in range(100):
-        if (await get(listen, "mydb.com")).status == 200:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("Envoy never served a request")
-
-
 def _ejected(app: ServiceApp) -> set[str]:
     cluster = app.table.clusters[CLUSTER]
     return {view.address for view in cluster.hosts(app.now()) if view.ejected}
@@ -236,11 +184,11 @@ def _ejected(app: ServiceApp) -> set[str]:
 async def test_serve_with_a_secret_works_with_the_envoy_given_it(
     tmp_path: Path, data_path: DataPath, regions: dict[str, Region], dns: DnsResponder
 ) -> None:
-    app, envoy, listen = await _serve_with_envoy(
-        tmp_path, seed(regions["east"].port, regions["west"].port), data_path, dns
+    app, envoy, listen = await serve_with_envoy(
+        tmp_path, seed(regions["east"].port, regions["west"].port), data_path, dns, SECRET
     )
     try:
-        await _first_200(listen)
+        await first_200(listen)
         assert (await get(listen, "mydb.com")).served_by == EAST
         # Its outcome reports are accepted: a 503 ejects us-east1 and traffic moves.
         regions["east"].servers[0].set_mode(Mode.FAIL_503)
@@ -256,12 +204,12 @@ async def test_serve_with_a_secret_works_with_the_envoy_given_it(
 async def test_serve_refuses_a_local_process_without_the_secret_on_every_port(
     tmp_path: Path, regions: dict[str, Region], dns: DnsResponder, secret: str | None
 ) -> None:
-    app, envoy, listen = await _serve_with_envoy(
-        tmp_path, seed(regions["east"].port, regions["west"].port), DataPath.LUA, dns
+    app, envoy, listen = await serve_with_envoy(
+        tmp_path, seed(regions["east"].port, regions["west"].port), DataPath.LUA, dns, SECRET
     )
     east = f"127.0.0.11:{regions['east'].port}"
     try:
-        await _first_200(listen)
+        await first_200(listen)
         # The fast path's sync: a forged report that would eject a healthy us-east1.
         headers = {SERVICE_HEADER: CLUSTER, "x-extproc-worker": "forged"}
         if secret is not None:
