@@ -553,7 +553,16 @@ def read_secret(path: Path | None) -> str | None:
 
 def _require_transport(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command in ("serve", "render") and args.socket_dir is None and not args.secret_file:
-        parser.error(
+        # The sub-command's usage line, as argparse gives for its own errors.
+        sub = next(
+            (
+                action.choices[args.command]
+                for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction)
+            ),
+            parser,
+        )
+        sub.error(
             f"{args.command} over TCP needs --secret-file (the same one for serve and "
             "render), or --socket-dir: without either, any local process could report "
             "outcomes and move traffic"

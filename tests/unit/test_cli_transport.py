@@ -47,7 +47,7 @@ def test_serve_and_render_over_tcp_without_a_secret_are_usage_errors(
         main([command, "--config", str(config)])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: extproc")
+    assert err.startswith(f"usage: extproc {command}")
     assert "needs --secret-file" in err
     assert "--socket-dir" in err
 
