@@ -92,6 +92,7 @@ class EndpointResolver:
         self._now = now
         self._on_change = on_change
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         # Names the DNS server has answered at least once (NXDOMAIN is an answer).
         self._answered: set[str] = set()
 
@@ -166,15 +167,25 @@ class EndpointResolver:
         log.debug("dns.resolved", name=name, ips=answer.ips)
 
     async def _refresh_loop(self, name: str, delay_s: float) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(delay_s)
             answer = await resolve(self._resolver, name)
             self._apply(name, answer)
             delay_s = answer.refresh_s
 
     async def stop(self) -> None:
-        """Cancel the refresh loops."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        """End the refresh loops; they can be started again with ``resolve_all``.
+
+        dnspython times its queries with ``asyncio.wait_for``, which on Python 3.11 can
+        swallow a cancellation that lands as the answer arrives (CPython gh-86296); the
+        loop then sleeps on. So the loops also check a flag, and a loop still running is
+        cancelled again until it ends.
+        """
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=0.5)
+            tasks = list(pending)
+        self._stopping = False
