@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from extproc import __version__
-from extproc.core.policy import DEFAULT_CLUSTER_ID, Locality, Policy, Workload, is_ip
+from extproc.core.policy import (
+    DEFAULT_CLUSTER_ID,
+    Locality,
+    Policy,
+    Workload,
+    host_address,
+    is_ip,
+)
 from extproc.errors import ConfigError, ExtprocError, Problem
 from extproc.server.reload import PolicyChange, Stamp, fingerprint
 
@@ -50,8 +57,7 @@ class HostPort:
     port: int
 
     def __str__(self) -> str:
-        # RFC 3986 section 3.2.2: an IPv6 literal goes in brackets before ``:port``.
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_address(self.host, self.port)
 
     @property
     def pair(self) -> tuple[str, int]:

@@ -45,7 +45,14 @@ from typing import Generic, TypeVar
 
 from extproc.core.locality import load_assignment
 from extproc.core.outlier import AttemptResult, OutlierDetector, OutlierEvent
-from extproc.core.policy import LbAlgorithm, Locality, Resolution, Service, Workload
+from extproc.core.policy import (
+    LbAlgorithm,
+    Locality,
+    Resolution,
+    Service,
+    Workload,
+    host_address,
+)
 from extproc.core.priority import (
     OVERPROVISIONING_FACTOR,
     HostCounts,
@@ -187,11 +194,6 @@ def _effective_locality_weight(weight: int, healthy: int, total: int) -> float:
     if total == 0:
         return 0.0
     return weight * min(1.0, (OVERPROVISIONING_FACTOR / 100.0) * (healthy / total))
-
-
-def _host_address(ip: str, port: int) -> str:
-    # Envoy's upstream_url form: IPv6 literals in brackets.
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class ClusterState:
@@ -535,7 +537,7 @@ class ClusterState:
             if placement is None:
                 continue  # Istio sends this endpoint no traffic: Envoy never sees it
             for ip in ips:
-                address = _host_address(ip, endpoint.port)
+                address = host_address(ip, endpoint.port)
                 if address in hosts:
                     continue  # first endpoint listing an address owns it
                 previous = old.get(address)

@@ -38,6 +38,12 @@ class Resolution(enum.Enum):
     STATIC = "STATIC"
 
 
+def host_address(host: str, port: int) -> str:
+    """``host:port`` with an IPv6 literal in brackets: Envoy's upstream_url form, Go's
+    ``net.JoinHostPort`` (what istioctl shows) and RFC 3986's authority."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_ip(address: str) -> bool:
     """True for an IPv4 or IPv6 literal (an endpoint address that needs no DNS)."""
     try:

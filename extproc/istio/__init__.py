@@ -102,12 +102,12 @@ def _build(loaded: Loaded, always_eject_one_host: bool, strict: bool) -> Policy:
 
 def _skipped(source: str, kinds: Sequence[str]) -> Problem:
     """One line for every object of another API group (Deployments, Services, ...)."""
-    counts = Counter(kinds).most_common()
-    listed = ", ".join(f"{n} {kind}" for kind, n in sorted(counts, key=lambda c: (-c[1], c[0])))
+    counts = sorted(Counter(kinds).items(), key=lambda c: (-c[1], c[0]))
+    listed = ", ".join(f"{n} {kind}" for kind, n in counts)
     objects = (
         "1 object of another API group"
         if len(kinds) == 1
-        else (f"{len(kinds)} objects of other API groups")
+        else f"{len(kinds)} objects of other API groups"
     )
     return Problem(
         source, "", "", f"{objects} skipped ({listed}): extproc reads networking.istio.io only"

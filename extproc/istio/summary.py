@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from extproc.core.locality import LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE, endpoint_priorities
-from extproc.core.policy import Locality, Policy, Service, Workload
+from extproc.core.policy import Locality, Policy, Service, Workload, host_address
 
 __all__ = ["check_summary", "locality_text", "locality_warnings"]
 
@@ -120,7 +120,7 @@ def check_summary(policy: Policy, workload: Workload | None) -> str:
         )
         for i, endpoint in enumerate(service.endpoints):
             row = [
-                _host_port(endpoint.address, endpoint.port),
+                host_address(endpoint.address, endpoint.port),
                 "HEALTHY",
                 "OK",
                 service.cluster_name,
@@ -173,11 +173,6 @@ def _describe_workload(workload: Workload) -> str:
     if workload.labels:
         described += " and labels " + ",".join(f"{k}={v}" for k, v in workload.labels)
     return described
-
-
-def _host_port(address: str, port: int) -> str:
-    """``10.0.0.1:80``, ``[2001:db8::1]:80`` (Go's ``net.JoinHostPort``, as istioctl shows)."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _quote(text: str) -> str:

@@ -93,7 +93,7 @@ LATE_UPSTREAM_RESET = "upstream_reset_after_response_started"
 #: The access log that carries those resets to the service's AccessLogService names the
 #: data path of the Envoy that sends it (``reset_log_name``): on lua the head's success
 #: reaches the service later than the reset, on ext_proc before it.
-RESET_LOG_PREFIX = "extproc.late_upstream_reset."
+_RESET_LOG_PREFIX = "extproc.late_upstream_reset."
 
 _LUA_FILTER = "envoy.filters.http.lua"
 _EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -176,7 +176,7 @@ class RenderSettings:
 
 def reset_log_name(data_path: DataPath) -> str:
     """The ``log_name`` of the reset access log of an Envoy on ``data_path``."""
-    return RESET_LOG_PREFIX + data_path.value
+    return _RESET_LOG_PREFIX + data_path.value
 
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
@@ -250,7 +250,7 @@ def _service_cluster(service: Service, settings: RenderSettings) -> dict[str, An
     if service.tls is not None:
         cluster |= _tls_cluster_fields(service.tls, settings)
     outlier = service.outlier_detection
-    eds = eds_cluster_config(EXT_PROC_CLUSTER, _grpc_service(settings))
+    eds = eds_cluster_config(settings)
     if settings.data_path is DataPath.EXT_PROC:
         cluster |= {
             "type": eds["type"],
@@ -412,18 +412,15 @@ def _endpoint_sni(tls: TlsSettings | None) -> bool:
     return tls is not None and tls.sni_from is UpstreamSni.ENDPOINT and not tls.sni
 
 
-def eds_cluster_config(
-    ext_proc_cluster: str, grpc_service: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def eds_cluster_config(settings: RenderSettings) -> dict[str, Any]:
     """The fields that make an Envoy cluster take its hosts from the service over EDS.
 
     ``update_merge_window: 0s`` applies each push (an ejection) at once instead of after
     Envoy's default 1 s of batching.
 
     Args:
-        ext_proc_cluster: The static HTTP/2 cluster that reaches the service's gRPC port.
-        grpc_service: The ``GrpcService`` to use instead of a bare ``envoy_grpc`` on that
-            cluster (one that carries the shared secret).
+        settings: How Envoy reaches the service (``_grpc_service``: the static HTTP/2
+            cluster ``EXT_PROC_CLUSTER``, with the shared secret when there is one).
     """
     return {
         "type": "EDS",
@@ -433,9 +430,7 @@ def eds_cluster_config(
                 "api_config_source": {
                     "api_type": "GRPC",
                     "transport_api_version": "V3",
-                    "grpc_services": [
-                        grpc_service or {"envoy_grpc": {"cluster_name": ext_proc_cluster}}
-                    ],
+                    "grpc_services": [_grpc_service(settings)],
                     "set_node_on_first_message_only": True,
                 },
             }
@@ -761,7 +756,7 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
     if lua:
         clusters.append(_brain_cluster(settings))
     clusters += [_service_cluster(s, settings) for s in policy.services]
-    bootstrap: dict[str, Any] = {
+    return {
         "node": {"id": "extproc", "cluster": "extproc"},
         "admin": {"address": _socket_address(settings.envoy_admin_host, settings.envoy_admin_port)},
         "static_resources": {
@@ -801,4 +796,3 @@ def render_bootstrap(policy: Policy, settings: RenderSettings) -> dict[str, Any]
             ]
         },
     }
-    return bootstrap

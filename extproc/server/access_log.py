@@ -46,8 +46,9 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extproc.core.outlier import AttemptResult, http_response_code
+from extproc.core.policy import host_address
 from extproc.core.table import ServiceTable
-from extproc.render.bootstrap import LATE_UPSTREAM_RESET, RESET_LOG_PREFIX, DataPath
+from extproc.render.bootstrap import LATE_UPSTREAM_RESET, DataPath, reset_log_name
 
 log = structlog.get_logger(__name__)
 
@@ -83,16 +84,13 @@ def late_reset(entry: accesslog_pb2.HTTPAccessLogEntry) -> LateReset | None:
     address = common.upstream_remote_address.socket_address
     if not address.address or not address.port_value or not common.upstream_cluster:
         return None
-    ip, port = address.address, address.port_value
-    host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    host = host_address(address.address, address.port_value)
     return LateReset(common.upstream_cluster, host, entry.response.response_code.value)
 
 
 def answer_reported_late(log_name: str) -> bool:
     """Whether the Envoy behind a log name reports the head's success after the reset (lua)."""
-    if not log_name.startswith(RESET_LOG_PREFIX):
-        return False
-    return log_name[len(RESET_LOG_PREFIX) :] == DataPath.LUA.value
+    return log_name == reset_log_name(DataPath.LUA)
 
 
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]

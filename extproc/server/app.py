@@ -136,9 +136,9 @@ class ServiceApp:
             withheld=self.withheld,
         )
         self._brain_server = BrainServer(self.brain, settings.secret)
+        # Cluster name -> the generation EDS was last given; a cluster in here has been
+        # published since start (or since a reload re-added it) and is never withheld.
         self._published: dict[str, int] = {}
-        # Clusters EDS has been given hosts for since start, and not removed since.
-        self._live: set[str] = set()
         self._admin = AdminServer(
             lambda: self.table, self._clock.now, lambda: self.ready, metrics=self.metrics
         )
@@ -161,7 +161,7 @@ class ServiceApp:
     def withheld(self, cluster: ClusterState) -> bool:
         """Whether a cluster is not published yet: a DNS name of it never answered."""
         return (
-            cluster.service.cluster_name not in self._live
+            cluster.service.cluster_name not in self._published
             and not self._resolver.cluster_answered(cluster)
         )
 
@@ -271,16 +271,14 @@ class ServiceApp:
         readiness_served = self.ready
         while True:
             await asyncio.sleep(0.1)
-            if readiness_served != self.ready:
+            ready = self.ready
+            if ready != readiness_served:
                 # Both ways, as /readyz: a reload can add a name that has not answered yet.
-                readiness_served = self.ready
-                await self._health.set(
-                    READINESS,
-                    health_pb2.HealthCheckResponse.SERVING
-                    if readiness_served
-                    else health_pb2.HealthCheckResponse.NOT_SERVING,
-                )
-                if readiness_served:
+                readiness_served = ready
+                serving = health_pb2.HealthCheckResponse.SERVING
+                not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._health.set(READINESS, serving if ready else not_serving)
+                if ready:
                     log.info("service.dns_answered")
             now = self._clock.now()
             for cluster in self.table:
@@ -306,7 +304,6 @@ class ServiceApp:
             if self.withheld(cluster):
                 self.eds.withhold(name)
                 continue
-            self._live.add(name)
             generation = cluster.generation
             if self._published.get(name) == generation:
                 continue
@@ -371,7 +368,7 @@ class ServiceApp:
             self.table = table
             for name in old.clusters.keys() - table.clusters.keys():
                 self.eds.remove_cluster(name)
-                self._live.discard(name)
+                self._published.pop(name, None)
             self.publish()
             # DNS refresh follows the new table: new names are kept fresh, dropped ones no
             # longer asked for.

@@ -89,9 +89,9 @@ def _parent_death_signal() -> list[str]:
 
 
 #: Envoy's log lines as JSON with the keys of the service's (server/logs.py), from the first
-#: line on (the command line applies before the bootstrap is read). ``%j`` is the message
-#: escaped for JSON; spdlog's flags
-#: otherwise (Envoy's docs, "Command line options": --log-format).
+#: line on (the command line applies before the bootstrap is read). ``%j`` is Envoy's flag
+#: for the message escaped for JSON, the rest are spdlog's (Envoy's docs, "Command line
+#: options": --log-format).
 ENVOY_JSON_LOG_FORMAT = (
     '{"timestamp":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","logger":"envoy.%n",'
     '"event":"%j","source":"%g:%#","thread":%t}'

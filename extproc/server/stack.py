@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 import yaml
 
-from extproc.core.policy import Locality, Policy, Workload
+from extproc.core.policy import Locality, Policy, Workload, host_address
 from extproc.errors import StartupError
 from extproc.render.bootstrap import (
     DEFAULT_SYSTEM_CA_FILE,
@@ -91,7 +91,8 @@ def _check_listen_port(listen: tuple[str, int]) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            where = host_address(host, port)
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int, str]:
@@ -137,6 +138,8 @@ class Stack:
             rng=rng,
         )
         self._policy = policy
+        json_logs = settings.envoy_json_logs
+        self._envoy_json_logs = not sys.stderr.isatty() if json_logs is None else json_logs
         self.envoy: EnvoyProcess | None = None
         self.config_path = Path(self._tmp.name) / "envoy.yaml"
         self._bootstrap: dict[str, Any] | None = None
@@ -174,11 +177,7 @@ class Stack:
             config_path,
             concurrency=self.settings.concurrency,
             log_level=self.settings.envoy_log_level,
-            json_logs=(
-                not sys.stderr.isatty()
-                if self.settings.envoy_json_logs is None
-                else self.settings.envoy_json_logs
-            ),
+            json_logs=self._envoy_json_logs,
             hot_restart=HotRestart(
                 epoch=epoch,
                 base_id=base_id,
@@ -190,13 +189,14 @@ class Stack:
         )
 
     def _render(self, policy: Policy) -> dict[str, Any]:
+        admin_host, admin_port = self.settings.envoy_admin or ("127.0.0.1", 0)
         return render_bootstrap(
             policy,
             RenderSettings(
                 listen_host=self.settings.listen[0],
                 listen_port=self.settings.listen[1],
-                envoy_admin_host=(self.settings.envoy_admin or ("127.0.0.1", 0))[0],
-                envoy_admin_port=(self.settings.envoy_admin or ("127.0.0.1", 0))[1],
+                envoy_admin_host=admin_host,
+                envoy_admin_port=admin_port,
                 socket_dir=self._tmp.name,
                 message_timeout_ms=self.settings.message_timeout_ms,
                 data_path=self.settings.data_path,

@@ -45,6 +45,17 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
 
 
+async def _up(
+    tmp_path: Path, regions: dict[str, Region], dns: DnsResponder, *extra: str
+) -> tuple[asyncio.subprocess.Process, tuple[str, int]]:
+    """``extproc up`` for the seed on free ports; the process and its listener."""
+    config = tmp_path / "mydb.yaml"
+    config.write_text(seed(regions["east"].port, regions["west"].port))
+    listen, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    proc = await start_extproc_up(config, listen, admin, *extra, dns_resolver=dns.address)
+    return proc, listen
+
+
 async def _gone(pids: list[int], timeout_s: float) -> bool:
     for _ in range(int(timeout_s / 0.05)):
         if not any(_alive(pid) for pid in pids):
@@ -60,12 +71,7 @@ def _is_envoy(pid: int) -> bool:
 async def test_up_logs_only_json_lines_when_stderr_is_not_a_terminal_and_no_limit_warning(
     tmp_path: Path, regions: dict[str, Region], dns: DnsResponder
 ) -> None:
-    config = tmp_path / "mydb.yaml"
-    config.write_text(seed(regions["east"].port, regions["west"].port))
-    listen, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
-    proc = await start_extproc_up(
-        config, listen, admin, "--envoy-log-level", "info", dns_resolver=dns.address
-    )
+    proc, listen = await _up(tmp_path, regions, dns, "--envoy-log-level", "info")
     try:
         await first_200(listen)
     finally:
@@ -88,10 +94,7 @@ async def test_up_logs_only_json_lines_when_stderr_is_not_a_terminal_and_no_limi
 async def test_up_exits_non_zero_when_envoy_is_killed_and_leaves_no_process(
     tmp_path: Path, regions: dict[str, Region], dns: DnsResponder
 ) -> None:
-    config = tmp_path / "mydb.yaml"
-    config.write_text(seed(regions["east"].port, regions["west"].port))
-    listen, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
-    proc = await start_extproc_up(config, listen, admin, dns_resolver=dns.address)
+    proc, listen = await _up(tmp_path, regions, dns)
     try:
         await first_200(listen)
         [envoy] = [pid for pid in _descendants(proc.pid) if _is_envoy(pid)]
@@ -113,10 +116,7 @@ async def test_up_exits_non_zero_when_envoy_is_killed_and_leaves_no_process(
 async def test_envoy_does_not_outlive_an_up_killed_with_sigkill(
     tmp_path: Path, regions: dict[str, Region], dns: DnsResponder
 ) -> None:
-    config = tmp_path / "mydb.yaml"
-    config.write_text(seed(regions["east"].port, regions["west"].port))
-    listen, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
-    proc = await start_extproc_up(config, listen, admin, dns_resolver=dns.address)
+    proc, listen = await _up(tmp_path, regions, dns)
     try:
         await first_200(listen)
         envoys = _descendants(proc.pid)

@@ -561,3 +561,15 @@ async def test_a_rejected_config_is_reported_once_not_at_every_poll(tmp_path: Pa
     assert recorder.loads == 1
     assert recorder.applied == []
     assert 'extproc_config_reloads_total{result="rejected"} 1.0' in metrics.exposition().decode()
+
+
+async def test_a_cluster_removed_then_added_again_is_published_again(app: ServiceApp) -> None:
+    both = load_policy_text(MYDB_YAML + "---\n" + OTHER_YAML, "both.yaml")
+    mydb_only = load_policy_text(MYDB_YAML, "mydb.yaml")
+    other = "outbound|80||other.com"
+    await app.apply_policy(both)
+    assert app.eds._hosts[other]
+    await app.apply_policy(mydb_only)  # other.com removed: Envoy gets it empty
+    assert other not in app.eds._hosts
+    await app.apply_policy(both)  # back: its hosts are pushed again
+    assert [h.ip for h in app.eds._hosts[other]] == ["127.0.0.13"]
