@@ -40,9 +40,9 @@ from extproc.errors import ConfigError, ExtprocError, Problem
 from extproc.server.reload import PolicyChange, Stamp, fingerprint
 
 if TYPE_CHECKING:
-    from extproc.render.bootstrap import DataPath
     from extproc.server.metrics import Metrics
     from extproc.server.reload import ConfigReloader
+    from extproc.wire import DataPath
 
 T = TypeVar("T")
 
@@ -244,7 +244,7 @@ def _one_of(*values: str) -> Callable[[str], str]:
 
 
 def _data_path(text: str) -> DataPath:
-    from extproc.render.bootstrap import DataPath
+    from extproc.wire import DataPath
 
     return DataPath(_one_of(*(p.value for p in DataPath))(text))
 
@@ -534,7 +534,7 @@ def read_secret(path: Path | None) -> str | None:
     Raises:
         ExtprocError: the file cannot be read or its content cannot be a secret.
     """
-    from extproc.render.bootstrap import is_valid_secret
+    from extproc.wire import is_valid_secret
 
     if path is None:
         return None

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from extproc.cli import HostPort, format_status
 from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import Reply, get
 from extproc.server.admin import endpoints_json
 from extproc.server.stack import Stack, StackSettings
+from extproc.wire import DataPath
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
 WEST = "dynamodb.us-west-1.amazonaws.com"

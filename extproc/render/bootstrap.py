@@ -46,7 +46,6 @@ us-west is made under us-west's name.
 
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -62,38 +61,32 @@ from extproc.core.policy import (
     is_ip,
     route_domains,
 )
+from extproc.wire import (
+    FLAGS_HEADER,
+    GRPC_CLUSTER,
+    GRPC_HEALTH_SERVICE,
+    GRPC_SOCKET,
+    LATE_UPSTREAM_RESET,
+    LUA_METADATA_NAMESPACE,
+    METADATA_HOST_KEY,
+    METADATA_NAMESPACE,
+    RESPONSE_ATTRIBUTES,
+    SECRET_HEADER,
+    SERVICE_HEADER,
+    SYNC_CLUSTER,
+    SYNC_PATH,
+    SYNC_SOCKET,
+    UP_HEADER,
+    WORKER_HEADER,
+    DataPath,
+    is_valid_secret,
+    reset_log_name,
+)
 
-#: The dynamic-metadata namespace and key the ext_proc answer writes its pick into.
-METADATA_NAMESPACE = "extproc"
-METADATA_HOST_KEY = "host"
-#: The gRPC cluster of the service (ext_proc and EDS) and the brain's HTTP cluster (Lua).
-EXT_PROC_CLUSTER = "extproc"
-BRAIN_CLUSTER = "extproc_brain"
-#: The gRPC health service name Envoy's health check of the service asks about (the EPP
-#: protocol's name for the ext_proc service; the service serves it in server/app.py).
-EXT_PROC_HEALTH_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-#: Response headers the fast path reads and removes before the client sees them.
-UP_HEADER = "x-extproc-up"
-FLAGS_HEADER = "x-extproc-lr"
-#: The header (HTTP) and metadata key (gRPC) that carry the shared secret to the service
-#: when Envoy reaches it over TCP (``extproc serve --secret-file``).
-SECRET_HEADER = "x-extproc-secret"
-#: The service's Unix domain sockets, in ``RenderSettings.socket_dir``.
-GRPC_SOCKET = "grpc.sock"
-SYNC_SOCKET = "sync.sock"
 #: Envoy's global limit on downstream connections (overload manager). Envoy warns at start
 #: when none is set; Istio's sidecar has no limit of its own, so this one is high enough
 #: never to be what stops a workload, and bounds file descriptors under a connection flood.
 MAX_DOWNSTREAM_CONNECTIONS = 65536
-
-#: Envoy's response code details of an upstream reset after the response started
-#: (``ResponseCodeDetails::LateUpstreamReset``, ``envoy/stream_info/stream_info.h``); the
-#: reason follows in braces: ``upstream_reset_after_response_started{protocol_error}``.
-LATE_UPSTREAM_RESET = "upstream_reset_after_response_started"
-#: The access log that carries those resets to the service's AccessLogService names the
-#: data path of the Envoy that sends it (``reset_log_name``): on lua the head's success
-#: reaches the service later than the reset, on ext_proc before it.
-_RESET_LOG_PREFIX = "extproc.late_upstream_reset."
 
 _LUA_FILTER = "envoy.filters.http.lua"
 _EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -129,21 +122,6 @@ _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions
 
 _UNKNOWN_HOST_BODY = "extproc: no ServiceEntry host matches this request's authority\n"
 
-#: Response attributes the ext_proc path reads to classify an outcome (server/outcome.py).
-RESPONSE_ATTRIBUTES = (
-    "response.code_details",
-    "response.flags",
-    "upstream.request_attempt_count",
-    "upstream.address",
-)
-
-
-class DataPath(enum.Enum):
-    """How a request gets its host."""
-
-    LUA = "lua"
-    EXT_PROC = "ext_proc"
-
 
 @dataclass(frozen=True, slots=True)
 class RenderSettings:
@@ -174,25 +152,8 @@ class RenderSettings:
     secret: str | None = None
 
 
-def reset_log_name(data_path: DataPath) -> str:
-    """The ``log_name`` of the reset access log of an Envoy on ``data_path``."""
-    return _RESET_LOG_PREFIX + data_path.value
-
-
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
-
-
-_SECRET = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
-
-
-def is_valid_secret(secret: str) -> bool:
-    """Whether a shared secret can travel as a header value and a Lua string as it is.
-
-    Base64, hex and token alphabets only, at least 16 characters: what ``openssl rand
-    -base64 32`` or ``secrets.token_urlsafe()`` print.
-    """
-    return _SECRET.match(secret) is not None
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:
@@ -208,7 +169,7 @@ def _service_address(settings: RenderSettings, port: int, socket: str) -> dict[s
 
 def _grpc_service(settings: RenderSettings) -> dict[str, Any]:
     """The service as a gRPC target; with a secret, every stream carries it."""
-    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}}
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": GRPC_CLUSTER}}
     if settings.secret is not None:
         service["initial_metadata"] = [{"key": SECRET_HEADER, "value": settings.secret}]
     return service
@@ -420,7 +381,7 @@ def eds_cluster_config(settings: RenderSettings) -> dict[str, Any]:
 
     Args:
         settings: How Envoy reaches the service (``_grpc_service``: the static HTTP/2
-            cluster ``EXT_PROC_CLUSTER``, with the shared secret when there is one).
+            cluster ``GRPC_CLUSTER``, with the shared secret when there is one).
     """
     return {
         "type": "EDS",
@@ -441,7 +402,7 @@ def eds_cluster_config(settings: RenderSettings) -> dict[str, Any]:
 
 def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
     return {
-        "name": EXT_PROC_CLUSTER,
+        "name": GRPC_CLUSTER,
         "type": _static_or_dns(settings),
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
@@ -451,7 +412,7 @@ def _ext_proc_cluster(settings: RenderSettings) -> dict[str, Any]:
             )
         },
         "load_assignment": _assignment(
-            EXT_PROC_CLUSTER, _service_address(settings, settings.ext_proc_port, GRPC_SOCKET)
+            GRPC_CLUSTER, _service_address(settings, settings.ext_proc_port, GRPC_SOCKET)
         ),
         "health_checks": [_service_health_check()],
     }
@@ -483,17 +444,17 @@ def _service_health_check() -> dict[str, Any]:
         "no_traffic_interval": "1s",
         "unhealthy_threshold": 2,
         "healthy_threshold": 1,
-        "grpc_health_check": {"service_name": EXT_PROC_HEALTH_SERVICE},
+        "grpc_health_check": {"service_name": GRPC_HEALTH_SERVICE},
     }
 
 
 def _brain_cluster(settings: RenderSettings) -> dict[str, Any]:
     return {
-        "name": BRAIN_CLUSTER,
+        "name": SYNC_CLUSTER,
         "type": _static_or_dns(settings),
         "connect_timeout": "0.25s",
         "load_assignment": _assignment(
-            BRAIN_CLUSTER, _service_address(settings, settings.brain_port, SYNC_SOCKET)
+            SYNC_CLUSTER, _service_address(settings, settings.brain_port, SYNC_SOCKET)
         ),
     }
 
@@ -630,12 +591,20 @@ def lua_source(settings: RenderSettings) -> str:
     secret = settings.secret if settings.secret is not None else ""
     if not is_valid_secret(secret) and secret:
         raise ValueError("the shared secret must be 16-512 characters of [A-Za-z0-9._~+/=-]")
-    return (
-        template.replace("@@BRAIN_CLUSTER@@", BRAIN_CLUSTER)
-        .replace("@@SYNC_TIMEOUT_MS@@", str(settings.sync_timeout_ms))
-        .replace("@@SECRET_HEADER@@", SECRET_HEADER)
-        .replace("@@SECRET@@", f'"{secret}"')
-    )
+    words = {
+        "SYNC_CLUSTER": SYNC_CLUSTER,
+        "SYNC_PATH": SYNC_PATH,
+        "SERVICE_HEADER": SERVICE_HEADER,
+        "WORKER_HEADER": WORKER_HEADER,
+        "UP_HEADER": UP_HEADER,
+        "FLAGS_HEADER": FLAGS_HEADER,
+        "LUA_METADATA_NAMESPACE": LUA_METADATA_NAMESPACE,
+        "SECRET_HEADER": SECRET_HEADER,
+        "SYNC_TIMEOUT_MS": str(settings.sync_timeout_ms),
+        "SECRET": f'"{secret}"',
+    }
+    source = re.sub(r"@@([A-Z_]+)@@", lambda m: words[m.group(1)], template)
+    return source
 
 
 def _lua_filter(settings: RenderSettings) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 -- extproc fast path: route every request from a table the extproc service publishes.
 --
 -- Rendered into the Envoy bootstrap by extproc/render/bootstrap.py; the words in
--- @@...@@ are filled in there. One Lua VM runs per Envoy worker, so the file-level
+-- @@...@@ are filled in there from extproc/wire.py. One Lua VM runs per Envoy worker, so the file-level
 -- locals below are per-worker state.
 --
 -- Per request: take the route's service (route metadata), refresh its table when stale
@@ -15,11 +15,11 @@
 -- really served the last attempt (%UPSTREAM_HOST%); a request retried away from the host
 -- we chose counts as a failure of that host.
 
-local BRAIN_CLUSTER = "@@BRAIN_CLUSTER@@"
+local SYNC_CLUSTER = "@@SYNC_CLUSTER@@"
 local SYNC_TIMEOUT_MS = @@SYNC_TIMEOUT_MS@@
-local UP_HEADER = "x-extproc-up"
-local FLAGS_HEADER = "x-extproc-lr"
-local METADATA_NS = "extproc.lua"
+local UP_HEADER = "@@UP_HEADER@@"
+local FLAGS_HEADER = "@@FLAGS_HEADER@@"
+local METADATA_NS = "@@LUA_METADATA_NAMESPACE@@"
 -- Empty unless the service is reached over TCP (extproc serve --secret-file).
 local SECRET = @@SECRET@@
 
@@ -74,15 +74,15 @@ end
 local function sync(handle, service, extra, now)
   local request = {
     [":method"] = "POST",
-    [":path"] = "/v1/sync",
+    [":path"] = "@@SYNC_PATH@@",
     [":authority"] = "extproc-brain",
-    ["x-extproc-service"] = service,
-    ["x-extproc-worker"] = WORKER,
+    ["@@SERVICE_HEADER@@"] = service,
+    ["@@WORKER_HEADER@@"] = WORKER,
   }
   if SECRET ~= "" then
     request["@@SECRET_HEADER@@"] = SECRET
   end
-  local headers, body = handle:httpCall(BRAIN_CLUSTER, request, pending(service) .. extra,
+  local headers, body = handle:httpCall(SYNC_CLUSTER, request, pending(service) .. extra,
     SYNC_TIMEOUT_MS)
   if headers == nil or headers[":status"] ~= "200" or body == nil then
     return false

@@ -48,7 +48,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from extproc.core.outlier import AttemptResult, http_response_code
 from extproc.core.policy import host_address
 from extproc.core.table import ServiceTable
-from extproc.render.bootstrap import LATE_UPSTREAM_RESET, DataPath, reset_log_name
+from extproc.wire import LATE_UPSTREAM_RESET, DataPath, reset_log_name
 
 log = structlog.get_logger(__name__)
 

@@ -42,12 +42,6 @@ from extproc.core.cluster import ClusterState
 from extproc.core.policy import Locality, Policy, Resolution, Workload, is_ip
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
-from extproc.render.bootstrap import (
-    EXT_PROC_HEALTH_SERVICE,
-    GRPC_SOCKET,
-    SECRET_HEADER,
-    SYNC_SOCKET,
-)
 from extproc.server.access_log import AccessLogReceiver
 from extproc.server.admin import AdminServer
 from extproc.server.brain import Brain, BrainServer
@@ -63,6 +57,7 @@ from extproc.server.resolver import (
     resolve,
 )
 from extproc.server.servicer import ExternalProcessor
+from extproc.wire import GRPC_HEALTH_SERVICE, GRPC_SOCKET, SECRET_HEADER, SYNC_SOCKET
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +65,7 @@ log = structlog.get_logger(__name__)
 #: one the rendered Envoy's ``grpc_health_check`` asks about). ``liveness`` is SERVING from
 #: the moment the gRPC port is up (a slow first DNS answer is no reason to restart us); the
 #: others once the service is ready; all are NOT_SERVING from the start of shutdown.
-HEALTH_SERVICES = ("", "liveness", "readiness", EXT_PROC_HEALTH_SERVICE)
+HEALTH_SERVICES = ("", "liveness", "readiness", GRPC_HEALTH_SERVICE)
 LIVENESS = "liveness"
 #: SERVING only once every DNS endpoint has answered, like the admin view's /readyz.
 READINESS = "readiness"

@@ -49,9 +49,9 @@ from dataclasses import dataclass
 from extproc.core.cluster import ClusterState
 from extproc.core.outlier import AttemptResult
 from extproc.core.table import ServiceTable
-from extproc.render.bootstrap import SECRET_HEADER
 from extproc.server.http_server import HttpServer
 from extproc.server.metrics import CONNECT_FAILURE, HTTP_5XX, SUCCESS, TIMEOUT, Metrics
+from extproc.wire import SECRET_HEADER, SERVICE_HEADER, SYNC_PATH
 
 #: The optional last word of an ``e`` line -> the attempt's outcome.
 _NO_ANSWER = {"c": CONNECT_FAILURE, "r": CONNECT_FAILURE, "t": TIMEOUT}
@@ -62,8 +62,6 @@ _LOCAL_ORIGIN = {
     "t": AttemptResult.timeout(),
 }
 
-SYNC_PATH = "/v1/sync"
-SERVICE_HEADER = "x-extproc-service"
 _FORBIDDEN = (403, "text/plain", b"forbidden\n")
 
 

@@ -32,9 +32,9 @@ from google.protobuf import struct_pb2
 
 from extproc.core.cluster import ClusterState
 from extproc.core.table import ServiceTable
-from extproc.render.bootstrap import METADATA_HOST_KEY, METADATA_NAMESPACE
 from extproc.server.metrics import DecisionHistogram, Metrics
 from extproc.server.outcome import classify
+from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE
 
 log = structlog.get_logger(__name__)
 

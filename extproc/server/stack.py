@@ -37,12 +37,7 @@ import yaml
 
 from extproc.core.policy import Locality, Policy, Workload, host_address
 from extproc.errors import StartupError
-from extproc.render.bootstrap import (
-    DEFAULT_SYSTEM_CA_FILE,
-    DataPath,
-    RenderSettings,
-    render_bootstrap,
-)
+from extproc.render.bootstrap import DEFAULT_SYSTEM_CA_FILE, RenderSettings, render_bootstrap
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.envoy_process import (
     EnvoyProcess,
@@ -51,6 +46,7 @@ from extproc.server.envoy_process import (
     validate_config,
 )
 from extproc.server.reload import PolicyChange
+from extproc.wire import DataPath
 
 log = structlog.get_logger(__name__)
 

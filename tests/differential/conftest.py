@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.render.bootstrap import DataPath
+from extproc.wire import DataPath
 
 
 @pytest.fixture(params=list(DataPath), ids=[p.value for p in DataPath])

@@ -42,10 +42,10 @@ from types import TracebackType
 from extproc.core.policy import Locality, Workload
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import get
 from extproc.server.stack import Stack, StackSettings
+from extproc.wire import DataPath
 
 from .reference import Proxy, ReferenceEnvoy, render_reference
 

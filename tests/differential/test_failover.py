@@ -27,8 +27,8 @@ import textwrap
 
 import pytest
 
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import Mode
+from extproc.wire import DataPath
 
 from .scenario import (
     EXTPROC,

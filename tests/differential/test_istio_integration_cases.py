@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.render.bootstrap import DataPath
+from extproc.wire import DataPath
 
 from .scenario import (
     REFERENCE,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import Mode
+from extproc.wire import DataPath
 
 from .scenario import (
     EXTPROC,

@@ -16,12 +16,13 @@ import yaml
 from extproc.core.policy import Locality
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
+from extproc.render.bootstrap import RenderSettings, render_bootstrap
 from extproc.sandbox import DnsResponder, StandIn
 from extproc.sandbox.client import Reply, get
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.envoy_process import EnvoyProcess
 from extproc.server.stack import Stack, StackSettings
+from extproc.wire import DataPath
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
 WEST = "dynamodb.us-west-1.amazonaws.com"

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import Reply, get
 from extproc.server.stack import Stack
+from extproc.wire import DataPath
 
 from .conftest import EAST, WEST, Region, StackFactory
 

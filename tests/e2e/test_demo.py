@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from extproc.demo import run_demo
-from extproc.render.bootstrap import DataPath
+from extproc.wire import DataPath
 
 pytestmark = pytest.mark.e2e
 

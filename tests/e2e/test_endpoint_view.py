@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from extproc.demo import free_port
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import get
+from extproc.wire import DataPath
 from tests.differential.reference import Proxy, ReferenceEnvoy, render_reference
 
 from .conftest import EAST, EXTPROC, WEST, Region, first_200, start_extproc_up

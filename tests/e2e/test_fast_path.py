@@ -9,13 +9,13 @@ import pytest
 
 from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import Mode
 from extproc.sandbox.client import Reply, get
 from extproc.server import stack as stack_module
 from extproc.server.admin import endpoints_json
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.stack import Stack
+from extproc.wire import DataPath
 
 from .conftest import EAST, WEST, Region, StackFactory, lua_errors
 from .seed_yaml import seed

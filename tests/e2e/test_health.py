@@ -28,18 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from extproc.core.policy import Locality
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import (
-    EXT_PROC_CLUSTER,
-    EXT_PROC_HEALTH_SERVICE,
-    DataPath,
-    RenderSettings,
-    render_bootstrap,
-)
+from extproc.render.bootstrap import RenderSettings, render_bootstrap
 from extproc.sandbox import DnsResponder
 from extproc.sandbox.client import get
 from extproc.server.app import ServiceApp, ServiceSettings
 from extproc.server.envoy_process import EnvoyProcess
 from extproc.server.stack import Stack
+from extproc.wire import GRPC_CLUSTER, GRPC_HEALTH_SERVICE, DataPath
 
 from .conftest import EAST, WEST, Region, StackFactory, envoy_stat
 from .seed_yaml import seed
@@ -55,7 +50,7 @@ def _admin_json(admin: tuple[str, int], path: str) -> Any:
 async def service_host_health(admin: tuple[str, int]) -> dict[str, Any]:
     """The ``health_status`` of the service cluster's one host in Envoy's ``/clusters``."""
     clusters = await asyncio.to_thread(_admin_json, admin, "/clusters?format=json")
-    [cluster] = [c for c in clusters["cluster_statuses"] if c["name"] == EXT_PROC_CLUSTER]
+    [cluster] = [c for c in clusters["cluster_statuses"] if c["name"] == GRPC_CLUSTER]
     [host] = cluster["host_statuses"]
     return host["health_status"]  # type: ignore[no-any-return]
 
@@ -89,11 +84,11 @@ async def test_envoy_health_checks_the_service_and_sees_it_healthy(
     status = await wait_for_health(admin, failed=False)
     assert status["eds_health_status"] == "HEALTHY"
     for _ in range(50):
-        if await envoy_stat(stack, f"cluster.{EXT_PROC_CLUSTER}.health_check.success") > 0:
+        if await envoy_stat(stack, f"cluster.{GRPC_CLUSTER}.health_check.success") > 0:
             break
         await asyncio.sleep(0.1)
-    assert await envoy_stat(stack, f"cluster.{EXT_PROC_CLUSTER}.health_check.success") > 0
-    assert await envoy_stat(stack, f"cluster.{EXT_PROC_CLUSTER}.health_check.healthy") == 1
+    assert await envoy_stat(stack, f"cluster.{GRPC_CLUSTER}.health_check.success") > 0
+    assert await envoy_stat(stack, f"cluster.{GRPC_CLUSTER}.health_check.healthy") == 1
     assert (await get(stack.settings.listen, "mydb.com")).served_by == EAST
 
 
@@ -104,16 +99,16 @@ async def test_not_serving_marks_the_service_unhealthy_and_requests_still_work(
     admin = _envoy_admin(stack)
     await wait_for_health(admin, failed=False)
 
-    await stack.app.health.set(EXT_PROC_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await stack.app.health.set(GRPC_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     await wait_for_health(admin, failed=True, timeout_s=5)
     # An answered NOT_SERVING is an active failure, not a network one.
-    assert await envoy_stat(stack, f"cluster.{EXT_PROC_CLUSTER}.health_check.failure") > 0
-    assert await envoy_stat(stack, f"cluster.{EXT_PROC_CLUSTER}.health_check.network_failure") == 0
+    assert await envoy_stat(stack, f"cluster.{GRPC_CLUSTER}.health_check.failure") > 0
+    assert await envoy_stat(stack, f"cluster.{GRPC_CLUSTER}.health_check.network_failure") == 0
     # The only service host is in panic: Envoy still uses it for ext_proc, EDS and syncs.
     replies = [await get(stack.settings.listen, "mydb.com") for _ in range(5)]
     assert [(r.status, r.served_by) for r in replies] == [(200, EAST)] * 5
 
-    await stack.app.health.set(EXT_PROC_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await stack.app.health.set(GRPC_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await wait_for_health(admin, failed=False, timeout_s=5)
 
 
@@ -126,7 +121,7 @@ async def test_shutdown_turns_the_service_not_serving_then_envoy_marks_it_unheal
 
     async with grpc.aio.insecure_channel(stack.app.grpc_target) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=EXT_PROC_HEALTH_SERVICE)
+            health_pb2.HealthCheckRequest(service=GRPC_HEALTH_SERVICE)
         )
         first = await watch.read()
         assert first.status == health_pb2.HealthCheckResponse.SERVING
@@ -243,7 +238,7 @@ async def test_liveness_serves_while_the_first_dns_answer_is_pending_readiness_w
                 await asyncio.sleep(0.02)
             assert not starting.done()
             assert await _check(grpc_port, "liveness") == serving
-            for name in ("", "readiness", EXT_PROC_HEALTH_SERVICE):
+            for name in ("", "readiness", GRPC_HEALTH_SERVICE):
                 assert await _check(grpc_port, name) == not_serving, name
             await asyncio.wait_for(starting, 10)
             # Started, but no DNS answer yet: not ready (README: ready means DNS answered).

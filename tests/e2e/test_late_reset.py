@@ -25,15 +25,10 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import (
-    LATE_UPSTREAM_RESET,
-    SECRET_HEADER,
-    DataPath,
-    reset_log_name,
-)
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import Reply, get
 from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.wire import LATE_UPSTREAM_RESET, SECRET_HEADER, DataPath, reset_log_name
 
 from .conftest import EAST, WEST, Region, StackFactory, envoy_stat, serve_with_envoy
 from .seed_yaml import seed

@@ -29,19 +29,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from extproc.core.policy import Locality
 from extproc.errors import StartupError
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import (
-    BRAIN_CLUSTER,
-    EXT_PROC_CLUSTER,
-    GRPC_SOCKET,
-    SECRET_HEADER,
-    SYNC_SOCKET,
-    DataPath,
-)
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import get
 from extproc.server.app import ServiceApp
-from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
 from extproc.server.stack import Stack, StackSettings
+from extproc.wire import (
+    GRPC_CLUSTER,
+    GRPC_SOCKET,
+    SECRET_HEADER,
+    SERVICE_HEADER,
+    SYNC_CLUSTER,
+    SYNC_PATH,
+    SYNC_SOCKET,
+    DataPath,
+)
 
 from .conftest import EAST, WEST, Region, StackFactory, first_200, serve_with_envoy
 from .seed_yaml import seed
@@ -94,7 +95,7 @@ async def test_up_takes_outcome_reports_on_no_tcp_port(
         c["name"]: c
         for c in yaml.safe_load(stack.config_path.read_text())["static_resources"]["clusters"]
     }
-    for name in (EXT_PROC_CLUSTER, BRAIN_CLUSTER):
+    for name in (GRPC_CLUSTER, SYNC_CLUSTER):
         if name not in clusters:
             continue  # the brain cluster exists on the lua path only
         [lb] = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"]

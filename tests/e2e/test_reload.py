@@ -29,7 +29,6 @@ import pytest
 
 from extproc.demo import free_port
 from extproc.istio import load_policy
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import Reply, get
 from extproc.server import stack as stack_module
@@ -37,6 +36,7 @@ from extproc.server.admin import endpoints_json
 from extproc.server.envoy_process import HotRestart
 from extproc.server.reload import ConfigReloader, PolicyChange
 from extproc.server.stack import Stack
+from extproc.wire import DataPath
 
 from .conftest import EAST, WEST, Region, StackFactory, first_200, start_extproc_up
 from .seed_yaml import seed

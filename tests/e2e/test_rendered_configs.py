@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from extproc.istio import load_policy, load_policy_text
-from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
+from extproc.render.bootstrap import RenderSettings, render_bootstrap
 from extproc.render.shipped import render_shipped
 from extproc.server.envoy_process import validate_config
+from extproc.wire import DataPath
 
 pytestmark = pytest.mark.e2e
 

@@ -8,14 +8,9 @@ from typing import Any
 import pytest
 
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import (
-    METADATA_HOST_KEY,
-    METADATA_NAMESPACE,
-    DataPath,
-    RenderSettings,
-    render_bootstrap,
-)
+from extproc.render.bootstrap import RenderSettings, render_bootstrap
 from extproc.sandbox.client import get
+from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE, DataPath
 
 from .conftest import EAST, Region, StackFactory
 from .seed_yaml import seed

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import Mode, StandIn
 from extproc.sandbox.client import Reply, get
 from extproc.server.stack import Stack
+from extproc.wire import DataPath
 
 from .conftest import EAST, WEST, Region, StackFactory
 from .seed_yaml import seed

@@ -22,11 +22,11 @@ import trustme
 from extproc.core.policy import Locality
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import DataPath
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import Reply, get
 from extproc.server.admin import endpoints_json
 from extproc.server.stack import Stack, StackSettings
+from extproc.wire import DataPath
 
 from .conftest import EAST, WEST, lua_errors
 

@@ -30,15 +30,9 @@ from hypothesis import strategies as st
 
 from extproc.core.cluster import HostView
 from extproc.core.table import ServiceTable
-from extproc.server.brain import (
-    SERVICE_HEADER,
-    SYNC_PATH,
-    Brain,
-    BrainServer,
-    Report,
-    parse_reports,
-)
+from extproc.server.brain import Brain, BrainServer, Report, parse_reports
 from extproc.server.metrics import Metrics
+from extproc.wire import SERVICE_HEADER, SYNC_PATH
 from tests.fuzz import world
 
 # Huge header lines and numbers are the point here; hypothesis warns when it prints them.

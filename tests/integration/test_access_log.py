@@ -21,9 +21,9 @@ from extproc.core.outlier import (
 )
 from extproc.core.policy import Locality, OutlierDetection, Policy
 from extproc.core.table import ServiceTable
-from extproc.render.bootstrap import LATE_UPSTREAM_RESET, DataPath, reset_log_name
 from extproc.server.access_log import AccessLogReceiver, LateReset, late_reset
 from extproc.testing import FakeClock, endpoint, outlier, service
+from extproc.wire import LATE_UPSTREAM_RESET, DataPath, reset_log_name
 
 EAST = "10.0.0.1:443"
 WEST = "10.0.0.2:443"

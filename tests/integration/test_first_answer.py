@@ -26,8 +26,8 @@ from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder
 from extproc.server import resolver
 from extproc.server.app import READINESS, ServiceApp, ServiceSettings
-from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
 from extproc.testing import request_headers, routed_host
+from extproc.wire import SERVICE_HEADER, SYNC_PATH
 
 from .test_eds import Subscriber, assignments
 from .test_reload import entry, rule

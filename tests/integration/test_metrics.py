@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 import extproc
 from extproc.core.policy import Locality, Policy
 from extproc.server.app import ServiceApp, ServiceSettings
-from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
 from extproc.server.metrics import Metrics
 from extproc.testing import (
     FakeClock,
@@ -33,6 +32,7 @@ from extproc.testing import (
     routed_host,
     service,
 )
+from extproc.wire import SERVICE_HEADER, SYNC_PATH
 
 CLUSTER = "outbound|80||mydb.com"
 EAST = "127.0.0.11:80"

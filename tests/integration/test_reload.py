@@ -26,9 +26,9 @@ from extproc.core.table import ServiceTable
 from extproc.istio import load_policy, load_policy_text
 from extproc.sandbox import DnsResponder
 from extproc.server.app import ServiceApp, ServiceSettings
-from extproc.server.brain import SERVICE_HEADER, SYNC_PATH
 from extproc.server.metrics import Metrics
 from extproc.server.reload import ConfigReloader, PolicyChange, fingerprint
+from extproc.wire import SERVICE_HEADER, SYNC_PATH
 
 from .test_eds import Subscriber, assignments
 

@@ -8,15 +8,9 @@ from dataclasses import replace
 from extproc.core.outlier import AttemptResult
 from extproc.core.policy import Locality, OutlierDetection, Policy
 from extproc.core.table import ServiceTable
-from extproc.server.brain import (
-    SERVICE_HEADER,
-    SYNC_PATH,
-    Brain,
-    BrainServer,
-    Report,
-    parse_reports,
-)
+from extproc.server.brain import Brain, BrainServer, Report, parse_reports
 from extproc.testing import FakeClock, endpoint, outlier, service
+from extproc.wire import SERVICE_HEADER, SYNC_PATH
 
 CLUSTER = "outbound|80||mydb.com"
 EAST = "10.0.0.1:443"

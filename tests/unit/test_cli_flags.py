@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from extproc.cli import build_parser, main
-from extproc.render.bootstrap import DataPath
+from extproc.wire import DataPath
 
 COMMANDS = {
     "up": ["up", "--config", "x"],

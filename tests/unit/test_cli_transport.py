@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from extproc.cli import main
-from extproc.render.bootstrap import SECRET_HEADER
+from extproc.wire import SECRET_HEADER
 
 SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
 

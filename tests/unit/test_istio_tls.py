@@ -31,11 +31,12 @@ from extproc.core.policy import (
 from extproc.core.table import ServiceTable
 from extproc.errors import ConfigError
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import DataPath, RenderSettings, render_bootstrap
+from extproc.render.bootstrap import RenderSettings, render_bootstrap
 from extproc.server.eds import EdsHost, load_assignment
 from extproc.server.outcome import UPSTREAM_CONNECTION_FAILURE, classify
 from extproc.server.servicer import ExternalProcessor
 from extproc.testing import FakeClock, endpoint, request_headers, routed_host, service
+from extproc.wire import DataPath
 
 EAST: Final = "dynamodb.us-east-1.amazonaws.com"
 WEST: Final = "dynamodb.us-west-1.amazonaws.com"

@@ -15,9 +15,9 @@ ROOT = Path(extproc.__file__).parent
 ALLOWED = {
     "core": set(),
     "istio": {"core", "errors"},
-    "render": {"core", "istio", "errors"},
+    "render": {"core", "istio", "errors", "wire"},
     "sandbox": set(),
-    "server": {"core", "istio", "render", "errors", "clock"},
+    "server": {"core", "istio", "render", "errors", "clock", "wire"},
 }
 
 
