@@ -25,9 +25,9 @@ from collections.abc import Sequence
 
 import structlog
 
+from extproc.sandbox.answers import Mode
 from extproc.sandbox.control import parse_address, run_stand_in, set_mode
 from extproc.sandbox.dns_responder import DnsResponder
-from extproc.sandbox.upstream import Mode
 
 _DEFAULT_CONTROL = "127.0.0.1:8081"
 _MODES = "{" + ",".join(m.value for m in Mode) + "}"

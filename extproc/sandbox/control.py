@@ -24,7 +24,8 @@ from typing import Any
 
 import structlog
 
-from extproc.sandbox.upstream import Mode, StandIn
+from extproc.sandbox.answers import Mode
+from extproc.sandbox.stand_in import StandIn
 
 logger = structlog.get_logger(__name__)
 
