@@ -103,11 +103,13 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         *,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        """Args:
-        table: returns the current table (a reload swaps it).
-        now: the clock.
-        on_change: called when a reset changed a cluster's health (an ejection), so EDS
-            tells Envoy at once.
+        """Record late resets against the current table, with the clock given.
+
+        Args:
+            table: returns the current table (a reload swaps it).
+            now: the clock.
+            on_change: called when a reset changed a cluster's health (an ejection), so EDS
+                tells Envoy at once.
         """
         self._table = table
         self._now = now

@@ -129,15 +129,17 @@ class Brain:
         metrics: Metrics | None = None,
         withheld: Callable[[ClusterState], bool] = lambda _cluster: False,
     ) -> None:
-        """Args:
-        table: returns the current table (a reload swaps it).
-        now: the clock.
-        ttl_ms: how long a worker routes on a table before it asks again.
-        version_base: the first version (default: from the wall clock, see above).
-        on_change: called after reports were recorded (EDS pushes what changed).
-        metrics: where attempt outcomes and decision times are counted.
-        withheld: whether a cluster has no table to give yet (its DNS names have not
-            all answered since start).
+        """Serve the routing tables and record the reports of Envoy's workers.
+
+        Args:
+            table: returns the current table (a reload swaps it).
+            now: the clock.
+            ttl_ms: how long a worker routes on a table before it asks again.
+            version_base: the first version (default: from the wall clock, see above).
+            on_change: called after reports were recorded (EDS pushes what changed).
+            metrics: where attempt outcomes and decision times are counted.
+            withheld: whether a cluster has no table to give yet (its DNS names have not
+                all answered since start).
         """
         self._table = table
         self._now = now

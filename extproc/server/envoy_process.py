@@ -137,14 +137,16 @@ class EnvoyProcess:
         hot_restart: HotRestart | None = None,
         json_logs: bool = False,
     ) -> None:
-        """Args:
-        config_path: The bootstrap.
-        binary: The Envoy binary; found with ``find_envoy_binary`` when None.
-        concurrency: Worker threads.
-        log_level: Envoy's ``--log-level``.
-        base_id: ``--base-id`` for an Envoy without hot restart.
-        hot_restart: Run with hot restart (``extproc up``); None disables it.
-        json_logs: Envoy's log lines as JSON objects with the service's keys.
+        """Describe the Envoy to run; nothing starts until ``start``.
+
+        Args:
+            config_path: The bootstrap.
+            binary: The Envoy binary; found with ``find_envoy_binary`` when None.
+            concurrency: Worker threads.
+            log_level: Envoy's ``--log-level``.
+            base_id: ``--base-id`` for an Envoy without hot restart.
+            hot_restart: Run with hot restart (``extproc up``); None disables it.
+            json_logs: Envoy's log lines as JSON objects with the service's keys.
         """
         self._config_path = config_path
         self._binary = binary or find_envoy_binary()

@@ -2,7 +2,8 @@
 
 Each A record of an endpoint's hostname becomes one host (``ip:port``) with the endpoint's
 locality, priority and weight; outlier state is per host, so an IP keeps its state while it
-stays in the answer (Envoy ``StrictDnsClusterImpl``; istio-envoy-semantics.md §0.6).
+stays in the answer (Envoy ``StrictDnsClusterImpl``; "Strict DNS" in Envoy's service discovery
+docs, https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery).
 
 Refresh follows Envoy with Istio's settings (``respect_dns_ttl: true``, mesh
 ``dnsRefreshRate`` 60 s): the next query is due after the answer's TTL (at least 1 s), or

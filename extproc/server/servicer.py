@@ -124,14 +124,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         on_change: Callable[[], None] | None = None,
         withheld: Callable[[ClusterState], bool] = lambda _cluster: False,
     ) -> None:
-        """Args:
-        table: returns the current table (a reload swaps it).
-        now: the clock.
-        metrics: where decision times and attempt outcomes are counted.
-        on_change: called when an outcome changed a cluster's health (an ejection), so
-            EDS tells Envoy's load balancer at once: it picks every retry.
-        withheld: whether a cluster's hosts are not known yet (its DNS names have not all
-            answered since start); its requests get no override.
+        """Route requests from the current table, with the clock and hooks given.
+
+        Args:
+            table: returns the current table (a reload swaps it).
+            now: the clock.
+            metrics: where decision times and attempt outcomes are counted.
+            on_change: called when an outcome changed a cluster's health (an ejection), so
+                EDS tells Envoy's load balancer at once: it picks every retry.
+            withheld: whether a cluster's hosts are not known yet (its DNS names have not all
+                answered since start); its requests get no override.
         """
         self._table = table
         self._now = now
