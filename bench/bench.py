@@ -9,8 +9,8 @@ Envoy configured as Istio's pilot configures a sidecar for the same YAML. So thi
 script measures every data path side by side with that Envoy, and with a bare Envoy as
 the floor, on loopback only.
 
-Theory of operation (the method of envoy-extproc-facts.md section 5 and
-lua-bridge-facts.md section 4):
+Theory of operation (the method the ext_proc and Lua prototypes were measured with before the
+product existed, kept so that the figures compare):
 
 1. One fast upstream: nginx with one worker answering ``return 200`` on 127.0.0.21, on
    two ports (one per locality, below), or, when nginx is missing, the project's

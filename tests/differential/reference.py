@@ -347,7 +347,7 @@ def _endpoint_groups(
     for i, ep in enumerate(se.get("endpoints") or []):
         here = f"{where}.endpoints[{i}]"
         _only(ep, {"address", "ports", "locality", "labels", "weight", "network"}, here)
-        # Rule 10: endpoint.ports[port name], else targetPort, else the service port.
+        # As pilot does: endpoint.ports[port name], else targetPort, else the service port.
         number = (ep.get("ports") or {}).get(port.get("name"))
         number = number or port.get("targetPort") or port["number"]
         weight = int(ep.get("weight") or 0) or 1  # GetLoadBalancingWeight

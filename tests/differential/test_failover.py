@@ -204,7 +204,8 @@ async def test_a_dead_endpoint_costs_one_request_per_unejection(data_path: DataP
     ours, ref = assert_no_more_failures(run, "down")
     assert ours > 0
     assert ref > 0
-    # Growing ejections: each failed probe comes later after the previous one (rule 25).
+    # Growing ejections (base_ejection_time x num_ejections): each failed probe comes later
+    # after the previous one.
     times = [r.t for r in run.loop("down", EXTPROC) if r.served_by is None]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) >= 3, run.side_by_side("down")

@@ -5,7 +5,7 @@ four cases (Prioritized, Failover, Distribute, FailoverPriority) and one Destina
 shape: ``maxEjectionPercent: 100``, ``interval: 1s``, ``baseEjectionTime: 10m`` and a
 ``connectTimeout`` of 250ms. The client sits in ``region1/zone1/subzone1``. Its failing
 endpoint is a name that resolves to nothing (``fake-should-fail.example.com``), so its
-priority is empty from the start and traffic moves on without any ejection (rule 38). The
+priority is empty from the start and traffic moves on without any ejection. The
 same cases run here, on both proxies, with the same parameters.
 """
 

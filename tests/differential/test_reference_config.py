@@ -1,8 +1,8 @@
 """The reference proxy's translation: pilot's output for known inputs, and Envoy accepts it.
 
 The differential tests are only as good as the reference, so its translation is pinned here
-against the derivations of ``/work/shared/reference/istio-envoy-semantics.md`` (§1.5, §2.3-2.6),
-independently of extproc.
+against what pilot's code derives (istio/istio ``pilot/pkg/networking/core/cluster_builder.go``,
+``cluster_traffic_policy.go`` and ``loadbalancer/loadbalancer.go``), independently of extproc.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def _priorities(cluster: dict[str, Any]) -> dict[str, int]:
 
 
 def test_blog_fixture_renders_what_pilot_emits() -> None:
-    # §1.5: ROUND_ROBIN, 10 s connect timeout, the DR's outlier fields, panic threshold 0,
+    # The blog's fixture (istio.io blog/2021/external-locality-failover): ROUND_ROBIN, 10 s
+    # connect timeout (mesh ConnectTimeout), the DR's outlier fields, panic threshold 0,
     # locality-weighted LB (failover is set), us-east1 P0 and us-west P1 on port 443.
     cluster = _cluster(BLOG)
     assert cluster["name"] == "outbound|80||mydb.com"
@@ -103,14 +104,15 @@ def test_blog_fixture_renders_what_pilot_emits() -> None:
     ids=["us-east1", "us-east1-zone", "us-west", "eu-west", "no-locality"],
 )
 def test_priorities_are_relative_to_the_workload(locality: str, expected: dict[str, int]) -> None:
-    # Rule 6.
+    # Priorities are relative to the workload's locality (pilot's ``LbPriority``, util.go).
     names = {"dynamodb.us-east-1.amazonaws.com": "east", "dynamodb.us-west-1.amazonaws.com": "west"}
     priorities = _priorities(_cluster(BLOG, locality))
     assert {names[a]: p for a, p in priorities.items()} == expected
 
 
 def test_a_region_outside_the_failover_target_sits_below_it() -> None:
-    # §2.3: for a us-east1 workload with failover us-east1 -> eu-west, us-west is tier 4.
+    # applyLocalityFailover (loadbalancer.go): for a us-east1 workload with failover
+    # us-east1 -> eu-west, us-west is tier 4.
     priorities = _priorities(_cluster(test_failover.THREE_REGIONS.yaml))
     assert priorities == {
         "dynamodb.us-east-1.amazonaws.com": 0,
@@ -120,7 +122,8 @@ def test_a_region_outside_the_failover_target_sits_below_it() -> None:
 
 
 def test_without_outlier_detection_every_endpoint_is_priority_0() -> None:
-    # Rule 1: failover needs outlierDetection; Envoy's default panic threshold stays.
+    # Failover needs outlierDetection (loadbalancer.go ``ApplyToCluster``); Envoy's default
+    # panic threshold stays.
     cluster = _cluster(test_failover.SEED_SE)
     assert set(_priorities(cluster).values()) == {0}
     assert cluster["lb_policy"] == "LEAST_REQUEST"

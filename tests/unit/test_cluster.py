@@ -694,8 +694,8 @@ def test_locality_weighted_picks_match_route_weights(
 
 
 def test_per_priority_panic_uses_all_hosts_of_that_priority_only() -> None:
-    # Rule 31: minHealthPercent 40; P0 10 % healthy (panics), P1 40 % healthy (does not);
-    # N = 14 + 56 = 70 < 100, so panic applies per priority: loads 20/80.
+    # healthy_panic_threshold is minHealthPercent, 40: P0 10 % healthy (panics), P1 40 %
+    # healthy (does not); N = 14 + 56 = 70 < 100, so panic applies per priority: loads 20/80.
     svc = service(
         [endpoint("east.example.com", "us-east1"), endpoint("west.example.com", "us-west")],
         outlier=outlier(max_ejection_percent=100, min_health_percent=40),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Repository paths as the docs and docstrings cite them (``docs/compose.md``,
+#: Repository paths as the docs and docstrings cite them (``bench/README.md``,
 #: ``tests/e2e/test_compose.py``).
 _CITED = re.compile(
     r"(?<![\w/.-])((?:docs|extproc|tests|bench|envoy|scripts|deploy)/[\w./-]*\w\.(?:md|py|yaml|yml|lua))\b"

@@ -1,4 +1,4 @@
-"""Imports go one way: core <- istio <- render <- server <- cli (STYLE.md)."""
+"""Imports go one way: core <- istio <- render <- server <- cli, and sandbox imports none."""
 
 from __future__ import annotations
 

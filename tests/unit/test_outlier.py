@@ -208,7 +208,8 @@ def test_unejection_happens_at_the_first_sweep_after_the_duration(
 
 
 def test_permanently_dead_host_ejection_lengths_grow_to_the_cap() -> None:
-    # Reference section 3.7: a request every 2 s, each one to the dead host while it is in.
+    # The blog's DR (base 1m, interval 15s; Envoy's max_ejection_time defaults to 300 s) and
+    # a request every 2 s, each one to the dead host while it is in.
     detector = _detector()
     clock = FakeClock()
     ejected_at: float | None = None
