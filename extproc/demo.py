@@ -17,13 +17,13 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
-from extproc.cli import HostPort, format_status
 from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import Reply, get
-from extproc.server.admin import endpoints_json
-from extproc.server.stack import Stack, StackSettings
+from extproc.server.admin import endpoints_json, format_status
+from extproc.server.stack import Stack
+from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
@@ -159,11 +159,11 @@ async def run_demo(
         se = seed_yaml(*ports, outlier=False)
         # Fixed ports (free a moment ago), so that every step's Stack is at the addresses
         # printed here.
-        envoy_admin = ("127.0.0.1", free_port())
-        settings = StackSettings(
-            listen=("127.0.0.1", free_port()),
-            admin=("127.0.0.1", free_port()),
-            dns_resolver=dns.address,
+        envoy_admin = HostPort("127.0.0.1", free_port())
+        settings = Settings(
+            listen=HostPort("127.0.0.1", free_port()),
+            admin=HostPort("127.0.0.1", free_port()),
+            dns_resolver=HostPort(*dns.address),
             envoy_log_level="error",
             data_path=data_path,
             envoy_admin=envoy_admin,

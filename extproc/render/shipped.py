@@ -7,16 +7,15 @@ from pathlib import Path
 import yaml
 
 from extproc.istio import load_policy
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
+from extproc.settings import RENDER_ENVOY_ADMIN, RENDER_LISTEN, Settings
 
 #: Where the shipped Envoy listens and reaches the service: the sidecar layout, over the
 #: service's sockets in /run/extproc (``extproc serve --socket-dir /run/extproc``).
-SHIPPED_SETTINGS = RenderSettings(
-    listen_host="0.0.0.0",
-    listen_port=10000,
-    socket_dir="/run/extproc",
-    envoy_admin_host="127.0.0.1",
-    envoy_admin_port=9901,
+SHIPPED_SETTINGS = Settings(
+    listen=RENDER_LISTEN,
+    envoy_admin=RENDER_ENVOY_ADMIN,
+    socket_dir=Path("/run/extproc"),
 )
 
 HEADER = (

@@ -21,7 +21,7 @@ from typing import Any
 from envoy.admin.v3 import clusters_pb2, metrics_pb2
 from google.protobuf import json_format
 
-from extproc.core.cluster import HostView
+from extproc.core.hostset import HostView
 from extproc.core.policy import is_ip
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
@@ -45,7 +45,7 @@ def endpoints_json(table: ServiceTable, now: float) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for cluster in table:
         for view in cluster.hosts(now):
-            row = asdict(view)
+            row = {"address": view.address} | asdict(view)
             row["locality"] = str(view.locality)
             row["cluster_name"] = cluster.service.cluster_name
             rows.append(row)
@@ -75,14 +75,13 @@ def _no_stats(cluster_name: str, upstream_url: str) -> dict[str, int]:
 
 
 def _host_status(view: HostView, counts: dict[str, int]) -> clusters_pb2.HostStatus:
-    host, _, port = view.address.rpartition(":")
     status = clusters_pb2.HostStatus(weight=view.weight, priority=view.priority)
     # Envoy's STRICT_DNS hosts carry the name they were resolved from; an IP endpoint has
     # no hostname.
     if not is_ip(view.endpoint_address):
         status.hostname = view.endpoint_address
-    status.address.socket_address.address = host.strip("[]")
-    status.address.socket_address.port_value = int(port)
+    status.address.socket_address.address = view.ip
+    status.address.socket_address.port_value = view.port
     for name, value, gauge in _envoy_stats(view, counts):
         status.stats.add(
             name=name,
@@ -220,3 +219,38 @@ class AdminServer(HttpServer):
             "text/plain",
             "not found: try /clusters, /endpoints, /metrics, /healthz, /readyz\n",
         )
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    """The endpoint table, in ``istioctl proxy-config endpoints`` column order."""
+    header = (
+        "ENDPOINT",
+        "STATUS",
+        "OUTLIER CHECK",
+        "CLUSTER",
+        "LOCALITY",
+        "PRIORITY",
+        "5XX IN A ROW",
+        "EJECTIONS",
+        "EJECTION LEFT",
+    )
+    table = [header]
+    for row in rows:
+        left = row.get("ejection_time_left_s")
+        table.append(
+            (
+                row["address"],
+                "HEALTHY",
+                "FAILED" if row["ejected"] else "OK",
+                row["cluster_name"],
+                row["locality"],
+                str(row["priority"]),
+                str(row["consecutive_5xx"]),
+                str(row["num_ejections"]),
+                f"{left:.1f}s" if left is not None else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in table
+    )

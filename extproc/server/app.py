@@ -6,8 +6,8 @@ SERVING. Stop: NOT_SERVING -> stop the gRPC server with a grace period for in-fl
 streams -> timers, DNS, admin.
 
 Until each DNS name of a cluster has had an answer once (NXDOMAIN counts), the cluster is
-withheld: EDS sends Envoy nothing for it, the brain answers its syncs 503 and the ext_proc
-servicer sets no override. Envoy keeps routing on what it holds (the Lua workers' last
+withheld: EDS sends Envoy nothing for it, the sync endpoint answers its syncs 503 and the
+ext_proc servicer sets no override. Envoy keeps routing on what it holds (the Lua workers' last
 tables, the last EDS assignment), which is the fail-static state a restarted service must
 not overwrite with empty hosts it has not learned yet. Once published, a cluster is not
 withheld again (a reload that adds a name to it publishes the hosts it has, as before)
@@ -15,8 +15,8 @@ unless a reload removes it.
 
 Reload (``apply_policy``): resolve the names the new config adds -> build the new table
 and carry every kept host's state over -> swap it in one assignment (the servicer, the
-brain, EDS, metrics and the admin view all read ``self.table``) -> push EDS -> DNS refresh
-follows the new table.
+sync endpoint, EDS, metrics and the admin view all read ``self.table``) -> push EDS -> DNS
+refresh follows the new table.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import hmac
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +37,25 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.clock import Clock, MonotonicClock
+from extproc.core.change import PolicyChange, fill_new_endpoints, new_dns_names, policy_change
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Locality, Policy, Resolution, Workload, is_ip
+from extproc.core.policy import Locality, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
 from extproc.server.access_log import AccessLogReceiver
 from extproc.server.admin import AdminServer
-from extproc.server.brain import Brain, BrainServer
 from extproc.server.eds import EdsHost, EndpointDiscovery
 from extproc.server.http_server import HttpServer
 from extproc.server.logs import OutlierEventLog
 from extproc.server.metrics import Metrics
-from extproc.server.reload import PolicyChange, policy_change
 from extproc.server.resolver import (
-    Answer,
     EndpointResolver,
     make_resolver,
     resolve,
 )
 from extproc.server.servicer import ExternalProcessor
+from extproc.server.sync import SyncEndpoint, SyncServer
+from extproc.settings import Settings
 from extproc.wire import GRPC_HEALTH_SERVICE, GRPC_SOCKET, SECRET_HEADER, SYNC_SOCKET
 
 log = structlog.get_logger(__name__)
@@ -71,27 +70,6 @@ LIVENESS = "liveness"
 READINESS = "readiness"
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceSettings:
-    """Addresses and knobs of one service process."""
-
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 9002
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 9901
-    dns_resolver: tuple[str, int] | None = None
-    shutdown_grace_s: float = 5.0
-    brain_port: int = 9004  # the fast path's HTTP sync endpoint, on grpc_host
-    table_ttl_ms: int = 100
-    # gRPC and the sync on Unix domain sockets in this directory (GRPC_SOCKET, SYNC_SOCKET)
-    # instead of grpc_host:grpc_port and brain_port. Whoever can open the directory can
-    # report outcomes: extproc up makes it private (0700).
-    socket_dir: Path | None = None
-    # Required of every ext_proc and EDS stream (gRPC metadata) and sync request (header)
-    # when set: over TCP any local process could otherwise report outcomes.
-    secret: str | None = None
-
-
 class ServiceApp:
     """The ext_proc service: gRPC, DNS refresh, outlier sweeps and the admin view."""
 
@@ -99,7 +77,7 @@ class ServiceApp:
         self,
         policy: Policy,
         workload: Workload | Locality,
-        settings: ServiceSettings,
+        settings: Settings,
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -107,7 +85,9 @@ class ServiceApp:
         self.settings = settings
         self._clock = clock or MonotonicClock()
         self._rng = rng or random.Random()
-        self.table = ServiceTable(policy, workload, now=self._clock.now(), rng=self._rng)
+        self.table = ServiceTable(
+            policy, Workload.of(workload), now=self._clock.now(), rng=self._rng
+        )
         self._ready = False
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -122,15 +102,15 @@ class ServiceApp:
         self.eds = EndpointDiscovery()
         self.metrics = Metrics(lambda: self.table, self._clock.now)
         self._outlier_log = OutlierEventLog()
-        self.brain = Brain(
+        self.sync_endpoint = SyncEndpoint(
             lambda: self.table,
-            self._clock.now,
+            self._clock,
             ttl_ms=settings.table_ttl_ms,
             on_change=self.publish,
             metrics=self.metrics,
             withheld=self.withheld,
         )
-        self._brain_server = BrainServer(self.brain, settings.secret)
+        self._sync_server = SyncServer(self.sync_endpoint, settings.secret)
         # Cluster name -> the generation EDS was last given; a cluster in here has been
         # published since start (or since a reload re-added it) and is never withheld.
         self._published: dict[str, int] = {}
@@ -138,8 +118,9 @@ class ServiceApp:
             lambda: self.table, self._clock.now, lambda: self.ready, metrics=self.metrics
         )
         self._sweeper: asyncio.Task[None] | None = None
-        self.grpc_port = settings.grpc_port
-        self.brain_port = settings.brain_port
+        self._stopped = asyncio.Event()
+        self.grpc_port = settings.grpc.port
+        self.brain_port = settings.sync_port
 
     @property
     def admin_address(self) -> tuple[str, int]:
@@ -165,7 +146,7 @@ class ServiceApp:
         """Where gRPC listens, as a gRPC target (``host:port`` or ``unix:PATH``)."""
         if self.settings.socket_dir is not None:
             return f"unix:{self.settings.socket_dir / GRPC_SOCKET}"
-        return f"{self.settings.grpc_host}:{self.grpc_port}"
+        return f"{self.settings.grpc.host}:{self.grpc_port}"
 
     @property
     def health(self) -> health.aio.HealthServicer:
@@ -203,7 +184,7 @@ class ServiceApp:
         self.eds.add_to_server(server)
         socket_dir = self.settings.socket_dir
         if socket_dir is None:
-            address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+            address = f"{self.settings.grpc.host}:{self.settings.grpc.port}"
         else:
             address = f"unix:{socket_dir / GRPC_SOCKET}"
             _claim_socket(socket_dir / GRPC_SOCKET)
@@ -220,18 +201,18 @@ class ServiceApp:
         await server.start()
         self._server = server
         await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        await self._listen(self._admin, "admin", self.settings.admin_host, self.settings.admin_port)
+        await self._listen(self._admin, "admin", self.settings.admin.host, self.settings.admin.port)
         if socket_dir is None:
             await self._listen(
-                self._brain_server,
+                self._sync_server,
                 "the fast path's sync",
-                self.settings.grpc_host,
-                self.settings.brain_port,
+                self.settings.grpc.host,
+                self.settings.sync_port,
             )
-            self.brain_port = self._brain_server.address[1]
+            self.brain_port = self._sync_server.address[1]
         else:
             try:
-                await self._brain_server.start_unix(str(socket_dir / SYNC_SOCKET))
+                await self._sync_server.start_unix(str(socket_dir / SYNC_SOCKET))
             except OSError as exc:
                 await self.stop()
                 raise StartupError(
@@ -307,8 +288,8 @@ class ServiceApp:
                 name,
                 [
                     EdsHost(
-                        ip=view.address.rpartition(":")[0].strip("[]"),
-                        port=int(view.address.rpartition(":")[2]),
+                        ip=view.ip,
+                        port=view.port,
                         priority=view.priority,
                         weight=view.weight,
                         region=view.locality.region,
@@ -338,7 +319,7 @@ class ServiceApp:
             change = policy_change(old.policy, policy)
             if change.unchanged:
                 return change
-            names = sorted(_new_names(old, policy))
+            names = sorted(new_dns_names(old, policy))
             answers = dict(
                 zip(
                     names,
@@ -346,9 +327,9 @@ class ServiceApp:
                     strict=True,
                 )
             )
-            for name, answer in answers.items():
-                if answer.ok:
-                    self._resolver.answered(name)
+            resolved = {name: answer.ips for name, answer in answers.items() if answer.ok}
+            for name in resolved:
+                self._resolver.answered(name)
             # From here to the swap nothing awaits: no outcome can land in the old table
             # after its state was carried over.
             now = self._clock.now()
@@ -358,7 +339,7 @@ class ServiceApp:
                 cluster.carry_over(
                     old.clusters.get(name), now, after_generation=self._published.get(name, 0)
                 )
-                _fill_new_endpoints(cluster, old, answers, now)
+                fill_new_endpoints(cluster, old, resolved, now)
             self.drain_events()  # the old table's last events (sweeps run by the carry-over)
             self.table = table
             for name in old.clusters.keys() - table.clusters.keys():
@@ -370,6 +351,11 @@ class ServiceApp:
             await self._resolver.stop()
             await self._resolver.resolve_all()
             return change
+
+    async def wait(self) -> int:
+        """Return 0 once the service has stopped (it never ends on its own)."""
+        await self._stopped.wait()
+        return 0
 
     async def stop(self) -> None:
         """Stop in order; in-flight streams get the grace period."""
@@ -387,46 +373,9 @@ class ServiceApp:
                 await self._sweeper
         self.drain_events()  # what happened since the last sweep tick
         await self._resolver.stop()
-        await self._brain_server.stop()
+        await self._sync_server.stop()
         await self._admin.stop()
-
-
-def _new_names(old: ServiceTable, policy: Policy) -> set[str]:
-    """DNS names of endpoints the carry-over cannot fill: new to their cluster."""
-    names: set[str] = set()
-    for service in policy.services:
-        if service.resolution is Resolution.STATIC:
-            continue
-        before = old.clusters.get(service.cluster_name)
-        known = {e.address for e in before.service.endpoints} if before is not None else set()
-        names.update(
-            e.address for e in service.endpoints if e.address not in known and not is_ip(e.address)
-        )
-    return names
-
-
-def _fill_new_endpoints(
-    cluster: ClusterState, old: ServiceTable, answers: dict[str, Answer], now: float
-) -> None:
-    """Give endpoints new to their cluster the addresses resolved for the reload."""
-    service = cluster.service
-    if service.resolution is Resolution.STATIC:
-        return
-    before = old.clusters.get(service.cluster_name)
-    known = {e.address for e in before.service.endpoints} if before is not None else set()
-    for index, endpoint in enumerate(service.endpoints):
-        if endpoint.address in known:
-            continue
-        if is_ip(endpoint.address):
-            cluster.set_endpoint_addresses(index, [endpoint.address], now)
-            continue
-        answer = answers.get(endpoint.address)
-        if answer is None or not answer.ok:
-            continue  # the DNS refresh after the swap tries again
-        ips = answer.ips
-        if service.resolution is Resolution.DNS_ROUND_ROBIN:
-            ips = ips[:1]  # LOGICAL_DNS: the first address, as EndpointResolver does
-        cluster.set_endpoint_addresses(index, ips, now)
+        self._stopped.set()
 
 
 def _claim_socket(path: Path) -> None:

@@ -28,49 +28,26 @@ import random
 import socket
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 import yaml
 
+from extproc.core.change import PolicyChange
 from extproc.core.policy import Locality, Policy, Workload, host_address
 from extproc.errors import StartupError
-from extproc.render.bootstrap import DEFAULT_SYSTEM_CA_FILE, RenderSettings, render_bootstrap
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.render.bootstrap import render_bootstrap
+from extproc.server.app import ServiceApp
 from extproc.server.envoy_process import (
     EnvoyProcess,
     HotRestart,
     remove_shared_memory,
     validate_config,
 )
-from extproc.server.reload import PolicyChange
-from extproc.wire import DataPath
+from extproc.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StackSettings:
-    """What ``extproc up`` takes from its flags."""
-
-    listen: tuple[str, int]
-    admin: tuple[str, int]
-    dns_resolver: tuple[str, int] | None = None
-    concurrency: int = 2
-    envoy_log_level: str = "warning"
-    message_timeout_ms: int = 1000
-    data_path: DataPath = DataPath.LUA
-    system_ca_file: str = DEFAULT_SYSTEM_CA_FILE  # TLS origination without caCertificates
-    # Hot restart on reload: the old Envoy drains its connections for drain_time_s and exits
-    # after parent_shutdown_time_s (Envoy's --drain-time-s and --parent-shutdown-time-s).
-    drain_time_s: int = 10
-    parent_shutdown_time_s: int = 15
-    # Envoy's own admin (/stats, /config_dump); None: a free loopback port.
-    envoy_admin: tuple[str, int] | None = None
-    # Envoy's log lines as JSON; None: when stderr is not a terminal, as the service's are.
-    envoy_json_logs: bool | None = None
 
 
 def _check_listen_port(listen: tuple[str, int]) -> None:
@@ -113,26 +90,16 @@ class Stack:
         self,
         policy: Policy,
         workload: Workload | Locality,
-        settings: StackSettings,
+        settings: Settings,
         *,
         rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
         # Private (0700, mkdtemp's mode): the service's sockets and Envoy's bootstrap. Only
         # this user's processes can reach the sockets that take outcome reports; no port
-        # on the host does.
+        # on the host does. The secret is for TCP, which up never uses.
         self._tmp = tempfile.TemporaryDirectory(prefix="extproc-up-")
-        self.app = ServiceApp(
-            policy,
-            workload,
-            ServiceSettings(
-                admin_host=settings.admin[0],
-                admin_port=settings.admin[1],
-                dns_resolver=settings.dns_resolver,
-                socket_dir=Path(self._tmp.name),
-            ),
-            rng=rng,
-        )
+        self.settings = dataclasses.replace(settings, socket_dir=Path(self._tmp.name), secret=None)
+        self.app = ServiceApp(policy, workload, self.settings, rng=rng)
         self._policy = policy
         json_logs = settings.envoy_json_logs
         self._envoy_json_logs = not sys.stderr.isatty() if json_logs is None else json_logs
@@ -185,20 +152,7 @@ class Stack:
         )
 
     def _render(self, policy: Policy) -> dict[str, Any]:
-        admin_host, admin_port = self.settings.envoy_admin or ("127.0.0.1", 0)
-        return render_bootstrap(
-            policy,
-            RenderSettings(
-                listen_host=self.settings.listen[0],
-                listen_port=self.settings.listen[1],
-                envoy_admin_host=admin_host,
-                envoy_admin_port=admin_port,
-                socket_dir=self._tmp.name,
-                message_timeout_ms=self.settings.message_timeout_ms,
-                data_path=self.settings.data_path,
-                system_ca_file=self.settings.system_ca_file,
-            ),
-        )
+        return render_bootstrap(policy, self.settings)
 
     @property
     def envoy_admin_address(self) -> tuple[str, int]:

@@ -44,7 +44,8 @@ from extproc.demo import free_port
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import get
-from extproc.server.stack import Stack, StackSettings
+from extproc.server.stack import Stack
+from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 
 from .reference import Proxy, ReferenceEnvoy, render_reference
@@ -382,9 +383,9 @@ async def run_scenario(scenario: Scenario, data_path: DataPath) -> Run:
         stack = Stack(
             load_policy_text(yaml_text, "scenario.yaml"),
             Workload(locality=Locality.parse(scenario.locality), labels=scenario.labels),
-            StackSettings(
-                listen=("127.0.0.1", free_port()),
-                admin=("127.0.0.1", 0),
+            Settings(
+                listen=HostPort("127.0.0.1", free_port()),
+                admin=HostPort("127.0.0.1", 0),
                 dns_resolver=dns.address,
                 concurrency=scenario.concurrency,
                 data_path=data_path,

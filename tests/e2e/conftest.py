@@ -16,12 +16,13 @@ import yaml
 from extproc.core.policy import Locality
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
 from extproc.sandbox import DnsResponder, StandIn
 from extproc.sandbox.client import Reply, get
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.app import ServiceApp
 from extproc.server.envoy_process import EnvoyProcess
-from extproc.server.stack import Stack, StackSettings
+from extproc.server.stack import Stack
+from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
@@ -85,9 +86,9 @@ async def start_stack(
         stack = Stack(
             policy,
             Locality.parse(locality),
-            StackSettings(
-                listen=("127.0.0.1", free_port()),
-                admin=("127.0.0.1", 0),
+            Settings(
+                listen=HostPort("127.0.0.1", free_port()),
+                admin=HostPort("127.0.0.1", 0),
                 dns_resolver=dns.address,
                 concurrency=concurrency,
                 data_path=data_path,
@@ -177,10 +178,10 @@ async def serve_with_envoy(
     app = ServiceApp(
         load_policy_text(yaml_text, "test.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=grpc_port,
-            brain_port=brain_port,
-            admin_port=0,
+        Settings(
+            grpc=HostPort("127.0.0.1", grpc_port),
+            sync_port=brain_port,
+            admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             shutdown_grace_s=0,
             secret=secret,
@@ -189,10 +190,10 @@ async def serve_with_envoy(
     )
     await app.start()
     config = tmp_path / "envoy.yaml"
-    settings = RenderSettings(
-        listen_port=listen_port,
-        ext_proc_port=grpc_port,
-        brain_port=brain_port,
+    settings = Settings(
+        listen=HostPort("127.0.0.1", listen_port),
+        grpc=HostPort("127.0.0.1", grpc_port),
+        sync_port=brain_port,
         data_path=data_path,
         secret=secret,
     )

@@ -41,11 +41,12 @@ import yaml
 
 from extproc.demo import free_port
 from extproc.istio import load_policy
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import get
 from extproc.sandbox.control import ControlServer, request, set_mode
 from extproc.server.envoy_process import find_envoy_binary, validate_config
+from extproc.settings import HostPort, Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -71,12 +72,8 @@ RENDER_ARGS = (
     "0.0.0.0:9901",
 )
 SOCKET_DIR = "/run/extproc"
-COMPOSE_SETTINGS = RenderSettings(
-    listen_host="0.0.0.0",
-    listen_port=10000,
-    socket_dir=SOCKET_DIR,
-    envoy_admin_host="0.0.0.0",
-    envoy_admin_port=9901,
+COMPOSE_SETTINGS = Settings(
+    listen=HostPort("0.0.0.0", 10000), socket_dir=Path(SOCKET_DIR), envoy_admin=HostPort("0.0.0.0", 9901)
 )
 HEADER = (
     f"# Rendered by `extproc render {' '.join(RENDER_ARGS)}`\n"

@@ -13,8 +13,9 @@ from extproc.sandbox import Mode
 from extproc.sandbox.client import Reply, get
 from extproc.server import stack as stack_module
 from extproc.server.admin import endpoints_json
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.app import ServiceApp
 from extproc.server.stack import Stack
+from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 
 from .conftest import EAST, WEST, Region, StackFactory, lua_errors
@@ -123,9 +124,9 @@ async def test_the_brain_killed_and_restarted_under_a_request_loop_costs_no_requ
     new = ServiceApp(
         load_policy_text(text, "test.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
+        Settings(
             socket_dir=old.settings.socket_dir,
-            admin_port=0,
+            admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
         ),
     )
@@ -185,9 +186,9 @@ async def test_the_brain_restarted_before_its_first_dns_answer_costs_no_request(
     new = ServiceApp(
         load_policy_text(text, "test.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
+        Settings(
             socket_dir=old.settings.socket_dir,
-            admin_port=0,
+            admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
         ),
     )

@@ -28,12 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from extproc.core.policy import Locality
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
 from extproc.sandbox import DnsResponder
 from extproc.sandbox.client import get
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.app import ServiceApp
 from extproc.server.envoy_process import EnvoyProcess
 from extproc.server.stack import Stack
+from extproc.settings import HostPort, Settings
 from extproc.wire import GRPC_CLUSTER, GRPC_HEALTH_SERVICE, DataPath
 
 from .conftest import EAST, WEST, Region, StackFactory, envoy_stat
@@ -144,10 +145,10 @@ async def test_envoy_started_before_the_service_waits_for_it_then_serves(
     config = tmp_path / "envoy.yaml"
     bootstrap = render_bootstrap(
         load_policy_text(yaml_text, "test.yaml"),
-        RenderSettings(
-            listen_port=listen_port,
-            ext_proc_port=grpc_port,
-            brain_port=brain_port,
+        Settings(
+            listen=HostPort("127.0.0.1", listen_port),
+            grpc=HostPort("127.0.0.1", grpc_port),
+            sync_port=brain_port,
             data_path=DataPath.EXT_PROC,
         ),
     )
@@ -156,10 +157,10 @@ async def test_envoy_started_before_the_service_waits_for_it_then_serves(
     app = ServiceApp(
         load_policy_text(yaml_text, "test.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=grpc_port,
-            brain_port=brain_port,
-            admin_port=0,
+        Settings(
+            grpc=HostPort("127.0.0.1", grpc_port),
+            sync_port=brain_port,
+            admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             shutdown_grace_s=0,
         ),
@@ -221,10 +222,10 @@ async def test_liveness_serves_while_the_first_dns_answer_is_pending_readiness_w
         app = ServiceApp(
             load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
             Locality.parse("us-east1"),
-            ServiceSettings(
-                grpc_port=grpc_port,
-                brain_port=0,
-                admin_port=0,
+            Settings(
+                grpc=HostPort("127.0.0.1", grpc_port),
+                sync_port=0,
+                admin=HostPort("127.0.0.1", 0),
                 dns_resolver=silent_dns.getsockname(),
                 shutdown_grace_s=0,
             ),
@@ -265,8 +266,12 @@ async def test_readiness_waits_for_a_dns_answer_and_nxdomain_is_an_answer(
     app = ServiceApp(
         load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=0, brain_port=0, admin_port=0, dns_resolver=dns.address, shutdown_grace_s=0
+        Settings(
+            grpc=HostPort("127.0.0.1", 0),
+            sync_port=0,
+            admin=HostPort("127.0.0.1", 0),
+            dns_resolver=dns.address,
+            shutdown_grace_s=0,
         ),
     )
     await app.start()

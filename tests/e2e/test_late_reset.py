@@ -27,7 +27,8 @@ from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import Reply, get
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.app import ServiceApp
+from extproc.settings import HostPort, Settings
 from extproc.wire import LATE_UPSTREAM_RESET, SECRET_HEADER, DataPath, reset_log_name
 
 from .conftest import EAST, WEST, Region, StackFactory, envoy_stat, serve_with_envoy
@@ -100,7 +101,11 @@ async def test_after_the_service_restarts_envoy_sends_late_resets_to_the_new_one
     new = ServiceApp(
         load_policy_text(text, "test.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(socket_dir=old.settings.socket_dir, admin_port=0, dns_resolver=dns.address),
+        Settings(
+            socket_dir=old.settings.socket_dir,
+            admin=HostPort("127.0.0.1", 0),
+            dns_resolver=dns.address,
+        ),
     )
     await new.start()
     stack.app = new
@@ -214,8 +219,12 @@ async def test_a_forged_reset_log_without_the_secret_ejects_nothing(
     app = ServiceApp(
         load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=0, brain_port=0, admin_port=0, dns_resolver=dns.address, secret=SECRET
+        Settings(
+            grpc=HostPort("127.0.0.1", 0),
+            sync_port=0,
+            admin=HostPort("127.0.0.1", 0),
+            dns_resolver=dns.address,
+            secret=SECRET,
         ),
         rng=random.Random(1),
     )

@@ -32,7 +32,8 @@ from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import get
 from extproc.server.app import ServiceApp
-from extproc.server.stack import Stack, StackSettings
+from extproc.server.stack import Stack
+from extproc.settings import HostPort, Settings
 from extproc.wire import (
     GRPC_CLUSTER,
     GRPC_SOCKET,
@@ -152,8 +153,8 @@ async def test_a_second_up_on_a_busy_listen_port_is_refused_and_takes_no_traffic
     second = Stack(
         load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
         Locality.parse("us-west"),  # another locality: it would send requests to us-west
-        StackSettings(
-            listen=first.settings.listen, admin=("127.0.0.1", 0), dns_resolver=dns.address
+        Settings(
+            listen=first.settings.listen, admin=HostPort("127.0.0.1", 0), dns_resolver=dns.address
         ),
     )
     with pytest.raises(

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from extproc.istio import load_policy, load_policy_text
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
 from extproc.render.shipped import render_shipped
 from extproc.server.envoy_process import validate_config
+from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,7 @@ def test_shipped_envoy_config_passes_envoy_validate() -> None:
 def test_rendered_config_passes_envoy_validate(fixture: Path, tmp_path: Path) -> None:
     import yaml
 
-    bootstrap = render_bootstrap(load_policy(fixture), RenderSettings(ext_proc_host="extproc"))
+    bootstrap = render_bootstrap(load_policy(fixture), Settings(grpc=HostPort("extproc", 9002)))
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap))
     assert "OK" in validate_config(path)
@@ -87,7 +88,7 @@ def test_rendered_tls_config_passes_envoy_validate(
     )
     bootstrap = render_bootstrap(
         policy,
-        RenderSettings(data_path=data_path, system_ca_file=str(tmp_path / "ca.pem")),
+        Settings(data_path=data_path, system_ca_file=str(tmp_path / "ca.pem")),
     )
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap))

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
 from extproc.sandbox.client import get
+from extproc.settings import Settings
 from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE, DataPath
 
 from .conftest import EAST, Region, StackFactory
@@ -43,7 +44,7 @@ def test_the_rendered_config_reads_no_header_for_routing(data_path: DataPath) ->
     # Everything in Envoy that can take the upstream from a request header: cluster_header
     # routes, ORIGINAL_DST's use_http_header, an Override Host header source.
     policy = load_policy_text(seed(8080, 8081), "seed.yaml")
-    bootstrap = render_bootstrap(policy, RenderSettings(data_path=data_path))
+    bootstrap = render_bootstrap(policy, Settings(data_path=data_path))
     sources = []
     for node in _nodes(bootstrap):
         assert "cluster_header" not in node

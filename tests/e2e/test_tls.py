@@ -25,7 +25,8 @@ from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import Reply, get
 from extproc.server.admin import endpoints_json
-from extproc.server.stack import Stack, StackSettings
+from extproc.server.stack import Stack
+from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 
 from .conftest import EAST, WEST, lua_errors
@@ -138,9 +139,9 @@ async def start_tls_stack(dns: DnsResponder, data_path: DataPath) -> AsyncIterat
         stack = Stack(
             load_policy_text(yaml_text, "https.yaml"),
             Locality.parse("us-east1"),
-            StackSettings(
-                listen=("127.0.0.1", free_port()),
-                admin=("127.0.0.1", 0),
+            Settings(
+                listen=HostPort("127.0.0.1", free_port()),
+                admin=HostPort("127.0.0.1", 0),
                 dns_resolver=dns.address,
                 data_path=data_path,
                 system_ca_file=str(system_ca_file),

@@ -20,11 +20,12 @@ from envoy.service.endpoint.v3 import eds_pb2_grpc
 from google.protobuf import json_format
 from structlog.testing import capture_logs
 
-from extproc.render.bootstrap import RenderSettings, eds_cluster_config
+from extproc.render.bootstrap import eds_cluster_config
 from extproc.sandbox import StandIn
 from extproc.sandbox.client import get
 from extproc.server.eds import TYPE_URL, EdsHost, EndpointDiscovery
 from extproc.server.envoy_process import EnvoyProcess, validate_config
+from extproc.settings import Settings
 
 MYDB = "outbound|80||mydb.com"
 OTHER = "outbound|80||other.com"
@@ -406,7 +407,7 @@ async def test_each_stream_gets_only_its_own_clusters(
 
 def test_the_cluster_config_matches_envoys_descriptors() -> None:
     cluster = cluster_pb2.Cluster()
-    json_format.ParseDict({"name": MYDB, **eds_cluster_config(RenderSettings())}, cluster)
+    json_format.ParseDict({"name": MYDB, **eds_cluster_config(Settings())}, cluster)
 
     assert cluster.type == cluster_pb2.Cluster.EDS
     source = cluster.eds_cluster_config.eds_config.api_config_source
@@ -486,9 +487,9 @@ def envoy_config(grpc_port: int) -> dict[str, Any]:
                         ],
                     },
                 },
-                {"name": MYDB, "connect_timeout": "1s", **eds_cluster_config(RenderSettings())},
+                {"name": MYDB, "connect_timeout": "1s", **eds_cluster_config(Settings())},
                 # Never set: it must still finish warming (an empty assignment) at once.
-                {"name": OTHER, "connect_timeout": "1s", **eds_cluster_config(RenderSettings())},
+                {"name": OTHER, "connect_timeout": "1s", **eds_cluster_config(Settings())},
             ],
         },
     }

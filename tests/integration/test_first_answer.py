@@ -25,7 +25,8 @@ from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder
 from extproc.server import resolver
-from extproc.server.app import READINESS, ServiceApp, ServiceSettings
+from extproc.server.app import READINESS, ServiceApp
+from extproc.settings import HostPort, Settings
 from extproc.testing import request_headers, routed_host
 from extproc.wire import SERVICE_HEADER, SYNC_PATH
 
@@ -70,8 +71,12 @@ async def start(dns: DnsResponder, text: str = MYDB_YAML + "---\n" + OTHER_YAML)
     app = ServiceApp(
         load_policy_text(text, "mydb.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=0, admin_port=0, brain_port=0, shutdown_grace_s=0, dns_resolver=dns.address
+        Settings(
+            grpc=HostPort("127.0.0.1", 0),
+            admin=HostPort("127.0.0.1", 0),
+            sync_port=0,
+            shutdown_grace_s=0,
+            dns_resolver=dns.address,
         ),
     )
     await app.start()
@@ -297,8 +302,12 @@ async def test_clusters_that_share_a_name_are_published_together_when_it_answers
     app = ServiceApp(
         load_policy_text(text, "mydb.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=0, admin_port=0, brain_port=0, shutdown_grace_s=0, dns_resolver=dns.address
+        Settings(
+            grpc=HostPort("127.0.0.1", 0),
+            admin=HostPort("127.0.0.1", 0),
+            sync_port=0,
+            shutdown_grace_s=0,
+            dns_resolver=dns.address,
         ),
     )
     published: list[tuple[str, int]] = []

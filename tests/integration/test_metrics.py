@@ -20,9 +20,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 import extproc
-from extproc.core.policy import Locality, Policy
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.core.policy import Locality, Policy, Workload
+from extproc.server.app import ServiceApp
 from extproc.server.metrics import Metrics
+from extproc.settings import HostPort, Settings
 from extproc.testing import (
     FakeClock,
     endpoint,
@@ -66,7 +67,12 @@ async def start_app() -> AsyncIterator[StartApp]:
         app = ServiceApp(
             policy,
             Locality.parse("us-east1"),
-            ServiceSettings(grpc_port=0, admin_port=0, brain_port=0, shutdown_grace_s=0),
+            Settings(
+                grpc=HostPort("127.0.0.1", 0),
+                admin=HostPort("127.0.0.1", 0),
+                sync_port=0,
+                shutdown_grace_s=0,
+            ),
             clock=FakeClock(100.0),
             rng=random.Random(3),
         )
@@ -315,7 +321,9 @@ async def test_metrics_is_prometheus_text_format(start_app: StartApp) -> None:
 def test_series_of_hosts_that_left_the_cluster_are_dropped_at_the_next_scrape() -> None:
     from extproc.core.table import ServiceTable
 
-    table = ServiceTable(_policy(), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    table = ServiceTable(
+        _policy(), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
+    )
     metrics = Metrics(lambda: table, lambda: 0.0)
     metrics.count_attempt(CLUSTER, EAST, "success", 3)
     metrics.count_attempt(CLUSTER, "127.0.0.99:80", "success", 5)  # not a host (any more)

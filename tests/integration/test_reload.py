@@ -21,13 +21,15 @@ import grpc
 import pytest
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 
-from extproc.core.policy import Locality, OutlierDetection, Policy
+from extproc.core.change import PolicyChange
+from extproc.core.policy import Locality, OutlierDetection, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.istio import load_policy, load_policy_text
 from extproc.sandbox import DnsResponder
-from extproc.server.app import ServiceApp, ServiceSettings
+from extproc.server.app import ServiceApp
 from extproc.server.metrics import Metrics
-from extproc.server.reload import ConfigReloader, PolicyChange, fingerprint
+from extproc.server.reload import ConfigReloader, fingerprint
+from extproc.settings import HostPort, Settings
 from extproc.wire import SERVICE_HEADER, SYNC_PATH
 
 from .test_eds import Subscriber, assignments
@@ -158,8 +160,12 @@ async def app(dns: DnsResponder) -> AsyncIterator[ServiceApp]:
     service = ServiceApp(
         load_policy_text(yaml, "mydb.yaml"),
         Locality.parse("us-east1"),
-        ServiceSettings(
-            grpc_port=0, admin_port=0, brain_port=0, shutdown_grace_s=0, dns_resolver=dns.address
+        Settings(
+            grpc=HostPort("127.0.0.1", 0),
+            admin=HostPort("127.0.0.1", 0),
+            sync_port=0,
+            shutdown_grace_s=0,
+            dns_resolver=dns.address,
         ),
     )
     await service.start()
@@ -539,7 +545,7 @@ async def test_a_rejected_config_is_reported_once_not_at_every_poll(tmp_path: Pa
     config = tmp_path / "mydb.yaml"
     config.write_text(MYDB_YAML)
     table = ServiceTable(
-        load_policy(config), Locality.parse("us-east1"), now=0.0, rng=random.Random(1)
+        load_policy(config), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
     )
     metrics = Metrics(lambda: table, lambda: 0.0)
     recorder = Recorder()

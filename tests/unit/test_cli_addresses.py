@@ -9,17 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from extproc.cli import (
-    BIND,
-    DNS_SERVER,
-    LISTEN,
-    PEER,
-    HostPort,
-    build_parser,
-    main,
-    parse_hostport,
-    started_line,
-)
+from extproc.cli import main, started_line
+from extproc.cli.flags import build_parser
+from extproc.cli.values import BIND, DNS_SERVER, LISTEN, PEER, parse_hostport
+from extproc.settings import HostPort
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +45,7 @@ def test_addresses_parse_and_print_as_one_would_type_them(
 def test_a_parsed_address_is_host_and_port() -> None:
     address = parse_hostport("[::1]:10001")
     assert address == HostPort("::1", 10001)
-    assert address.pair == ("::1", 10001)
+    assert tuple(address) == ("::1", 10001)  # a tuple, as a socket address
 
 
 @pytest.mark.parametrize(
@@ -101,7 +94,20 @@ FLAGS = [
 
 
 def _dest(flag: str) -> str:
-    return flag.removeprefix("--").replace("-", "_")
+    """The settings field a flag sets (``--ext-proc`` sets ``grpc``)."""
+    for action in _all_actions(build_parser()):
+        if flag in action.option_strings:
+            return action.dest
+    raise AssertionError(f"no flag {flag}")
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                actions.extend(_all_actions(sub))
+    return actions
 
 
 @pytest.mark.parametrize(("command", "flag", "env"), FLAGS)
@@ -162,7 +168,7 @@ def test_listen_localhost_becomes_an_ip_envoy_accepts() -> None:
 
 def test_a_dns_resolver_without_a_port_means_port_53() -> None:
     args = build_parser().parse_args(["serve", "--config", "x", "--dns-resolver", "127.0.0.1"])
-    assert args.dns_resolver.pair == ("127.0.0.1", 53)
+    assert tuple(args.dns_resolver) == ("127.0.0.1", 53)
 
 
 def test_up_takes_envoy_admin_and_defaults_to_a_free_port(
@@ -173,7 +179,8 @@ def test_up_takes_envoy_admin_and_defaults_to_a_free_port(
     given = parser.parse_args(["up", "--config", "x", "--envoy-admin", "localhost:9901"])
     assert given.envoy_admin == HostPort("127.0.0.1", 9901)
     monkeypatch.setenv("EXTPROC_ENVOY_ADMIN", "127.0.0.1:0")
-    assert build_parser().parse_args(["up", "--config", "x"]).envoy_admin.pair == ("127.0.0.1", 0)
+    parsed = build_parser().parse_args(["up", "--config", "x"]).envoy_admin
+    assert tuple(parsed) == ("127.0.0.1", 0)
 
 
 def test_up_prints_every_address_in_one_pasteable_line() -> None:
@@ -184,8 +191,14 @@ def test_up_prints_every_address_in_one_pasteable_line() -> None:
     )
 
 
-def test_the_brain_port_is_range_checked_too(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["serve", "--config", "x", "--brain-port", "99999"])
-    assert exited.value.code == 2
-    assert "argument --brain-port: port 99999 is out of range (0-65535)" in capsys.readouterr().err
+def test_the_sync_port_and_its_old_name_are_range_checked_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for flag in ("--sync-port", "--brain-port"):
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--config", "x", flag, "99999"])
+        assert exited.value.code == 2
+        assert (
+            "argument --sync-port/--brain-port: port 99999 is out of range (0-65535)"
+            in capsys.readouterr().err
+        )

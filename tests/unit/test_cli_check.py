@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from extproc.cli import build_parser, main, read_config, workload_from_args
+from extproc.cli import main
+from extproc.cli.flags import build_parser, settings_from_args
 from extproc.errors import ConfigError
+from extproc.server.lifecycle import read_config
 
 SEED = """\
 apiVersion: networking.istio.io/v1beta1
@@ -166,9 +168,9 @@ def test_strict_check_fails_on_a_config_warning(
 @pytest.mark.parametrize("command", ["up", "serve"])
 def test_up_and_serve_read_the_locality_warning_with_the_config(config: Path, command: str) -> None:
     args = build_parser().parse_args([command, "--config", str(config), "--locality", "US-EAST1"])
-    policy = read_config(config, args, workload_from_args(args))
-    assert any('--locality "US-EAST1" matches no' in w for w in policy.warnings)
+    policy = read_config(config, settings_from_args(args))
+    assert any('--locality "US-EAST1" matches no' in str(w) for w in policy.warnings)
 
     strict = build_parser().parse_args([*[command, "--config", str(config)], "--strict"])
     with pytest.raises(ConfigError, match="matches no endpoint's region"):
-        read_config(config, strict, workload_from_args(strict))
+        read_config(config, settings_from_args(strict))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from extproc.cli import build_parser, main
+from extproc.cli import main
+from extproc.cli.flags import build_parser
 from extproc.wire import DataPath
 
 COMMANDS = {

@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from extproc.cli import build_parser, parse_labels, workload_from_args
+from extproc.cli.flags import build_parser, workload_from_args
+from extproc.cli.values import parse_labels
 from extproc.core.policy import Locality, Workload
 
 

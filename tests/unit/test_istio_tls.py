@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from extproc.cli import main
+from extproc.core.outcome import UPSTREAM_CONNECTION_FAILURE, classify
 from extproc.core.outlier import AttemptResult
 from extproc.core.policy import (
     Locality,
@@ -27,14 +28,15 @@ from extproc.core.policy import (
     TlsMode,
     TlsSettings,
     UpstreamSni,
+    Workload,
 )
 from extproc.core.table import ServiceTable
 from extproc.errors import ConfigError
 from extproc.istio import load_policy_text
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
 from extproc.server.eds import EdsHost, load_assignment
-from extproc.server.outcome import UPSTREAM_CONNECTION_FAILURE, classify
 from extproc.server.servicer import ExternalProcessor
+from extproc.settings import Settings
 from extproc.testing import FakeClock, endpoint, request_headers, routed_host, service
 from extproc.wire import DataPath
 
@@ -438,7 +440,7 @@ def _render(
 ) -> dict[str, Any]:
     return render_bootstrap(
         Policy((_tls_service(tls),)),
-        RenderSettings(data_path=data_path, system_ca_file=system_ca_file),
+        Settings(data_path=data_path, system_ca_file=system_ca_file),
     )
 
 
@@ -594,7 +596,7 @@ def test_mutual_renders_the_client_certificate_ca_and_crl() -> None:
 
 def test_a_service_without_tls_keeps_plain_tcp() -> None:
     built = service([endpoint(EAST, "us-east1")])
-    cluster = _cluster(render_bootstrap(Policy((built,)), RenderSettings()))
+    cluster = _cluster(render_bootstrap(Policy((built,)), Settings()))
     assert "transport_socket" not in cluster
     assert "typed_extension_protocol_options" not in cluster
 
@@ -618,7 +620,10 @@ async def _answer(tls: TlsSettings | None) -> Any:
         built = dataclasses.replace(built, tls=tls)
     clock = FakeClock()
     table = ServiceTable(
-        Policy((built,)), Locality.parse("us-east1"), now=clock.now(), rng=random.Random(1)
+        Policy((built,)),
+        Workload(Locality.parse("us-east1")),
+        now=clock.now(),
+        rng=random.Random(1),
     )
     (cluster,) = table
     cluster.set_endpoint_addresses(0, ["127.0.0.11"], clock.now())
@@ -655,4 +660,4 @@ def test_a_failed_tls_handshake_counts_as_a_connect_failure() -> None:
     )
     outcome = classify(503, details, UPSTREAM_CONNECTION_FAILURE, 3)
     assert outcome.results == (AttemptResult.connect_failure(),) * 3
-    assert outcome.codes == (503, 503, 503)
+    assert tuple(result.code() for result in outcome.results) == (503, 503, 503)

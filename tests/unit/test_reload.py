@@ -14,18 +14,28 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from extproc.core.change import PolicyChange, policy_change
 from extproc.core.cluster import ClusterState
 from extproc.core.outlier import AttemptResult
-from extproc.core.policy import LbAlgorithm, Locality, OutlierDetection, Policy, Resolution, Service
+from extproc.core.policy import (
+    LbAlgorithm,
+    Locality,
+    OutlierDetection,
+    Policy,
+    Resolution,
+    Service,
+    Workload,
+)
 from extproc.istio import load_policy
 from extproc.server import reload as reload_module
-from extproc.server.app import ServiceApp, ServiceSettings
-from extproc.server.reload import ConfigReloader, PolicyChange, policy_change
+from extproc.server.app import ServiceApp
+from extproc.server.reload import ConfigReloader
+from extproc.settings import Settings
 from extproc.testing import FakeClock, endpoint, failover, outlier, service
 
 EAST_IP, WEST_IP, EU_IP = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 EAST, WEST, EU = f"{EAST_IP}:80", f"{WEST_IP}:80", f"{EU_IP}:80"
-WORKLOAD = Locality.parse("us-east1")
+WORKLOAD = Workload(Locality.parse("us-east1"))
 
 
 def seed_service(
@@ -65,8 +75,8 @@ def row(cluster: ClusterState, address: str, now: float) -> dict[str, object]:
 
 
 def eject(cluster: ClusterState, address: str, clock: FakeClock) -> None:
-    cluster.record(address, 503, clock.now())
-    cluster.record(address, 503, clock.now())
+    cluster.record(address, AttemptResult.answer(503), clock.now())
+    cluster.record(address, AttemptResult.answer(503), clock.now())
     assert row(cluster, address, clock.now())["ejected"] is True
 
 
@@ -110,12 +120,12 @@ def test_consecutive_errors_and_backoff_carry_over_so_the_next_error_counts_on()
     old = state(seed_service(), clock.now())
     eject(old, EAST, clock)
     clock.advance(11.0)  # un-ejected at the sweep at 10 s; backoff 1 decays later
-    old.record(EAST, 503, clock.now())  # one of two
+    old.record(EAST, AttemptResult.answer(503), clock.now())  # one of two
     assert row(old, EAST, clock.now())["consecutive_5xx"] == 1
 
     new = state(seed_service(), clock.now())
     new.carry_over(old, clock.now())
-    new.record(EAST, 503, clock.now())
+    new.record(EAST, AttemptResult.answer(503), clock.now())
 
     after = row(new, EAST, clock.now())
     assert after["ejected"] is True
@@ -125,7 +135,7 @@ def test_consecutive_errors_and_backoff_carry_over_so_the_next_error_counts_on()
 def test_a_lowered_threshold_ejects_on_the_next_error_not_at_the_reload() -> None:
     clock = FakeClock(0.0)
     old = state(seed_service(), clock.now())
-    old.record(EAST, 503, clock.now())  # 1 of 2: not ejected
+    old.record(EAST, AttemptResult.answer(503), clock.now())  # 1 of 2: not ejected
 
     new = state(
         seed_service(outlier(consecutive_5xx_errors=1, interval_s=1.0, base_ejection_time_s=10.0)),
@@ -133,7 +143,7 @@ def test_a_lowered_threshold_ejects_on_the_next_error_not_at_the_reload() -> Non
     )
     new.carry_over(old, clock.now())
     assert row(new, EAST, clock.now())["ejected"] is False  # no error event at the reload
-    new.record(EAST, 503, clock.now())
+    new.record(EAST, AttemptResult.answer(503), clock.now())
 
     assert row(new, EAST, clock.now())["ejected"] is True
 
@@ -154,7 +164,7 @@ def test_hosts_that_leave_lose_their_state_and_new_hosts_start_fresh() -> None:
     clock = FakeClock(0.0)
     old = state(seed_service(extra=(EU_IP, "eu-west")), clock.now())
     eject(old, EU, clock)
-    old.record(WEST, 503, clock.now())
+    old.record(WEST, AttemptResult.answer(503), clock.now())
 
     new = state(seed_service(), clock.now())
     new.carry_over(old, clock.now())
@@ -178,8 +188,8 @@ def test_requests_picked_before_the_reload_report_to_the_new_state() -> None:
     new = state(seed_service(lb=LbAlgorithm.LEAST_REQUEST), clock.now())
     new.carry_over(old, clock.now())
     assert row(new, EAST, clock.now())["active_requests"] == 3
-    old.record(EAST, 503, clock.now())
-    old.record(EAST, 503, clock.now())
+    old.record(EAST, AttemptResult.answer(503), clock.now())
+    old.record(EAST, AttemptResult.answer(503), clock.now())
     old.release(EAST)
 
     after = row(new, EAST, clock.now())
@@ -305,9 +315,7 @@ async def test_a_rejected_config_leaves_the_served_table_object_untouched(
     config = tmp_path / "mydb.yaml"
     config.write_text(SEED)
     clock = FakeClock(0.0)
-    app = ServiceApp(
-        load_policy(config), WORKLOAD, ServiceSettings(), clock=clock, rng=random.Random(1)
-    )
+    app = ServiceApp(load_policy(config), WORKLOAD, Settings(), clock=clock, rng=random.Random(1))
     table = app.table
     for cluster in table:
         for index, address in enumerate((EAST_IP, WEST_IP)):
@@ -333,11 +341,9 @@ async def test_a_good_reload_swaps_the_table_and_keeps_the_ejection(tmp_path: Pa
     config = tmp_path / "mydb.yaml"
     config.write_text(SEED)
     clock = FakeClock(0.0)
-    app = ServiceApp(
-        load_policy(config), WORKLOAD, ServiceSettings(), clock=clock, rng=random.Random(1)
-    )
+    app = ServiceApp(load_policy(config), WORKLOAD, Settings(), clock=clock, rng=random.Random(1))
     old = app.table
-    old.clusters["outbound|80||mydb.com"].record(EAST, 503, clock.now())
+    old.clusters["outbound|80||mydb.com"].record(EAST, AttemptResult.answer(503), clock.now())
     reloader = ConfigReloader(
         config, load_policy, app.apply_policy, metrics=app.metrics, settle_s=0
     )

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.core.policy import Endpoint, Locality, Policy, Resolution, Service
+from extproc.core.policy import Endpoint, Locality, Policy, Resolution, Service, Workload
 from extproc.core.table import ServiceTable, split_authority
-from extproc.render.bootstrap import RenderSettings, render_bootstrap
+from extproc.render.bootstrap import render_bootstrap
+from extproc.settings import Settings
+from extproc.testing import find_service
 
 
 def _service(host: str, port: int) -> Service:
@@ -41,7 +43,7 @@ def test_split_authority(authority: str, expected: tuple[str, int | None]) -> No
 
 def test_bare_host_means_port_80_and_explicit_ports_pick_their_service() -> None:
     policy = Policy((_service("mydb.com", 8080), _service("mydb.com", 80)))
-    table = ServiceTable(policy, Locality(), now=0.0, rng=random.Random(1))
+    table = ServiceTable(policy, Workload(Locality()), now=0.0, rng=random.Random(1))
 
     assert table.lookup("mydb.com").service.port == 80  # type: ignore[union-attr]
     assert table.lookup("MYDB.com:8080").service.port == 8080  # type: ignore[union-attr]
@@ -51,7 +53,9 @@ def test_bare_host_means_port_80_and_explicit_ports_pick_their_service() -> None
 
 def test_remembered_spellings_are_bounded() -> None:
     host = "abcdefghijklmnop.com"
-    table = ServiceTable(Policy((_service(host, 80),)), Locality(), now=0.0, rng=random.Random(1))
+    table = ServiceTable(
+        Policy((_service(host, 80),)), Workload(Locality()), now=0.0, rng=random.Random(1)
+    )
     for i in range(5000):
         spelled = "".join(c.upper() if (i >> n) & 1 else c for n, c in enumerate(host))
         assert table.lookup(spelled) is not None
@@ -83,7 +87,7 @@ def _envoy_choice(virtual_hosts: list[dict[str, Any]], authority: str) -> str | 
 
 
 def _rendered_virtual_hosts(policy: Policy) -> list[dict[str, Any]]:
-    bootstrap = render_bootstrap(policy, RenderSettings())
+    bootstrap = render_bootstrap(policy, Settings())
     listener = bootstrap["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     return list(hcm["route_config"]["virtual_hosts"])
@@ -118,12 +122,12 @@ WILDCARD_POLICY: Final = Policy(
     ],
 )
 def test_lookup_agrees_with_the_rendered_routes(authority: str, cluster: str | None) -> None:
-    table = ServiceTable(WILDCARD_POLICY, Locality(), now=0.0, rng=random.Random(1))
+    table = ServiceTable(WILDCARD_POLICY, Workload(Locality()), now=0.0, rng=random.Random(1))
     found = table.lookup(authority)
     assert (found.service.cluster_name if found else None) == cluster
     assert _envoy_choice(_rendered_virtual_hosts(WILDCARD_POLICY), authority) == cluster
     host, port = split_authority(authority)
-    service = WILDCARD_POLICY.find(host, port)
+    service = find_service(WILDCARD_POLICY, host, port)
     assert (service.cluster_name if service else None) == cluster
 
 
@@ -145,7 +149,7 @@ def test_lookup_always_picks_the_virtual_host_envoy_picks(
 ) -> None:
     declared = dict.fromkeys([*exact, *((f"*.{h}", p) for h, p in wild)])  # one per host+port
     policy = Policy(tuple(_service(host, port) for host, port in declared))
-    table = ServiceTable(policy, Locality(), now=0.0, rng=random.Random(1))
+    table = ServiceTable(policy, Workload(Locality()), now=0.0, rng=random.Random(1))
     virtual_hosts = _rendered_virtual_hosts(policy)
     for host, port in requests:
         authority = host if port is None else f"{host}:{port}"

@@ -1,0 +1,500 @@
+"""The command line's flags, each with its ``EXTPROC_*`` variable, and the one map to Settings.
+
+Every flag's ``dest`` is the name of the ``Settings`` field it sets, and its default is read
+from ``settings.DEFAULTS`` (``render`` has its own two, ``RENDER_LISTEN`` and
+``RENDER_ENVOY_ADMIN``), so ``settings_from_args`` is one loop, not a field-by-field copy.
+A variable's value is parsed as the flag's value would be, after the command line, so a bad
+one is a usage error (exit 2) that names the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from extproc import __version__
+from extproc.cli.values import (
+    BIND,
+    DNS_SERVER,
+    HP,
+    LISTEN,
+    PEER,
+    boolean,
+    count,
+    data_path,
+    one_of,
+    parse_labels,
+    port_number,
+    seconds,
+)
+from extproc.core.policy import DEFAULT_CLUSTER_ID, Locality, Workload
+from extproc.errors import ExtprocError
+from extproc.settings import DEFAULTS, RENDER_ENVOY_ADMIN, RENDER_LISTEN, Settings
+from extproc.wire import DataPath, is_valid_secret
+
+T = TypeVar("T")
+
+#: A flag's variable: this and the flag's name (``EXTPROC_DNS_RESOLVER``).
+_ENV_PREFIX = "EXTPROC_"
+
+
+class _FromEnv(str):
+    """A flag's default read from an ``EXTPROC_*`` variable.
+
+    argparse parses a string default as it parses the flag's value, after the command line
+    and only when the flag was not given (its documented rule), so a bad value becomes a
+    usage error; ``_typed`` adds the variable's name to it.
+    """
+
+    var: str
+
+    def __new__(cls, text: str, var: str) -> _FromEnv:
+        self = super().__new__(cls, text)
+        self.var = var
+        return self
+
+
+def _typed(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """``convert`` as an argparse type whose errors name the variable a value came from."""
+
+    @functools.wraps(convert)
+    def parse(text: str) -> T:
+        try:
+            return convert(text)
+        except argparse.ArgumentTypeError as exc:
+            if isinstance(text, _FromEnv):
+                raise argparse.ArgumentTypeError(f"(from ${text.var}) {exc}") from None
+            raise
+
+    return parse
+
+
+class _Switch(argparse.Action):
+    """A flag without a value (``--strict``) whose variable may say 1/true or 0/false."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        default: Any = False,
+        type: Callable[[str], Any] | None = None,  # noqa: A002 (argparse's keyword)
+        help: str | None = None,  # noqa: A002 (argparse's keyword)
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, type=type, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True)
+
+
+def _from_env(*names: str) -> tuple[str | None, str]:
+    """The first set ``EXTPROC_<name>`` (an empty one counts as unset), and its name."""
+    for name in names:
+        var = _ENV_PREFIX + name
+        text = os.environ.get(var) or None
+        if text is not None:
+            return text, var
+    return None, _ENV_PREFIX + names[0]
+
+
+def _option(
+    parser: argparse._ActionsContainer,
+    flags: str | tuple[str, ...],
+    env: str | tuple[str, ...],
+    convert: Callable[[str], Any],
+    default: object,
+    help: str,  # noqa: A002 (argparse's keyword)
+    **kwargs: Any,
+) -> None:
+    """Add a flag (``--listen``; old names after the first are aliases), its default
+    overridable by ``EXTPROC_<env>`` (the first of several names wins, the rest are old
+    names still read).
+
+    ``default`` is shown as text and parsed by ``convert`` like a value given on the
+    command line, and only if it is used.
+    """
+    flags = (flags,) if isinstance(flags, str) else flags
+    envs = (env,) if isinstance(env, str) else env
+    text, var = _from_env(*envs)
+    shown_default = None if default is None else str(default)
+    shown = f"default {shown_default}; ${var}" if shown_default else f"${var}"
+    parser.add_argument(
+        *flags,
+        type=_typed(convert),
+        default=_FromEnv(text, var) if text is not None else shown_default,
+        help=f"{help} ({shown})",
+        **kwargs,
+    )
+
+
+def _switch(parser: argparse.ArgumentParser, flag: str, env: str, help: str) -> None:  # noqa: A002
+    """Add an on/off ``flag``; ``EXTPROC_<env>=1`` turns it on."""
+    text, var = _from_env(env)
+    parser.add_argument(
+        flag,
+        action=_Switch,
+        type=_typed(boolean),
+        default=_FromEnv(text, var) if text is not None else False,
+        help=f"{help} (${var}=1)",
+    )
+
+
+# --- groups of flags ------------------------------------------------------------------------
+
+
+def _add_config(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
+    """``--config`` (and, for ``check``, a positional PATH instead); ``-`` reads stdin."""
+    required = not os.environ.get(_ENV_PREFIX + "CONFIG")
+    where: argparse._ActionsContainer = parser
+    if positional:
+        where = parser.add_mutually_exclusive_group(required=required)
+        where.add_argument(
+            "path", nargs="?", type=Path, metavar="PATH", help="the config, as --config"
+        )
+    _option(
+        where,
+        "--config",
+        "CONFIG",
+        Path,
+        None,
+        "ServiceEntry/DestinationRule YAML: a file or a directory; - reads standard input",
+        required=required and not positional,
+    )
+    _switch(
+        parser,
+        "--strict",
+        "STRICT",
+        "warnings are errors, for CI: fields extproc ignores, a --locality no endpoint has",
+    )
+    _switch(
+        parser,
+        "--strict-max-ejection-percent",
+        "STRICT_MAX_EJECTION_PERCENT",
+        "apply maxEjectionPercent to the first ejection too, as Envoy >= 1.28 does "
+        "(default: the first ejection is always allowed, Envoy's always_eject_one_host)",
+    )
+
+
+def _add_locality(parser: argparse.ArgumentParser) -> None:
+    _option(
+        parser,
+        "--locality",
+        "LOCALITY",
+        str,
+        None,
+        "the workload's locality region[/zone[/subzone]]",
+    )
+    _option(
+        parser,
+        "--workload-labels",
+        "WORKLOAD_LABELS",
+        parse_labels,
+        None,
+        "the workload's labels, matched by localityLbSetting.failoverPriority; the "
+        "topology labels of --locality are added",
+        metavar="K=V[,K=V...]",
+    )
+
+
+def _add_envoy(parser: argparse.ArgumentParser, *, listen: object, envoy_admin: object) -> None:
+    """What every command that renders Envoy's bootstrap takes."""
+    _option(parser, "--listen", "LISTEN", LISTEN, listen, "Envoy's HTTP listener", metavar=HP)
+    help_admin = "Envoy's own admin (/stats, /config_dump)"
+    if envoy_admin is None:
+        help_admin += "; default: a free loopback port"
+    _option(parser, "--envoy-admin", "ENVOY_ADMIN", BIND, envoy_admin, help_admin, metavar=HP)
+    _option(
+        parser,
+        "--message-timeout-ms",
+        "MESSAGE_TIMEOUT_MS",
+        count,
+        DEFAULTS.message_timeout_ms,
+        "Envoy's budget for each ext_proc answer; past it the request fails closed",
+    )
+    _option(
+        parser,
+        "--data-path",
+        "DATA_PATH",
+        data_path,
+        DEFAULTS.data_path.value,
+        "lua: Envoy routes from tables the service publishes (fast); "
+        "ext_proc: the service is asked on every request",
+        metavar="{" + ",".join(p.value for p in DataPath) + "}",
+    )
+    _option(
+        parser,
+        "--system-ca-file",
+        "SYSTEM_CA_FILE",
+        str,
+        DEFAULTS.system_ca_file,
+        "the CA bundle, as Envoy sees it, for DestinationRule tls without caCertificates "
+        "(Istio's system roots)",
+    )
+
+
+def _add_service(parser: argparse.ArgumentParser) -> None:
+    """What every command that runs the service takes."""
+    _option(parser, "--admin", "ADMIN", BIND, DEFAULTS.admin, "the status view", metavar=HP)
+    _option(
+        parser,
+        "--dns-resolver",
+        "DNS_RESOLVER",
+        DNS_SERVER,
+        None,
+        "resolve endpoint names with this DNS server (port 53 unless given; "
+        "default: the system's resolvers)",
+        metavar="HOST[:PORT]",
+    )
+    _option(
+        parser,
+        "--watch-interval-s",
+        "WATCH_INTERVAL_S",
+        seconds,
+        f"{DEFAULTS.watch_interval_s:g}",
+        "look for config changes this often; 0: only on SIGHUP",
+    )
+
+
+def _add_transport(parser: argparse.ArgumentParser, grpc_flag: str) -> None:
+    """How Envoy and ``serve`` reach each other when ``up`` does not run both.
+
+    Outcome reports move traffic, so no transport is open to any local process: Unix
+    sockets in a directory only Envoy and the service can open, or TCP with a shared secret
+    on every ext_proc and EDS stream and sync request.
+    """
+    where = f"on the {grpc_flag} host"
+    _option(
+        parser,
+        ("--sync-port", "--brain-port"),
+        ("SYNC_PORT", "BRAIN_PORT"),
+        port_number,
+        DEFAULTS.sync_port,
+        f"the fast path's HTTP sync endpoint, {where} (--brain-port: its old name)",
+        dest="sync_port",
+    )
+    _option(
+        parser,
+        "--socket-dir",
+        "SOCKET_DIR",
+        Path,
+        None,
+        f"Unix sockets in this directory instead of TCP ({grpc_flag} and --sync-port are "
+        "not used then); give it the same directory on both sides, one only they can open",
+        metavar="DIR",
+    )
+    _option(
+        parser,
+        "--secret-file",
+        "SECRET_FILE",
+        Path,
+        None,
+        "over TCP: a file holding the shared secret (16-512 of [A-Za-z0-9._~+/=-], e.g. "
+        "`openssl rand -base64 32`), the same file for serve and render",
+        metavar="FILE",
+    )
+
+
+# --- sub-commands ---------------------------------------------------------------------------
+
+
+def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser("up", help="run the service and Envoy on this machine (foreground)")
+    _add_config(up)
+    _add_locality(up)
+    _add_envoy(up, listen=DEFAULTS.listen, envoy_admin=None)
+    _add_service(up)
+    _option(up, "--concurrency", "CONCURRENCY", count, DEFAULTS.concurrency, "Envoy worker threads")
+    _option(
+        up,
+        "--envoy-log-level",
+        "ENVOY_LOG_LEVEL",
+        str,
+        DEFAULTS.envoy_log_level,
+        "Envoy's --log-level",
+    )
+    _option(
+        up,
+        "--drain-time-s",
+        "DRAIN_TIME_S",
+        count,
+        DEFAULTS.drain_time_s,
+        "on a reload that restarts Envoy, how long the old Envoy drains its connections; "
+        "it exits 5 s later",
+    )
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
+    _add_config(serve)
+    _add_locality(serve)
+    _option(serve, "--grpc", "GRPC", BIND, DEFAULTS.grpc, "gRPC (ext_proc + health)", metavar=HP)
+    _add_transport(serve, "--grpc")
+    _add_service(serve)
+
+
+def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
+    _add_config(render)
+    _add_envoy(render, listen=RENDER_LISTEN, envoy_admin=RENDER_ENVOY_ADMIN)
+    _option(
+        render,
+        "--ext-proc",
+        "EXT_PROC",
+        PEER,
+        DEFAULTS.grpc,
+        "where Envoy reaches the service's gRPC (a name is resolved by Envoy)",
+        metavar=HP,
+        dest="grpc",
+    )
+    _add_transport(render, "--ext-proc")
+    render.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="write to a file instead of stdout (mode 600 when it holds the secret)",
+    )
+    render.add_argument(
+        "--validate", action="store_true", help="also run envoy --mode validate on it"
+    )
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = sub.add_parser(
+        "check",
+        help="validate a config: exit 0 ok (and a summary), 1 errors; warnings on stderr",
+    )
+    _add_config(check, positional=True)
+    _add_locality(check)
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser("status", help="print the endpoint table of a running service")
+    _option(status, "--admin", "ADMIN", PEER, DEFAULTS.admin, "the status view", metavar=HP)
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser("demo", help="play the seed's failover story locally (no Docker)")
+    demo.add_argument("--pause", type=_typed(seconds), default=0.3, help="seconds between requests")
+    _option(
+        demo,
+        "--data-path",
+        "DATA_PATH",
+        data_path,
+        DEFAULTS.data_path.value,
+        "lua: Envoy routes from tables the service publishes (fast); "
+        "ext_proc: the service is asked on every request",
+        metavar="{" + ",".join(p.value for p in DataPath) + "}",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: global flags, then one sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="extproc",
+        description="Istio's locality failover for external services, on plain Envoy.",
+    )
+    parser.add_argument("--version", action="version", version=f"extproc {__version__}")
+    _option(
+        parser,
+        "--log-level",
+        "LOG_LEVEL",
+        one_of("debug", "info", "warning", "error"),
+        None,
+        "default: info (warning for demo, whose story is the output)",
+        metavar="{debug,info,warning,error}",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_up, _add_serve, _add_render, _add_check, _add_status, _add_demo):
+        add(sub)
+    return parser
+
+
+# --- flags -> Settings ----------------------------------------------------------------------
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The one ``Settings`` of this run: every flag the command has, the defaults for the rest.
+
+    Raises:
+        ExtprocError: ``--secret-file`` cannot be read or holds no valid secret.
+    """
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(Settings)
+        if getattr(args, field.name, None) is not None
+    }
+    if getattr(args, "path", None) is not None:  # check's positional PATH
+        given["config"] = args.path
+    return dataclasses.replace(
+        DEFAULTS,
+        **given,
+        workload=workload_from_args(args),
+        secret=read_secret(getattr(args, "secret_file", None)),
+    )
+
+
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    """The workload; a ``topology.istio.io/cluster`` label names its cluster, as a sidecar's
+    ``ISTIO_META_CLUSTER_ID`` does (default ``Kubernetes``)."""
+    labels: tuple[tuple[str, str], ...] = getattr(args, "workload_labels", None) or ()
+    cluster = dict(labels).get("topology.istio.io/cluster") or DEFAULT_CLUSTER_ID
+    locality = Locality.parse(getattr(args, "locality", None) or "")
+    return Workload(locality=locality, labels=labels, cluster_id=cluster)
+
+
+def read_secret(path: Path | None) -> str | None:
+    """The shared secret in ``path`` (surrounding whitespace dropped), or None.
+
+    Raises:
+        ExtprocError: the file cannot be read or its content cannot be a secret.
+    """
+    if path is None:
+        return None
+    try:
+        secret = path.read_text().strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExtprocError(f"--secret-file {path}: cannot read: {exc}") from exc
+    if not is_valid_secret(secret):
+        raise ExtprocError(
+            f"--secret-file {path}: the secret must be 16-512 characters of "
+            "[A-Za-z0-9._~+/=-] (for example the output of `openssl rand -base64 32`)"
+        )
+    if mode & 0o077:
+        print(
+            f"warning: --secret-file {path}: readable by other users (mode "
+            f"{mode & 0o777:o}); chmod 600 it",
+            file=sys.stderr,
+        )
+    return secret
+
+
+def require_transport(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``serve`` and ``render`` over TCP need a secret: a usage error otherwise."""
+    if args.command in ("serve", "render") and args.socket_dir is None and not args.secret_file:
+        # The sub-command's usage line, as argparse gives for its own errors.
+        sub = next(
+            (
+                action.choices[args.command]
+                for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction)
+            ),
+            parser,
+        )
+        sub.error(
+            f"{args.command} over TCP needs --secret-file (the same one for serve and "
+            "render), or --socket-dir: without either, any local process could report "
+            "outcomes and move traffic"
+        )
