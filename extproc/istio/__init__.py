@@ -4,16 +4,31 @@
     load_policy("-")                # standard input (``<stdin>`` in messages)
     load_policy_text(text, "demo")  # the same from a string
 
-Three steps, each in its module: ``load`` splits YAML into documents (and a ``kind: List``
-into its items), ``schema`` checks each object against Istio's API (``api``) and
-validation rules, ``compile`` joins DestinationRules to ServiceEntry hosts and applies
-Istio's defaults. Every problem of every step is collected; if any is an error,
-``ConfigError`` carries them all and nothing is returned. Warnings end up in
-``Policy.warnings`` (or, with ``strict``, are errors too). A config that serves nothing (no
-ServiceEntry) is an error: a reload to an empty file must not drop every route. This
-package does no I/O beyond reading the given files (or standard input) and checking that
-the TLS files a DestinationRule names can be read. ``summary`` describes a loaded policy
-for ``extproc check``.
+The modules, in the order a config goes through them:
+
+    load                  YAML text to documents (YAML 1.2 scalars; a ``kind: List``'s items)
+    validation            one object: kind and apiVersion, shape, then the rules (entry point)
+      api                 Istio's kinds and field names, as the CRDs have them
+      models              the pydantic models of ServiceEntry and DestinationRule (shape)
+      duration            Go durations: the parser and the model type
+      findings            Source, Findings, Checker; pydantic errors and field names in words
+      service_entry_rules ValidateServiceEntry's rules
+      traffic_policy_rules ValidateDestinationRule's rules (traffic policy, annotation)
+      field_rules         the agent package's rules: names, ports, durations, TLS, localities
+      literal             how a value the user wrote appears in a message
+    preflight             after validation: the TLS files a DestinationRule names can be read
+    compile               DestinationRules joined to ServiceEntry hosts, Istio's defaults
+    summary               what a policy means for one workload (``extproc check``)
+
+Every problem of every step is collected; if any is an error, ``ConfigError`` carries them
+all and nothing is returned. Warnings end up in ``Policy.warnings`` (or, with ``strict``,
+are errors too). A config that serves nothing (no ServiceEntry) is an
+error: a reload to an empty file must not drop every route.
+
+Rules of the room: pure functions of the YAML, called from any thread (the server loads off
+the event loop). No network, no grpc, no asyncio, no logging; the only I/O is reading the
+given files (or standard input) in ``load`` and the ``preflight`` file checks. Imports
+``extproc.core`` (the values it builds) and ``extproc.errors``, nothing above them.
 """
 
 from __future__ import annotations
@@ -25,9 +40,12 @@ from pathlib import Path
 from extproc.core.policy import Policy
 from extproc.errors import ConfigError, Problem
 from extproc.istio.compile import HTTP_PROTOCOLS, compile_services
+from extproc.istio.findings import Findings, Parsed
 from extproc.istio.load import Loaded, load_path, load_text
-from extproc.istio.schema import Findings, Parsed, ServiceEntry, parse_object
+from extproc.istio.models import ServiceEntry
+from extproc.istio.preflight import tls_file_problems
 from extproc.istio.summary import check_summary, locality_warnings
+from extproc.istio.validation import check_object
 
 __all__ = ["check_summary", "load_policy", "load_policy_text", "locality_warnings"]
 
@@ -72,9 +90,13 @@ def _build(loaded: Loaded, always_eject_one_host: bool, strict: bool) -> Policy:
         data = document.data
         if isinstance(data, dict) and isinstance(kind := data.get("kind"), str):
             kinds[kind] += 1
-        parsed = parse_object(data, document.file, document.index, findings, document.item)
-        if parsed is not None:
-            objects.append(parsed)
+        checked = check_object(data, document.file, document.index, findings, document.item)
+        if checked is None:
+            continue
+        unreadable = tls_file_problems(checked.parsed)
+        findings.errors.extend(unreadable)
+        if not checked.rejected and not unreadable:
+            objects.append(checked.parsed)
     if findings.skipped:
         findings.warnings.append(_skipped(loaded.source, findings.skipped))
     try:

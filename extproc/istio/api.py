@@ -9,7 +9,7 @@ extproc does the same with the field names below, which follow the CRDs of istio
 ``v1alpha3`` of ServiceEntry and DestinationRule share one schema there, so one shape
 serves every version.
 
-Only names are kept, not types: ``schema.py`` checks the types of what extproc reads, and
+Only names are kept, not types: ``models.py`` checks the types of what extproc reads, and
 the content of a field it does not implement is not read at all.
 """
 

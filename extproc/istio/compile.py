@@ -54,24 +54,28 @@ from extproc.core.policy import (
     is_ip,
 )
 from extproc.errors import ConfigError, Problem
-from extproc.istio.schema import (
+from extproc.istio.duration import parse_duration
+from extproc.istio.findings import Parsed, Source
+from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
     ClientTlsSettingsSpec,
     ConnectionPoolSpec,
     DestinationRule,
     LocalityLbSettingSpec,
     OutlierDetectionSpec,
-    Parsed,
     PortTrafficPolicySpec,
     ServiceEntry,
     ServicePort,
-    Source,
     TrafficPolicySpec,
-    lb_algorithm,
-    parse_duration,
 )
 
-__all__ = ["HTTP_PROTOCOLS", "README_DIFFERENCES", "compile_policy", "compile_services"]
+__all__ = [
+    "HTTP_PROTOCOLS",
+    "README_DIFFERENCES",
+    "compile_policy",
+    "compile_services",
+    "lb_algorithm",
+]
 
 # Protocols whose requests pass through Envoy's HTTP filters (where ext_proc runs). An unset
 # protocol is sniffed by Istio; extproc only sees it if it is HTTP, so it is served as HTTP.
@@ -444,7 +448,7 @@ def compile_services(
     """Build the services from validated objects, in document order, and this step's warnings.
 
     Args:
-        objects: the ServiceEntries and DestinationRules, as ``schema.parse_object`` returned
+        objects: the ServiceEntries and DestinationRules, as ``validation.check_object`` returned
             them.
         always_eject_one_host: copied into every ``OutlierDetection`` (see there).
         source: names the config as a whole (a file, a directory) in warnings about it.
@@ -477,6 +481,18 @@ def compile_policy(
         objects, always_eject_one_host=always_eject_one_host, source=source
     )
     return Policy(services=services, warnings=tuple(str(w) for w in [*warnings, *own]))
+
+
+def lb_algorithm(simple: str | None) -> LbAlgorithm:
+    """Map ``loadBalancer.simple`` (already validated) to the algorithm Envoy would run.
+
+    UNSPECIFIED and unset take Istio's default, LEAST_REQUEST; LEAST_CONN is deprecated and
+    Istio sends LEAST_REQUEST for it (``pilot/pkg/networking/core/cluster_traffic_policy.go``
+    ``applyLoadBalancer``).
+    """
+    if simple in (None, "UNSPECIFIED", "LEAST_CONN"):
+        return LbAlgorithm.LEAST_REQUEST
+    return LbAlgorithm(simple)
 
 
 def _locality_lb_setting(lls: LocalityLbSettingSpec) -> LocalityLbSetting:

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from extproc.core.policy import Policy
 from extproc.errors import ConfigError
-from extproc.istio import api, load_policy_text, schema
-from extproc.istio.schema import parse_duration
+from extproc.istio import api, load_policy_text
+from extproc.istio.duration import parse_duration
+from extproc.istio.findings import model_in
+from extproc.istio.models import MODELS
 
 DELETE: Final = object()
 
@@ -1328,7 +1330,7 @@ def _shape_problems(model: type[Any], shape: api.Shape, path: str) -> list[str]:
         if child_shape is None:
             problems.append(f"{path}.{alias}")
             continue
-        child = schema._model_in(info.annotation)
+        child = model_in(info.annotation)
         while child_shape.items is not None:
             child_shape = child_shape.items
         if child is not None:
@@ -1338,7 +1340,7 @@ def _shape_problems(model: type[Any], shape: api.Shape, path: str) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["ServiceEntry", "DestinationRule"])
 def test_every_field_extproc_reads_is_a_field_of_istios_api(kind: str) -> None:
-    assert _shape_problems(schema._MODELS[kind], api.SHAPES[kind], kind) == []
+    assert _shape_problems(MODELS[kind], api.SHAPES[kind], kind) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,267 @@
+"""The Istio objects we read, as strict pydantic models: ServiceEntry and DestinationRule.
+
+Shape only, as the Kubernetes API server checks a CRD's OpenAPI schema: strict types (``"80"``
+is not a port number, ``on`` is not a boolean), fields read by their Istio (camelCase) names
+through explicit aliases, nulls as unset. What a value means is validation's
+(``service_entry_rules``, ``traffic_policy_rules``); field names are checked against Istio's
+API (``api``) by ``findings.walk_fields``, so a model declares only what extproc reads and
+keeps the rest (``extra="allow"``) to warn about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from extproc.istio.duration import GoDuration
+
+__all__ = [
+    "API_VERSIONS",
+    "MODELS",
+    "UPSTREAM_SNI_ANNOTATION",
+    "UPSTREAM_SNI_VALUES",
+    "ClientTlsSettingsSpec",
+    "ConnectionPoolSpec",
+    "DestinationRule",
+    "IstioObject",
+    "LoadBalancerSpec",
+    "LocalityLbSettingSpec",
+    "Model",
+    "OutlierDetectionSpec",
+    "PortTrafficPolicySpec",
+    "ServiceEntry",
+    "ServicePort",
+    "TrafficPolicySpec",
+    "WorkloadEntry",
+    "tls_settings_of",
+]
+
+API_VERSIONS: Final = (
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+)
+
+#: extproc's switch on a DestinationRule (Istio ignores annotations it does not know): with
+#: ``endpoint``, TLS without ``sni`` sends each endpoint's own name as SNI and Host instead of
+#: the request's authority (``authority``, Istio's behaviour and the default).
+UPSTREAM_SNI_ANNOTATION: Final = "extproc.io/upstream-sni"
+UPSTREAM_SNI_VALUES: Final = ("authority", "endpoint")
+
+
+class Model(BaseModel):
+    """Strict, immutable, and keeping what it does not declare (see ``findings.walk_fields``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=False)
+
+    # Istio fields with their own message when written (None: say nothing). Every other
+    # Istio field the model does not declare gets NOT_YET; a name not in Istio's API
+    # (``api.py``) is an error.
+    IGNORED: ClassVar[Mapping[str, str | None]] = {}
+    # False for Kubernetes metadata, whose many server-written fields are not configuration.
+    WARN_UNIMPLEMENTED: ClassVar[bool] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        # The API server prunes null values of non-nullable CRD fields: null means unset.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class ObjectMeta(Model):
+    """``metadata``: the name (in messages) and extproc's annotation."""
+
+    WARN_UNIMPLEMENTED = False
+
+    name: str = ""
+    namespace: str = ""
+    annotations: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServicePort(Model):
+    """``ServiceEntry.spec.ports[]`` (``networking.Port`` in istio/api)."""
+
+    number: int
+    name: str = ""
+    protocol: str = ""
+    target_port: int = Field(default=0, alias="targetPort")
+
+
+class WorkloadEntry(Model):
+    """``ServiceEntry.spec.endpoints[]``."""
+
+    address: str = ""
+    ports: dict[str, int] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    locality: str = ""
+    weight: int = 0
+    network: str = ""  # only as the topology.istio.io/network label (failoverPriority)
+
+
+class ServiceEntrySpec(Model):
+    hosts: list[str] = Field(default_factory=list)
+    # The SANs TLS origination checks when the DestinationRule's tls names none
+    # (constructUpstreamTLS, for ServiceEntries).
+    subject_alt_names: list[str] = Field(default_factory=list, alias="subjectAltNames")
+    ports: list[ServicePort] = Field(default_factory=list)
+    location: str = ""
+    resolution: str = ""
+    endpoints: list[WorkloadEntry] = Field(default_factory=list)
+
+
+class ServiceEntry(Model):
+    """A ``networking.istio.io`` ServiceEntry."""
+
+    IGNORED = {"status": None}
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta = ObjectMeta()
+    spec: ServiceEntrySpec
+
+
+class OutlierDetectionSpec(Model):
+    """``trafficPolicy.outlierDetection``; unset fields stay ``None`` (defaults in compile)."""
+
+    IGNORED = {
+        "consecutiveErrors": "deprecated by Istio (use consecutive5xxErrors), ignored",
+    }
+
+    consecutive_5xx_errors: int | None = Field(default=None, alias="consecutive5xxErrors")
+    consecutive_gateway_errors: int | None = Field(default=None, alias="consecutiveGatewayErrors")
+    interval: GoDuration | None = None
+    base_ejection_time: GoDuration | None = Field(default=None, alias="baseEjectionTime")
+    max_ejection_percent: int | None = Field(default=None, alias="maxEjectionPercent")
+    min_health_percent: int | None = Field(default=None, alias="minHealthPercent")
+    split_external_local_origin_errors: bool = Field(
+        default=False, alias="splitExternalLocalOriginErrors"
+    )
+    consecutive_local_origin_failures: int | None = Field(
+        default=None, alias="consecutiveLocalOriginFailures"
+    )
+    outlier_detection_http_error_codes: list[int] = Field(
+        default_factory=list, alias="outlierDetectionHttpErrorCodes"
+    )
+
+
+class FailoverSpec(Model):
+    """``localityLbSetting.failover[]``: regions only."""
+
+    from_: str = Field(alias="from")
+    to: str
+
+
+class DistributeSpec(Model):
+    """``localityLbSetting.distribute[]``: weights for the localities of one client locality."""
+
+    from_: str = Field(default="", alias="from")
+    to: dict[str, int] = Field(default_factory=dict)
+
+
+class LocalityLbSettingSpec(Model):
+    enabled: bool | None = None
+    failover: list[FailoverSpec] = Field(default_factory=list)
+    distribute: list[DistributeSpec] = Field(default_factory=list)
+    failover_priority: list[str] = Field(default_factory=list, alias="failoverPriority")
+
+
+class LoadBalancerSpec(Model):
+    simple: str | None = None
+    locality_lb_setting: LocalityLbSettingSpec | None = Field(
+        default=None, alias="localityLbSetting"
+    )
+
+
+class TcpSettingsSpec(Model):
+    """``connectionPool.tcp``: only ``connectTimeout`` (the cluster's ``connect_timeout``)."""
+
+    connect_timeout: GoDuration | None = Field(default=None, alias="connectTimeout")
+
+
+class ConnectionPoolSpec(Model):
+    """``trafficPolicy.connectionPool`` (``ConnectionPoolSettings``)."""
+
+    tcp: TcpSettingsSpec | None = None
+
+
+class ClientTlsSettingsSpec(Model):
+    """``tls`` of a traffic policy or a port's (``ClientTLSSettings``); unset mode is DISABLE."""
+
+    mode: str = ""
+    client_certificate: str = Field(default="", alias="clientCertificate")
+    private_key: str = Field(default="", alias="privateKey")
+    ca_certificates: str = Field(default="", alias="caCertificates")
+    credential_name: str = Field(default="", alias="credentialName")
+    subject_alt_names: list[str] = Field(default_factory=list, alias="subjectAltNames")
+    sni: str = ""
+    insecure_skip_verify: bool | None = Field(default=None, alias="insecureSkipVerify")
+    ca_crl: str = Field(default="", alias="caCrl")
+
+
+class PortSelectorSpec(Model):
+    """``portLevelSettings[].port`` (``PortSelector``)."""
+
+    number: int = 0
+
+
+class PortTrafficPolicySpec(Model):
+    """``trafficPolicy.portLevelSettings[]``: replaces the top-level policy on its port.
+
+    Its fields mirror ``TrafficPolicySpec``'s, so either can be the policy of a port
+    (Istio's ``GetPortLevelTrafficPolicy`` returns the port's settings as a TrafficPolicy).
+    """
+
+    port: PortSelectorSpec | None = None
+    load_balancer: LoadBalancerSpec | None = Field(default=None, alias="loadBalancer")
+    outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
+    connection_pool: ConnectionPoolSpec | None = Field(default=None, alias="connectionPool")
+    tls: ClientTlsSettingsSpec | None = None
+
+
+class TrafficPolicySpec(Model):
+    load_balancer: LoadBalancerSpec | None = Field(default=None, alias="loadBalancer")
+    outlier_detection: OutlierDetectionSpec | None = Field(default=None, alias="outlierDetection")
+    connection_pool: ConnectionPoolSpec | None = Field(default=None, alias="connectionPool")
+    tls: ClientTlsSettingsSpec | None = None
+    port_level_settings: list[PortTrafficPolicySpec] = Field(
+        default_factory=list, alias="portLevelSettings"
+    )
+
+
+class DestinationRuleSpec(Model):
+    host: str = ""
+    traffic_policy: TrafficPolicySpec | None = Field(default=None, alias="trafficPolicy")
+
+
+class DestinationRule(Model):
+    """A ``networking.istio.io`` DestinationRule."""
+
+    IGNORED = {"status": None}
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta = ObjectMeta()
+    spec: DestinationRuleSpec
+
+
+IstioObject = ServiceEntry | DestinationRule
+MODELS: Final[Mapping[str, type[ServiceEntry] | type[DestinationRule]]] = {
+    "ServiceEntry": ServiceEntry,
+    "DestinationRule": DestinationRule,
+}
+
+
+def tls_settings_of(dr: DestinationRule) -> list[tuple[str, ClientTlsSettingsSpec]]:
+    """Every ``tls`` of a DestinationRule's traffic policy, with its path."""
+    policy = dr.spec.traffic_policy
+    if policy is None:
+        return []
+    found = [] if policy.tls is None else [("spec.trafficPolicy.tls", policy.tls)]
+    for i, entry in enumerate(policy.port_level_settings):
+        if entry.tls is not None:
+            found.append((f"spec.trafficPolicy.portLevelSettings[{i}].tls", entry.tls))
+    return found

@@ -1,0 +1,246 @@
+"""Istio's rules for a DestinationRule (``ValidateDestinationRule``) and its traffic policy.
+
+From ``pkg/config/validation/validation.go``, with Istio's messages: the host, the traffic
+policy and its port-level settings, outlier detection, the load balancer and the connection
+pool, and extproc's ``extproc.io/upstream-sni`` annotation. The field rules they share with
+other kinds (TLS, localities, durations) are ``field_rules``'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from extproc.istio import api
+from extproc.istio.field_rules import (
+    check_duration,
+    check_locality_lb,
+    check_tls,
+    domain_error,
+    port_error,
+    uint32_error,
+)
+from extproc.istio.findings import Checker
+from extproc.istio.literal import show
+from extproc.istio.models import (
+    UPSTREAM_SNI_ANNOTATION,
+    UPSTREAM_SNI_VALUES,
+    ConnectionPoolSpec,
+    DestinationRule,
+    LoadBalancerSpec,
+    Model,
+    OutlierDetectionSpec,
+    PortTrafficPolicySpec,
+    TrafficPolicySpec,
+    tls_settings_of,
+)
+
+__all__ = ["check_destination_rule"]
+
+# LoadBalancerSettings.SimpleLB in networking/v1alpha3/destination_rule.proto
+_SIMPLE_LB: Final = (
+    "UNSPECIFIED",
+    "LEAST_CONN",
+    "RANDOM",
+    "PASSTHROUGH",
+    "ROUND_ROBIN",
+    "LEAST_REQUEST",
+)
+_PORT_POLICY_FIELDS: Final = frozenset(api.PORT_TRAFFIC_POLICY.field_names()) - {"port"}
+
+
+def check_destination_rule(dr: DestinationRule, check: Checker) -> None:
+    """``ValidateDestinationRule`` (pkg/config/validation/validation.go), for what we serve."""
+    spec = dr.spec
+    if not spec.host:
+        check.error("spec.host", "is required")
+    elif (problem := domain_error(spec.host)) is not None:
+        check.error("spec.host", problem)
+    _check_upstream_sni(dr, check)
+    policy = spec.traffic_policy
+    if policy is None:
+        return
+    where = "spec.trafficPolicy"
+    # validateTrafficPolicy: an empty trafficPolicy is a mistake, not a no-op.
+    # (An empty portLevelSettings list is unset, as an empty repeated field is in protobuf.)
+    written = _written(policy, api.TRAFFIC_POLICY.field_names())
+    if not policy.port_level_settings:
+        written.discard("portLevelSettings")
+    if not written:
+        check.error(where, "traffic policy must have at least one field")
+    _check_policy_components(policy, where, check)
+    _check_port_level_settings(policy.port_level_settings, f"{where}.portLevelSettings", check)
+
+
+def _check_policy_components(
+    policy: TrafficPolicySpec | PortTrafficPolicySpec, where: str, check: Checker
+) -> None:
+    """What ``validateTrafficPolicy`` and ``validatePortTrafficPolicies`` both check."""
+    if policy.outlier_detection is not None:
+        _check_outlier_detection(policy.outlier_detection, f"{where}.outlierDetection", check)
+    if policy.connection_pool is not None:
+        _check_connection_pool(policy.connection_pool, f"{where}.connectionPool", check)
+    if policy.tls is not None:
+        check_tls(policy.tls, f"{where}.tls", check)
+    if policy.load_balancer is not None:
+        # validateLoadBalancer(lb, outlier): failover needs the same level's outlierDetection.
+        _check_load_balancer(
+            policy.load_balancer,
+            f"{where}.loadBalancer",
+            policy.outlier_detection is not None,
+            check,
+        )
+
+
+def _written(obj: Model, names: Iterable[str]) -> set[str]:
+    """The fields written in ``obj``, by their Istio names, among ``names`` (Istio's)."""
+    declared = type(obj).model_fields
+    written = {declared[n].alias or n for n in obj.model_fields_set if n in declared}
+    return (written | set(obj.model_extra or {})) & set(names)
+
+
+def _check_port_level_settings(
+    settings: Sequence[PortTrafficPolicySpec], where: str, check: Checker
+) -> None:
+    """``validatePortTrafficPolicies``, plus warnings for entries that can never apply."""
+    first: dict[int, int] = {}
+    for i, entry in enumerate(settings):
+        here = f"{where}[{i}]"
+        if entry.port is None:
+            check.error(f"{here}.port", "portTrafficPolicy must have valid port")
+        if not _written(entry, _PORT_POLICY_FIELDS):
+            check.error(here, "port traffic policy must have at least one field")
+        else:
+            _check_policy_components(entry, here, check)
+        if entry.port is None:
+            continue
+        number = entry.port.number
+        if number < 0 or (problem := uint32_error(number, f"{here}.port.number")):
+            check.error(f"{here}.port.number", problem or f"must be 0 or more, got {number}")
+        elif (problem := port_error(number)) is not None:
+            # Istio accepts it (PortSelector.number is any uint32); it matches no port.
+            check.warn(f"{here}.port.number", f"{problem}; this entry never applies")
+        elif number in first:
+            # GetPortLevelTrafficPolicy takes the first entry for a port (break).
+            check.warn(
+                f"{here}.port.number",
+                f"port {number} is already set by portLevelSettings[{first[number]}]; "
+                "Istio applies the first entry for a port, and so does extproc: "
+                "this entry is ignored",
+            )
+        else:
+            first[number] = i
+
+
+def _check_connection_pool(pool: ConnectionPoolSpec, where: str, check: Checker) -> None:
+    """``validateConnectionPool``, for the fields extproc reads (others are only warned)."""
+    if pool.tcp is None and "http" not in (pool.model_extra or {}):
+        check.error(where, "connection pool must have at least one field")
+    if pool.tcp is not None and pool.tcp.connect_timeout is not None:
+        check_duration(pool.tcp.connect_timeout, f"{where}.tcp.connectTimeout", check)
+
+
+def _check_upstream_sni(dr: DestinationRule, check: Checker) -> None:
+    """extproc's ``extproc.io/upstream-sni`` annotation: a known value, and one that matters."""
+    annotations = dr.metadata.annotations
+    if UPSTREAM_SNI_ANNOTATION not in annotations:
+        return
+    where = f"metadata.annotations[{UPSTREAM_SNI_ANNOTATION}]"
+    value = annotations[UPSTREAM_SNI_ANNOTATION]
+    if value not in UPSTREAM_SNI_VALUES:
+        check.error(
+            where,
+            f"{show(value)} is not one of {', '.join(map(show, UPSTREAM_SNI_VALUES))}",
+        )
+        return
+    if value != "endpoint":
+        return
+    originating = False
+    for path, tls in tls_settings_of(dr):
+        if (tls.mode or "DISABLE") not in ("SIMPLE", "MUTUAL"):
+            continue
+        originating = True
+        if tls.sni:
+            check.error(
+                f"{path}.sni",
+                f"cannot be combined with the annotation {UPSTREAM_SNI_ANNOTATION}: endpoint, "
+                "which sends each endpoint's own name as SNI: remove one of them",
+            )
+    if not originating:
+        check.warn(
+            where,
+            "has no effect: this DestinationRule originates no TLS (tls.mode SIMPLE or MUTUAL)",
+        )
+
+
+def _check_outlier_detection(od: OutlierDetectionSpec, where: str, check: Checker) -> None:
+    """``validateOutlierDetection``."""
+    for alias, value in (
+        ("consecutive5xxErrors", od.consecutive_5xx_errors),
+        ("consecutiveGatewayErrors", od.consecutive_gateway_errors),
+        ("consecutiveLocalOriginFailures", od.consecutive_local_origin_failures),
+    ):
+        if value is not None and value < 0:  # UInt32Value
+            check.error(f"{where}.{alias}", f"must be 0 or more, got {value}")
+        elif value is not None and (problem := uint32_error(value, f"{where}.{alias}")):
+            check.error(f"{where}.{alias}", problem)
+    for i, code in enumerate(od.outlier_detection_http_error_codes):
+        # Istio checks the range in the CRD schema only (istio/api destination_rule.proto:
+        # protoc-gen-crd list-value-validation Minimum=100, Maximum=599), so the message is
+        # the API server's (kube-openapi validate).
+        here = f"{where}.outlierDetectionHttpErrorCodes[{i}]"
+        if code < 100:
+            check.error(
+                here,
+                f"Invalid value: {code}: {here} in body should be greater than or equal to 100",
+            )
+        elif code > 599:
+            check.error(
+                here, f"Invalid value: {code}: {here} in body should be less than or equal to 599"
+            )
+    if (
+        not od.split_external_local_origin_errors
+        and (od.consecutive_local_origin_failures or 0) > 0
+    ):
+        check.error(
+            f"{where}.consecutiveLocalOriginFailures",
+            "outlier detection consecutive local origin failures is specified, "
+            "but split external local origin errors is set to false",
+        )
+    for alias, text in (("interval", od.interval), ("baseEjectionTime", od.base_ejection_time)):
+        if text is not None:
+            check_duration(text, f"{where}.{alias}", check)
+    for alias, percent in (
+        ("maxEjectionPercent", od.max_ejection_percent),
+        ("minHealthPercent", od.min_health_percent),
+    ):
+        if percent is not None and not 0 <= percent <= 100:  # ValidatePercent
+            check.error(f"{where}.{alias}", f"percentage {percent} is not in range 0..100")
+
+
+def _check_load_balancer(
+    lb: LoadBalancerSpec, where: str, has_outlier_detection: bool, check: Checker
+) -> None:
+    if lb.simple is not None:
+        if "consistentHash" in (lb.model_extra or {}):
+            check.error(where, "only one of simple or consistentHash can be set")  # proto oneof
+        if lb.simple == "PASSTHROUGH":
+            check.error(
+                f"{where}.simple",
+                "PASSTHROUGH is not supported (it forwards to the caller's original "
+                "destination; there is no endpoint to choose)",
+            )
+        elif lb.simple == "LEAST_CONN":
+            check.warn(
+                f"{where}.simple",
+                "LEAST_CONN is deprecated; Istio uses LEAST_REQUEST for it, and so does extproc",
+            )
+        elif lb.simple not in _SIMPLE_LB:
+            check.error(
+                f"{where}.simple",
+                f"unknown load balancer {show(lb.simple)}; expected one of {', '.join(_SIMPLE_LB)}",
+            )
+    if lb.locality_lb_setting is not None:
+        check_locality_lb(
+            lb.locality_lb_setting, f"{where}.localityLbSetting", has_outlier_detection, check
+        )
