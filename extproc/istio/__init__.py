@@ -18,6 +18,7 @@ The modules, in the order a config goes through them:
       literal             how a value the user wrote appears in a message
     preflight             after validation: the TLS files a DestinationRule names can be read
     compile               DestinationRules joined to ServiceEntry hosts, Istio's defaults
+      upstream_tls        a ``tls`` compiled to ``TlsSettings``; the SNI the endpoints get
     summary               what a policy means for one workload (``extproc check``)
 
 Every problem of every step is collected; if any is an error, ``ConfigError`` carries them

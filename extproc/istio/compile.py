@@ -45,20 +45,17 @@ from extproc.core.policy import (
     Locality,
     LocalityLbSetting,
     OutlierDetection,
-    Policy,
     Resolution,
     Service,
-    TlsMode,
     TlsSettings,
     UpstreamSni,
-    is_ip,
+    authority_key,
 )
 from extproc.errors import ConfigError, Problem
 from extproc.istio.duration import parse_duration
 from extproc.istio.findings import Parsed, Source
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
-    ClientTlsSettingsSpec,
     ConnectionPoolSpec,
     DestinationRule,
     LocalityLbSettingSpec,
@@ -68,14 +65,9 @@ from extproc.istio.models import (
     ServicePort,
     TrafficPolicySpec,
 )
+from extproc.istio.upstream_tls import sni_finding, tls_settings
 
-__all__ = [
-    "HTTP_PROTOCOLS",
-    "README_DIFFERENCES",
-    "compile_policy",
-    "compile_services",
-    "lb_algorithm",
-]
+__all__ = ["HTTP_PROTOCOLS", "README_DIFFERENCES", "compile_services", "lb_algorithm"]
 
 # Protocols whose requests pass through Envoy's HTTP filters (where ext_proc runs). An unset
 # protocol is sniffed by Istio; extproc only sees it if it is HTTP, so it is served as HTTP.
@@ -255,7 +247,7 @@ class _Compiler:
             if policy is not None:
                 connect_timeout_s = _connect_timeout_s(policy.connection_pool)
             if policy is not None and policy.tls is not None:
-                tls = _tls_settings(policy.tls, rule.sni_from, spec.subject_alt_names)
+                tls = tls_settings(policy.tls, rule.sni_from, spec.subject_alt_names)
                 if tls is not None:
                     self.check_sni(rule, f"{where}.tls", tls, source, host, endpoints)
             if policy is not None and policy.load_balancer is not None:
@@ -291,58 +283,12 @@ class _Compiler:
         host: str,
         endpoints: Sequence[Endpoint],
     ) -> None:
-        """Say what SNI the endpoints get when the DestinationRule names none.
-
-        Without ``sni`` Istio sends the request's authority (the ServiceEntry host) as SNI
-        and checks the certificate against it (``auto_sni``, ``auto_san_validation``). Real
-        endpoints under other names (DynamoDB's regional hosts) present certificates for
-        their own names, so every handshake fails verification: a warning with the fix.
-        With ``extproc.io/upstream-sni: endpoint`` every endpoint needs a name.
-        """
-        if tls.sni_from is UpstreamSni.ENDPOINT:
-            where = f"metadata.annotations[{UPSTREAM_SNI_ANNOTATION}]"
-            ips = [e.address for e in endpoints if is_ip(e.address)]
-            if ips and (rule.policy_source, where) not in self.said:
-                self.said.add((rule.policy_source, where))
-                self.errors.append(
-                    rule.policy_source.problem(
-                        where,
-                        f"endpoint needs endpoint names to send, but {source.cite()} has "
-                        f"the IP address {ips[0]} as an endpoint of {host}",
-                    )
-                )
+        """Report ``upstream_tls.sni_finding``, once per DestinationRule and path."""
+        finding = sni_finding(tls, path, rule.policy_source, source, host, endpoints)
+        if finding is None or (rule.policy_source, finding.path) in self.said:
             return
-        if not tls.auto_sni:
-            return
-        others = sorted({e.address for e in endpoints if _normalize(e.address) != host})
-        names = [a for a in others if not is_ip(a)]
-        if not names or (rule.policy_source, path) in self.said:
-            return
-        self.said.add((rule.policy_source, path))
-        if tls.insecure_skip_verify:
-            check = "no certificate is verified (insecureSkipVerify)"
-        elif tls.subject_alt_names:
-            check = "the certificate is checked against subjectAltNames"
-        else:
-            check = (
-                f'the certificate is checked against "{host}" (auto_san_validation), and '
-                "endpoints under other names present certificates for their own names, so "
-                "every handshake fails verification (503)"
-            )
-        fix = (
-            f"annotate this DestinationRule with {UPSTREAM_SNI_ANNOTATION}: endpoint to send "
-            "each endpoint its own name as SNI and Host (extproc only; Istio ignores it)"
-        )
-        if len(names) == 1:
-            fix += f', or set sni: {names[0]} and subjectAltNames: ["{names[0]}"] (Istio too)'
-        self.warnings.append(
-            rule.policy_source.problem(
-                path,
-                f"mode {tls.mode.value} without sni: Istio sends the request's authority "
-                f'("{host}") as SNI to every endpoint, and so does extproc; the endpoints of '
-                f"{source.cite()} are other names ({', '.join(names)}); {check}. Fix: {fix}",
-            )
-        )
+        self.said.add((rule.policy_source, finding.path))
+        (self.errors if finding.error else self.warnings).append(finding.problem)
 
     def outlier_detection(self, od: OutlierDetectionSpec) -> OutlierDetection:
         interval_ns = _nanos(od.interval, _DEFAULT_INTERVAL_NS)
@@ -469,20 +415,6 @@ def compile_services(
     return tuple(compiler.services), tuple(compiler.warnings)
 
 
-def compile_policy(
-    objects: Sequence[Parsed],
-    *,
-    always_eject_one_host: bool = True,
-    warnings: Sequence[Problem] = (),
-    source: str = "<string>",
-) -> Policy:
-    """``compile_services`` as a ``Policy``; ``warnings`` of earlier steps come first."""
-    services, own = compile_services(
-        objects, always_eject_one_host=always_eject_one_host, source=source
-    )
-    return Policy(services=services, warnings=tuple(str(w) for w in [*warnings, *own]))
-
-
 def lb_algorithm(simple: str | None) -> LbAlgorithm:
     """Map ``loadBalancer.simple`` (already validated) to the algorithm Envoy would run.
 
@@ -522,34 +454,6 @@ def _port_policy(
     return policy, "spec.trafficPolicy"
 
 
-def _tls_settings(
-    spec: ClientTlsSettingsSpec, sni_from: UpstreamSni, service_sans: Sequence[str]
-) -> TlsSettings | None:
-    """``tls`` as pilot's ``constructUpstreamTLS`` uses it; ``None`` for DISABLE (no TLS).
-
-    The ServiceEntry's ``subjectAltNames`` stand in for the DestinationRule's when it has
-    none. Without ``sni`` they change nothing: ``auto_san_validation`` replaces Envoy's SAN
-    matchers with the SNI sent, so they are kept only with a fixed ``sni``.
-    """
-    if spec.mode not in ("SIMPLE", "MUTUAL"):
-        return None  # DISABLE or unset; ISTIO_MUTUAL and credentialName are rejected
-    sans = tuple(spec.subject_alt_names)
-    if not sans and spec.sni and not spec.insecure_skip_verify:
-        sans = tuple(service_sans)
-    mutual = spec.mode == "MUTUAL"
-    return TlsSettings(
-        mode=TlsMode(spec.mode),
-        sni=spec.sni,
-        subject_alt_names=sans,
-        ca_certificates=spec.ca_certificates,
-        client_certificate=spec.client_certificate if mutual else "",
-        private_key=spec.private_key if mutual else "",
-        ca_crl="" if spec.insecure_skip_verify else spec.ca_crl,
-        insecure_skip_verify=spec.insecure_skip_verify is True,
-        sni_from=sni_from,
-    )
-
-
 def _connect_timeout_s(pool: ConnectionPoolSpec | None) -> float:
     """``connectionPool.tcp.connectTimeout``, else the mesh default (``applyConnectionPool``)."""
     if pool is None or pool.tcp is None or pool.tcp.connect_timeout is None:
@@ -571,7 +475,7 @@ def _covers(pattern: str, host: str) -> bool:
 
 def _normalize(host: str) -> str:
     # Requests are matched lowercased and without the trailing dot (Policy.find).
-    return host.lower().rstrip(".")
+    return authority_key(host, None)
 
 
 def _nanos(text: str | None, default: int) -> int:

@@ -13,7 +13,6 @@ as its ``items``.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Hashable
@@ -24,6 +23,7 @@ from typing import Any, Final
 import yaml
 
 from extproc.errors import Problem
+from extproc.istio.literal import show
 
 __all__ = ["STDIN", "Document", "Loaded", "load_path", "load_text"]
 
@@ -262,7 +262,7 @@ def _add(
     if items is None:
         return  # an empty List
     if not isinstance(items, list):
-        acc.errors.append(Problem(name, where, "items", f"must be a list, got {_kind_of(items)}"))
+        acc.errors.append(Problem(name, where, "items", f"must be a list, got {show(items)}"))
         return
     if id(data) in within:
         acc.errors.append(
@@ -282,17 +282,6 @@ def _is_list(data: object) -> bool:
     if kind == "List":
         return True
     return isinstance(kind, str) and kind.endswith("List") and isinstance(data["items"], list)
-
-
-def _kind_of(value: object) -> str:
-    """A value in a message, as ``schema`` shows values: mappings and scalars."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _describe_reader(exc: yaml.reader.ReaderError, text: str) -> str:
