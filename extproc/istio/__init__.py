@@ -22,8 +22,8 @@ The modules, in the order a config goes through them:
     summary               what a policy means for one workload (``extproc check``)
 
 Every problem of every step is collected; if any is an error, ``ConfigError`` carries them
-all and nothing is returned. Warnings end up in ``Policy.warnings`` (or, with ``strict``,
-are errors too). A config that serves nothing (no ServiceEntry) is an
+all and nothing is returned. Warnings end up in ``Policy.warnings`` as ``Problem`` values
+(or, with ``strict``, are errors too). A config that serves nothing (no ServiceEntry) is an
 error: a reload to an empty file must not drop every route.
 
 Rules of the room: pure functions of the YAML, called from any thread (the server loads off
@@ -118,7 +118,7 @@ def _build(loaded: Loaded, always_eject_one_host: bool, strict: bool) -> Policy:
         raise ConfigError(errors)
     return Policy(
         services=services,
-        warnings=tuple(str(w) for w in all_warnings),
+        warnings=tuple(all_warnings),
         objects=tuple(sorted(kinds.items())),
     )
 

@@ -156,9 +156,8 @@ def _loads_or_reports(text: str, **options: Any) -> Policy | None:
     assert isinstance(policy, Policy)
     assert policy.services, "a policy that serves nothing is an error"
     for warning in policy.warnings:
-        assert isinstance(warning, str)
-        assert warning.startswith(f"{SOURCE}: "), warning
-        _check_printable(warning)
+        assert str(warning).startswith(f"{SOURCE}: "), warning
+        _check_located(warning)
     # What check prints for it must not fail either.
     workload = Workload(Locality.parse("r1/z1/s1"))
     assert check_summary(policy, workload)

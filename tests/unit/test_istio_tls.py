@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +31,7 @@ from extproc.core.policy import (
     Workload,
 )
 from extproc.core.table import ServiceTable
-from extproc.errors import ConfigError
+from extproc.errors import ConfigError, Problem
 from extproc.istio import load_policy_text
 from extproc.render.bootstrap import render_bootstrap
 from extproc.server.eds import EdsHost, load_assignment
@@ -301,7 +301,7 @@ TLS_WARNINGS = [
 def test_tls_that_changes_nothing_is_a_warning(
     tls: dict[str, Any], annotation: str | None, expected: str
 ) -> None:
-    assert _load(SE, _dr(tls, annotation)).warnings == (DR_AT + expected,)
+    assert _texts(_load(SE, _dr(tls, annotation)).warnings) == (DR_AT + expected,)
 
 
 SEED_WARNING: Final = (
@@ -317,13 +317,13 @@ SEED_WARNING: Final = (
 
 
 def test_the_seed_https_example_warns_that_verification_fails_and_names_the_fix() -> None:
-    assert _load(SE, _dr({"mode": "SIMPLE"})).warnings == (SEED_WARNING,)
+    assert _texts(_load(SE, _dr({"mode": "SIMPLE"})).warnings) == (SEED_WARNING,)
 
 
 def test_with_one_endpoint_name_the_warning_also_offers_sni_and_subject_alt_names() -> None:
     se = copy.deepcopy(SE)
     se["spec"]["endpoints"] = se["spec"]["endpoints"][:1]
-    (warning,) = _load(se, _dr({"mode": "SIMPLE"})).warnings
+    (warning,) = _texts(_load(se, _dr({"mode": "SIMPLE"})).warnings)
     assert warning.endswith(f', or set sni: {EAST} and subjectAltNames: ["{EAST}"] (Istio too)')
 
 
@@ -339,14 +339,14 @@ def test_with_one_endpoint_name_the_warning_also_offers_sni_and_subject_alt_name
 def test_no_sni_warning_when_the_endpoints_get_a_name_they_answer_to(
     tls: dict[str, Any], annotation: str | None
 ) -> None:
-    warnings = _load(SE, _dr(tls, annotation)).warnings
+    warnings = _texts(_load(SE, _dr(tls, annotation)).warnings)
     assert not [w for w in warnings if "without sni" in w]
 
 
 def test_no_sni_warning_when_the_host_itself_is_resolved() -> None:
     se = copy.deepcopy(SE)
     del se["spec"]["endpoints"]
-    assert _load(se, _dr({"mode": "SIMPLE"})).warnings == ()
+    assert _texts(_load(se, _dr({"mode": "SIMPLE"})).warnings) == ()
 
 
 def test_extproc_check_warns_about_the_literal_seed_https_config_and_names_the_fix(
@@ -661,3 +661,8 @@ def test_a_failed_tls_handshake_counts_as_a_connect_failure() -> None:
     outcome = classify(503, details, UPSTREAM_CONNECTION_FAILURE, 3)
     assert outcome.results == (AttemptResult.connect_failure(),) * 3
     assert tuple(result.code() for result in outcome.results) == (503, 503, 503)
+
+
+def _texts(warnings: Iterable[Problem]) -> tuple[str, ...]:
+    """Warnings as ``extproc check`` prints them (after ``warning: ``)."""
+    return tuple(str(w) for w in warnings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from typing import Any, Final
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc.core.policy import Policy
-from extproc.errors import ConfigError
+from extproc.errors import ConfigError, Problem
 from extproc.istio import api, load_policy_text
 from extproc.istio.duration import parse_duration
 from extproc.istio.findings import model_in
@@ -98,7 +99,7 @@ def _policy(*docs: dict[str, Any]) -> Policy:
 
 
 def test_base_documents_are_valid_and_warning_free() -> None:
-    assert _policy(SE, DR).warnings == ()
+    assert _texts(_policy(SE, DR).warnings) == ()
 
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1", "v1alpha3"])
@@ -107,7 +108,7 @@ def test_every_supported_api_version_is_accepted(version: str) -> None:
     dr = _patched(DR, {"apiVersion": f"networking.istio.io/{version}"})
     policy = _policy(se, dr)
     assert len(policy.services) == 1
-    assert policy.warnings == ()
+    assert _texts(policy.warnings) == ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +597,7 @@ SE_WARNINGS = [
 def test_service_entry_field_we_do_not_implement_is_a_warning(
     changes: dict[str, object], expected: str
 ) -> None:
-    assert SE_AT + expected in _policy(_patched(SE, changes), DR).warnings
+    assert SE_AT + expected in _texts(_policy(_patched(SE, changes), DR).warnings)
 
 
 DR_WARNINGS = [
@@ -689,7 +690,7 @@ DR_WARNINGS = [
 def test_destination_rule_field_we_do_not_implement_is_a_warning(
     changes: dict[str, object], expected: str
 ) -> None:
-    assert DR_AT + expected in _policy(SE, _patched(DR, changes)).warnings
+    assert DR_AT + expected in _texts(_policy(SE, _patched(DR, changes)).warnings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -803,13 +804,15 @@ def test_unknown_fields_of_a_traffic_policy_do_not_make_it_non_empty() -> None:
 
 def test_unsupported_fields_alone_make_a_traffic_policy_non_empty() -> None:
     dr = _patched(DR, {"spec.trafficPolicy": {"proxyProtocol": {}}})
-    assert _policy(SE, dr).warnings == (DR_AT + f"spec.trafficPolicy.proxyProtocol: {NOT_YET}",)
+    assert _texts(_policy(SE, dr).warnings) == (
+        DR_AT + f"spec.trafficPolicy.proxyProtocol: {NOT_YET}",
+    )
 
 
 def test_warnings_follow_the_order_fields_are_written_in() -> None:
     se = _patched(SE, {"spec.exportTo": ["."]})
     se["spec"] = {"addresses": ["10.0.0.1"], **se["spec"]}
-    warnings = _policy(se, DR).warnings
+    warnings = _texts(_policy(se, DR).warnings)
     assert warnings == (
         SE_AT + f"spec.addresses: {NOT_YET}",
         SE_AT + f"spec.exportTo: {NOT_YET}",
@@ -819,7 +822,7 @@ def test_warnings_follow_the_order_fields_are_written_in() -> None:
 def test_null_means_unset_and_is_not_warned_about() -> None:
     se = _patched(SE, {"spec.addresses": None, "spec.endpoints[0].weight": None})
     dr = _patched(DR, {"spec.trafficPolicy.tls": None})
-    assert _policy(se, dr).warnings == ()
+    assert _texts(_policy(se, dr).warnings) == ()
 
 
 def test_kubernetes_metadata_and_status_are_not_warned_about() -> None:
@@ -832,7 +835,7 @@ def test_kubernetes_metadata_and_status_are_not_warned_about() -> None:
         "uid": "x",
     }
     se = _patched(SE, {"metadata": meta, "status": {"conditions": []}})
-    assert _policy(se, DR).warnings == ()
+    assert _texts(_policy(se, DR).warnings) == ()
 
 
 @pytest.mark.parametrize(
@@ -850,7 +853,7 @@ def test_other_istio_networking_kinds_are_ignored_with_a_warning(
 ) -> None:
     other = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "db"}}
     policy = _policy(SE, DR, other)
-    assert policy.warnings == (
+    assert _texts(policy.warnings) == (
         f'cfg.yaml: {kind} "db" (document 3): kind: "{kind}" is not supported by extproc, ignored',
     )
     assert len(policy.services) == 1
@@ -962,7 +965,7 @@ def test_objects_of_other_api_groups_are_skipped_with_one_warning_that_counts_th
         _object("security.istio.io/v1", "PeerAuthentication", "pa"),
     ]
     policy = _policy(SE, *others, DR)
-    assert policy.warnings == (
+    assert _texts(policy.warnings) == (
         "cfg.yaml: 7 objects of other API groups skipped (2 Service, 1 ConfigMap, "
         "1 Deployment, 1 Gateway, 1 Ingress, 1 PeerAuthentication): "
         "extproc reads networking.istio.io only",
@@ -972,7 +975,7 @@ def test_objects_of_other_api_groups_are_skipped_with_one_warning_that_counts_th
 
 def test_one_object_of_another_api_group_is_counted_in_the_singular() -> None:
     policy = _policy(SE, DR, _object("v1", "Namespace", "prod"))
-    assert policy.warnings == (
+    assert _texts(policy.warnings) == (
         "cfg.yaml: 1 object of another API group skipped (1 Namespace): "
         "extproc reads networking.istio.io only",
     )
@@ -1070,7 +1073,7 @@ def test_composed_durations_add_up(hours: int, minutes: int, seconds: int, milli
 def test_distribute_sources_may_widen_in_order_as_istio_allows(sources: list[str]) -> None:
     rules = [{"from": src, "to": {"us-west": 100}} for src in sources]
     dr = _patched(DR, {f"{LLS}.failover": DELETE, f"{LLS}.distribute": rules})
-    assert _policy(SE, dr).warnings == ()
+    assert _texts(_policy(SE, dr).warnings) == ()
 
 
 @pytest.mark.parametrize(
@@ -1122,12 +1125,12 @@ def test_distribute_failover_priority_and_endpoint_network_are_not_warned_about(
             f"{LLS}.failoverPriority": ["topology.istio.io/network"],
         },
     )
-    assert _policy(se, dr).warnings == ()
+    assert _texts(_policy(se, dr).warnings) == ()
     dr = _patched(
         DR,
         {f"{LLS}.failover": DELETE, f"{LLS}.distribute": [{"from": "a/*", "to": {"b/*": 100}}]},
     )
-    assert _policy(SE, dr).warnings == ()
+    assert _texts(_policy(SE, dr).warnings) == ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1197,7 +1200,7 @@ def test_port_level_settings_are_validated_like_istio(
 def test_port_level_settings_alone_make_a_traffic_policy_non_empty() -> None:
     entry = {"port": {"number": 80}, "outlierDetection": {"maxEjectionPercent": 100}}
     dr = _patched(DR, {"spec.trafficPolicy": {"portLevelSettings": [entry]}})
-    assert _policy(SE, dr).warnings == ()
+    assert _texts(_policy(SE, dr).warnings) == ()
 
 
 def test_empty_port_level_settings_do_not_make_a_traffic_policy_non_empty() -> None:
@@ -1210,7 +1213,7 @@ def test_empty_port_level_settings_do_not_make_a_traffic_policy_non_empty() -> N
 def test_port_level_failover_needs_outlier_detection_on_the_same_level() -> None:
     failover = {"localityLbSetting": {"failover": [{"from": "us-east1", "to": "us-west"}]}}
     dr = _patched(DR, {PLS: [{"port": {"number": 80}, "loadBalancer": failover}]})
-    assert _policy(SE, dr).warnings == (
+    assert _texts(_policy(SE, dr).warnings) == (
         DR_AT + f"{PLS}[0].loadBalancer.localityLbSetting.failover: outlier detection policy "
         "must be provided for failover: without outlierDetection Istio does not fail over (it "
         "will not take effect), and neither does extproc",
@@ -1240,7 +1243,7 @@ def test_port_level_failover_needs_outlier_detection_on_the_same_level() -> None
 def test_port_level_entry_that_can_never_apply_is_a_warning(
     settings: list[dict[str, Any]], expected: str
 ) -> None:
-    assert DR_AT + expected in _policy(SE, _patched(DR, {PLS: settings})).warnings
+    assert DR_AT + expected in _texts(_policy(SE, _patched(DR, {PLS: settings})).warnings)
 
 
 @pytest.mark.parametrize(
@@ -1271,17 +1274,17 @@ def test_connection_pool_is_validated_like_istio(pool: dict[str, Any], expected:
 
 def test_connect_timeout_alone_is_accepted_without_warnings() -> None:
     dr = _patched(DR, {POOL: {"tcp": {"connectTimeout": "250ms"}}})
-    assert _policy(SE, dr).warnings == ()
+    assert _texts(_policy(SE, dr).warnings) == ()
 
 
 def test_dns_round_robin_with_one_endpoint_is_accepted() -> None:
     se = _patched(SE, {"spec.resolution": "DNS_ROUND_ROBIN", "spec.endpoints[1]": DELETE})
-    assert _policy(se).warnings == ()
+    assert _texts(_policy(se).warnings) == ()
 
 
 def test_wildcard_host_with_endpoints_is_accepted() -> None:
     se = _patched(SE, {"spec.hosts": ["*.mydb.com"]})
-    assert _policy(se, _patched(DR, {"spec.host": "*.mydb.com"})).warnings == ()
+    assert _texts(_policy(se, _patched(DR, {"spec.host": "*.mydb.com"})).warnings) == ()
 
 
 @pytest.mark.parametrize(
@@ -1314,7 +1317,7 @@ def test_gateway_local_origin_and_error_code_fields_are_served_without_warnings(
         f"{OD}.consecutiveLocalOriginFailures": 2,
         f"{OD}.outlierDetectionHttpErrorCodes": [100, 404, 599],
     }
-    assert _policy(SE, _patched(DR, changes)).warnings == ()
+    assert _texts(_policy(SE, _patched(DR, changes)).warnings) == ()
 
 
 def _shape_problems(model: type[Any], shape: api.Shape, path: str) -> list[str]:
@@ -1400,3 +1403,8 @@ def test_a_problem_stays_one_printable_line_whatever_the_names_hold() -> None:
         "expected one of hosts, addresses, ports, location, resolution, endpoints, "
         "workloadSelector, exportTo, subjectAltNames"
     )
+
+
+def _texts(warnings: Iterable[Problem]) -> tuple[str, ...]:
+    """Warnings as ``extproc check`` prints them (after ``warning: ``)."""
+    return tuple(str(w) for w in warnings)

@@ -26,6 +26,7 @@ from extproc.core.policy import (
     Service,
     Workload,
 )
+from extproc.errors import Problem
 from extproc.istio import load_policy
 from extproc.server import reload as reload_module
 from extproc.server.app import ServiceApp
@@ -373,7 +374,9 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
 
 
 def hosts(*names: str, warnings: tuple[str, ...] = ()) -> Policy:
-    return Policy(tuple(replace(seed_service(), host=name) for name in names), warnings)
+    """A policy of the seed service under ``names``, with warnings that name no place."""
+    problems = tuple(Problem("", "", "", text) for text in warnings)
+    return Policy(tuple(replace(seed_service(), host=name) for name in names), problems)
 
 
 async def reload_to(tmp_path: Path, old: Policy, new: Policy) -> bool:
@@ -441,6 +444,25 @@ async def test_a_reload_logs_only_the_warnings_the_previous_config_did_not_have(
     shown = [line["warning"] for line in logs if line["event"] == "config.warning"]
     assert shown == ["new one"]
     assert logs[-1]["warnings"] == 2  # config.reload still says how many apply
+
+
+async def test_a_config_warning_is_logged_with_its_file_document_and_field_path(
+    tmp_path: Path, logs: list[dict[str, Any]]
+) -> None:
+    problem = Problem(
+        "mesh/dr.yaml", 'DestinationRule "db" (document 2)', "spec.trafficPolicy.tls", "no sni"
+    )
+    new = replace(hosts("a.com"), warnings=(problem,))
+
+    assert await reload_to(tmp_path, hosts("a.com"), new) is True
+
+    (line,) = [line for line in logs if line["event"] == "config.warning"]
+    assert (line["file"], line["document"], line["field"]) == (
+        "mesh/dr.yaml",
+        'DestinationRule "db" (document 2)',
+        "spec.trafficPolicy.tls",
+    )
+    assert line["warning"] == str(problem)  # the line extproc check prints
 
 
 async def test_the_same_warnings_at_every_reload_are_logged_once(
