@@ -11,9 +11,16 @@ class Clock(Protocol):
 
     def now(self) -> float: ...
 
+    def wall(self) -> float:
+        """Seconds since the epoch: only for what must keep rising across restarts."""
+        ...
+
 
 class MonotonicClock:
-    """The real clock: ``time.monotonic()``."""
+    """The real clock: ``time.monotonic()``, and ``time.time()`` as its wall clock."""
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()

@@ -1,14 +1,15 @@
 -- extproc fast path: route every request from a table the extproc service publishes.
 --
--- Rendered into the Envoy bootstrap by extproc/render/bootstrap.py; the words in
--- @@...@@ are filled in there from extproc/wire.py. One Lua VM runs per Envoy worker, so the file-level
--- locals below are per-worker state.
+-- Rendered into the Envoy bootstrap by extproc/render/bootstrap.py; the words in @@...@@
+-- are filled in there from extproc/wire.py. One Lua VM runs per Envoy worker, so the
+-- file-level locals below are per-worker state.
 --
 -- Per request: take the route's service (route metadata), refresh its table when stale
--- (one request per worker per TTL pays a synchronous call to the brain), draw a host by
--- weight and select it with setUpstreamOverrideHost on the service's EDS cluster. A
--- client cannot influence that choice; if this script fails, Envoy's own load balancer
--- on the same cluster (Istio's priorities, ejected hosts marked unhealthy) picks.
+-- (one request per worker per TTL pays a synchronous call to the service's sync
+-- endpoint), draw a host by weight and select it with setUpstreamOverrideHost on the
+-- service's EDS cluster. A client cannot influence that choice; if this script fails,
+-- Envoy's own load balancer on the same cluster (Istio's priorities, ejected hosts marked
+-- unhealthy) picks.
 --
 -- Per response: count successes per host (sent with the next sync); report a failure at
 -- once and install the table that comes back. Outcomes are attributed to the host that
@@ -68,9 +69,9 @@ local function pending(service)
   return table.concat(lines)
 end
 
--- One synchronous round trip to the brain; installs the answer if it is not older than
--- what this worker holds. Returns false when the brain could not be reached (fail-static:
--- the caller keeps routing on the last table).
+-- One synchronous round trip to the sync endpoint; installs the answer if it is not older
+-- than what this worker holds. Returns false when the service could not be reached
+-- (fail-static: the caller keeps routing on the last table).
 local function sync(handle, service, extra, now)
   local request = {
     [":method"] = "POST",
@@ -122,8 +123,8 @@ function envoy_on_request(handle)
     sync(handle, service, "", now)
     t = tables[service]
     if t == nil then
-      -- The brain has never answered this worker: no override, so Envoy's own load
-      -- balancer routes over the last EDS assignment (Istio's priorities, the brain's last
+      -- The service has never answered this worker: no override, so Envoy's own load
+      -- balancer routes over the last EDS assignment (Istio's priorities, the service's last
       -- ejections). Never a client's choice.
       return
     end
@@ -138,7 +139,7 @@ function envoy_on_request(handle)
   handle:streamInfo():dynamicMetadata():set(METADATA_NS, "pick", host .. " " .. service)
 end
 
--- What the final attempt reports to the brain when Envoy's outlier detector counts it on
+-- What the final attempt reports to the service when Envoy's outlier detector counts it on
 -- its own, or nil for a success (sent later as a count) or when it records nothing (no
 -- healthy upstream, overflow, no upstream at all). An attempt that got no answer carries a
 -- last word: c (no connection), r (reset or malformed answer after connecting), t (timeout). An answer counts
@@ -210,7 +211,7 @@ function envoy_on_response(handle)
       report = "e " .. chosen .. " 503 c\n"
     end
     -- One attempt on another host: Envoy did not honour the override, because EDS already
-    -- marks the chosen host UNHEALTHY (the brain ejected it after this worker's table was
+    -- marks the chosen host UNHEALTHY (the service ejected it after this worker's table was
     -- made). The chosen host did nothing.
   elseif up ~= nil and attempts > 1 then
     -- Retries that could not leave the chosen host: each earlier attempt failed on it.

@@ -27,12 +27,12 @@ for the entry's upstream host (``upstream_remote_address``) in the entry's clust
 
 Order. On the ext_proc path step 2 was recorded with the response headers, before the
 entry exists. On the lua path the head's success travels in the worker's success batch,
-which reaches the brain with that worker's next sync, up to one table TTL later and so
-usually after the entry. The log name says which path sent it (``reset_log_name``); for
-lua, an entry whose head was no error records that success itself, first, so the reset
-follows a success as in Envoy: a host that always resets after a 200 then stays in with a
-threshold above 1, as on Istio's Envoy, instead of counting the resets as consecutive
-because the batch comes late. The batch's copy later only repeats a success.
+which reaches the sync endpoint with that worker's next sync, up to one table TTL later
+and so usually after the entry. The log name says which path sent it
+(``reset_log_name``); for lua, an entry whose head was no error records that success
+itself, first, so the reset follows a success as in Envoy: a host that always resets after
+a 200 then stays in with a threshold above 1, as on Istio's Envoy, instead of counting the
+resets as consecutive because the batch comes late. The batch's copy later only repeats a success.
 """
 
 from __future__ import annotations

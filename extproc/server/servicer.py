@@ -11,7 +11,7 @@ Envoy opens one bidirectional stream per HTTP request. We answer:
 - response headers: nothing to change; the status and attributes are recorded against the
   host we picked, or, when Envoy's retry left it (``upstream.address`` names another
   host), as one failure of ours and the final result of the host that served
-  (``outcome.classify``).
+  (``core.outcome.classify``).
 
 Everything that decides lives in ``extproc.core``; this module only parses and builds
 protos. An exception inside one stream is logged and answered so that Envoy fails that one
@@ -31,9 +31,9 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from extproc.core.cluster import ClusterState
+from extproc.core.outcome import classify
 from extproc.core.table import ServiceTable
 from extproc.server.metrics import DecisionHistogram, Metrics
-from extproc.server.outcome import classify
 from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE
 
 log = structlog.get_logger(__name__)
@@ -239,18 +239,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if self._on_change is not None and cluster.generation != generation:
             self._on_change()
         if self._metrics is not None:
-            via_upstream = details == "via_upstream"
             name = cluster.service.cluster_name
-            if not moved:
-                self._metrics.count_response(name, host, outcome.codes, via_upstream=via_upstream)
-                return
-            if outcome.results:
-                self._metrics.count_response(name, host, outcome.codes, via_upstream=False)
+            for result in outcome.results:
+                self._metrics.count_result(name, host, result)
             # The record above ignores an address that is no host of ours; so do the metrics.
             if outcome.elsewhere is not None and cluster.has_host(served):
-                self._metrics.count_response(
-                    name, served, (outcome.elsewhere.code(),), via_upstream=via_upstream
-                )
+                self._metrics.count_result(name, served, outcome.elsewhere)
 
 
 class _Stream:

@@ -1,22 +1,10 @@
-"""The fast path's brain endpoint: Envoy's Lua filter syncs routing tables and outcomes here.
+"""The fast path's sync endpoint: Envoy's Lua filter syncs routing tables and outcomes here.
 
 Protocol (plain text, because Envoy's LuaJIT has no JSON library and ``gmatch`` is cheap):
 
-``POST /v1/sync`` with ``x-extproc-service: <cluster name>`` and ``x-extproc-worker: <id>``;
-the body lists, oldest first, what that Envoy worker saw since its last sync::
-
-    s <ip:port> <n>        n upstream answers that are not errors (not 5xx, or not listed
-                           in the table's ``codes=`` line): they reset the counters
-    e <ip:port> <status>   one upstream answer the detector counts: a 5xx, or any status
-                           the ``codes=`` line lists (outlierDetectionHttpErrorCodes)
-    e <ip:port> <code> c|r|t
-                           one attempt that got no answer (local origin): ``c`` no
-                           connection (UF), ``r`` reset or closed after connecting (UC, UR),
-                           ``t`` timed out after connecting (UT); ``code`` is what Envoy's
-                           non-split detector counts (503, or 504 for ``t``)
-
-A script that predates the last word sends ``e <ip:port> 503`` for a local-origin failure
-too; outside split mode and without error codes that counts the same.
+``POST SYNC_PATH`` (``/v1/sync``) with ``SERVICE_HEADER: <cluster name>`` and
+``WORKER_HEADER: <id>`` (``extproc.wire``); the body lists, oldest first, what that Envoy
+worker saw since its last sync (the report lines, ``core.reports``).
 
 The answer is that service's current table::
 
@@ -33,7 +21,7 @@ that has none sets no override, so Envoy's load balancer routes over the last ED
 assignment, which EDS does not replace meanwhile either. The reports are still recorded.
 
 Versions only go up, also across restarts: they start from the wall-clock milliseconds at
-start-up (times 1000, plus the cluster state's change counter), so a restarted brain's
+start-up (times 1000, plus the cluster state's change counter), so a restarted service's
 tables win over the old ones every Lua worker holds. Within a worker the order of events
 is kept (successes are sent before the failure that follows them); across workers it is
 not, see the README.
@@ -42,86 +30,26 @@ not, see the README.
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from extproc.clock import Clock
 from extproc.core.cluster import ClusterState
-from extproc.core.outlier import AttemptResult
+from extproc.core.reports import Report, parse_reports
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
-from extproc.server.metrics import CONNECT_FAILURE, HTTP_5XX, SUCCESS, TIMEOUT, Metrics
+from extproc.server.metrics import Metrics
 from extproc.wire import SECRET_HEADER, SERVICE_HEADER, SYNC_PATH
-
-#: The optional last word of an ``e`` line -> the attempt's outcome.
-_NO_ANSWER = {"c": CONNECT_FAILURE, "r": CONNECT_FAILURE, "t": TIMEOUT}
-#: The last word of an ``e`` line -> what the outlier detector records.
-_LOCAL_ORIGIN = {
-    "c": AttemptResult.connect_failure(),
-    "r": AttemptResult.reset(),
-    "t": AttemptResult.timeout(),
-}
 
 _FORBIDDEN = (403, "text/plain", b"forbidden\n")
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
-    """One line of a sync body."""
-
-    kind: str  # "s" or "e"
-    host: str
-    value: int  # successes for "s", the status code for "e"
-    origin: str = ""  # "e" only: "c", "r" or "t" (no answer, see above), "" an answer
-
-    @property
-    def result(self) -> AttemptResult:
-        """What the outlier detector records for this line (once, for ``s``)."""
-        if self.kind == "s":
-            return AttemptResult.success()
-        return _LOCAL_ORIGIN.get(self.origin) or AttemptResult.answer(self.value)
-
-
-#: The most digits a number of a sync line has: a status, a success count (far above what
-#: one worker sees in one table's TTL).
-_STATUS_DIGITS = 3
-_COUNT_DIGITS = 9
-
-
-def _number(word: str, digits: int) -> int | None:
-    """``word`` as a number of 1 to ``digits`` ASCII digits, else None.
-
-    ``str.isdigit`` alone would let through what ``int`` refuses (``"²"``, more than 4,300
-    digits) and other scripts' digits, which Lua never writes.
-    """
-    if len(word) <= digits and word.isascii() and word.isdigit():
-        return int(word)
-    return None
-
-
-def parse_reports(body: str) -> list[Report]:
-    """Parse a sync body; malformed lines are skipped (a bad worker cannot stop the others)."""
-    reports = []
-    for line in body.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] in ("s", "e"):
-            value = _number(parts[2], _COUNT_DIGITS if parts[0] == "s" else _STATUS_DIGITS)
-            if value is not None:
-                reports.append(Report(parts[0], parts[1], value))
-        elif len(parts) == 4 and parts[0] == "e" and parts[3] in _NO_ANSWER:
-            value = _number(parts[2], _STATUS_DIGITS)
-            if value is not None:
-                reports.append(Report("e", parts[1], value, parts[3]))
-    return reports
-
-
-class Brain:
+class SyncEndpoint:
     """Applies reports to the cluster states and renders their routing tables."""
 
     def __init__(
         self,
         table: Callable[[], ServiceTable],
-        now: Callable[[], float],
+        clock: Clock,
         *,
         ttl_ms: int = 100,
         version_base: int | None = None,
@@ -133,7 +61,7 @@ class Brain:
 
         Args:
             table: returns the current table (a reload swaps it).
-            now: the clock.
+            clock: the clock; its wall clock only for the default first version.
             ttl_ms: how long a worker routes on a table before it asks again.
             version_base: the first version (default: from the wall clock, see above).
             on_change: called after reports were recorded (EDS pushes what changed).
@@ -142,14 +70,14 @@ class Brain:
                 all answered since start).
         """
         self._table = table
-        self._now = now
+        self._now = clock.now
         self._on_change = on_change
         self._metrics = metrics
         self._withheld = withheld
         self.ttl_ms = ttl_ms
         # Wall clock on purpose: versions must keep rising across restarts of the service.
         self._version_base = (
-            int(time.time() * 1000) * 1000 if version_base is None else version_base
+            int(clock.wall() * 1000) * 1000 if version_base is None else version_base
         )
 
     def version(self, cluster: ClusterState) -> int:
@@ -184,15 +112,8 @@ class Brain:
     def _count(self, cluster_name: str, reports: list[Report]) -> None:
         assert self._metrics is not None
         for report in reports:
-            if report.kind == "s":
-                outcome, n = SUCCESS, report.value
-            else:
-                outcome = _NO_ANSWER.get(report.origin) or (
-                    HTTP_5XX if 500 <= report.value <= 599 else SUCCESS
-                )
-                n = 1
-            if n > 0:
-                self._metrics.count_attempt(cluster_name, report.host, outcome, n)
+            if report.count > 0:
+                self._metrics.count_result(cluster_name, report.host, report.result, report.count)
 
     def render(self, cluster: ClusterState, now: float) -> str:
         """The table text for a cluster."""
@@ -205,12 +126,12 @@ class Brain:
         return "\n".join(lines) + "\n"
 
 
-class BrainServer(HttpServer):
-    """The sync endpoint for the Lua filter's ``httpCall`` (HTTP/1.1 keep-alive)."""
+class SyncServer(HttpServer):
+    """Serves the sync endpoint to the Lua filter's ``httpCall`` (HTTP/1.1 keep-alive)."""
 
-    def __init__(self, brain: Brain, secret: str | None = None) -> None:
+    def __init__(self, endpoint: SyncEndpoint, secret: str | None = None) -> None:
         super().__init__()
-        self._brain = brain
+        self._endpoint = endpoint
         self._secret = secret.encode() if secret is not None else None
 
     def respond(
@@ -224,10 +145,10 @@ class BrainServer(HttpServer):
         if method != "POST" or target != SYNC_PATH:
             return 404, "text/plain", b"not found\n"
         service = headers.get(SERVICE_HEADER, "")
-        table = self._brain.sync(service, body.decode("utf-8", "replace"))
+        table = self._endpoint.sync(service, body.decode("utf-8", "replace"))
         if table is not None:
             return 200, "text/plain", table.encode()
-        if self._brain.withheld(service):
+        if self._endpoint.withheld(service):
             # Anything but 200 keeps the worker's table (bridge.lua's sync).
             return 503, "text/plain", f"no DNS answer yet for {service!r}\n".encode()
         return 404, "text/plain", f"no service {service!r}\n".encode()

@@ -1,14 +1,14 @@
-"""The fast path's sync protocol: reports in, the routing table out."""
+"""The fast path's sync endpoint: reports in, the routing table out."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
 
-from extproc.core.outlier import AttemptResult
+from extproc.clock import Clock, MonotonicClock
 from extproc.core.policy import Locality, OutlierDetection, Policy
 from extproc.core.table import ServiceTable
-from extproc.server.brain import Brain, BrainServer, Report, parse_reports
+from extproc.server.sync import SyncEndpoint, SyncServer
 from extproc.testing import FakeClock, endpoint, outlier, service
 from extproc.wire import SERVICE_HEADER, SYNC_PATH
 
@@ -17,28 +17,21 @@ EAST = "10.0.0.1:443"
 WEST = "10.0.0.2:443"
 
 
-def _brain(version_base: int | None = 1_000_000) -> tuple[Brain, FakeClock]:
-    clock = FakeClock()
+def _endpoint(
+    version_base: int | None = 1_000_000, clock: Clock | None = None
+) -> tuple[SyncEndpoint, Clock]:
+    clock = clock or FakeClock()
     svc = service(
         endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
         outlier=outlier(consecutive_5xx_errors=2),
     )
     table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
-    return Brain(lambda: table, clock.now, ttl_ms=100, version_base=version_base), clock
-
-
-def test_parse_reports_keeps_order_and_skips_garbage() -> None:
-    body = f"s {EAST} 3\nnonsense\ne {EAST} 503\ne {WEST} x\n\ns {WEST} 1\n"
-    assert parse_reports(body) == [
-        Report("s", EAST, 3),
-        Report("e", EAST, 503),
-        Report("s", WEST, 1),
-    ]
+    return SyncEndpoint(lambda: table, clock, ttl_ms=100, version_base=version_base), clock
 
 
 def test_a_sync_answers_the_table_with_version_and_ttl() -> None:
-    brain, _ = _brain()
-    answer = brain.sync(CLUSTER, "")
+    sync_endpoint, _ = _endpoint()
+    answer = sync_endpoint.sync(CLUSTER, "")
     assert answer is not None
     header, *rows = answer.splitlines()
     version, ttl = header.split()
@@ -48,40 +41,41 @@ def test_a_sync_answers_the_table_with_version_and_ttl() -> None:
 
 
 def test_an_unknown_service_gets_no_table() -> None:
-    brain, _ = _brain()
-    assert brain.sync("outbound|80||other.com", "") is None
+    sync_endpoint, _ = _endpoint()
+    assert sync_endpoint.sync("outbound|80||other.com", "") is None
 
 
 def test_successes_reported_before_a_failure_reset_the_consecutive_count() -> None:
-    brain, _ = _brain()
-    brain.sync(CLUSTER, f"e {EAST} 503\n")
+    sync_endpoint, _ = _endpoint()
+    sync_endpoint.sync(CLUSTER, f"e {EAST} 503\n")
     # One error, then a success, then an error: never two in a row, no ejection.
-    answer = brain.sync(CLUSTER, f"s {EAST} 4\ne {EAST} 503\n")
+    answer = sync_endpoint.sync(CLUSTER, f"s {EAST} 4\ne {EAST} 503\n")
     assert answer is not None
     assert answer.splitlines()[1:] == [f"{EAST} 100000"]
 
 
 def test_the_consecutive_threshold_ejects_and_the_version_goes_up() -> None:
-    brain, _ = _brain()
-    first = brain.sync(CLUSTER, "")
+    sync_endpoint, _ = _endpoint()
+    first = sync_endpoint.sync(CLUSTER, "")
     assert first is not None
-    answer = brain.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n")
+    answer = sync_endpoint.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n")
     assert answer is not None
     assert answer.splitlines()[1:] == [f"{WEST} 100000"]
     assert int(answer.split()[0]) > int(first.split()[0])
 
 
-def test_a_restarted_brain_publishes_higher_versions() -> None:
-    old, _ = _brain(version_base=1_000_000)
+def test_a_restarted_service_publishes_higher_versions() -> None:
+    old, _ = _endpoint(version_base=1_000_000)
     for _ in range(50):
         old.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n")
     old_version = int((old.sync(CLUSTER, "") or "0").split()[0])
-    new, _ = _brain(version_base=None)  # the real base: wall-clock ms x 1000
+    # The real base: wall-clock ms x 1000.
+    new, _ = _endpoint(version_base=None, clock=MonotonicClock())
     assert int((new.sync(CLUSTER, "") or "0").split()[0]) > old_version
 
 
 class _Held:
-    """A switch for the brain's ``withheld``: the service's DNS has (not) answered yet."""
+    """A switch for the sync endpoint's ``withheld``: the service's DNS has (not) answered yet."""
 
     def __init__(self) -> None:
         self.on = True
@@ -90,32 +84,32 @@ class _Held:
         return self.on
 
 
-def _held_brain() -> tuple[Brain, _Held]:
+def _held_endpoint() -> tuple[SyncEndpoint, _Held]:
     held = _Held()
     svc = service(
         endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
         outlier=outlier(consecutive_5xx_errors=2),
     )
     table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
-    brain = Brain(lambda: table, FakeClock().now, version_base=1_000_000, withheld=held)
-    return brain, held
+    sync_endpoint = SyncEndpoint(lambda: table, FakeClock(), version_base=1_000_000, withheld=held)
+    return sync_endpoint, held
 
 
 def test_a_withheld_service_gets_no_table_and_its_reports_still_count() -> None:
-    brain, held = _held_brain()
+    sync_endpoint, held = _held_endpoint()
 
-    assert brain.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n") is None
-    assert brain.withheld(CLUSTER)
+    assert sync_endpoint.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n") is None
+    assert sync_endpoint.withheld(CLUSTER)
     held.on = False
-    answer = brain.sync(CLUSTER, "")
+    answer = sync_endpoint.sync(CLUSTER, "")
 
     assert answer is not None
     assert answer.splitlines()[1:] == [f"{WEST} 100000"]  # east was ejected meanwhile
 
 
 def test_the_sync_endpoint_answers_503_while_withheld_404_for_an_unknown_service() -> None:
-    brain, held = _held_brain()
-    server = BrainServer(brain)
+    sync_endpoint, held = _held_endpoint()
+    server = SyncServer(sync_endpoint)
 
     def status(service_name: str) -> int:
         return server.respond("POST", SYNC_PATH, {SERVICE_HEADER: service_name}, b"")[0]
@@ -127,17 +121,17 @@ def test_the_sync_endpoint_answers_503_while_withheld_404_for_an_unknown_service
     assert status(CLUSTER) == 200
 
 
-# --- outlier detection types over the sync protocol -------------------------------------------
+# --- outlier detection types over the sync protocol ----------------------------------------------
 
 
-def _brain_with(config: OutlierDetection) -> Brain:
+def _endpoint_with(config: OutlierDetection) -> SyncEndpoint:
     clock = FakeClock()
     svc = service(
         endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
         outlier=config,
     )
     table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
-    return Brain(lambda: table, clock.now, ttl_ms=100, version_base=1_000_000)
+    return SyncEndpoint(lambda: table, clock, ttl_ms=100, version_base=1_000_000)
 
 
 def _rows(answer: str | None) -> list[str]:
@@ -145,31 +139,22 @@ def _rows(answer: str | None) -> list[str]:
     return [row for row in answer.splitlines()[1:] if not row.startswith("codes=")]
 
 
-def test_the_last_word_of_an_error_line_names_the_local_origin_failure() -> None:
-    body = f"e {EAST} 503 c\ne {EAST} 503 r\ne {EAST} 504 t\ne {EAST} 503\ns {WEST} 2\n"
-    assert [r.result for r in parse_reports(body)] == [
-        AttemptResult.connect_failure(),
-        AttemptResult.reset(),
-        AttemptResult.timeout(),
-        AttemptResult.answer(503),
-        AttemptResult.success(),
-    ]
-
-
 def test_split_mode_ejects_on_refused_connections_only_after_the_threshold() -> None:
-    brain = _brain_with(
+    sync_endpoint = _endpoint_with(
         replace(
             outlier(consecutive_5xx_errors=1, max_ejection_percent=100),
             split_external_local_origin_errors=True,
             consecutive_local_origin_failures=3,
         )
     )
-    assert _rows(brain.sync(CLUSTER, f"e {EAST} 503 c\ne {EAST} 503 c\n")) == [f"{EAST} 100000"]
-    assert _rows(brain.sync(CLUSTER, f"e {EAST} 503 c\n")) == [f"{WEST} 100000"]
+    assert _rows(sync_endpoint.sync(CLUSTER, f"e {EAST} 503 c\ne {EAST} 503 c\n")) == [
+        f"{EAST} 100000"
+    ]
+    assert _rows(sync_endpoint.sync(CLUSTER, f"e {EAST} 503 c\n")) == [f"{WEST} 100000"]
 
 
 def test_split_mode_counts_an_upstream_503_as_an_answer_not_a_local_failure() -> None:
-    brain = _brain_with(
+    sync_endpoint = _endpoint_with(
         replace(
             outlier(consecutive_5xx_errors=0, max_ejection_percent=100),
             split_external_local_origin_errors=True,
@@ -178,27 +163,27 @@ def test_split_mode_counts_an_upstream_503_as_an_answer_not_a_local_failure() ->
     )
     # Upstream 503s reset the local-origin count: the connection was made each time.
     body = f"e {EAST} 503 c\ne {EAST} 503\ne {EAST} 503 c\ne {EAST} 503\n"
-    assert _rows(brain.sync(CLUSTER, body)) == [f"{EAST} 100000"]
+    assert _rows(sync_endpoint.sync(CLUSTER, body)) == [f"{EAST} 100000"]
 
 
 def test_gateway_errors_eject_on_503_but_not_on_500() -> None:
-    brain = _brain_with(
+    sync_endpoint = _endpoint_with(
         replace(
             outlier(consecutive_5xx_errors=0, max_ejection_percent=100),
             consecutive_gateway_errors=1,
             enforcing_consecutive_gateway_failure=100,
         )
     )
-    assert _rows(brain.sync(CLUSTER, f"e {EAST} 500\ne {EAST} 500\n")) == [f"{EAST} 100000"]
-    assert _rows(brain.sync(CLUSTER, f"e {EAST} 503\n")) == [f"{WEST} 100000"]
+    assert _rows(sync_endpoint.sync(CLUSTER, f"e {EAST} 500\ne {EAST} 500\n")) == [f"{EAST} 100000"]
+    assert _rows(sync_endpoint.sync(CLUSTER, f"e {EAST} 503\n")) == [f"{WEST} 100000"]
 
 
 def test_the_table_lists_the_error_codes_the_script_must_report() -> None:
     config = replace(outlier(consecutive_5xx_errors=1), http_error_codes=frozenset({503, 404}))
-    answer = _brain_with(config).sync(CLUSTER, "")
+    answer = _endpoint_with(config).sync(CLUSTER, "")
     assert answer is not None
     assert answer.splitlines()[1] == "codes=404,503"
-    plain = _brain_with(outlier(consecutive_5xx_errors=1)).sync(CLUSTER, "")
+    plain = _endpoint_with(outlier(consecutive_5xx_errors=1)).sync(CLUSTER, "")
     assert plain is not None
     assert not any(row.startswith("codes=") for row in plain.splitlines())
 
@@ -208,7 +193,7 @@ def test_a_listed_404_ejects_and_counted_successes_never_do() -> None:
         outlier(consecutive_5xx_errors=1, max_ejection_percent=100),
         http_error_codes=frozenset({404}),
     )
-    brain = _brain_with(config)
+    sync_endpoint = _endpoint_with(config)
     # "s" lines are answers the script found unlisted, whatever their status.
-    assert _rows(brain.sync(CLUSTER, f"s {EAST} 5\n")) == [f"{EAST} 100000"]
-    assert _rows(brain.sync(CLUSTER, f"e {EAST} 404\n")) == [f"{WEST} 100000"]
+    assert _rows(sync_endpoint.sync(CLUSTER, f"s {EAST} 5\n")) == [f"{EAST} 100000"]
+    assert _rows(sync_endpoint.sync(CLUSTER, f"e {EAST} 404\n")) == [f"{WEST} 100000"]

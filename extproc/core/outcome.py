@@ -1,4 +1,7 @@
-"""Classify what Envoy tells the service about a response, as Envoy's outlier detector would.
+"""Outcome attribution on the ext_proc path: a final response -> the results of each attempt.
+
+What Envoy tells the service about a response is classified as Envoy's outlier detector
+would count it.
 
 Envoy reports one result per upstream attempt (source/common/router/router.cc and
 upstream_request.cc; the detector's side is outlier_detection_impl.cc ``putResult``):
@@ -34,7 +37,7 @@ meet), then the final result. Where they ran:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from extproc.core.outlier import AttemptResult
 
@@ -62,12 +65,6 @@ class Outcome:
 
     results: tuple[AttemptResult, ...]
     elsewhere: AttemptResult | None = None
-    #: The picked host's codes as Envoy's non-split detector counts them, without error-code
-    #: matching (for metrics); computed once, so a prebuilt outcome costs nothing per response.
-    codes: tuple[int, ...] = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "codes", tuple(result.code() for result in self.results))
 
 
 _EARLIER_FAILURE = (AttemptResult.connect_failure(),)
