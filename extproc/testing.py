@@ -10,14 +10,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from extproc.core.policy import (
+    DomainIndex,
     Endpoint,
     Failover,
     LbAlgorithm,
     Locality,
     LocalityLbSetting,
     OutlierDetection,
+    Policy,
     Resolution,
     Service,
+    authority_key,
+    route_domains,
 )
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "FakeClock",
     "endpoint",
     "failover",
+    "find_service",
     "outlier",
     "service",
 ]
@@ -33,17 +38,12 @@ __all__ = [
 class FakeClock:
     """A ``Clock`` (see ``extproc.clock``) that only moves when told to."""
 
-    def __init__(self, start: float = 0.0, *, wall_start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0) -> None:
         self._now = start
-        self._wall_offset = wall_start - start
 
     def now(self) -> float:
         """The current fake time in seconds."""
         return self._now
-
-    def wall(self) -> float:
-        """The fake wall clock: ``wall_start`` at the start, moving with ``advance``."""
-        return self._now + self._wall_offset
 
     def advance(self, seconds: float) -> float:
         """Move time forward and return the new time.
@@ -93,6 +93,15 @@ def endpoint(address: str, locality: str = "", *, port: int = 443, weight: int =
 def failover(*pairs: tuple[str, str]) -> tuple[Failover, ...]:
     """``localityLbSetting.failover`` entries from ``(from, to)`` region pairs."""
     return tuple(Failover(from_region=src, to_region=dst) for src, dst in pairs)
+
+
+def find_service(policy: Policy, host: str, port: int | None) -> Service | None:
+    """The service a request's ``:authority`` host (and port, when given) reaches.
+
+    The same answer as Envoy's virtual-host match over ``route_domains`` (what the rendered
+    routes and ``ServiceTable.lookup`` use), without building any cluster state.
+    """
+    return DomainIndex(route_domains(policy.services)).find(authority_key(host, port))
 
 
 def service(

@@ -347,19 +347,18 @@ def _apply_locality_failover(
     _compact(groups)
 
 
-def load_assignment(service: Service, workload: Workload | Locality) -> LoadAssignment:
+def load_assignment(service: Service, workload: Workload) -> LoadAssignment:
     """Return the groups pilot sends for ``service`` to ``workload``, as Envoy orders them.
 
     Args:
         service: The compiled service (endpoints, outlier detection, locality settings).
-        workload: The client this service answers for (a bare locality has no labels).
+        workload: The client this service answers for.
 
     Returns:
         Groups sorted by priority, then by locality as Envoy's ``LocalityLess`` orders them
         (region, zone, subzone); groups left without endpoints are omitted. Priorities are
         exactly 0..k-1.
     """
-    client = Workload.of(workload)
     setting = service.locality_lb
     groups = _generate(service.endpoints)
     locality_weighted = False
@@ -369,7 +368,7 @@ def load_assignment(service: Service, workload: Workload | Locality) -> LoadAssi
             enable_failover and bool(setting.failover or setting.failover_priority)
         )
         if setting.distribute:
-            _apply_locality_weights(client.locality, groups, setting.distribute)
+            _apply_locality_weights(workload.locality, groups, setting.distribute)
         elif enable_failover:
             # Without outlier detection failover is unsafe (Envoy could not tell a dead
             # endpoint), so Istio leaves a single priority.
@@ -377,13 +376,13 @@ def load_assignment(service: Service, workload: Workload | Locality) -> LoadAssi
                 groups = _apply_failover_priorities(
                     groups,
                     service.endpoints,
-                    workload_labels(client),
+                    workload_labels(workload),
                     setting.failover_priority,
                 )
                 if setting.failover:
-                    _apply_locality_failover(client.locality, groups, setting.failover)
+                    _apply_locality_failover(workload.locality, groups, setting.failover)
             else:
-                _apply_locality_failover(client.locality, groups, setting.failover)
+                _apply_locality_failover(workload.locality, groups, setting.failover)
     kept = [g for g in groups if g.endpoints]
     kept.sort(key=lambda g: (g.priority, g.locality.region, g.locality.zone, g.locality.sub_zone))
     return LoadAssignment(
@@ -394,7 +393,7 @@ def load_assignment(service: Service, workload: Workload | Locality) -> LoadAssi
     )
 
 
-def endpoint_priorities(service: Service, workload: Workload | Locality) -> tuple[int | None, ...]:
+def endpoint_priorities(service: Service, workload: Workload) -> tuple[int | None, ...]:
     """Return the Envoy priority of each of ``service.endpoints``, in config order.
 
     None marks an endpoint that gets no traffic at all (``distribute`` left its locality

@@ -14,8 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from extproc.errors import Problem
-
 _T = TypeVar("_T")
 
 
@@ -38,6 +36,15 @@ class Resolution(enum.Enum):
     DNS = "DNS"
     DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
     STATIC = "STATIC"
+
+    def host_ips(self, ips: Iterable[str]) -> tuple[str, ...]:
+        """The hosts one answer gives an endpoint: each address once, in answer order.
+
+        DNS_ROUND_ROBIN keeps only the first (``LogicalDnsCluster`` connects to the first
+        address of each answer); this is the one place that rule is written.
+        """
+        unique = tuple(dict.fromkeys(ips))
+        return unique[:1] if self is Resolution.DNS_ROUND_ROBIN else unique
 
 
 def host_address(host: str, port: int) -> str:
@@ -268,20 +275,10 @@ class Policy:
     """Everything the service serves, consistent as a whole."""
 
     services: tuple[Service, ...] = ()
-    # What was ignored or looks wrong, each located (file, document, field path).
-    warnings: tuple[Problem, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
     # (kind, count) of every object the config held, by kind: what was read, for reports
     # (``extproc check``). Not part of what is served, so not compared.
     objects: tuple[tuple[str, int], ...] = field(default=(), compare=False)
-
-    def find(self, host: str, port: int | None) -> Service | None:
-        """The service for a request's ``:authority`` host (and port, when given).
-
-        The same answer as Envoy's virtual-host match over ``route_domains`` (what the
-        rendered routes and ``ServiceTable.lookup`` use): an exact host first, then the
-        longest wildcard suffix; a bare host means the host's port-80 service, else its first.
-        """
-        return DomainIndex(route_domains(self.services)).find(authority_key(host, port))
 
 
 def authority_key(host: str, port: int | None) -> str:

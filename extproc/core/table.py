@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from extproc.core.cluster import ClusterState
 from extproc.core.policy import (
     DomainIndex,
-    Locality,
     Policy,
     Workload,
     authority_key,
@@ -47,9 +46,7 @@ class ServiceTable:
     one, else its first port, as an HTTP client on the default port would reach it.
     """
 
-    def __init__(
-        self, policy: Policy, workload: Workload | Locality, *, now: float, rng: random.Random
-    ):
+    def __init__(self, policy: Policy, workload: Workload, *, now: float, rng: random.Random):
         self.policy = policy
         self.workload = workload
         self.clusters: dict[str, ClusterState] = {}

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from extproc.core.outlier import EJECT, OutlierEvent
+from extproc.core.outlier import OutlierAction, OutlierEvent
 
 #: How many hosts ``OutlierEventLog`` remembers last actions for (DNS may rotate addresses).
 _MAX_REMEMBERED_HOSTS = 10_000
@@ -75,11 +75,11 @@ class OutlierEventLog:
     def write(self, event: OutlierEvent) -> None:
         key = (event.cluster_name, event.upstream_url)
         last_eject, last_uneject = self._last.pop(key, (None, None))
-        eject = event.action == EJECT
+        eject = event.action is OutlierAction.EJECT
         since = last_uneject if eject else last_eject
         fields: dict[str, Any] = {
-            "action": event.action,
-            "type": event.type,
+            "action": event.action.value,
+            "type": event.type.value,
             "cluster_name": event.cluster_name,
             "upstream_url": event.upstream_url,
             "num_ejections": event.num_ejections,

@@ -36,12 +36,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
+from extproc.core.change import PolicyChange
 from extproc.core.policy import Policy
 from extproc.errors import ConfigError, ExtprocError
 
@@ -83,31 +83,6 @@ def fingerprint(path: Path) -> tuple[Stamp, ...]:
             names = []
         stamps += [_stamp(path / name, name) for name in names]
     return tuple(stamps)
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyChange:
-    """Which services (cluster names) a new policy adds, removes or changes."""
-
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    # Nothing differs in what is served (same services, same order): nothing was swapped.
-    unchanged: bool = False
-    envoy_restarted: bool = False  # ``extproc up`` hot-restarted Envoy for it
-
-
-def policy_change(old: Policy, new: Policy) -> PolicyChange:
-    """Compare two policies service by service (warnings do not count)."""
-    if old.services == new.services:
-        return PolicyChange(unchanged=True)
-    before = {s.cluster_name: s for s in old.services}
-    after = {s.cluster_name: s for s in new.services}
-    return PolicyChange(
-        added=tuple(name for name in after if name not in before),
-        removed=tuple(name for name in before if name not in after),
-        changed=tuple(name for name in after if name in before and before[name] != after[name]),
-    )
 
 
 class ConfigReloader:
@@ -248,14 +223,7 @@ class ConfigReloader:
         shown = set(previous.warnings) if previous is not None else set()
         for warning in policy.warnings:
             if warning not in shown:
-                log.warning(
-                    "config.warning",
-                    path=str(self._path),
-                    warning=str(warning),
-                    file=warning.file,
-                    document=warning.document,
-                    field=warning.path,
-                )
+                log.warning("config.warning", path=str(self._path), warning=str(warning))
         before = len(previous.services) if previous is not None else 0
         if change.removed and 2 * len(change.removed) > before:
             log.warning(

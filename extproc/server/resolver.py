@@ -30,7 +30,6 @@ import dns.resolver
 import structlog
 
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Resolution, is_ip
 
 log = structlog.get_logger(__name__)
 
@@ -107,12 +106,7 @@ class EndpointResolver:
         Until then the cluster's hosts are not the truth yet: a name that never answered
         has no host, so its endpoint's priority looks empty.
         """
-        if cluster.service.resolution is Resolution.STATIC:
-            return True
-        return all(
-            is_ip(endpoint.address) or endpoint.address in self._answered
-            for endpoint in cluster.service.endpoints
-        )
+        return all(name in self._answered for name in cluster.dns_names)
 
     def all_answered(self) -> bool:
         """Whether every DNS endpoint of every cluster has had an answer: readiness."""
@@ -125,21 +119,12 @@ class EndpointResolver:
         an endpoint that needs no answer is never shown empty.
         """
         for cluster in self._clusters():
-            for index, endpoint in enumerate(cluster.service.endpoints):
-                if is_ip(endpoint.address):
-                    cluster.set_endpoint_addresses(index, [endpoint.address], self._now())
+            cluster.set_ip_endpoints(self._now())
 
     async def resolve_all(self) -> None:
         """Resolve every endpoint once (start-up readiness), then keep them fresh."""
         self.set_ip_endpoints()
-        names = sorted(
-            {
-                endpoint.address
-                for cluster in self._clusters()
-                for endpoint in cluster.service.endpoints
-                if not is_ip(endpoint.address)
-            }
-        )
+        names = sorted({name for cluster in self._clusters() for name in cluster.dns_names})
         answers = await asyncio.gather(*(resolve(self._resolver, name) for name in names))
         for name, answer in zip(names, answers, strict=True):
             self._apply(name, answer, notify=False)
@@ -157,12 +142,9 @@ class EndpointResolver:
             return
         self._answered.add(name)
         for cluster in self._clusters():
-            ips = answer.ips
-            if cluster.service.resolution is Resolution.DNS_ROUND_ROBIN:
-                ips = ips[:1]  # LOGICAL_DNS: the first address of the answer
             for index, endpoint in enumerate(cluster.service.endpoints):
                 if endpoint.address == name:
-                    cluster.set_endpoint_addresses(index, ips, self._now())
+                    cluster.set_endpoint_addresses(index, answer.ips, self._now())
         if notify:
             self._on_change()
         log.debug("dns.resolved", name=name, ips=answer.ips)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from extproc.core.change import PolicyChange
 from extproc.demo import free_port
 from extproc.istio import load_policy
 from extproc.sandbox import DnsResponder, Mode, StandIn
@@ -34,7 +35,7 @@ from extproc.sandbox.client import Reply, get
 from extproc.server import stack as stack_module
 from extproc.server.admin import endpoints_json
 from extproc.server.envoy_process import HotRestart
-from extproc.server.reload import ConfigReloader, PolicyChange
+from extproc.server.reload import ConfigReloader
 from extproc.server.stack import Stack
 from extproc.wire import DataPath
 

@@ -34,7 +34,8 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.core.cluster import ClusterState, HostView
+from extproc.core.cluster import ClusterState
+from extproc.core.hostset import HostView
 from extproc.core.table import ServiceTable
 from extproc.server.metrics import Metrics
 from extproc.server.servicer import ExternalProcessor

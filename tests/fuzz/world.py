@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from extproc.core.policy import LbAlgorithm, Locality, Policy, Resolution
+from extproc.core.policy import LbAlgorithm, Locality, Policy, Resolution, Workload
 from extproc.core.table import ServiceTable
 from extproc.testing import FakeClock, endpoint, outlier, service
 
@@ -51,7 +51,10 @@ def build() -> tuple[ServiceTable, FakeClock]:
     """A fresh table (the DNS service resolved) and its clock."""
     clock = FakeClock()
     table = ServiceTable(
-        Policy(SERVICES), Locality.parse("us-east1"), now=clock.now(), rng=random.Random(7)
+        Policy(SERVICES),
+        Workload(Locality.parse("us-east1")),
+        now=clock.now(),
+        rng=random.Random(7),
     )
     table.clusters[SERVICES[2].cluster_name].set_endpoint_addresses(0, DNS_ADDRESSES, clock.now())
     return table, clock

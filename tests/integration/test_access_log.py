@@ -14,12 +14,12 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extproc.core.cluster import ClusterState
 from extproc.core.outlier import (
-    CONSECUTIVE_5XX,
-    CONSECUTIVE_LOCAL_ORIGIN_FAILURE,
     AttemptResult,
+    OutlierAction,
+    OutlierEjectionType,
     OutlierEvent,
 )
-from extproc.core.policy import Locality, OutlierDetection, Policy
+from extproc.core.policy import Locality, OutlierDetection, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.server.access_log import AccessLogReceiver, LateReset, late_reset
 from extproc.testing import FakeClock, endpoint, outlier, service
@@ -79,7 +79,7 @@ class Harness:
             )
         )
         self.table = ServiceTable(
-            policy, Locality.parse("us-east1"), now=self.clock.now(), rng=random.Random(7)
+            policy, Workload(Locality.parse("us-east1")), now=self.clock.now(), rng=random.Random(7)
         )
         self.changes = 0
         self.fail_next = False  # the next table lookup raises: a bug inside one entry
@@ -135,7 +135,11 @@ async def test_a_late_reset_ejects_the_host_it_names_at_once(
     await send(stub, messages(log_name, entry(EAST)))
     assert h.ejected() == {EAST}
     [event] = h.events()
-    assert (event.action, event.upstream_url, event.type) == ("EJECT", EAST, CONSECUTIVE_5XX)
+    assert (event.action, event.upstream_url, event.type) == (
+        OutlierAction.EJECT,
+        EAST,
+        OutlierEjectionType.CONSECUTIVE_5XX,
+    )
     assert h.changes == 1  # EDS is told with the entry that ejected
 
 
@@ -192,7 +196,10 @@ async def test_in_split_mode_a_late_reset_is_a_local_origin_failure(
     h, stub = harness
     await send(stub, messages(log_name, entry(EAST)))
     [event] = h.events()
-    assert (event.upstream_url, event.type) == (EAST, CONSECUTIVE_LOCAL_ORIGIN_FAILURE)
+    assert (event.upstream_url, event.type) == (
+        EAST,
+        OutlierEjectionType.CONSECUTIVE_LOCAL_ORIGIN_FAILURE,
+    )
 
 
 @pytest.mark.parametrize(

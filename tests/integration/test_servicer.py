@@ -11,7 +11,8 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from extproc.core.policy import Locality, Policy
+from extproc.core.outlier import AttemptResult
+from extproc.core.policy import Locality, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.server.servicer import ExternalProcessor
 from extproc.testing import (
@@ -42,7 +43,7 @@ class Harness:
             )
         )
         self.table = ServiceTable(
-            policy, Locality.parse("us-east1"), now=self.clock.now(), rng=random.Random(7)
+            policy, Workload(Locality.parse("us-east1")), now=self.clock.now(), rng=random.Random(7)
         )
         self.broken = False
         self.changes = 0  # on_change calls: the EDS pushes the service would make
@@ -179,7 +180,7 @@ async def test_the_second_ejection_needs_max_ejection_percent(harness: Fixture) 
     cluster = h.table.lookup("mydb.com")
     assert cluster is not None
     for host in (EAST, WEST):
-        cluster.record(host, 503, h.clock.now())
+        cluster.record(host, AttemptResult.answer(503), h.clock.now())
     # The first ejection is always allowed; the second (2 of 2 = 100 % > 10 %) is refused.
     [answer] = await exchange(stub, request_headers("mydb.com"))
     assert routed_host(answer) == WEST
@@ -193,7 +194,7 @@ async def test_when_every_host_is_ejected_the_answer_is_no_healthy_upstream(
     cluster = h.table.lookup("mydb.com")
     assert cluster is not None
     for host in (EAST, WEST):
-        cluster.record(host, 503, h.clock.now())
+        cluster.record(host, AttemptResult.answer(503), h.clock.now())
     [answer] = await exchange(stub, request_headers("mydb.com"))
     assert answer.immediate_response.status.code == 503
     assert answer.immediate_response.body == b"no healthy upstream"

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.core.cluster import ClusterState, Pick, PickReason
+from extproc.core.balancer import Pick, PickReason
+from extproc.core.cluster import ClusterState
+from extproc.core.outlier import AttemptResult, OutlierAction, OutlierEjectionType
 from extproc.core.policy import (
     Distribute,
     Endpoint,
@@ -30,6 +32,7 @@ EAST_IP, WEST_IP, EU_IP = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 EAST, WEST, EU = f"{EAST_IP}:443", f"{WEST_IP}:443", f"{EU_IP}:443"
 BLOG_FAILOVER = failover(("us-east1", "us-west"))
 CLUSTER = "outbound|80||mydb.com"
+EJECT, UNEJECT = OutlierAction.EJECT, OutlierAction.UNEJECT
 
 
 def blog_service(
@@ -45,10 +48,16 @@ def blog_service(
     )
 
 
+def overflow_total(state: ClusterState) -> int:
+    """Detections refused by ``max_ejection_percent`` (Envoy's ``ejections_overflow``)."""
+    detector = state._detector
+    return 0 if detector is None else detector.overflow_total
+
+
 def cluster(
     svc: Service, workload: str = "us-east1", *, seed: int = 7, now: float = 0.0
 ) -> ClusterState:
-    return ClusterState(svc, Locality.parse(workload), now=now, rng=random.Random(seed))
+    return ClusterState(svc, Workload(Locality.parse(workload)), now=now, rng=random.Random(seed))
 
 
 def serve(
@@ -64,7 +73,9 @@ def serve(
     for _ in range(count):
         pick = state.pick(clock.now())
         if pick.host is not None:
-            state.record(pick.host, 503 if pick.host in dead else 200, clock.now())
+            state.record(
+                pick.host, AttemptResult.answer(503 if pick.host in dead else 200), clock.now()
+            )
         picks.append(pick)
         clock.advance(every)
     return picks
@@ -90,13 +101,13 @@ def test_one_503_on_east_ejects_it_and_every_pick_goes_west() -> None:
     clock = FakeClock(5.0)
     first = state.pick(clock.now())
     assert first.host == EAST
-    state.record(EAST, 503, clock.now())
+    state.record(EAST, AttemptResult.answer(503), clock.now())
     events = state.drain_events()
     assert [(e.action, e.upstream_url, e.num_ejections, e.enforced) for e in events] == [
-        ("EJECT", EAST, 1, True)
+        (EJECT, EAST, 1, True)
     ]
     assert events[0].cluster_name == CLUSTER
-    assert events[0].type == "CONSECUTIVE_5XX"
+    assert events[0].type is OutlierEjectionType.CONSECUTIVE_5XX
     assert state.ejections_active == 1
     picks = serve(state, clock, 25)
     assert {(p.host, p.priority) for p in picks} == {(WEST, 1)}
@@ -116,13 +127,13 @@ def test_east_is_unejected_at_the_first_sweep_60_to_75_s_later(
 ) -> None:
     state = cluster(blog_service())
     state.pick(ejected_at)
-    state.record(EAST, 503, ejected_at)
+    state.record(EAST, AttemptResult.answer(503), ejected_at)
     assert state.pick(back_at - 0.01).host == WEST
     assert state.pick(back_at).host == EAST
     assert 60.0 <= back_at - ejected_at <= 75.0
     assert [(e.action, e.time_s) for e in state.drain_events()] == [
-        ("EJECT", ejected_at),
-        ("UNEJECT", back_at),
+        (EJECT, ejected_at),
+        (UNEJECT, back_at),
     ]
 
 
@@ -131,14 +142,14 @@ def test_permanently_dead_east_ejection_lengths_grow_60_to_300_s() -> None:
     clock = FakeClock()
     picks = serve(state, clock, 1300 // 2, dead={EAST})
     events = state.drain_events()
-    ejects = [e.time_s for e in events if e.action == "EJECT"]
-    unejects = [e.time_s for e in events if e.action == "UNEJECT"]
+    ejects = [e.time_s for e in events if e.action == EJECT]
+    unejects = [e.time_s for e in events if e.action == UNEJECT]
     lengths = [out - inn for inn, out in zip(ejects, unejects, strict=False)]
     assert lengths == [60.0, 120.0, 180.0, 240.0, 300.0, 300.0]
     # One failed client request per ejection, everything else served by west.
     failed = [p for p in picks if p.host == EAST]
     assert len(failed) == len(ejects) == 7
-    assert [e.num_ejections for e in events if e.action == "EJECT"] == list(range(1, 8))
+    assert [e.num_ejections for e in events if e.action == EJECT] == list(range(1, 8))
 
 
 def test_backoff_decays_after_east_recovers() -> None:
@@ -159,7 +170,7 @@ def test_backoff_decays_after_east_recovers() -> None:
 
 def test_ejection_time_left_counts_down_to_the_duration() -> None:
     state = cluster(blog_service())
-    state.record(EAST, 503, 10.0)
+    state.record(EAST, AttemptResult.answer(503), 10.0)
     views = {v.address: v for v in state.hosts(30.0)}
     assert views[EAST].ejection_time_left_s == pytest.approx(40.0)
     assert views[WEST].ejection_time_left_s is None
@@ -226,7 +237,7 @@ def test_two_p0_hosts_one_ejected_splits_70_30() -> None:
     state = cluster(svc, seed=3)
     state.set_endpoint_addresses(0, ["10.1.0.1", "10.1.0.2"], 0.0)
     state.set_endpoint_addresses(1, ["10.2.0.1"], 0.0)
-    state.record("10.1.0.1:443", 503, 1.0)
+    state.record("10.1.0.1:443", AttemptResult.answer(503), 1.0)
     assert state.ejections_active == 1
     picks: Counter[str] = Counter()
     for _ in range(20_000):
@@ -247,16 +258,16 @@ def test_strict_max_ejection_percent_never_ejects_two_hosts() -> None:
     assert state.ejections_active == 0
     # 10 consecutive-5xx detections, plus Envoy's unenforced gateway detector firing on the
     # 5th and 10th 503: the gate refuses all 12 before enforcing is looked at.
-    assert state.overflow_total == 12
+    assert overflow_total(state) == 12
     events = state.drain_events()
     assert len(events) == 12
-    assert {(e.action, e.enforced, e.num_ejections) for e in events} == {("EJECT", False, 0)}
+    assert {(e.action, e.enforced, e.num_ejections) for e in events} == {(EJECT, False, 0)}
 
 
 def test_all_hosts_ejected_is_no_healthy_upstream_until_a_sweep() -> None:
     state = cluster(blog_service(outlier(max_ejection_percent=100)))
-    state.record(EAST, 503, 1.0)
-    state.record(WEST, 503, 2.0)
+    state.record(EAST, AttemptResult.answer(503), 1.0)
+    state.record(WEST, AttemptResult.answer(503), 2.0)
     assert state.ejections_active == 2
     assert state.pick(3.0) == Pick(host=None, priority=None, reason=PickReason.NO_HEALTHY_UPSTREAM)
     assert state.pick(60.0).reason is PickReason.NO_HEALTHY_UPSTREAM
@@ -271,9 +282,9 @@ def test_min_health_percent_panic_uses_ejected_hosts_too() -> None:
     )
     state = cluster(svc)
     state.set_endpoint_addresses(0, ["10.1.0.1", "10.1.0.2", "10.1.0.3"], 0.0)
-    state.record("10.1.0.1:443", 503, 1.0)
+    state.record("10.1.0.1:443", AttemptResult.answer(503), 1.0)
     assert state.pick(1.0).reason is PickReason.HEALTHY  # 2/3 healthy >= 50 %
-    state.record("10.1.0.2:443", 503, 1.0)
+    state.record("10.1.0.2:443", AttemptResult.answer(503), 1.0)
     picks = [state.pick(2.0) for _ in range(30)]
     assert {p.reason for p in picks} == {PickReason.PANIC}
     assert {p.host for p in picks} == {"10.1.0.1:443", "10.1.0.2:443", "10.1.0.3:443"}
@@ -309,7 +320,7 @@ def test_reresolution_keeps_state_of_hosts_that_stay_and_drops_the_rest() -> Non
     state = _dns_blog()
     state.set_endpoint_addresses(0, ["10.1.0.1", "10.1.0.2"], 0.0)
     state.set_endpoint_addresses(1, ["10.2.0.1"], 0.0)
-    state.record("10.1.0.1:443", 503, 1.0)
+    state.record("10.1.0.1:443", AttemptResult.answer(503), 1.0)
     state.set_endpoint_addresses(0, ["10.1.0.1", "10.1.0.3"], 2.0)
     views = {v.address: v for v in state.hosts(2.0)}
     assert set(views) == {"10.1.0.1:443", "10.1.0.3:443", "10.2.0.1:443"}
@@ -317,8 +328,8 @@ def test_reresolution_keeps_state_of_hosts_that_stay_and_drops_the_rest() -> Non
     assert views["10.1.0.1:443"].endpoint_address == "east.example.com"
     state.set_endpoint_addresses(0, ["10.1.0.3"], 3.0)
     assert state.ejections_active == 0
-    state.record("10.1.0.1:443", 503, 4.0)  # gone: ignored
-    assert [(e.action, e.upstream_url) for e in state.drain_events()] == [("EJECT", "10.1.0.1:443")]
+    state.record("10.1.0.1:443", AttemptResult.answer(503), 4.0)  # gone: ignored
+    assert [(e.action, e.upstream_url) for e in state.drain_events()] == [(EJECT, "10.1.0.1:443")]
 
 
 def test_hosts_are_sorted_by_priority_config_order_then_address() -> None:
@@ -360,7 +371,7 @@ def test_pick_counts_active_requests_until_record_or_release() -> None:
     state.pick(0.0)
     state.pick(0.0)
     assert next(v for v in state.hosts(0.0) if v.address == EAST).active_requests == 2
-    state.record(EAST, 200, 0.0)
+    state.record(EAST, AttemptResult.answer(200), 0.0)
     state.release(EAST)
     state.release(EAST)  # never below zero
     state.release("192.0.2.1:443")  # unknown: ignored
@@ -372,9 +383,9 @@ def test_record_without_outlier_detection_only_tracks_active_requests() -> None:
     pick = state.pick(0.0)
     assert pick.host is not None
     for _ in range(10):
-        state.record(pick.host, 503, 0.0)
+        state.record(pick.host, AttemptResult.answer(503), 0.0)
     assert state.ejections_active == 0
-    assert state.overflow_total == 0
+    assert overflow_total(state) == 0
 
 
 def _two_p0_hosts(
@@ -438,7 +449,7 @@ def test_round_robin_starts_at_a_random_offset() -> None:
 
 def test_drain_events_empties_the_queue() -> None:
     state = cluster(blog_service())
-    state.record(EAST, 503, 0.0)
+    state.record(EAST, AttemptResult.answer(503), 0.0)
     assert len(state.drain_events()) == 1
     assert state.drain_events() == []
 
@@ -512,7 +523,7 @@ def test_ejected_host_is_never_picked_outside_panic(
                 assert all(v.ejected for v in views.values())
             last = pick.host
         elif last is not None:
-            state.record(last, 503 if op == "fail" else 200, now)
+            state.record(last, AttemptResult.answer(503 if op == "fail" else 200), now)
         assert state.ejections_active <= allowed
 
 
@@ -553,7 +564,7 @@ def _two_localities_in_p0(
 
 def test_locality_weight_is_scaled_by_its_healthy_share() -> None:
     state = _two_localities_in_p0()
-    state.record("10.1.0.1:443", 503, 1.0)
+    state.record("10.1.0.1:443", AttemptResult.answer(503), 1.0)
     # us-east1: weight 2 * min(1, 1.4 * 1/2) = 1.4; us-west: 1. Not 50/50 over healthy hosts.
     counts = _spread(state, 2_400)
     assert counts == {"10.1.0.2:443": 1_400, "10.2.0.1:443": 1_000}
@@ -561,7 +572,7 @@ def test_locality_weight_is_scaled_by_its_healthy_share() -> None:
 
 def test_without_failover_istio_sets_no_locality_weights_and_hosts_share_evenly() -> None:
     state = _two_localities_in_p0(failover_set=False)
-    state.record("10.1.0.1:443", 503, 1.0)
+    state.record("10.1.0.1:443", AttemptResult.answer(503), 1.0)
     counts = _spread(state, 2_400)
     assert counts == {"10.1.0.2:443": 1_200, "10.2.0.1:443": 1_200}
 
@@ -584,7 +595,7 @@ def test_locality_weight_counts_endpoints_not_resolved_addresses() -> None:
 
 def test_a_priority_in_panic_skips_the_locality_pick() -> None:
     state = _two_localities_in_p0(min_health=80)
-    state.record("10.1.0.1:443", 503, 1.0)  # 2 of 3 healthy < 80 %
+    state.record("10.1.0.1:443", AttemptResult.answer(503), 1.0)  # 2 of 3 healthy < 80 %
     picks = [state.pick(2.0) for _ in range(300)]
     assert {p.reason for p in picks} == {PickReason.PANIC}
     hosts = Counter(p.host for p in picks)
@@ -611,14 +622,14 @@ def test_distribute_80_20_splits_picks_80_20() -> None:
 
 def test_distribute_never_fails_over_to_a_locality_it_left_out() -> None:
     state = _distributed(("us-east1", 80), ("us-west", 20))
-    state.record(EAST, 503, 1.0)
-    state.record(WEST, 503, 1.0)
+    state.record(EAST, AttemptResult.answer(503), 1.0)
+    state.record(WEST, AttemptResult.answer(503), 1.0)
     assert state.pick(2.0).reason is PickReason.NO_HEALTHY_UPSTREAM
 
 
 def test_distribute_keeps_one_priority_and_shifts_load_by_locality_health() -> None:
     state = _distributed(("us-east1", 80), ("us-west", 20))
-    state.record(EAST, 503, 1.0)
+    state.record(EAST, AttemptResult.answer(503), 1.0)
     assert _spread(state, 100) == {WEST: 100}
     assert {v.priority for v in state.hosts(2.0)} == {0}
 
@@ -643,7 +654,7 @@ def test_failover_priority_labels_order_the_endpoints() -> None:
     state = ClusterState(svc, Workload(labels=(("tier", "silver"),)), now=0.0, rng=random.Random(1))
     assert by_address(state, 0.0) == {WEST: (0, False), EAST: (1, False)}
     assert state.pick(1.0).host == WEST
-    state.record(WEST, 503, 1.0)
+    state.record(WEST, AttemptResult.answer(503), 1.0)
     assert state.pick(2.0).host == EAST
 
 
@@ -680,7 +691,7 @@ def test_locality_weighted_picks_match_route_weights(
         addresses += [f"{ip}:443" for ip in ours]
     for index in sorted(ejected):
         if index < len(addresses):
-            state.record(addresses[index], 503, 1.0)
+            state.record(addresses[index], AttemptResult.answer(503), 1.0)
     weights = dict(state.route_weights(2.0))
     total = sum(weights.values())
     picks = 8_000
@@ -708,7 +719,7 @@ def test_per_priority_panic_uses_all_hosts_of_that_priority_only() -> None:
     state.set_endpoint_addresses(0, east, 0.0)
     state.set_endpoint_addresses(1, west, 0.0)
     for ip in east[1:] + west[2:]:
-        state.record(f"{ip}:443", 503, 1.0)
+        state.record(f"{ip}:443", AttemptResult.answer(503), 1.0)
     picks = [state.pick(2.0) for _ in range(10_000)]
     p0 = [p for p in picks if p.priority == 0]
     p1 = [p for p in picks if p.priority == 1]

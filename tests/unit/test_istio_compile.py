@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,6 +27,7 @@ from extproc.core.policy import (
 from extproc.errors import ConfigError, Problem
 from extproc.istio import load_policy, load_policy_text
 from extproc.istio.compile import README_DIFFERENCES
+from extproc.testing import find_service
 
 SEED: Final = Path(__file__).parent.parent / "fixtures" / "seed"
 
@@ -179,8 +179,8 @@ def test_seed_https_variant_uses_target_port_round_robin_and_failover() -> None:
 
 def test_seed_policy_finds_the_service_by_request_authority() -> None:
     policy = load_policy(SEED / "https.yaml")
-    assert policy.find("MyDB.com.", 80) is policy.services[0]
-    assert policy.find("mydb.com", 443) is None
+    assert find_service(policy, "MyDB.com.", 80) is policy.services[0]
+    assert find_service(policy, "mydb.com", 443) is None
 
 
 def test_seed_strict_mode_says_extproc_will_not_eject_either() -> None:
@@ -891,7 +891,7 @@ def test_policy_finds_exact_hosts_first_then_the_longest_wildcard(
         _doc(SE, "wild", hosts=["*.example.com"], ports=TWO_PORTS),
         _doc(SE, "exact", hosts=["db.example.com", "*.b.example.com"]),
     )
-    found = policy.find(host, port)
+    found = find_service(policy, host, port)
     assert (found.cluster_name if found else None) == expected
 
 

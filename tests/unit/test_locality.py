@@ -111,7 +111,7 @@ def test_endpoint_priorities_follow_apply_locality_failover(
     expected: tuple[int, ...],
 ) -> None:
     svc = service(endpoints, outlier=BLOG_OUTLIER, failover=failovers)
-    assert endpoint_priorities(svc, Locality.parse(workload)) == expected
+    assert endpoint_priorities(svc, Workload(Locality.parse(workload))) == expected
 
 
 def test_istio_task_table_compacts_tiers_without_gaps() -> None:
@@ -126,7 +126,7 @@ def test_istio_task_table_compacts_tiers_without_gaps() -> None:
         outlier=BLOG_OUTLIER,
         failover=failover(("region1", "region2")),
     )
-    assert endpoint_priorities(svc, Locality.parse("region1/zone1")) == (0, 1, 2, 3)
+    assert endpoint_priorities(svc, Workload(Locality.parse("region1/zone1"))) == (0, 1, 2, 3)
 
 
 @pytest.mark.parametrize(
@@ -146,11 +146,11 @@ def test_without_failover_gate_every_endpoint_is_priority_zero(
         failover=BLOG_FAILOVER,
         locality_lb_enabled=enabled,
     )
-    assert endpoint_priorities(svc, Locality.parse("us-east1")) == (0, 0, 0)
+    assert endpoint_priorities(svc, Workload(Locality.parse("us-east1"))) == (0, 0, 0)
 
 
 def test_service_without_endpoints_has_no_priorities() -> None:
-    assert endpoint_priorities(service([], outlier=BLOG_OUTLIER), Locality()) == ()
+    assert endpoint_priorities(service([], outlier=BLOG_OUTLIER), Workload(Locality())) == ()
 
 
 _PARTS = st.sampled_from(["", "a", "b"])
@@ -170,7 +170,7 @@ def test_priorities_run_from_zero_without_gaps(
         outlier=BLOG_OUTLIER,
         failover=failover(*pairs),
     )
-    priorities = endpoint_priorities(svc, workload)
+    priorities = endpoint_priorities(svc, Workload(workload))
     assert len(priorities) == len(localities)
     assert set(priorities) == set(range(max(priorities) + 1))
 
@@ -371,7 +371,7 @@ def test_locality_weighted_config_follows_istio_rules() -> None:
     distribute = (Distribute("*", (("us-east1", 100),)),)
 
     def weighted(svc: Service) -> bool:
-        return load_assignment(svc, Locality.parse("us-east1")).locality_weighted
+        return load_assignment(svc, Workload(Locality.parse("us-east1"))).locality_weighted
 
     assert not weighted(base)  # mesh default: failover tiers, no locality weights
     assert weighted(replace(base, locality_lb=LocalityLbSetting(failover=BLOG_FAILOVER)))
@@ -399,7 +399,7 @@ def _distributed(
 
 
 def _weights(svc: Service, workload: str) -> dict[str, int]:
-    groups = load_assignment(svc, Locality.parse(workload)).groups
+    groups = load_assignment(svc, Workload(Locality.parse(workload))).groups
     return {str(g.locality): g.weight for g in groups}
 
 
@@ -409,7 +409,7 @@ def test_distribute_gives_each_target_its_weight_in_one_priority() -> None:
         ("us-east/*", {"us-east/a": 80, "us-west/a": 20}),
     )
     assert _weights(svc, "us-east/a") == {"us-east/a": 80, "us-west/a": 20}
-    assert endpoint_priorities(svc, Locality.parse("us-east/a")) == (0, 0)
+    assert endpoint_priorities(svc, Workload(Locality.parse("us-east/a"))) == (0, 0)
 
 
 def test_distribute_splits_a_wildcard_target_by_original_weight_rounding_up() -> None:
@@ -432,7 +432,7 @@ def test_distribute_drops_localities_no_target_names() -> None:
         ("us-east", {"us-east/a": 50, "us-west/a": 50}),
         outlier_set=True,
     )
-    assert endpoint_priorities(svc, Locality.parse("us-east/a")) == (0, 0, None)
+    assert endpoint_priorities(svc, Workload(Locality.parse("us-east/a"))) == (0, 0, None)
 
 
 def test_first_matching_distribute_rule_wins() -> None:
@@ -451,7 +451,7 @@ def test_no_matching_distribute_rule_keeps_endpoint_weights() -> None:
         ("eu/*", {"us-east/a": 90, "us-west/a": 10}),
     )
     assert _weights(svc, "us-east/a") == {"us-east/a": 3, "us-west/a": 1}
-    assert load_assignment(svc, Locality.parse("us-east/a")).locality_weighted
+    assert load_assignment(svc, Workload(Locality.parse("us-east/a"))).locality_weighted
 
 
 def test_a_locality_matching_two_targets_goes_to_the_first() -> None:
@@ -480,7 +480,7 @@ def test_distribute_shares_add_up_to_each_target_weight(
         [_ep(f"10.0.0.{i}", f"{r}/{z}", weight=w) for i, (r, z, w) in enumerate(endpoints)],
         ("*", {"r1/*": split, "r2": 100 - split}),
     )
-    groups = load_assignment(svc, Locality()).groups
+    groups = load_assignment(svc, Workload(Locality())).groups
     for target, weight in (("r1", split), ("r2", 100 - split)):
         mine = [g.weight for g in groups if g.locality.region == target]
         if mine:

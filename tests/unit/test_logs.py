@@ -12,7 +12,8 @@ import pytest
 import structlog
 
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Locality
+from extproc.core.outlier import AttemptResult
+from extproc.core.policy import Locality, Workload
 from extproc.server.logs import OutlierEventLog, configure_logging
 from extproc.testing import FakeClock, endpoint, outlier, service
 
@@ -98,7 +99,9 @@ def _cluster(clock: FakeClock) -> ClusterState:
         ],
         outlier=outlier(consecutive_5xx_errors=1, interval_s=1.0, base_ejection_time_s=3.0),
     )
-    return ClusterState(svc, Locality.parse("us-east1"), now=clock.now(), rng=random.Random(1))
+    return ClusterState(
+        svc, Workload(Locality.parse("us-east1")), now=clock.now(), rng=random.Random(1)
+    )
 
 
 def _write_events(cluster: ClusterState, log: OutlierEventLog) -> None:
@@ -114,11 +117,11 @@ def test_a_real_ejection_and_unejection_are_one_json_line_each_in_envoys_field_n
     cluster = _cluster(clock)
     log = OutlierEventLog()
 
-    cluster.record(EAST, 503, clock.now())  # eject at t=10
+    cluster.record(EAST, AttemptResult.answer(503), clock.now())  # eject at t=10
     _write_events(cluster, log)
     cluster.advance(clock.advance(3.5))  # the sweep at t=13 un-ejects (3 s ejection)
     _write_events(cluster, log)
-    cluster.record(EAST, 503, clock.advance(4.5))  # ejected again at t=18
+    cluster.record(EAST, AttemptResult.answer(503), clock.advance(4.5))  # ejected again at t=18
     _write_events(cluster, log)
 
     records = [json.loads(line) for line in _lines(stderr)]
@@ -148,9 +151,9 @@ def test_a_refused_ejection_is_logged_as_not_enforced(stderr: FakeStderr) -> Non
         endpoints=[endpoint("127.0.0.11", "us-east1", port=80)],
         outlier=outlier(max_ejection_percent=0, always_eject_one_host=False),
     )
-    cluster = ClusterState(svc, Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    cluster = ClusterState(svc, Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1))
     log = OutlierEventLog()
-    cluster.record(EAST, 503, clock.now())
+    cluster.record(EAST, AttemptResult.answer(503), clock.now())
     _write_events(cluster, log)
     [record] = [json.loads(line) for line in _lines(stderr)]
     assert (record["event"], record["action"], record["enforced"]) == (
@@ -170,12 +173,14 @@ def test_the_event_log_forgets_the_oldest_host_past_its_bound(
         def info(self, event: str, **fields: Any) -> None:
             written.append(fields)
 
-    from extproc.core.outlier import OutlierEvent
+    from extproc.core.outlier import OutlierAction, OutlierEjectionType, OutlierEvent
+
+    CONSECUTIVE_5XX = OutlierEjectionType.CONSECUTIVE_5XX
 
     log = OutlierEventLog(Recorder())
     for host in ("a:1", "b:1", "c:1"):
-        log.write(OutlierEvent("EJECT", CLUSTER, host, "CONSECUTIVE_5XX", 1, True, 0.0))
+        log.write(OutlierEvent(OutlierAction.EJECT, CLUSTER, host, CONSECUTIVE_5XX, 1, True, 0.0))
     for host in ("a:1", "c:1"):
-        log.write(OutlierEvent("UNEJECT", CLUSTER, host, "CONSECUTIVE_5XX", 1, True, 2.0))
+        log.write(OutlierEvent(OutlierAction.UNEJECT, CLUSTER, host, CONSECUTIVE_5XX, 1, True, 2.0))
     assert "secs_since_last_action" not in written[-2]  # a:1 was forgotten
     assert written[-1]["secs_since_last_action"] == 2

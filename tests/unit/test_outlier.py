@@ -11,24 +11,23 @@ from hypothesis import strategies as st
 
 from extproc.core.cluster import ClusterState
 from extproc.core.outlier import (
-    CONSECUTIVE_5XX,
-    CONSECUTIVE_GATEWAY_FAILURE,
-    CONSECUTIVE_LOCAL_ORIGIN_FAILURE,
-    EJECT,
-    UNEJECT,
     AttemptResult,
-    OutlierDetector,
+    OutlierAction,
+    OutlierEjectionType,
     OutlierEvent,
-    ejection_allowed,
-    ejection_duration_s,
     http_response_code,
 )
-from extproc.core.policy import Locality, OutlierDetection
+from extproc.core.outlier_detector import OutlierDetector, ejection_allowed, ejection_duration_s
+from extproc.core.policy import Locality, OutlierDetection, Workload
 from extproc.testing import BLOG_OUTLIER, FakeClock, failover, outlier, service
 
 CLUSTER = "outbound|80||mydb.com"
 A = "10.0.0.1:443"
 B = "10.0.0.2:443"
+EJECT, UNEJECT = OutlierAction.EJECT, OutlierAction.UNEJECT
+CONSECUTIVE_5XX = OutlierEjectionType.CONSECUTIVE_5XX
+CONSECUTIVE_GATEWAY_FAILURE = OutlierEjectionType.CONSECUTIVE_GATEWAY_FAILURE
+CONSECUTIVE_LOCAL_ORIGIN_FAILURE = OutlierEjectionType.CONSECUTIVE_LOCAL_ORIGIN_FAILURE
 
 
 def _detector(config: OutlierDetection = BLOG_OUTLIER, hosts: int = 2) -> OutlierDetector:
@@ -53,8 +52,8 @@ def _detector(config: OutlierDetection = BLOG_OUTLIER, hosts: int = 2) -> Outlie
 )
 def test_only_5xx_codes_extend_the_consecutive_count(code: int, counts: bool) -> None:
     detector = _detector(outlier(consecutive_5xx_errors=5))
-    detector.put_http_response_code(A, 503, 0.0)
-    detector.put_http_response_code(A, code, 0.0)
+    detector.put_result(A, AttemptResult.answer(503), 0.0)
+    detector.put_result(A, AttemptResult.answer(code), 0.0)
     monitor = detector.monitor(A)
     assert monitor is not None
     assert monitor.consecutive_5xx == (2 if counts else 0)
@@ -62,9 +61,9 @@ def test_only_5xx_codes_extend_the_consecutive_count(code: int, counts: bool) ->
 
 def test_detection_fires_on_exactly_the_nth_consecutive_error() -> None:
     detector = _detector(outlier(consecutive_5xx_errors=3, max_ejection_percent=100))
-    assert not detector.put_http_response_code(A, 503, 1.0)
-    assert not detector.put_http_response_code(A, 500, 2.0)
-    assert detector.put_http_response_code(A, 502, 3.0)
+    assert not detector.put_result(A, AttemptResult.answer(503), 1.0)
+    assert not detector.put_result(A, AttemptResult.answer(500), 2.0)
+    assert detector.put_result(A, AttemptResult.answer(502), 3.0)
     assert detector.is_ejected(A)
     monitor = detector.monitor(A)
     assert monitor is not None
@@ -77,29 +76,29 @@ def test_detection_fires_on_exactly_the_nth_consecutive_error() -> None:
 
 def test_a_success_between_errors_restarts_the_count() -> None:
     detector = _detector(outlier(consecutive_5xx_errors=2, max_ejection_percent=100))
-    detector.put_http_response_code(A, 503, 1.0)
-    detector.put_http_response_code(A, 200, 2.0)
-    assert not detector.put_http_response_code(A, 503, 3.0)
+    detector.put_result(A, AttemptResult.answer(503), 1.0)
+    detector.put_result(A, AttemptResult.answer(200), 2.0)
+    assert not detector.put_result(A, AttemptResult.answer(503), 3.0)
     assert not detector.is_ejected(A)
 
 
 def test_threshold_zero_never_ejects() -> None:
     detector = _detector(outlier(consecutive_5xx_errors=0, max_ejection_percent=100))
     for t in range(50):
-        detector.put_http_response_code(A, 503, float(t))
+        detector.put_result(A, AttemptResult.answer(503), float(t))
     assert detector.ejections_active == 0
     # Only the gateway detector Istio leaves unenforced speaks up, and it never ejects.
     assert {(e.type, e.enforced) for e in detector.drain_events()} == {
-        ("CONSECUTIVE_GATEWAY_FAILURE", False)
+        (CONSECUTIVE_GATEWAY_FAILURE, False)
     }
 
 
 def test_errors_during_ejection_never_extend_it_nor_reset_the_counter() -> None:
     detector = _detector(outlier(consecutive_5xx_errors=2, max_ejection_percent=100))
-    detector.put_http_response_code(A, 503, 1.0)
-    detector.put_http_response_code(A, 503, 2.0)  # ejected at 2.0
+    detector.put_result(A, AttemptResult.answer(503), 1.0)
+    detector.put_result(A, AttemptResult.answer(503), 2.0)  # ejected at 2.0
     for t in (3.0, 4.0, 5.0):
-        assert not detector.put_http_response_code(A, 503, t)
+        assert not detector.put_result(A, AttemptResult.answer(503), t)
     monitor = detector.monitor(A)
     assert monitor is not None
     assert (monitor.last_ejection_time, monitor.num_ejections, monitor.ejection_backoff) == (
@@ -138,7 +137,7 @@ def test_ejection_gate_counts_all_hosts(
 
 def test_refused_ejection_is_an_overflow_event_and_resets_the_counter() -> None:
     detector = _detector(outlier(max_ejection_percent=10, always_eject_one_host=False))
-    assert not detector.put_http_response_code(A, 503, 5.0)
+    assert not detector.put_result(A, AttemptResult.answer(503), 5.0)
     assert not detector.is_ejected(A)
     assert detector.overflow_total == 1
     monitor = detector.monitor(A)
@@ -148,15 +147,15 @@ def test_refused_ejection_is_an_overflow_event_and_resets_the_counter() -> None:
     assert monitor.ejection_backoff == 0
     assert detector.drain_events() == [
         OutlierEvent(
-            EJECT, CLUSTER, A, "CONSECUTIVE_5XX", 0, enforced=False, time_s=5.0, overflow=True
+            EJECT, CLUSTER, A, CONSECUTIVE_5XX, 0, enforced=False, time_s=5.0, overflow=True
         )
     ]
 
 
 def test_max_ejection_percent_stops_the_second_ejection() -> None:
     detector = _detector(outlier(max_ejection_percent=50, always_eject_one_host=False), hosts=2)
-    assert detector.put_http_response_code(A, 503, 1.0)
-    assert not detector.put_http_response_code(B, 503, 1.0)
+    assert detector.put_result(A, AttemptResult.answer(503), 1.0)
+    assert not detector.put_result(B, AttemptResult.answer(503), 1.0)
     assert detector.ejections_active == 1
     assert detector.overflow_total == 1
 
@@ -194,7 +193,7 @@ def test_unejection_happens_at_the_first_sweep_after_the_duration(
 ) -> None:
     detector = _detector()
     detector.advance(ejected_at)
-    detector.put_http_response_code(A, 503, ejected_at)
+    detector.put_result(A, AttemptResult.answer(503), ejected_at)
     detector.advance(unejected_at - 0.001)
     assert detector.is_ejected(A)
     assert detector.advance(unejected_at)
@@ -219,7 +218,7 @@ def test_permanently_dead_host_ejection_lengths_grow_to_the_cap() -> None:
         if not detector.is_ejected(A):
             if ejected_at is not None:
                 lengths.append(clock.now() - ejected_at)
-            detector.put_http_response_code(A, 503, clock.now())
+            detector.put_result(A, AttemptResult.answer(503), clock.now())
             ejected_at = clock.now()
         clock.advance(2.0)
     base = [60.0, 120.0, 180.0, 240.0, 300.0, 300.0, 300.0]
@@ -237,13 +236,13 @@ def test_backoff_decays_one_step_per_sweep_after_recovery() -> None:
     # Three back-to-back ejections: backoff 3, the last ejection lasts 180 s.
     t = 0.0
     for _ in range(3):
-        detector.put_http_response_code(A, 503, t)
+        detector.put_result(A, AttemptResult.answer(503), t)
         while detector.is_ejected(A):
             t += 15.0
             detector.advance(t)
     assert monitor.ejection_backoff == 3
     unejected_at = t
-    detector.put_http_response_code(A, 200, t)
+    detector.put_result(A, AttemptResult.answer(200), t)
     seen = []
     for k in range(1, 5):
         detector.advance(unejected_at + 15.0 * k)
@@ -253,7 +252,7 @@ def test_backoff_decays_one_step_per_sweep_after_recovery() -> None:
 
 def test_no_decay_at_the_sweep_that_unejects() -> None:
     detector = _detector()
-    detector.put_http_response_code(A, 503, 0.0)
+    detector.put_result(A, AttemptResult.answer(503), 0.0)
     detector.advance(60.0)
     monitor = detector.monitor(A)
     assert monitor is not None
@@ -266,29 +265,29 @@ def test_reejection_after_partial_decay_uses_the_decayed_backoff() -> None:
     detector = _detector()
     monitor = detector.monitor(A)
     assert monitor is not None
-    detector.put_http_response_code(A, 503, 0.0)  # backoff 1, out at 60
+    detector.put_result(A, AttemptResult.answer(503), 0.0)  # backoff 1, out at 60
     detector.advance(60.0)
-    detector.put_http_response_code(A, 503, 60.0)  # backoff 2, 120 s, out at 180
+    detector.put_result(A, AttemptResult.answer(503), 60.0)  # backoff 2, 120 s, out at 180
     detector.advance(180.0)
     detector.advance(195.0)  # decay to 1
     assert monitor.ejection_backoff == 1
-    detector.put_http_response_code(A, 503, 196.0)  # backoff 2 again: 120 s
+    detector.put_result(A, AttemptResult.answer(503), 196.0)  # backoff 2 again: 120 s
     assert monitor.ejection_backoff == 2
     assert detector.ejection_time_left_s(A, 200.0) == pytest.approx(116.0)
 
 
 def test_removed_ejected_host_frees_its_ejection_slot() -> None:
     detector = _detector(outlier(max_ejection_percent=50, always_eject_one_host=False), hosts=2)
-    detector.put_http_response_code(A, 503, 1.0)
+    detector.put_result(A, AttemptResult.answer(503), 1.0)
     assert detector.set_hosts([B, "10.0.0.3:443"])
     assert detector.ejections_active == 0
-    assert detector.put_http_response_code(B, 503, 2.0)
+    assert detector.put_result(B, AttemptResult.answer(503), 2.0)
 
 
 def test_kept_host_keeps_its_state_across_membership_changes() -> None:
     detector = _detector(outlier(consecutive_5xx_errors=3))
-    detector.put_http_response_code(A, 503, 1.0)
-    detector.put_http_response_code(A, 503, 1.0)
+    detector.put_result(A, AttemptResult.answer(503), 1.0)
+    detector.put_result(A, AttemptResult.answer(503), 1.0)
     assert not detector.set_hosts([A, "10.0.0.9:443"])
     monitor = detector.monitor(A)
     assert monitor is not None
@@ -298,7 +297,7 @@ def test_kept_host_keeps_its_state_across_membership_changes() -> None:
 
 def test_unknown_host_is_ignored() -> None:
     detector = _detector()
-    assert not detector.put_http_response_code("192.0.2.1:443", 503, 1.0)
+    assert not detector.put_result("192.0.2.1:443", AttemptResult.answer(503), 1.0)
     assert detector.ejection_time_left_s("192.0.2.1:443", 1.0) is None
 
 
@@ -309,7 +308,7 @@ def test_nonpositive_interval_is_rejected() -> None:
 
 def test_long_idle_period_runs_sweeps_in_order() -> None:
     detector = _detector()
-    detector.put_http_response_code(A, 503, 0.0)
+    detector.put_result(A, AttemptResult.answer(503), 0.0)
     assert detector.advance(1_000_000.0)
     assert not detector.is_ejected(A)
     monitor = detector.monitor(A)
@@ -373,8 +372,8 @@ def _counters(detector: OutlierDetector, address: str = A) -> tuple[int, int, in
 )
 def test_only_502_503_504_extend_the_gateway_count(code: int, gateway_count: int) -> None:
     detector = _detector(gateway(5))
-    detector.put_http_response_code(A, 503, 0.0)
-    detector.put_http_response_code(A, code, 0.0)
+    detector.put_result(A, AttemptResult.answer(503), 0.0)
+    detector.put_result(A, AttemptResult.answer(code), 0.0)
     assert _counters(detector)[1] == gateway_count
 
 
@@ -789,7 +788,7 @@ def test_the_gate_counts_hosts_of_every_priority(
     config = replace(config, always_eject_one_host=always)
     state = ClusterState(
         replace(_SPREAD, outlier_detection=config),
-        Locality.parse("us-east1"),
+        Workload(Locality.parse("us-east1")),
         now=0.0,
         rng=random.Random(0),
     )
@@ -813,11 +812,11 @@ def test_the_only_host_of_p0_can_be_ejected_at_20_percent_of_five(always: bool) 
     config = replace(outlier(max_ejection_percent=20), always_eject_one_host=always)
     state = ClusterState(
         replace(_SPREAD, outlier_detection=config),
-        Locality.parse("us-east1"),
+        Workload(Locality.parse("us-east1")),
         now=0.0,
         rng=random.Random(0),
     )
-    state.record("10.0.0.1:443", 503, 1.0)
+    state.record("10.0.0.1:443", AttemptResult.answer(503), 1.0)
     assert state.ejections_active == 1
-    state.record("10.0.0.2:443", 503, 1.0)  # 2/5 = 40 % > 20 %
+    state.record("10.0.0.2:443", AttemptResult.answer(503), 1.0)  # 2/5 = 40 % > 20 %
     assert state.ejections_active == 1

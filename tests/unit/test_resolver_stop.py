@@ -8,7 +8,7 @@ import random
 import dns.asyncresolver
 import pytest
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.core.table import ServiceTable
 from extproc.istio import load_policy_text
 from extproc.server import resolver as resolver_module
@@ -44,7 +44,7 @@ async def test_stop_ends_a_refresh_loop_whose_query_swallowed_the_cancellation(
     monkeypatch.setattr(resolver_module, "resolve", resolve)
     table = ServiceTable(
         load_policy_text(CONFIG, "db.yaml"),
-        Locality.parse("us-east1"),
+        Workload(Locality.parse("us-east1")),
         now=0.0,
         rng=random.Random(1),
     )
