@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from extproc.errors import Problem
+
 _T = TypeVar("_T")
 
 
@@ -275,7 +277,8 @@ class Policy:
     """Everything the service serves, consistent as a whole."""
 
     services: tuple[Service, ...] = ()
-    warnings: tuple[str, ...] = field(default=())
+    # What was ignored or looks wrong, each located (file, document, field path).
+    warnings: tuple[Problem, ...] = field(default=())
     # (kind, count) of every object the config held, by kind: what was read, for reports
     # (``extproc check``). Not part of what is served, so not compared.
     objects: tuple[tuple[str, int], ...] = field(default=(), compare=False)

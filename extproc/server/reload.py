@@ -223,7 +223,14 @@ class ConfigReloader:
         shown = set(previous.warnings) if previous is not None else set()
         for warning in policy.warnings:
             if warning not in shown:
-                log.warning("config.warning", path=str(self._path), warning=str(warning))
+                log.warning(
+                    "config.warning",
+                    path=str(self._path),
+                    warning=str(warning),
+                    file=warning.file,
+                    document=warning.document,
+                    field=warning.path,
+                )
         before = len(previous.services) if previous is not None else 0
         if change.removed and 2 * len(change.removed) > before:
             log.warning(
