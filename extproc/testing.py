@@ -38,12 +38,17 @@ __all__ = [
 class FakeClock:
     """A ``Clock`` (see ``extproc.clock``) that only moves when told to."""
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, wall_start: float = 0.0) -> None:
         self._now = start
+        self._wall_offset = wall_start - start
 
     def now(self) -> float:
         """The current fake time in seconds."""
         return self._now
+
+    def wall(self) -> float:
+        """The fake wall clock: ``wall_start`` at the start, moving with ``advance``."""
+        return self._now + self._wall_offset
 
     def advance(self, seconds: float) -> float:
         """Move time forward and return the new time.

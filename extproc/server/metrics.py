@@ -27,9 +27,10 @@ hosts that left the answer are dropped at the next scrape), and the other labels
 sets. ``type`` uses Envoy's stat words (``ejections_enforced_consecutive_5xx`` ->
 ``type="consecutive_5xx"``).
 
-Cost: nothing here runs per request on the fast path (the brain gets successes in batches),
-and the ext_proc path pays one dictionary increment per attempt and one histogram bucket
-increment per request headers message. Everything else (gauges, pruning, the text format)
+Cost: nothing here runs per request on the fast path (the sync endpoint gets successes in
+batches), and the ext_proc path pays one dictionary increment per attempt and one
+histogram bucket increment per request headers message. Both data paths label an attempt
+with the same ``outcome_label``. Everything else (gauges, pruning, the text format)
 is computed when ``/metrics`` is scraped. prometheus_client renders the exposition format
 only; our values live in plain counters, so its per-metric locks and its process-global
 registry stay out of the way.
@@ -52,7 +53,7 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 import extproc
-from extproc.core.outlier import OutlierAction, OutlierEvent
+from extproc.core.outlier import AttemptKind, AttemptResult, OutlierAction, OutlierEvent
 from extproc.core.table import ServiceTable
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
     "TIMEOUT",
     "DecisionHistogram",
     "Metrics",
-    "attempt_outcomes",
+    "outcome_label",
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -104,27 +105,18 @@ DECISION_BUCKETS_S = (
     1.0,
 )
 
-_TIMEOUT_CODE = 504  # server/outcome.py: Envoy's detector counts a timeout as a 504
 
+def outcome_label(result: AttemptResult) -> str:
+    """The ``outcome`` label of one attempt, the same for both data paths.
 
-def attempt_outcomes(codes: Sequence[int], *, via_upstream: bool) -> list[str]:
-    """The outcome of each attempt of one ext_proc request, oldest first.
-
-    Args:
-        codes: ``outcome.classify``'s codes: every attempt before the last was a local-origin
-            failure of the same host (the only ones the retry policy retries); the last is
-            the upstream status, or 503/504 for a connect failure/timeout.
-        via_upstream: whether the final response came from the upstream
-            (``response.code_details == "via_upstream"``).
+    An upstream answer is ``5xx`` or ``success`` by its status (a fast-path success count
+    has none); a connect failure or a reset after connecting is ``connect_failure`` (Envoy
+    counts both as its local-origin ``LocalOriginConnectFailed``); a timeout ``timeout``.
     """
-    outcomes = [CONNECT_FAILURE] * max(0, len(codes) - 1)
-    if codes:
-        last = codes[-1]
-        if via_upstream:
-            outcomes.append(HTTP_5XX if 500 <= last <= 599 else SUCCESS)
-        else:
-            outcomes.append(TIMEOUT if last == _TIMEOUT_CODE else CONNECT_FAILURE)
-    return outcomes
+    if result.kind is AttemptKind.ANSWER:
+        status = result.status
+        return HTTP_5XX if status is not None and 500 <= status <= 599 else SUCCESS
+    return TIMEOUT if result.kind is AttemptKind.TIMEOUT else CONNECT_FAILURE
 
 
 class DecisionHistogram:
@@ -196,15 +188,11 @@ class Metrics:
         key = (cluster_name, upstream_url, outcome)
         self._upstream_rq[key] = self._upstream_rq.get(key, 0) + n
 
-    def count_response(
-        self, cluster_name: str, upstream_url: str, codes: Sequence[int], *, via_upstream: bool
+    def count_result(
+        self, cluster_name: str, upstream_url: str, result: AttemptResult, n: int = 1
     ) -> None:
-        """Count the attempts of one ext_proc request (see ``attempt_outcomes``)."""
-        if via_upstream and len(codes) == 1 and codes[0] < 500:
-            self.count_attempt(cluster_name, upstream_url, SUCCESS)  # the common case
-            return
-        for outcome in attempt_outcomes(codes, via_upstream=via_upstream):
-            self.count_attempt(cluster_name, upstream_url, outcome)
+        """Count ``n`` attempts on one host that ended in ``result`` (``outcome_label``)."""
+        self.count_attempt(cluster_name, upstream_url, outcome_label(result), n)
 
     def count_event(self, event: OutlierEvent) -> None:
         """Count one drained outlier event as Envoy counts its ejection stats.

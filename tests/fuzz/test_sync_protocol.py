@@ -1,17 +1,17 @@
-"""Fuzzing the fast path's sync protocol (``POST /v1/sync``, see ``extproc.server.brain``).
+"""Fuzzing the fast path's sync protocol (``POST /v1/sync``, ``extproc.server.sync``).
 
 Bodies are what ``extproc/render/bridge.lua`` sends (``s <ip:port> <n>``, ``e <ip:port>
 <status>``, ``e <ip:port> <code> c|r|t``), near misses of it (odd numbers, hosts, words,
 separators), random text, and random edits of all three; service names are the real
 cluster names and near misses. Whatever arrives:
 
-- ``Brain.sync`` returns (no exception), a table exactly for a known service;
+- ``SyncEndpoint.sync`` returns (no exception), a table exactly for a known service;
 - a table names only that service's hosts, with positive weights, and its version never
   goes down;
 - no outcome is recorded for a host that is not one of that service's hosts (outlier state
   of the other services, metrics), and no host is added.
 
-The same bodies, and malformed HTTP, also go through the real ``BrainServer`` on
+The same bodies, and malformed HTTP, also go through the real ``SyncServer`` on
 127.0.0.1:0 for a tenth of the examples: the answer is never a 5xx and the server keeps
 answering.
 """
@@ -29,9 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.core.hostset import HostView
+from extproc.core.reports import Report, parse_reports
 from extproc.core.table import ServiceTable
-from extproc.server.brain import Brain, BrainServer, Report, parse_reports
 from extproc.server.metrics import Metrics
+from extproc.server.sync import SyncEndpoint, SyncServer
 from extproc.wire import SERVICE_HEADER, SYNC_PATH
 from tests.fuzz import world
 
@@ -214,7 +215,7 @@ def _snapshot(table: ServiceTable, now: float) -> dict[str, list[HostView]]:
     return {name: list(cluster.hosts(now)) for name, cluster in table.clusters.items()}
 
 
-# -- Brain.sync ------------------------------------------------------------------------
+# -- SyncEndpoint.sync ------------------------------------------------------------------------
 
 
 @given(steps=_steps)
@@ -223,13 +224,13 @@ def test_no_sync_body_or_service_name_escapes_or_reaches_a_foreign_host(
 ) -> None:
     table, clock = world.build()
     metrics = Metrics(lambda: table, clock.now)
-    brain = Brain(lambda: table, clock.now, version_base=0, metrics=metrics)
+    endpoint = SyncEndpoint(lambda: table, clock, version_base=0, metrics=metrics)
     versions: dict[str, int] = {}
     named: set[str] = set()
     for name, body, advance_s in steps:
         now = clock.advance(advance_s)
         before = _snapshot(table, now)
-        answer = brain.sync(name, body)
+        answer = endpoint.sync(name, body)
         after = _snapshot(table, now)
         named |= _named_hosts(body)
         if name not in table.clusters:
@@ -273,7 +274,7 @@ def test_every_line_the_lua_filter_can_write_parses_back_to_its_report(
     assert parse_reports(body) == reports
 
 
-# -- through the real BrainServer --------------------------------------------------------
+# -- through the real SyncServer ---------------------------------------------------------
 
 #: The HTTP examples cost a connection each: a tenth of the profile's examples.
 _HTTP_SETTINGS = settings(
@@ -287,10 +288,12 @@ _LOOP_ERRORS: list[dict[str, Any]] = []
 
 
 @pytest.fixture(scope="module")
-def brain_address() -> Iterator[tuple[str, int]]:
-    """A BrainServer on 127.0.0.1:0, served by an event loop in its own thread."""
+def sync_address() -> Iterator[tuple[str, int]]:
+    """A SyncServer on 127.0.0.1:0, served by an event loop in its own thread."""
     table, clock = world.build()
-    server = BrainServer(Brain(lambda: table, clock.now, metrics=Metrics(lambda: table, clock.now)))
+    server = SyncServer(
+        SyncEndpoint(lambda: table, clock, metrics=Metrics(lambda: table, clock.now))
+    )
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(lambda _, context: _LOOP_ERRORS.append(context))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -362,9 +365,9 @@ _latin1_names = _service_names.filter(lambda s: not set(s) & {"\r", "\n"}).map(
 @_HTTP_SETTINGS
 @given(service=_latin1_names, body=_bodies.map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_a_sync_over_http_answers_a_table_or_a_404_never_a_5xx(
-    brain_address: tuple[str, int], service: bytes, body: bytes
+    sync_address: tuple[str, int], service: bytes, body: bytes
 ) -> None:
-    answers = _responses(_exchange(brain_address, _sync_request(service, body)))
+    answers = _responses(_exchange(sync_address, _sync_request(service, body)))
     assert _LOOP_ERRORS == []
     assert len(answers) == 1
     status, payload = answers[0]
@@ -427,15 +430,15 @@ def _raw_requests(draw: st.DrawFn) -> bytes:
 
 @_HTTP_SETTINGS
 @given(raw=_raw_requests())
-def test_malformed_http_never_gets_a_5xx_and_the_brain_keeps_answering(
-    brain_address: tuple[str, int], raw: bytes
+def test_malformed_http_never_gets_a_5xx_and_the_sync_endpoint_keeps_answering(
+    sync_address: tuple[str, int], raw: bytes
 ) -> None:
     # Every answer is a table or a 4xx; a request the server cannot read may end the
     # connection without one.
-    for status, payload in _responses(_exchange(brain_address, raw)):
+    for status, payload in _responses(_exchange(sync_address, raw)):
         assert status < 500, payload[:200]
     assert _LOOP_ERRORS == []
-    _assert_answers(brain_address)
+    _assert_answers(sync_address)
 
 
 # -- what the fuzzing found, kept as plain tests ---------------------------------------
@@ -444,10 +447,10 @@ def test_malformed_http_never_gets_a_5xx_and_the_brain_keeps_answering(
 def test_a_report_for_a_host_outside_the_service_counts_no_outcome() -> None:
     table, clock = world.build()
     metrics = Metrics(lambda: table, clock.now)
-    brain = Brain(lambda: table, clock.now, metrics=metrics)
+    endpoint = SyncEndpoint(lambda: table, clock, metrics=metrics)
     mydb, other = world.CLUSTER_NAMES[:2]
     stranger, neighbour = "10.0.0.9:443", "10.0.1.2:443"
-    brain.sync(mydb, f"s {stranger} 1\ne {stranger} 503\ns {neighbour} 2\ne {neighbour} 503 c\n")
+    endpoint.sync(mydb, f"s {stranger} 1\ne {stranger} 503\ns {neighbour} 2\ne {neighbour} 503 c\n")
     assert metrics.host_stats(mydb, stranger) == dict.fromkeys(metrics.host_stats(mydb, ""), 0)
     assert metrics.host_stats(mydb, neighbour) == dict.fromkeys(metrics.host_stats(mydb, ""), 0)
     assert metrics.host_stats(other, neighbour) == dict.fromkeys(metrics.host_stats(other, ""), 0)
