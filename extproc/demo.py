@@ -16,6 +16,7 @@ import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from extproc.core.policy import Locality
 from extproc.istio import load_policy_text
@@ -138,6 +139,20 @@ def _status_table(stack: Stack) -> str:
     return format_status(endpoints_json(stack.app.table, stack.app.now()))
 
 
+@dataclass(frozen=True, slots=True)
+class _Scene:
+    """What every step of the story plays on: the stand-ins, the addresses, the output."""
+
+    east: StandIn
+    ports: tuple[int, int]
+    settings: Settings
+    pause_s: float
+    story: _Story
+
+    def say(self, line: str) -> None:
+        self.story.out(line)
+
+
 async def run_demo(
     pause_s: float = 0.3,
     out: Callable[[str], None] | None = None,
@@ -148,100 +163,113 @@ async def run_demo(
     Step 3 turns out better than the seed on both data paths: Envoy retries the refused
     request on us-west, so no request fails (a current Istio does the same).
     """
-    say = out or (lambda line: print(line, flush=True))
-    story = _Story(say)
+    story = _Story(out or (lambda line: print(line, flush=True)))
     async with (
         DnsResponder({EAST: [EAST_IP], WEST: [WEST_IP]}, ttl_s=5) as dns,
         StandIn(EAST, EAST_IP, 0) as east,
         StandIn(WEST, WEST_IP, 0) as west,
     ):
-        ports = (east.address[1], west.address[1])
-        se = seed_yaml(*ports, outlier=False)
         # Fixed ports (free a moment ago), so that every step's Stack is at the addresses
         # printed here.
-        envoy_admin = HostPort("127.0.0.1", free_port())
         settings = Settings(
             listen=HostPort("127.0.0.1", free_port()),
             admin=HostPort("127.0.0.1", free_port()),
+            envoy_admin=HostPort("127.0.0.1", free_port()),
             dns_resolver=HostPort(*dns.address),
             envoy_log_level="error",
             data_path=data_path,
-            envoy_admin=envoy_admin,
         )
-        say(
-            f"Data path: {data_path.value}. Workload locality: {WORKLOAD}."
-            f" DNS responder on {HostPort(*dns.address)}:"
-        )
-        say(f"  {EAST} -> {EAST_IP} (stand-in on port {east.address[1]})")
-        say(f"  {WEST} -> {WEST_IP} (stand-in on port {west.address[1]})")
-        say(
-            f"Envoy listens on {HostPort(*settings.listen)};"
-            f" status view http://{HostPort(*settings.admin)}/clusters;"
-            f" envoy admin http://{HostPort(*envoy_admin)}/"
-        )
-        say("While it runs, try from another terminal:")
-        say(f"  $ {curl(settings.listen)}")
-        say(f"  $ {status_command(settings.admin)}")
-
-        say("\n== 1. ServiceEntry only: no outlierDetection, so no locality failover ==")
-        say(se)
-        async with Stack(
-            load_policy_text(se, "serviceentry.yaml"), Locality.parse(WORKLOAD), settings
-        ) as stack:
-            replies = await _loop(stack, 10, pause_s, say)
-        served = Counter(r.served_by for r in replies)
-        story.expect(served[EAST] > 0 and served[WEST] > 0, "requests go to both regions")
-
-        say("\n== 2. DestinationRule with outlierDetection: prefer the workload's region ==")
-        failover = seed_yaml(*ports)
-        say(failover[len(se) :])
-        policy = load_policy_text(failover, "failover.yaml")
-        async with Stack(policy, Locality.parse(WORKLOAD), settings) as stack:
-            replies = await _loop(stack, 5, pause_s, say)
-            story.expect(
-                all(r.served_by == EAST for r in replies), "every request goes to us-east1"
-            )
-
-            say(f"\n== 3. {EAST} refuses connections (the seed points it at port 81) ==")
-            east.set_mode(Mode.REFUSE)
-            replies = await _loop(stack, 5, pause_s, say)
-            story.expect(
-                all(r.served_by == WEST for r in replies),
-                "every request fails over to us-west; the refused attempt was retried there,"
-                " so none failed (the seed shows one connect error; Istio's Envoy, measured"
-                " today, retries on us-west too)",
-            )
-            say(f"$ {status_command(stack.settings.admin)}")
-            say(_status_table(stack))
-
-            say(f"\n== 4. {EAST} is back: traffic returns once its ejection ends ==")
-            east.set_mode(Mode.HEALTHY)
-            say(
-                "(the first ejection lasts baseEjectionTime = 3s;"
-                " un-ejection happens at the next 1s sweep)"
-            )
-            command = curl(stack.settings.listen)
-            say(f"$ while true; do {command}; echo; sleep {pause_s:g}; done")
-            back = None
-            for attempt in range(int(10 / pause_s) + 1):
-                reply = await get(stack.settings.listen, "mydb.com")
-                say(_show(reply))
-                if reply.served_by == EAST:
-                    back = attempt
-                    break
-                await asyncio.sleep(pause_s)
-            story.expect(back is not None, "traffic is back on us-east1 after the ejection")
-            if data_path is DataPath.LUA:
-                say("(every Envoy worker refreshes its table within its 100 ms TTL)")
-                await asyncio.sleep(0.2)
-            replies = await _loop(stack, 3, pause_s, say)
-            story.expect(all(r.served_by == EAST for r in replies), "and stays there")
-
+        scene = _Scene(east, (east.address[1], west.address[1]), settings, pause_s, story)
+        _introduce(scene)
+        await _without_outlier_detection(scene)
+        await _with_outlier_detection(scene)
     if story.failures:
-        say(f"\n{len(story.failures)} step(s) did not turn out as the seed shows.")
+        story.out(f"\n{len(story.failures)} step(s) did not turn out as the seed shows.")
         return 1
-    say("\nEvery step turned out as the seed shows.")
+    story.out("\nEvery step turned out as the seed shows.")
     return 0
+
+
+def _introduce(scene: _Scene) -> None:
+    settings, say = scene.settings, scene.say
+    assert settings.dns_resolver is not None
+    say(
+        f"Data path: {settings.data_path.value}. Workload locality: {WORKLOAD}."
+        f" DNS responder on {settings.dns_resolver}:"
+    )
+    say(f"  {EAST} -> {EAST_IP} (stand-in on port {scene.ports[0]})")
+    say(f"  {WEST} -> {WEST_IP} (stand-in on port {scene.ports[1]})")
+    say(
+        f"Envoy listens on {settings.listen};"
+        f" status view http://{settings.admin}/clusters;"
+        f" envoy admin http://{settings.envoy_admin}/"
+    )
+    say("While it runs, try from another terminal:")
+    say(f"  $ {curl(settings.listen)}")
+    say(f"  $ {status_command(settings.admin)}")
+
+
+async def _without_outlier_detection(scene: _Scene) -> None:
+    """Step 1: the ServiceEntry alone spreads requests over both regions."""
+    scene.say("\n== 1. ServiceEntry only: no outlierDetection, so no locality failover ==")
+    se = seed_yaml(*scene.ports, outlier=False)
+    scene.say(se)
+    policy = load_policy_text(se, "serviceentry.yaml")
+    async with Stack(policy, Locality.parse(WORKLOAD), scene.settings) as stack:
+        replies = await _loop(stack, 10, scene.pause_s, scene.say)
+    served = Counter(r.served_by for r in replies)
+    scene.story.expect(served[EAST] > 0 and served[WEST] > 0, "requests go to both regions")
+
+
+async def _with_outlier_detection(scene: _Scene) -> None:
+    """Steps 2-4: prefer the local region, fail over when it refuses, come back after."""
+    say, story, pause_s = scene.say, scene.story, scene.pause_s
+    say("\n== 2. DestinationRule with outlierDetection: prefer the workload's region ==")
+    failover = seed_yaml(*scene.ports)
+    say(failover[len(seed_yaml(*scene.ports, outlier=False)) :])
+    policy = load_policy_text(failover, "failover.yaml")
+    async with Stack(policy, Locality.parse(WORKLOAD), scene.settings) as stack:
+        replies = await _loop(stack, 5, pause_s, say)
+        story.expect(all(r.served_by == EAST for r in replies), "every request goes to us-east1")
+
+        say(f"\n== 3. {EAST} refuses connections (the seed points it at port 81) ==")
+        scene.east.set_mode(Mode.REFUSE)
+        replies = await _loop(stack, 5, pause_s, say)
+        story.expect(
+            all(r.served_by == WEST for r in replies),
+            "every request fails over to us-west; the refused attempt was retried there,"
+            " so none failed (the seed shows one connect error; Istio's Envoy, measured"
+            " today, retries on us-west too)",
+        )
+        say(f"$ {status_command(stack.settings.admin)}")
+        say(_status_table(stack))
+
+        say(f"\n== 4. {EAST} is back: traffic returns once its ejection ends ==")
+        scene.east.set_mode(Mode.HEALTHY)
+        await _failback(stack, scene)
+
+
+async def _failback(stack: Stack, scene: _Scene) -> None:
+    """Step 4: the first request after the ejection's end lands on us-east1 again."""
+    say, pause_s = scene.say, scene.pause_s
+    say(
+        "(the first ejection lasts baseEjectionTime = 3s; un-ejection happens at the next 1s sweep)"
+    )
+    say(f"$ while true; do {curl(stack.settings.listen)}; echo; sleep {pause_s:g}; done")
+    back = None
+    for attempt in range(int(10 / pause_s) + 1):
+        reply = await get(stack.settings.listen, "mydb.com")
+        say(_show(reply))
+        if reply.served_by == EAST:
+            back = attempt
+            break
+        await asyncio.sleep(pause_s)
+    scene.story.expect(back is not None, "traffic is back on us-east1 after the ejection")
+    if stack.settings.data_path is DataPath.LUA:
+        say("(every Envoy worker refreshes its table within its 100 ms TTL)")
+        await asyncio.sleep(0.2)
+    replies = await _loop(stack, 3, pause_s, say)
+    scene.story.expect(all(r.served_by == EAST for r in replies), "and stays there")
 
 
 if __name__ == "__main__":
