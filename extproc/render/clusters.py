@@ -1,0 +1,299 @@
+"""The bootstrap's clusters: one EDS cluster per service, and the two that reach the service.
+
+Each service's cluster takes its hosts from the service over EDS: every resolved host with
+Istio's priority and locality, ejected hosts marked UNHEALTHY. Envoy's own outlier
+detection stays off: the service is the detector. The lua path balances it with Istio's
+``lb_policy`` and an override host the script selects; the ext_proc path with Envoy's
+Override Host policy, which reads the pick from dynamic metadata (``override_host_policy``).
+
+The service itself is ``GRPC_CLUSTER`` (HTTP/2: ext_proc, EDS, health, the access log) and,
+on the lua path, ``SYNC_CLUSTER`` (the fast path's HTTP sync), each a Unix socket in
+``settings.socket_dir`` or the host and port of ``settings.grpc``.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    extension_pb2,
+    grpc_service_pb2,
+    health_check_pb2,
+    protocol_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
+from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.metadata.v3 import metadata_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf.message import Message
+
+from extproc.core.policy import LbAlgorithm, Service, is_ip
+from extproc.render.tls import HTTP_PROTOCOL_OPTIONS, auto_sni_options, upstream_tls_socket
+from extproc.render.typed import milliseconds, packed, seconds, uint32
+from extproc.settings import Settings
+from extproc.wire import (
+    GRPC_CLUSTER,
+    GRPC_HEALTH_SERVICE,
+    GRPC_SOCKET,
+    METADATA_HOST_KEY,
+    METADATA_NAMESPACE,
+    SECRET_HEADER,
+    SYNC_CLUSTER,
+    SYNC_SOCKET,
+    DataPath,
+)
+
+_Cluster = cluster_pb2.Cluster
+
+#: Istio's default circuit-breaker thresholds: effectively unlimited
+#: (cluster_traffic_policy.go getDefaultCircuitBreakerThresholds).
+_UNLIMITED = 4294967295
+_ENVOY_LB = {
+    LbAlgorithm.ROUND_ROBIN: _Cluster.ROUND_ROBIN,
+    LbAlgorithm.LEAST_REQUEST: _Cluster.LEAST_REQUEST,
+    LbAlgorithm.RANDOM: _Cluster.RANDOM,
+}
+#: The same algorithms as typed load-balancing policies: (extension name, config message).
+_TYPED_LB = {
+    LbAlgorithm.ROUND_ROBIN: ("round_robin", round_robin_pb2.RoundRobin),
+    LbAlgorithm.LEAST_REQUEST: ("least_request", least_request_pb2.LeastRequest),
+    LbAlgorithm.RANDOM: ("random", random_pb2.Random),
+}
+#: The hosts an override may name on the lua path (``service_cluster``).
+_OVERRIDABLE = (health_check_pb2.UNKNOWN, health_check_pb2.HEALTHY, health_check_pb2.DEGRADED)
+
+
+def grpc_service(settings: Settings) -> grpc_service_pb2.GrpcService:
+    """The service as a gRPC target; with a secret, every stream carries it."""
+    service = grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=GRPC_CLUSTER)
+    )
+    if settings.secret is not None:
+        service.initial_metadata.append(
+            base_pb2.HeaderValue(key=SECRET_HEADER, value=settings.secret)
+        )
+    return service
+
+
+def eds_cluster(settings: Settings) -> cluster_pb2.Cluster:
+    """The fields that make an Envoy cluster take its hosts from the service over EDS.
+
+    ``update_merge_window: 0s`` applies each push (an ejection) at once instead of after
+    Envoy's default 1 s of batching.
+
+    Args:
+        settings: How Envoy reaches the service (``grpc_service``: the static HTTP/2
+            cluster ``GRPC_CLUSTER``, with the shared secret when there is one).
+    """
+    source = config_source_pb2
+    return _Cluster(
+        type=_Cluster.EDS,
+        eds_cluster_config=_Cluster.EdsClusterConfig(
+            eds_config=source.ConfigSource(
+                resource_api_version=source.V3,
+                api_config_source=source.ApiConfigSource(
+                    api_type=source.ApiConfigSource.GRPC,
+                    transport_api_version=source.V3,
+                    grpc_services=[grpc_service(settings)],
+                    set_node_on_first_message_only=True,
+                ),
+            )
+        ),
+        common_lb_config=_Cluster.CommonLbConfig(update_merge_window=milliseconds(0)),
+    )
+
+
+def service_cluster(service: Service, settings: Settings) -> cluster_pb2.Cluster:
+    """A service's EDS cluster, balanced for the data path, with its TLS origination."""
+    outlier = service.outlier_detection
+    cluster = _Cluster(
+        name=service.cluster_name,
+        # connectionPool.tcp.connectTimeout, else the mesh default (10s): applyConnectionPool.
+        connect_timeout=seconds(service.connect_timeout_s),
+        circuit_breakers=_circuit_breakers(),
+        common_lb_config=_Cluster.CommonLbConfig(
+            # Istio sets the panic threshold to minHealthPercent when outlierDetection is set.
+            healthy_panic_threshold=percent_pb2.Percent(
+                value=float(outlier.min_health_percent if outlier else 50)
+            ),
+        ),
+    )
+    cluster.MergeFrom(eds_cluster(settings))
+    if settings.data_path is DataPath.EXT_PROC:
+        cluster.load_balancing_policy.CopyFrom(override_host_policy(service.lb_algorithm))
+    else:
+        cluster.lb_policy = _ENVOY_LB[service.lb_algorithm]
+        # An override naming a host EDS marks UNHEALTHY (ejected) is not honoured: Envoy's
+        # own load balancer picks over the same priorities and health instead. So once the
+        # brain ejects a host, every worker avoids it as soon as the EDS push lands, even
+        # with a table made before the ejection; in panic Envoy's pick has the same spread.
+        cluster.common_lb_config.override_host_status.statuses.extend(_OVERRIDABLE)
+    if service.tls is not None:
+        cluster.transport_socket.CopyFrom(upstream_tls_socket(service.tls, settings.system_ca_file))
+        options = auto_sni_options(service.tls)
+        if options is not None:
+            cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
+                packed(options)
+            )
+    return cluster
+
+
+def _circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
+    # Envoy's default max_retries (3) overflows under load and fails requests (UO).
+    return circuit_breaker_pb2.CircuitBreakers(
+        thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                max_connections=uint32(_UNLIMITED),
+                max_pending_requests=uint32(_UNLIMITED),
+                max_requests=uint32(_UNLIMITED),
+                max_retries=uint32(_UNLIMITED),
+            )
+        ]
+    )
+
+
+def override_host_policy(algorithm: LbAlgorithm) -> cluster_pb2.LoadBalancingPolicy:
+    """The ext_proc path's load balancer: the service's pick first, Istio's LB for retries.
+
+    Envoy's Override Host policy (``source/extensions/load_balancing_policies/override_host/
+    load_balancer.cc``, Envoy 1.40):
+
+    1. The first attempt goes to the host named by the dynamic metadata the ext_proc answer
+       sets (``extproc.host``), looked up among all the cluster's hosts (any priority, any
+       health: the service already decided).
+    2. A retry takes the next listed host; the answer lists one, so every retry goes to the
+       fallback policy, which gets the router's context: the retry's
+       ``previous_priorities`` load and ``previous_hosts`` predicate apply, as on the lua
+       path. A pick that names no host of the cluster (EDS not there yet) also falls back.
+    3. Only a metadata source is listed, never ``header``: a client cannot set dynamic
+       metadata, so no client ever chooses the upstream.
+    """
+    name, config = _TYPED_LB[algorithm]
+    override = override_host_pb2.OverrideHost(
+        override_host_sources=[
+            override_host_pb2.OverrideHost.OverrideHostSource(
+                metadata=metadata_pb2.MetadataKey(
+                    key=METADATA_NAMESPACE,
+                    path=[metadata_pb2.MetadataKey.PathSegment(key=METADATA_HOST_KEY)],
+                )
+            )
+        ],
+        fallback_policy=_load_balancing_policy(f"envoy.load_balancing_policies.{name}", config()),
+    )
+    return _load_balancing_policy("envoy.load_balancing_policies.override_host", override)
+
+
+def _load_balancing_policy(name: str, config: Message) -> cluster_pb2.LoadBalancingPolicy:
+    policy = cluster_pb2.LoadBalancingPolicy
+    return policy(
+        policies=[
+            policy.Policy(
+                typed_extension_config=extension_pb2.TypedExtensionConfig(
+                    name=name, typed_config=packed(config)
+                )
+            )
+        ]
+    )
+
+
+def grpc_cluster(settings: Settings) -> cluster_pb2.Cluster:
+    """``GRPC_CLUSTER``: the service's gRPC listener over HTTP/2, health-checked."""
+    options = http_protocol_options_pb2.HttpProtocolOptions
+    http2 = options(
+        explicit_http_config=options.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    return _Cluster(
+        name=GRPC_CLUSTER,
+        type=_static_or_dns(settings),
+        connect_timeout=milliseconds(1000),
+        typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: packed(http2)},
+        load_assignment=_assignment(
+            GRPC_CLUSTER, _service_address(settings, settings.grpc.port, GRPC_SOCKET)
+        ),
+        health_checks=[_service_health_check()],
+    )
+
+
+def _service_health_check() -> health_check_pb2.HealthCheck:
+    """Envoy's gRPC health check of the service (``grpc.health.v1.Health/Check``).
+
+    It takes a service that is shutting down (NOT_SERVING) or gone out of rotation when
+    another replica is healthy, and never fails a request that would otherwise work:
+
+    - NOT_SERVING marks the host unhealthy at once; connection failures and timeouts need
+      ``unhealthy_threshold`` in a row (``ActiveHealthCheckSession::setUnhealthy``: only
+      network failures count toward the threshold).
+    - A host starts unhealthy until its first check, and one success makes it healthy
+      (``handleSuccess``: the first check skips ``healthy_threshold``). Envoy does not wait
+      for health at start-up beyond that first check, which ends on a refused connection.
+    - A cluster whose only host is unhealthy is in panic (Envoy's default
+      ``healthy_panic_threshold`` of 50 %) and still sends to it: with one service, a
+      failed check changes nothing for ext_proc, EDS or the sync; the ext_proc filter fails
+      closed on its own when the service really does not answer.
+    - ``no_traffic_interval`` equals ``interval``: the default (60 s) applies until the
+      cluster has carried traffic, which on the ext_proc path is the first request.
+    (``source/extensions/health_checkers/common/health_checker_base_impl.cc``)
+    """
+    return health_check_pb2.HealthCheck(
+        timeout=milliseconds(1000),
+        interval=milliseconds(1000),
+        no_traffic_interval=milliseconds(1000),
+        unhealthy_threshold=uint32(2),
+        healthy_threshold=uint32(1),
+        grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck(
+            service_name=GRPC_HEALTH_SERVICE
+        ),
+    )
+
+
+def sync_cluster(settings: Settings) -> cluster_pb2.Cluster:
+    """``SYNC_CLUSTER``: the fast path's HTTP sync endpoint."""
+    return _Cluster(
+        name=SYNC_CLUSTER,
+        type=_static_or_dns(settings),
+        connect_timeout=milliseconds(250),
+        load_assignment=_assignment(
+            SYNC_CLUSTER, _service_address(settings, settings.sync_port, SYNC_SOCKET)
+        ),
+    )
+
+
+def _static_or_dns(settings: Settings) -> int:
+    # A name (compose: "extproc") is resolved by Envoy; an IP or a socket needs no DNS.
+    if settings.socket_dir is not None or is_ip(settings.grpc.host):
+        return int(_Cluster.STATIC)
+    return int(_Cluster.STRICT_DNS)
+
+
+def _service_address(settings: Settings, port: int, socket: str) -> address_pb2.Address:
+    """Where Envoy reaches one of the service's listeners: a Unix socket or host:port."""
+    if settings.socket_dir is not None:
+        return address_pb2.Address(pipe=address_pb2.Pipe(path=str(settings.socket_dir / socket)))
+    return socket_address(settings.grpc.host, port)
+
+
+def socket_address(host: str, port: int) -> address_pb2.Address:
+    """An IP or name and a port."""
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+def _assignment(
+    cluster_name: str, address: address_pb2.Address
+) -> endpoint_pb2.ClusterLoadAssignment:
+    lb_endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=address)
+    )
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name,
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[lb_endpoint])],
+    )

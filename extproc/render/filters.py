@@ -1,0 +1,155 @@
+"""The HCM's filters and access log: the data path's filter, the router, the reset log.
+
+**lua (the default).** The Lua filter keeps, per Envoy worker, a routing table the service
+publishes and selects a host per request with ``setUpstreamOverrideHost``; Envoy's local
+replies carry their response flags (``local_reply_config``) so the script counts them as
+Envoy's outlier detector would. **ext_proc.** The ext_proc filter asks the service on every
+request and fails closed; the answer's pick is dynamic metadata, never a header.
+
+**What neither filter sees** is an upstream reset after the response head went downstream;
+the gRPC access log (``reset_access_log``) carries exactly those requests to the service.
+"""
+
+from __future__ import annotations
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+from envoy.type.v3 import http_status_pb2
+
+from extproc.render.clusters import grpc_service
+from extproc.render.typed import boolean, milliseconds, packed, uint32
+from extproc.settings import Settings
+from extproc.wire import (
+    FLAGS_HEADER,
+    LATE_UPSTREAM_RESET,
+    METADATA_NAMESPACE,
+    RESPONSE_ATTRIBUTES,
+    reset_log_name,
+)
+
+LUA_FILTER = "envoy.filters.http.lua"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+
+_Hcm = http_connection_manager_pb2
+_Log = accesslog_pb2
+_Mode = processing_mode_pb2.ProcessingMode
+
+#: The response flags ``Filter::streamResetReasonToResponseFlag`` gives an upstream reset
+#: (``source/common/router/router.cc``), without UO: ``onUpstreamReset`` reports every
+#: reset to the outlier detector but an overflow.
+_RESET_FLAGS = ("UR", "UC", "UPE", "LR", "UF", "OM")
+
+
+def ext_proc_filter(settings: Settings) -> http_connection_manager_pb2.HttpFilter:
+    """The ext_proc path's filter: the service's answer to each request's headers."""
+    processor = ext_proc_pb2.ExternalProcessor(
+        grpc_service=grpc_service(settings),
+        # Fail closed: without the service's pick there is no upstream to go to anyway.
+        failure_mode_allow=False,
+        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        message_timeout=milliseconds(settings.message_timeout_ms),
+        processing_mode=_Mode(
+            request_header_mode=_Mode.SEND,
+            response_header_mode=_Mode.SEND,
+            request_body_mode=_Mode.NONE,
+            response_body_mode=_Mode.NONE,
+            request_trailer_mode=_Mode.SKIP,
+            response_trailer_mode=_Mode.SKIP,
+        ),
+        response_attributes=list(RESPONSE_ATTRIBUTES),
+        metadata_options=ext_proc_pb2.MetadataOptions(
+            receiving_namespaces=ext_proc_pb2.MetadataOptions.MetadataNamespaces(
+                untyped=[METADATA_NAMESPACE]
+            )
+        ),
+    )
+    return _Hcm.HttpFilter(name=EXT_PROC_FILTER, typed_config=packed(processor))
+
+
+def lua_filter(source: str) -> http_connection_manager_pb2.HttpFilter:
+    """The lua path's filter, running ``source`` (the filled-in ``bridge.lua``)."""
+    script = lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(inline_string=source),
+        # The route does not depend on what the script changes.
+        clear_route_cache=boolean(False),
+    )
+    return _Hcm.HttpFilter(name=LUA_FILTER, typed_config=packed(script))
+
+
+def router_filter() -> http_connection_manager_pb2.HttpFilter:
+    """Envoy's router, the last filter."""
+    return _Hcm.HttpFilter(
+        name="envoy.filters.http.router", typed_config=packed(router_pb2.Router())
+    )
+
+
+def local_reply_config() -> http_connection_manager_pb2.LocalReplyConfig:
+    """Envoy's own replies (connect failure, timeout, no healthy upstream) carry their
+    response flags, so the script can count them as Envoy's outlier detector would."""
+    return _Hcm.LocalReplyConfig(
+        mappers=[
+            _Hcm.ResponseMapper(
+                filter=_Log.AccessLogFilter(response_flag_filter=_Log.ResponseFlagFilter()),
+                headers_to_add=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key=FLAGS_HEADER, value="%RESPONSE_FLAGS%"),
+                        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                    )
+                ],
+            )
+        ]
+    )
+
+
+def reset_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
+    """The HCM access log that sends the service each upstream reset after the response started.
+
+    Envoy's router reports such a reset to the outlier detector as
+    ``LocalOriginConnectFailed`` (``Filter::onUpstreamReset``; 503 outside split mode), after
+    the head's status (``onUpstreamHeaders``). Neither data path sees it, so a 200 head and a
+    reset counted as a success only. The filter runs in Envoy for every request and drops
+    all but those, so a normal request costs no message:
+
+    1. ``response_flag_filter``: a bit test; a request without a reset flag stops here.
+    2. CEL on ``response.code_details``: a reset before the response started is an Envoy
+       local reply, which both data paths already count; only a late one goes on.
+
+    ``buffer_size_bytes: 0`` sends each entry at once (``GrpcAccessLogger::log`` flushes
+    when the buffer reaches its size), over the service's own gRPC target and secret.
+    """
+    late = cel_pb2.ExpressionFilter(
+        expression=f"response.code_details.startsWith('{LATE_UPSTREAM_RESET}')"
+    )
+    only_late_resets = _Log.AndFilter(
+        filters=[
+            _Log.AccessLogFilter(
+                response_flag_filter=_Log.ResponseFlagFilter(flags=list(_RESET_FLAGS))
+            ),
+            _Log.AccessLogFilter(
+                extension_filter=_Log.ExtensionFilter(
+                    name="envoy.access_loggers.extension_filters.cel", typed_config=packed(late)
+                )
+            ),
+        ]
+    )
+    log = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=als_pb2.CommonGrpcAccessLogConfig(
+            log_name=reset_log_name(settings.data_path),
+            grpc_service=grpc_service(settings),
+            transport_api_version=config_source_pb2.V3,
+            buffer_size_bytes=uint32(0),
+        )
+    )
+    return _Log.AccessLog(
+        name="envoy.access_loggers.http_grpc",
+        filter=_Log.AccessLogFilter(and_filter=only_late_resets),
+        typed_config=packed(log),
+    )
