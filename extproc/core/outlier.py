@@ -5,9 +5,9 @@ Theory of operation
 ``outlier_detector.py`` mirrors Envoy's ``source/common/upstream/outlier_detection_impl.cc``
 for the detectors Istio's ``outlierDetection`` can enable. This module holds what crosses its
 boundary, as Envoy's ``envoy/upstream/outlier_detection.h`` does: the result of one attempt
-(Envoy's ``Outlier::Result`` plus the HTTP status) going in, and the ejection events
-(``envoy.data.cluster.v3.OutlierDetectionEvent``) coming out. Rules 1-3 are here; the
-detector's rules 4-10 continue in ``outlier_detector.py``.
+(Envoy's ``Outlier::Result`` plus the HTTP status) going in; a host's outlier state
+(``DetectorHostMonitor``) and the ejection events (``OutlierDetectionEvent``) coming out.
+Rules 1-3 are here; the detector's rules 4-10 continue in ``outlier_detector.py``.
 
 1. Each upstream attempt ends one of four ways (``AttemptKind``), which is what Envoy's HTTP
    router reports (``router.cc``, ``upstream_request.cc``): the upstream answered (the
@@ -36,6 +36,7 @@ __all__ = [
     "TIMEOUT_CODE",
     "AttemptKind",
     "AttemptResult",
+    "HostMonitor",
     "OutlierAction",
     "OutlierEjectionType",
     "OutlierEvent",
@@ -169,3 +170,20 @@ class OutlierEvent:
     enforced: bool
     time_s: float
     overflow: bool = False
+
+
+@dataclass(slots=True)
+class HostMonitor:
+    """Outlier state of one host (Envoy's ``DetectorHostMonitorImpl``); mutable on purpose."""
+
+    consecutive_5xx: int = 0
+    consecutive_gateway_failure: int = 0
+    consecutive_local_origin_failure: int = 0
+    ejected: bool = False
+    ejection_type: OutlierEjectionType = (
+        OutlierEjectionType.CONSECUTIVE_5XX
+    )  # of the current or last ejection
+    num_ejections: int = 0  # lifetime count, never decays
+    ejection_backoff: int = 0  # Envoy's ejectTimeBackoff
+    last_ejection_time: float | None = None
+    last_unejection_time: float | None = None

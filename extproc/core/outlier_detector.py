@@ -7,7 +7,7 @@ Istio's ``outlierDetection`` can enable: consecutive 5xx, consecutive gateway fa
 consecutive local-origin failure (Istio turns success-rate ejection off and leaves
 failure-percentage ejection at enforcing 0). Envoy splits the work the same way: an
 immutable config (``policy.OutlierDetection``, Envoy's ``DetectorConfig``), one monitor per
-host (``HostMonitor`` ~ ``DetectorHostMonitorImpl``) and a detector that owns the monitors
+host (``outlier.HostMonitor`` ~ ``DetectorHostMonitorImpl``) and a detector that owns the monitors
 and sweeps them (``OutlierDetector`` ~ ``DetectorImpl``).
 
 Rules, units in seconds (``now`` is always an argument, on one monotonic scale). Rules 1-3
@@ -50,11 +50,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from extproc.core.outlier import (
     AttemptKind,
     AttemptResult,
+    HostMonitor,
     OutlierAction,
     OutlierEjectionType,
     OutlierEvent,
@@ -62,24 +62,7 @@ from extproc.core.outlier import (
 )
 from extproc.core.policy import OutlierDetection
 
-__all__ = ["HostMonitor", "OutlierDetector", "ejection_allowed", "ejection_duration_s"]
-
-
-@dataclass(slots=True)
-class HostMonitor:
-    """Outlier state of one host (Envoy's ``DetectorHostMonitorImpl``); mutable on purpose."""
-
-    consecutive_5xx: int = 0
-    consecutive_gateway_failure: int = 0
-    consecutive_local_origin_failure: int = 0
-    ejected: bool = False
-    ejection_type: OutlierEjectionType = (
-        OutlierEjectionType.CONSECUTIVE_5XX
-    )  # of the current or last ejection
-    num_ejections: int = 0  # lifetime count, never decays
-    ejection_backoff: int = 0  # Envoy's ejectTimeBackoff
-    last_ejection_time: float | None = None
-    last_unejection_time: float | None = None
+__all__ = ["OutlierDetector", "ejection_allowed", "ejection_duration_s"]
 
 
 def _below(count: int, threshold: int) -> int:
