@@ -135,11 +135,6 @@ class OutlierDetector:
         self._events: list[OutlierEvent] = []
 
     @property
-    def config(self) -> OutlierDetection:
-        """The outlier detection settings this detector applies."""
-        return self._config
-
-    @property
     def ejections_active(self) -> int:
         """Hosts ejected right now (Envoy gauge ``ejections_active``)."""
         return self._ejections_active
