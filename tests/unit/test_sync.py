@@ -6,7 +6,7 @@ import random
 from dataclasses import replace
 
 from extproc.clock import Clock, MonotonicClock
-from extproc.core.policy import Locality, OutlierDetection, Policy
+from extproc.core.policy import Locality, OutlierDetection, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.server.sync import SyncEndpoint, SyncServer
 from extproc.testing import FakeClock, endpoint, outlier, service
@@ -25,7 +25,9 @@ def _endpoint(
         endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
         outlier=outlier(consecutive_5xx_errors=2),
     )
-    table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    table = ServiceTable(
+        Policy((svc,)), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
+    )
     return SyncEndpoint(lambda: table, clock, ttl_ms=100, version_base=version_base), clock
 
 
@@ -90,7 +92,9 @@ def _held_endpoint() -> tuple[SyncEndpoint, _Held]:
         endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
         outlier=outlier(consecutive_5xx_errors=2),
     )
-    table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    table = ServiceTable(
+        Policy((svc,)), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
+    )
     sync_endpoint = SyncEndpoint(lambda: table, FakeClock(), version_base=1_000_000, withheld=held)
     return sync_endpoint, held
 
@@ -130,7 +134,9 @@ def _endpoint_with(config: OutlierDetection) -> SyncEndpoint:
         endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
         outlier=config,
     )
-    table = ServiceTable(Policy((svc,)), Locality.parse("us-east1"), now=0.0, rng=random.Random(1))
+    table = ServiceTable(
+        Policy((svc,)), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
+    )
     return SyncEndpoint(lambda: table, clock, ttl_ms=100, version_base=1_000_000)
 
 
