@@ -33,6 +33,10 @@ meet), then the final result. Where they ran:
   The first attempt was ours (the Override Host policy sends it there), so ours gets one
   failure and the other host the final result. The middle attempt of three ran on a host
   Envoy does not name; it is not counted (the lua path has the same blind spot).
+
+The lua path applies the same rules in ``render/bridge.lua`` (``envoy_on_response``); one
+table of cases, ``tests/attribution.py``, runs against this classifier and, in a real
+Envoy, against both data paths.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@
 -- Per response: count successes per host (sent with the next sync); report a failure at
 -- once and install the table that comes back. Outcomes are attributed to the host that
 -- really served the last attempt (%UPSTREAM_HOST%); a request retried away from the host
--- we chose counts as a failure of that host.
+-- we chose counts as a failure of that host. The rules are the ext_proc path's
+-- (extproc/core/outcome.py); tests/attribution.py is the one table both are tested on.
 
 local SYNC_CLUSTER = "@@SYNC_CLUSTER@@"
 local SYNC_TIMEOUT_MS = @@SYNC_TIMEOUT_MS@@
