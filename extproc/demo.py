@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import Reply, get
@@ -178,6 +178,7 @@ async def run_demo(
             dns_resolver=HostPort(*dns.address),
             envoy_log_level="error",
             data_path=data_path,
+            workload=Workload(Locality.parse(WORKLOAD)),
         )
         scene = _Scene(east, (east.address[1], west.address[1]), settings, pause_s, story)
         _introduce(scene)
@@ -215,7 +216,7 @@ async def _without_outlier_detection(scene: _Scene) -> None:
     se = seed_yaml(*scene.ports, outlier=False)
     scene.say(se)
     policy = load_policy_text(se, "serviceentry.yaml")
-    async with Stack(policy, Locality.parse(WORKLOAD), scene.settings) as stack:
+    async with Stack(policy, scene.settings) as stack:
         replies = await _loop(stack, 10, scene.pause_s, scene.say)
     served = Counter(r.served_by for r in replies)
     scene.story.expect(served[EAST] > 0 and served[WEST] > 0, "requests go to both regions")
@@ -228,7 +229,7 @@ async def _with_outlier_detection(scene: _Scene) -> None:
     failover = seed_yaml(*scene.ports)
     say(failover[len(seed_yaml(*scene.ports, outlier=False)) :])
     policy = load_policy_text(failover, "failover.yaml")
-    async with Stack(policy, Locality.parse(WORKLOAD), scene.settings) as stack:
+    async with Stack(policy, scene.settings) as stack:
         replies = await _loop(stack, 5, pause_s, say)
         story.expect(all(r.served_by == EAST for r in replies), "every request goes to us-east1")
 

@@ -53,7 +53,7 @@ async def _up(settings: Settings, policy: Policy, stamp: tuple[Stamp, ...]) -> i
     from extproc.server.lifecycle import TARGET_ENDED, Lifecycle
     from extproc.server.stack import Stack
 
-    stack = Stack(policy, settings.workload, settings)
+    stack = Stack(policy, settings)
     lifecycle = Lifecycle(settings)
 
     def started() -> None:
@@ -80,7 +80,7 @@ async def _serve(settings: Settings, policy: Policy, stamp: tuple[Stamp, ...]) -
     from extproc.server.app import ServiceApp
     from extproc.server.lifecycle import Lifecycle
 
-    app = ServiceApp(policy, settings.workload, settings)
+    app = ServiceApp(policy, settings)
     return await Lifecycle(settings).run(
         app, policy, apply=app.apply_policy, metrics=app.metrics, stamp=stamp
     )

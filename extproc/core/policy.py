@@ -241,11 +241,6 @@ class Workload:
     labels: tuple[tuple[str, str], ...] = ()
     cluster_id: str = DEFAULT_CLUSTER_ID
 
-    @classmethod
-    def of(cls, workload: Workload | Locality) -> Workload:
-        """A workload, from either a workload or a bare locality (no labels)."""
-        return workload if isinstance(workload, Workload) else cls(locality=workload)
-
 
 @dataclass(frozen=True, slots=True)
 class Service:

@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc.clock import Clock, MonotonicClock
 from extproc.core.change import PolicyChange, fill_new_endpoints, new_dns_names, policy_change
 from extproc.core.cluster import ClusterState
-from extproc.core.policy import Locality, Policy, Workload
+from extproc.core.policy import Policy
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
 from extproc.server.access_log import AccessLogReceiver
@@ -76,7 +76,6 @@ class ServiceApp:
     def __init__(
         self,
         policy: Policy,
-        workload: Workload | Locality,
         settings: Settings,
         *,
         clock: Clock | None = None,
@@ -85,9 +84,7 @@ class ServiceApp:
         self.settings = settings
         self._clock = clock or MonotonicClock()
         self._rng = rng or random.Random()
-        self.table = ServiceTable(
-            policy, Workload.of(workload), now=self._clock.now(), rng=self._rng
-        )
+        self.table = ServiceTable(policy, settings.workload, now=self._clock.now(), rng=self._rng)
         self._ready = False
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()

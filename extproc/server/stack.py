@@ -35,7 +35,7 @@ import structlog
 import yaml
 
 from extproc.core.change import PolicyChange
-from extproc.core.policy import Locality, Policy, Workload, host_address
+from extproc.core.policy import Policy, host_address
 from extproc.errors import StartupError
 from extproc.render.bootstrap import render_bootstrap
 from extproc.server.app import ServiceApp
@@ -89,7 +89,6 @@ class Stack:
     def __init__(
         self,
         policy: Policy,
-        workload: Workload | Locality,
         settings: Settings,
         *,
         rng: random.Random | None = None,
@@ -99,7 +98,7 @@ class Stack:
         # on the host does. The secret is for TCP, which up never uses.
         self._tmp = tempfile.TemporaryDirectory(prefix="extproc-up-")
         self.settings = dataclasses.replace(settings, socket_dir=Path(self._tmp.name), secret=None)
-        self.app = ServiceApp(policy, workload, self.settings, rng=rng)
+        self.app = ServiceApp(policy, self.settings, rng=rng)
         self._policy = policy
         json_logs = settings.envoy_json_logs
         self._envoy_json_logs = not sys.stderr.isatty() if json_logs is None else json_logs

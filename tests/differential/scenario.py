@@ -382,13 +382,15 @@ async def run_scenario(scenario: Scenario, data_path: DataPath) -> Run:
         reference = ReferenceEnvoy(bootstrap, concurrency=scenario.concurrency)
         stack = Stack(
             load_policy_text(yaml_text, "scenario.yaml"),
-            Workload(locality=Locality.parse(scenario.locality), labels=scenario.labels),
             Settings(
                 listen=HostPort("127.0.0.1", free_port()),
                 admin=HostPort("127.0.0.1", 0),
                 dns_resolver=dns.address,
                 concurrency=scenario.concurrency,
                 data_path=data_path,
+                workload=Workload(
+                    locality=Locality.parse(scenario.locality), labels=scenario.labels
+                ),
             ),
         )
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
 from extproc.render.bootstrap import render_bootstrap
@@ -85,13 +85,13 @@ async def start_stack(
         policy = load_policy_text(yaml_text, "test.yaml")
         stack = Stack(
             policy,
-            Locality.parse(locality),
             Settings(
                 listen=HostPort("127.0.0.1", free_port()),
                 admin=HostPort("127.0.0.1", 0),
                 dns_resolver=dns.address,
                 concurrency=concurrency,
                 data_path=data_path,
+                workload=Workload(Locality.parse(locality)),
             ),
         )
         await stack.start()
@@ -177,7 +177,6 @@ async def serve_with_envoy(
     grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
     app = ServiceApp(
         load_policy_text(yaml_text, "test.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             grpc=HostPort("127.0.0.1", grpc_port),
             sync_port=brain_port,
@@ -185,6 +184,7 @@ async def serve_with_envoy(
             dns_resolver=dns.address,
             shutdown_grace_s=0,
             secret=secret,
+            workload=Workload(Locality.parse("us-east1")),
         ),
         rng=random.Random(1),
     )

@@ -73,7 +73,9 @@ RENDER_ARGS = (
 )
 SOCKET_DIR = "/run/extproc"
 COMPOSE_SETTINGS = Settings(
-    listen=HostPort("0.0.0.0", 10000), socket_dir=Path(SOCKET_DIR), envoy_admin=HostPort("0.0.0.0", 9901)
+    listen=HostPort("0.0.0.0", 10000),
+    socket_dir=Path(SOCKET_DIR),
+    envoy_admin=HostPort("0.0.0.0", 9901),
 )
 HEADER = (
     f"# Rendered by `extproc render {' '.join(RENDER_ARGS)}`\n"

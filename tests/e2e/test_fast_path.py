@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.istio import load_policy_text
 from extproc.sandbox import Mode
 from extproc.sandbox.client import Reply, get
@@ -123,11 +123,11 @@ async def test_the_brain_killed_and_restarted_under_a_request_loop_costs_no_requ
     replies += await loop(stack, 20, pause_s=0.02)  # fail-static on the last table
     new = ServiceApp(
         load_policy_text(text, "test.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             socket_dir=old.settings.socket_dir,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
+            workload=Workload(Locality.parse("us-east1")),
         ),
     )
     await new.start()
@@ -185,11 +185,11 @@ async def test_the_brain_restarted_before_its_first_dns_answer_costs_no_request(
     down = await loop(stack, 10, pause_s=0.02)
     new = ServiceApp(
         load_policy_text(text, "test.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             socket_dir=old.settings.socket_dir,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
+            workload=Workload(Locality.parse("us-east1")),
         ),
     )
     starting = asyncio.create_task(new.start())

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
 from extproc.render.bootstrap import render_bootstrap
@@ -156,13 +156,13 @@ async def test_envoy_started_before_the_service_waits_for_it_then_serves(
     envoy = EnvoyProcess(config, concurrency=1)
     app = ServiceApp(
         load_policy_text(yaml_text, "test.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             grpc=HostPort("127.0.0.1", grpc_port),
             sync_port=brain_port,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             shutdown_grace_s=0,
+            workload=Workload(Locality.parse("us-east1")),
         ),
         rng=random.Random(1),
     )
@@ -221,13 +221,13 @@ async def test_liveness_serves_while_the_first_dns_answer_is_pending_readiness_w
         grpc_port = free_port()
         app = ServiceApp(
             load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
-            Locality.parse("us-east1"),
             Settings(
                 grpc=HostPort("127.0.0.1", grpc_port),
                 sync_port=0,
                 admin=HostPort("127.0.0.1", 0),
                 dns_resolver=silent_dns.getsockname(),
                 shutdown_grace_s=0,
+                workload=Workload(Locality.parse("us-east1")),
             ),
         )
         starting = asyncio.create_task(app.start())
@@ -265,13 +265,13 @@ async def test_readiness_waits_for_a_dns_answer_and_nxdomain_is_an_answer(
     dns.set_records(WEST, [])
     app = ServiceApp(
         load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             grpc=HostPort("127.0.0.1", 0),
             sync_port=0,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             shutdown_grace_s=0,
+            workload=Workload(Locality.parse("us-east1")),
         ),
     )
     await app.start()

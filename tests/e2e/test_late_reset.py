@@ -23,7 +23,7 @@ from envoy.config.core.v3 import address_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode
 from extproc.sandbox.client import Reply, get
@@ -100,11 +100,11 @@ async def test_after_the_service_restarts_envoy_sends_late_resets_to_the_new_one
     await old.stop()  # the stream breaks; a new service starts with us-east1 not ejected
     new = ServiceApp(
         load_policy_text(text, "test.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             socket_dir=old.settings.socket_dir,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
+            workload=Workload(Locality.parse("us-east1")),
         ),
     )
     await new.start()
@@ -218,13 +218,13 @@ async def test_a_forged_reset_log_without_the_secret_ejects_nothing(
 ) -> None:
     app = ServiceApp(
         load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             grpc=HostPort("127.0.0.1", 0),
             sync_port=0,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             secret=SECRET,
+            workload=Workload(Locality.parse("us-east1")),
         ),
         rng=random.Random(1),
     )

@@ -26,7 +26,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.errors import StartupError
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode
@@ -152,9 +152,11 @@ async def test_a_second_up_on_a_busy_listen_port_is_refused_and_takes_no_traffic
     first = await start_stack(seed(regions["east"].port, regions["west"].port))
     second = Stack(
         load_policy_text(seed(regions["east"].port, regions["west"].port), "test.yaml"),
-        Locality.parse("us-west"),  # another locality: it would send requests to us-west
         Settings(
-            listen=first.settings.listen, admin=HostPort("127.0.0.1", 0), dns_resolver=dns.address
+            listen=first.settings.listen,
+            admin=HostPort("127.0.0.1", 0),
+            dns_resolver=dns.address,
+            workload=Workload(Locality.parse("us-west")),
         ),
     )
     with pytest.raises(

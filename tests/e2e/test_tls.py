@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.demo import free_port
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder, Mode, StandIn
@@ -138,13 +138,13 @@ async def start_tls_stack(dns: DnsResponder, data_path: DataPath) -> AsyncIterat
     async def start(yaml_text: str, system_ca_file: Path | str) -> Stack:
         stack = Stack(
             load_policy_text(yaml_text, "https.yaml"),
-            Locality.parse("us-east1"),
             Settings(
                 listen=HostPort("127.0.0.1", free_port()),
                 admin=HostPort("127.0.0.1", 0),
                 dns_resolver=dns.address,
                 data_path=data_path,
                 system_ca_file=str(system_ca_file),
+                workload=Workload(Locality.parse("us-east1")),
             ),
         )
         await stack.start()

@@ -21,7 +21,7 @@ from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.core.policy import Locality
+from extproc.core.policy import Locality, Workload
 from extproc.istio import load_policy_text
 from extproc.sandbox import DnsResponder
 from extproc.server import resolver
@@ -70,13 +70,13 @@ async def dns() -> AsyncIterator[DnsResponder]:
 async def start(dns: DnsResponder, text: str = MYDB_YAML + "---\n" + OTHER_YAML) -> ServiceApp:
     app = ServiceApp(
         load_policy_text(text, "mydb.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             grpc=HostPort("127.0.0.1", 0),
             admin=HostPort("127.0.0.1", 0),
             sync_port=0,
             shutdown_grace_s=0,
             dns_resolver=dns.address,
+            workload=Workload(Locality.parse("us-east1")),
         ),
     )
     await app.start()
@@ -301,13 +301,13 @@ async def test_clusters_that_share_a_name_are_published_together_when_it_answers
     )
     app = ServiceApp(
         load_policy_text(text, "mydb.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             grpc=HostPort("127.0.0.1", 0),
             admin=HostPort("127.0.0.1", 0),
             sync_port=0,
             shutdown_grace_s=0,
             dns_resolver=dns.address,
+            workload=Workload(Locality.parse("us-east1")),
         ),
     )
     published: list[tuple[str, int]] = []

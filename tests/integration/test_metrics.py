@@ -66,12 +66,12 @@ async def start_app() -> AsyncIterator[StartApp]:
     async def start(policy: Policy) -> ServiceApp:
         app = ServiceApp(
             policy,
-            Locality.parse("us-east1"),
             Settings(
                 grpc=HostPort("127.0.0.1", 0),
                 admin=HostPort("127.0.0.1", 0),
                 sync_port=0,
                 shutdown_grace_s=0,
+                workload=Workload(Locality.parse("us-east1")),
             ),
             clock=FakeClock(100.0),
             rng=random.Random(3),

@@ -159,13 +159,13 @@ async def app(dns: DnsResponder) -> AsyncIterator[ServiceApp]:
     )
     service = ServiceApp(
         load_policy_text(yaml, "mydb.yaml"),
-        Locality.parse("us-east1"),
         Settings(
             grpc=HostPort("127.0.0.1", 0),
             admin=HostPort("127.0.0.1", 0),
             sync_port=0,
             shutdown_grace_s=0,
             dns_resolver=dns.address,
+            workload=Workload(Locality.parse("us-east1")),
         ),
     )
     await service.start()

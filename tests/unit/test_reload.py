@@ -316,7 +316,9 @@ async def test_a_rejected_config_leaves_the_served_table_object_untouched(
     config = tmp_path / "mydb.yaml"
     config.write_text(SEED)
     clock = FakeClock(0.0)
-    app = ServiceApp(load_policy(config), WORKLOAD, Settings(), clock=clock, rng=random.Random(1))
+    app = ServiceApp(
+        load_policy(config), Settings(workload=WORKLOAD), clock=clock, rng=random.Random(1)
+    )
     table = app.table
     for cluster in table:
         for index, address in enumerate((EAST_IP, WEST_IP)):
@@ -342,7 +344,9 @@ async def test_a_good_reload_swaps_the_table_and_keeps_the_ejection(tmp_path: Pa
     config = tmp_path / "mydb.yaml"
     config.write_text(SEED)
     clock = FakeClock(0.0)
-    app = ServiceApp(load_policy(config), WORKLOAD, Settings(), clock=clock, rng=random.Random(1))
+    app = ServiceApp(
+        load_policy(config), Settings(workload=WORKLOAD), clock=clock, rng=random.Random(1)
+    )
     old = app.table
     old.clusters["outbound|80||mydb.com"].record(EAST, AttemptResult.answer(503), clock.now())
     reloader = ConfigReloader(
