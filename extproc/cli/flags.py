@@ -222,6 +222,19 @@ def _add_envoy(parser: argparse.ArgumentParser, *, listen: object, envoy_admin: 
         DEFAULTS.message_timeout_ms,
         "Envoy's budget for each ext_proc answer; past it the request fails closed",
     )
+    _add_data_path(parser)
+    _option(
+        parser,
+        "--system-ca-file",
+        "SYSTEM_CA_FILE",
+        str,
+        DEFAULTS.system_ca_file,
+        "the CA bundle, as Envoy sees it, for DestinationRule tls without caCertificates "
+        "(Istio's system roots)",
+    )
+
+
+def _add_data_path(parser: argparse.ArgumentParser) -> None:
     _option(
         parser,
         "--data-path",
@@ -231,15 +244,6 @@ def _add_envoy(parser: argparse.ArgumentParser, *, listen: object, envoy_admin: 
         "lua: Envoy routes from tables the service publishes (fast); "
         "ext_proc: the service is asked on every request",
         metavar="{" + ",".join(p.value for p in DataPath) + "}",
-    )
-    _option(
-        parser,
-        "--system-ca-file",
-        "SYSTEM_CA_FILE",
-        str,
-        DEFAULTS.system_ca_file,
-        "the CA bundle, as Envoy sees it, for DestinationRule tls without caCertificates "
-        "(Istio's system roots)",
     )
 
 
@@ -387,16 +391,7 @@ def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="play the seed's failover story locally (no Docker)")
     demo.add_argument("--pause", type=_typed(seconds), default=0.3, help="seconds between requests")
-    _option(
-        demo,
-        "--data-path",
-        "DATA_PATH",
-        data_path,
-        DEFAULTS.data_path.value,
-        "lua: Envoy routes from tables the service publishes (fast); "
-        "ext_proc: the service is asked on every request",
-        metavar="{" + ",".join(p.value for p in DataPath) + "}",
-    )
+    _add_data_path(demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
