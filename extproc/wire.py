@@ -51,6 +51,9 @@ GRPC_HEALTH_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 #: The fast path's sync request: path and the headers naming the service and the worker.
 SYNC_PATH = "/v1/sync"
+#: The sync requests' authority (Envoy's stats and access logs show it); the cluster
+#: and the authority keep the old name of the sync endpoint, as users' dashboards do.
+SYNC_AUTHORITY = "extproc-brain"
 SERVICE_HEADER = "x-extproc-service"
 WORKER_HEADER = "x-extproc-worker"
 #: Response headers the fast path reads and removes before the client sees them: the

@@ -1,10 +1,10 @@
-"""Render the Envoy bootstrap for either data path over the same brain.
+"""Render the Envoy bootstrap for either data path over the same service.
 
 Both paths route each request to one host (IP:port) the service's core chose, in a way no
 client can forge, and report outcomes back so the core runs Istio's outlier detection.
 
 **lua (the default, the fast path).** A Lua filter keeps, per Envoy worker, a routing table
-the service publishes (``server/brain.py``), draws a host per request and selects it with
+the service publishes (``server/sync.py``), draws a host per request and selects it with
 ``setUpstreamOverrideHost`` on the service's cluster. That cluster is an EDS cluster fed by
 the service: every resolved host with Istio's priority and locality, ejected hosts marked
 UNHEALTHY. So Envoy's own retry (connect-failure, refused-stream, reset, with previous hosts
@@ -82,6 +82,7 @@ from extproc.wire import (
     LUA_METADATA_NAMESPACE,
     SECRET_HEADER,
     SERVICE_HEADER,
+    SYNC_AUTHORITY,
     SYNC_CLUSTER,
     SYNC_PATH,
     UP_HEADER,
@@ -198,6 +199,7 @@ def lua_source(settings: Settings) -> str:
     words = {
         "SYNC_CLUSTER": SYNC_CLUSTER,
         "SYNC_PATH": SYNC_PATH,
+        "SYNC_AUTHORITY": SYNC_AUTHORITY,
         "SERVICE_HEADER": SERVICE_HEADER,
         "WORKER_HEADER": WORKER_HEADER,
         "UP_HEADER": UP_HEADER,

@@ -77,7 +77,7 @@ local function sync(handle, service, extra, now)
   local request = {
     [":method"] = "POST",
     [":path"] = "@@SYNC_PATH@@",
-    [":authority"] = "extproc-brain",
+    [":authority"] = "@@SYNC_AUTHORITY@@",
     ["@@SERVICE_HEADER@@"] = service,
     ["@@WORKER_HEADER@@"] = WORKER,
   }

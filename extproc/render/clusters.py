@@ -131,7 +131,7 @@ def service_cluster(service: Service, settings: Settings) -> cluster_pb2.Cluster
         cluster.lb_policy = _ENVOY_LB[service.lb_algorithm]
         # An override naming a host EDS marks UNHEALTHY (ejected) is not honoured: Envoy's
         # own load balancer picks over the same priorities and health instead. So once the
-        # brain ejects a host, every worker avoids it as soon as the EDS push lands, even
+        # service ejects a host, every worker avoids it as soon as the EDS push lands, even
         # with a table made before the ejection; in panic Envoy's pick has the same spread.
         cluster.common_lb_config.override_host_status.statuses.extend(_OVERRIDABLE)
     if service.tls is not None:

@@ -117,7 +117,7 @@ class ServiceApp:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.grpc_port = settings.grpc.port
-        self.brain_port = settings.sync_port
+        self.sync_port = settings.sync_port
 
     @property
     def admin_address(self) -> tuple[str, int]:
@@ -206,7 +206,7 @@ class ServiceApp:
                 self.settings.grpc.host,
                 self.settings.sync_port,
             )
-            self.brain_port = self._sync_server.address[1]
+            self.sync_port = self._sync_server.address[1]
         else:
             try:
                 await self._sync_server.start_unix(str(socket_dir / SYNC_SOCKET))

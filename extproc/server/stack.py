@@ -15,7 +15,7 @@ Why hot restart rather than serving clusters and routes over xDS: the bootstrap 
 one artefact ``extproc render`` prints and the golden tests check, every change (a
 cluster's TLS, the filter chain) is covered the same way, and nothing on the per-request
 path changes. The new Envoy's Lua workers start without tables and fetch them from the
-brain on their first request; ext_proc streams are per request and stay with the Envoy
+sync endpoint on their first request; ext_proc streams are per request and stay with the Envoy
 that opened them.
 """
 

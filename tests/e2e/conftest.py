@@ -174,12 +174,12 @@ async def serve_with_envoy(
     """``extproc serve`` over TCP with a shared secret, and an Envoy rendered with it (the
     layout of two hosts or containers), started in this process; the listener's address.
     The caller stops both."""
-    grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
+    grpc_port, sync_port, listen_port = free_port(), free_port(), free_port()
     app = ServiceApp(
         load_policy_text(yaml_text, "test.yaml"),
         Settings(
             grpc=HostPort("127.0.0.1", grpc_port),
-            sync_port=brain_port,
+            sync_port=sync_port,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             shutdown_grace_s=0,
@@ -193,7 +193,7 @@ async def serve_with_envoy(
     settings = Settings(
         listen=HostPort("127.0.0.1", listen_port),
         grpc=HostPort("127.0.0.1", grpc_port),
-        sync_port=brain_port,
+        sync_port=sync_port,
         data_path=data_path,
         secret=secret,
     )

@@ -141,14 +141,14 @@ async def test_envoy_started_before_the_service_waits_for_it_then_serves(
     # first EDS answer (ConfigSource initial_fetch_timeout, 15 s by default), so a listener
     # opened before the service could only fail requests closed anyway.
     yaml_text = seed(regions["east"].port, regions["west"].port)
-    grpc_port, brain_port, listen_port = free_port(), free_port(), free_port()
+    grpc_port, sync_port, listen_port = free_port(), free_port(), free_port()
     config = tmp_path / "envoy.yaml"
     bootstrap = render_bootstrap(
         load_policy_text(yaml_text, "test.yaml"),
         Settings(
             listen=HostPort("127.0.0.1", listen_port),
             grpc=HostPort("127.0.0.1", grpc_port),
-            sync_port=brain_port,
+            sync_port=sync_port,
             data_path=DataPath.EXT_PROC,
         ),
     )
@@ -158,7 +158,7 @@ async def test_envoy_started_before_the_service_waits_for_it_then_serves(
         load_policy_text(yaml_text, "test.yaml"),
         Settings(
             grpc=HostPort("127.0.0.1", grpc_port),
-            sync_port=brain_port,
+            sync_port=sync_port,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             shutdown_grace_s=0,

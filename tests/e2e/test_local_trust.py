@@ -39,6 +39,7 @@ from extproc.wire import (
     GRPC_SOCKET,
     SECRET_HEADER,
     SERVICE_HEADER,
+    SYNC_AUTHORITY,
     SYNC_CLUSTER,
     SYNC_PATH,
     SYNC_SOCKET,
@@ -220,8 +221,8 @@ async def test_serve_refuses_a_local_process_without_the_secret_on_every_port(
             headers[SECRET_HEADER] = secret
         for _ in range(3):
             reply = await get(
-                ("127.0.0.1", app.brain_port),
-                "extproc-brain",
+                ("127.0.0.1", app.sync_port),
+                SYNC_AUTHORITY,
                 SYNC_PATH,
                 method="POST",
                 headers=headers,

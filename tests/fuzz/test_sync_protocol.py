@@ -33,7 +33,7 @@ from extproc.core.reports import Report, parse_reports
 from extproc.core.table import ServiceTable
 from extproc.server.metrics import Metrics
 from extproc.server.sync import SyncEndpoint, SyncServer
-from extproc.wire import SERVICE_HEADER, SYNC_PATH
+from extproc.wire import SERVICE_HEADER, SYNC_AUTHORITY, SYNC_PATH
 from tests.fuzz import world
 
 # Huge header lines and numbers are the point here; hypothesis warns when it prints them.
@@ -343,9 +343,14 @@ def _responses(raw: bytes) -> list[tuple[int, bytes]]:
 
 
 def _sync_request(service: bytes, body: bytes, *, extra: bytes = b"") -> bytes:
-    return (
-        b"POST %s HTTP/1.1\r\nhost: extproc-brain\r\n%s: %s\r\ncontent-length: %d\r\n%s\r\n%s"
-        % (SYNC_PATH.encode(), SERVICE_HEADER.encode(), service, len(body), extra, body)
+    return b"POST %s HTTP/1.1\r\nhost: %s\r\n%s: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        SYNC_PATH.encode(),
+        SYNC_AUTHORITY.encode(),
+        SERVICE_HEADER.encode(),
+        service,
+        len(body),
+        extra,
+        body,
     )
 
 

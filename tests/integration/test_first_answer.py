@@ -94,7 +94,7 @@ async def app(dns: DnsResponder) -> AsyncIterator[ServiceApp]:
 
 async def sync(app: ServiceApp, cluster: str = MYDB) -> tuple[int, list[str]]:
     """One fast-path sync: the status and the body's lines."""
-    return await asyncio.to_thread(_sync, app.brain_port, cluster)
+    return await asyncio.to_thread(_sync, app.sync_port, cluster)
 
 
 def _sync(port: int, cluster: str) -> tuple[int, list[str]]:

@@ -231,7 +231,7 @@ async def test_fast_path_syncs_count_batched_successes_and_failures_by_outcome(
     start_app: StartApp,
 ) -> None:
     app = await start_app(_policy())
-    brain = ("127.0.0.1", app.brain_port)
+    brain = ("127.0.0.1", app.sync_port)
     body = f"s {WEST} 7\ne {EAST} 503 c\ne {WEST} 504 t\ns {EAST} 2\ne {WEST} 502\n".encode()
     content_type, table = await asyncio.to_thread(_http, brain, SYNC_PATH, body)
     assert content_type == "text/plain"

@@ -177,7 +177,7 @@ async def app(dns: DnsResponder) -> AsyncIterator[ServiceApp]:
 
 async def sync(app: ServiceApp, cluster: str = MYDB) -> list[str]:
     """One fast-path sync (in a thread: the service answers on this test's loop)."""
-    return await asyncio.to_thread(_sync, app.brain_port, cluster)
+    return await asyncio.to_thread(_sync, app.sync_port, cluster)
 
 
 def _sync(port: int, cluster: str) -> list[str]:
