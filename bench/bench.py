@@ -1,6 +1,7 @@
 """Measure what each data path of ``extproc up`` costs, against Istio's native Envoy, in one run.
 
-``extproc up`` has two data paths. On ``lua`` (the default, the fast path) Envoy's Lua
+``extproc up`` has three data paths. On ``module`` a C dynamic module inside Envoy picks
+each request's host from a table the service writes into shared memory. On ``lua`` Envoy's Lua
 filter picks each request's host from a table the Python service publishes; Python is
 only asked for a fresh table once per Envoy worker per 100 ms and feeds the service
 cluster over EDS. On ``ext_proc`` every request waits for a gRPC exchange with the
@@ -36,6 +37,8 @@ product existed, kept so that the figures compare):
      listener keeps Envoy's default ``enable_reuse_port`` (on), as pilot does.
    - ``plain``: Envoy with a minimal bootstrap built here, one route to a STATIC cluster
      with port A only: the floor.
+   - ``module``: ``python -m extproc up --data-path module`` on the same YAML (the C
+     dynamic module; skipped, with the reason, where it cannot be built).
    - ``lua``: ``python -m extproc up --data-path lua`` on the same YAML; its Envoy is a
      child process of the Python one. Its listener has ``enable_reuse_port: false``.
    - ``ext_proc``: the same with ``--data-path ext_proc``.
@@ -51,7 +54,10 @@ product existed, kept so that the figures compare):
    the machine is saturated and req/s alone cannot. Around each run the counters of the
    variant's Envoy that explain a failed request (5xx, Lua errors, ext_proc timeouts,
    retries, overflows) are read from its admin port too.
-6. The tables show per-metric medians over the rounds and each variant's median req/s
+6. Then, with ``--paced-rps`` (1,000 by default), the same interleaved rounds at a fixed
+   offered rate far below saturation (wrk's ``delay()`` paces each connection): p99 there
+   is what a request costs, not how long a queue is, and it is compared with ``istio``'s.
+7. The tables show per-metric medians over the rounds and each variant's median req/s
    as a ratio to ``istio`` first, then to ``plain``; ``--json`` keeps every round.
 
 Everything started here runs in its own session (process group) and is stopped in a
@@ -62,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import http.client
 import json
@@ -101,20 +108,24 @@ UPSTREAM_BODY = "ok\n"
 LOCALITY = "us-east1"
 FAILOVER_LOCALITY = "us-west1"
 
-#: Variant keys, in the order of the first round; later rounds rotate it. ``lua`` and
-#: ``ext_proc`` are also the values of ``extproc up --data-path``.
-VARIANTS = ("istio", "plain", "lua", "ext_proc")
+#: Variant keys, in the order of the first round; later rounds rotate it. ``module``,
+#: ``lua`` and ``ext_proc`` are also the values of ``extproc up --data-path``.
+VARIANTS = ("istio", "plain", "module", "lua", "ext_proc")
 #: Only with ``--reuse-port-ab``: plain Envoy with its listener as ``extproc up`` renders it.
 NO_REUSE_PORT = "plain_no_reuse_port"
 VARIANT_LABELS = {
     "istio": "native envoy (istio's config)",
     "plain": "plain envoy",
     NO_REUSE_PORT: "plain envoy, no reuse_port",
+    "module": "envoy + module",
     "lua": "envoy + lua",
     "ext_proc": "envoy + ext_proc",
 }
 #: The variants that run ``extproc up``.
-DATA_PATHS = ("lua", "ext_proc")
+DATA_PATHS = ("module", "lua", "ext_proc")
+#: Data paths that may be unavailable on a machine (the module needs a C compiler): a
+#: start-up failure drops the variant with its reason instead of ending the run.
+OPTIONAL_DATA_PATHS = ("module",)
 #: What every variant's req/s is divided by, in the order the reports show the ratios.
 BASELINES = ("istio", "plain")
 
@@ -823,8 +834,12 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def run_wrk(wrk: str, port: int, connections: int, duration_s: int) -> tuple[WrkResult, float]:
+def run_wrk(
+    wrk: str, port: int, connections: int, duration_s: int, script: Path | None = None
+) -> tuple[WrkResult, float]:
     """One wrk run against ``LISTEN_HOST:port`` with ``Host: bench.local``.
+
+    ``script`` is a wrk Lua script (the paced runs': see ``pacing_script``).
 
     Returns:
         The parsed report and the CPU seconds wrk itself used (it shares the 2 cores).
@@ -840,6 +855,7 @@ def run_wrk(wrk: str, port: int, connections: int, duration_s: int) -> tuple[Wrk
         "--latency",
         "-H",
         f"Host: {SERVICE_HOST}",
+        *(["-s", str(script)] if script is not None else []),
         f"http://{LISTEN_HOST}:{port}/",
     ]
     before = _children_cpu_s()
@@ -862,6 +878,20 @@ def run_wrk(wrk: str, port: int, connections: int, duration_s: int) -> tuple[Wrk
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with code {proc.returncode}:\n{text}")
     return parse_wrk(text), _children_cpu_s() - before
+
+
+def pacing_script(directory: Path, rate_rps: int, connections: int) -> Path:
+    """A wrk script that holds each connection to ``rate_rps / connections`` requests/s.
+
+    wrk's ``delay()`` hook pauses a connection before its next request, so ``connections``
+    connections with a pause of ``connections / rate_rps`` seconds each offer at most
+    ``rate_rps`` requests per second: a fixed rate far below every variant's saturation,
+    where latency says what a request costs rather than how long the queue is.
+    """
+    delay_ms = connections * 1000 / rate_rps
+    path = directory / f"pace-{rate_rps}.lua"
+    path.write_text(f"function delay()\n  return {delay_ms:g}\nend\n")
+    return path
 
 
 def _children_cpu_s() -> float:
@@ -910,12 +940,13 @@ def measure(
     duration_s: int,
     round_no: int,
     position: int,
+    script: Path | None = None,
 ) -> RunRecord:
     """Run wrk once against ``target`` and charge the CPU each process used meanwhile."""
     roles = {**target.cpu_pids, "upstream": upstream_pids}
     counters_before = envoy_counters(target.admin)
     before = {role: sum(cpu_seconds(p) for p in pids) for role, pids in roles.items()}
-    result, wrk_cpu_s = run_wrk(wrk, target.port, connections, duration_s)
+    result, wrk_cpu_s = run_wrk(wrk, target.port, connections, duration_s, script)
     cpu_s = {role: sum(cpu_seconds(p) for p in pids) - before[role] for role, pids in roles.items()}
     counters = counter_delta(counters_before, envoy_counters(target.admin))
     cpu_s["wrk"] = wrk_cpu_s
@@ -933,6 +964,73 @@ def measure(
         cpu_percent={k: round(v * 100 / wall_s, 1) for k, v in cpu_s.items()},
         envoy_counters=counters,
     )
+
+
+#: ``RunRecord.connections`` of a paced run is its connection count with this sign, so
+#: paced runs never mix with the throughput runs at the same connection count.
+PACED = -1
+
+
+def _paced_rounds(
+    args: argparse.Namespace,
+    targets: dict[str, Target],
+    variants: list[str],
+    upstream_pids: list[int],
+    wrk: str,
+    tmp: Path,
+    records: list[RunRecord],
+) -> dict[str, dict[str, Any]]:
+    """Latency and CPU per request at a fixed offered rate, interleaved like the rest."""
+    script = pacing_script(tmp, args.paced_rps, args.paced_connections)
+    paced: list[RunRecord] = []
+    for round_no in range(args.rounds):
+        for position, key in enumerate(rotated(variants, round_no)):
+            record = measure(
+                targets[key],
+                upstream_pids,
+                wrk,
+                args.paced_connections,
+                args.duration,
+                round_no,
+                position,
+                script,
+            )
+            record = dataclasses.replace(record, connections=PACED * args.paced_connections)
+            paced.append(record)
+            print(
+                f"  paced {args.paced_rps} req/s round {round_no + 1}/{args.rounds} "
+                f"{VARIANT_LABELS[key]:<29} {record.wrk.rps:>8,.0f} req/s "
+                f"p50 {record.wrk.p50_ms:.2f} ms p99 {record.wrk.p99_ms:.2f} ms",
+                flush=True,
+            )
+    records.extend(paced)
+    return {key: medians([r for r in paced if r.variant == key]) for key in variants}
+
+
+def format_paced(per_variant: dict[str, dict[str, Any]], rate_rps: int, rounds: int) -> str:
+    """The fixed-rate table: latency and CPU per request, and p99 against native Istio's."""
+    native = per_variant.get("istio")
+    rows = [("variant", "req/s", "p50 ms", "p99 ms", "p99 - istio ms", "envoy µs/req")]
+    for key, s in per_variant.items():
+        delta = "-" if native is None else f"{s['p99_ms'] - native['p99_ms']:+.2f}"
+        rows.append(
+            (
+                VARIANT_LABELS[key],
+                f"{s['rps']:,.0f}",
+                f"{s['p50_ms']:.2f}",
+                f"{s['p99_ms']:.2f}",
+                delta,
+                _cpu_cell(s, "envoy"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"paced at {rate_rps:,} req/s offered (medians of {rounds} rounds)"]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
 
 
 def rotated(items: Sequence[str], start: int) -> list[str]:
@@ -1084,6 +1182,27 @@ def _parse_connections(text: str) -> list[int]:
     return values
 
 
+def _parse_variants(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: variants are {', '.join(VARIANTS)} (unknown: {', '.join(unknown)})"
+        )
+    # The baselines always run: every ratio is to them.
+    return [key for key in VARIANTS if key in names or key in BASELINES]
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -1107,6 +1226,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=_positive, default=3, help="rounds per connection count")
     parser.add_argument(
         "--concurrency", type=_positive, default=2, help="Envoy worker threads (all variants)"
+    )
+    parser.add_argument(
+        "--variants",
+        type=_parse_variants,
+        default=list(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (the baselines always run)",
+    )
+    parser.add_argument(
+        "--paced-rps",
+        type=_non_negative,
+        default=1000,
+        help="after the throughput rounds, latency at this fixed offered rate (0: skip)",
+    )
+    parser.add_argument(
+        "--paced-connections",
+        type=_positive,
+        default=10,
+        help="connections of the paced runs (each paced to its share of --paced-rps)",
     )
     parser.add_argument("--json", type=Path, help="write every round and the medians here")
     parser.add_argument(
@@ -1187,7 +1324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return _EXIT_WRK_MISSING
     envoy = find_envoy_binary()
-    variants = [*VARIANTS, NO_REUSE_PORT] if args.reuse_port_ab else list(VARIANTS)
+    variants = [*args.variants, NO_REUSE_PORT] if args.reuse_port_ab else list(args.variants)
 
     load_s = args.rounds * len(variants) * len(args.connections) * args.duration
     warmup_s = len(variants) * WARMUP_S
@@ -1224,10 +1361,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tmp, children, envoy, f"{key}-envoy", bootstrap, port, args.concurrency
                 )
                 targets[key] = Target(key, port, {"envoy": [child.pid]}, envoy_admin(child.pid))
-            for data_path in DATA_PATHS:
-                service, service_envoy, service_port = start_extproc(
-                    tmp, children, config, args.concurrency, data_path
-                )
+            for data_path in [k for k in variants if k in DATA_PATHS]:
+                try:
+                    service, service_envoy, service_port = start_extproc(
+                        tmp, children, config, args.concurrency, data_path
+                    )
+                except StartupError as exc:
+                    if data_path not in OPTIONAL_DATA_PATHS:
+                        raise
+                    print(f"bench: {data_path} variant skipped: {exc}", flush=True)
+                    variants.remove(data_path)
+                    continue
                 targets[data_path] = Target(
                     data_path,
                     service_port,
@@ -1270,6 +1414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     for key in variants
                 }
+            paced = (
+                _paced_rounds(args, targets, variants, upstream_pids, wrk, tmp, records)
+                if args.paced_rps
+                else {}
+            )
             hosts = {key: envoy_served_by(targets[key].admin) for key in variants}
         finally:
             # Reverse start order: the Envoys stop before the upstream they send to.
@@ -1285,6 +1434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for connections, per_variant in summary.items():
         print(format_table(connections, per_variant, args.rounds))
+        print()
+    if paced:
+        print(format_paced(paced, args.paced_rps, args.rounds))
         print()
     print(format_served_by(hosts, upstream_ports))
     print()
@@ -1324,6 +1476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "rounds": [asdict(r) for r in records],
             "medians": {str(c): s for c, s in summary.items()},
+            # variant -> medians of the runs at the fixed rate (--paced-rps).
+            "paced": {"rate_rps": args.paced_rps, "medians": paced},
             # variant -> upstream host -> requests it served over the whole run.
             "served_by": hosts,
             # baseline ("istio" first, then "plain") -> variant -> connections -> median

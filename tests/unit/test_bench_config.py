@@ -4,6 +4,7 @@ the right baseline."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -131,3 +132,26 @@ def test_served_by_lists_the_priority_0_endpoint_first_with_its_locality() -> No
     assert line.index(east) < line.index(west)
     assert f"{east} ({bench.LOCALITY}) 400 = 100.0 %" in line
     assert f"{west} ({bench.FAILOVER_LOCALITY}) 0 = 0.0 %" in line
+
+
+def test_a_variant_subset_always_keeps_the_baselines_in_round_order() -> None:
+    assert bench._parse_variants("lua") == ["istio", "plain", "lua"]
+    assert bench._parse_variants("ext_proc,module") == ["istio", "plain", "module", "ext_proc"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown: wasm"):
+        bench._parse_variants("lua,wasm")
+
+
+def test_the_pacing_script_holds_the_offered_rate(tmp_path: Path) -> None:
+    # 10 connections, 1,000 req/s: each connection waits 10 ms before its next request.
+    script = bench.pacing_script(tmp_path, 1000, 10)
+    assert script.read_text() == "function delay()\n  return 10\nend\n"
+
+
+def test_the_paced_table_compares_p99_with_native_istio() -> None:
+    def summary(p99_ms: float) -> dict[str, Any]:
+        return {"rps": 998.0, "p50_ms": 1.0, "p99_ms": p99_ms, "cpu_us_per_request": {}}
+
+    text = bench.format_paced({"istio": summary(2.0), "module": summary(2.25)}, 1000, 3)
+    assert "paced at 1,000 req/s offered (medians of 3 rounds)" in text
+    module_line = next(line for line in text.splitlines() if line.startswith("envoy + module"))
+    assert "+0.25" in module_line
