@@ -15,7 +15,13 @@ What travels where:
   for a service's routing table, and reports outcomes in the same body. Envoy's local
   replies carry ``FLAGS_HEADER`` (the response flags) and every response ``UP_HEADER``
   (the upstream host and attempt count); the script reads and removes both.
-- **Both paths.** The service's gRPC cluster ``GRPC_CLUSTER`` (ext_proc, EDS, access log);
+- **module path.** Envoy loads the C shim ``MODULE_NAME`` (``lib<MODULE_NAME>.so``) as a
+  dynamic-module HTTP filter; it connects to ``MODULE_SOCKET`` (a ``SOCK_SEQPACKET`` Unix
+  socket) and hands the service its shared-memory region (a sealed memfd). The service
+  writes each service's table into the region's entries under a seqlock; the module counts
+  successes in the region and sends every other outcome as a record. The layout is the
+  section "module path" below; ``server/module_region.py`` reads and writes it.
+- **All paths.** The service's gRPC cluster ``GRPC_CLUSTER`` (ext_proc, EDS, access log);
   health asks for ``GRPC_HEALTH_SERVICE``. Over TCP every stream and sync request carries
   the shared secret (``SECRET_HEADER``); over Unix sockets the service listens on
   ``GRPC_SOCKET`` and ``SYNC_SOCKET`` in its private directory. Upstream resets after the
@@ -33,6 +39,7 @@ class DataPath(enum.Enum):
 
     LUA = "lua"
     EXT_PROC = "ext_proc"
+    MODULE = "module"
 
 
 #: The dynamic-metadata namespace and key the ext_proc answer writes its pick into.
@@ -99,3 +106,95 @@ def is_valid_secret(secret: str) -> bool:
     -base64 32`` or ``secrets.token_urlsafe()`` print.
     """
     return _SECRET.match(secret) is not None
+
+
+# --- module path ----------------------------------------------------------------------------
+# The contract between the C shim (``extproc/module/extproc_module.c``, which declares its own
+# copies of these; a unit test checks they agree) and the service (``server/module_region.py``,
+# ``server/module_link.py``). All integers little-endian and naturally aligned.
+
+#: The module's name in ``dynamic_module_config`` (Envoy loads ``lib<name>.so`` from
+#: ``$ENVOY_DYNAMIC_MODULES_SEARCH_PATH``), and the ``filter_name`` its ``config_new`` gets.
+MODULE_NAME = "extproc_module"
+MODULE_FILTER_NAME = "extproc"
+#: The variable Envoy finds dynamic modules in.
+MODULE_SEARCH_PATH_VAR = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
+#: The service's ``SOCK_SEQPACKET`` socket in ``socket_dir``; the filter's config is its path.
+MODULE_SOCKET = "module.sock"
+
+
+class ModuleLb(enum.IntEnum):
+    """An entry's ``lb`` byte: how the module chooses among the entry's hosts."""
+
+    ROUND_ROBIN = 0
+    LEAST_REQUEST = 1
+    RANDOM = 2
+
+
+#: The region: a header, the service entries (written only by the service, under a seqlock
+#: each), then the success counters (written only by the module, one row per worker).
+REGION_MAGIC = b"EXTPROCM"
+LAYOUT_VERSION = 1
+PAGE_SIZE = 4096
+HEADER_SIZE = 128
+MAX_SERVICES = 256
+MAX_HOSTS = 64  # per service
+MAX_WORKERS = 64
+HOST_SLOTS = 4096
+#: Header: magic, layout, region_size, max_services, max_hosts, max_workers, host_slots,
+#: concurrency, pid, then the module's own counters (atomic adds): dropped (failure records
+#: it could not send), bad_snapshots (entries it refused), overrides_refused
+#: (``set_upstream_override_host`` said false); 64..127 reserved, zero.
+HEADER_FORMAT = "<8sIIIIIIIIQQQ"
+HEADER_DROPPED_OFFSET = 40
+HEADER_BAD_SNAPSHOTS_OFFSET = 48
+HEADER_OVERRIDES_REFUSED_OFFSET = 56
+
+#: A service entry: seq (seqlock: even stable, odd being written), version, name_len (0: slot
+#: unused), lb, flags, n_hosts, error_codes (bitmap of statuses 0..639: bit s = byte s/8,
+#: bit s%8), choice_count, reserved, name (the EDS cluster name, not NUL-terminated), then
+#: ``MAX_HOSTS`` hosts.
+ENTRIES_OFFSET = PAGE_SIZE
+ENTRY_SIZE = 4384
+ENTRY_HEAD_FORMAT = "<QQHBBI80sI4s176s"
+ENTRY_SEQ_OFFSET = 0
+ENTRY_HOSTS_OFFSET = 288
+ENTRY_NAME_MAX = 176
+ERROR_CODES_BITS = 640
+#: flags bit 0: the service has not learned this service's hosts yet: no override.
+ENTRY_FLAG_WITHHELD = 0x1
+#: A host: weight (> 0), host_slot (< ``HOST_SLOTS``), addr_len, reserved, addr
+#: (``ip:port`` or ``[v6]:port``, at most ``HOST_ADDR_MAX`` bytes).
+HOST_FORMAT = "<IHBx56s"
+HOST_SIZE = 64
+HOST_ADDR_MAX = 55
+
+#: ``u64 successes[MAX_WORKERS][HOST_SLOTS]``, page-aligned after the entries.
+COUNTERS_OFFSET = -(-(ENTRIES_OFFSET + MAX_SERVICES * ENTRY_SIZE) // PAGE_SIZE) * PAGE_SIZE
+REGION_SIZE = COUNTERS_OFFSET + MAX_WORKERS * HOST_SLOTS * 8
+
+#: The module's hello, the first message of a link, sent with the memfd as SCM_RIGHTS:
+#: magic, layout, region_size, pid, concurrency, then zero up to ``HELLO_SIZE``.
+HELLO_MAGIC = b"EXTPROCH"
+HELLO_SIZE = 64
+HELLO_FORMAT = "<8sIIII"
+#: The module retries a lost link this often.
+MODULE_RECONNECT_MS = 100
+
+#: An outcome record, one SEQPACKET message: magic, worker, slot (the entry's index),
+#: version (of the snapshot used), chosen host index, chosen host_slot, served host_slot
+#: (``NO_HOST_SLOT``: not a host of the snapshot), reserved, response code (0: none),
+#: attempt count, response flags, the served host's successes counted by this worker
+#: before this record, served addr_len + addr (``upstream.address``), code_details_len +
+#: code details (truncated).
+RECORD_MAGIC = b"EXRR"
+RECORD_SIZE = 128
+RECORD_FORMAT = "<4sHHQHHHHIIQQB55sB23s"
+NO_HOST_SLOT = 0xFFFF
+RECORD_DETAILS_MAX = 23
+
+#: The service's rules for what it writes: a host's slot is not given to another host for
+#: this long after it left (counters stay attributable), and the success counters are read
+#: this often.
+HOST_SLOT_REUSE_AFTER_S = 10.0
+COUNTER_SWEEP_S = 0.1
