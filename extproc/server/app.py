@@ -1,13 +1,14 @@
 """Start-up and shutdown of the service in one place, in order.
 
 Start: build the table (NOT_SERVING), endpoints written as IPs filled in -> gRPC server
-(ext_proc + health; liveness SERVING) -> resolve DNS once -> sweep timer -> admin ->
+(ext_proc + health; liveness SERVING) -> admin, the sync endpoint and, on the module path,
+the module's links (``server/module_link.py``) -> resolve DNS once -> sweep timer ->
 SERVING. Stop: NOT_SERVING -> stop the gRPC server with a grace period for in-flight
 streams -> timers, DNS, admin.
 
 Until each DNS name of a cluster has had an answer once (NXDOMAIN counts), the cluster is
-withheld: EDS sends Envoy nothing for it, the sync endpoint answers its syncs 503 and the
-ext_proc servicer sets no override. Envoy keeps routing on what it holds (the Lua workers' last
+withheld: EDS sends Envoy nothing for it, the sync endpoint answers its syncs 503, the
+module's entry is flagged withheld and the ext_proc servicer sets no override. Envoy keeps routing on what it holds (the Lua workers' last
 tables, the last EDS assignment), which is the fail-static state a restarted service must
 not overwrite with empty hosts it has not learned yet. Once published, a cluster is not
 withheld again (a reload that adds a name to it publishes the hosts it has, as before)
@@ -15,8 +16,8 @@ unless a reload removes it.
 
 Reload (``apply_policy``): resolve the names the new config adds -> build the new table
 and carry every kept host's state over -> swap it in one assignment (the servicer, the
-sync endpoint, EDS, metrics and the admin view all read ``self.table``) -> push EDS -> DNS
-refresh follows the new table.
+sync endpoint, EDS, metrics and the admin view all read ``self.table``) -> push EDS (and
+the module's regions) -> DNS refresh follows the new table.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from extproc.server.eds import EdsHost, EndpointDiscovery
 from extproc.server.http_server import HttpServer
 from extproc.server.logs import OutlierEventLog
 from extproc.server.metrics import Metrics
+from extproc.server.module_link import ModuleLinks
 from extproc.server.resolver import (
     EndpointResolver,
     make_resolver,
@@ -56,7 +58,14 @@ from extproc.server.resolver import (
 from extproc.server.servicer import ExternalProcessor
 from extproc.server.sync import SyncEndpoint, SyncServer
 from extproc.settings import Settings
-from extproc.wire import GRPC_HEALTH_SERVICE, GRPC_SOCKET, SECRET_HEADER, SYNC_SOCKET
+from extproc.wire import (
+    GRPC_HEALTH_SERVICE,
+    GRPC_SOCKET,
+    MODULE_SOCKET,
+    SECRET_HEADER,
+    SYNC_SOCKET,
+    DataPath,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +117,18 @@ class ServiceApp:
             withheld=self.withheld,
         )
         self._sync_server = SyncServer(self.sync_endpoint, settings.secret)
+        # The module path's links (Envoy's C shim), on the socket directory only.
+        self.module_links: ModuleLinks | None = None
+        if settings.data_path is DataPath.MODULE:
+            self.module_links = ModuleLinks(
+                lambda: self.table,
+                self._clock,
+                version=self.sync_endpoint.version,
+                withheld=self.withheld,
+                on_change=self.publish,
+                metrics=self.metrics,
+            )
+            self.metrics.registry.register(self.module_links)
         # Cluster name -> the generation EDS was last given; a cluster in here has been
         # published since start (or since a reload re-added it) and is never withheld.
         self._published: dict[str, int] = {}
@@ -181,11 +202,15 @@ class ServiceApp:
         self.eds.add_to_server(server)
         socket_dir = self.settings.socket_dir
         if socket_dir is None:
+            if self.module_links is not None:
+                raise StartupError("the module data path needs a socket directory (--socket-dir)")
             address = f"{self.settings.grpc.host}:{self.settings.grpc.port}"
         else:
             address = f"unix:{socket_dir / GRPC_SOCKET}"
             _claim_socket(socket_dir / GRPC_SOCKET)
             _claim_socket(socket_dir / SYNC_SOCKET)
+            if self.module_links is not None:
+                _claim_socket(socket_dir / MODULE_SOCKET, socket.SOCK_SEQPACKET)
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -208,13 +233,7 @@ class ServiceApp:
             )
             self.sync_port = self._sync_server.address[1]
         else:
-            try:
-                await self._sync_server.start_unix(str(socket_dir / SYNC_SOCKET))
-            except OSError as exc:
-                await self.stop()
-                raise StartupError(
-                    f"cannot listen for the fast path's sync on {socket_dir / SYNC_SOCKET}: {exc}"
-                ) from exc
+            await self._listen_unix(socket_dir)
         await self._resolver.resolve_all()
         self.publish()
         self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -228,6 +247,18 @@ class ServiceApp:
             admin="{}:{}".format(*self.admin_address),
             clusters=[c.service.cluster_name for c in self.table],
         )
+
+    async def _listen_unix(self, socket_dir: Path) -> None:
+        """Start the sync and, on the module path, the module's links on their sockets."""
+        what, path = "the fast path's sync", socket_dir / SYNC_SOCKET
+        try:
+            await self._sync_server.start_unix(str(path))
+            if self.module_links is not None:
+                what, path = "the module", socket_dir / MODULE_SOCKET
+                await self.module_links.start(path)
+        except OSError as exc:
+            await self.stop()
+            raise StartupError(f"cannot listen for {what} on {path}: {exc}") from exc
 
     async def _listen(self, server: HttpServer, what: str, host: str, port: int) -> None:
         """Start one HTTP server; on failure stop what already runs and say where."""
@@ -298,6 +329,9 @@ class ServiceApp:
                     for view in cluster.hosts(now)
                 ],
             )
+        if self.module_links is not None:
+            # Every linked Envoy's region, withheld clusters included (flagged: no override).
+            self.module_links.publish()
 
     async def apply_policy(self, policy: Policy) -> PolicyChange:
         """Serve a new, validated policy: swap the whole table at once.
@@ -368,6 +402,8 @@ class ServiceApp:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.module_links is not None:
+            await self.module_links.stop()
         self.drain_events()  # what happened since the last sweep tick
         await self._resolver.stop()
         await self._sync_server.stop()
@@ -375,13 +411,16 @@ class ServiceApp:
         self._stopped.set()
 
 
-def _claim_socket(path: Path) -> None:
-    """Remove a Unix socket left by a service that died; refuse one that is in use."""
+def _claim_socket(path: Path, kind: int = socket.SOCK_STREAM) -> None:
+    """Remove a Unix socket left by a service that died; refuse one that is in use.
+
+    ``kind`` is the socket's type: a probe of another type is refused even by a live one.
+    """
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_socket():
         raise StartupError(f"cannot listen on {path}: it exists and is not a socket")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+    with socket.socket(socket.AF_UNIX, kind) as probe:
         try:
             probe.connect(str(path))
         except OSError:

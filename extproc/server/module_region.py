@@ -477,27 +477,3 @@ def record_results(record: Record, chosen: str, served: str) -> list[tuple[str, 
         results.append((served or chosen, _RESET_AFTER_HEAD))
     return results
 
-
-__all__ = [
-    "BODY_SIZE",
-    "EMPTY_BODY",
-    "Entry",
-    "EntryHost",
-    "EntryIndexes",
-    "Header",
-    "Hello",
-    "HostSlots",
-    "Record",
-    "counter_index",
-    "decode_record",
-    "entry_offset",
-    "error_codes",
-    "fits",
-    "module_lb",
-    "pack_entry",
-    "parse_header",
-    "parse_hello",
-    "record_results",
-    "unpack_entry",
-    "write_entry",
-]
