@@ -8,9 +8,10 @@ streams -> timers, DNS, admin.
 
 Until each DNS name of a cluster has had an answer once (NXDOMAIN counts), the cluster is
 withheld: EDS sends Envoy nothing for it, the sync endpoint answers its syncs 503, the
-module's entry is flagged withheld and the ext_proc servicer sets no override. Envoy keeps routing on what it holds (the Lua workers' last
-tables, the last EDS assignment), which is the fail-static state a restarted service must
-not overwrite with empty hosts it has not learned yet. Once published, a cluster is not
+module's entry is flagged withheld and the ext_proc servicer sets no override. Envoy keeps
+routing on what it holds (the Lua workers' last tables, the last EDS assignment), which is
+the fail-static state a restarted service must not overwrite with empty hosts it has not
+learned yet. Once published, a cluster is not
 withheld again (a reload that adds a name to it publishes the hosts it has, as before)
 unless a reload removes it.
 

@@ -67,7 +67,6 @@ from extproc.wire import (
     HELLO_SIZE,
     HOST_SLOTS,
     MAX_WORKERS,
-    NO_HOST_SLOT,
     RECORD_SIZE,
     REGION_SIZE,
 )
@@ -316,26 +315,26 @@ class ModuleLinks:
     # --- outcomes ------------------------------------------------------------------------
 
     def _apply(self, link: _Link, record: Record) -> None:
-        """Record one outcome: the served host's earlier successes first, then the record."""
+        """Record one outcome: the served host's earlier successes first, then the record.
+
+        The chosen host comes from the snapshot the record names; the host that served is
+        ``upstream.address`` as the module read it (the served slot, from the module's
+        newest snapshot, only says whose counter ``successes_before`` is).
+        """
         snapshot = self.tables.snapshot(record.entry, record.version)
         if snapshot is None or record.chosen_index >= len(snapshot.hosts):
             self.dropped[UNKNOWN_ENTRY] += 1
             return
         chosen = snapshot.hosts[record.chosen_index]
-        served = record.served_address
-        if record.served_slot != NO_HOST_SLOT:
-            served = snapshot.address(record.served_slot) or ""
         cluster = self._table().clusters.get(snapshot.cluster_name)
-        if (
-            chosen.slot != record.chosen_slot
-            or cluster is None
-            or (record.served_slot != NO_HOST_SLOT and not served)
-        ):
+        if chosen.slot != record.chosen_slot or cluster is None:
             self.dropped[UNKNOWN_ENTRY] += 1
             return
         now = self._now()
         generation = cluster.generation
-        if record.served_slot != NO_HOST_SLOT:
+        served = record.served_address
+        owner = self.tables.slots.host(record.served_slot)
+        if owner == (snapshot.cluster_name, served):
             self._successes(link, record.worker, record.served_slot, record.successes_before, now)
         name = cluster.service.cluster_name
         for host, result in record_results(record, chosen.address, served):

@@ -476,4 +476,3 @@ def record_results(record: Record, chosen: str, served: str) -> list[tuple[str, 
     if late and not record.flags & UPSTREAM_OVERFLOW and record.attempts > 0:
         results.append((served or chosen, _RESET_AFTER_HEAD))
     return results
-

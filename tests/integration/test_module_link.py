@@ -313,6 +313,23 @@ async def test_a_record_of_an_older_snapshot_still_counts(
         )
     )
     await until(lambda: app.metrics.host_stats(MYDB, EAST)["connect_failure"] == 1)
+    # Retried away to a host of the newer snapshot: the module names its slot from that one.
+    west = peer.find(MYDB)[1].hosts[0]
+    assert west.address == WEST
+    peer.send(
+        record(
+            entry=index,
+            version=before.version,
+            chosen_slot=east.slot,
+            served_slot=west.slot,
+            served=WEST,
+            status=200,
+            details="via_upstream",
+            attempts=2,
+        )
+    )
+    await until(lambda: app.metrics.host_stats(MYDB, EAST)["connect_failure"] == 2)
+    assert app.metrics.host_stats(MYDB, WEST)["success"] == 1
 
 
 async def test_a_removed_service_leaves_the_regions(
