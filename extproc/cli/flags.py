@@ -241,8 +241,9 @@ def _add_data_path(parser: argparse.ArgumentParser) -> None:
         "DATA_PATH",
         data_path,
         DEFAULTS.data_path.value,
-        "lua: Envoy routes from tables the service publishes (fast); "
-        "ext_proc: the service is asked on every request",
+        "lua: Envoy routes from tables the service publishes (fast); ext_proc: the service "
+        "is asked on every request; module: Envoy's C module routes from tables in shared "
+        "memory (needs a C compiler; serve and render need --socket-dir)",
         metavar="{" + ",".join(p.value for p in DataPath) + "}",
     )
 
@@ -344,6 +345,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_locality(serve)
     _option(serve, "--grpc", "GRPC", BIND, DEFAULTS.grpc, "gRPC (ext_proc + health)", metavar=HP)
     _add_transport(serve, "--grpc")
+    _add_data_path(serve)
     _add_service(serve)
 
 
@@ -477,17 +479,24 @@ def read_secret(path: Path | None) -> str | None:
 
 
 def require_transport(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``serve`` and ``render`` over TCP need a secret: a usage error otherwise."""
-    if args.command in ("serve", "render") and args.socket_dir is None and not args.secret_file:
-        # The sub-command's usage line, as argparse gives for its own errors.
-        sub = next(
-            (
-                action.choices[args.command]
-                for action in parser._actions
-                if isinstance(action, argparse._SubParsersAction)
-            ),
-            parser,
+    """``serve`` and ``render``: TCP needs a secret, the module a socket dir (usage errors)."""
+    if args.command not in ("serve", "render") or args.socket_dir is not None:
+        return
+    # The sub-command's usage line, as argparse gives for its own errors.
+    sub = next(
+        (
+            action.choices[args.command]
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+        ),
+        parser,
+    )
+    if args.data_path is DataPath.MODULE:
+        sub.error(
+            f"{args.command} --data-path module needs --socket-dir (the same directory for "
+            "serve and render): the module reaches the service only over its Unix socket"
         )
+    if not args.secret_file:
         sub.error(
             f"{args.command} over TCP needs --secret-file (the same one for serve and "
             "render), or --socket-dir: without either, any local process could report "

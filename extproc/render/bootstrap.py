@@ -1,6 +1,6 @@
-"""Render the Envoy bootstrap for either data path over the same service.
+"""Render the Envoy bootstrap for any data path over the same service.
 
-Both paths route each request to one host (IP:port) the service's core chose, in a way no
+Every path routes each request to one host (IP:port) the service's core chose, in a way no
 client can forge, and report outcomes back so the core runs Istio's outlier detection.
 
 **lua (the default, the fast path).** A Lua filter keeps, per Envoy worker, a routing table
@@ -22,11 +22,19 @@ failover endpoint here too. A client cannot set dynamic metadata, the policy rea
 header, the filter fails closed, and the route does not depend on the answer (no
 route-cache clearing).
 
-**What neither filter sees** is an upstream reset after the response head went downstream:
-Lua's ``envoy_on_response`` and ext_proc's response headers run on the head, and Envoy's
-detector counts the head's status and then the reset as a local-origin failure. The HCM's
-gRPC access log carries exactly those requests to the service (``filters.reset_access_log``,
-``server/access_log.py``); its filter drops every other request inside Envoy.
+**module.** Envoy's dynamic-module filter runs the C shim (``extproc/module``): per request
+it picks a host from the service's table in a shared region and selects it with
+``set_upstream_override_host`` on the same EDS cluster, routes and retry policy as the lua
+path; outcomes go back over the service's module socket (``server/module_link.py``). No
+Lua, no sync cluster: it needs the socket directory.
+
+**What neither the Lua nor the ext_proc filter sees** is an upstream reset after the
+response head went downstream: Lua's ``envoy_on_response`` and ext_proc's response headers
+run on the head, and Envoy's detector counts the head's status and then the reset as a
+local-origin failure. The HCM's gRPC access log carries exactly those requests to the
+service (``filters.reset_access_log``, ``server/access_log.py``); its filter drops every
+other request inside Envoy. The module reads the outcome at stream completion, reset
+included, so its path has no such log.
 
 Why not a header: with ``cluster_header`` routes, ORIGINAL_DST's ``use_http_header`` or an
 Override Host ``header`` source, a client header decides the upstream whenever the filter
@@ -71,6 +79,7 @@ from extproc.render.filters import (
     ext_proc_filter,
     local_reply_config,
     lua_filter,
+    module_filter,
     reset_access_log,
     router_filter,
 )
@@ -160,18 +169,22 @@ def _http_connection_manager(
     policy: Policy, settings: Settings
 ) -> http_connection_manager_pb2.HttpConnectionManager:
     hcm = http_connection_manager_pb2.HttpConnectionManager
-    lua = settings.data_path is DataPath.LUA
+    path = settings.data_path
+    if path is DataPath.LUA:
+        data_filter = lua_filter(lua_source(settings))
+    elif path is DataPath.MODULE:
+        data_filter = module_filter(settings)
+    else:
+        data_filter = ext_proc_filter(settings)
     manager = hcm(
         stat_prefix="extproc_ingress",
         codec_type=hcm.AUTO,
         route_config=route_config(policy, settings),
-        http_filters=[
-            lua_filter(lua_source(settings)) if lua else ext_proc_filter(settings),
-            router_filter(),
-        ],
-        access_log=[reset_access_log(settings)],
+        http_filters=[data_filter, router_filter()],
+        # The module sees a reset after the response started itself (filters.py).
+        access_log=[] if path is DataPath.MODULE else [reset_access_log(settings)],
     )
-    if lua:
+    if path is DataPath.LUA:
         manager.local_reply_config.CopyFrom(local_reply_config())
     return manager
 

@@ -5,9 +5,14 @@ publishes and selects a host per request with ``setUpstreamOverrideHost``; Envoy
 replies carry their response flags (``local_reply_config``) so the script counts them as
 Envoy's outlier detector would. **ext_proc.** The ext_proc filter asks the service on every
 request and fails closed; the answer's pick is dynamic metadata, never a header.
+**module.** Envoy's dynamic-module filter runs the C shim (``wire.MODULE_NAME``), which
+picks from the tables the service writes into shared memory and sends the outcomes back
+over the service's ``MODULE_SOCKET``, whose path is the filter's whole config.
 
-**What neither filter sees** is an upstream reset after the response head went downstream;
-the gRPC access log (``reset_access_log``) carries exactly those requests to the service.
+**What neither the Lua nor the ext_proc filter sees** is an upstream reset after the
+response head went downstream; the gRPC access log (``reset_access_log``) carries exactly
+those requests to the service. The module sees it at stream completion and reports it
+itself, so its path has no such log.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.dynamic_modules.v3 import dynamic_modules_pb2
+from envoy.extensions.filters.http.dynamic_modules.v3 import (
+    dynamic_modules_pb2 as dynamic_module_filter_pb2,
+)
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -23,6 +32,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import wrappers_pb2
 
 from extproc.render.clusters import grpc_service
 from extproc.render.typed import boolean, milliseconds, packed, uint32
@@ -31,12 +41,16 @@ from extproc.wire import (
     FLAGS_HEADER,
     LATE_UPSTREAM_RESET,
     METADATA_NAMESPACE,
+    MODULE_FILTER_NAME,
+    MODULE_NAME,
+    MODULE_SOCKET,
     RESPONSE_ATTRIBUTES,
     reset_log_name,
 )
 
 LUA_FILTER = "envoy.filters.http.lua"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+MODULE_FILTER = "envoy.filters.http.dynamic_modules"
 
 _Hcm = http_connection_manager_pb2
 _Log = accesslog_pb2
@@ -82,6 +96,29 @@ def lua_filter(source: str) -> http_connection_manager_pb2.HttpFilter:
         clear_route_cache=boolean(False),
     )
     return _Hcm.HttpFilter(name=LUA_FILTER, typed_config=packed(script))
+
+
+def module_filter(settings: Settings) -> http_connection_manager_pb2.HttpFilter:
+    """The module path's filter: the C shim, told where the service's module socket is.
+
+    ``do_not_close`` keeps the library loaded for the process's life: its link thread and
+    shared region outlive any one filter config (a listener update, a hot restart's drain).
+
+    Raises:
+        ValueError: no socket directory; the module reaches the service only there.
+    """
+    if settings.socket_dir is None:
+        raise ValueError("the module data path needs a socket directory (--socket-dir)")
+    config = dynamic_module_filter_pb2.DynamicModuleFilter(
+        dynamic_module_config=dynamic_modules_pb2.DynamicModuleConfig(
+            name=MODULE_NAME, do_not_close=True
+        ),
+        filter_name=MODULE_FILTER_NAME,
+        filter_config=packed(
+            wrappers_pb2.StringValue(value=str(settings.socket_dir / MODULE_SOCKET))
+        ),
+    )
+    return _Hcm.HttpFilter(name=MODULE_FILTER, typed_config=packed(config))
 
 
 def router_filter() -> http_connection_manager_pb2.HttpFilter:

@@ -1,8 +1,9 @@
 """The listener's routes: one virtual host per service with Istio's retries, and a 404 for the rest.
 
 Every route goes to its service's cluster, never to a cluster a header names: which host
-serves is the service's pick (the lua script's override host or the ext_proc answer's
-metadata), and a retry leaves the failed host and priority as Istio's sidecar does.
+serves is the service's pick (the lua script's or the module's override host, or the
+ext_proc answer's metadata), and a retry leaves the failed host and priority as Istio's
+sidecar does.
 Authorities that match no ServiceEntry host go to a catch-all virtual host that answers
 404 without asking the service.
 """
@@ -20,7 +21,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 from google.protobuf import struct_pb2
 
 from extproc.core.policy import Policy, Service, route_domains
-from extproc.render.filters import EXT_PROC_FILTER, LUA_FILTER
+from extproc.render.filters import EXT_PROC_FILTER, LUA_FILTER, MODULE_FILTER
 from extproc.render.tls import endpoint_sni
 from extproc.render.typed import boolean, milliseconds, packed, uint32
 from extproc.settings import Settings
@@ -112,6 +113,11 @@ def _unknown_host(settings: Settings) -> route_components_pb2.VirtualHost:
     """The catch-all: 404, with the data path's filter off (the service is not asked)."""
     if settings.data_path is DataPath.LUA:
         filter_name, disabled = LUA_FILTER, packed(lua_pb2.LuaPerRoute(disabled=True))
+    elif settings.data_path is DataPath.MODULE:
+        # The dynamic-module filter has no per-route "disabled" of its own: Envoy's generic
+        # per-filter wrapper turns any filter off (route_components.proto FilterConfig).
+        filter_name = MODULE_FILTER
+        disabled = packed(_Route.FilterConfig(disabled=True))
     else:
         filter_name = EXT_PROC_FILTER
         disabled = packed(ext_proc_pb2.ExtProcPerRoute(disabled=True))

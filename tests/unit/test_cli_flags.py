@@ -28,14 +28,14 @@ def _no_extproc_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
-@pytest.mark.parametrize("command", ["up", "render", "demo"])
-def test_data_path_help_lists_lua_and_ext_proc(
+@pytest.mark.parametrize("command", ["up", "serve", "render", "demo"])
+def test_data_path_help_lists_every_data_path(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     out = capsys.readouterr().out
-    assert "--data-path {lua,ext_proc}" in out
+    assert "--data-path {lua,ext_proc,module}" in out
     assert "DataPath." not in out
 
 
@@ -44,7 +44,9 @@ def test_a_bad_data_path_lists_the_values(value: str, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit) as exited:
         main([*COMMANDS["up"], "--data-path", value])
     assert exited.value.code == 2
-    assert f"invalid choice: {value!r} (choose from lua, ext_proc)" in capsys.readouterr().err
+    assert (
+        f"invalid choice: {value!r} (choose from lua, ext_proc, module)" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("value", [p.value for p in DataPath])
@@ -57,7 +59,9 @@ def test_data_path_values_parse(value: str) -> None:
 @pytest.mark.parametrize(
     ("command", "env", "value", "says"),
     [
-        pytest.param("up", "DATA_PATH", "DataPath.LUA", "choose from lua, ext_proc", id="data"),
+        pytest.param(
+            "up", "DATA_PATH", "DataPath.LUA", "choose from lua, ext_proc, module", id="data"
+        ),
         pytest.param("up", "CONCURRENCY", "two", "'two' is not a whole number", id="int"),
         pytest.param("up", "WATCH_INTERVAL_S", "soon", "not a number of seconds", id="seconds"),
         pytest.param("serve", "WORKLOAD_LABELS", "=gold", "'=gold' is not KEY=VALUE", id="labels"),

@@ -128,3 +128,38 @@ def test_a_secret_file_others_can_read_gives_a_warning(
     secret_file.chmod(0o644)
     assert main(["render", "--config", str(config), "--secret-file", str(secret_file)]) == 0
     assert "readable by other users (mode 644); chmod 600 it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "render"])
+@pytest.mark.parametrize("with_secret", [False, True], ids=["tcp", "tcp-with-secret"])
+def test_the_module_path_without_a_socket_directory_is_a_usage_error(
+    command: str,
+    with_secret: bool,
+    config: Path,
+    secret_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("EXTPROC_SOCKET_DIR", raising=False)
+    monkeypatch.delenv("EXTPROC_SECRET_FILE", raising=False)
+    secret = ["--secret-file", str(secret_file)] if with_secret else []
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--config", str(config), "--data-path", "module", *secret])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: extproc {command}")
+    assert f"{command} --data-path module needs --socket-dir" in err
+
+
+def test_render_on_the_module_path_points_the_module_at_the_socket_directory(
+    config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "envoy.yaml"
+    argv = ["render", "--config", str(config), "--data-path", "module"]
+    assert main([*argv, "--socket-dir", "/run/extproc", "-o", str(out)]) == 0
+    bootstrap = yaml.safe_load(out.read_text())
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    [module] = hcm["typed_config"]["http_filters"][:1]
+    assert module["typed_config"]["filter_config"]["value"] == "/run/extproc/module.sock"
+    names = {c["name"] for c in bootstrap["static_resources"]["clusters"]}
+    assert "extproc_brain" not in names  # no sync cluster: no Lua

@@ -438,9 +438,11 @@ def _render(
     data_path: DataPath,
     system_ca_file: str = "/etc/ssl/certs/ca-certificates.crt",
 ) -> dict[str, Any]:
+    # The module path reaches the service over its socket directory only.
+    socket_dir = Path("/run/extproc") if data_path is DataPath.MODULE else None
     return render_bootstrap(
         Policy((_tls_service(tls),)),
-        Settings(data_path=data_path, system_ca_file=system_ca_file),
+        Settings(data_path=data_path, system_ca_file=system_ca_file, socket_dir=socket_dir),
     )
 
 
