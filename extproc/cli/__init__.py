@@ -100,11 +100,13 @@ def _render(settings: Settings, policy: Policy, output: Path | None, validate: b
         sys.stdout.write(text)
     if validate:
         from extproc.server.envoy_process import validate_config
+        from extproc.server.stack import envoy_environment
 
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
             handle.write(text)
             handle.flush()
-            validate_config(Path(handle.name))
+            # Envoy loads the module to validate a module config: it needs its directory.
+            validate_config(Path(handle.name), env=envoy_environment(settings))
         print("envoy --mode validate: OK", file=sys.stderr)
     return 0
 

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +55,18 @@ def find_envoy_binary() -> Path:
     )
 
 
-def validate_config(config_path: Path, binary: Path | None = None) -> str:
+def validate_config(
+    config_path: Path, binary: Path | None = None, env: Mapping[str, str] | None = None
+) -> str:
     """Run ``envoy --mode validate`` on a config file.
+
+    Validation loads every dynamic module the config names (the module path's filter), so
+    ``env`` must let Envoy find it (``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``), as for a run.
+
+    Args:
+        config_path: The bootstrap.
+        binary: The Envoy binary; found with ``find_envoy_binary`` when None.
+        env: Variables set for Envoy on top of ours.
 
     Returns:
         Envoy's output on success.
@@ -70,11 +81,17 @@ def validate_config(config_path: Path, binary: Path | None = None) -> str:
         text=True,
         timeout=120,
         check=False,
+        env=_environment(env),
     )
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
         raise StartupError(f"envoy rejected {config_path}:\n{output}")
     return output
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Our environment with ``env`` on top, or None (inherit ours) when there is nothing."""
+    return None if not env else {**os.environ, **env}
 
 
 def _parent_death_signal() -> list[str]:
@@ -136,6 +153,7 @@ class EnvoyProcess:
         base_id: int | None = None,
         hot_restart: HotRestart | None = None,
         json_logs: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """Describe the Envoy to run; nothing starts until ``start``.
 
@@ -147,6 +165,7 @@ class EnvoyProcess:
             base_id: ``--base-id`` for an Envoy without hot restart.
             hot_restart: Run with hot restart (``extproc up``); None disables it.
             json_logs: Envoy's log lines as JSON objects with the service's keys.
+            env: Variables set for Envoy on top of ours (the module's search path).
         """
         self._config_path = config_path
         self._binary = binary or find_envoy_binary()
@@ -155,6 +174,7 @@ class EnvoyProcess:
         self._base_id = base_id
         self._hot_restart = hot_restart
         self._json_logs = json_logs
+        self._env = dict(env or {})
         self._proc: asyncio.subprocess.Process | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="extproc-envoy-")
         self.admin_address: tuple[str, int] | None = None
@@ -214,7 +234,7 @@ class EnvoyProcess:
                 args += ["--base-id", str(restart.base_id)]
         # Same process group as ours: a Ctrl-C or a group kill reaches Envoy too.
         self._proc = await asyncio.create_subprocess_exec(
-            *_parent_death_signal(), *args, stdin=subprocess.DEVNULL
+            *_parent_death_signal(), *args, stdin=subprocess.DEVNULL, env=_environment(self._env)
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -46,6 +46,7 @@ from extproc.server.envoy_process import (
     validate_config,
 )
 from extproc.settings import Settings
+from extproc.wire import MODULE_SEARCH_PATH_VAR, DataPath
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,28 @@ def _check_listen_port(listen: tuple[str, int]) -> None:
         except OSError as exc:
             where = host_address(host, port)
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+
+
+def envoy_environment(settings: Settings) -> dict[str, str]:
+    """The variables Envoy needs for the data path: on ``module``, where the module is.
+
+    The module is built from source on first use (``extproc.module.build``, imported only
+    here, and only on that path) into a cache; Envoy loads ``lib<MODULE_NAME>.so`` from the
+    directory ``ENVOY_DYNAMIC_MODULES_SEARCH_PATH`` names.
+
+    Raises:
+        StartupError: the module cannot be built here (no C compiler: the message says
+            which to install), or this installation has no module.
+    """
+    if settings.data_path is not DataPath.MODULE:
+        return {}
+    try:
+        from extproc.module.build import build
+    except ImportError as exc:
+        raise StartupError(
+            f"--data-path module: this installation has no module build ({exc})"
+        ) from exc
+    return {MODULE_SEARCH_PATH_VAR: str(build())}
 
 
 async def _http_get(host: str, port: int, path: str) -> tuple[int, str]:
@@ -108,11 +131,14 @@ class Stack:
         self._epoch = 0
         self._retired: dict[EnvoyProcess, asyncio.Task[None]] = {}  # hot-restart parents
         self._reload_lock = asyncio.Lock()
+        self._envoy_env: dict[str, str] = {}  # the module path: where Envoy finds the module
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Start the service, then Envoy; raise StartupError if either fails."""
         try:
             _check_listen_port(self.settings.listen)
+            # Before anything starts: a missing compiler is a one-line error, not a half-up stack.
+            self._envoy_env = await asyncio.to_thread(envoy_environment, self.settings)
             await self.app.start()
             bootstrap = self._render(self._policy)
             self.config_path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
@@ -140,6 +166,7 @@ class Stack:
             concurrency=self.settings.concurrency,
             log_level=self.settings.envoy_log_level,
             json_logs=self._envoy_json_logs,
+            env=self._envoy_env,
             hot_restart=HotRestart(
                 epoch=epoch,
                 base_id=base_id,
@@ -179,7 +206,7 @@ class Stack:
                 )
             if restart:
                 path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
-                await asyncio.to_thread(validate_config, path)
+                await asyncio.to_thread(validate_config, path, None, self._envoy_env)
             change = await self.app.apply_policy(policy)
             self._policy = policy
             if restart:

@@ -24,6 +24,7 @@ from extproc.server.envoy_process import EnvoyProcess
 from extproc.server.stack import Stack
 from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
+from tests.module_build import require_module
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
 WEST = "dynamodb.us-west-1.amazonaws.com"
@@ -70,7 +71,9 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 @pytest.fixture(params=list(DataPath), ids=[p.value for p in DataPath])
 def data_path(request: pytest.FixtureRequest) -> DataPath:
-    """Every test that starts a stack runs on both data paths."""
+    """Every test that starts a stack runs on every data path (module: where it builds)."""
+    if request.param is DataPath.MODULE:
+        require_module()
     return request.param  # type: ignore[no-any-return]
 
 
@@ -171,20 +174,29 @@ async def first_200(
 async def serve_with_envoy(
     tmp_path: Path, yaml_text: str, data_path: DataPath, dns: DnsResponder, secret: str
 ) -> tuple[ServiceApp, EnvoyProcess, tuple[str, int]]:
-    """``extproc serve`` over TCP with a shared secret, and an Envoy rendered with it (the
-    layout of two hosts or containers), started in this process; the listener's address.
-    The caller stops both."""
+    """``extproc serve`` and an Envoy rendered for it, started in this process, as two hosts
+    or containers run them: over TCP with a shared secret, or, on the module path (which
+    needs it), over a socket directory both share. The listener's address; the caller
+    stops both."""
     grpc_port, sync_port, listen_port = free_port(), free_port(), free_port()
+    env: dict[str, str] | None = None
+    if data_path is DataPath.MODULE:
+        env = require_module()
+        sockets = tmp_path / "sockets"
+        sockets.mkdir(mode=0o700)
+        transport: dict[str, object] = {"socket_dir": sockets}
+    else:
+        grpc = HostPort("127.0.0.1", grpc_port)
+        transport = {"grpc": grpc, "sync_port": sync_port, "secret": secret}
     app = ServiceApp(
         load_policy_text(yaml_text, "test.yaml"),
         Settings(
-            grpc=HostPort("127.0.0.1", grpc_port),
-            sync_port=sync_port,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             shutdown_grace_s=0,
-            secret=secret,
+            data_path=data_path,
             workload=Workload(Locality.parse("us-east1")),
+            **transport,  # type: ignore[arg-type]
         ),
         rng=random.Random(1),
     )
@@ -192,14 +204,12 @@ async def serve_with_envoy(
     config = tmp_path / "envoy.yaml"
     settings = Settings(
         listen=HostPort("127.0.0.1", listen_port),
-        grpc=HostPort("127.0.0.1", grpc_port),
-        sync_port=sync_port,
         data_path=data_path,
-        secret=secret,
+        **transport,  # type: ignore[arg-type]
     )
     bootstrap = render_bootstrap(load_policy_text(yaml_text, "test.yaml"), settings)
     config.write_text(yaml.safe_dump(bootstrap))
-    envoy = EnvoyProcess(config, concurrency=2)
+    envoy = EnvoyProcess(config, concurrency=2, env=env)
     try:
         await envoy.start()
     except BaseException:

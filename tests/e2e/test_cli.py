@@ -13,6 +13,7 @@ import pytest
 from extproc.demo import free_port
 from extproc.sandbox import DnsResponder
 from extproc.sandbox.client import get
+from tests.module_build import require_module
 
 from .conftest import EAST, EXTPROC, Region, first_200, start_extproc_up
 from .seed_yaml import seed
@@ -94,7 +95,10 @@ def test_check_rejects_a_bad_config_with_exit_1(tmp_path: Path) -> None:
     assert "spec.trafficPolicy.outlierDetection.consecutive5xxErrors" in result.stderr
 
 
-def test_render_output_passes_envoy_validate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data_path", ["lua", "module"])
+def test_render_output_passes_envoy_validate(tmp_path: Path, data_path: str) -> None:
+    if data_path == "module":
+        require_module()  # render --validate builds it too (the same cache)
     config = tmp_path / "seed.yaml"
     config.write_text(seed(80, 80))
     result = subprocess.run(
@@ -105,6 +109,8 @@ def test_render_output_passes_envoy_validate(tmp_path: Path) -> None:
             str(config),
             "--socket-dir",
             str(tmp_path),
+            "--data-path",
+            data_path,
             "--validate",
             "-o",
             str(tmp_path / "envoy.yaml"),

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from extproc.errors import StartupError
 from extproc.istio import load_policy, load_policy_text
 from extproc.render.bootstrap import render_bootstrap
 from extproc.render.shipped import render_shipped
 from extproc.server.envoy_process import validate_config
 from extproc.settings import HostPort, Settings
-from extproc.wire import DataPath
+from extproc.wire import MODULE_NAME, MODULE_SEARCH_PATH_VAR, DataPath
+from tests.module_build import require_module
 
 pytestmark = pytest.mark.e2e
 
@@ -86,10 +88,42 @@ def test_rendered_tls_config_passes_envoy_validate(
     policy = load_policy_text(
         https_seed(443, tls.format(certs=tmp_path), annotation=annotation, mode=mode)
     )
+    # The module path needs the socket directory, and validation loads the module.
+    module = data_path is DataPath.MODULE
+    env = require_module() if module else None
     bootstrap = render_bootstrap(
         policy,
-        Settings(data_path=data_path, system_ca_file=str(tmp_path / "ca.pem")),
+        Settings(
+            data_path=data_path,
+            system_ca_file=str(tmp_path / "ca.pem"),
+            socket_dir=Path("/run/extproc") if module else None,
+        ),
     )
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap))
-    assert "OK" in validate_config(path)
+    assert "OK" in validate_config(path, env=env)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[f.stem for f in FIXTURES])
+def test_rendered_module_config_passes_envoy_validate(fixture: Path, tmp_path: Path) -> None:
+    import yaml
+
+    env = require_module()
+    settings = Settings(data_path=DataPath.MODULE, socket_dir=Path("/run/extproc"))
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(render_bootstrap(load_policy(fixture), settings)))
+    assert "OK" in validate_config(path, env=env)
+
+
+def test_validate_of_a_module_config_needs_the_module(tmp_path: Path) -> None:
+    # Envoy loads every dynamic module the config names, also under --mode validate: the
+    # stack and render --validate give it the module's directory.
+    import yaml
+
+    require_module()
+    settings = Settings(data_path=DataPath.MODULE, socket_dir=Path("/run/extproc"))
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(render_bootstrap(load_policy(FIXTURES[0]), settings)))
+    missing = {MODULE_SEARCH_PATH_VAR: str(tmp_path / "no-module-here")}
+    with pytest.raises(StartupError, match=f"lib{MODULE_NAME}.so not found"):
+        validate_config(path, env=missing)

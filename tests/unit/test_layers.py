@@ -17,7 +17,8 @@ ALLOWED = {
     "istio": {"core", "errors"},
     "render": {"core", "istio", "errors", "settings", "wire"},
     "sandbox": set(),
-    "server": {"core", "istio", "render", "errors", "clock", "settings", "wire"},
+    # module: the stack builds the C shim for the module path (extproc.module.build).
+    "server": {"core", "istio", "render", "errors", "clock", "settings", "wire", "module"},
 }
 
 
