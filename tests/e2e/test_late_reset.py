@@ -1,8 +1,9 @@
 """An endpoint that resets after its response started is ejected, as Istio's Envoy ejects it.
 
-us-east1 sends a 200 head and half the body, then RST (the stand-in's ``Mode.RESET``). Both
-data paths see only the head; Envoy's access log tells the service of the reset
-(``extproc/server/access_log.py``). Istio's Envoy ejects us-east1 on the first such reset
+us-east1 sends a 200 head and half the body, then RST (the stand-in's ``Mode.RESET``). The
+lua and ext_proc paths see only the head; Envoy's access log tells the service of the reset
+(``extproc/server/access_log.py``). The module sees the reset at stream completion and
+reports it itself (its path has no such log). Istio's Envoy ejects us-east1 on the first such reset
 and fails that one request (``tests/differential/test_late_reset.py``).
 
 A malformed answer head is the same reset one step earlier (``protocol_error`` before the
@@ -102,6 +103,7 @@ async def test_after_the_service_restarts_envoy_sends_late_resets_to_the_new_one
         load_policy_text(text, "test.yaml"),
         Settings(
             socket_dir=old.settings.socket_dir,
+            data_path=old.settings.data_path,
             admin=HostPort("127.0.0.1", 0),
             dns_resolver=dns.address,
             workload=Workload(Locality.parse("us-east1")),
@@ -122,6 +124,9 @@ async def test_after_the_service_restarts_envoy_sends_late_resets_to_the_new_one
     assert ejected(new) == {f"127.0.0.11:{regions['east'].port}"}
 
 
+@pytest.mark.parametrize(
+    "data_path", [DataPath.LUA, DataPath.EXT_PROC], ids=["lua", "ext_proc"], indirect=True
+)
 async def test_only_a_reset_after_the_response_started_is_sent_to_the_service(
     regions: dict[str, Region], start_stack: StackFactory
 ) -> None:

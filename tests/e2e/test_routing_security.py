@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,7 +45,8 @@ def test_the_rendered_config_reads_no_header_for_routing(data_path: DataPath) ->
     # Everything in Envoy that can take the upstream from a request header: cluster_header
     # routes, ORIGINAL_DST's use_http_header, an Override Host header source.
     policy = load_policy_text(seed(8080, 8081), "seed.yaml")
-    bootstrap = render_bootstrap(policy, Settings(data_path=data_path))
+    sockets = Path("/run/extproc") if data_path is DataPath.MODULE else None
+    bootstrap = render_bootstrap(policy, Settings(data_path=data_path, socket_dir=sockets))
     sources = []
     for node in _nodes(bootstrap):
         assert "cluster_header" not in node
@@ -54,8 +56,9 @@ def test_the_rendered_config_reads_no_header_for_routing(data_path: DataPath) ->
     metadata_only = [
         {"metadata": {"key": METADATA_NAMESPACE, "path": [{"key": METADATA_HOST_KEY}]}}
     ]
-    # lua selects with setUpstreamOverrideHost; ext_proc with the service's dynamic metadata.
-    assert sources == ([] if data_path is DataPath.LUA else metadata_only)
+    # lua and the module select with the override host; ext_proc with the service's dynamic
+    # metadata.
+    assert sources == (metadata_only if data_path is DataPath.EXT_PROC else [])
 
 
 @pytest.mark.parametrize("header", FORGED_HEADERS)
@@ -88,10 +91,11 @@ async def test_with_the_service_down_a_forged_header_reaches_nothing(
     for target in (f"127.0.0.12:{regions['west'].port}", envoy_admin):
         reply = await get(stack.settings.listen, "mydb.com", headers={header: target})
         assert "server_info" not in reply.body
-        if data_path is DataPath.LUA:
-            # Fail-static: a worker keeps routing on the last table the service published;
-            # a worker that never had one leaves the pick to Envoy's load balancer over the
-            # last EDS assignment, which prefers us-east1 too.
+        if data_path is not DataPath.EXT_PROC:
+            # Fail-static: a worker keeps routing on the last table the service published
+            # (lua: its copy; module: the shared region); a worker that never had one
+            # leaves the pick to Envoy's load balancer over the last EDS assignment, which
+            # prefers us-east1 too.
             assert reply.served_by == EAST, reply
         else:
             # Fail closed: without the service's pick nothing is routed.
