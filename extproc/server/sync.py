@@ -9,9 +9,15 @@ worker saw since its last sync (the report lines, ``core.reports``).
 The answer is that service's current table::
 
     <version> <ttl_ms>
+    lb=<algorithm>         loadBalancer.simple as compiled: ROUND_ROBIN, LEAST_REQUEST or
+                           RANDOM; the script balances over the hosts below with it
     codes=<status>,...     only with outlierDetectionHttpErrorCodes: the statuses to report
-                           one by one (an older script skips the line: it has no space)
+                           one by one
     <ip:port> <weight>     one line per host a request may go to now
+
+A script skips a line without a space that it does not know (``lb=`` and ``codes=`` have
+none), so an older script reads a newer table; a table without ``lb=`` is drawn from by
+weight.
 
 except for a service whose DNS names have not all answered since this process started
 (``withheld``): its hosts are not known yet, and an empty table would win over the one
@@ -118,7 +124,10 @@ class SyncEndpoint:
     def render(self, cluster: ClusterState, now: float) -> str:
         """The table text for a cluster."""
         weights = cluster.route_weights(now)
-        lines = [f"{self.version(cluster)} {self.ttl_ms}"]
+        lines = [
+            f"{self.version(cluster)} {self.ttl_ms}",
+            f"lb={cluster.service.lb_algorithm.value}",
+        ]
         outlier = cluster.service.outlier_detection
         if outlier is not None and outlier.http_error_codes:
             lines.append("codes=" + ",".join(map(str, sorted(outlier.http_error_codes))))

@@ -191,6 +191,8 @@ def _check_table(text: str, hosts: frozenset[str]) -> int:
     assert version.isdigit()
     assert ttl.isascii()
     assert ttl.isdigit()
+    if rows and rows[0].startswith("lb="):
+        assert rows.pop(0).removeprefix("lb=") in {"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"}
     if rows and rows[0].startswith("codes="):
         codes = rows.pop(0).removeprefix("codes=").split(",")
         assert all(code.isascii() and code.isdigit() for code in codes)

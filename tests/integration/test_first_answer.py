@@ -93,7 +93,7 @@ async def app(dns: DnsResponder) -> AsyncIterator[ServiceApp]:
 
 
 async def sync(app: ServiceApp, cluster: str = MYDB) -> tuple[int, list[str]]:
-    """One fast-path sync: the status and the body's lines."""
+    """One fast-path sync: the status, and the body's header and host lines."""
     return await asyncio.to_thread(_sync, app.sync_port, cluster)
 
 
@@ -106,9 +106,15 @@ def _sync(port: int, cluster: str) -> tuple[int, list[str]]:
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status), response.read().decode().splitlines()
+            return int(response.status), _table_lines(response.read().decode())
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode().splitlines()
+        return exc.code, _table_lines(exc.read().decode())
+
+
+def _table_lines(body: str) -> list[str]:
+    """The header and the host lines (settings such as ``lb=`` have no space)."""
+    lines = body.splitlines()
+    return lines[:1] + [line for line in lines[1:] if " " in line]
 
 
 async def wait_until_ready(app: ServiceApp) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
+
 from extproc.clock import Clock, MonotonicClock
-from extproc.core.policy import Locality, OutlierDetection, Policy, Workload
+from extproc.core.policy import LbAlgorithm, Locality, OutlierDetection, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.server.sync import SyncEndpoint, SyncServer
 from extproc.testing import FakeClock, endpoint, outlier, service
@@ -31,6 +33,12 @@ def _endpoint(
     return SyncEndpoint(lambda: table, clock, ttl_ms=100, version_base=version_base), clock
 
 
+def _rows(answer: str | None) -> list[str]:
+    """The table's host lines (``<ip:port> <weight>``), without the header and settings."""
+    assert answer is not None
+    return [row for row in answer.splitlines()[1:] if " " in row]
+
+
 def test_a_sync_answers_the_table_with_version_and_ttl() -> None:
     sync_endpoint, _ = _endpoint()
     answer = sync_endpoint.sync(CLUSTER, "")
@@ -39,7 +47,22 @@ def test_a_sync_answers_the_table_with_version_and_ttl() -> None:
     version, ttl = header.split()
     assert int(version) >= 1_000_000
     assert ttl == "100"
-    assert rows == [f"{EAST} 100000"]
+    assert rows == ["lb=ROUND_ROBIN", f"{EAST} 100000"]
+
+
+@pytest.mark.parametrize("lb", list(LbAlgorithm), ids=[lb.value for lb in LbAlgorithm])
+def test_the_table_names_the_services_load_balancer(lb: LbAlgorithm) -> None:
+    svc = service(
+        endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.3", "us-east1")], lb=lb
+    )
+    table = ServiceTable(
+        Policy((svc,)), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
+    )
+    answer = SyncEndpoint(lambda: table, FakeClock(), version_base=1).sync(CLUSTER, "")
+    assert answer is not None
+    # Right after the header, with no space: a script that does not know it skips it.
+    assert answer.splitlines()[1] == f"lb={lb.value}"
+    assert _rows(answer) == ["10.0.0.1:443 50000", "10.0.0.3:443 50000"]
 
 
 def test_an_unknown_service_gets_no_table() -> None:
@@ -53,7 +76,7 @@ def test_successes_reported_before_a_failure_reset_the_consecutive_count() -> No
     # One error, then a success, then an error: never two in a row, no ejection.
     answer = sync_endpoint.sync(CLUSTER, f"s {EAST} 4\ne {EAST} 503\n")
     assert answer is not None
-    assert answer.splitlines()[1:] == [f"{EAST} 100000"]
+    assert _rows(answer) == [f"{EAST} 100000"]
 
 
 def test_the_consecutive_threshold_ejects_and_the_version_goes_up() -> None:
@@ -62,7 +85,7 @@ def test_the_consecutive_threshold_ejects_and_the_version_goes_up() -> None:
     assert first is not None
     answer = sync_endpoint.sync(CLUSTER, f"e {EAST} 503\ne {EAST} 503\n")
     assert answer is not None
-    assert answer.splitlines()[1:] == [f"{WEST} 100000"]
+    assert _rows(answer) == [f"{WEST} 100000"]
     assert int(answer.split()[0]) > int(first.split()[0])
 
 
@@ -108,7 +131,7 @@ def test_a_withheld_service_gets_no_table_and_its_reports_still_count() -> None:
     answer = sync_endpoint.sync(CLUSTER, "")
 
     assert answer is not None
-    assert answer.splitlines()[1:] == [f"{WEST} 100000"]  # east was ejected meanwhile
+    assert _rows(answer) == [f"{WEST} 100000"]  # east was ejected meanwhile
 
 
 def test_the_sync_endpoint_answers_503_while_withheld_404_for_an_unknown_service() -> None:
@@ -138,11 +161,6 @@ def _endpoint_with(config: OutlierDetection) -> SyncEndpoint:
         Policy((svc,)), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
     )
     return SyncEndpoint(lambda: table, clock, ttl_ms=100, version_base=1_000_000)
-
-
-def _rows(answer: str | None) -> list[str]:
-    assert answer is not None
-    return [row for row in answer.splitlines()[1:] if not row.startswith("codes=")]
 
 
 def test_split_mode_ejects_on_refused_connections_only_after_the_threshold() -> None:
@@ -188,7 +206,7 @@ def test_the_table_lists_the_error_codes_the_script_must_report() -> None:
     config = replace(outlier(consecutive_5xx_errors=1), http_error_codes=frozenset({503, 404}))
     answer = _endpoint_with(config).sync(CLUSTER, "")
     assert answer is not None
-    assert answer.splitlines()[1] == "codes=404,503"
+    assert answer.splitlines()[2] == "codes=404,503"
     plain = _endpoint_with(outlier(consecutive_5xx_errors=1)).sync(CLUSTER, "")
     assert plain is not None
     assert not any(row.startswith("codes=") for row in plain.splitlines())
