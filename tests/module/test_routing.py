@@ -1,0 +1,213 @@
+"""The module routes as the entry says, and reports what happened: a real Envoy, loopback
+stand-in upstreams, and a stand-in for the service's end of the link."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+import pytest
+
+from extproc import wire
+from extproc.sandbox import Mode
+from extproc.sandbox.client import get
+from extproc.wire import ModuleLb
+
+from .conftest import CLUSTER, Host, RigFactory, one_connection, wait_until
+
+pytestmark = [pytest.mark.module, pytest.mark.e2e]
+
+
+async def fresh_connections(address: tuple[str, int], count: int) -> list[str]:
+    """``count`` requests, each on a new connection (so on either worker)."""
+    return [(await get(address, "mydb.com")).served_by for _ in range(count)]
+
+
+async def test_requests_go_to_the_only_host_of_the_entry(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    rig.link.write_entry(0, CLUSTER, [rig.host(1)])
+
+    served = await fresh_connections(rig.listen, 20)
+
+    assert served == [rig.name(1)] * 20  # Envoy's own round robin would alternate
+
+
+@pytest.mark.parametrize("lb", list(ModuleLb), ids=[lb.name for lb in ModuleLb])
+async def test_weights_of_1_and_1000_send_all_but_a_few_to_the_heavy_host(
+    start_rig: RigFactory, lb: ModuleLb
+) -> None:
+    rig = await start_rig()
+    rig.link.write_entry(0, CLUSTER, [rig.host(0, weight=1), rig.host(1, weight=1000)], lb=lb)
+
+    served = Counter(name for _, name in await one_connection(rig.listen, 150))
+    served += Counter(await fresh_connections(rig.listen, 150))
+
+    assert served[rig.name(1)] >= 297, served
+    assert set(served) <= {rig.name(0), rig.name(1)}
+
+
+async def test_round_robin_alternates_on_each_worker(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    rig.link.write_entry(0, CLUSTER, [rig.host(0), rig.host(1)], lb=ModuleLb.ROUND_ROBIN)
+
+    # A keep-alive connection stays on one worker: its sequential requests see that worker's
+    # rotation alone. Four connections land on both workers.
+    runs = [[name for _, name in await one_connection(rig.listen, 10)] for _ in range(4)]
+
+    for run in runs:
+        assert set(run) == {rig.name(0), rig.name(1)}
+        assert all(a != b for a, b in itertools.pairwise(run)), run
+
+
+async def test_a_table_change_moves_the_next_request(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    expected, served = [], []
+
+    for step in range(10):
+        target = step % 2
+        rig.link.write_entry(0, CLUSTER, [rig.host(target)])
+        expected.append(rig.name(target))
+        served.append((await get(rig.listen, "mydb.com")).served_by)
+
+    assert served == expected
+
+
+async def test_a_503_host_produces_records_with_the_outcome(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    rig.upstreams[1].set_mode(Mode.FAIL_503)
+    rig.link.write_entry(0, CLUSTER, [rig.host(1)])
+
+    replies = [await get(rig.listen, "mydb.com") for _ in range(5)]
+    records = await asyncio.to_thread(rig.link.wait_records, 5)
+
+    assert [r.status for r in replies] == [503] * 5
+    assert len(records) == 5
+    b = rig.host(1)
+    for record in records:
+        assert record.worker < 2
+        assert (record.slot, record.version, record.host) == (0, 1, 0)
+        assert (record.host_slot, record.served_slot, record.served) == (b.slot, b.slot, b.addr)
+        assert (record.code, record.attempts, record.flags) == (503, 1, 0)
+        assert record.details == "via_upstream"
+        assert record.successes_before == 0
+    assert all(len(raw) == wire.RECORD_SIZE for raw in rig.link.raw_records)
+
+
+async def test_successes_are_counted_in_the_workers_row(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    a = rig.host(0)
+    rig.link.write_entry(0, CLUSTER, [a])
+
+    served = await fresh_connections(rig.listen, 12)
+    counted = await wait_until(lambda: sum(rig.link.successes(w, a.slot) for w in (0, 1)) == 12)
+
+    assert served == [rig.name(0)] * 12
+    assert counted
+    assert all(rig.link.successes(w, a.slot) == 0 for w in range(2, wire.MAX_WORKERS))
+    assert rig.link.records == []
+
+
+async def test_a_failure_after_successes_carries_the_successes_counted_before(
+    start_rig: RigFactory,
+) -> None:
+    rig = await start_rig()
+    a = rig.host(0)
+    rig.link.write_entry(0, CLUSTER, [a])
+    for _ in range(3):
+        await one_connection(rig.listen, 4)  # 4 successes on one worker each time
+    rig.upstreams[0].set_mode(Mode.FAIL_503)
+
+    await one_connection(rig.listen, 1)
+    [record] = await asyncio.to_thread(rig.link.wait_records, 1)
+
+    assert record.code == 503
+    assert record.successes_before == rig.link.successes(record.worker, a.slot)
+    assert sum(rig.link.successes(w, a.slot) for w in (0, 1)) == 12
+
+
+async def test_a_retried_away_attempt_names_the_host_that_served(start_rig: RigFactory) -> None:
+    rig = await start_rig(retries=1)
+    rig.upstreams[1].set_mode(Mode.FAIL_503)
+    a, b = rig.host(0, weight=1), rig.host(1, weight=1000)
+    rig.link.write_entry(0, CLUSTER, [a, b])
+
+    reply = await get(rig.listen, "mydb.com")
+    [record] = await asyncio.to_thread(rig.link.wait_records, 1)
+
+    assert (reply.status, reply.served_by) == (200, rig.name(0))
+    assert (record.host, record.host_slot) == (1, b.slot)  # chosen: the heavy host
+    assert (record.served_slot, record.served) == (a.slot, a.addr)
+    assert (record.code, record.attempts, record.flags) == (200, 2, 0)
+
+
+async def test_a_connect_failure_is_reported_with_its_flags(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    rig.upstreams[1].set_mode(Mode.REFUSE)
+    b = rig.host(1)
+    rig.link.write_entry(0, CLUSTER, [b])
+
+    reply = await get(rig.listen, "mydb.com")
+    [record] = await asyncio.to_thread(rig.link.wait_records, 1)
+
+    assert reply.status == 503
+    assert (record.code, record.attempts) == (503, 1)
+    assert record.flags & 0x20  # UF: upstream connection failure
+    assert (record.served_slot, record.served) == (b.slot, b.addr)
+    assert record.details.startswith("upstream_reset_before")
+
+
+async def test_the_entrys_error_codes_decide_what_is_counted_and_what_is_a_record(
+    start_rig: RigFactory,
+) -> None:
+    rig = await start_rig()
+    a, b = rig.host(0), rig.host(1)
+    rig.upstreams[1].set_mode(Mode.FAIL_500)
+    rig.link.write_entry(0, CLUSTER, [b], error_codes=[502, 503, 504])  # gateway errors
+
+    await get(rig.listen, "mydb.com")  # a 500: no error code here, so a success
+    rig.link.write_entry(0, CLUSTER, [a], error_codes=[200])
+    await get(rig.listen, "mydb.com")  # a 200 whose bit is set: a record
+    records = await asyncio.to_thread(rig.link.wait_records, 1)
+    await asyncio.sleep(0.2)
+
+    assert [(r.code, r.host_slot) for r in records] == [(200, a.slot)]
+    assert sum(rig.link.successes(w, b.slot) for w in (0, 1)) == 1
+    assert sum(rig.link.successes(w, a.slot) for w in (0, 1)) == 0
+
+
+async def test_no_override_means_no_record_and_no_count(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    hosts = [rig.host(0), rig.host(1)]
+    rig.upstreams[1].set_mode(Mode.FAIL_503)
+    rig.link.write_entry(0, CLUSTER, hosts, flags=wire.ENTRY_FLAG_WITHHELD)
+
+    served = Counter(name for _, name in await one_connection(rig.listen, 10))
+    await asyncio.sleep(0.2)
+
+    assert served == {rig.name(0): 5, rig.name(1): 5}  # Envoy's own round robin
+    assert rig.link.records == []
+    assert sum(rig.link.successes(w, h.slot) for w in (0, 1) for h in hosts) == 0
+
+
+async def test_an_override_envoy_refuses_is_counted_and_envoy_decides(
+    start_rig: RigFactory,
+) -> None:
+    rig = await start_rig()
+    # Passes the module's character check, but is no IP address: Envoy says no.
+    rig.link.write_entry(0, CLUSTER, [Host("1:2", 1, 7)])
+
+    served = Counter(name for _, name in await one_connection(rig.listen, 10))
+
+    assert served == {rig.name(0): 5, rig.name(1): 5}
+    assert rig.link.counter(wire.HEADER_OVERRIDES_REFUSED_OFFSET) == 10
+    assert rig.link.records == []
+
+
+async def test_a_cluster_without_an_entry_is_left_to_envoy(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    rig.link.write_entry(3, "outbound|80||other.com", [rig.host(1)])
+
+    served = Counter(name for _, name in await one_connection(rig.listen, 10))
+
+    assert served == {rig.name(0): 5, rig.name(1): 5}
