@@ -460,8 +460,9 @@ struct slot_state {
 #define CACHE_SIZE 512u /* power of two, > MAX_SERVICES */
 #define CACHE_PROBES 8u
 /* How long a "no entry has this name" answer holds before the slots are scanned again (a
- * hundredth of it when a slot was being written during the scan). */
-#define MISS_HOLD_NS 100000000ull
+ * tenth of it when a slot was being written during the scan): a scan reads every slot, and a
+ * cluster the service has no entry for must not pay one per request. */
+#define MISS_HOLD_NS 10000000ull
 
 struct cache_entry {
   uint64_t hash;
@@ -702,7 +703,7 @@ static struct slot_state *lookup(struct worker *w, const uint8_t *r, const char 
       bool uncertain;
       int found = scan_slots(r, name, len, &uncertain);
       c->slot = (int16_t)found;
-      c->retry_ns = now + (uncertain ? MISS_HOLD_NS / 100 : MISS_HOLD_NS);
+      c->retry_ns = now + (uncertain ? MISS_HOLD_NS / 10 : MISS_HOLD_NS);
       if (found < 0) return NULL;
     }
     bool moved = false;

@@ -15,7 +15,7 @@ import pytest
 from extproc import wire
 from extproc.module.build import LIBRARY_NAME, SOURCE, compile_flags, find_compiler
 
-from .conftest import ABI_MATCHED, Envoy, ServiceEnd, bootstrap
+from .conftest import ABI_MATCHED, Envoy, ServiceEnd, bootstrap, wait_until
 
 pytestmark = [pytest.mark.module, pytest.mark.e2e]
 
@@ -97,10 +97,15 @@ async def test_envoy_loads_the_module_and_matches_its_abi_version(
     try:
         await envoy.start(concurrency=2)
         link = await asyncio.to_thread(service_end.wait_link)
+        await wait_until(lambda: "extproc module: linked" in envoy.log())
     finally:
         await envoy.stop()
-    assert ABI_MATCHED in envoy.log()
-    assert "is deprecated" not in envoy.log()
+    log = envoy.log()
+    assert ABI_MATCHED in log
+    assert "is deprecated" not in log
+    # log and log_enabled, from the main thread and from the link thread.
+    assert f"extproc module: region of {wire.REGION_SIZE} bytes for 2 workers" in log
+    assert f"extproc module: linked to {service_end.path}" in log
     # The hello: what the module read from Envoy (get_concurrency, its own pid).
     assert link.hello_ok
     assert (link.layout, link.region_size, link.concurrency) == (1, wire.REGION_SIZE, 2)
