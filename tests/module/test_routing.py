@@ -211,3 +211,15 @@ async def test_a_cluster_without_an_entry_is_left_to_envoy(start_rig: RigFactory
     served = Counter(name for _, name in await one_connection(rig.listen, 10))
 
     assert served == {rig.name(0): 5, rig.name(1): 5}
+
+
+async def test_a_first_entry_is_taken_up_within_the_lookup_hold(start_rig: RigFactory) -> None:
+    rig = await start_rig()
+    before = Counter(name for _, name in await one_connection(rig.listen, 10))  # no entry yet
+    rig.link.write_entry(0, CLUSTER, [rig.host(1)])
+    await asyncio.sleep(0.05)  # a "no entry" answer holds 10 ms per worker
+
+    after = await fresh_connections(rig.listen, 20)
+
+    assert before == {rig.name(0): 5, rig.name(1): 5}
+    assert after == [rig.name(1)] * 20
