@@ -41,7 +41,9 @@ BASE_FLAGS = (
     "-fvisibility=hidden",
 )
 RELEASE_FLAGS = ("-O2",)
-#: The AddressSanitizer variant, for tests.
+#: The AddressSanitizer variant, for tests. The wheel's Envoy cannot run it (AddressSanitizer
+#: and the tcmalloc Envoy exports as ``malloc`` do not mix: tests/module/test_fuzz.py), so the
+#: tests run the module's reader under these flags in a fuzz driver that plays Envoy.
 ASAN_FLAGS = ("-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer")
 
 
