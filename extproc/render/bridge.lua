@@ -6,10 +6,29 @@
 --
 -- Per request: take the route's service (route metadata), refresh its table when stale
 -- (one request per worker per TTL pays a synchronous call to the service's sync
--- endpoint), draw a host by weight and select it with setUpstreamOverrideHost on the
--- service's EDS cluster. A client cannot influence that choice; if this script fails,
--- Envoy's own load balancer on the same cluster (Istio's priorities, ejected hosts marked
--- unhealthy) picks.
+-- endpoint), choose a host with the service's load balancer (below) and select it with
+-- setUpstreamOverrideHost on the service's EDS cluster. A client cannot influence that
+-- choice; if this script fails, Envoy's own load balancer on the same cluster (Istio's
+-- priorities, ejected hosts marked unhealthy) picks.
+--
+-- The choice runs over the table's hosts and weights as they are: the weights already hold
+-- the priority load and panic (ClusterState.route_weights). Per worker, as Envoy's workers
+-- each run their own load balancer (source/extensions/load_balancing_policies/):
+--   ROUND_ROBIN   equal weights: plain rotation from a per-worker random start (round_robin_lb.h
+--                 unweightedHostPick, rr_indexes_ starting at seed_, kept across refreshes);
+--                 unequal: an earliest-deadline-first schedule, deadline += 1/weight, started
+--                 seed % n picks in (EdfLoadBalancerBase::refresh, EdfScheduler::createWithPicks),
+--                 rebuilt when the table's version changes.
+--   LEAST_REQUEST equal weights: two uniform draws with replacement, the second wins only with
+--                 strictly fewer active requests (least_request_lb.cc unweightedHostPickNChoices,
+--                 choice_count 2); unequal: the EDF schedule with weight / (active + 1)
+--                 (hostWeight, active_request_bias 1.0), each host re-queued with its weight of
+--                 the moment it is picked. Active requests are this worker's: counted when a
+--                 request is routed (on a table of two hosts or more: one host is no choice),
+--                 released at its response headers, or, for a stream that ends without one
+--                 (the client went away), when Lua collects its handle.
+--   RANDOM        a draw by weight (the table gives RANDOM's hosts equal shares in a priority),
+--                 also for a table that names no algorithm (a service older than this script).
 --
 -- Per response: count successes per host (sent with the next sync); report a failure at
 -- once and install the table that comes back. Outcomes are attributed to the host that
@@ -25,11 +44,20 @@ local METADATA_NS = "@@LUA_METADATA_NAMESPACE@@"
 -- Empty unless the service is reached over TCP (extproc serve --secret-file).
 local SECRET = @@SECRET@@
 
-local tables = {}      -- service -> {version, ttl, exp, hosts = {...}, cum = {...}, total}
+-- service -> {version, ttl, exp, lb, hosts = {...}, weights = {...}, cum = {...}, total,
+--             equal (all weights equal), edf (the schedule, built on first use)}
+local tables = {}
 local successes = {}   -- service -> {host -> count}
+local rr = {}          -- service -> the round-robin index (survives new tables, as in Envoy)
+local active = {}      -- service -> {host -> requests routed there and not answered yet}
+local open = {}        -- request id -> the active counts it holds one request of
+local anchors = setmetatable({}, {__mode = "k"})  -- request handle -> its release sentinel
+local last_id = 0
 local WORKER = string.sub(tostring({}), 8)
 
 math.randomseed(os.time() + (tonumber(WORKER, 16) or 0) % 100000)
+-- Envoy draws one seed per load balancer (EdfLoadBalancerBase::seed_); one per worker here.
+local SEED = math.random(0, 2147483646)
 
 local function parse(body, now)
   local t = nil
@@ -37,12 +65,19 @@ local function parse(body, now)
     local a, b = string.match(line, "^(%S+) (%d+)$")
     if a ~= nil then
       if t == nil then
-        t = {version = tonumber(a), ttl = tonumber(b), hosts = {}, cum = {}, total = 0}
+        t = {version = tonumber(a), ttl = tonumber(b), hosts = {}, weights = {}, cum = {},
+          total = 0, equal = true}
         t.exp = now + t.ttl
       else
-        t.total = t.total + tonumber(b)
-        t.hosts[#t.hosts + 1] = a
-        t.cum[#t.cum + 1] = t.total
+        local weight = tonumber(b)
+        local n = #t.hosts + 1
+        t.total = t.total + weight
+        t.hosts[n] = a
+        t.weights[n] = weight
+        t.cum[n] = t.total
+        if weight ~= t.weights[1] then
+          t.equal = false
+        end
       end
     elseif t ~= nil then
       -- outlierDetectionHttpErrorCodes: the statuses Envoy's detector counts as errors.
@@ -52,6 +87,11 @@ local function parse(body, now)
         for c in string.gmatch(list, "%d+") do
           t.codes[tonumber(c)] = true
         end
+      end
+      -- loadBalancer.simple: ROUND_ROBIN, LEAST_REQUEST or RANDOM.
+      local lb = string.match(line, "^lb=([%u_]+)$")
+      if lb ~= nil then
+        t.lb = lb
       end
     end
   end
@@ -92,22 +132,126 @@ local function sync(handle, service, extra, now)
   local t = parse(body, now)
   local current = tables[service]
   if t ~= nil and (current == nil or t.version >= current.version) then
+    if current ~= nil and t.version == current.version and #t.hosts == #current.hosts then
+      t.edf = current.edf  -- the same table again: its schedule goes on
+    end
     tables[service] = t
   end
   return true
 end
 
-local function pick(t)
-  if t.cum[2] == nil then
-    return t.hosts[1]  -- one eligible host: the common case, no draw needed
-  end
+-- A draw by weight over the cumulative weights.
+local function draw(t)
   local r = math.random(t.total)
   local lo, hi = 1, #t.cum
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
     if t.cum[mid] < r then lo = mid + 1 else hi = mid end
   end
-  return t.hosts[lo]
+  return lo
+end
+
+-- The weight a host is (re-)queued with: its table weight, or for LEAST_REQUEST (counts
+-- given) that weight / (active + 1).
+local function edf_weight(t, i, counts)
+  if counts == nil then
+    return t.weights[i]
+  end
+  return t.weights[i] / ((counts[t.hosts[i]] or 0) + 1)
+end
+
+-- Pop the earliest deadline (ties: the earlier queued), move the clock to it, queue that
+-- host again at clock + 1/weight (Envoy's EdfScheduler). A linear scan: tables are small.
+local function edf_next(e, t, counts)
+  local deadline, order = e.deadline, e.order
+  local best = 1
+  for i = 2, #deadline do
+    local d = deadline[i]
+    if d < deadline[best] or (d == deadline[best] and order[i] < order[best]) then
+      best = i
+    end
+  end
+  e.now = deadline[best]
+  e.queued = e.queued + 1
+  deadline[best] = e.now + 1 / edf_weight(t, best, counts)
+  order[best] = e.queued
+  return best
+end
+
+local function edf_pick(t, counts)
+  local e = t.edf
+  if e == nil then
+    e = {now = 0, queued = #t.hosts, deadline = {}, order = {}}
+    for i = 1, #t.hosts do
+      e.deadline[i] = 1 / edf_weight(t, i, counts)
+      e.order[i] = i
+    end
+    for _ = 1, SEED % #t.hosts do
+      edf_next(e, t, counts)
+    end
+    t.edf = e
+  end
+  return edf_next(e, t, counts)
+end
+
+-- The index of the host for this request, per the table's lb (see the top of this file).
+local function pick(service, t, counts)
+  local n = #t.hosts
+  if n == 1 then
+    return 1  -- one eligible host: the common case, no choice to make
+  end
+  local lb = t.lb
+  if lb == "ROUND_ROBIN" then
+    if not t.equal then
+      return edf_pick(t, nil)
+    end
+    local index = rr[service] or SEED
+    rr[service] = index + 1
+    return index % n + 1
+  elseif lb == "LEAST_REQUEST" then
+    if not t.equal then
+      return edf_pick(t, counts)
+    end
+    local hosts = t.hosts
+    local candidate = math.random(n)
+    local sampled = math.random(n)
+    if (counts[hosts[sampled]] or 0) < (counts[hosts[candidate]] or 0) then
+      candidate = sampled
+    end
+    return candidate
+  end
+  return draw(t)
+end
+
+-- Give back one active request (its response came, or its stream ended without one).
+local function release(id, host)
+  local counts = open[id]
+  if counts == nil then
+    return
+  end
+  open[id] = nil
+  local n = counts[host]
+  if n ~= nil and n > 1 then
+    counts[host] = n - 1
+  else
+    counts[host] = nil
+  end
+end
+
+-- Count one active request on host; its id. A stream that ends without response headers
+-- never reaches envoy_on_response, and Lua has no hook for its end, but Envoy drops its
+-- reference to the request handle then: a sentinel kept only through the handle (a weak
+-- key) is collected after it and releases the request (within a few collections, which
+-- every few hundred requests of a worker make).
+local function hold(handle, counts, host)
+  counts[host] = (counts[host] or 0) + 1
+  last_id = last_id + 1
+  local id = last_id
+  open[id] = counts
+  local sentinel = newproxy(true)
+  getmetatable(sentinel).__gc = function() release(id, host) end
+  anchors[handle] = sentinel
+  return id
 end
 
 function envoy_on_request(handle)
@@ -134,10 +278,23 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "503", ["content-type"] = "text/plain"}, "no healthy upstream")
     return
   end
-  local host = pick(t)
+  local counts = nil
+  if t.lb == "LEAST_REQUEST" and t.hosts[2] ~= nil then
+    counts = active[service]
+    if counts == nil then
+      counts = {}
+      active[service] = counts
+    end
+  end
+  local host = t.hosts[pick(service, t, counts)]
   handle:setUpstreamOverrideHost(host, false)
-  -- One value carries both, so the response path needs a single lookup.
-  handle:streamInfo():dynamicMetadata():set(METADATA_NS, "pick", host .. " " .. service)
+  -- One value carries them all, so the response path needs a single lookup:
+  -- "<host> <service>", and " <id>" when the request counts as active.
+  local value = host .. " " .. service
+  if counts ~= nil then
+    value = value .. " " .. hold(handle, counts, host)
+  end
+  handle:streamInfo():dynamicMetadata():set(METADATA_NS, "pick", value)
 end
 
 -- What the final attempt reports to the service when Envoy's outlier detector counts it on
@@ -193,6 +350,11 @@ function envoy_on_response(handle)
   end
   local chosen = string.sub(pick_value, 1, space - 1)
   local service = string.sub(pick_value, space + 1)
+  local id_space = string.find(service, " ", 1, true)
+  if id_space ~= nil then
+    release(tonumber(string.sub(service, id_space + 1)), chosen)
+    service = string.sub(service, 1, id_space - 1)
+  end
   local up, attempts = nil, 1
   if up_value ~= nil then
     space = string.find(up_value, " ", 1, true)
