@@ -869,6 +869,11 @@ def run_wrk(
     )
     try:
         out, _ = proc.communicate(timeout=duration_s + 30)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"wrk did not finish within {duration_s + 30}s against port {port}: "
+            "the variant stopped answering"
+        ) from None
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
