@@ -86,6 +86,9 @@ _FIVE_XX = frozenset(range(500, 600))
 #: code details (``upstream_reset_after_re``).
 _LATE_RESET = LATE_UPSTREAM_RESET[:RECORD_DETAILS_MAX]
 _RESET_AFTER_HEAD = AttemptResult.connect_failure()
+#: Far above any attempt count Envoy reports (1 + the route's retries), as on the ext_proc
+#: path (``servicer._MAX_ATTEMPTS``): ``classify`` builds one result per attempt.
+MAX_ATTEMPTS = 100
 
 _LB_VALUES = frozenset(int(lb) for lb in ModuleLb)
 _LB = {
@@ -425,7 +428,7 @@ def decode_record(data: bytes) -> Record | None:
         return None
     if served_slot >= HOST_SLOTS and served_slot != NO_HOST_SLOT:
         return None
-    if addr_len > HOST_ADDR_MAX or details_len > RECORD_DETAILS_MAX:
+    if addr_len > HOST_ADDR_MAX or details_len > RECORD_DETAILS_MAX or attempts > MAX_ATTEMPTS:
         return None
     served = address[:addr_len].decode("ascii", "replace")
     if served and not fits(served):

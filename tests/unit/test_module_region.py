@@ -406,6 +406,7 @@ def test_a_record_decodes_field_by_field() -> None:
         record(served="x" * 10),
         record()[:48] + bytes([56]) + record()[49:],
         record()[:104] + bytes([24]) + record()[105:],
+        record(attempts=101),
     ],
     ids=[
         "short",
@@ -419,6 +420,7 @@ def test_a_record_decodes_field_by_field() -> None:
         "served-not-an-ip",
         "addr-len",
         "details-len",
+        "attempts",
     ],
 )
 def test_a_malformed_record_decodes_to_none(data: bytes) -> None:
