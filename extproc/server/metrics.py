@@ -18,9 +18,16 @@ metric                                                type       labels
 ``..._decision_duration_seconds``                     histogram  data_path
 ``..._config_reloads_total``                          counter    result
 ``..._build_info``                                    gauge      version
+``..._module_links``                                  gauge
+``..._module_records_dropped_total``                  counter    reason
+``..._module_records_unsent_total``                   counter
+``..._module_bad_snapshots_total``                    counter
+``..._module_overrides_refused_total``                counter
 ====================================================  =========  =========================
 
-(``...`` is ``extproc``.)
+(``...`` is ``extproc``.) The ``module_*`` metrics exist on the module path only; they are
+collected by ``server/module_link.py`` (the links, the records the service refused, and
+the counters each linked module keeps in its region).
 
 Every label set is bounded: clusters come from the config, hosts from DNS answers (series of
 hosts that left the answer are dropped at the next scrape), and the other labels are closed
