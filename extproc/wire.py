@@ -121,6 +121,11 @@ MODULE_FILTER_NAME = "extproc"
 MODULE_SEARCH_PATH_VAR = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
 #: The service's ``SOCK_SEQPACKET`` socket in ``socket_dir``; the filter's config is its path.
 MODULE_SOCKET = "module.sock"
+#: The dynamic-module ABI the shim is written for and the Envoy series that speaks it
+#: (``envoy_dynamic_module_on_program_init`` returns the version; Envoy 1.40 only warns on a
+#: mismatch, so the service checks the series before it starts Envoy with the module).
+MODULE_ABI_VERSION = "v0.2.0"
+MODULE_ENVOY_SERIES = "1.40"
 
 
 class ModuleLb(enum.IntEnum):

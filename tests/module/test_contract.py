@@ -58,6 +58,7 @@ C = c_defines()
         ("REGION_MAGIC", wire.REGION_MAGIC),
         ("HELLO_MAGIC", wire.HELLO_MAGIC),
         ("RECORD_MAGIC", wire.RECORD_MAGIC),
+        ("ABI_VERSION", wire.MODULE_ABI_VERSION.encode()),
         ("LAYOUT_VERSION", wire.LAYOUT_VERSION),
         ("PAGE_SIZE", wire.PAGE_SIZE),
         ("MAX_SERVICES", wire.MAX_SERVICES),
