@@ -1,6 +1,6 @@
-"""The fault suite: what each fault costs a steady request loop, on both data paths.
+"""The fault suite: what each fault costs a steady request loop, on every data path.
 
-    .venv/bin/python bench/faults.py                          # every case, both data paths
+    .venv/bin/python bench/faults.py                          # every case, every data path
     .venv/bin/python bench/faults.py --data-path lua --case flap --duration 10
     .venv/bin/python bench/faults.py --json faults.json       # the table as JSON too
 
@@ -84,7 +84,7 @@ HOST = "mydb.com"
 #: us-east1, us-west, and the address us-east1's name moves to (``dns-moved``).
 EAST_IP, WEST_IP, MOVED_IP = "127.0.0.41", "127.0.0.42", "127.0.0.43"
 LOCALITY = "us-east1"
-DATA_PATHS = ("lua", "ext_proc")
+DATA_PATHS = ("module", "lua", "ext_proc")
 
 RATE_HZ = 200
 #: A request gets this long, as ``curl --max-time 2`` would.
@@ -548,7 +548,7 @@ def compose_commands(
 
     The one place that says how the two connect: Unix sockets in ``socket_dir`` (a 0700
     directory), as docker-compose shares ``/run/extproc`` between them. Over TCP it would
-    be ``--grpc``/``--brain-port`` and ``--ext-proc``/``--brain-port``, each side with the
+    be ``--grpc``/``--sync-port`` and ``--ext-proc``/``--sync-port``, each side with the
     same ``--secret-file``.
     """
     serve = _extproc(
@@ -558,6 +558,7 @@ def compose_commands(
         ("--socket-dir", socket_dir),
         ("--admin", _hostport("127.0.0.1", ports.admin)),
         ("--dns-resolver", _hostport(*dns)),
+        ("--data-path", data_path),
     )
     render = _extproc(
         "render",
@@ -904,7 +905,7 @@ async def _service_kill(case: Case, *, dns_down: bool) -> CaseResult:
         f"{len(while_down)} failed while down, {len(after)} from the restart on"
         + (f" (DNS back {DNS_BACK_AFTER_S:g}s after the restart)" if dns_down else "")
     )
-    if case.data_path == "lua":
+    if case.data_path in ("lua", "module"):
         case.checks.append(Check("failed while the service is down == 0", not while_down))
         # README: "A restarted brain is picked up within one TTL, with no failed request".
         case.checks.append(Check("failed from the restart on == 0", not after))
@@ -1267,10 +1268,10 @@ async def run_case(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Faults under a steady request loop, on both data paths of extproc."
+        description="Faults under a steady request loop, on every data path of extproc."
     )
     parser.add_argument(
-        "--data-path", choices=DATA_PATHS, action="append", help="one data path (default both)"
+        "--data-path", choices=DATA_PATHS, action="append", help="one data path (default all three)"
     )
     parser.add_argument(
         "--case", choices=list(CASES), action="append", help="one case; repeat it for more"
