@@ -1,8 +1,8 @@
 """The ``extproc`` command line: parse the flags, build the settings, run the command.
 
-Modules: ``values`` (what each flag takes: addresses, labels, counts), ``flags`` (the
-flags, their ``EXTPROC_*`` variables and the one map to ``Settings``), and this one (the
-commands). ``up`` and ``serve`` run through ``server.lifecycle.Lifecycle``, which owns
+Modules: ``values`` (what each flag takes: addresses, labels, counts), ``options`` (an
+argparse option whose default an ``EXTPROC_*`` variable overrides), ``flags`` (the flags and
+the one map to ``Settings``), and this one (the commands). ``up`` and ``serve`` run through ``server.lifecycle.Lifecycle``, which owns
 signals, reload and shutdown; nothing here does. The CLI may import every layer; it
 imports the server lazily so that ``check`` and ``render`` start fast.
 """
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _status(args.admin, args.json)
         if args.command == "demo":
-            return _demo(args.pause, args.data_path)
+            return _demo(args.pause, settings_from_args(args).data_path)
         settings = settings_from_args(args)
         if args.command == "check":
             return _check(settings, bool(args.locality or args.workload_labels))

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 from extproc import __version__
+from extproc.cli.options import ENV_PREFIX, option, switch, typed
 from extproc.cli.values import (
     BIND,
     DNS_SERVER,
     HP,
     LISTEN,
     PEER,
-    boolean,
     count,
     data_path,
     one_of,
@@ -38,131 +35,19 @@ from extproc.errors import ExtprocError
 from extproc.settings import DEFAULTS, RENDER_ENVOY_ADMIN, RENDER_LISTEN, Settings
 from extproc.wire import DataPath, is_valid_secret
 
-T = TypeVar("T")
-
-#: A flag's variable: this and the flag's name (``EXTPROC_DNS_RESOLVER``).
-_ENV_PREFIX = "EXTPROC_"
-
-
-class _FromEnv(str):
-    """A flag's default read from an ``EXTPROC_*`` variable.
-
-    argparse parses a string default as it parses the flag's value, after the command line
-    and only when the flag was not given (its documented rule), so a bad value becomes a
-    usage error; ``_typed`` adds the variable's name to it.
-    """
-
-    var: str
-
-    def __new__(cls, text: str, var: str) -> _FromEnv:
-        self = super().__new__(cls, text)
-        self.var = var
-        return self
-
-
-def _typed(convert: Callable[[str], T]) -> Callable[[str], T]:
-    """``convert`` as an argparse type whose errors name the variable a value came from."""
-
-    @functools.wraps(convert)
-    def parse(text: str) -> T:
-        try:
-            return convert(text)
-        except argparse.ArgumentTypeError as exc:
-            if isinstance(text, _FromEnv):
-                raise argparse.ArgumentTypeError(f"(from ${text.var}) {exc}") from None
-            raise
-
-    return parse
-
-
-class _Switch(argparse.Action):
-    """A flag without a value (``--strict``) whose variable may say 1/true or 0/false."""
-
-    def __init__(
-        self,
-        option_strings: Sequence[str],
-        dest: str,
-        default: Any = False,
-        type: Callable[[str], Any] | None = None,  # noqa: A002 (argparse's keyword)
-        help: str | None = None,  # noqa: A002 (argparse's keyword)
-    ) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=default, type=type, help=help)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, True)
-
-
-def _from_env(*names: str) -> tuple[str | None, str]:
-    """The first set ``EXTPROC_<name>`` (an empty one counts as unset), and its name."""
-    for name in names:
-        var = _ENV_PREFIX + name
-        text = os.environ.get(var) or None
-        if text is not None:
-            return text, var
-    return None, _ENV_PREFIX + names[0]
-
-
-def _option(
-    parser: argparse._ActionsContainer,
-    flags: str | tuple[str, ...],
-    env: str | tuple[str, ...],
-    convert: Callable[[str], Any],
-    default: object,
-    help: str,  # noqa: A002 (argparse's keyword)
-    **kwargs: Any,
-) -> None:
-    """Add a flag (``--listen``; old names after the first are aliases), its default
-    overridable by ``EXTPROC_<env>`` (the first of several names wins, the rest are old
-    names still read).
-
-    ``default`` is shown as text and parsed by ``convert`` like a value given on the
-    command line, and only if it is used.
-    """
-    flags = (flags,) if isinstance(flags, str) else flags
-    envs = (env,) if isinstance(env, str) else env
-    text, var = _from_env(*envs)
-    shown_default = None if default is None else str(default)
-    shown = f"default {shown_default}; ${var}" if shown_default else f"${var}"
-    parser.add_argument(
-        *flags,
-        type=_typed(convert),
-        default=_FromEnv(text, var) if text is not None else shown_default,
-        help=f"{help} ({shown})",
-        **kwargs,
-    )
-
-
-def _switch(parser: argparse.ArgumentParser, flag: str, env: str, help: str) -> None:  # noqa: A002
-    """Add an on/off ``flag``; ``EXTPROC_<env>=1`` turns it on."""
-    text, var = _from_env(env)
-    parser.add_argument(
-        flag,
-        action=_Switch,
-        type=_typed(boolean),
-        default=_FromEnv(text, var) if text is not None else False,
-        help=f"{help} (${var}=1)",
-    )
-
-
 # --- groups of flags ------------------------------------------------------------------------
 
 
 def _add_config(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
     """``--config`` (and, for ``check``, a positional PATH instead); ``-`` reads stdin."""
-    required = not os.environ.get(_ENV_PREFIX + "CONFIG")
+    required = not os.environ.get(ENV_PREFIX + "CONFIG")
     where: argparse._ActionsContainer = parser
     if positional:
         where = parser.add_mutually_exclusive_group(required=required)
         where.add_argument(
             "path", nargs="?", type=Path, metavar="PATH", help="the config, as --config"
         )
-    _option(
+    option(
         where,
         "--config",
         "CONFIG",
@@ -171,13 +56,13 @@ def _add_config(parser: argparse.ArgumentParser, *, positional: bool = False) ->
         "ServiceEntry/DestinationRule YAML: a file or a directory; - reads standard input",
         required=required and not positional,
     )
-    _switch(
+    switch(
         parser,
         "--strict",
         "STRICT",
         "warnings are errors, for CI: fields extproc ignores, a --locality no endpoint has",
     )
-    _switch(
+    switch(
         parser,
         "--strict-max-ejection-percent",
         "STRICT_MAX_EJECTION_PERCENT",
@@ -187,7 +72,7 @@ def _add_config(parser: argparse.ArgumentParser, *, positional: bool = False) ->
 
 
 def _add_locality(parser: argparse.ArgumentParser) -> None:
-    _option(
+    option(
         parser,
         "--locality",
         "LOCALITY",
@@ -195,7 +80,7 @@ def _add_locality(parser: argparse.ArgumentParser) -> None:
         None,
         "the workload's locality region[/zone[/subzone]]",
     )
-    _option(
+    option(
         parser,
         "--workload-labels",
         "WORKLOAD_LABELS",
@@ -207,14 +92,20 @@ def _add_locality(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_envoy(parser: argparse.ArgumentParser, *, listen: object, envoy_admin: object) -> None:
+def _add_envoy(
+    parser: argparse.ArgumentParser,
+    *,
+    listen: object,
+    envoy_admin: object,
+    auto_data_path: bool = False,
+) -> None:
     """What every command that renders Envoy's bootstrap takes."""
-    _option(parser, "--listen", "LISTEN", LISTEN, listen, "Envoy's HTTP listener", metavar=HP)
+    option(parser, "--listen", "LISTEN", LISTEN, listen, "Envoy's HTTP listener", metavar=HP)
     help_admin = "Envoy's own admin (/stats, /config_dump)"
     if envoy_admin is None:
         help_admin += "; default: a free loopback port"
-    _option(parser, "--envoy-admin", "ENVOY_ADMIN", BIND, envoy_admin, help_admin, metavar=HP)
-    _option(
+    option(parser, "--envoy-admin", "ENVOY_ADMIN", BIND, envoy_admin, help_admin, metavar=HP)
+    option(
         parser,
         "--message-timeout-ms",
         "MESSAGE_TIMEOUT_MS",
@@ -222,8 +113,8 @@ def _add_envoy(parser: argparse.ArgumentParser, *, listen: object, envoy_admin: 
         DEFAULTS.message_timeout_ms,
         "Envoy's budget for each ext_proc answer; past it the request fails closed",
     )
-    _add_data_path(parser)
-    _option(
+    _add_data_path(parser, auto=auto_data_path)
+    option(
         parser,
         "--system-ca-file",
         "SYSTEM_CA_FILE",
@@ -234,24 +125,48 @@ def _add_envoy(parser: argparse.ArgumentParser, *, listen: object, envoy_admin: 
     )
 
 
-def _add_data_path(parser: argparse.ArgumentParser) -> None:
-    _option(
+def _add_data_path(parser: argparse.ArgumentParser, *, auto: bool = False) -> None:
+    """``--data-path``; with ``auto`` (``up``, ``demo``) its default is ``default_data_path``."""
+    help_text = (
+        "module: Envoy's C module routes from tables in shared memory (the fastest; needs a "
+        "C compiler; serve and render need --socket-dir); lua: Envoy's Lua filter routes "
+        "from tables the service publishes; ext_proc: the service is asked on every request"
+    )
+    if auto:
+        help_text += (
+            f"; default: module where a C compiler is found, else {DEFAULTS.data_path.value}"
+        )
+    option(
         parser,
         "--data-path",
         "DATA_PATH",
         data_path,
-        DEFAULTS.data_path.value,
-        "lua: Envoy routes from tables the service publishes (fast); ext_proc: the service "
-        "is asked on every request; module: Envoy's C module routes from tables in shared "
-        "memory (needs a C compiler; serve and render need --socket-dir)",
+        None if auto else DEFAULTS.data_path.value,
+        help_text,
         metavar="{" + ",".join(p.value for p in DataPath) + "}",
     )
 
 
+def default_data_path() -> DataPath:
+    """``module`` where this machine can build it (a C compiler), else ``Settings``' default.
+
+    The module is the fastest path; without a compiler it cannot be built, and the
+    default falls back rather than failing (``--data-path module`` then says what to
+    install).
+    """
+    from extproc.module.build import ModuleBuildError, find_compiler
+
+    try:
+        find_compiler()
+    except ModuleBuildError:
+        return DEFAULTS.data_path
+    return DataPath.MODULE
+
+
 def _add_service(parser: argparse.ArgumentParser) -> None:
     """What every command that runs the service takes."""
-    _option(parser, "--admin", "ADMIN", BIND, DEFAULTS.admin, "the status view", metavar=HP)
-    _option(
+    option(parser, "--admin", "ADMIN", BIND, DEFAULTS.admin, "the status view", metavar=HP)
+    option(
         parser,
         "--dns-resolver",
         "DNS_RESOLVER",
@@ -261,7 +176,7 @@ def _add_service(parser: argparse.ArgumentParser) -> None:
         "default: the system's resolvers)",
         metavar="HOST[:PORT]",
     )
-    _option(
+    option(
         parser,
         "--watch-interval-s",
         "WATCH_INTERVAL_S",
@@ -279,7 +194,7 @@ def _add_transport(parser: argparse.ArgumentParser, grpc_flag: str) -> None:
     on every ext_proc and EDS stream and sync request.
     """
     where = f"on the {grpc_flag} host"
-    _option(
+    option(
         parser,
         ("--sync-port", "--brain-port"),
         ("SYNC_PORT", "BRAIN_PORT"),
@@ -288,7 +203,7 @@ def _add_transport(parser: argparse.ArgumentParser, grpc_flag: str) -> None:
         f"the fast path's HTTP sync endpoint, {where} (--brain-port: its old name)",
         dest="sync_port",
     )
-    _option(
+    option(
         parser,
         "--socket-dir",
         "SOCKET_DIR",
@@ -298,7 +213,7 @@ def _add_transport(parser: argparse.ArgumentParser, grpc_flag: str) -> None:
         "not used then); give it the same directory on both sides, one only they can open",
         metavar="DIR",
     )
-    _option(
+    option(
         parser,
         "--secret-file",
         "SECRET_FILE",
@@ -317,10 +232,10 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="run the service and Envoy on this machine (foreground)")
     _add_config(up)
     _add_locality(up)
-    _add_envoy(up, listen=DEFAULTS.listen, envoy_admin=None)
+    _add_envoy(up, listen=DEFAULTS.listen, envoy_admin=None, auto_data_path=True)
     _add_service(up)
-    _option(up, "--concurrency", "CONCURRENCY", count, DEFAULTS.concurrency, "Envoy worker threads")
-    _option(
+    option(up, "--concurrency", "CONCURRENCY", count, DEFAULTS.concurrency, "Envoy worker threads")
+    option(
         up,
         "--envoy-log-level",
         "ENVOY_LOG_LEVEL",
@@ -328,7 +243,7 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         DEFAULTS.envoy_log_level,
         "Envoy's --log-level",
     )
-    _option(
+    option(
         up,
         "--drain-time-s",
         "DRAIN_TIME_S",
@@ -343,7 +258,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve = sub.add_parser("serve", help="run the ext_proc service alone (compose, Kubernetes)")
     _add_config(serve)
     _add_locality(serve)
-    _option(serve, "--grpc", "GRPC", BIND, DEFAULTS.grpc, "gRPC (ext_proc + health)", metavar=HP)
+    option(serve, "--grpc", "GRPC", BIND, DEFAULTS.grpc, "gRPC (ext_proc + health)", metavar=HP)
     _add_transport(serve, "--grpc")
     _add_data_path(serve)
     _add_service(serve)
@@ -353,7 +268,7 @@ def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
     _add_config(render)
     _add_envoy(render, listen=RENDER_LISTEN, envoy_admin=RENDER_ENVOY_ADMIN)
-    _option(
+    option(
         render,
         "--ext-proc",
         "EXT_PROC",
@@ -386,14 +301,14 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser("status", help="print the endpoint table of a running service")
-    _option(status, "--admin", "ADMIN", PEER, DEFAULTS.admin, "the status view", metavar=HP)
+    option(status, "--admin", "ADMIN", PEER, DEFAULTS.admin, "the status view", metavar=HP)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="play the seed's failover story locally (no Docker)")
-    demo.add_argument("--pause", type=_typed(seconds), default=0.3, help="seconds between requests")
-    _add_data_path(demo)
+    demo.add_argument("--pause", type=typed(seconds), default=0.3, help="seconds between requests")
+    _add_data_path(demo, auto=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Istio's locality failover for external services, on plain Envoy.",
     )
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
-    _option(
+    option(
         parser,
         "--log-level",
         "LOG_LEVEL",
@@ -434,6 +349,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     }
     if getattr(args, "path", None) is not None:  # check's positional PATH
         given["config"] = args.path
+    if hasattr(args, "data_path") and args.data_path is None:  # up and demo: auto
+        given["data_path"] = default_data_path()
     return dataclasses.replace(
         DEFAULTS,
         **given,

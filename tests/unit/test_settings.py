@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from extproc.cli.flags import build_parser, settings_from_args
+from extproc.cli.flags import build_parser, default_data_path, settings_from_args
 from extproc.core.policy import Policy
 from extproc.render.bootstrap import render_bootstrap
 from extproc.settings import DEFAULTS, RENDER_ENVOY_ADMIN, RENDER_LISTEN, HostPort, Settings
-from extproc.wire import SYNC_CLUSTER
+from extproc.wire import SYNC_CLUSTER, DataPath
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +40,29 @@ def _settings(*argv: str) -> Settings:
 )
 def test_a_command_without_flags_runs_on_the_defaults(command: list[str]) -> None:
     settings = _settings(*command, "--config", "x.yaml")
-    given = {"config": Path("x.yaml"), "socket_dir": settings.socket_dir}
+    given: dict[str, Any] = {"config": Path("x.yaml"), "socket_dir": settings.socket_dir}
+    if command[0] == "up":  # up picks the module where it builds
+        given["data_path"] = default_data_path()
     assert settings == dataclasses.replace(DEFAULTS, **given)
+
+
+def test_up_and_demo_default_to_the_module_only_where_a_c_compiler_is_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CC", "cc")
+    assert _settings("up", "--config", "x.yaml").data_path is (
+        DataPath.MODULE if shutil.which("cc") else DataPath.LUA
+    )
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert _settings("up", "--config", "x.yaml").data_path is DataPath.LUA
+    assert _settings("demo").data_path is DataPath.LUA
+    # A flag or a variable always wins; serve and render never guess what their Envoy has.
+    assert _settings("up", "--config", "x", "--data-path", "module").data_path is DataPath.MODULE
+    monkeypatch.setenv("EXTPROC_DATA_PATH", "ext_proc")
+    assert _settings("up", "--config", "x.yaml").data_path is DataPath.EXT_PROC
+    monkeypatch.delenv("EXTPROC_DATA_PATH")
+    monkeypatch.delenv("CC")
+    assert _settings("serve", "--config", "x", "--socket-dir", "/s").data_path is DataPath.LUA
 
 
 def test_render_differs_only_where_its_bootstrap_runs_elsewhere() -> None:
