@@ -68,7 +68,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,6 +77,9 @@ import structlog
 from extproc.demo import free_port, seed_yaml
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.server.envoy_process import find_envoy_binary
+from extproc.server.stack import envoy_environment
+from extproc.settings import Settings
+from extproc.wire import DataPath
 
 EAST = "dynamodb.us-east-1.amazonaws.com"
 WEST = "dynamodb.us-west-1.amazonaws.com"
@@ -478,7 +481,9 @@ class Processes:
         self.prefix = prefix
         self.started: list[Process] = []
 
-    async def spawn(self, name: str, argv: Sequence[str]) -> Process:
+    async def spawn(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> Process:
         log = self.log_dir / f"{self.prefix}-{name}-{len(self.started)}.log"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -488,7 +493,8 @@ class Processes:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 env={k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
-                | {"PYTHONUNBUFFERED": "1"},
+                | {"PYTHONUNBUFFERED": "1"}
+                | dict(env or {}),
             )
         process = Process(name, proc, log)
         self.started.append(process)
@@ -866,7 +872,9 @@ async def _service_kill(case: Case, *, dns_down: bool) -> CaseResult:
     serve = await case.processes.spawn("serve", serve_argv)
     envoy_argv = [str(find_envoy_binary()), "-c", str(bootstrap), "--concurrency", "2"]
     envoy_argv += ["--disable-hot-restart", "--log-level", "warning"]
-    envoy = await case.processes.spawn("envoy", envoy_argv)
+    # What extproc up gives its Envoy: on module, where the built module is.
+    envoy_env = envoy_environment(Settings(data_path=DataPath(case.data_path)))
+    envoy = await case.processes.spawn("envoy", envoy_argv, envoy_env)
     listen, admin = ("127.0.0.1", ports.listen), ("127.0.0.1", ports.admin)
     await wait_serving(listen, admin, world, [serve, envoy])
     loop = asyncio.get_running_loop()
