@@ -1,6 +1,22 @@
-# One image for every service of docker-compose.yml that is ours: the ext_proc service
-# (`extproc serve`, the default) and the regions' stand-ins (entrypoint
-# `python -m extproc.sandbox stand-in`). Envoy runs from the official image.
+# Two images for docker-compose.yml.
+#
+# `--target envoy`: the official Envoy image plus the module data path's C shim
+# (extproc/module/extproc_module.c), compiled here against that image's own C library with
+# the flags of extproc/module/build.py (tests/e2e/test_compose.py keeps them the same).
+FROM envoyproxy/envoy:v1.40.0 AS envoy
+COPY extproc/module/extproc_module.c /usr/local/src/extproc/
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && mkdir -p /usr/local/lib/extproc \
+    && cc -std=c11 -fPIC -shared -pthread -Wall -Wextra -Werror -fvisibility=hidden -O2 \
+        -o /usr/local/lib/extproc/libextproc_module.so /usr/local/src/extproc/extproc_module.c \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/usr/local/lib/extproc
+
+# The default target: one image for every other service of docker-compose.yml that is ours,
+# the ext_proc service (`extproc serve`, the default) and the regions' stand-ins (entrypoint
+# `python -m extproc.sandbox stand-in`).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

