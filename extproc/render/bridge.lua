@@ -26,7 +26,7 @@
 --                 the moment it is picked. Active requests are this worker's: counted when a
 --                 request is routed (on a table of two hosts or more: one host is no choice),
 --                 released at its response headers, or, for a stream that ends without one
---                 (the client went away), when Lua collects its handle.
+--                 (the client went away), once Lua has collected its handle (see sweep).
 --   RANDOM        a draw by weight (the table gives RANDOM's hosts equal shares in a priority),
 --                 also for a table that names no algorithm (a service older than this script).
 --
@@ -49,9 +49,11 @@ local SECRET = @@SECRET@@
 local tables = {}
 local successes = {}   -- service -> {host -> count}
 local rr = {}          -- service -> the round-robin index (survives new tables, as in Envoy)
-local active = {}      -- service -> {host -> requests routed there and not answered yet}
-local open = {}        -- request id -> the active counts it holds one request of
-local anchors = setmetatable({}, {__mode = "k"})  -- request handle -> its release sentinel
+-- service -> {counts = {host -> requests routed there and not answered yet},
+--             hosts = {request id -> the host it was routed to}}
+local active = {}
+-- request id -> its request handle, held weakly: Envoy lets go of it when the stream ends.
+local handles = setmetatable({}, {__mode = "v"})
 local last_id = 0
 local WORKER = string.sub(tostring({}), 8)
 
@@ -223,35 +225,43 @@ local function pick(service, t, counts)
   return draw(t)
 end
 
+-- Count one active request of a service on host; its id.
+local function hold(handle, requests, host)
+  requests.counts[host] = (requests.counts[host] or 0) + 1
+  last_id = last_id + 1
+  requests.hosts[last_id] = host
+  handles[last_id] = handle
+  return last_id
+end
+
 -- Give back one active request (its response came, or its stream ended without one).
-local function release(id, host)
-  local counts = open[id]
-  if counts == nil then
+local function release(requests, id)
+  local host = requests.hosts[id]
+  if host == nil then
     return
   end
-  open[id] = nil
-  local n = counts[host]
-  if n ~= nil and n > 1 then
-    counts[host] = n - 1
+  requests.hosts[id] = nil
+  handles[id] = nil
+  local n = requests.counts[host]
+  if n > 1 then
+    requests.counts[host] = n - 1
   else
-    counts[host] = nil
+    requests.counts[host] = nil
   end
 end
 
--- Count one active request on host; its id. A stream that ends without response headers
--- never reaches envoy_on_response, and Lua has no hook for its end, but Envoy drops its
--- reference to the request handle then: a sentinel kept only through the handle (a weak
--- key) is collected after it and releases the request (within a few collections, which
--- every few hundred requests of a worker make).
-local function hold(handle, counts, host)
-  counts[host] = (counts[host] or 0) + 1
-  last_id = last_id + 1
-  local id = last_id
-  open[id] = counts
-  local sentinel = newproxy(true)
-  getmetatable(sentinel).__gc = function() release(id, host) end
-  anchors[handle] = sentinel
-  return id
+-- Release the requests whose streams ended without response headers (the client went
+-- away): those never reach envoy_on_response, and Lua has no hook for a stream's end, but
+-- Envoy lets go of the request handle then, and once Lua has collected it (a collection
+-- comes every few hundred requests of a worker) its weak entry is gone. Runs once per TTL.
+local function sweep()
+  for _, requests in pairs(active) do
+    for id in pairs(requests.hosts) do
+      if handles[id] == nil then
+        release(requests, id)
+      end
+    end
+  end
 end
 
 function envoy_on_request(handle)
@@ -265,6 +275,7 @@ function envoy_on_request(handle)
     if t ~= nil then
       t.exp = now + t.ttl  -- other requests keep the current table while this one refreshes
     end
+    sweep()
     sync(handle, service, "", now)
     t = tables[service]
     if t == nil then
@@ -278,21 +289,21 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "503", ["content-type"] = "text/plain"}, "no healthy upstream")
     return
   end
-  local counts = nil
+  local requests = nil
   if t.lb == "LEAST_REQUEST" and t.hosts[2] ~= nil then
-    counts = active[service]
-    if counts == nil then
-      counts = {}
-      active[service] = counts
+    requests = active[service]
+    if requests == nil then
+      requests = {counts = {}, hosts = {}}
+      active[service] = requests
     end
   end
-  local host = t.hosts[pick(service, t, counts)]
+  local host = t.hosts[pick(service, t, requests and requests.counts)]
   handle:setUpstreamOverrideHost(host, false)
   -- One value carries them all, so the response path needs a single lookup:
   -- "<host> <service>", and " <id>" when the request counts as active.
   local value = host .. " " .. service
-  if counts ~= nil then
-    value = value .. " " .. hold(handle, counts, host)
+  if requests ~= nil then
+    value = value .. " " .. hold(handle, requests, host)
   end
   handle:streamInfo():dynamicMetadata():set(METADATA_NS, "pick", value)
 end
@@ -352,8 +363,12 @@ function envoy_on_response(handle)
   local service = string.sub(pick_value, space + 1)
   local id_space = string.find(service, " ", 1, true)
   if id_space ~= nil then
-    release(tonumber(string.sub(service, id_space + 1)), chosen)
+    local id = tonumber(string.sub(service, id_space + 1))
     service = string.sub(service, 1, id_space - 1)
+    local requests = active[service]
+    if requests ~= nil then
+      release(requests, id)
+    end
   end
   local up, attempts = nil, 1
   if up_value ~= nil then
