@@ -23,10 +23,12 @@
 --                 strictly fewer active requests (least_request_lb.cc unweightedHostPickNChoices,
 --                 choice_count 2); unequal: the EDF schedule with weight / (active + 1)
 --                 (hostWeight, active_request_bias 1.0), each host re-queued with its weight of
---                 the moment it is picked. Active requests are this worker's: counted when a
---                 request is routed (on a table of two hosts or more: one host is no choice),
---                 released at its response headers, or, for a stream that ends without one
---                 (the client went away), once Lua has collected its handle (see sweep).
+--                 the moment it is picked. Active requests are this worker's (Envoy's rq_active
+--                 is the host's, shared by its workers; a Lua VM sees only its own): counted
+--                 when a request is routed (on a table of two hosts or more: one host is no
+--                 choice), released at its response headers, or, for a stream that ends
+--                 without one (the client went away), once Lua has collected its handle
+--                 (see sweep).
 --   RANDOM        a draw by weight (the table gives RANDOM's hosts equal shares in a priority),
 --                 also for a table that names no algorithm (a service older than this script).
 --
