@@ -16,11 +16,13 @@ What travels where:
   replies carry ``FLAGS_HEADER`` (the response flags) and every response ``UP_HEADER``
   (the upstream host and attempt count); the script reads and removes both.
 - **module path.** Envoy loads the C shim ``MODULE_NAME`` (``lib<MODULE_NAME>.so``) as a
-  dynamic-module HTTP filter; it connects to ``MODULE_SOCKET`` (a ``SOCK_SEQPACKET`` Unix
-  socket) and hands the service its shared-memory region (a sealed memfd). The service
-  writes each service's table into the region's entries under a seqlock; the module counts
-  successes in the region and sends every other outcome as a record. The layout is the
-  section "module path" below; ``server/module_region.py`` reads and writes it.
+  dynamic-module HTTP filter, and as the router's upstream access log
+  ``MODULE_ATTEMPT_LOGGER`` (one log per upstream attempt); it connects to ``MODULE_SOCKET``
+  (a ``SOCK_SEQPACKET`` Unix socket) and hands the service its shared-memory region (a
+  sealed memfd). The service writes each service's table into the region's entries under a
+  seqlock; per attempt, the module counts a success in the region or sends the attempt's
+  outcome as a record. The layout is the section "module path" below;
+  ``server/module_region.py`` reads and writes it.
 - **All paths.** The service's gRPC cluster ``GRPC_CLUSTER`` (ext_proc, EDS, access log);
   health asks for ``GRPC_HEALTH_SERVICE``. Over TCP every stream and sync request carries
   the shared secret (``SECRET_HEADER``); over Unix sockets the service listens on
@@ -117,6 +119,9 @@ def is_valid_secret(secret: str) -> bool:
 #: ``$ENVOY_DYNAMIC_MODULES_SEARCH_PATH``), and the ``filter_name`` its ``config_new`` gets.
 MODULE_NAME = "extproc_module"
 MODULE_FILTER_NAME = "extproc"
+#: The ``logger_name`` of the module's access logger, the router's ``upstream_log``: Envoy
+#: logs every upstream attempt to it as the attempt ends (its host, status and flags).
+MODULE_ATTEMPT_LOGGER = "attempts"
 #: The variable Envoy finds dynamic modules in.
 MODULE_SEARCH_PATH_VAR = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
 #: The service's ``SOCK_SEQPACKET`` socket in ``socket_dir``; the filter's config is its path.
@@ -186,17 +191,22 @@ HELLO_FORMAT = "<8sIIII"
 #: The module retries a lost link this often.
 MODULE_RECONNECT_MS = 100
 
-#: An outcome record, one SEQPACKET message: magic, worker, slot (the entry's index),
-#: version (of the snapshot used), chosen host index, chosen host_slot, served host_slot
-#: (``NO_HOST_SLOT``: not a host of the snapshot), reserved, response code (0: none),
-#: attempt count, response flags, the served host's successes counted by this worker
-#: before this record, served addr_len + addr (``upstream.address``), code_details_len +
-#: code details (truncated).
+#: An outcome record, one SEQPACKET message for one upstream attempt that was not a clean
+#: success on a host of the worker's snapshot (those are counted): magic, worker, slot (the
+#: entry's index), version (of the worker's snapshot), the attempt host's index in that
+#: snapshot and its host_slot (``NO_HOST_INDEX`` and ``NO_HOST_SLOT``: not a host of it),
+#: reserved, kind, the attempt's response code (0: none), reserved, the attempt's response
+#: flags (Envoy's bitmask), the host's successes counted by this worker before this record
+#: (its counter's value), addr_len + addr (the attempt's ``upstream.address``), reserved.
+#: Reserved bytes are zero.
 RECORD_MAGIC = b"EXRR"
 RECORD_SIZE = 128
-RECORD_FORMAT = "<4sHHQHHHHIIQQB55sB23s"
+RECORD_FORMAT = "<4sHHQHHHHIIQQB55s24s"
+#: The record's kind (offset 22): the only one is an attempt, as the router's upstream log
+#: reports it.
+RECORD_KIND_ATTEMPT = 1
+NO_HOST_INDEX = 0xFFFF
 NO_HOST_SLOT = 0xFFFF
-RECORD_DETAILS_MAX = 23
 
 #: The service's rules for what it writes: a host's slot is not given to another host for
 #: this long after it left (counters stay attributable), and the success counters are read

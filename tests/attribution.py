@@ -3,12 +3,17 @@
 Each case says what a host does (``Upstream``), what Envoy then reports about the final
 response (the ext_proc attributes: status, ``response.code_details``, ``response.flags``,
 ``upstream.request_attempt_count``, whether ``upstream.address`` is another host than the
-picked one), and what the service must record, in order, for the picked host (``chosen``)
-and for the host that served a retry (``other``), as Envoy's outlier detector counts it.
+picked one), what Envoy's router logs for each attempt (``logged``: the module path's
+input, the router's upstream log), and what the service must record, in order, for the
+picked host (``chosen``), for the host of a middle attempt (``middle``) and for the host
+that served a retry (``other``), as Envoy's outlier detector counts it.
 
-The same table runs against the ext_proc path's classifier (``core.outcome.classify``, plus
-the access log's late reset; ``tests/unit/test_attribution.py``) and against the Lua
-script's ``envoy_on_response`` in a real Envoy on both data paths
+The lua and ext_proc paths see the final response only: they record ``chosen`` and
+``other`` and miss the middle attempt of three (``middle`` is what the module path, which
+sees every attempt, records for it). The same table runs against the ext_proc path's
+classifier (``core.outcome.classify``, plus the access log's late reset;
+``tests/unit/test_attribution.py``), against the module path's attempt records
+(``tests/unit/test_module_region.py``), and in a real Envoy on every data path
 (``tests/e2e/test_attribution.py``). Results compare after ``normal``: the lua path sends
 an answer that is no error as a success count, without its status.
 """
@@ -44,6 +49,23 @@ UF = AttemptResult.connect_failure()
 UC = AttemptResult.reset()
 UT = AttemptResult.timeout()
 ANSWER = AttemptResult.answer
+
+
+class Role(enum.Enum):
+    """Which of a case's hosts an attempt ran on."""
+
+    CHOSEN = "chosen"  # the picked host (us-east1, priority 0)
+    MIDDLE = "middle"  # a second failover host (us-east1/zone-b, priority 1 of 3)
+    OTHER = "other"  # the failover host the last retry reached (us-west)
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """One attempt as Envoy's router logs it (its upstream log): host, status, flags."""
+
+    on: Role
+    status: int  # 0: no response
+    flags: int = 0
 
 
 class Upstream(enum.Enum):
@@ -85,6 +107,12 @@ class Case:
     reset_details: str = ""
     #: Why the e2e test cannot make Envoy do it, or "" when it can.
     not_in_envoy: str = ""
+    #: Each attempt as Envoy's router logs it, in order (the module path's input).
+    logged: tuple[Logged, ...] = ()
+    #: A host between the picked one and ``other`` (us-east1/zone-b: the second attempt
+    #: of three), and what a path that sees every attempt records for it.
+    middle_does: Upstream | None = None
+    middle: tuple[AttemptResult, ...] = ()
 
     @property
     def late_reset(self) -> bool:
@@ -93,7 +121,17 @@ class Case:
 
 
 CASES = (
-    Case("upstream-200", Upstream.ANSWER, 200, "via_upstream", 0, 1, False, (ANSWER(200),)),
+    Case(
+        "upstream-200",
+        Upstream.ANSWER,
+        200,
+        "via_upstream",
+        0,
+        1,
+        False,
+        (ANSWER(200),),
+        logged=(Logged(Role.CHOSEN, 200),),
+    ),
     Case(
         "upstream-503",
         Upstream.ANSWER,
@@ -104,6 +142,7 @@ CASES = (
         False,
         (ANSWER(503),),
         answer=503,
+        logged=(Logged(Role.CHOSEN, 503),),
     ),
     Case(
         "upstream-500",
@@ -115,6 +154,7 @@ CASES = (
         False,
         (ANSWER(500),),
         answer=500,
+        logged=(Logged(Role.CHOSEN, 500),),
     ),
     Case(
         "upstream-404-is-no-error",
@@ -126,6 +166,7 @@ CASES = (
         False,
         (ANSWER(404),),
         answer=404,
+        logged=(Logged(Role.CHOSEN, 404),),
     ),
     Case(
         "upstream-404-listed-in-error-codes",
@@ -138,6 +179,7 @@ CASES = (
         (ANSWER(404),),
         answer=404,
         error_codes=(404,),
+        logged=(Logged(Role.CHOSEN, 404),),
     ),
     Case(
         "refused-on-the-only-host-three-attempts",
@@ -148,6 +190,7 @@ CASES = (
         3,
         False,
         (UF, UF, UF),
+        logged=(Logged(Role.CHOSEN, 0, UPSTREAM_CONNECTION_FAILURE),) * 3,
     ),
     Case(
         "refused-then-another-host-answers-200",
@@ -160,6 +203,7 @@ CASES = (
         (UF,),
         ANSWER(200),
         other_does=Upstream.ANSWER,
+        logged=(Logged(Role.CHOSEN, 0, UPSTREAM_CONNECTION_FAILURE), Logged(Role.OTHER, 200)),
     ),
     Case(
         "refused-then-another-host-answers-503",
@@ -173,6 +217,7 @@ CASES = (
         ANSWER(503),
         other_does=Upstream.ANSWER,
         other_answer=503,
+        logged=(Logged(Role.CHOSEN, 0, UPSTREAM_CONNECTION_FAILURE), Logged(Role.OTHER, 503)),
     ),
     Case(
         "refused-then-another-host-closes",
@@ -185,6 +230,10 @@ CASES = (
         (UF,),
         UC,
         other_does=Upstream.CLOSE,
+        logged=(
+            Logged(Role.CHOSEN, 0, UPSTREAM_CONNECTION_FAILURE),
+            Logged(Role.OTHER, 0, UPSTREAM_CONNECTION_TERMINATION),
+        ),
     ),
     Case(
         "closed-after-connecting-is-not-retried",
@@ -196,6 +245,7 @@ CASES = (
         False,
         (UC,),
         other_does=Upstream.ANSWER,
+        logged=(Logged(Role.CHOSEN, 0, UPSTREAM_CONNECTION_TERMINATION),),
     ),
     Case(
         "malformed-answer-counts-as-a-reset",
@@ -206,6 +256,7 @@ CASES = (
         1,
         False,
         (UC,),
+        logged=(Logged(Role.CHOSEN, 0, UPSTREAM_PROTOCOL_ERROR),),
     ),
     Case(
         "reset-after-the-response-started",
@@ -219,6 +270,9 @@ CASES = (
         # the reset (the access log).
         (ANSWER(200), UF),
         reset_details=LATE_UPSTREAM_RESET + "{connection_termination}",
+        # The attempt's log has the head's status and the reset's flag (the body cut short
+        # is a protocol error to the attempt: UPE).
+        logged=(Logged(Role.CHOSEN, 200, UPSTREAM_PROTOCOL_ERROR),),
     ),
     Case(
         "circuit-breaker-overflow-is-not-counted",
@@ -229,6 +283,8 @@ CASES = (
         1,
         False,
         (),
+        # No upstream request is made, so the router logs no attempt.
+        logged=(),
     ),
     Case(
         "timeout-counts-as-504",
@@ -240,6 +296,7 @@ CASES = (
         False,
         (UT,),
         not_in_envoy="the rendered routes have no timeout (Istio sets none)",
+        logged=(Logged(Role.CHOSEN, 0, UPSTREAM_REQUEST_TIMEOUT),),
     ),
     Case(
         "one-attempt-on-another-host",
@@ -252,6 +309,7 @@ CASES = (
         (),
         ANSWER(200),
         not_in_envoy="only while an EDS push is in flight (Envoy did not know the pick yet)",
+        logged=(Logged(Role.OTHER, 200),),
     ),
     Case(
         "no-healthy-upstream-is-not-counted",
@@ -263,6 +321,28 @@ CASES = (
         False,
         (),
         not_in_envoy="the service answers it before Envoy routes (nothing to pick)",
+    ),
+    Case(
+        # Three attempts, one per priority (previous_priorities): the picked host and the
+        # middle one refuse, the third answers. The module's attempt log records all three;
+        # the lua and ext_proc paths see the final response only and miss the middle one.
+        "refused-twice-then-a-third-host-answers",
+        Upstream.REFUSE,
+        200,
+        "via_upstream",
+        0,
+        3,
+        True,
+        (UF,),
+        ANSWER(200),
+        other_does=Upstream.ANSWER,
+        middle_does=Upstream.REFUSE,
+        middle=(UF,),
+        logged=(
+            Logged(Role.CHOSEN, 0, UPSTREAM_CONNECTION_FAILURE),
+            Logged(Role.MIDDLE, 0, UPSTREAM_CONNECTION_FAILURE),
+            Logged(Role.OTHER, 200),
+        ),
     ),
 )
 

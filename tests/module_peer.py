@@ -3,8 +3,8 @@
 It does what ``extproc/module/extproc_module.c`` does with the region and the link, with
 the same constants (``extproc.wire``): a memfd of ``REGION_SIZE`` sealed against shrinking
 and growing, the header, a ``SOCK_SEQPACKET`` connection with the hello and the memfd as
-SCM_RIGHTS, seqlock reads of the entries, success counters, and outcome records. It makes
-no routing decision: the tests say which host was chosen and what happened.
+SCM_RIGHTS, seqlock reads of the entries, success counters, and attempt records. It makes
+no routing decision: the tests say which host an attempt ran on and how it ended.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from extproc.wire import (
     MAX_HOSTS,
     MAX_SERVICES,
     MAX_WORKERS,
+    NO_HOST_INDEX,
     NO_HOST_SLOT,
-    RECORD_DETAILS_MAX,
     RECORD_FORMAT,
+    RECORD_KIND_ATTEMPT,
     RECORD_MAGIC,
     REGION_MAGIC,
     REGION_SIZE,
@@ -51,37 +52,33 @@ def record(
     worker: int = 0,
     entry: int = 0,
     version: int = 0,
-    chosen_index: int = 0,
-    chosen_slot: int = 0,
-    served_slot: int = NO_HOST_SLOT,
+    host_index: int = NO_HOST_INDEX,
+    host_slot: int = NO_HOST_SLOT,
     status: int = 0,
-    attempts: int = 1,
     flags: int = 0,
     successes_before: int = 0,
-    served: str = "",
-    details: str = "",
+    address: str = "",
+    kind: int = RECORD_KIND_ATTEMPT,
 ) -> bytes:
-    """One outcome record, as the module's worker sends it."""
-    address = served.encode()
-    code_details = details.encode()[:RECORD_DETAILS_MAX]
+    """One attempt's record, as the module's access logger sends it."""
+    raw = address.encode()
     return struct.pack(
         RECORD_FORMAT,
         RECORD_MAGIC,
         worker,
         entry,
         version,
-        chosen_index,
-        chosen_slot,
-        served_slot,
+        host_index,
+        host_slot,
         0,
+        kind,
         status,
-        attempts,
+        0,
         flags,
         successes_before,
-        len(address),
-        address,
-        len(code_details),
-        code_details,
+        len(raw),
+        raw,
+        b"",
     )
 
 
@@ -173,39 +170,33 @@ class ModulePeer:
     def report(
         self,
         cluster_name: str,
-        chosen: str,
+        address: str,
         *,
-        served: str | None = None,
         worker: int = 0,
         status: int = 503,
-        attempts: int = 1,
         flags: int = 0,
-        details: str = "via_upstream",
     ) -> None:
-        """Send the record the module sends for a request routed on ``cluster_name``'s entry.
+        """Send the record the module sends for an attempt on ``address`` of a service.
 
-        ``served`` defaults to the chosen host; one that is not in the entry goes as
-        ``NO_HOST_SLOT`` with its address, as the module sends it.
+        A host of the entry goes with its index and slot (and its successes so far); one
+        that is not in the entry goes as ``NO_HOST_INDEX``/``NO_HOST_SLOT`` with its address,
+        as the module sends it.
         """
         index, entry = self.find(cluster_name)
-        slots = {host.address: host.slot for host in entry.hosts}
-        chosen_index = [host.address for host in entry.hosts].index(chosen)
-        served = chosen if served is None else served
-        served_slot = slots.get(served, NO_HOST_SLOT)
-        before = self.successes(worker, served_slot) if served_slot != NO_HOST_SLOT else 0
+        addresses = [host.address for host in entry.hosts]
+        host_index = addresses.index(address) if address in addresses else NO_HOST_INDEX
+        host_slot = entry.hosts[host_index].slot if host_index != NO_HOST_INDEX else NO_HOST_SLOT
+        before = self.successes(worker, host_slot) if host_slot != NO_HOST_SLOT else 0
         self.send(
             record(
                 worker=worker,
                 entry=index,
                 version=entry.version,
-                chosen_index=chosen_index,
-                chosen_slot=slots[chosen],
-                served_slot=served_slot,
+                host_index=host_index,
+                host_slot=host_slot,
                 status=status,
-                attempts=attempts,
                 flags=flags,
                 successes_before=before,
-                served=served,
-                details=details,
+                address=address,
             )
         )

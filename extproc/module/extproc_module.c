@@ -21,8 +21,12 @@
  *    that fails validation is refused and counted; either way the last good one stays) ->
  *    a host chosen as the entry's lb says -> set_upstream_override_host(strict = false).
  *    Any doubt means no override: Envoy's own load balancer decides.
- * 4. Outcome. At stream completion a clean success on the chosen host is one counter
- *    increment; anything else is one 128-byte record to the service. No override, no record.
+ * 4. Outcome, per upstream attempt. The module is also an access logger ("attempts"), the
+ *    router's upstream log: Envoy logs every attempt of a request when it ends, with that
+ *    attempt's host, status and response flags, as its router reports each attempt to the
+ *    outlier detector. A clean success on a host of the worker's snapshot is one counter
+ *    increment; anything else is one 128-byte record to the service. A cluster the worker
+ *    would not override on (no entry, withheld, no hosts): nothing.
  *
  * Threads: the hooks of a stream run on its worker. Per-worker state belongs to the thread
  * that claimed the worker index (checked on every use); process globals are set once, under
@@ -96,9 +100,23 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the region is little-
 #define HOST_ADDR_LEN_OFFSET 6u
 #define HOST_ADDR_OFFSET 8u
 #define HOST_ADDR_MAX 55u
-/* Record. */
+/* Record offsets; reserved bytes stay zero. */
+#define RECORD_WORKER_OFFSET 4u
+#define RECORD_ENTRY_OFFSET 6u
+#define RECORD_VERSION_OFFSET 8u
+#define RECORD_HOST_INDEX_OFFSET 16u
+#define RECORD_HOST_SLOT_OFFSET 18u
+#define RECORD_KIND_OFFSET 22u
+#define RECORD_STATUS_OFFSET 24u
+#define RECORD_FLAGS_OFFSET 32u
+#define RECORD_SUCCESSES_OFFSET 40u
+#define RECORD_ADDR_LEN_OFFSET 48u
+#define RECORD_ADDR_OFFSET 49u
+#define RECORD_KIND_ATTEMPT 1u
+#define NO_HOST_INDEX 0xFFFFu
 #define NO_HOST_SLOT 0xFFFFu
-#define RECORD_DETAILS_MAX 23u
+/* The access logger's logger_name in the router's upstream_log. */
+#define ATTEMPT_LOGGER_NAME "attempts"
 
 _Static_assert(ENTRY_HOSTS_OFFSET + MAX_HOSTS * HOST_SIZE == ENTRY_SIZE, "entry layout");
 _Static_assert(REGION_SIZE <= UINT32_MAX, "region_size is a u32");
@@ -118,22 +136,28 @@ enum { LOG_INFO = 2, LOG_WARN = 3, LOG_ERROR = 4 }; /* envoy_dynamic_module_type
 /* envoy_dynamic_module_type_attribute_id: the enum's index (1.40 answers these as shown). */
 enum {
   ATTR_RESPONSE_CODE = 15,
-  ATTR_RESPONSE_CODE_DETAILS = 16,
-  ATTR_RESPONSE_FLAGS = 17,
   ATTR_UPSTREAM_ADDRESS = 41,
-  ATTR_UPSTREAM_REQUEST_ATTEMPT_COUNT = 53,
 };
+/* envoy_dynamic_module_type_access_log_type: the log Envoy's router writes when an upstream
+ * attempt ends (AccessLogType::UpstreamEnd). */
+enum { ACCESS_LOG_UPSTREAM_END = 9 };
 
 extern bool envoy_dynamic_module_callback_http_get_cluster_name(void *filter, envoy_buffer *out);
 extern bool envoy_dynamic_module_callback_http_set_upstream_override_host(void *filter,
                                                                           envoy_buffer host,
                                                                           bool strict);
-extern bool envoy_dynamic_module_callback_http_filter_get_attribute_int(void *filter, int id,
-                                                                        uint64_t *out);
-extern bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void *filter, int id,
-                                                                           envoy_buffer *out);
 extern uint32_t envoy_dynamic_module_callback_http_filter_get_worker_index(void *filter);
 extern uint32_t envoy_dynamic_module_callback_get_concurrency(void); /* main thread only */
+/* The access logger's view of the stream being logged: for the router's upstream log, one
+ * upstream attempt's own stream info (its host, status and flags). */
+extern bool envoy_dynamic_module_callback_access_logger_get_attribute_int(void *logger, int id,
+                                                                          uint64_t *out);
+extern bool envoy_dynamic_module_callback_access_logger_get_attribute_string(void *logger, int id,
+                                                                             envoy_buffer *out);
+extern uint64_t envoy_dynamic_module_callback_access_logger_get_response_flags(void *logger);
+extern uint32_t envoy_dynamic_module_callback_access_logger_get_worker_index(void *logger);
+extern bool envoy_dynamic_module_callback_access_logger_get_upstream_cluster(void *logger,
+                                                                             envoy_buffer *out);
 extern bool envoy_dynamic_module_callback_is_validation_mode(void);
 extern bool envoy_dynamic_module_callback_log_enabled(int level);
 extern void envoy_dynamic_module_callback_log(int level, envoy_buffer message);
@@ -373,7 +397,6 @@ struct host {
 struct snapshot {
   uint64_t seq; /* the entry's seq this copy was taken at */
   uint64_t version;
-  uint64_t name_hash;
   uint16_t name_len;
   char name[ENTRY_NAME_MAX];
   uint32_t n_hosts;
@@ -431,7 +454,6 @@ static enum parse_result parse_entry(const uint8_t *e, const char *name, size_t 
   out->version = rd64(e + ENTRY_VERSION_OFFSET);
   out->name_len = (uint16_t)len;
   memcpy(out->name, name, len);
-  out->name_hash = fnv1a(name, len);
   out->n_hosts = n;
   out->choice_count = choices;
   out->lb = lb;
@@ -484,10 +506,10 @@ struct worker {
 
 static struct worker *g_workers[MAX_WORKERS];
 
-/* The calling thread's worker state, or NULL (index out of range, claimed by another thread,
- * no memory): no override. */
-static struct worker *worker_of(void *filter) {
-  uint32_t index = envoy_dynamic_module_callback_http_filter_get_worker_index(filter);
+/* The state of worker `index` if the calling thread is that worker, or NULL (index out of
+ * range, claimed by another thread, no memory): no override, no outcome. The filter and the
+ * access logger name a worker by the same index (Envoy's "worker_<index>" threads). */
+static struct worker *worker_at(uint32_t index) {
   if (index >= MAX_WORKERS) return NULL;
   struct worker *w = __atomic_load_n(&g_workers[index], __ATOMIC_ACQUIRE);
   if (w == NULL) {
@@ -718,19 +740,23 @@ static struct slot_state *lookup(struct worker *w, const uint8_t *r, const char 
   return NULL;
 }
 
-/* ---- Streams ------------------------------------------------------------------------------- */
+/* ---- Streams: the pick ------------------------------------------------------------------ */
 
 enum { STREAM_NONE, STREAM_OVERRIDDEN, STREAM_DONE };
 
+/* What a stream keeps of its pick: enough to release LEAST_REQUEST's active count. */
 struct stream {
   uint8_t state;
-  uint16_t worker, slot, host, host_slot;
-  uint64_t version, generation, name_hash;
-  uint8_t addr_len;
-  char addr[HOST_ADDR_MAX + 1];
+  uint16_t worker, slot, host;
+  uint64_t generation;
 };
 
 static struct stream g_no_stream; /* what a stream gets when there is no memory: nothing */
+
+/* Set once an access logger named ATTEMPT_LOGGER_NAME was configured: without one, nothing
+ * reports outcomes, which the filter says once. */
+static bool g_attempt_logger;
+static bool g_no_logger_said;
 
 static void request_path(void *filter, struct stream *st) {
   uint8_t *r = region();
@@ -738,7 +764,7 @@ static void request_path(void *filter, struct stream *st) {
   if (r == NULL || !envoy_dynamic_module_callback_http_get_cluster_name(filter, &cluster) ||
       cluster.ptr == NULL)
     return;
-  struct worker *w = worker_of(filter);
+  struct worker *w = worker_at(envoy_dynamic_module_callback_http_filter_get_worker_index(filter));
   if (w == NULL) return;
   uint32_t slot = 0;
   struct slot_state *ss = lookup(w, r, cluster.ptr, cluster.length, &slot);
@@ -752,31 +778,27 @@ static void request_path(void *filter, struct stream *st) {
   }
   if (ss->snap.lb == LB_LEAST_REQUEST) ss->active[i]++;
   *st = (struct stream){.state = STREAM_OVERRIDDEN, .worker = (uint16_t)w->index,
-                        .slot = (uint16_t)slot, .host = (uint16_t)i, .host_slot = h->slot,
-                        .version = ss->snap.version, .generation = ss->generation,
-                        .name_hash = ss->snap.name_hash,
-                        .addr_len = h->addr_len};
-  memcpy(st->addr, h->addr, sizeof st->addr);
+                        .slot = (uint16_t)slot, .host = (uint16_t)i,
+                        .generation = ss->generation};
+  if (!__atomic_load_n(&g_attempt_logger, __ATOMIC_RELAXED) &&
+      !__atomic_exchange_n(&g_no_logger_said, true, __ATOMIC_RELAXED))
+    log_msg(LOG_WARN, "extproc module: no access logger \"%s\" in the router's upstream_log: "
+                      "outcomes are not reported", ATTEMPT_LOGGER_NAME);
 }
 
-static uint64_t attr_int(void *filter, int id) {
-  uint64_t v = 0;
-  return envoy_dynamic_module_callback_http_filter_get_attribute_int(filter, id, &v) ? v : 0;
+/* The stream ended: its pick no longer counts as active on its host (LEAST_REQUEST). */
+static void release_pick(void *filter, const struct stream *st) {
+  struct worker *w = worker_at(envoy_dynamic_module_callback_http_filter_get_worker_index(filter));
+  if (w == NULL || w->index != st->worker) return;
+  struct slot_state *ss = w->slots[st->slot];
+  if (ss != NULL && ss->have && ss->generation == st->generation &&
+      ss->snap.lb == LB_LEAST_REQUEST && ss->active[st->host] > 0)
+    ss->active[st->host]--;
 }
 
-/* Copies at most `cap` bytes of a string attribute; returns its whole length (0: none). */
-static size_t attr_string(void *filter, int id, char *out, size_t cap) {
-  envoy_buffer b = {NULL, 0};
-  if (!envoy_dynamic_module_callback_http_filter_get_attribute_string(filter, id, &b) ||
-      b.ptr == NULL)
-    return 0;
-  memcpy(out, b.ptr, b.length < cap ? b.length : cap);
-  return b.length;
-}
+/* ---- Attempts: the outcomes ------------------------------------------------------------- */
 
 static uint32_t clamp32(uint64_t v) { return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v; }
-
-static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
 static void send_record(const uint8_t *rec) {
   int fd = __atomic_load_n(&g_link_fd, __ATOMIC_ACQUIRE);
@@ -784,63 +806,67 @@ static void send_record(const uint8_t *rec) {
     count(HEADER_DROPPED_OFFSET);
 }
 
-static void outcome_path(void *filter, struct stream *st) {
+/* One upstream attempt ended (the router's upstream log): count it or report it. The logger
+ * sees the attempt's own stream info, so every attempt of a retried request comes here with
+ * its own host, the middle one of three included, as Envoy's router reports each attempt to
+ * that host's outlier detector (router.cc onUpstreamHeaders / onUpstreamReset). No policy:
+ * the status and flags go to the service as Envoy gave them. */
+static void attempt_path(void *logger) {
   uint8_t *r = region();
-  struct worker *w = worker_of(filter);
-  if (r == NULL || w == NULL || w->index != st->worker) return;
-  struct slot_state *ss = w->slots[st->slot];
-  if (ss != NULL && ss->have && ss->generation == st->generation &&
-      ss->snap.lb == LB_LEAST_REQUEST && ss->active[st->host] > 0)
-    ss->active[st->host]--;
-  /* The worker's current snapshot of the stream's service (a newer version, maybe): host
-   * slots name the same host across versions. Another service in the slot now: none. */
-  const struct snapshot *now =
-      ss != NULL && ss->have && ss->snap.name_hash == st->name_hash ? &ss->snap : NULL;
+  if (r == NULL) return;
+  struct worker *w = worker_at(envoy_dynamic_module_callback_access_logger_get_worker_index(logger));
+  envoy_buffer cluster = {NULL, 0};
+  if (w == NULL || !envoy_dynamic_module_callback_access_logger_get_upstream_cluster(logger, &cluster) ||
+      cluster.ptr == NULL)
+    return;
+  uint32_t slot = 0;
+  struct slot_state *ss = lookup(w, r, cluster.ptr, cluster.length, &slot);
+  /* As on the request path: a cluster the worker does not override on teaches nothing. */
+  if (ss == NULL || !ss->have || ss->snap.withheld || ss->snap.n_hosts == 0) return;
+  const struct snapshot *snap = &ss->snap;
 
-  uint64_t code = attr_int(filter, ATTR_RESPONSE_CODE);
-  uint64_t flags = attr_int(filter, ATTR_RESPONSE_FLAGS);
-  uint64_t attempts = attr_int(filter, ATTR_UPSTREAM_REQUEST_ATTEMPT_COUNT);
-  char served[HOST_ADDR_MAX] = {0};
-  size_t served_len = attr_string(filter, ATTR_UPSTREAM_ADDRESS, served, sizeof served);
-  /* upstream.address names the host even after a connect failure, where the upstream
-   * remote address and the attempted hosts do not. */
-  bool served_chosen = served_len == st->addr_len && memcmp(served, st->addr, served_len) == 0;
-  uint32_t served_slot = served_chosen ? st->host_slot : NO_HOST_SLOT;
-  for (uint32_t i = 0; now != NULL && !served_chosen && i < now->n_hosts; i++) {
-    const struct host *h = &now->hosts[i];
-    if (h->addr_len == served_len && memcmp(h->addr, served, served_len) == 0) {
-      served_slot = h->slot;
+  uint64_t code = 0;
+  if (!envoy_dynamic_module_callback_access_logger_get_attribute_int(logger, ATTR_RESPONSE_CODE,
+                                                                     &code))
+    code = 0; /* no response: a connect failure, a reset, a client that went away */
+  uint64_t flags = envoy_dynamic_module_callback_access_logger_get_response_flags(logger);
+  envoy_buffer addr = {NULL, 0};
+  if (!envoy_dynamic_module_callback_access_logger_get_attribute_string(
+          logger, ATTR_UPSTREAM_ADDRESS, &addr) || addr.ptr == NULL || addr.length > HOST_ADDR_MAX)
+    addr.length = 0; /* no address, or none an entry could hold: never a truncated one */
+  uint32_t index = NO_HOST_INDEX, host_slot = NO_HOST_SLOT;
+  for (uint32_t i = 0; i < snap->n_hosts; i++) {
+    const struct host *h = &snap->hosts[i];
+    if (h->addr_len == addr.length && memcmp(h->addr, addr.ptr, addr.length) == 0) {
+      index = i;
+      host_slot = h->slot;
       break;
     }
   }
-  /* A clean success on the chosen host is a counter increment; anything else, status 0
-   * included, is the service's to judge. */
-  bool counted = now != NULL && code != 0 && code < ERROR_CODES_BITS && flags == 0 &&
-                 attempts == 1 && served_chosen &&
-                 (now->error_codes[code / 8] >> (code % 8) & 1) == 0;
+  /* A clean answer from a host of the snapshot is a counter increment; anything else, status
+   * 0 included, is the service's to judge. */
+  bool counted = host_slot != NO_HOST_SLOT && code != 0 && code < ERROR_CODES_BITS &&
+                 flags == 0 && (snap->error_codes[code / 8] >> (code % 8) & 1) == 0;
   if (counted) {
-    uint64_t *c = success_counter(r, st->worker, st->host_slot);
+    uint64_t *c = success_counter(r, w->index, host_slot);
     __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
     return;
   }
   uint8_t rec[RECORD_SIZE] = {0};
   memcpy(rec, RECORD_MAGIC, 4);
-  wr16(rec + 4, st->worker);
-  wr16(rec + 6, st->slot);
-  wr64(rec + 8, st->version);
-  wr16(rec + 16, st->host);
-  wr16(rec + 18, st->host_slot);
-  wr16(rec + 20, served_slot);
-  wr32(rec + 24, clamp32(code));
-  wr32(rec + 28, clamp32(attempts));
-  wr64(rec + 32, flags);
-  if (served_slot != NO_HOST_SLOT)
-    wr64(rec + 40, __atomic_load_n(success_counter(r, st->worker, served_slot), __ATOMIC_RELAXED));
-  rec[48] = (uint8_t)min_size(served_len, HOST_ADDR_MAX);
-  memcpy(rec + 49, served, rec[48]);
-  size_t details = attr_string(filter, ATTR_RESPONSE_CODE_DETAILS, (char *)rec + 105,
-                               RECORD_DETAILS_MAX);
-  rec[104] = (uint8_t)min_size(details, RECORD_DETAILS_MAX);
+  wr16(rec + RECORD_WORKER_OFFSET, w->index);
+  wr16(rec + RECORD_ENTRY_OFFSET, slot);
+  wr64(rec + RECORD_VERSION_OFFSET, snap->version);
+  wr16(rec + RECORD_HOST_INDEX_OFFSET, index);
+  wr16(rec + RECORD_HOST_SLOT_OFFSET, host_slot);
+  wr16(rec + RECORD_KIND_OFFSET, RECORD_KIND_ATTEMPT);
+  wr32(rec + RECORD_STATUS_OFFSET, clamp32(code));
+  wr64(rec + RECORD_FLAGS_OFFSET, flags);
+  if (host_slot != NO_HOST_SLOT)
+    wr64(rec + RECORD_SUCCESSES_OFFSET,
+         __atomic_load_n(success_counter(r, w->index, host_slot), __ATOMIC_RELAXED));
+  rec[RECORD_ADDR_LEN_OFFSET] = (uint8_t)addr.length;
+  if (addr.length > 0) memcpy(rec + RECORD_ADDR_OFFSET, addr.ptr, addr.length);
   send_record(rec);
 }
 
@@ -903,7 +929,7 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *filter, voi
 EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *filter, void *stream) {
   struct stream *st = stream;
   if (st == &g_no_stream || st->state != STREAM_OVERRIDDEN) return;
-  outcome_path(filter, st);
+  release_pick(filter, st);
   st->state = STREAM_DONE;
 }
 
@@ -972,4 +998,49 @@ EXPORT void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_hi
 EXPORT void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
     void *f, void *s) {
   (void)f, (void)s;
+}
+
+/* ---- The access logger: the router's upstream log of every attempt ------------------------
+ * Envoy 1.40 resolves these five when an access logger names the module (flush is optional)
+ * (source/extensions/access_loggers/dynamic_modules/access_log_config.cc). The router calls
+ * its upstream_log once per upstream request, as that request ends (UpstreamEnd), with the
+ * request's own stream info (source/common/router/upstream_request.cc). */
+
+/* The logger's config: only ATTEMPT_LOGGER_NAME; any other name is a config error. */
+EXPORT const void *envoy_dynamic_module_on_access_logger_config_new(void *config_envoy,
+                                                                    envoy_buffer name,
+                                                                    envoy_buffer config) {
+  static const char token = 0;
+  (void)config_envoy;
+  (void)config;
+  size_t want = sizeof ATTEMPT_LOGGER_NAME - 1;
+  if (name.ptr == NULL || name.length != want || memcmp(name.ptr, ATTEMPT_LOGGER_NAME, want)) {
+    log_msg(LOG_ERROR, "extproc module: the access logger's logger_name must be \"%s\" "
+                       "(the router's upstream_log)", ATTEMPT_LOGGER_NAME);
+    return NULL;
+  }
+  __atomic_store_n(&g_attempt_logger, true, __ATOMIC_RELAXED);
+  return &token;
+}
+
+EXPORT void envoy_dynamic_module_on_access_logger_config_destroy(const void *config) {
+  (void)config;
+}
+
+/* One logger per thread; the module's per-worker state is found by the worker index. */
+EXPORT const void *envoy_dynamic_module_on_access_logger_new(const void *config, void *logger) {
+  static const char token = 0;
+  (void)config;
+  (void)logger;
+  return &token;
+}
+
+EXPORT void envoy_dynamic_module_on_access_logger_log(void *logger, const void *module_logger,
+                                                      int log_type) {
+  (void)module_logger;
+  if (log_type == ACCESS_LOG_UPSTREAM_END) attempt_path(logger);
+}
+
+EXPORT void envoy_dynamic_module_on_access_logger_destroy(const void *module_logger) {
+  (void)module_logger;
 }

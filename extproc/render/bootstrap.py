@@ -25,16 +25,18 @@ route-cache clearing).
 **module.** Envoy's dynamic-module filter runs the C shim (``extproc/module``): per request
 it picks a host from the service's table in a shared region and selects it with
 ``set_upstream_override_host`` on the same EDS cluster, routes and retry policy as the lua
-path; outcomes go back over the service's module socket (``server/module_link.py``). No
-Lua, no sync cluster: it needs the socket directory.
+path. The same shim is the router's upstream log (``attempt_log``): Envoy logs each
+upstream attempt to it as the attempt ends, so every attempt's outcome goes back over the
+service's module socket (``server/module_link.py``), each on its own host. No Lua, no sync
+cluster: it needs the socket directory.
 
 **What neither the Lua nor the ext_proc filter sees** is an upstream reset after the
 response head went downstream: Lua's ``envoy_on_response`` and ext_proc's response headers
 run on the head, and Envoy's detector counts the head's status and then the reset as a
 local-origin failure. The HCM's gRPC access log carries exactly those requests to the
 service (``filters.reset_access_log``, ``server/access_log.py``); its filter drops every
-other request inside Envoy. The module reads the outcome at stream completion, reset
-included, so its path has no such log.
+other request inside Envoy. The module reads each attempt's outcome from the attempt's
+log, reset included, so its path has no such log.
 
 Why not a header: with ``cluster_header`` routes, ORIGINAL_DST's ``use_http_header`` or an
 Override Host ``header`` source, a client header decides the upstream whenever the filter
@@ -56,6 +58,7 @@ import re
 from importlib import resources
 from typing import Any
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -68,6 +71,7 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import (
 )
 
 from extproc.core.policy import Policy
+from extproc.render.attempt_log import attempt_log
 from extproc.render.clusters import (
     eds_cluster,
     grpc_cluster,
@@ -170,17 +174,19 @@ def _http_connection_manager(
 ) -> http_connection_manager_pb2.HttpConnectionManager:
     hcm = http_connection_manager_pb2.HttpConnectionManager
     path = settings.data_path
+    upstream_log: list[accesslog_pb2.AccessLog] = []
     if path is DataPath.LUA:
         data_filter = lua_filter(lua_source(settings))
     elif path is DataPath.MODULE:
         data_filter = module_filter(settings)
+        upstream_log = [attempt_log()]  # every attempt's outcome, into the module
     else:
         data_filter = ext_proc_filter(settings)
     manager = hcm(
         stat_prefix="extproc_ingress",
         codec_type=hcm.AUTO,
         route_config=route_config(policy, settings),
-        http_filters=[data_filter, router_filter()],
+        http_filters=[data_filter, router_filter(upstream_log)],
         # The module sees a reset after the response started itself (filters.py).
         access_log=[] if path is DataPath.MODULE else [reset_access_log(settings)],
     )

@@ -6,13 +6,14 @@ replies carry their response flags (``local_reply_config``) so the script counts
 Envoy's outlier detector would. **ext_proc.** The ext_proc filter asks the service on every
 request and fails closed; the answer's pick is dynamic metadata, never a header.
 **module.** Envoy's dynamic-module filter runs the C shim (``wire.MODULE_NAME``), which
-picks from the tables the service writes into shared memory and sends the outcomes back
-over the service's ``MODULE_SOCKET``, whose path is the filter's whole config.
+picks from the tables the service writes into shared memory; the same shim is the router's
+upstream log (``attempt_log``), which sees every attempt's outcome and sends it back over
+the service's ``MODULE_SOCKET``, whose path is the filter's whole config.
 
 **What neither the Lua nor the ext_proc filter sees** is an upstream reset after the
 response head went downstream; the gRPC access log (``reset_access_log``) carries exactly
-those requests to the service. The module sees it at stream completion and reports it
-itself, so its path has no such log.
+those requests to the service. The module sees it in the attempt's log (its status and a
+reset flag) and reports it itself, so its path has no such log.
 """
 
 from __future__ import annotations
@@ -121,11 +122,13 @@ def module_filter(settings: Settings) -> http_connection_manager_pb2.HttpFilter:
     return _Hcm.HttpFilter(name=MODULE_FILTER, typed_config=packed(config))
 
 
-def router_filter() -> http_connection_manager_pb2.HttpFilter:
-    """Envoy's router, the last filter."""
-    return _Hcm.HttpFilter(
-        name="envoy.filters.http.router", typed_config=packed(router_pb2.Router())
-    )
+def router_filter(
+    upstream_log: list[accesslog_pb2.AccessLog] | None = None,
+) -> http_connection_manager_pb2.HttpFilter:
+    """Envoy's router, the last filter; ``upstream_log`` is logged once per upstream attempt
+    (the module path's attempt log, ``attempt_log.attempt_log``)."""
+    router = router_pb2.Router(upstream_log=upstream_log or [])
+    return _Hcm.HttpFilter(name="envoy.filters.http.router", typed_config=packed(router))
 
 
 def local_reply_config() -> http_connection_manager_pb2.LocalReplyConfig:

@@ -14,12 +14,15 @@ Per link (``ModuleLinks``, one asyncio reader per socket, no threads):
    and the connection closed; the module tries again 100 ms later.
 2. Tables: ``publish`` (called wherever the other paths publish: ``ServiceApp.publish``)
    writes the entries ``ModuleTables`` says changed into every region, under the seqlock.
-3. Records: a failure, a retry, a status the detector counts, or anything the module did
-   not count as a plain success. The served host's successes up to the record's
-   ``successes_before`` are applied first (the worker's order), then the record's results
-   (``module_region.record_results``: the ext_proc path's classifier), on the hosts of the
-   snapshot it names (``ModuleTables.snapshot``). A record naming an entry version or host
-   the service did not write is dropped and counted, never applied.
+3. Records: one per upstream attempt the module did not count as a plain success (a
+   failure, a status the detector counts, a client that went away), every attempt of a
+   retried request on its own host, the middle one of three included: the module is also
+   the router's upstream access log, which Envoy calls as each attempt ends. The host's
+   successes up to the record's ``successes_before`` are applied first (the worker's
+   order), then the attempt's results (``module_region.attempt_results``: the ext_proc
+   path's rules, for one attempt), checked against the snapshot the record names
+   (``ModuleTables.snapshot``). A record naming an entry version or host the service did
+   not write is dropped and counted, never applied.
 4. Every ``COUNTER_SWEEP_S`` the pending records are read, then every worker's success
    counters, and the deltas applied.
 
@@ -52,14 +55,14 @@ from extproc.server.module_region import (
     Header,
     Hello,
     Record,
+    attempt_results,
     counter_index,
     decode_record,
     parse_header,
     parse_hello,
-    record_results,
     write_entry,
 )
-from extproc.server.module_tables import ModuleTables
+from extproc.server.module_tables import ModuleTables, Snapshot
 from extproc.wire import (
     COUNTER_SWEEP_S,
     COUNTERS_OFFSET,
@@ -67,6 +70,7 @@ from extproc.wire import (
     HELLO_SIZE,
     HOST_SLOTS,
     MAX_WORKERS,
+    NO_HOST_INDEX,
     RECORD_SIZE,
     REGION_SIZE,
 )
@@ -315,33 +319,28 @@ class ModuleLinks:
     # --- outcomes ------------------------------------------------------------------------
 
     def _apply(self, link: _Link, record: Record) -> None:
-        """Record one outcome: the served host's earlier successes first, then the record.
+        """Record one attempt: its host's earlier successes first, then the attempt's results.
 
-        The chosen host comes from the snapshot the record names; the host that served is
-        ``upstream.address`` as the module read it (the served slot, from the module's
-        newest snapshot, only says whose counter ``successes_before`` is).
+        The host is the attempt's ``upstream.address``. When the module found it in the
+        snapshot the record names, its index and slot must say the same host there (else the
+        record is dropped, never applied); a host outside the snapshot (a retry Envoy's load
+        balancer sent elsewhere) is recorded by its address, as on the other paths.
         """
         snapshot = self.tables.snapshot(record.entry, record.version)
-        if snapshot is None or record.chosen_index >= len(snapshot.hosts):
-            self.dropped[UNKNOWN_ENTRY] += 1
-            return
-        chosen = snapshot.hosts[record.chosen_index]
-        cluster = self._table().clusters.get(snapshot.cluster_name)
-        if chosen.slot != record.chosen_slot or cluster is None:
+        cluster = None if snapshot is None else self._table().clusters.get(snapshot.cluster_name)
+        if snapshot is None or cluster is None or not _names_its_host(record, snapshot):
             self.dropped[UNKNOWN_ENTRY] += 1
             return
         now = self._now()
         generation = cluster.generation
-        served = record.served_address
-        owner = self.tables.slots.host(record.served_slot)
-        if owner == (snapshot.cluster_name, served):
-            self._successes(link, record.worker, record.served_slot, record.successes_before, now)
+        if self.tables.slots.host(record.host_slot) == (snapshot.cluster_name, record.address):
+            self._successes(link, record.worker, record.host_slot, record.successes_before, now)
         name = cluster.service.cluster_name
-        for host, result in record_results(record, chosen.address, served):
+        for result in attempt_results(record):
             # The module keeps its own active-request counts; the core's are not touched.
-            cluster.record(host, result, now, finished=False)
-            if self._metrics is not None and cluster.has_host(host):
-                self._metrics.count_result(name, host, result)
+            cluster.record(record.address, result, now, finished=False)
+            if self._metrics is not None and cluster.has_host(record.address):
+                self._metrics.count_result(name, record.address, result)
         if cluster.generation != generation:
             self._on_change()
 
@@ -439,6 +438,16 @@ _MODULE_COUNTERS = (
         "Hosts Envoy refused as the override (set_upstream_override_host said false).",
     ),
 )
+
+
+def _names_its_host(record: Record, snapshot: Snapshot) -> bool:
+    """Whether the record's host is what its snapshot says (or, outside it, has an address)."""
+    if record.host_index == NO_HOST_INDEX:
+        return bool(record.address)
+    if record.host_index >= len(snapshot.hosts):
+        return False
+    host = snapshot.hosts[record.host_index]
+    return (host.slot, host.address) == (record.host_slot, record.address)
 
 
 def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

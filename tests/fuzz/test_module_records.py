@@ -1,10 +1,10 @@
 """Fuzzing the module path's link (``extproc.server.module_link``): what a module may send.
 
-Messages are records as the C shim sends them for the entries the service wrote (every
-field drawn: statuses, flags, attempt counts, host slots and addresses, code details,
-versions), near misses of them (one byte flipped), random bytes and messages of any
-length, over a real ``SOCK_SEQPACKET`` link from the Python stand-in of the module
-(``tests/module_peer.py``). Whatever arrives:
+Messages are attempt records as the C shim sends them for the entries the service wrote
+(every field drawn: statuses, flags, host indexes, slots and addresses, versions), near
+misses of them (one byte flipped), random bytes and messages of any length, over a real
+``SOCK_SEQPACKET`` link from the Python stand-in of the module (``tests/module_peer.py``).
+Whatever arrives:
 
 - the service applies it or drops it, never fails on it (no ``module.record_error``), and
   the link stays up;
@@ -37,11 +37,11 @@ from extproc.server.metrics import Metrics
 from extproc.server.module_link import ModuleLinks
 from extproc.wire import (
     HOST_SLOTS,
-    LATE_UPSTREAM_RESET,
     MAX_HOSTS,
     MAX_SERVICES,
     MAX_WORKERS,
     MODULE_SOCKET,
+    NO_HOST_INDEX,
     NO_HOST_SLOT,
     RECORD_SIZE,
 )
@@ -97,18 +97,6 @@ def _rig() -> Iterator[_Rig]:
         made.close()
 
 
-_DETAILS = st.sampled_from(
-    [
-        "via_upstream",
-        "upstream_reset_before_response_started{connection_failure}",
-        LATE_UPSTREAM_RESET + "{connection_termination}",
-        LATE_UPSTREAM_RESET + "{overflow}",
-        "no_healthy_upstream",
-        "downstream_remote_disconnect",
-        "",
-        "\xff\xfe",
-    ]
-) | st.text(max_size=30)
 _FLAGS = st.sampled_from(
     [
         0,
@@ -126,31 +114,32 @@ _ADDRESSES = st.sampled_from(world.ALL_HOSTS + world.FOREIGN_HOSTS + ("",))
 @st.composite
 def _structured(draw: st.DrawFn, rig: _Rig, *, exact: bool) -> bytes:
     """A record for one of the entries the service wrote; ``exact``: naming the entry,
-    version and chosen host as written (else each may be anything), the rest drawn."""
+    version and an attempt host as written (a host of the entry with its index and slot,
+    or any address without), else each may be anything; the rest drawn."""
     name = draw(st.sampled_from(world.CLUSTER_NAMES))
     index, entry = rig.peer.find(name)
-    slots = [host.slot for host in entry.hosts] or [0]
-    chosen_index = draw(st.integers(0, max(len(entry.hosts) - 1, 0)))
-    chosen_slot = slots[min(chosen_index, len(slots) - 1)]
     version = entry.version
+    if entry.hosts and draw(st.booleans()):
+        host_index = draw(st.integers(0, len(entry.hosts) - 1))
+        host_slot, address = entry.hosts[host_index].slot, entry.hosts[host_index].address
+    else:
+        host_index, host_slot, address = NO_HOST_INDEX, NO_HOST_SLOT, draw(_ADDRESSES)
     if not exact:
         index = draw(st.just(index) | st.integers(0, MAX_SERVICES - 1))
         version = draw(st.just(version) | st.integers(0, 2**64 - 1))
-        chosen_index = draw(st.just(chosen_index) | st.integers(0, MAX_HOSTS))
-        chosen_slot = draw(st.sampled_from(slots) | st.integers(0, HOST_SLOTS - 1))
+        host_index = draw(st.just(host_index) | st.integers(0, MAX_HOSTS))
+        host_slot = draw(st.just(host_slot) | st.integers(0, HOST_SLOTS - 1))
+        address = draw(st.just(address) | _ADDRESSES)
     return record(
         worker=draw(st.integers(0, MAX_WORKERS - 1)),
         entry=index,
         version=version,
-        chosen_index=chosen_index,
-        chosen_slot=chosen_slot,
-        served_slot=draw(st.sampled_from([*slots, NO_HOST_SLOT]) | st.integers(0, 2**16 - 1)),
+        host_index=host_index,
+        host_slot=host_slot,
         status=draw(st.sampled_from([0, 200, 404, 429, 502, 503, 504]) | st.integers(0, 2**32 - 1)),
-        attempts=draw(st.integers(0, 4) | st.integers(0, 2**32 - 1)),
         flags=draw(_FLAGS),
         successes_before=draw(st.integers(0, 10) | st.integers(0, 2**64 - 1)),
-        served=draw(_ADDRESSES),
-        details=draw(_DETAILS),
+        address=address,
     )
 
 

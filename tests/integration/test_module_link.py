@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from extproc.core.outcome import UPSTREAM_CONNECTION_FAILURE
 from extproc.core.policy import Locality, Workload
 from extproc.errors import StartupError
 from extproc.istio import load_policy_text
@@ -275,13 +276,16 @@ async def test_malformed_and_unknown_records_are_dropped_counted_and_never_appli
     slot = mydb.hosts[0].slot
     peer.send(b"\xff" * 128)
     peer.send(b"short")
-    peer.send(record(entry=index, version=mydb.version + 1, chosen_slot=slot, status=503))
-    peer.send(record(entry=index, version=mydb.version, chosen_slot=slot + 1, status=503))
-    peer.send(record(entry=index, version=mydb.version, chosen_index=5, status=503))
-    peer.send(record(entry=index + 1, version=mydb.version, chosen_slot=slot, status=503))
+    ours = {"entry": index, "version": mydb.version, "status": 503, "address": EAST}
+    peer.send(record(**{**ours, "version": mydb.version + 1}, host_index=0, host_slot=slot))
+    peer.send(record(**ours, host_index=0, host_slot=slot + 1))
+    peer.send(record(**ours, host_index=5, host_slot=slot))
+    peer.send(record(**{**ours, "address": WEST}, host_index=0, host_slot=slot))
+    peer.send(record(**{**ours, "entry": index + 1}, host_index=0, host_slot=slot))
+    peer.send(record(**{**ours, "address": ""}))  # outside the snapshot, and no address
     links = app.module_links
     assert links is not None
-    await until(lambda: links.dropped[MALFORMED_RECORD] == 2 and links.dropped[UNKNOWN_ENTRY] == 4)
+    await until(lambda: links.dropped[MALFORMED_RECORD] == 2 and links.dropped[UNKNOWN_ENTRY] == 6)
     assert app.metrics.host_stats(MYDB, EAST)["5xx"] == 0
     assert _addresses(peer) == [EAST]
     # The link survives bad records: a good one still counts.
@@ -289,10 +293,10 @@ async def test_malformed_and_unknown_records_are_dropped_counted_and_never_appli
     await until(lambda: app.metrics.host_stats(MYDB, EAST)["5xx"] == 1)
 
 
-async def test_a_record_of_an_older_snapshot_still_counts(
+async def test_an_attempt_of_an_older_snapshot_still_counts(
     app: ServiceApp, socket_dir: Path, peers: Callable[..., ModulePeer]
 ) -> None:
-    # A request routed before a table change reports after it: its version is known.
+    # An attempt routed before a table change ends after it: its version is known.
     peer = peers()
     peer.connect(socket_dir / MODULE_SOCKET)
     await until(lambda: _linked(peer))
@@ -300,36 +304,25 @@ async def test_a_record_of_an_older_snapshot_still_counts(
     east = before.hosts[0]
     peer.report(MYDB, EAST, status=503)
     await until(lambda: _addresses(peer) == [WEST])
-    peer.send(
-        record(
-            entry=index,
-            version=before.version,
-            chosen_slot=east.slot,
-            served_slot=east.slot,
-            served=EAST,
-            status=200,
-            details="via_upstream",
-            attempts=2,
-        )
-    )
+    old = {"entry": index, "version": before.version, "host_index": 0, "host_slot": east.slot}
+    peer.send(record(**old, address=EAST, flags=UPSTREAM_CONNECTION_FAILURE))
     await until(lambda: app.metrics.host_stats(MYDB, EAST)["connect_failure"] == 1)
-    # Retried away to a host of the newer snapshot: the module names its slot from that one.
-    west = peer.find(MYDB)[1].hosts[0]
-    assert west.address == WEST
-    peer.send(
-        record(
-            entry=index,
-            version=before.version,
-            chosen_slot=east.slot,
-            served_slot=west.slot,
-            served=WEST,
-            status=200,
-            details="via_upstream",
-            attempts=2,
-        )
-    )
-    await until(lambda: app.metrics.host_stats(MYDB, EAST)["connect_failure"] == 2)
-    assert app.metrics.host_stats(MYDB, WEST)["success"] == 1
+    assert app.metrics.host_stats(MYDB, EAST)["5xx"] == 1
+
+
+async def test_an_attempt_on_a_host_outside_the_snapshot_counts_on_that_host(
+    app: ServiceApp, socket_dir: Path, peers: Callable[..., ModulePeer]
+) -> None:
+    # A retry Envoy's load balancer sent to the failover host, which the entry does not
+    # list while the local one is healthy: the module names it by its address only.
+    peer = peers()
+    peer.connect(socket_dir / MODULE_SOCKET)
+    await until(lambda: _linked(peer))
+    assert _addresses(peer) == [EAST]
+    peer.report(MYDB, EAST, status=0, flags=UPSTREAM_CONNECTION_FAILURE)
+    peer.report(MYDB, WEST, status=200)
+    await until(lambda: app.metrics.host_stats(MYDB, WEST)["success"] == 1)
+    assert app.metrics.host_stats(MYDB, EAST)["connect_failure"] == 1
 
 
 async def test_a_removed_service_leaves_the_regions(

@@ -60,18 +60,19 @@ class Host:
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """One attempt's record, field by field as ``wire.RECORD_FORMAT`` lays it out."""
+
     worker: int
     slot: int
     version: int
-    host: int
+    host: int  # the attempt's host in the snapshot; wire.NO_HOST_INDEX: not one of it
     host_slot: int
-    served_slot: int
+    kind: int
     code: int
-    attempts: int
     flags: int
     successes_before: int
-    served: str
-    details: str
+    addr: str
+    reserved: bytes  # offsets 20, 28 and 104..127, all zero
 
 
 def error_bitmap(codes: Iterable[int]) -> bytes:
@@ -139,9 +140,9 @@ class Link:
             if not data:
                 return
             fields = struct.unpack(wire.RECORD_FORMAT, data.ljust(wire.RECORD_SIZE, b"\0")[:128])
-            served = fields[13][: fields[12]].decode("latin-1")
-            details = fields[15][: fields[14]].decode("latin-1")
-            record = Record(*fields[1:7], *fields[8:12], served, details)
+            addr = fields[13][: fields[12]].decode("latin-1")
+            reserved = struct.pack("<HI", fields[6], fields[9]) + fields[14]
+            record = Record(*fields[1:6], fields[7], fields[8], *fields[10:12], addr, reserved)
             with self._changed:
                 self.raw_records.append(data)
                 if fields[0] == wire.RECORD_MAGIC:
@@ -280,18 +281,45 @@ def module_filter(socket_path: Path | str) -> dict[str, Any]:
     }
 
 
+def attempt_log() -> dict[str, Any]:
+    """The router's upstream log into the module: every attempt, as it ends."""
+    return {
+        "name": "envoy.access_loggers.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.dynamic_modules.v3"
+            ".DynamicModuleAccessLog",
+            "dynamic_module_config": {"name": wire.MODULE_NAME, "do_not_close": True},
+            "logger_name": wire.MODULE_ATTEMPT_LOGGER,
+        },
+    }
+
+
+#: What a retry may retry on: Istio's default policy (the renderer's), and one that also
+#: retries a reset after connecting (so one request's attempts can end three ways).
+ISTIO_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+RETRY_ON_RESETS = "5xx,connect-failure,reset"
+
+
 def bootstrap(
     listen_port: int,
     socket_path: Path | str,
     endpoints: Sequence[tuple[str, int]],
     *,
     retries: int = 0,
+    retry_on: str = "5xx,connect-failure",
+    priorities: bool = False,
+    upstream_log: bool = True,
 ) -> dict[str, Any]:
-    """A minimal bootstrap: one listener through the module to one STATIC cluster."""
+    """A minimal bootstrap: one listener through the module to one STATIC cluster.
+
+    ``priorities`` puts each endpoint in a priority of its own (0, 1, ...) and has a retry
+    leave the priorities tried (``previous_priorities``), so attempt n goes to endpoint n.
+    ``upstream_log`` is the router's attempt log into the module (the renderer's).
+    """
     route: dict[str, Any] = {"cluster": CLUSTER}
     if retries:
         route["retry_policy"] = {
-            "retry_on": "5xx,connect-failure",
+            "retry_on": retry_on,
             "num_retries": retries,
             "retry_host_predicate": [
                 {
@@ -304,6 +332,15 @@ def bootstrap(
             ],
             "host_selection_retry_max_attempts": 5,
         }
+        if priorities:
+            route["retry_policy"]["retry_priority"] = {
+                "name": "envoy.retry_priorities.previous_priorities",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.priority"
+                    ".previous_priorities.v3.PreviousPrioritiesConfig",
+                    "update_frequency": 1,
+                },
+            }
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
         ".v3.HttpConnectionManager",
@@ -322,7 +359,8 @@ def bootstrap(
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    "upstream_log": [attempt_log()] if upstream_log else [],
                 },
             },
         ],
@@ -331,6 +369,11 @@ def bootstrap(
         {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}}
         for ip, port in endpoints
     ]
+    groups = (
+        [{"priority": i, "lb_endpoints": [e]} for i, e in enumerate(lb_endpoints)]
+        if priorities
+        else [{"lb_endpoints": lb_endpoints}]
+    )
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -359,7 +402,7 @@ def bootstrap(
                     "connect_timeout": "1s",
                     "load_assignment": {
                         "cluster_name": CLUSTER,
-                        "endpoints": [{"lb_endpoints": lb_endpoints}],
+                        "endpoints": groups,
                     },
                 }
             ],
@@ -521,15 +564,13 @@ async def start_rig(
     servers: list[StandIn] = []
     envoys: list[Envoy] = []
 
-    async def start(upstreams: int = 2, concurrency: int = 2, retries: int = 0) -> Rig:
+    async def start(upstreams: int = 2, concurrency: int = 2, **config_args: Any) -> Rig:
         for i in range(upstreams):
             server = StandIn(f"up{i}", f"127.0.0.{21 + i}", 0)
             await server.start()
             servers.append(server)
         listen = ("127.0.0.1", free_port())
-        config = bootstrap(
-            listen[1], service_end.path, [s.address for s in servers], retries=retries
-        )
+        config = bootstrap(listen[1], service_end.path, [s.address for s in servers], **config_args)
         envoy = Envoy(config, tmp_path, module_dir)
         envoys.append(envoy)
         await envoy.start(concurrency=concurrency)

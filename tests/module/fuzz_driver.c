@@ -1,15 +1,18 @@
 /*
- * A fuzz driver for the module's table reader and outcome path, built with AddressSanitizer
+ * A fuzz driver for the module's table reader and attempt path, built with AddressSanitizer
  * and UBSan together with extproc_module.c compiled -DEXTPROC_MODULE_FUZZ
  * (tests/module/test_fuzz.py). AddressSanitizer cannot run inside the wheel's Envoy, so this
  * plays Envoy: it defines the callbacks the module calls, calls the module's hooks as Envoy
  * would, and between requests writes valid entries, random bytes, wild fields and torn
  * seqlocks into the region (heap memory of exactly the region's size, so any access past it
- * is reported). Checks: every override the module sets passes the address rules; an override
- * for a service is one of the hosts ever written for it (random bytes that leave seq alone
- * change an entry under a snapshot the module rightly keeps: a host of an older table of that
- * service is fine, another service's host is not); a garbage cluster name gets no override;
- * every record is well-formed.
+ * is reported). Each request runs the filter's hooks and then, as the router's upstream log
+ * does, the access logger's log hook for each of its attempts (none to three), with a status,
+ * flags and a host that are sometimes the override, sometimes another, sometimes garbage.
+ * Checks: every override the module sets passes the address rules; an override for a service
+ * is one of the hosts ever written for it (random bytes that leave seq alone change an entry
+ * under a snapshot the module rightly keeps: a host of an older table of that service is
+ * fine, another service's host is not); a garbage cluster name gets no override; every record
+ * is well-formed, and one naming a host of the snapshot names a host of that service.
  *
  * Usage: fuzz_driver SEED ITERATIONS. Prints "ok <counters>" and exits 0.
  */
@@ -39,6 +42,9 @@ uint8_t *extproc_fuzz_region(void);
 void extproc_fuzz_set_link(int fd);
 const char *envoy_dynamic_module_on_program_init(void);
 const void *envoy_dynamic_module_on_http_filter_config_new(void *, envoy_buffer, envoy_buffer);
+const void *envoy_dynamic_module_on_access_logger_config_new(void *, envoy_buffer, envoy_buffer);
+const void *envoy_dynamic_module_on_access_logger_new(const void *, void *);
+void envoy_dynamic_module_on_access_logger_log(void *, const void *, int);
 const void *envoy_dynamic_module_on_http_filter_new(const void *, void *);
 int envoy_dynamic_module_on_http_filter_request_headers(void *, void *, bool);
 void envoy_dynamic_module_on_http_filter_stream_complete(void *, void *);
@@ -67,11 +73,13 @@ static struct {
   bool override_ok;
   char override[64];
   size_t override_len; /* 0: none set */
-  uint64_t code, flags, attempts;
+  /* The attempt being logged: its own status, flags, host, and the stream's cluster. */
+  uint64_t code, flags;
+  bool has_code;
   char served[80];
   size_t served_len;
-  char details[40];
-  size_t details_len;
+  bool has_upstream_cluster;
+  uint32_t log_worker;
 } fake;
 
 static unsigned long overrides, refused_by_fake;
@@ -102,22 +110,36 @@ bool envoy_dynamic_module_callback_http_set_upstream_override_host(void *f, envo
   return fake.override_ok;
 }
 
-bool envoy_dynamic_module_callback_http_filter_get_attribute_int(void *f, int id, uint64_t *out) {
-  (void)f;
-  switch (id) {
-    case 15: *out = fake.code; return fake.code != 0;
-    case 17: *out = fake.flags; return true;
-    case 53: *out = fake.attempts; return fake.attempts != 0;
-    default: return false;
-  }
+bool envoy_dynamic_module_callback_access_logger_get_attribute_int(void *l, int id,
+                                                                   uint64_t *out) {
+  (void)l;
+  if (id != 15 || !fake.has_code) return false;
+  *out = fake.code;
+  return true;
 }
 
-bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void *f, int id,
-                                                                    envoy_buffer *out) {
-  (void)f;
-  if (id == 41 && fake.served_len) *out = (envoy_buffer){fake.served, fake.served_len};
-  else if (id == 16 && fake.details_len) *out = (envoy_buffer){fake.details, fake.details_len};
-  else return false;
+bool envoy_dynamic_module_callback_access_logger_get_attribute_string(void *l, int id,
+                                                                      envoy_buffer *out) {
+  (void)l;
+  if (id != 41 || fake.served_len == 0) return false;
+  *out = (envoy_buffer){fake.served, fake.served_len};
+  return true;
+}
+
+uint64_t envoy_dynamic_module_callback_access_logger_get_response_flags(void *l) {
+  (void)l;
+  return fake.flags;
+}
+
+uint32_t envoy_dynamic_module_callback_access_logger_get_worker_index(void *l) {
+  (void)l;
+  return fake.log_worker;
+}
+
+bool envoy_dynamic_module_callback_access_logger_get_upstream_cluster(void *l, envoy_buffer *out) {
+  (void)l;
+  if (!fake.has_upstream_cluster) return false;
+  *out = (envoy_buffer){fake.cluster, fake.cluster_len};
   return true;
 }
 
@@ -258,19 +280,39 @@ static void write_random_bytes(void) {
 
 static int link_peer = -1;
 static unsigned long records;
+static const void *logger; /* the module's access logger, as Envoy keeps it per thread */
 
-static void check_records(void) {
+static bool all_zero(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != 0) return false;
+  return true;
+}
+
+/* Every record is well-formed; one naming a host of the snapshot (an index, a slot) names a
+ * host ever written for `name`, the cluster being logged (NULL: a garbage name). */
+static void check_records(const char *name) {
   uint8_t rec[RECORD_SIZE + 1];
   ssize_t n;
   while ((n = recv(link_peer, rec, sizeof rec, MSG_DONTWAIT)) > 0) {
-    uint16_t host, chosen, served;
-    memcpy(&host, rec + 16, 2);
-    memcpy(&chosen, rec + 18, 2);
-    memcpy(&served, rec + 20, 2);
+    uint16_t index, slot, kind;
+    memcpy(&index, rec + 16, 2);
+    memcpy(&slot, rec + 18, 2);
+    memcpy(&kind, rec + 22, 2);
     if (n != RECORD_SIZE || memcmp(rec, "EXRR", 4) != 0) fail("record size or magic");
-    if (host >= MAX_HOSTS || chosen >= HOST_SLOTS || (served >= HOST_SLOTS && served != 0xFFFF))
-      fail("record host fields");
-    if (rec[48] > 55 || rec[104] > 23) fail("record lengths");
+    if (kind != 1) fail("record kind");
+    if ((index == 0xFFFF) != (slot == 0xFFFF)) fail("record host index without its slot");
+    if (index != 0xFFFF && (index >= MAX_HOSTS || slot >= HOST_SLOTS)) fail("record host fields");
+    if (rec[48] > 55 || !all_zero(rec + 49 + rec[48], 55 - rec[48])) fail("record address");
+    if (!all_zero(rec + 20, 2) || !all_zero(rec + 28, 4) || !all_zero(rec + 104, 24))
+      fail("record reserved bytes");
+    if (index != 0xFFFF) {
+      if (name == NULL) fail("a record naming a host for a cluster no entry names");
+      size_t a = 0;
+      while (a < N_ADDRS && (strlen(addrs[a]) != rec[48] || memcmp(rec + 49, addrs[a], rec[48])))
+        a++;
+      if (a == N_ADDRS || !(history[name_index(name)] >> a & 1))
+        fail("a record naming a host never written for this service");
+    }
     records++;
   }
 }
@@ -307,11 +349,15 @@ static const char *request(const char *name, uint32_t worker) {
   size_t set_len = fake.override_ok ? fake.override_len : 0;
   memcpy(set, fake.override, set_len);
   set[set_len] = '\0';
-  if (rnd() % 10 != 0) {
+  /* The router's upstream log: one log per attempt (a retried request has several). */
+  size_t attempts = rnd() % 10 == 0 ? 0 : 1 + rnd() % 3;
+  for (size_t k = 0; k < attempts; k++) {
     static const uint64_t codes[] = {0, 200, 200, 200, 503, 502, 404, 639, 640, 70000};
     fake.code = codes[rnd() % (sizeof codes / sizeof codes[0])];
+    fake.has_code = fake.code != 0 || rnd() % 2;
     fake.flags = rnd() % 4 == 0 ? rnd() : 0;
-    fake.attempts = rnd() % 5 == 0 ? rnd() % 4 : 1;
+    fake.has_upstream_cluster = rnd() % 50 != 0;
+    fake.log_worker = rnd() % 20 == 0 ? (uint32_t)(rnd() % 70) : worker;
     switch (rnd() % 4) {
       case 0: fake.served_len = set_len; memcpy(fake.served, set, set_len); break;
       case 1: fake.served_len = strlen(addrs[0]); memcpy(fake.served, addrs[0], fake.served_len); break;
@@ -321,12 +367,12 @@ static const char *request(const char *name, uint32_t worker) {
         break;
       default: fake.served_len = 0; break;
     }
-    fake.details_len = rnd() % sizeof fake.details;
-    memset(fake.details, 'x', fake.details_len);
-    envoy_dynamic_module_on_http_filter_stream_complete(filter, stream);
+    int log_type = rnd() % 20 == 0 ? (int)(rnd() % 14) : 9; /* 9: UpstreamEnd */
+    envoy_dynamic_module_on_access_logger_log(&fake, logger, log_type);
   }
+  if (rnd() % 10 != 0) envoy_dynamic_module_on_http_filter_stream_complete(filter, stream);
   envoy_dynamic_module_on_http_filter_destroy(stream);
-  check_records();
+  check_records(name); /* the logger sees the cluster even when the filter did not */
   check_override(fake.has_cluster ? name : NULL, set_len ? set : NULL);
   return set_len ? set : NULL;
 }
@@ -340,6 +386,14 @@ int main(int argc, char **argv) {
   if (envoy_dynamic_module_on_http_filter_config_new(NULL, (envoy_buffer){"extproc", 7},
                                                      (envoy_buffer){path, strlen(path)}) == NULL)
     fail("config_new");
+  if (envoy_dynamic_module_on_access_logger_config_new(NULL, (envoy_buffer){"other", 5},
+                                                       (envoy_buffer){NULL, 0}) != NULL)
+    fail("an access logger of another name was taken");
+  const void *log_config = envoy_dynamic_module_on_access_logger_config_new(
+      NULL, (envoy_buffer){"attempts", 8}, (envoy_buffer){NULL, 0});
+  if (log_config == NULL) fail("access logger config_new");
+  logger = envoy_dynamic_module_on_access_logger_new(log_config, &fake);
+  if (logger == NULL) fail("access logger new");
   region = extproc_fuzz_region();
   if (region == NULL) fail("no region");
   int pair[2];

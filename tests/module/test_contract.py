@@ -82,7 +82,9 @@ C = c_defines()
         ("HOST_SIZE", wire.HOST_SIZE),
         ("HOST_ADDR_MAX", wire.HOST_ADDR_MAX),
         ("NO_HOST_SLOT", wire.NO_HOST_SLOT),
-        ("RECORD_DETAILS_MAX", wire.RECORD_DETAILS_MAX),
+        ("NO_HOST_INDEX", wire.NO_HOST_INDEX),
+        ("RECORD_KIND_ATTEMPT", wire.RECORD_KIND_ATTEMPT),
+        ("ATTEMPT_LOGGER_NAME", wire.MODULE_ATTEMPT_LOGGER.encode()),
         ("LB_ROUND_ROBIN", ModuleLb.ROUND_ROBIN),
         ("LB_LEAST_REQUEST", ModuleLb.LEAST_REQUEST),
         ("LB_RANDOM", ModuleLb.RANDOM),
@@ -120,3 +122,20 @@ def test_the_header_counters_are_where_the_wire_format_puts_them() -> None:
         C["HEADER_DROPPED_OFFSET"], C["HEADER_BAD_SNAPSHOTS_OFFSET"],
         C["HEADER_OVERRIDES_REFUSED_OFFSET"],
     ]  # fmt: skip
+
+
+def test_the_record_fields_are_where_the_wire_format_puts_them() -> None:
+    fields = offsets(wire.RECORD_FORMAT)
+    magic, worker, entry, version, index, slot, _, kind, status, _, flags = fields[:11]
+    successes, addr_len, addr, reserved = fields[11:]
+    assert magic == 0
+    assert (worker, entry, version, index, slot) == (
+        C["RECORD_WORKER_OFFSET"], C["RECORD_ENTRY_OFFSET"], C["RECORD_VERSION_OFFSET"],
+        C["RECORD_HOST_INDEX_OFFSET"], C["RECORD_HOST_SLOT_OFFSET"],
+    )  # fmt: skip
+    assert (kind, status, flags, successes) == (
+        C["RECORD_KIND_OFFSET"], C["RECORD_STATUS_OFFSET"], C["RECORD_FLAGS_OFFSET"],
+        C["RECORD_SUCCESSES_OFFSET"],
+    )  # fmt: skip
+    assert (addr_len, addr) == (C["RECORD_ADDR_LEN_OFFSET"], C["RECORD_ADDR_OFFSET"])
+    assert reserved + 24 == struct.calcsize(wire.RECORD_FORMAT) == C["RECORD_SIZE"]

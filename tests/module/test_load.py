@@ -19,10 +19,11 @@ from .conftest import ABI_MATCHED, Envoy, ServiceEnd, bootstrap, wait_until
 
 pytestmark = [pytest.mark.module, pytest.mark.e2e]
 
-#: The hooks Envoy 1.40 resolves for an HTTP filter module; a module without any one of
-#: them is refused (test below). The config-level hooks its binary also names
-#: (``on_http_filter_config_scheduled``, ``..._config_http_callout_done``,
-#: ``..._config_http_stream_*``) and ``local_reply``/``per_route_config_*`` are optional.
+#: The hooks Envoy 1.40 resolves for an HTTP filter module and for an access logger (the
+#: router's attempt log); a module without any one of them is refused (test below). The
+#: config-level hooks its binary also names (``on_http_filter_config_scheduled``,
+#: ``..._config_http_callout_done``, ``..._config_http_stream_*``),
+#: ``local_reply``/``per_route_config_*`` and ``on_access_logger_flush`` are optional.
 HOOKS = frozenset(
     "envoy_dynamic_module_on_" + name
     for name in [
@@ -47,6 +48,11 @@ HOOKS = frozenset(
         "http_filter_scheduled",
         "http_filter_downstream_above_write_buffer_high_watermark",
         "http_filter_downstream_below_write_buffer_low_watermark",
+        "access_logger_config_new",
+        "access_logger_config_destroy",
+        "access_logger_new",
+        "access_logger_log",
+        "access_logger_destroy",
     ]
 )
 
@@ -165,3 +171,17 @@ async def test_a_filter_config_that_is_no_socket_path_is_rejected(
 
     assert code != 0
     assert "filter_config must be the service's socket path" in output
+
+
+async def test_an_access_logger_of_another_name_is_rejected(
+    tmp_path: Path, module_dir: Path
+) -> None:
+    config = bootstrap(1, tmp_path / "none.sock", [("127.0.0.1", 1)])
+    router = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    [log] = router["typed_config"]["http_filters"][1]["typed_config"]["upstream_log"]
+    log["typed_config"]["logger_name"] = "requests"
+
+    code, output = await Envoy(config, tmp_path, module_dir).validate()
+
+    assert code != 0
+    assert f'logger_name must be "{wire.MODULE_ATTEMPT_LOGGER}"' in output

@@ -10,13 +10,22 @@ from collections import Counter
 import pytest
 
 from extproc import wire
+from extproc.core.outcome import (
+    UPSTREAM_CONNECTION_FAILURE,
+    UPSTREAM_CONNECTION_TERMINATION,
+    UPSTREAM_PROTOCOL_ERROR,
+    UPSTREAM_REMOTE_RESET,
+)
 from extproc.sandbox import Mode
 from extproc.sandbox.client import get
-from extproc.wire import ModuleLb
+from extproc.wire import NO_HOST_INDEX, ModuleLb
 
 from .conftest import CLUSTER, Host, RigFactory, one_connection, wait_until
 
 pytestmark = [pytest.mark.module, pytest.mark.e2e]
+
+ATTEMPT = wire.RECORD_KIND_ATTEMPT
+RESETS = UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION | UPSTREAM_PROTOCOL_ERROR
 
 
 async def fresh_connections(address: tuple[str, int], count: int) -> list[str]:
@@ -87,10 +96,10 @@ async def test_a_503_host_produces_records_with_the_outcome(start_rig: RigFactor
     for record in records:
         assert record.worker < 2
         assert (record.slot, record.version, record.host) == (0, 1, 0)
-        assert (record.host_slot, record.served_slot, record.served) == (b.slot, b.slot, b.addr)
-        assert (record.code, record.attempts, record.flags) == (503, 1, 0)
-        assert record.details == "via_upstream"
+        assert (record.host_slot, record.addr, record.kind) == (b.slot, b.addr, ATTEMPT)
+        assert (record.code, record.flags) == (503, 0)
         assert record.successes_before == 0
+        assert record.reserved == bytes(len(record.reserved))
     assert all(len(raw) == wire.RECORD_SIZE for raw in rig.link.raw_records)
 
 
@@ -126,7 +135,9 @@ async def test_a_failure_after_successes_carries_the_successes_counted_before(
     assert sum(rig.link.successes(w, a.slot) for w in (0, 1)) == 12
 
 
-async def test_a_retried_away_attempt_names_the_host_that_served(start_rig: RigFactory) -> None:
+async def test_each_attempt_of_a_retried_request_is_reported_on_its_own_host(
+    start_rig: RigFactory,
+) -> None:
     rig = await start_rig(retries=1)
     rig.upstreams[1].set_mode(Mode.FAIL_503)
     a, b = rig.host(0, weight=1), rig.host(1, weight=1000)
@@ -134,11 +145,37 @@ async def test_a_retried_away_attempt_names_the_host_that_served(start_rig: RigF
 
     reply = await get(rig.listen, "mydb.com")
     [record] = await asyncio.to_thread(rig.link.wait_records, 1)
+    counted = await wait_until(lambda: sum(rig.link.successes(w, a.slot) for w in (0, 1)) == 1)
 
     assert (reply.status, reply.served_by) == (200, rig.name(0))
-    assert (record.host, record.host_slot) == (1, b.slot)  # chosen: the heavy host
-    assert (record.served_slot, record.served) == (a.slot, a.addr)
-    assert (record.code, record.attempts, record.flags) == (200, 2, 0)
+    # The first attempt, on the heavy host: its 503. The retry's 200 on the other: counted.
+    assert (record.host, record.host_slot, record.addr) == (1, b.slot, b.addr)
+    assert (record.code, record.flags) == (503, 0)
+    assert counted
+
+
+async def test_every_attempt_of_three_is_reported_the_middle_one_included(
+    start_rig: RigFactory,
+) -> None:
+    # Each endpoint in a priority of its own, and a retry leaves the priorities tried:
+    # attempt 1 on up0 (the entry's host), 2 on up1, 3 on up2, none of them in the entry.
+    rig = await start_rig(upstreams=3, retries=2, priorities=True)
+    rig.upstreams[0].set_mode(Mode.REFUSE)
+    rig.upstreams[1].set_mode(Mode.FAIL_503)
+    a, b, c = rig.host(0), rig.host(1), rig.host(2)
+    rig.link.write_entry(0, CLUSTER, [a])
+
+    reply = await get(rig.listen, "mydb.com")
+    records = await asyncio.to_thread(rig.link.wait_records, 3)
+
+    assert (reply.status, reply.served_by) == (200, rig.name(2))
+    assert [(r.addr, r.host, r.host_slot, r.code) for r in records] == [
+        (a.addr, 0, a.slot, 0),  # refused: no response
+        (b.addr, NO_HOST_INDEX, wire.NO_HOST_SLOT, 503),  # the middle attempt
+        (c.addr, NO_HOST_INDEX, wire.NO_HOST_SLOT, 200),  # a success, but not an entry's host
+    ]
+    assert [bool(r.flags & UPSTREAM_CONNECTION_FAILURE) for r in records] == [True, False, False]
+    assert [r.flags for r in records[1:]] == [0, 0]
 
 
 async def test_a_connect_failure_is_reported_with_its_flags(start_rig: RigFactory) -> None:
@@ -151,10 +188,23 @@ async def test_a_connect_failure_is_reported_with_its_flags(start_rig: RigFactor
     [record] = await asyncio.to_thread(rig.link.wait_records, 1)
 
     assert reply.status == 503
-    assert (record.code, record.attempts) == (503, 1)
-    assert record.flags & 0x20  # UF: upstream connection failure
-    assert (record.served_slot, record.served) == (b.slot, b.addr)
-    assert record.details.startswith("upstream_reset_before")
+    assert (record.code, record.host_slot, record.addr) == (0, b.slot, b.addr)  # no response
+    assert record.flags & UPSTREAM_CONNECTION_FAILURE
+
+
+async def test_a_reset_after_the_head_is_reported_with_the_heads_status_and_its_flag(
+    start_rig: RigFactory,
+) -> None:
+    rig = await start_rig()
+    rig.upstreams[0].set_mode(Mode.RESET)
+    a = rig.host(0)
+    rig.link.write_entry(0, CLUSTER, [a])
+
+    await get(rig.listen, "mydb.com")
+    [record] = await asyncio.to_thread(rig.link.wait_records, 1)
+
+    assert (record.code, record.host_slot) == (200, a.slot)
+    assert record.flags & RESETS
 
 
 async def test_the_entrys_error_codes_decide_what_is_counted_and_what_is_a_record(
@@ -198,10 +248,14 @@ async def test_an_override_envoy_refuses_is_counted_and_envoy_decides(
     rig.link.write_entry(0, CLUSTER, [Host("1:2", 1, 7)])
 
     served = Counter(name for _, name in await one_connection(rig.listen, 10))
+    records = await asyncio.to_thread(rig.link.wait_records, 10)
 
     assert served == {rig.name(0): 5, rig.name(1): 5}
     assert rig.link.counter(wire.HEADER_OVERRIDES_REFUSED_OFFSET) == 10
-    assert rig.link.records == []
+    # Each attempt still reaches the service, on the host Envoy chose: none of the entry's,
+    # so not a counter of the module's but a record.
+    assert Counter(r.addr for r in records) == {rig.host(0).addr: 5, rig.host(1).addr: 5}
+    assert {(r.host, r.code) for r in records} == {(NO_HOST_INDEX, 200)}
 
 
 async def test_a_cluster_without_an_entry_is_left_to_envoy(start_rig: RigFactory) -> None:
@@ -223,3 +277,18 @@ async def test_a_first_entry_is_taken_up_within_the_lookup_hold(start_rig: RigFa
 
     assert before == {rig.name(0): 5, rig.name(1): 5}
     assert after == [rig.name(1)] * 20
+
+
+async def test_without_the_routers_attempt_log_the_module_says_so_once(
+    start_rig: RigFactory,
+) -> None:
+    rig = await start_rig(upstream_log=False)
+    rig.upstreams[1].set_mode(Mode.FAIL_503)
+    rig.link.write_entry(0, CLUSTER, [rig.host(1)])
+
+    replies = [await get(rig.listen, "mydb.com") for _ in range(3)]
+    await asyncio.sleep(0.2)
+
+    assert [r.status for r in replies] == [503] * 3  # still routed as the entry says
+    assert rig.link.records == []
+    assert rig.envoy.log().count(f'no access logger "{wire.MODULE_ATTEMPT_LOGGER}"') == 1

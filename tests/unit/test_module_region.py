@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc import wire
-from extproc.core.outcome import UPSTREAM_CONNECTION_TERMINATION, UPSTREAM_OVERFLOW
+from extproc.core.outcome import (
+    UPSTREAM_CONNECTION_FAILURE,
+    UPSTREAM_CONNECTION_TERMINATION,
+    UPSTREAM_OVERFLOW,
+)
+from extproc.core.outlier import AttemptResult
 from extproc.core.policy import LbAlgorithm
 from extproc.server.module_region import (
     BODY_SIZE,
@@ -20,6 +25,7 @@ from extproc.server.module_region import (
     EntryIndexes,
     HostSlots,
     Record,
+    attempt_results,
     counter_index,
     decode_record,
     entry_offset,
@@ -28,13 +34,12 @@ from extproc.server.module_region import (
     pack_entry,
     parse_header,
     parse_hello,
-    record_results,
     unpack_entry,
     write_entry,
 )
 from extproc.testing import endpoint, outlier, service
 from extproc.wire import ModuleLb
-from tests.attribution import CASES, Case, normal
+from tests.attribution import CASES, Case, Role, normal
 from tests.module_peer import hello, record
 
 ENTRY = Entry(
@@ -88,12 +93,14 @@ def _offset(fmt: str, field: int) -> int:
         (wire.HOST_FORMAT, 2, 6),  # addr_len
         (wire.HOST_FORMAT, 4, 8),  # addr
         (wire.RECORD_FORMAT, 3, 8),  # version
-        (wire.RECORD_FORMAT, 6, 20),  # served host_slot
+        (wire.RECORD_FORMAT, 4, 16),  # host index
+        (wire.RECORD_FORMAT, 5, 18),  # host_slot
+        (wire.RECORD_FORMAT, 7, 22),  # kind
         (wire.RECORD_FORMAT, 8, 24),  # response code
         (wire.RECORD_FORMAT, 10, 32),  # flags
         (wire.RECORD_FORMAT, 11, 40),  # successes before
-        (wire.RECORD_FORMAT, 12, 48),  # served addr_len
-        (wire.RECORD_FORMAT, 14, 104),  # code_details_len
+        (wire.RECORD_FORMAT, 12, 48),  # addr_len
+        (wire.RECORD_FORMAT, 14, 104),  # reserved
     ],
 )
 def test_every_field_sits_at_the_offset_of_the_contract(fmt: str, field: int, offset: int) -> None:
@@ -377,108 +384,124 @@ def test_a_record_decodes_field_by_field() -> None:
         worker=1,
         entry=7,
         version=99,
-        chosen_index=2,
-        chosen_slot=40,
-        served_slot=41,
+        host_index=2,
+        host_slot=40,
         status=503,
-        attempts=2,
         flags=0x20,
         successes_before=12,
-        served="10.0.0.2:80",
-        details="via_upstream",
+        address="10.0.0.2:80",
     )
-    assert decode_record(data) == Record(
-        1, 7, 99, 2, 40, 41, 503, 2, 0x20, 12, "10.0.0.2:80", "via_upstream"
+    assert decode_record(data) == Record(1, 7, 99, 2, 40, 503, 0x20, 12, "10.0.0.2:80")
+    assert decode_record(record(address="10.0.0.3:80")) == Record(
+        0, 0, 0, wire.NO_HOST_INDEX, wire.NO_HOST_SLOT, 0, 0, 0, "10.0.0.3:80"
     )
+
+
+def _poke(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value) :]
+
+
+GOOD = record(host_index=1, host_slot=3, address="10.0.0.2:80")
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        record()[:-1],
-        record() + b"\0",
-        b"EXRX" + record()[4:],
-        record(worker=wire.MAX_WORKERS),
-        record(entry=wire.MAX_SERVICES),
-        record(chosen_index=wire.MAX_HOSTS),
-        record(chosen_slot=wire.HOST_SLOTS),
-        record(served_slot=wire.HOST_SLOTS),
-        record(served="x" * 10),
-        record()[:48] + bytes([56]) + record()[49:],
-        record()[:104] + bytes([24]) + record()[105:],
-        record(attempts=101),
+        GOOD[:-1],
+        GOOD + b"\0",
+        b"EXRX" + GOOD[4:],
+        record(kind=0, address="10.0.0.2:80"),
+        record(worker=wire.MAX_WORKERS, address="10.0.0.2:80"),
+        record(entry=wire.MAX_SERVICES, address="10.0.0.2:80"),
+        record(host_index=wire.MAX_HOSTS, host_slot=3, address="10.0.0.2:80"),
+        record(host_index=1, host_slot=wire.HOST_SLOTS, address="10.0.0.2:80"),
+        record(host_index=1, address="10.0.0.2:80"),
+        record(host_slot=3, address="10.0.0.2:80"),
+        record(host_index=1, host_slot=3),
+        record(address="x" * 10),
+        _poke(GOOD, 48, bytes([56])),
+        _poke(GOOD, 49 + 11, b"1"),
+        _poke(GOOD, 20, b"\1"),
+        _poke(GOOD, 28, b"\1"),
+        _poke(GOOD, 127, b"\1"),
     ],
     ids=[
         "short",
         "long",
         "magic",
+        "kind",
         "worker",
         "entry",
-        "chosen-index",
-        "chosen-slot",
-        "served-slot",
-        "served-not-an-ip",
+        "host-index",
+        "host-slot",
+        "index-without-slot",
+        "slot-without-index",
+        "a-host-of-the-snapshot-without-its-address",
+        "address-not-an-ip",
         "addr-len",
-        "details-len",
-        "attempts",
+        "bytes-after-the-address",
+        "reserved-20",
+        "reserved-28",
+        "reserved-tail",
     ],
 )
 def test_a_malformed_record_decodes_to_none(data: bytes) -> None:
     assert decode_record(data) is None
 
 
-CHOSEN = "127.0.0.11:8443"
-OTHER = "127.0.0.12:8443"
+ADDRESSES = {
+    Role.CHOSEN: "127.0.0.11:8443",
+    Role.MIDDLE: "127.0.0.12:8443",
+    Role.OTHER: "127.0.0.13:8443",
+}
+OTHER = ADDRESSES[Role.OTHER]
 
 
-def _module_record(case: Case) -> Record:
-    """What the module sends at stream completion for an attribution case: the final
-    details and flags (a late reset shows as one, not as the head's ``via_upstream``)."""
-    details = case.reset_details or case.details
-    flags = case.flags | (UPSTREAM_CONNECTION_TERMINATION if case.late_reset else 0)
-    served = OTHER if case.moved else CHOSEN
-    data = record(
-        status=case.status, attempts=case.attempts, flags=flags, served=served, details=details
-    )
-    decoded = decode_record(data)
-    assert decoded is not None
-    return decoded
+def _results(case: Case) -> dict[Role, list[AttemptResult]]:
+    """What the service records, by host, for the attempts Envoy logs in ``case``."""
+    recorded: dict[Role, list[AttemptResult]] = {role: [] for role in Role}
+    for logged in case.logged:
+        rec = decode_record(
+            record(status=logged.status, flags=logged.flags, address=ADDRESSES[logged.on])
+        )
+        assert rec is not None
+        recorded[logged.on] += attempt_results(rec)
+    return recorded
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_a_record_records_what_the_attribution_table_says(case: Case) -> None:
-    rec = _module_record(case)
-    results = record_results(rec, CHOSEN, rec.served_address)
+def test_each_attempt_records_what_the_attribution_table_says(case: Case) -> None:
+    recorded = _results(case)
     codes = frozenset(case.error_codes)
-    chosen = [normal(result, codes) for host, result in results if host == CHOSEN]
-    other = [result for host, result in results if host == OTHER]
-    assert chosen == [normal(result, codes) for result in case.chosen]
-    assert other == ([] if case.other is None else [case.other])
+    assert [normal(r, codes) for r in recorded[Role.CHOSEN]] == [
+        normal(r, codes) for r in case.chosen
+    ]
+    assert recorded[Role.MIDDLE] == list(case.middle)
+    assert recorded[Role.OTHER] == ([] if case.other is None else [case.other])
 
 
-def test_a_late_reset_counts_the_head_then_the_reset_on_the_host_that_served() -> None:
-    late = wire.LATE_UPSTREAM_RESET + "{connection_termination}"
-    rec = decode_record(record(status=200, attempts=2, served=OTHER, details=late))
+def test_a_late_reset_counts_the_head_then_the_reset() -> None:
+    rec = decode_record(record(status=200, flags=UPSTREAM_CONNECTION_TERMINATION, address=OTHER))
     assert rec is not None
-    results = record_results(rec, CHOSEN, OTHER)
-    kinds = [(host, result.kind.value, result.status) for host, result in results]
-    assert kinds == [
-        (CHOSEN, "connect_failure", None),
-        (OTHER, "answer", 200),
-        (OTHER, "connect_failure", None),
+    assert [(r.kind.value, r.status) for r in attempt_results(rec)] == [
+        ("answer", 200),
+        ("connect_failure", None),
     ]
 
 
 def test_an_overflow_reset_after_the_head_counts_only_the_head() -> None:
-    late = wire.LATE_UPSTREAM_RESET + "{overflow}"
-    rec = decode_record(record(status=200, flags=UPSTREAM_OVERFLOW, served=CHOSEN, details=late))
+    rec = decode_record(record(status=200, flags=UPSTREAM_OVERFLOW, address=OTHER))
     assert rec is not None
-    assert [result.status for _, result in record_results(rec, CHOSEN, CHOSEN)] == [200]
+    assert [result.status for result in attempt_results(rec)] == [200]
 
 
 def test_a_client_that_went_away_is_no_upstream_failure() -> None:
-    rec = decode_record(
-        record(status=0, attempts=1, served=CHOSEN, details="downstream_remote_disconnect")
-    )
+    rec = decode_record(record(status=0, flags=0, address=OTHER))
     assert rec is not None
-    assert record_results(rec, CHOSEN, CHOSEN) == []
+    assert attempt_results(rec) == ()
+
+
+def test_a_refused_connection_is_a_connect_failure() -> None:
+    rec = decode_record(record(status=0, flags=UPSTREAM_CONNECTION_FAILURE, address=OTHER))
+    assert rec is not None
+    assert [r.kind.value for r in attempt_results(rec)] == ["connect_failure"]

@@ -11,7 +11,14 @@ import pytest
 from extproc.istio import load_policy
 from extproc.render.bootstrap import render_bootstrap
 from extproc.settings import Settings
-from extproc.wire import MODULE_FILTER_NAME, MODULE_NAME, MODULE_SOCKET, SYNC_CLUSTER, DataPath
+from extproc.wire import (
+    MODULE_ATTEMPT_LOGGER,
+    MODULE_FILTER_NAME,
+    MODULE_NAME,
+    MODULE_SOCKET,
+    SYNC_CLUSTER,
+    DataPath,
+)
 
 SEED: Final = Path(__file__).resolve().parents[1] / "fixtures" / "seed"
 POLICY: Final = load_policy(SEED / "step2-outlier.yaml")
@@ -47,6 +54,20 @@ def test_the_module_filter_names_the_module_and_the_services_socket() -> None:
         "value": str(SOCKETS / MODULE_SOCKET),
     }
     assert router["name"] == "envoy.filters.http.router"
+
+
+def test_the_routers_upstream_log_hands_every_attempt_to_the_module() -> None:
+    [_, router] = _hcm(_render(DataPath.MODULE))["http_filters"]
+    [log] = router["typed_config"]["upstream_log"]
+    assert log["name"] == "envoy.access_loggers.dynamic_modules"
+    assert log["typed_config"] == {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.dynamic_modules.v3"
+        ".DynamicModuleAccessLog",
+        "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": True},
+        "logger_name": MODULE_ATTEMPT_LOGGER,
+    }
+    # Logged as each attempt ends, not also when its connection is ready.
+    assert "upstream_log_options" not in router["typed_config"]
 
 
 def test_the_module_path_has_no_lua_no_sync_cluster_and_no_reset_log() -> None:
@@ -90,7 +111,9 @@ def test_the_catch_all_turns_the_module_filter_off() -> None:
 def test_the_other_paths_keep_their_filter_and_reset_log(data_path: DataPath) -> None:
     hcm = _hcm(_render(data_path))
     assert DYNAMIC_MODULES not in str(hcm)
+    assert "dynamic_modules" not in str(hcm)
     assert len(hcm["access_log"]) == 1
+    assert "upstream_log" not in hcm["http_filters"][-1]["typed_config"]
 
 
 def test_the_module_path_without_a_socket_directory_is_refused() -> None:
