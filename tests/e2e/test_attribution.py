@@ -1,10 +1,12 @@
 """The attribution table (``tests/attribution.py``) driven through a real Envoy, both data paths.
 
 Every case gets its own service (``<case>.test``) with its own hosts: a stand-in that does
-what the case says, and for some a second host in us-west (priority 1) that a retry reaches.
+what the case says, for some a second host in us-west that a retry reaches, and for one a
+host in us-east1/zone-b between them (three priorities: a retry leaves each in turn).
 One request per case; what the service records (every ``ClusterState.record``) is compared
-with the table. On ext_proc, what Envoy reports to the classifier is compared too, so the
-table's inputs are Envoy's, not guesses.
+with the table. On ext_proc, what Envoy reports to the classifier is compared too, and on
+module what the router's upstream log gave the module for each attempt, so the table's
+inputs are Envoy's, not guesses.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from extproc.core.cluster import ClusterState
 from extproc.core.outcome import Outcome
 from extproc.core.outlier import AttemptResult
 from extproc.sandbox.client import get
+from extproc.server import module_link as module_link_module
 from extproc.server import servicer as servicer_module
 from extproc.server import stack as stack_module
+from extproc.server.module_region import Record as ModuleRecord
 from extproc.wire import DataPath
-from tests.attribution import CASES, OK, UF, Case, Upstream, normal
+from tests.attribution import CASES, OK, UF, Case, Logged, Role, Upstream, normal
 
 from .conftest import StackFactory
 
@@ -93,14 +97,16 @@ async def hosts() -> AsyncIterator[_Hosts]:
     await stand_ins.close()
 
 
-def _yaml(case: Case, chosen: int, other: int | None) -> str:
-    endpoints = (
-        f"  - address: 127.0.0.1\n    locality: us-east1\n    ports:\n      http: {chosen}\n"
+Ports = dict[Role, int]
+#: Each role's locality, seen from us-east1: priorities 0, 1 (zone-b) and 2 (us-west).
+_LOCALITY = {Role.CHOSEN: "us-east1", Role.MIDDLE: "us-east1/zone-b", Role.OTHER: "us-west"}
+
+
+def _yaml(case: Case, ports: Ports) -> str:
+    endpoints = "".join(
+        f"  - address: 127.0.0.1\n    locality: {_LOCALITY[role]}\n    ports:\n      http: {port}\n"
+        for role, port in ports.items()
     )
-    if other is not None:
-        endpoints += (
-            f"  - address: 127.0.0.1\n    locality: us-west\n    ports:\n      http: {other}\n"
-        )
     codes = f"      outlierDetectionHttpErrorCodes: {list(case.error_codes)}\n"
     return (
         "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
@@ -135,7 +141,7 @@ def _no_admission(overflow: set[str]) -> Any:
     return render
 
 
-Recorded = tuple[tuple[AttemptResult, ...], tuple[AttemptResult, ...]]
+Recorded = dict[Role, tuple[AttemptResult, ...]]
 Record = tuple[str, str, AttemptResult]
 Reported = tuple[int, str, int, int, bool]
 
@@ -172,6 +178,19 @@ def _spy_on_the_classifier(
     return reported
 
 
+def _spy_on_attempts(monkeypatch: pytest.MonkeyPatch) -> list[ModuleRecord]:
+    """Every attempt record the module path applies (its inputs: Envoy's upstream log)."""
+    attempts: list[ModuleRecord] = []
+    real = module_link_module.attempt_results
+
+    def attempt_results(record: ModuleRecord) -> tuple[AttemptResult, ...]:
+        attempts.append(record)
+        return real(record)
+
+    monkeypatch.setattr(module_link_module, "attempt_results", attempt_results)
+    return attempts
+
+
 @pytest.mark.parametrize(
     "data_path", list(DataPath), ids=[p.value for p in DataPath], indirect=True
 )
@@ -181,21 +200,22 @@ async def test_every_attribution_case_is_recorded_as_the_table_says(
     data_path: DataPath,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ports: dict[str, tuple[int, int | None]] = {}
+    ports: dict[str, Ports] = {}
     for case in DRIVEN:
-        chosen = await hosts.host(case.chosen_does, case.answer)
-        other = None
+        ports[case.id] = {Role.CHOSEN: await hosts.host(case.chosen_does, case.answer)}
+        if case.middle_does is not None:
+            ports[case.id][Role.MIDDLE] = await hosts.host(case.middle_does, 200)
         if case.other_does is not None:
-            other = await hosts.host(case.other_does, case.other_answer)
-        ports[case.id] = (chosen, other)
+            ports[case.id][Role.OTHER] = await hosts.host(case.other_does, case.other_answer)
     overflow = {_cluster_name(c) for c in DRIVEN if c.chosen_does is Upstream.OVERFLOW}
     monkeypatch.setattr(stack_module, "render_bootstrap", _no_admission(overflow))
 
     records = _spy_on_records(monkeypatch)
     running: list[str] = []
     reported = _spy_on_the_classifier(monkeypatch, running)
+    attempts = _spy_on_attempts(monkeypatch)
     stack = await start_stack(
-        "".join(_yaml(case, *ports[case.id]) for case in DRIVEN), concurrency=1
+        "".join(_yaml(case, ports[case.id]) for case in DRIVEN), concurrency=1
     )
     ttl_s = stack.settings.table_ttl_ms / 1000
     for case in DRIVEN:
@@ -223,24 +243,44 @@ async def test_every_attribution_case_is_recorded_as_the_table_says(
             case.id: (case.status, case.details, case.flags, case.attempts, case.moved)
             for case in DRIVEN
         }
+    if data_path is DataPath.MODULE:
+        logged = {case.id: _logged(attempts, case, ports[case.id]) for case in DRIVEN}
+        assert logged == {case.id: _sent(case) for case in DRIVEN}
 
 
-def _recorded(
-    records: list[Record],
-    case: Case,
-    ports: dict[str, tuple[int, int | None]],
-) -> Recorded:
+def _logged(attempts: list[ModuleRecord], case: Case, ports: Ports) -> list[Logged]:
+    """The case's attempt records, as the table writes what Envoy logs."""
+    roles = {f"127.0.0.1:{port}": role for role, port in ports.items()}
+    return [
+        Logged(roles[record.address], record.status, record.flags)
+        for record in attempts
+        if record.address in roles
+    ]
+
+
+def _sent(case: Case) -> list[Logged]:
+    """The attempts of ``case.logged`` the module sends as records: all but a clean answer
+    from the picked host, the one host of the service's entry, which it counts instead."""
+    codes = frozenset(case.error_codes) or frozenset(range(500, 600))
+
+    def counted(attempt: Logged) -> bool:
+        clean = attempt.status != 0 and attempt.flags == 0 and attempt.status not in codes
+        return clean and attempt.on is Role.CHOSEN
+
+    return [attempt for attempt in case.logged if not counted(attempt)]
+
+
+def _recorded(records: list[Record], case: Case, ports: dict[str, Ports]) -> Recorded:
     codes = frozenset(case.error_codes)
-    chosen, other = ports[case.id]
     mine = [
         (host, normal(result, codes))
         for name, host, result in records
         if name == _cluster_name(case)
     ]
-    return (
-        tuple(result for host, result in mine if host == f"127.0.0.1:{chosen}"),
-        tuple(result for host, result in mine if host == f"127.0.0.1:{other}"),
-    )
+    return {
+        role: tuple(result for host, result in mine if host == f"127.0.0.1:{port}")
+        for role, port in ports[case.id].items()
+    }
 
 
 def _expected(case: Case, data_path: DataPath) -> Recorded:
@@ -250,24 +290,29 @@ def _expected(case: Case, data_path: DataPath) -> Recorded:
         # The worker's success count for the head arrives after the access log's entry,
         # which recorded the head's answer first (server/access_log.py): it repeats a success.
         chosen += (OK,)
-    other = () if case.other is None else (normal(case.other, codes),)
-    return chosen, other
+    expected = {Role.CHOSEN: chosen}
+    if case.middle_does is not None:
+        # Only the module sees the middle attempt (the router's upstream log); the others
+        # see the final response and the attempt count.
+        sees_every_attempt = data_path is DataPath.MODULE
+        expected[Role.MIDDLE] = tuple(normal(r, codes) for r in case.middle) * sees_every_attempt
+    if case.other_does is not None:
+        expected[Role.OTHER] = () if case.other is None else (normal(case.other, codes),)
+    return expected
 
 
-def _reset_recorded(
-    records: list[Record], case: Case, ports: dict[str, tuple[int, int | None]]
-) -> bool:
+def _reset_recorded(records: list[Record], case: Case, ports: dict[str, Ports]) -> bool:
     """Whether the access log's reset reached the service (its last record for the host)."""
-    return _recorded(records, case, ports)[0][-1:] == (UF,)
+    return _recorded(records, case, ports)[Role.CHOSEN][-1:] == (UF,)
 
 
-def _short(recorded: Recorded) -> tuple[list[str], list[str]]:
+def _short(recorded: Recorded) -> dict[str, list[str]]:
     """Results as short words, for a readable diff."""
 
     def word(result: AttemptResult) -> str:
         return str(result.status) if result.status is not None else result.kind.value
 
-    return [word(r) for r in recorded[0]], [word(r) for r in recorded[1]]
+    return {role.value: [word(r) for r in results] for role, results in recorded.items()}
 
 
 async def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
