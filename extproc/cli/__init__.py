@@ -2,8 +2,9 @@
 
 Modules: ``values`` (what each flag takes: addresses, labels, counts), ``options`` (an
 argparse option whose default an ``EXTPROC_*`` variable overrides), ``flags`` (the flags and
-the one map to ``Settings``), and this one (the commands). ``up`` and ``serve`` run through ``server.lifecycle.Lifecycle``, which owns
-signals, reload and shutdown; nothing here does. The CLI may import every layer; it
+the one map to ``Settings``), and this one (the commands). ``up`` and ``serve`` run
+through ``server.lifecycle.Lifecycle``, which owns signals, reload and shutdown; nothing
+here does. The CLI may import every layer; it
 imports the server lazily so that ``check`` and ``render`` start fast.
 """
 
