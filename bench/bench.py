@@ -1028,14 +1028,20 @@ def format_paced(per_variant: dict[str, dict[str, Any]], rate_rps: int, rounds: 
                 _cpu_cell(s, "envoy"),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"paced at {rate_rps:,} req/s offered (medians of {rounds} rounds)"]
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+    return "\n".join([*lines, *_aligned(rows)])
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Table rows as text: the first column left-aligned, the numbers right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            [row[0].ljust(widths[0])]
+            + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        )
+        for row in rows
+    ]
 
 
 def rotated(items: Sequence[str], start: int) -> list[str]:
@@ -1166,13 +1172,7 @@ def format_table(connections: int, per_variant: dict[str, dict[str, Any]], round
                 str(s["socket_errors"]),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [f"connections={connections} (medians of {rounds} rounds)"]
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
+    lines = [f"connections={connections} (medians of {rounds} rounds)", *_aligned(rows)]
     lines.extend(format_counters(per_variant))
     return "\n".join(lines)
 

@@ -11,25 +11,19 @@ import functools
 
 import pytest
 
-from extproc.errors import StartupError
+from extproc.module.build import ModuleBuildError, build, find_compiler
 from extproc.wire import MODULE_SEARCH_PATH_VAR
 
 
 @functools.cache
 def _built() -> str:
-    from extproc.module.build import build
-
     return str(build())
 
 
 def require_module() -> dict[str, str]:
     """Envoy's environment for the module (its search path); skips without a C compiler."""
     try:
-        from extproc.module.build import find_compiler
-    except ImportError as exc:  # a tree without the module's build
-        pytest.skip(f"--data-path module: extproc.module.build is not here ({exc})")
-    try:
         find_compiler()
-    except StartupError as exc:
-        pytest.skip(f"--data-path module: {exc}")
+    except ModuleBuildError as exc:  # the one line that says which compiler to install
+        pytest.skip(f"--data-path module needs a C compiler here: {exc}")
     return {MODULE_SEARCH_PATH_VAR: _built()}

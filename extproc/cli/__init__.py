@@ -114,11 +114,10 @@ def _render(settings: Settings, policy: Policy, output: Path | None, validate: b
 
 def _check(settings: Settings, workload_given: bool) -> int:
     from extproc.istio import check_summary
-    from extproc.server.lifecycle import read_config, source_name
+    from extproc.server.lifecycle import source_name
 
     assert settings.config is not None
-    policy = read_config(settings.config, settings, with_workload=workload_given)
-    show_warnings(policy)
+    policy = _read(settings, with_workload=workload_given)
     print(f"{source_name(settings.config)}: OK", file=sys.stderr)
     print(check_summary(policy, settings.workload if workload_given else None))
     return 0

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
 from extproc import __version__
-from extproc.cli.options import ENV_PREFIX, option, switch, typed
+from extproc.cli.options import from_env, option, switch, typed
 from extproc.cli.values import (
     BIND,
     DNS_SERVER,
@@ -40,7 +39,7 @@ from extproc.wire import DataPath, is_valid_secret
 
 def _add_config(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
     """``--config`` (and, for ``check``, a positional PATH instead); ``-`` reads stdin."""
-    required = not os.environ.get(ENV_PREFIX + "CONFIG")
+    required = from_env("CONFIG")[0] is None
     where: argparse._ActionsContainer = parser
     if positional:
         where = parser.add_mutually_exclusive_group(required=required)

@@ -54,7 +54,8 @@ UPSTREAM_CONNECTION_TERMINATION = 0x40  # UC
 UPSTREAM_OVERFLOW = 0x80  # UO
 UPSTREAM_PROTOCOL_ERROR = 0x800000  # UPE
 
-_RESET_AFTER_CONNECT = (
+#: The flags of an attempt that connected and then lost its answer (a local-origin failure).
+RESET_AFTER_CONNECT = (
     UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION | UPSTREAM_PROTOCOL_ERROR
 )
 
@@ -116,6 +117,6 @@ def _final_result(
         return AttemptResult.timeout()
     if flags & UPSTREAM_CONNECTION_FAILURE:
         return AttemptResult.connect_failure()
-    if flags & _RESET_AFTER_CONNECT:
+    if flags & RESET_AFTER_CONNECT:
         return AttemptResult.reset()
     return None

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+from extproc.core.locality import LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE
 from extproc.istio.duration import parse_duration
 from extproc.istio.findings import Checker
 from extproc.istio.literal import show
@@ -33,9 +34,7 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # pkg/config/labels: a wildcard may open the first label only ("*", "*foo", "*-foo").
 _WILDCARD_LABEL = re.compile(r"^(\*|(\*|\*-)?[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
 # pilot/pkg/serviceregistry/util/label: the labels that carry a locality.
-_TOPOLOGY_LABELS: Final = frozenset(
-    {"topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"}
-)
+_TOPOLOGY_LABELS: Final = frozenset({LABEL_REGION, LABEL_ZONE, LABEL_SUBZONE})
 # ClientTLSSettings.TLSmode (networking/v1alpha3/destination_rule.proto).
 _TLS_MODES: Final = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
 # Envoy's UpstreamTlsContext.sni: max_bytes 255 (a DNS name's limit).

@@ -49,6 +49,8 @@ API_VERSIONS: Final = (
 #: the request's authority (``authority``, Istio's behaviour and the default).
 UPSTREAM_SNI_ANNOTATION: Final = "extproc.io/upstream-sni"
 UPSTREAM_SNI_VALUES: Final = ("authority", "endpoint")
+#: The ClientTLSSettings modes in which the sidecar originates TLS with its own settings.
+ORIGINATING_TLS_MODES: Final = ("SIMPLE", "MUTUAL")
 
 
 class Model(BaseModel):

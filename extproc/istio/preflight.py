@@ -14,7 +14,12 @@ import os
 from extproc.errors import Problem
 from extproc.istio.findings import Parsed
 from extproc.istio.literal import show
-from extproc.istio.models import ClientTlsSettingsSpec, DestinationRule, tls_settings_of
+from extproc.istio.models import (
+    ORIGINATING_TLS_MODES,
+    ClientTlsSettingsSpec,
+    DestinationRule,
+    tls_settings_of,
+)
 
 __all__ = ["tls_file_problems"]
 
@@ -38,7 +43,7 @@ def tls_file_problems(parsed: Parsed) -> list[Problem]:
 
 def _files_of(tls: ClientTlsSettingsSpec) -> list[tuple[str, str]]:
     """The files Envoy reads for ``tls``, by their Istio field names (``constructUpstreamTLS``)."""
-    if tls.mode not in ("SIMPLE", "MUTUAL") or tls.credential_name:
+    if tls.mode not in ORIGINATING_TLS_MODES or tls.credential_name:
         return []
     files = [("caCertificates", tls.ca_certificates)]
     if tls.insecure_skip_verify is not True:

@@ -23,6 +23,7 @@ from extproc.istio.field_rules import (
 from extproc.istio.findings import Checker
 from extproc.istio.literal import show
 from extproc.istio.models import (
+    ORIGINATING_TLS_MODES,
     UPSTREAM_SNI_ANNOTATION,
     UPSTREAM_SNI_VALUES,
     ConnectionPoolSpec,
@@ -157,7 +158,7 @@ def _check_upstream_sni(dr: DestinationRule, check: Checker) -> None:
         return
     originating = False
     for path, tls in tls_settings_of(dr):
-        if (tls.mode or "DISABLE") not in ("SIMPLE", "MUTUAL"):
+        if tls.mode not in ORIGINATING_TLS_MODES:
             continue
         originating = True
         if tls.sni:

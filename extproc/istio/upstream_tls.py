@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from extproc.core.policy import Endpoint, TlsMode, TlsSettings, UpstreamSni, authority_key, is_ip
 from extproc.errors import Problem
 from extproc.istio.findings import Source
-from extproc.istio.models import UPSTREAM_SNI_ANNOTATION, ClientTlsSettingsSpec
+from extproc.istio.models import (
+    ORIGINATING_TLS_MODES,
+    UPSTREAM_SNI_ANNOTATION,
+    ClientTlsSettingsSpec,
+)
 
 __all__ = ["SniFinding", "sni_finding", "tls_settings"]
 
@@ -27,7 +31,7 @@ def tls_settings(
     none. Without ``sni`` they change nothing: ``auto_san_validation`` replaces Envoy's SAN
     matchers with the SNI sent, so they are kept only with a fixed ``sni``.
     """
-    if spec.mode not in ("SIMPLE", "MUTUAL"):
+    if spec.mode not in ORIGINATING_TLS_MODES:
         return None  # DISABLE or unset; ISTIO_MUTUAL and credentialName are rejected
     sans = tuple(spec.subject_alt_names)
     if not sans and spec.sni and not spec.insecure_skip_verify:

@@ -135,7 +135,7 @@ def _compiler_identity(compiler: Sequence[str]) -> str:
         version = subprocess.run(
             [*compiler, "--version"], capture_output=True, text=True, timeout=30, check=False
         ).stdout
-    except OSError as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         raise ModuleBuildError(f"the module's C compiler {compiler[0]} cannot run: {exc}") from exc
     return f"{os.path.realpath(path)}\n{version}"
 

@@ -83,6 +83,11 @@ def _message_class(pool: descriptor_pool.DescriptorPool) -> type[Message]:
 DynamicModuleAccessLog = _declare()
 
 
+def module_config() -> dynamic_modules_pb2.DynamicModuleConfig:
+    """The shim's library, as the filter and the attempt log both load it (kept loaded)."""
+    return dynamic_modules_pb2.DynamicModuleConfig(name=MODULE_NAME, do_not_close=True)
+
+
 def attempt_log() -> accesslog_pb2.AccessLog:
     """The router's ``upstream_log`` entry that hands every attempt to the module.
 
@@ -91,9 +96,7 @@ def attempt_log() -> accesslog_pb2.AccessLog:
     region and sends the service everything else.
     """
     config = DynamicModuleAccessLog(
-        dynamic_module_config=dynamic_modules_pb2.DynamicModuleConfig(
-            name=MODULE_NAME, do_not_close=True
-        ),
+        dynamic_module_config=module_config(),
         logger_name=MODULE_ATTEMPT_LOGGER,
     )
     return accesslog_pb2.AccessLog(name=ATTEMPT_LOG, typed_config=packed(config))

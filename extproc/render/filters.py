@@ -22,7 +22,6 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
-from envoy.extensions.dynamic_modules.v3 import dynamic_modules_pb2
 from envoy.extensions.filters.http.dynamic_modules.v3 import (
     dynamic_modules_pb2 as dynamic_module_filter_pb2,
 )
@@ -35,6 +34,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import wrappers_pb2
 
+from extproc.render.attempt_log import module_config
 from extproc.render.clusters import grpc_service
 from extproc.render.typed import boolean, milliseconds, packed, uint32
 from extproc.settings import Settings
@@ -43,7 +43,6 @@ from extproc.wire import (
     LATE_UPSTREAM_RESET,
     METADATA_NAMESPACE,
     MODULE_FILTER_NAME,
-    MODULE_NAME,
     MODULE_SOCKET,
     RESPONSE_ATTRIBUTES,
     reset_log_name,
@@ -111,9 +110,7 @@ def module_filter(settings: Settings) -> http_connection_manager_pb2.HttpFilter:
     if settings.socket_dir is None:
         raise ValueError("the module data path needs a socket directory (--socket-dir)")
     config = dynamic_module_filter_pb2.DynamicModuleFilter(
-        dynamic_module_config=dynamic_modules_pb2.DynamicModuleConfig(
-            name=MODULE_NAME, do_not_close=True
-        ),
+        dynamic_module_config=module_config(),
         filter_name=MODULE_FILTER_NAME,
         filter_config=packed(
             wrappers_pb2.StringValue(value=str(settings.socket_dir / MODULE_SOCKET))

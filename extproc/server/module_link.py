@@ -334,30 +334,35 @@ class ModuleLinks:
         now = self._now()
         generation = cluster.generation
         if self.tables.slots.host(record.host_slot) == (snapshot.cluster_name, record.address):
-            self._successes(link, record.worker, record.host_slot, record.successes_before, now)
+            delta = self._take(link, record.worker, record.host_slot, record.successes_before)
+            self._successes(cluster, record.address, delta, now)
         name = cluster.service.cluster_name
+        known = cluster.has_host(record.address)
         for result in attempt_results(record):
             # The module keeps its own active-request counts; the core's are not touched.
             cluster.record(record.address, result, now, finished=False)
-            if self._metrics is not None and cluster.has_host(record.address):
+            if self._metrics is not None and known:
                 self._metrics.count_result(name, record.address, result)
         if cluster.generation != generation:
             self._on_change()
 
-    def _successes(self, link: _Link, worker: int, slot: int, value: int, now: float) -> None:
-        """Apply a worker's successes on one slot up to the counter ``value``."""
+    @staticmethod
+    def _take(link: _Link, worker: int, slot: int, value: int) -> int:
+        """How many of a worker's successes on one slot, up to counter ``value``, are new."""
         i = worker * HOST_SLOTS + slot
         delta = value - link.seen[i]
         if delta <= 0:
-            return  # a sweep already applied them
+            return 0  # a sweep already applied them
         link.seen[i] = value
-        owner = self.tables.slots.host(slot)
-        cluster = None if owner is None else self._table().clusters.get(owner[0])
-        if owner is None or cluster is None or not cluster.has_host(owner[1]):
+        return delta
+
+    def _successes(self, cluster: ClusterState, address: str, delta: int, now: float) -> None:
+        """Apply ``delta`` new successes of one host (none for a host that left the cluster)."""
+        if delta <= 0 or not cluster.has_host(address):
             return  # a host that left: its slot waits, its successes count for nobody
-        cluster.record(owner[1], _SUCCESS, now, finished=False)
+        cluster.record(address, _SUCCESS, now, finished=False)
         if self._metrics is not None:
-            self._metrics.count_result(owner[0], owner[1], _SUCCESS, delta)
+            self._metrics.count_result(cluster.service.cluster_name, address, _SUCCESS, delta)
 
     def sweep(self) -> None:
         """Read every link's pending records, then its success counters; apply the deltas."""
@@ -366,17 +371,21 @@ class ModuleLinks:
         now = self._now()
         clusters = self._table().clusters
         generations = {name: cluster.generation for name, cluster in clusters.items()}
-        slots = [slot for slot, _name, _address in self.tables.slots]
+        # Each slot's owner, resolved once for every link and worker.
+        owners = [(slot, clusters.get(name), address) for slot, name, address in self.tables.slots]
         for link in self._links:
             if link.words is None or link.hello is None:
                 continue
             for worker in range(min(link.hello.concurrency or MAX_WORKERS, MAX_WORKERS)):
-                for slot in slots:
+                for slot, cluster, address in owners:
                     value = link.words[counter_index(worker, slot)]
-                    if value < link.seen[worker * HOST_SLOTS + slot]:
-                        link.seen[worker * HOST_SLOTS + slot] = value  # not ours to undo
-                    else:
-                        self._successes(link, worker, slot, value, now)
+                    seen = worker * HOST_SLOTS + slot
+                    if value < link.seen[seen]:
+                        link.seen[seen] = value  # not ours to undo
+                        continue
+                    delta = self._take(link, worker, slot, value)
+                    if cluster is not None:
+                        self._successes(cluster, address, delta, now)
         if any(cluster.generation != generations[name] for name, cluster in clusters.items()):
             self._on_change()
 

@@ -33,10 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from extproc.core.outcome import (
-    UPSTREAM_CONNECTION_TERMINATION,
+    RESET_AFTER_CONNECT,
     UPSTREAM_OVERFLOW,
-    UPSTREAM_PROTOCOL_ERROR,
-    UPSTREAM_REMOTE_RESET,
     classify,
 )
 from extproc.core.outlier import AttemptResult
@@ -48,6 +46,7 @@ from extproc.wire import (
     ENTRY_HEAD_FORMAT,
     ENTRY_HOSTS_OFFSET,
     ENTRY_NAME_MAX,
+    ENTRY_SEQ_OFFSET,
     ENTRY_SIZE,
     ERROR_CODES_BITS,
     HEADER_FORMAT,
@@ -93,7 +92,6 @@ _FIVE_XX = frozenset(range(500, 600))
 #: The flags of an attempt reset after its response head (``streamResetReasonToResponseFlag``
 #: in source/common/router/router.cc); the router reports that reset to the detector as
 #: ``LocalOriginConnectFailed`` (``onUpstreamReset``), after the head's status.
-_RESET_FLAGS = UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_TERMINATION | UPSTREAM_PROTOCOL_ERROR
 _RESET_AFTER_HEAD = AttemptResult.connect_failure()
 
 _LB_VALUES = frozenset(int(lb) for lb in ModuleLb)
@@ -298,7 +296,8 @@ def write_entry(region: memoryview, index: int, body: bytes) -> None:
     if len(body) != BODY_SIZE or not 0 <= index < MAX_SERVICES:
         raise ValueError(f"entry {index}: a body of {len(body)} bytes")
     start = entry_offset(index)
-    with region[start : start + 8].cast("Q") as seq:
+    seq_at = start + ENTRY_SEQ_OFFSET
+    with region[seq_at : seq_at + 8].cast("Q") as seq:
         odd = seq[0] | 1
         seq[0] = odd  # 1. odd: the module keeps its last good copy
         region[start + 8 : start + ENTRY_SIZE] = body  # 2. the body
@@ -464,6 +463,6 @@ def attempt_results(record: Record) -> tuple[AttemptResult, ...]:
     if record.status == 0:
         return classify(0, "", record.flags, 1).results
     answer = classify(record.status, "via_upstream", 0, 1).results
-    if record.flags & _RESET_FLAGS and not record.flags & UPSTREAM_OVERFLOW:
+    if record.flags & RESET_AFTER_CONNECT and not record.flags & UPSTREAM_OVERFLOW:
         return (*answer, _RESET_AFTER_HEAD)
     return answer

