@@ -40,10 +40,12 @@ product existed, kept so that the figures compare):
    - ``module``: ``python -m extproc up --data-path module`` on the same YAML (the C
      dynamic module; skipped, with the reason, where it cannot be built).
    - ``lua``: ``python -m extproc up --data-path lua`` on the same YAML; its Envoy is a
-     child process of the Python one. Its listener has ``enable_reuse_port: false``.
+     child process of the Python one. Its listener has ``enable_reuse_port: false`` and
+     Envoy's exact connection balance.
    - ``ext_proc``: the same with ``--data-path ext_proc``.
-   - ``plain_no_reuse_port`` (only with ``--reuse-port-ab``): ``plain`` with
-     ``enable_reuse_port: false``, to measure what that listener difference costs.
+   - ``plain_no_reuse_port`` (only with ``--reuse-port-ab``): ``plain`` with the
+     listener fields of ``extproc up`` (``enable_reuse_port: false``, exact connection
+     balance), to measure what that listener difference costs.
 
 4. For each connection count, ``--rounds`` rounds; each round runs wrk against every
    variant, starting with a different variant each round, so a slow drift of the machine
@@ -92,6 +94,7 @@ from typing import Any
 from urllib.parse import quote
 
 from extproc.errors import StartupError
+from extproc.render.bootstrap import listener_worker_fields
 from extproc.server.envoy_process import find_envoy_binary
 
 #: The upstream gets its own loopback address, so its port can never collide with the
@@ -116,7 +119,7 @@ NO_REUSE_PORT = "plain_no_reuse_port"
 VARIANT_LABELS = {
     "istio": "native envoy (istio's config)",
     "plain": "plain envoy",
-    NO_REUSE_PORT: "plain envoy, no reuse_port",
+    NO_REUSE_PORT: "plain envoy, extproc's listener",
     "module": "envoy + module",
     "lua": "envoy + lua",
     "ext_proc": "envoy + ext_proc",
@@ -472,7 +475,8 @@ def plain_bootstrap(
         listen_port: The listener's port on ``LISTEN_HOST``.
         upstream_port: The upstream's port on ``UPSTREAM_HOST``.
         reuse_port: Envoy's default (on). Off is how ``extproc up`` renders its listener,
-            so that no other process can share its port.
+            so that no other process can share its port: one socket for all workers,
+            with Envoy's exact connection balance (``listener_worker_fields``).
     """
 
     def address(host: str, port: int) -> dict[str, Any]:
@@ -509,7 +513,7 @@ def plain_bootstrap(
     }
     listener: dict[str, Any] = {"name": "plain", "address": address(LISTEN_HOST, listen_port)}
     if not reuse_port:
-        listener["enable_reuse_port"] = False
+        listener.update(listener_worker_fields())
     return {
         "admin": {"address": address(LISTEN_HOST, 0)},
         "static_resources": {

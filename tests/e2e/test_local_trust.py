@@ -4,7 +4,8 @@
 port on the host takes outcome reports. ``extproc serve`` over TCP requires a shared secret
 on every ext_proc and EDS stream and on every sync request; the Envoy rendered with it
 works on both data paths, and a local process without it changes nothing. Envoy's listener
-is its own: no ``SO_REUSEPORT`` sharing with another process.
+is its own: no ``SO_REUSEPORT`` sharing with another process (and its one socket still
+feeds every worker evenly).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from extproc.wire import (
     DataPath,
 )
 
-from .conftest import EAST, WEST, Region, StackFactory, first_200, serve_with_envoy
+from .conftest import EAST, WEST, Region, StackFactory, envoy_stat, first_200, serve_with_envoy
 from .seed_yaml import seed
 
 pytestmark = pytest.mark.e2e
@@ -176,6 +177,30 @@ async def test_envoys_listener_does_not_share_its_port_through_so_reuseport(
         intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         with pytest.raises(OSError, match="Address already in use"):
             intruder.bind(stack.settings.listen)
+
+
+async def test_one_listening_socket_still_spreads_connections_evenly_over_the_workers(
+    start_stack: StackFactory, regions: dict[str, Region]
+) -> None:
+    """Without SO_REUSEPORT the kernel may wake one worker for every accept; Envoy's exact
+    balance hands each connection to the worker with the fewest."""
+    stack = await start_stack(seed(regions["east"].port, regions["west"].port), concurrency=2)
+    writers = []
+    try:
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection(*stack.settings.listen)
+            writers.append(writer)
+            writer.write(b"GET / HTTP/1.1\r\nhost: mydb.com\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        host, port = stack.settings.listen
+        active = [
+            await envoy_stat(stack, f"listener.{host}_{port}.worker_{n}.downstream_cx_active")
+            for n in range(2)
+        ]
+    finally:
+        for writer in writers:
+            writer.close()
+    assert active == [3, 3]
 
 
 # -- extproc serve over TCP, with a shared secret ------------------------------------------

@@ -81,16 +81,18 @@ def test_native_envoy_config_that_needs_dns_is_refused() -> None:
         bench.istio_bootstrap(dns_yaml, 10099)
 
 
-@pytest.mark.parametrize(
-    ("reuse_port", "listener_field"),
-    [pytest.param(True, None, id="envoy-default"), pytest.param(False, False, id="off")],
-)
-def test_plain_envoy_sets_enable_reuse_port_only_when_turned_off(
-    reuse_port: bool, listener_field: bool | None
-) -> None:
-    bootstrap = bench.plain_bootstrap(10099, PORTS[0], reuse_port=reuse_port)
+def test_plain_envoy_keeps_envoys_listener_defaults() -> None:
+    bootstrap = bench.plain_bootstrap(10099, PORTS[0])
     (listener,) = bootstrap["static_resources"]["listeners"]
-    assert listener.get("enable_reuse_port") == listener_field
+    assert "enable_reuse_port" not in listener
+    assert "connection_balance_config" not in listener
+
+
+def test_plain_envoy_without_reuse_port_takes_extproc_ups_listener_fields() -> None:
+    bootstrap = bench.plain_bootstrap(10099, PORTS[0], reuse_port=False)
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    assert listener["enable_reuse_port"] is False
+    assert listener["connection_balance_config"] == {"exact_balance": {}}
 
 
 def test_served_by_counts_requests_of_the_service_cluster_only() -> None:
