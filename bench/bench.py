@@ -1142,6 +1142,33 @@ def ratios(
     }
 
 
+def paired_ratio(
+    records: Sequence[RunRecord], key: str, base: str, connections: int, metric: str = "rps"
+) -> float | None:
+    """The median over rounds of each round's own ``key / base`` ratio.
+
+    The machine drifts by more between rounds than between two variants of one round
+    (on the 2-core box the same Envoy ran 13k-22k req/s in consecutive rounds), so a ratio
+    taken within a round, where both ran seconds apart, is the steadier estimate; the
+    ratio of medians is printed beside it. ``metric`` is ``rps`` or ``envoy_cpu`` (Envoy
+    µs CPU per request).
+    """
+
+    def value(record: RunRecord) -> float:
+        return record.wrk.rps if metric == "rps" else record.cpu_us_per_request.get("envoy", 0.0)
+
+    by_round: dict[int, dict[str, RunRecord]] = {}
+    for record in records:
+        if record.connections == connections:
+            by_round.setdefault(record.round, {})[record.variant] = record
+    within = [
+        value(pair[key]) / value(pair[base])
+        for pair in by_round.values()
+        if key in pair and base in pair and value(pair[base]) > 0
+    ]
+    return statistics.median(within) if within else None
+
+
 def _ratio_cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -1231,8 +1258,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=[16, 64],
         help="wrk connection counts, comma-separated (default 16,64)",
     )
-    parser.add_argument("--duration", type=_positive, default=10, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=_positive, default=3, help="rounds per connection count")
+    # Many short rounds rather than a few long ones: the machine drifts between rounds, and
+    # medians (and the within-round ratios) of 9 rounds move less than those of 3.
+    parser.add_argument("--duration", type=_positive, default=4, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=_positive, default=9, help="rounds per connection count")
     parser.add_argument(
         "--concurrency", type=_positive, default=2, help="Envoy worker threads (all variants)"
     )
@@ -1450,14 +1479,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_served_by(hosts, upstream_ports))
     print()
     by_base = ratios(summary)
+    paired = {
+        base: {
+            key: {
+                c: {
+                    "rps": paired_ratio(records, key, base, c),
+                    "envoy_cpu": paired_ratio(records, key, base, c, "envoy_cpu"),
+                }
+                for c in summary
+            }
+            for key in variants
+            if key != base
+        }
+        for base in BASELINES
+    }
     for base, per_variant_ratios in by_base.items():
-        print(f"ratio to {VARIANT_LABELS[base]} (median req/s):")
+        print(
+            f"ratio to {VARIANT_LABELS[base]}: median req/s, then [the median of each "
+            "round's own req/s ratio; its Envoy CPU per request ratio]:"
+        )
         for key, by_connections in per_variant_ratios.items():
             if key == base:
                 continue
             print(
                 f"  {VARIANT_LABELS[key]:<29} "
-                + ", ".join(f"{_ratio_cell(r)} at c={c}" for c, r in by_connections.items())
+                + ", ".join(
+                    f"{_ratio_cell(r)} [{_ratio_cell(paired[base][key][c]['rps'])}; "
+                    f"{_ratio_cell(paired[base][key][c]['envoy_cpu'])}] at c={c}"
+                    for c, r in by_connections.items()
+                )
             )
 
     if args.json is not None:
@@ -1500,6 +1550,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for key, by_connections in per_variant_ratios.items()
                 }
                 for base, per_variant_ratios in by_base.items()
+            },
+            # baseline -> variant -> connections -> the median over rounds of each round's
+            # own ratio, of req/s ("rps") and of Envoy CPU per request ("envoy_cpu").
+            "paired_ratios": {
+                base: {
+                    key: {
+                        str(c): {m: None if r is None else round(r, 4) for m, r in pair.items()}
+                        for c, pair in by_connections.items()
+                    }
+                    for key, by_connections in per_variant.items()
+                }
+                for base, per_variant in paired.items()
             },
             # What the istio variant ran: the Istio YAML and pilot's translation of it.
             "istio_config": {"yaml": yaml_text, "envoy_bootstrap": istio_config},

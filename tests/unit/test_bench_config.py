@@ -157,3 +157,26 @@ def test_the_paced_table_compares_p99_with_native_istio() -> None:
     assert "paced at 1,000 req/s offered (medians of 3 rounds)" in text
     module_line = next(line for line in text.splitlines() if line.startswith("envoy + module"))
     assert "+0.25" in module_line
+
+
+def _record(round_no: int, variant: str, rps: float, envoy_us: float = 80.0) -> Any:
+    wrk = bench.WrkResult(int(rps), 1.0, rps, 1.0, 2.0, 0, 0)
+    return bench.RunRecord(16, round_no, 0, variant, wrk, {}, {"envoy": envoy_us}, {}, {})
+
+
+def test_paired_ratio_is_the_median_of_each_rounds_own_ratio() -> None:
+    # The machine halves its speed in round 1: both variants drop, their ratio does not.
+    records = [
+        _record(0, "istio", 20_000),
+        _record(0, "module", 19_000, 84.0),
+        _record(1, "istio", 10_000),
+        _record(1, "module", 9_600, 84.0),
+        _record(2, "istio", 18_000),
+        _record(2, "module", 17_400, 84.0),
+        _record(3, "module", 5_000),
+    ]
+    rps = bench.paired_ratio(records, "module", "istio", 16)
+    cpu = bench.paired_ratio(records, "module", "istio", 16, "envoy_cpu")
+    assert rps == pytest.approx(0.96)  # 0.95, 0.96, 0.967; round 3 has no istio run
+    assert cpu == pytest.approx(1.05)
+    assert bench.paired_ratio(records, "module", "istio", 64) is None
