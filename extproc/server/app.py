@@ -44,6 +44,7 @@ from extproc.core.cluster import ClusterState
 from extproc.core.policy import Policy
 from extproc.core.table import ServiceTable
 from extproc.errors import StartupError
+from extproc.module.build import check_machine
 from extproc.server.access_log import AccessLogReceiver
 from extproc.server.admin import AdminServer
 from extproc.server.eds import EdsHost, EndpointDiscovery
@@ -178,6 +179,9 @@ class ServiceApp:
 
     async def start(self) -> None:
         """Bring everything up; raises StartupError when a port cannot be bound."""
+        if self.module_links is not None:
+            # serve runs beside an Envoy that loads a module built elsewhere (the image).
+            check_machine()
         for name in HEALTH_SERVICES:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         interceptors = [] if self.settings.secret is None else [_SecretCheck(self.settings.secret)]

