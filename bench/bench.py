@@ -48,8 +48,9 @@ product existed, kept so that the figures compare):
      balance), to measure what that listener difference costs.
 
 4. For each connection count, ``--rounds`` rounds; each round runs wrk against every
-   variant, starting with a different variant each round, so a slow drift of the machine
-   (thermal, noisy neighbours) does not always land on the same variant.
+   variant, in an order rotated and reversed every other round (``round_order``), so a
+   slow drift of the machine (thermal, noisy neighbours) does not always land on the same
+   variant, nor a variant's after-effects on the same successor.
 5. Around each wrk run, the CPU seconds of every process involved are read from
    ``/proc/<pid>/stat`` (utime + stime, all threads). Divided by wrk's request count
    this gives CPU microseconds per request, which says where the time goes even when
@@ -111,8 +112,8 @@ UPSTREAM_BODY = "ok\n"
 LOCALITY = "us-east1"
 FAILOVER_LOCALITY = "us-west1"
 
-#: Variant keys, in the order of the first round; later rounds rotate it. ``module``,
-#: ``lua`` and ``ext_proc`` are also the values of ``extproc up --data-path``.
+#: Variant keys, in the order of the first round; later rounds reorder it (``round_order``).
+#: ``module``, ``lua`` and ``ext_proc`` are also the values of ``extproc up --data-path``.
 VARIANTS = ("istio", "plain", "module", "lua", "ext_proc")
 #: Only with ``--reuse-port-ab``: plain Envoy with its listener as ``extproc up`` renders it.
 NO_REUSE_PORT = "plain_no_reuse_port"
@@ -993,7 +994,7 @@ def _paced_rounds(
     script = pacing_script(tmp, args.paced_rps, args.paced_connections)
     paced: list[RunRecord] = []
     for round_no in range(args.rounds):
-        for position, key in enumerate(rotated(variants, round_no)):
+        for position, key in enumerate(round_order(variants, round_no)):
             record = measure(
                 targets[key],
                 upstream_pids,
@@ -1052,6 +1053,19 @@ def rotated(items: Sequence[str], start: int) -> list[str]:
     """``items`` starting at index ``start`` (mod len), wrapping around."""
     start %= len(items)
     return [*items[start:], *items[:start]]
+
+
+def round_order(items: Sequence[str], round_no: int) -> list[str]:
+    """The order of the variants in round ``round_no``: rotated, and reversed every other round.
+
+    Rotation alone moves every variant through every position but keeps its neighbours:
+    each variant would always run right after the same one, so whatever one variant leaves
+    behind (cold caches after a slow one, a busy service finishing its work) would always
+    land on the same other variant. Reversing every other round gives each variant both
+    neighbours as predecessors.
+    """
+    forward = round_no % 2 == 0
+    return rotated(items if forward else list(reversed(items)), round_no // 2)
 
 
 def medians(records: list[RunRecord]) -> dict[str, Any]:
@@ -1427,7 +1441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for connections in args.connections:
                 for round_no in range(args.rounds):
-                    order = rotated(variants, round_no)
+                    order = round_order(variants, round_no)
                     for position, key in enumerate(order):
                         record = measure(
                             targets[key],

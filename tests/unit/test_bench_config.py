@@ -180,3 +180,14 @@ def test_paired_ratio_is_the_median_of_each_rounds_own_ratio() -> None:
     assert rps == pytest.approx(0.96)  # 0.95, 0.96, 0.967; round 3 has no istio run
     assert cpu == pytest.approx(1.05)
     assert bench.paired_ratio(records, "module", "istio", 64) is None
+
+
+def test_round_order_gives_every_variant_every_position_and_both_predecessors() -> None:
+    variants = ["istio", "plain", "module", "lua", "ext_proc"]
+    orders = [bench.round_order(variants, r) for r in range(2 * len(variants))]
+
+    assert all(sorted(order) == sorted(variants) for order in orders)
+    for key in variants:
+        assert {order.index(key) for order in orders} == set(range(len(variants)))
+    before_module = {order[order.index("module") - 1] for order in orders if order[0] != "module"}
+    assert before_module == {"plain", "lua"}
