@@ -4,8 +4,8 @@ Modules: ``values`` (what each flag takes: addresses, labels, counts), ``options
 argparse option whose default an ``EXTPROC_*`` variable overrides), ``flags`` (the flags and
 the one map to ``Settings``), and this one (the commands). ``up`` and ``serve`` run
 through ``server.lifecycle.Lifecycle``, which owns signals, reload and shutdown; nothing
-here does. The CLI may import every layer; it
-imports the server lazily so that ``check`` and ``render`` start fast.
+here does. The CLI may import every layer; it imports the server lazily so that ``check``
+and ``render`` start fast.
 """
 
 from __future__ import annotations

@@ -48,31 +48,29 @@ def _declare() -> type[Message]:
         ],
     )
     message = proto.message_type.add(name="DynamicModuleAccessLog")
-    message.field.add(
-        name="dynamic_module_config",
-        json_name="dynamicModuleConfig",
-        number=1,
-        label=field.LABEL_OPTIONAL,
-        type=field.TYPE_MESSAGE,
-        type_name=f".{dynamic_modules_pb2.DynamicModuleConfig.DESCRIPTOR.full_name}",
+    fields = (
+        ("dynamic_module_config", 1, field.TYPE_MESSAGE, dynamic_modules_pb2.DynamicModuleConfig),
+        ("logger_name", 2, field.TYPE_STRING, None),
+        ("logger_config", 3, field.TYPE_MESSAGE, any_pb2.Any),
     )
-    message.field.add(
-        name="logger_name",
-        json_name="loggerName",
-        number=2,
-        label=field.LABEL_OPTIONAL,
-        type=field.TYPE_STRING,
-    )
-    message.field.add(
-        name="logger_config",
-        json_name="loggerConfig",
-        number=3,
-        label=field.LABEL_OPTIONAL,
-        type=field.TYPE_MESSAGE,
-        type_name=f".{any_pb2.Any.DESCRIPTOR.full_name}",
-    )
+    for name, number, kind, of in fields:
+        added = message.field.add(
+            name=name,
+            json_name=_json_name(name),
+            number=number,
+            label=field.LABEL_OPTIONAL,
+            type=kind,
+        )
+        if of is not None:  # a proto2 field: set only for message fields
+            added.type_name = f".{of.DESCRIPTOR.full_name}"
     pool.AddSerializedFile(proto.SerializeToString())
     return _message_class(pool)
+
+
+def _json_name(name: str) -> str:
+    """protoc's JSON name of a field: ``logger_name`` -> ``loggerName``."""
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
 
 
 def _message_class(pool: descriptor_pool.DescriptorPool) -> type[Message]:

@@ -18,6 +18,8 @@ reset flag) and reports it itself, so its path has no such log.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
@@ -109,12 +111,15 @@ def module_filter(settings: Settings) -> http_connection_manager_pb2.HttpFilter:
     """
     if settings.socket_dir is None:
         raise ValueError("the module data path needs a socket directory (--socket-dir)")
+    return module_filter_at(settings.socket_dir / MODULE_SOCKET)
+
+
+def module_filter_at(socket_path: Path | str) -> http_connection_manager_pb2.HttpFilter:
+    """The module's filter for the service's module socket at ``socket_path``."""
     config = dynamic_module_filter_pb2.DynamicModuleFilter(
         dynamic_module_config=module_config(),
         filter_name=MODULE_FILTER_NAME,
-        filter_config=packed(
-            wrappers_pb2.StringValue(value=str(settings.socket_dir / MODULE_SOCKET))
-        ),
+        filter_config=packed(wrappers_pb2.StringValue(value=str(socket_path))),
     )
     return _Hcm.HttpFilter(name=MODULE_FILTER, typed_config=packed(config))
 

@@ -80,8 +80,10 @@ _HELLO = struct.Struct(HELLO_FORMAT)
 _ENTRY_HEAD = struct.Struct(ENTRY_HEAD_FORMAT)
 _HOST = struct.Struct(HOST_FORMAT)
 _RECORD = struct.Struct(RECORD_FORMAT)
-#: An entry's bytes after its seq word: what ``write_entry`` copies in one go.
-BODY_SIZE = ENTRY_SIZE - 8
+#: An entry's bytes after its seq word (the entry's first field, ``ENTRY_HEAD_FORMAT``'s
+#: ``Q``): what ``write_entry`` copies in one go.
+BODY_OFFSET = ENTRY_SEQ_OFFSET + 8
+BODY_SIZE = ENTRY_SIZE - BODY_OFFSET
 #: An unused entry (name_len 0): the module matches no service on it.
 EMPTY_BODY = bytes(BODY_SIZE)
 #: Istio's LEAST_REQUEST choice count (Envoy's default ``choice_count``).
@@ -239,7 +241,7 @@ def pack_entry(entry: Entry) -> bytes:
         name,
     )
     hosts = b"".join(_pack_host(host) for host in entry.hosts)
-    body = head[8:] + hosts
+    body = head[BODY_OFFSET:] + hosts
     return body + bytes(BODY_SIZE - len(body))
 
 
@@ -301,7 +303,7 @@ def write_entry(region: memoryview, index: int, body: bytes) -> None:
     with region[seq_at : seq_at + 8].cast("Q") as seq:
         odd = seq[0] | 1
         seq[0] = odd  # 1. odd: the module keeps its last good copy
-        region[start + 8 : start + ENTRY_SIZE] = body  # 2. the body
+        region[start + BODY_OFFSET : start + ENTRY_SIZE] = body  # 2. the body
         seq[0] = odd + 1  # 3. even again (see "Store order" above)
 
 

@@ -111,10 +111,14 @@ async def test_after_the_service_restarts_envoy_sends_late_resets_to_the_new_one
     )
     await new.start()
     stack.app = new
-    for _ in range(50):
+    # Envoy's EDS stream reconnects with a growing backoff while the old service drains
+    # (its shutdown grace), so the new service's us-east1 may take some seconds to arrive.
+    for _ in range(200):
         if whole(await get(stack.settings.listen, "mydb.com")) == EAST:
             break
         await asyncio.sleep(0.1)
+    else:
+        pytest.fail("no request reached us-east1 through the new service within 20 s")
     await asyncio.sleep(0.3)  # every Lua worker on the new service's table
 
     east.set_mode(Mode.RESET)

@@ -31,6 +31,9 @@ import pytest
 from extproc import wire
 from extproc.demo import free_port
 from extproc.module.build import build
+from extproc.render.attempt_log import attempt_log
+from extproc.render.filters import module_filter_at, router_filter
+from extproc.render.typed import to_data
 from extproc.sandbox import StandIn
 from extproc.server.envoy_process import find_envoy_binary
 from extproc.wire import ModuleLb
@@ -265,35 +268,6 @@ def service_end(tmp_path: Path) -> Iterator[ServiceEnd]:
 # --- Envoy ---------------------------------------------------------------------------------------
 
 
-def module_filter(socket_path: Path | str) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.dynamic_modules",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3"
-            ".DynamicModuleFilter",
-            "dynamic_module_config": {"name": wire.MODULE_NAME, "do_not_close": True},
-            "filter_name": wire.MODULE_FILTER_NAME,
-            "filter_config": {
-                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                "value": str(socket_path),
-            },
-        },
-    }
-
-
-def attempt_log() -> dict[str, Any]:
-    """The router's upstream log into the module: every attempt, as it ends."""
-    return {
-        "name": "envoy.access_loggers.dynamic_modules",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.dynamic_modules.v3"
-            ".DynamicModuleAccessLog",
-            "dynamic_module_config": {"name": wire.MODULE_NAME, "do_not_close": True},
-            "logger_name": wire.MODULE_ATTEMPT_LOGGER,
-        },
-    }
-
-
 #: What a retry may retry on: Istio's default policy (the renderer's), and one that also
 #: retries a reset after connecting (so one request's attempts can end three ways).
 ISTIO_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -354,15 +328,10 @@ def bootstrap(
                 }
             ]
         },
+        # The renderer's filter and attempt log, so these tests load what ships.
         "http_filters": [
-            module_filter(socket_path),
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                    "upstream_log": [attempt_log()] if upstream_log else [],
-                },
-            },
+            to_data(module_filter_at(socket_path)),
+            to_data(router_filter([attempt_log()] if upstream_log else [])),
         ],
     }
     lb_endpoints = [
