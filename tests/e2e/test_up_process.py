@@ -64,6 +64,33 @@ async def _gone(pids: list[int], timeout_s: float) -> bool:
     return False
 
 
+async def _stderr_once_exited(proc: asyncio.subprocess.Process, timeout_s: float) -> bytes:
+    """The process's stderr once it has exited; on a timeout, what it printed and what runs.
+
+    The pipes are read while it runs, so a full pipe never holds it up.
+    """
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    out, err = proc.stdout, proc.stderr
+    reading = asyncio.gather(out.read(), err.read())
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        left = [_cmdline(pid) for pid in _descendants(proc.pid)]
+        proc.kill()
+        _, text = await reading
+        raise AssertionError(
+            f"still running after {timeout_s:g}s; its processes {left}; it printed:\n"
+            + text.decode(errors="replace")[-4000:]
+        ) from None
+    _, text = await asyncio.wait_for(reading, timeout_s)
+    return text
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def _is_envoy(pid: int) -> bool:
     return "envoy" in Path(f"/proc/{pid}/cmdline").read_text()
 
@@ -99,7 +126,7 @@ async def test_up_exits_non_zero_when_envoy_is_killed_and_leaves_no_process(
         await first_200(listen)
         [envoy] = [pid for pid in _descendants(proc.pid) if _is_envoy(pid)]
         os.kill(envoy, signal.SIGKILL)
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        err = await _stderr_once_exited(proc, timeout_s=30)
     finally:
         if proc.returncode is None:
             proc.kill()
