@@ -226,6 +226,52 @@ class TlsSettings:
 DEFAULT_CLUSTER_ID = "Kubernetes"
 
 
+#: Istio's circuit-breaker thresholds when the pool sets none: effectively unlimited
+#: (cluster_traffic_policy.go getDefaultCircuitBreakerThresholds, math.MaxUint32).
+UNLIMITED = 2**32 - 1
+
+
+class UpstreamProtocol(enum.Enum):
+    """The HTTP version a cluster speaks to its endpoints (``h2UpgradePolicy``,
+    ``useClientProtocol``; the mesh's default h2UpgradePolicy is DO_NOT_UPGRADE)."""
+
+    HTTP1 = "HTTP1"
+    HTTP2 = "HTTP2"  # h2UpgradePolicy: UPGRADE (applyH2Upgrade, setH2Options)
+    CLIENT = "CLIENT"  # useClientProtocol: the downstream's (setUseDownstreamProtocol)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpKeepalive:
+    """``connectionPool.tcp.tcpKeepalive``; None keeps the OS default (setKeepAliveSettings)."""
+
+    probes: int | None = None
+    time_s: int | None = None  # whole seconds, as pilot passes them (Duration.Seconds)
+    interval_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    """``trafficPolicy.connectionPool`` as pilot's ``applyConnectionPool`` resolves it.
+
+    The four limits are Envoy circuit breakers, shared by all of Envoy's workers: a request
+    over one is answered 503 (UO) by Envoy and never counts against an endpoint.
+    """
+
+    max_connections: int = UNLIMITED  # tcp.maxConnections
+    max_pending_requests: int = UNLIMITED  # http.http1MaxPendingRequests
+    max_requests: int = UNLIMITED  # http.http2MaxRequests
+    max_retries: int = UNLIMITED  # http.maxRetries (0 is unset: the FIXME in pilot)
+    # http.idleTimeout, else tcp.idleTimeout; None is Envoy's default (1h).
+    idle_timeout_s: float | None = None
+    max_requests_per_connection: int = 0  # 0: unlimited
+    max_connection_duration_s: float | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    protocol: UpstreamProtocol = UpstreamProtocol.HTTP1
+    # HTTP/2 only (an upgraded cluster): http.maxConcurrentStreams, http.http2KeepAlive.
+    max_concurrent_streams: int = 0
+    http2_keepalive: tuple[float, float] | None = None  # (interval, timeout), seconds
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     """The client proxy a service answers for: its locality, labels and cluster.
@@ -257,6 +303,7 @@ class Service:
     locality_lb: LocalityLbSetting = LocalityLbSetting()
     # connectionPool.tcp.connectTimeout, else Istio's mesh connectTimeout (10s).
     connect_timeout_s: float = 10.0
+    pool: ConnectionPool = ConnectionPool()
     # trafficPolicy.tls in mode SIMPLE or MUTUAL; None is plain TCP (no tls, or DISABLE).
     tls: TlsSettings | None = None
     source: str = ""  # where it came from, for messages: 'mesh.yaml: ServiceEntry "x"'

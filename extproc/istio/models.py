@@ -178,16 +178,50 @@ class LoadBalancerSpec(Model):
     )
 
 
-class TcpSettingsSpec(Model):
-    """``connectionPool.tcp``: only ``connectTimeout`` (the cluster's ``connect_timeout``)."""
+class TcpKeepaliveSpec(Model):
+    """``connectionPool.tcp.tcpKeepalive``: unset fields keep the OS defaults."""
 
+    probes: int | None = None
+    time: GoDuration | None = None
+    interval: GoDuration | None = None
+
+
+class TcpSettingsSpec(Model):
+    """``connectionPool.tcp`` (``ConnectionPoolSettings.TCPSettings``)."""
+
+    max_connections: int = Field(default=0, alias="maxConnections")
     connect_timeout: GoDuration | None = Field(default=None, alias="connectTimeout")
+    tcp_keepalive: TcpKeepaliveSpec | None = Field(default=None, alias="tcpKeepalive")
+    max_connection_duration: GoDuration | None = Field(default=None, alias="maxConnectionDuration")
+    idle_timeout: GoDuration | None = Field(default=None, alias="idleTimeout")
+
+
+class Http2KeepAliveSpec(Model):
+    """``connectionPool.http.http2KeepAlive``: both fields are required (validation)."""
+
+    interval: GoDuration | None = None
+    timeout: GoDuration | None = None
+
+
+class HttpSettingsSpec(Model):
+    """``connectionPool.http`` (``ConnectionPoolSettings.HTTPSettings``); 0 is unset."""
+
+    http1_max_pending_requests: int = Field(default=0, alias="http1MaxPendingRequests")
+    http2_max_requests: int = Field(default=0, alias="http2MaxRequests")
+    max_requests_per_connection: int = Field(default=0, alias="maxRequestsPerConnection")
+    max_retries: int = Field(default=0, alias="maxRetries")
+    idle_timeout: GoDuration | None = Field(default=None, alias="idleTimeout")
+    h2_upgrade_policy: str = Field(default="DEFAULT", alias="h2UpgradePolicy")
+    use_client_protocol: bool = Field(default=False, alias="useClientProtocol")
+    max_concurrent_streams: int = Field(default=0, alias="maxConcurrentStreams")
+    http2_keep_alive: Http2KeepAliveSpec | None = Field(default=None, alias="http2KeepAlive")
 
 
 class ConnectionPoolSpec(Model):
     """``trafficPolicy.connectionPool`` (``ConnectionPoolSettings``)."""
 
     tcp: TcpSettingsSpec | None = None
+    http: HttpSettingsSpec | None = None
 
 
 class ClientTlsSettingsSpec(Model):

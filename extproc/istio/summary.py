@@ -10,7 +10,16 @@ from collections.abc import Sequence
 from typing import Final
 
 from extproc.core.locality import LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE, endpoint_priorities
-from extproc.core.policy import Locality, Policy, Service, Workload, host_address
+from extproc.core.policy import (
+    UNLIMITED,
+    ConnectionPool,
+    Locality,
+    Policy,
+    Service,
+    UpstreamProtocol,
+    Workload,
+    host_address,
+)
 
 __all__ = ["check_summary", "locality_text", "locality_warnings"]
 
@@ -163,9 +172,30 @@ def _describe(service: Service) -> str:
         parts.append("failoverPriority" + (" + failover" if setting.failover else ""))
     else:
         parts.append("locality failover")
+    if (pool := _describe_pool(service.pool)) is not None:
+        parts.append(pool)
     if service.tls is not None:
         parts.append(f"TLS {service.tls.mode.value}")
     return ", ".join(parts)
+
+
+def _describe_pool(pool: ConnectionPool) -> str | None:
+    """The circuit breakers that can trip, and the upstream protocol when not HTTP/1.1."""
+    limits = [
+        f"{limit} {name}"
+        for limit, name in (
+            (pool.max_connections, "connections"),
+            (pool.max_pending_requests, "pending"),
+            (pool.max_requests, "requests"),
+            (pool.max_retries, "retries"),
+        )
+        if limit != UNLIMITED
+    ]
+    if pool.protocol is UpstreamProtocol.HTTP2:
+        limits.append("HTTP/2 upstream")
+    elif pool.protocol is UpstreamProtocol.CLIENT:
+        limits.append("client's protocol upstream")
+    return f"pool ({', '.join(limits)})" if limits else None
 
 
 def _describe_workload(workload: Workload) -> str:

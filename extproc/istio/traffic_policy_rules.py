@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from extproc.istio import api
+from extproc.istio.duration import parse_duration
 from extproc.istio.field_rules import (
     check_duration,
     check_locality_lb,
@@ -47,6 +48,9 @@ _SIMPLE_LB: Final = (
     "ROUND_ROBIN",
     "LEAST_REQUEST",
 )
+# ConnectionPoolSettings.HTTPSettings.H2UpgradePolicy
+_H2_UPGRADE_POLICIES: Final = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
+INT32_MAX: Final = 2**31 - 1
 _PORT_POLICY_FIELDS: Final = frozenset(api.PORT_TRAFFIC_POLICY.field_names()) - {"port"}
 
 
@@ -134,11 +138,81 @@ def _check_port_level_settings(
 
 
 def _check_connection_pool(pool: ConnectionPoolSpec, where: str, check: Checker) -> None:
-    """``validateConnectionPool``, for the fields extproc reads (others are only warned)."""
-    if pool.tcp is None and "http" not in (pool.model_extra or {}):
+    """``validateConnectionPool`` (pkg/config/validation/validation.go), with its messages."""
+    if pool.tcp is None and pool.http is None:
         check.error(where, "connection pool must have at least one field")
-    if pool.tcp is not None and pool.tcp.connect_timeout is not None:
-        check_duration(pool.tcp.connect_timeout, f"{where}.tcp.connectTimeout", check)
+    if (http := pool.http) is not None:
+        here = f"{where}.http"
+        for alias, value, what in (
+            (
+                "http1MaxPendingRequests",
+                http.http1_max_pending_requests,
+                "http1 max pending requests",
+            ),
+            ("http2MaxRequests", http.http2_max_requests, "http2 max requests"),
+            (
+                "maxRequestsPerConnection",
+                http.max_requests_per_connection,
+                "max requests per connection",
+            ),
+            ("maxRetries", http.max_retries, "max retries"),
+            ("maxConcurrentStreams", http.max_concurrent_streams, "max concurrent streams"),
+        ):
+            _check_int32(value, f"{here}.{alias}", what, check)
+        if http.idle_timeout is not None:
+            check_duration(http.idle_timeout, f"{here}.idleTimeout", check)
+        if http.h2_upgrade_policy not in _H2_UPGRADE_POLICIES:
+            check.error(
+                f"{here}.h2UpgradePolicy",
+                f"Unsupported value: {show(http.h2_upgrade_policy)}: supported values: "
+                + ", ".join(map(show, _H2_UPGRADE_POLICIES)),
+            )
+        elif http.h2_upgrade_policy == "UPGRADE" and http.use_client_protocol:
+            check.error(
+                f"{here}.useClientProtocol",
+                "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
+            )
+        if (keepalive := http.http2_keep_alive) is not None:
+            for alias, text in (("interval", keepalive.interval), ("timeout", keepalive.timeout)):
+                if text is None:
+                    check.error(f"{here}.http2KeepAlive", f"http2 keepalive {alias} is required")
+                else:
+                    check_duration(text, f"{here}.http2KeepAlive.{alias}", check)
+    if (tcp := pool.tcp) is not None:
+        here = f"{where}.tcp"
+        _check_int32(tcp.max_connections, f"{here}.maxConnections", "max connections", check)
+        for alias, text in (
+            ("connectTimeout", tcp.connect_timeout),
+            ("maxConnectionDuration", tcp.max_connection_duration),
+        ):
+            if text is not None:
+                check_duration(text, f"{here}.{alias}", check)
+        # "0s" disables the idle timeout, so it is not held to the 1ms minimum.
+        if tcp.idle_timeout is not None and parse_duration(tcp.idle_timeout) != 0:
+            check_duration(tcp.idle_timeout, f"{here}.idleTimeout", check)
+        if (tcp_keepalive := tcp.tcp_keepalive) is not None:
+            if tcp_keepalive.probes is not None:
+                # uint32 in the CRD (minimum 0, maximum 4294967295): the API server's words.
+                path = f"{here}.tcpKeepalive.probes"
+                if tcp_keepalive.probes < 0:
+                    check.error(
+                        path,
+                        f"Invalid value: {tcp_keepalive.probes}: {path} in body should be "
+                        "greater than or equal to 0",
+                    )
+                elif (problem := uint32_error(tcp_keepalive.probes, path)) is not None:
+                    check.error(path, problem)
+            for alias, text in (("time", tcp_keepalive.time), ("interval", tcp_keepalive.interval)):
+                if text is not None:
+                    check_duration(text, f"{here}.tcpKeepalive.{alias}", check)
+
+
+def _check_int32(value: int, where: str, what: str, check: Checker) -> None:
+    """An int32 field of the pool: Istio refuses a negative one; a larger one cannot decode."""
+    if value < 0:
+        check.error(where, f"{what} must be non-negative")
+    elif value > INT32_MAX:
+        check.error(where, f"{value} is out of range for an int32 (at most {INT32_MAX})")
 
 
 def _check_upstream_sni(dr: DestinationRule, check: Checker) -> None:

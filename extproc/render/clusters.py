@@ -33,7 +33,14 @@ from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf.message import Message
 
-from extproc.core.policy import LbAlgorithm, Service, is_ip
+from extproc.core.policy import (
+    ConnectionPool,
+    LbAlgorithm,
+    Service,
+    TcpKeepalive,
+    UpstreamProtocol,
+    is_ip,
+)
 from extproc.render.tls import HTTP_PROTOCOL_OPTIONS, auto_sni_options, upstream_tls_socket
 from extproc.render.typed import milliseconds, packed, seconds, uint32
 from extproc.settings import Settings
@@ -51,9 +58,6 @@ from extproc.wire import (
 
 _Cluster = cluster_pb2.Cluster
 
-#: Istio's default circuit-breaker thresholds: effectively unlimited
-#: (cluster_traffic_policy.go getDefaultCircuitBreakerThresholds).
-_UNLIMITED = 4294967295
 _ENVOY_LB = {
     LbAlgorithm.ROUND_ROBIN: _Cluster.ROUND_ROBIN,
     LbAlgorithm.LEAST_REQUEST: _Cluster.LEAST_REQUEST,
@@ -116,7 +120,7 @@ def service_cluster(service: Service, settings: Settings) -> cluster_pb2.Cluster
         name=service.cluster_name,
         # connectionPool.tcp.connectTimeout, else the mesh default (10s): applyConnectionPool.
         connect_timeout=seconds(service.connect_timeout_s),
-        circuit_breakers=_circuit_breakers(),
+        circuit_breakers=_circuit_breakers(service.pool),
         common_lb_config=_Cluster.CommonLbConfig(
             # Istio sets the panic threshold to minHealthPercent when outlierDetection is set.
             healthy_panic_threshold=percent_pb2.Percent(
@@ -136,26 +140,90 @@ def service_cluster(service: Service, settings: Settings) -> cluster_pb2.Cluster
         cluster.common_lb_config.override_host_status.statuses.extend(_OVERRIDABLE)
     if service.tls is not None:
         cluster.transport_socket.CopyFrom(upstream_tls_socket(service.tls, settings.system_ca_file))
-        options = auto_sni_options(service.tls)
-        if options is not None:
-            cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
-                packed(options)
-            )
+    keepalive = service.pool.tcp_keepalive
+    if keepalive is not None:
+        cluster.upstream_connection_options.CopyFrom(_upstream_connection_options(keepalive))
+    options = _http_protocol_options(service)
+    if options is not None:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed(options))
     return cluster
 
 
-def _circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
-    # Envoy's default max_retries (3) overflows under load and fails requests (UO).
+def _circuit_breakers(pool: ConnectionPool) -> circuit_breaker_pb2.CircuitBreakers:
+    """Istio's thresholds (``applyConnectionPool`` over ``getDefaultCircuitBreakerThresholds``).
+
+    Unset limits are unlimited: Envoy's own default max_retries (3) overflows under load and
+    fails requests (UO). ``track_remaining`` is Istio's default too (the ``remaining_*`` gauges).
+    """
     return circuit_breaker_pb2.CircuitBreakers(
         thresholds=[
             circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                max_connections=uint32(_UNLIMITED),
-                max_pending_requests=uint32(_UNLIMITED),
-                max_requests=uint32(_UNLIMITED),
-                max_retries=uint32(_UNLIMITED),
+                max_connections=uint32(pool.max_connections),
+                max_pending_requests=uint32(pool.max_pending_requests),
+                max_requests=uint32(pool.max_requests),
+                max_retries=uint32(pool.max_retries),
+                track_remaining=True,
             )
         ]
     )
+
+
+def _upstream_connection_options(keepalive: TcpKeepalive) -> cluster_pb2.UpstreamConnectionOptions:
+    """``setKeepAliveSettings``: SO_KEEPALIVE, with the OS defaults where a field is unset."""
+    tcp = address_pb2.TcpKeepalive()
+    if keepalive.probes is not None:
+        tcp.keepalive_probes.CopyFrom(uint32(keepalive.probes))
+    if keepalive.time_s is not None:
+        tcp.keepalive_time.CopyFrom(uint32(keepalive.time_s))
+    if keepalive.interval_s is not None:
+        tcp.keepalive_interval.CopyFrom(uint32(keepalive.interval_s))
+    return cluster_pb2.UpstreamConnectionOptions(tcp_keepalive=tcp)
+
+
+def _http_protocol_options(
+    service: Service,
+) -> http_protocol_options_pb2.HttpProtocolOptions | None:
+    """The cluster's HTTP protocol options: SNI from the authority (``render.tls``), and the
+    pool's connection limits and protocol (``applyConnectionPool``, ``setH2Options``,
+    ``setUseDownstreamProtocol``); None when all are Envoy's defaults."""
+    options_type = http_protocol_options_pb2.HttpProtocolOptions
+    pool = service.pool
+    options = (auto_sni_options(service.tls) if service.tls is not None else None) or options_type()
+    common = options.common_http_protocol_options
+    if pool.idle_timeout_s is not None:
+        common.idle_timeout.CopyFrom(seconds(pool.idle_timeout_s))
+    if pool.max_requests_per_connection > 0:
+        common.max_requests_per_connection.CopyFrom(uint32(pool.max_requests_per_connection))
+    if pool.max_connection_duration_s is not None:
+        common.max_connection_duration.CopyFrom(seconds(pool.max_connection_duration_s))
+    if pool.protocol is UpstreamProtocol.HTTP2:
+        http2 = protocol_pb2.Http2ProtocolOptions()
+        if pool.max_concurrent_streams > 0:
+            http2.max_concurrent_streams.CopyFrom(uint32(pool.max_concurrent_streams))
+        if pool.http2_keepalive is not None:
+            interval_s, timeout_s = pool.http2_keepalive
+            http2.connection_keepalive.CopyFrom(
+                protocol_pb2.KeepaliveSettings(
+                    interval=seconds(interval_s), timeout=seconds(timeout_s)
+                )
+            )
+        options.explicit_http_config.CopyFrom(
+            options_type.ExplicitHttpConfig(http2_protocol_options=http2)
+        )
+    elif pool.protocol is UpstreamProtocol.CLIENT:
+        http1 = options.explicit_http_config.http_protocol_options
+        options.use_downstream_protocol_config.CopyFrom(
+            options_type.UseDownstreamHttpConfig(
+                http_protocol_options=http1,
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
+            )
+        )
+    if options == options_type():
+        return None
+    if options.WhichOneof("upstream_protocol_options") is None:
+        # Envoy requires one; HTTP/1.1 is what the cluster speaks without it.
+        options.explicit_http_config.http_protocol_options.SetInParent()
+    return options
 
 
 def override_host_policy(algorithm: LbAlgorithm) -> cluster_pb2.LoadBalancingPolicy:

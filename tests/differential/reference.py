@@ -65,6 +65,7 @@ _HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
     "HttpConnectionManager"
 )
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _CARES = "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
 _PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
@@ -411,8 +412,6 @@ def _cluster(
     dr_where = "DestinationRule.spec.trafficPolicy"
     _only(policy, {"outlierDetection", "loadBalancer", "connectionPool"}, dr_where)
     pool = policy.get("connectionPool") or {}
-    _only(pool, {"tcp"}, f"{dr_where}.connectionPool")
-    _only(pool.get("tcp") or {}, {"connectTimeout"}, f"{dr_where}.connectionPool.tcp")
     connect_timeout_s = MESH_CONNECT_TIMEOUT_S
     if "connectTimeout" in (pool.get("tcp") or {}):
         connect_timeout_s = parse_duration(
@@ -430,19 +429,9 @@ def _cluster(
         "type": "STRICT_DNS" if resolution == "DNS" else "STATIC",
         "connect_timeout": _envoy_duration(connect_timeout_s),
         "lb_policy": _lb_policy(lb, f"{dr_where}.loadBalancer"),
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "max_connections": _UNLIMITED,
-                    "max_pending_requests": _UNLIMITED,
-                    "max_requests": _UNLIMITED,
-                    "max_retries": _UNLIMITED,
-                    "track_remaining": True,
-                }
-            ]
-        },
         "common_lb_config": {},
     }
+    cluster |= _connection_pool(pool, f"{dr_where}.connectionPool")
     if od is not None:
         cluster["outlier_detection"] = _outlier_detection(od, f"{dr_where}.outlierDetection")
         # applyOutlierDetection: panic threshold = minHealthPercent (0 when unset), always.
@@ -486,6 +475,95 @@ def _cluster(
         "endpoints": [_locality_lb_endpoints(g) for g in groups],
     }
     return cluster
+
+
+def _connection_pool(pool: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The cluster fields of ``applyConnectionPool`` (with ``applyH2Upgrade`` before it).
+
+    Thresholds start from ``getDefaultCircuitBreakerThresholds``; a limit of 0 is unset.
+    """
+    tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
+    _only(pool, {"tcp", "http"}, where)
+    _only(
+        tcp,
+        {
+            "maxConnections",
+            "connectTimeout",
+            "tcpKeepalive",
+            "maxConnectionDuration",
+            "idleTimeout",
+        },
+        f"{where}.tcp",
+    )
+    _only(
+        http,
+        {
+            "http1MaxPendingRequests",
+            "http2MaxRequests",
+            "maxRequestsPerConnection",
+            "maxRetries",
+            "idleTimeout",
+            "h2UpgradePolicy",
+            "useClientProtocol",
+            "maxConcurrentStreams",
+            "http2KeepAlive",
+        },
+        f"{where}.http",
+    )
+    threshold = {
+        "max_connections": tcp.get("maxConnections") or _UNLIMITED,
+        "max_pending_requests": http.get("http1MaxPendingRequests") or _UNLIMITED,
+        "max_requests": http.get("http2MaxRequests") or _UNLIMITED,
+        "max_retries": http.get("maxRetries") or _UNLIMITED,
+        "track_remaining": True,
+    }
+    fields: dict[str, Any] = {"circuit_breakers": {"thresholds": [threshold]}}
+    if (keepalive := tcp.get("tcpKeepalive")) is not None:
+        # setKeepAliveSettings: whole seconds (Duration.Seconds).
+        tcp_keepalive: dict[str, Any] = {}
+        if keepalive.get("probes"):
+            tcp_keepalive["keepalive_probes"] = keepalive["probes"]
+        for key, name in (("time", "keepalive_time"), ("interval", "keepalive_interval")):
+            if key in keepalive:
+                tcp_keepalive[name] = int(parse_duration(keepalive[key], f"{where}.tcp.{key}"))
+        fields["upstream_connection_options"] = {"tcp_keepalive": tcp_keepalive}
+    common: dict[str, Any] = {}
+    idle = http.get("idleTimeout", tcp.get("idleTimeout"))
+    if idle is not None:
+        common["idle_timeout"] = _envoy_duration(parse_duration(idle, f"{where}.idleTimeout"))
+    if http.get("maxRequestsPerConnection"):
+        common["max_requests_per_connection"] = http["maxRequestsPerConnection"]
+    if "maxConnectionDuration" in tcp:
+        common["max_connection_duration"] = _envoy_duration(
+            parse_duration(tcp["maxConnectionDuration"], f"{where}.tcp.maxConnectionDuration")
+        )
+    protocol: dict[str, Any] = {}
+    if http.get("useClientProtocol"):
+        protocol = {
+            "use_downstream_protocol_config": {
+                "http_protocol_options": {},
+                "http2_protocol_options": {},
+            }
+        }
+    elif http.get("h2UpgradePolicy") == "UPGRADE":
+        http2: dict[str, Any] = {}
+        if http.get("maxConcurrentStreams"):
+            http2["max_concurrent_streams"] = http["maxConcurrentStreams"]
+        if (h2_keepalive := http.get("http2KeepAlive")) is not None:
+            http2["connection_keepalive"] = {
+                key: _envoy_duration(parse_duration(h2_keepalive[key], f"{where}.http.{key}"))
+                for key in ("interval", "timeout")
+            }
+        protocol = {"explicit_http_config": {"http2_protocol_options": http2}}
+    if common or protocol:
+        fields["typed_extension_protocol_options"] = {
+            _HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                **({"common_http_protocol_options": common} if common else {}),
+                **(protocol or {"explicit_http_config": {"http_protocol_options": {}}}),
+            }
+        }
+    return fields
 
 
 def _locality_lb_endpoints(group: _Group) -> dict[str, Any]:

@@ -102,7 +102,20 @@ class Requests:
     spacing_s: float = 0.0
 
 
-Step = SetMode | SetDns | Sleep | Requests
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """``n`` requests to both proxies all at once, each given up after ``timeout_s``.
+
+    For what only concurrency shows (a connection pool's limits): the order of the answers
+    inside a burst is not compared, only what they were.
+    """
+
+    label: str
+    n: int
+    timeout_s: float = REQUEST_TIMEOUT_S
+
+
+Step = SetMode | SetDns | Sleep | Requests | Burst
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +320,9 @@ class _Upstreams:
         await self._close()
 
 
-async def _get(address: tuple[str, int], host: str) -> tuple[int, dict[str, str], str]:
+async def _get(
+    address: tuple[str, int], host: str, timeout_s: float = REQUEST_TIMEOUT_S
+) -> tuple[int, dict[str, str], str]:
     """``GET /`` on a new connection, read by ``content-length``.
 
     ``extproc.sandbox.client.get`` reads until the server closes, and Envoy closes some local
@@ -316,7 +331,7 @@ async def _get(address: tuple[str, int], host: str) -> tuple[int, dict[str, str]
     request = f"GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode()
     writer = None
     try:
-        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(*address)
             writer.write(request)
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -337,11 +352,17 @@ async def _get(address: tuple[str, int], host: str) -> tuple[int, dict[str, str]
 
 
 async def _request(
-    proxy: str, address: tuple[str, int], host: str, label: str, index: int, t: float
+    proxy: str,
+    address: tuple[str, int],
+    host: str,
+    label: str,
+    index: int,
+    t: float,
+    timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> Record:
     loop = asyncio.get_running_loop()
     sent = loop.time()
-    status, headers, body = await _get(address, host)
+    status, headers, body = await _get(address, host, timeout_s)
     elapsed = loop.time() - sent
     served_by = headers.get("x-served-by", "")
     if status == 200 and served_by:
@@ -431,6 +452,16 @@ async def _replay(
             dns.set_records(step.name, list(step.ips))
         elif isinstance(step, Sleep):
             await asyncio.sleep(step.seconds)
+        elif isinstance(step, Burst):
+            t = loop.time() - start
+            proxies = ((REFERENCE, reference), (EXTPROC, ours))
+            run.records += await asyncio.gather(
+                *(
+                    _request(name, address, scenario.host, step.label, i, t, step.timeout_s)
+                    for i in range(step.n)
+                    for name, address in proxies
+                )
+            )
         else:
             first = loop.time()
             for i in range(step.n):

@@ -13,13 +13,13 @@ import pytest
 
 from extproc.sandbox import Mode
 
-from . import test_failover, test_new_fields
+from . import test_connection_pool, test_failover, test_new_fields
 from .reference import Proxy, UnsupportedError, render_reference, validate_reference
 from .scenario import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
     name: value
-    for module in (test_failover, test_new_fields)
+    for module in (test_connection_pool, test_failover, test_new_fields)
     for name, value in vars(module).items()
     if isinstance(value, Scenario)
 } | {
@@ -169,6 +169,61 @@ def test_connect_timeout_and_outlier_fields_pass_through() -> None:
         "enforcing_consecutive_local_origin_failure": 100,
         "enforcing_local_origin_success_rate": 0,
     }
+
+
+def test_the_reference_translates_every_connection_pool_field() -> None:
+    pool = (
+        "connectionPool:\n"
+        "  tcp:\n"
+        "    maxConnections: 10\n"
+        "    connectTimeout: 250ms\n"
+        "    tcpKeepalive: {probes: 3, time: 60s, interval: 10s}\n"
+        "    maxConnectionDuration: 1h\n"
+        "    idleTimeout: 5m\n"
+        "  http:\n"
+        "    http1MaxPendingRequests: 5\n"
+        "    http2MaxRequests: 100\n"
+        "    maxRequestsPerConnection: 10\n"
+        "    maxRetries: 3\n"
+        "    h2UpgradePolicy: UPGRADE\n"
+        "    maxConcurrentStreams: 50\n"
+        "    http2KeepAlive: {interval: 10s, timeout: 3s}\n"
+    )
+    cluster = _cluster(test_failover.SEED_SE + test_failover.destination_rule(pool))
+    assert cluster["connect_timeout"] == "0.25s"
+    assert cluster["circuit_breakers"] == {
+        "thresholds": [
+            {
+                "max_connections": 10,
+                "max_pending_requests": 5,
+                "max_requests": 100,
+                "max_retries": 3,
+                "track_remaining": True,
+            }
+        ]
+    }
+    assert cluster["upstream_connection_options"] == {
+        "tcp_keepalive": {"keepalive_probes": 3, "keepalive_time": 60, "keepalive_interval": 10}
+    }
+    [options] = cluster["typed_extension_protocol_options"].values()
+    assert options["common_http_protocol_options"] == {
+        "idle_timeout": "300s",  # tcp.idleTimeout, as http sets none
+        "max_requests_per_connection": 10,
+        "max_connection_duration": "3600s",
+    }
+    assert options["explicit_http_config"] == {
+        "http2_protocol_options": {
+            "max_concurrent_streams": 50,
+            "connection_keepalive": {"interval": "10s", "timeout": "3s"},
+        }
+    }
+    bootstrap = render_reference(
+        (test_failover.SEED_SE + test_failover.destination_rule(pool)).replace("{port}", "80"),
+        Proxy("us-east1"),
+        listen=("127.0.0.1", 10000),
+        dns_resolver=("127.0.0.1", 5353),
+    )
+    validate_reference(bootstrap)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from tests.module_build import require_module
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = sorted((ROOT / "tests" / "fixtures" / "seed").glob("*.yaml"))
+FIXTURES = sorted((ROOT / "tests" / "fixtures").glob("*/*.yaml"))
 
 
 def test_shipped_envoy_config_is_the_rendered_seed() -> None:

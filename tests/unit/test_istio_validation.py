@@ -602,16 +602,6 @@ def test_service_entry_field_we_do_not_implement_is_a_warning(
 
 DR_WARNINGS = [
     (
-        "connection-pool-tcp-max-connections",
-        {"spec.trafficPolicy.connectionPool": {"tcp": {"maxConnections": 1}}},
-        f"spec.trafficPolicy.connectionPool.tcp.maxConnections: {NOT_YET}",
-    ),
-    (
-        "connection-pool-http",
-        {"spec.trafficPolicy.connectionPool": {"http": {"maxRetries": 1}}},
-        f"spec.trafficPolicy.connectionPool.http: {NOT_YET}",
-    ),
-    (
         "tunnel",
         {"spec.trafficPolicy.tunnel": {"targetHost": "a", "targetPort": 1}},
         f"spec.trafficPolicy.tunnel: {NOT_YET}",
@@ -1266,6 +1256,91 @@ def test_port_level_entry_that_can_never_apply_is_a_warning(
             'e.g. "5s")',
             id="connect-timeout-number",
         ),
+        pytest.param(
+            {"http": {"http1MaxPendingRequests": -1}},
+            f"{POOL}.http.http1MaxPendingRequests: http1 max pending requests must be non-negative",
+            id="pending-negative",
+        ),
+        pytest.param(
+            {"http": {"http2MaxRequests": -1}},
+            f"{POOL}.http.http2MaxRequests: http2 max requests must be non-negative",
+            id="requests-negative",
+        ),
+        pytest.param(
+            {"http": {"maxRequestsPerConnection": -1}},
+            f"{POOL}.http.maxRequestsPerConnection: max requests per connection must be "
+            "non-negative",
+            id="per-connection-negative",
+        ),
+        pytest.param(
+            {"http": {"maxRetries": -1}},
+            f"{POOL}.http.maxRetries: max retries must be non-negative",
+            id="retries-negative",
+        ),
+        pytest.param(
+            {"http": {"maxConcurrentStreams": -1}},
+            f"{POOL}.http.maxConcurrentStreams: max concurrent streams must be non-negative",
+            id="streams-negative",
+        ),
+        pytest.param(
+            {"tcp": {"maxConnections": -1}},
+            f"{POOL}.tcp.maxConnections: max connections must be non-negative",
+            id="connections-negative",
+        ),
+        pytest.param(
+            {"tcp": {"maxConnections": 2**31}},
+            f"{POOL}.tcp.maxConnections: 2147483648 is out of range for an int32 "
+            "(at most 2147483647)",
+            id="connections-over-int32",
+        ),
+        pytest.param(
+            {"http": {"maxRetries": "3"}},
+            f'{POOL}.http.maxRetries: must be an integer, got "3"',
+            id="retries-string",
+        ),
+        pytest.param(
+            {"http": {"idleTimeout": "0s"}},
+            f'{POOL}.http.idleTimeout: "0s" is too short: duration must be at least 1ms',
+            id="http-idle-zero",
+        ),
+        pytest.param(
+            {"tcp": {"idleTimeout": "1500us"}},
+            f'{POOL}.tcp.idleTimeout: "1500us": only durations to ms precision are supported',
+            id="tcp-idle-below-ms",
+        ),
+        pytest.param(
+            {"tcp": {"maxConnectionDuration": "0s"}},
+            f'{POOL}.tcp.maxConnectionDuration: "0s" is too short: duration must be at least 1ms',
+            id="duration-zero",
+        ),
+        pytest.param(
+            {"http": {"h2UpgradePolicy": "ALWAYS"}},
+            f'{POOL}.http.h2UpgradePolicy: Unsupported value: "ALWAYS": supported values: '
+            '"DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"',
+            id="h2-policy-unknown",
+        ),
+        pytest.param(
+            {"http": {"h2UpgradePolicy": "UPGRADE", "useClientProtocol": True}},
+            f"{POOL}.http.useClientProtocol: use client protocol must not be true when "
+            "H2UpgradePolicy is UPGRADE",
+            id="upgrade-and-client-protocol",
+        ),
+        pytest.param(
+            {"http": {"http2KeepAlive": {"interval": "10s"}}},
+            f"{POOL}.http.http2KeepAlive: http2 keepalive timeout is required",
+            id="h2-keepalive-no-timeout",
+        ),
+        pytest.param(
+            {"tcp": {"tcpKeepalive": {"probes": -1}}},
+            f"{POOL}.tcp.tcpKeepalive.probes: Invalid value: -1: {POOL}.tcp.tcpKeepalive.probes"
+            " in body should be greater than or equal to 0",
+            id="probes-negative",
+        ),
+        pytest.param(
+            {"tcp": {"tcpKeepalive": {"time": "0s"}}},
+            f'{POOL}.tcp.tcpKeepalive.time: "0s" is too short: duration must be at least 1ms',
+            id="keepalive-time-zero",
+        ),
     ],
 )
 def test_connection_pool_is_validated_like_istio(pool: dict[str, Any], expected: str) -> None:
@@ -1275,6 +1350,29 @@ def test_connection_pool_is_validated_like_istio(pool: dict[str, Any], expected:
 def test_connect_timeout_alone_is_accepted_without_warnings() -> None:
     dr = _patched(DR, {POOL: {"tcp": {"connectTimeout": "250ms"}}})
     assert _texts(_policy(SE, dr).warnings) == ()
+
+
+def test_every_connection_pool_field_is_accepted_without_warnings() -> None:
+    pool = {
+        "tcp": {
+            "maxConnections": 10,
+            "connectTimeout": "250ms",
+            "tcpKeepalive": {"probes": 3, "time": "60s", "interval": "10s"},
+            "maxConnectionDuration": "1h",
+            "idleTimeout": "0s",  # disables the idle timeout: no 1ms minimum
+        },
+        "http": {
+            "http1MaxPendingRequests": 5,
+            "http2MaxRequests": 100,
+            "maxRequestsPerConnection": 10,
+            "maxRetries": 3,
+            "idleTimeout": "30s",
+            "h2UpgradePolicy": "UPGRADE",
+            "maxConcurrentStreams": 50,
+            "http2KeepAlive": {"interval": "10s", "timeout": "3s"},
+        },
+    }
+    assert _texts(_policy(SE, _patched(DR, {POOL: pool})).warnings) == ()
 
 
 def test_dns_round_robin_with_one_endpoint_is_accepted() -> None:

@@ -39,7 +39,10 @@ TLS: Final = {
 
 
 def _policies() -> dict[str, Policy]:
-    policies = {"seed-outlier": load_policy(SEED / "step2-outlier.yaml")}
+    policies = {
+        "seed-outlier": load_policy(SEED / "step2-outlier.yaml"),
+        "connection-pool": load_policy(SEED.parent / "traffic" / "connection-pool.yaml"),
+    }
     (base,) = load_policy(SEED / "https.yaml").services
     for (name, tls), algorithm in zip(TLS.items(), itertools.cycle(LbAlgorithm)):
         service = dataclasses.replace(base, tls=tls, lb_algorithm=algorithm)
