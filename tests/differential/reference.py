@@ -1,4 +1,4 @@
-"""The reference proxy: Istio's own sidecar Envoy for the same ServiceEntry/DestinationRule YAML.
+"""The reference proxy: Istio's own sidecar Envoy for the same Istio YAML.
 
 Theory of operation. Istio's failover for external services is Envoy's native behaviour under the
 config pilot generates for a sidecar, so the reference is that config on the real Envoy from the
@@ -22,8 +22,18 @@ The pilot functions mirrored (istio/istio):
    ``applyLocalityWeights`` (distribute), ``applyFailoverPriorities`` /
    ``applyFailoverPriorityPerLocality`` and ``applyLocalityFailover`` (``LbPriority``, the
    ``failover`` list, x5 composition, compaction).
-4. ``pilot/pkg/networking/core/route/retry/retry.go`` ``DefaultPolicy`` and ``route.go``
-   ``setTimeout``: the default outbound retry policy and no route timeout.
+4. ``pilot/pkg/networking/core/route/route.go`` ``BuildDefaultHTTPOutboundRoute`` and
+   ``setTimeout``: without a VirtualService, one ``/`` route with no timeout (``timeout`` and
+   ``max_grpc_timeout`` 0s) and ``retry/retry.go`` ``DefaultPolicy``.
+5. ``route.go`` ``BuildHTTPRoutesForVirtualService`` (``http[]`` in order, one route per
+   ``match``, none after a catch-all, ``IsCatchAllRoute``), ``TranslateRoute`` (a match on
+   another port drops the route; the name ``http.name.match.name``), ``TranslateRouteMatch``,
+   ``translateHeaderMatch``, ``translateQueryParamMatch``, ``canBeConvertedToPresentMatch``,
+   ``applyHTTPRouteDestination`` (one destination) and ``setTimeout``;
+   ``pilot/pkg/networking/util/util.go`` ``ConvertToEnvoyMatch``; ``retry/retry.go``
+   ``ConvertPolicy``, ``parseRetryOn`` and ``buildPreviousPrioritiesConfig``. A VirtualService
+   replaces the default route of each ServiceEntry host it names; a request no route matches
+   gets Envoy's own 404 (NR), as from Istio's sidecar.
 
 Anything this module does not translate raises ``UnsupportedError`` naming the field: the
 reference never approximates silently.
@@ -32,6 +42,7 @@ reference never approximates silently.
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import re
 import tempfile
@@ -582,38 +593,270 @@ def _locality_lb_endpoints(group: _Group) -> dict[str, Any]:
     }
 
 
-def _virtual_host(host: str, port: int, cluster: str) -> dict[str, Any]:
-    """The sidecar's outbound route: ``BuildDefaultHTTPOutboundRoute`` with ``DefaultPolicy``."""
-    return {
-        "name": f"{host}:{port}",
-        "domains": [host, f"{host}:{port}"],
-        "routes": [
-            {
-                "name": "default",
-                "match": {"prefix": "/"},
-                "route": {
-                    "cluster": cluster,
-                    # setTimeout: no route timeout unless a VirtualService sets one.
-                    "timeout": "0s",
-                    "retry_policy": {
-                        # Istio >= 1.24: no 503 in the list (EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY).
-                        "retry_on": (
-                            "connect-failure,refused-stream,unavailable,cancelled,"
-                            "retriable-status-codes"
-                        ),
-                        "num_retries": 2,
-                        "retry_host_predicate": [
-                            {
-                                "name": "envoy.retry_host_predicates.previous_hosts",
-                                "typed_config": {"@type": _PREVIOUS_HOSTS},
-                            }
-                        ],
-                        "host_selection_retry_max_attempts": 5,
-                    },
-                },
-            }
-        ],
+# --- the routes (route.go, retry/retry.go) ----------------------------------------------------
+
+#: ``retry.go`` ``defaultRetryOn`` (Istio >= 1.24: no 503, EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY).
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+#: The codes Go's ``http.StatusText`` knows (net/http status.go), which ``parseRetryOn`` takes
+#: for status codes; any other number stays in ``retry_on`` as written.
+_GO_STATUS_CODES = frozenset(
+    {
+        *(100, 101, 102, 103, *range(200, 209), 226, *range(300, 306), 307, 308),
+        *(*range(400, 419), 421, 422, 423, 424, 425, 426, 428, 429, 431, 451),
+        *(*range(500, 509), 510, 511),
     }
+)
+_GO_ATOI = re.compile(r"[+-]?\d+")  # what strconv.Atoi accepts (no spaces, no underscores)
+_VS_API_VERSIONS = {f"networking.istio.io/{v}" for v in ("v1", "v1beta1", "v1alpha3")}
+_HTTP_ROUTE_FIELDS = {"name", "match", "route", "timeout", "retries"}
+_MATCH_FIELDS = {
+    "name",
+    "uri",
+    "ignoreUriCase",
+    "headers",
+    "withoutHeaders",
+    "method",
+    "port",
+    "queryParams",
+}
+_RETRY_FIELDS = {
+    "attempts",
+    "perTryTimeout",
+    "retryOn",
+    "retryRemoteLocalities",
+    "retryIgnorePreviousHosts",
+    "backoff",
+}
+_PREVIOUS_PRIORITIES = (
+    "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3."
+    "PreviousPrioritiesConfig"
+)
+
+
+def _previous_hosts() -> list[dict[str, Any]]:
+    """``xdsfilters.RetryPreviousHosts``: never retry on a host already tried."""
+    return [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": _PREVIOUS_HOSTS},
+        }
+    ]
+
+
+def _set_timeout(action: dict[str, Any], timeout_s: float) -> None:
+    """``setTimeout`` for a sidecar: ``timeout``, and ``max_grpc_timeout`` the same (0s if 0)."""
+    action["timeout"] = _envoy_duration(timeout_s)
+    action["max_grpc_timeout"] = _envoy_duration(timeout_s)
+
+
+def parse_retry_on(retry_on: str) -> tuple[str, list[int]]:
+    """``parseRetryOn``: numbers Go knows as HTTP status codes become retriable status codes."""
+    codes: list[int] = []
+    keep: list[str] = []
+    for raw in retry_on.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        if _GO_ATOI.fullmatch(part) and int(part) in _GO_STATUS_CODES:
+            codes.append(int(part))
+        else:
+            keep.append(part)
+    return ",".join(keep), codes
+
+
+def convert_retry_policy(retries: Mapping[str, Any] | None, where: str) -> dict[str, Any] | None:
+    """``ConvertPolicy`` without consistent hashing (the reference translates none).
+
+    Returns:
+        The route's ``retry_policy``, or None when ``attempts <= 0`` disables retries.
+    """
+    policy: dict[str, Any] = {
+        "retry_on": DEFAULT_RETRY_ON,
+        "num_retries": 2,
+        "retry_host_predicate": _previous_hosts(),
+        "host_selection_retry_max_attempts": 5,
+    }
+    if retries is None:
+        return policy  # DefaultPolicy (the mesh sets no defaultHttpRetryPolicy)
+    _only(retries, _RETRY_FIELDS, where)
+    attempts = int(retries.get("attempts") or 0)
+    if attempts <= 0:
+        return None
+    policy["num_retries"] = attempts
+    if retries.get("retryOn"):
+        retry_on, codes = parse_retry_on(str(retries["retryOn"]))
+        # Status codes alone imply the retriable-status-codes condition (a substring test).
+        if codes and "retriable-status-codes" not in retry_on:
+            retry_on += ",retriable-status-codes"
+        policy["retry_on"] = retry_on
+        if codes:
+            policy["retriable_status_codes"] = codes
+    if "perTryTimeout" in retries:
+        policy["per_try_timeout"] = _envoy_duration(
+            parse_duration(retries["perTryTimeout"], f"{where}.perTryTimeout")
+        )
+    if "retryIgnorePreviousHosts" in retries and not retries["retryIgnorePreviousHosts"]:
+        del policy["retry_host_predicate"]
+    if retries.get("retryRemoteLocalities"):
+        policy["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {"@type": _PREVIOUS_PRIORITIES, "update_frequency": 2},
+        }
+    if "backoff" in retries:
+        policy["retry_back_off"] = {
+            "base_interval": _envoy_duration(parse_duration(retries["backoff"], f"{where}.backoff"))
+        }
+    return policy
+
+
+def _default_route(cluster: str) -> dict[str, Any]:
+    """``BuildDefaultHTTPOutboundRoute``: ``/`` to the cluster, no timeout, ``DefaultPolicy``."""
+    action: dict[str, Any] = {"cluster": cluster}
+    _set_timeout(action, 0.0)
+    action["retry_policy"] = convert_retry_policy(None, "")
+    return {"name": "default", "match": {"prefix": "/"}, "route": action}
+
+
+def _string_match(node: object, where: str) -> dict[str, Any] | None:
+    """``ConvertToEnvoyMatch``; None for a ``StringMatch`` with no match type."""
+    if not isinstance(node, Mapping):
+        raise UnsupportedError(f"{where}: {node!r} is not a StringMatch")
+    _only(node, {"exact", "prefix", "regex"}, where)
+    if len(node) > 1:
+        raise UnsupportedError(f"{where}: one of exact, prefix or regex")
+    for kind in ("exact", "prefix", "regex"):
+        if kind in node:
+            value = str(node[kind])
+            return {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
+    return None
+
+
+def _present_match(node: Mapping[str, Any] | None) -> bool:
+    """``canBeConvertedToPresentMatch``: no match type, or the regex ``*``."""
+    return not node or node.get("regex") == "*"
+
+
+def _header_matcher(name: str, node: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """``translateHeaderMatch``."""
+    string_match = _string_match(node or {}, where)
+    if _present_match(node):
+        return {"name": name, "present_match": True}
+    return {"name": name, "string_match": string_match}
+
+
+def _route_match(match: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """``TranslateRouteMatch`` for a sidecar (no ingress or Gateway API semantics)."""
+    out: dict[str, Any] = {"prefix": "/"}
+    if match is None:
+        return out
+    headers: list[dict[str, Any]] = []
+    for key in ("headers", "withoutHeaders"):
+        for name, node in dict(match.get(key) or {}).items():
+            if str(name).startswith("@"):
+                # translateMetadataMatch: @request.auth.claims.* match JWT claims.
+                raise UnsupportedError(f"{where}.{key}.{name}: JWT claim routing")
+            matcher = _header_matcher(str(name), node, f"{where}.{key}.{name}")
+            if key == "withoutHeaders":
+                matcher["invert_match"] = True
+                if not _present_match(node):
+                    matcher["treat_missing_header_as_empty"] = True
+            headers.append(matcher)
+    headers.sort(key=lambda h: str(h["name"]))  # pilot sorts by name before :method
+    if "uri" in match:
+        uri = _string_match(match["uri"], f"{where}.uri")
+        if uri is not None:
+            out = {"path": uri["exact"]} if "exact" in uri else uri
+    out["case_sensitive"] = not match.get("ignoreUriCase", False)
+    if "method" in match:
+        headers.append(_header_matcher(":method", match["method"], f"{where}.method"))
+    if headers:
+        out["headers"] = headers
+    query: list[dict[str, Any]] = []
+    # Pilot walks a Go map (random order); all must match, so the order is only sorted here.
+    for name, node in sorted(dict(match.get("queryParams") or {}).items()):
+        string_match = _string_match(node or {}, f"{where}.queryParams.{name}")
+        if _present_match(node):
+            query.append({"name": str(name), "present_match": True})
+        else:
+            query.append({"name": str(name), "string_match": string_match})
+    if query:
+        out["query_parameters"] = query
+    return out
+
+
+def _is_catch_all(match: Mapping[str, Any]) -> bool:
+    """``IsCatchAllRoute``: ``/`` or ``.*`` with no header or query condition."""
+    path = match.get("prefix") == "/" or match.get("safe_regex", {}).get("regex") == ".*"
+    return path and not match.get("headers") and not match.get("query_parameters")
+
+
+def _route_action(
+    http: Mapping[str, Any], host: str, port: int, cluster: str, where: str
+) -> dict[str, Any]:
+    """``applyHTTPRouteDestination`` for one destination on this host's own cluster."""
+    destinations = http.get("route") or []
+    if len(destinations) != 1:
+        raise UnsupportedError(f"{where}.route: exactly one destination is translated")
+    here = f"{where}.route[0]"
+    _only(destinations[0], {"destination", "weight"}, here)
+    destination = destinations[0].get("destination") or {}
+    _only(destination, {"host", "port"}, f"{here}.destination")
+    if destination.get("host") != host:
+        raise UnsupportedError(
+            f"{here}.destination.host: {destination.get('host')!r} is not {host!r}"
+        )
+    dest_port = destination.get("port")
+    if dest_port is not None:
+        _only(dest_port, {"number"}, f"{here}.destination.port")
+        if dest_port.get("number") != port:
+            raise UnsupportedError(f"{here}.destination.port.number: not the service port {port}")
+    action: dict[str, Any] = {"cluster": cluster}
+    timeout_s = parse_duration(http["timeout"], f"{where}.timeout") if "timeout" in http else 0.0
+    _set_timeout(action, timeout_s)
+    policy = convert_retry_policy(http.get("retries"), f"{where}.retries")
+    if policy is not None:
+        action["retry_policy"] = policy
+    return action
+
+
+def virtual_service_routes(
+    vs: Mapping[str, Any], host: str, port: int, cluster: str
+) -> list[dict[str, Any]]:
+    """``BuildHTTPRoutesForVirtualService`` for one host's virtual host on its port.
+
+    1. ``http[]`` in order; one route per ``match`` entry, or one ``/`` route without any.
+    2. A match on another ``port`` gives no route.
+    3. Nothing after the first catch-all (a ``match``-less entry is one, whatever it produced).
+    Every entry is checked for what the reference does not translate, even one pilot would
+    never reach, so that the reference never approximates silently.
+    """
+    routes: list[dict[str, Any]] = []
+    catch_all = False
+    for i, http in enumerate(vs.get("http") or []):
+        where = f"VirtualService.spec.http[{i}]"
+        _only(http, _HTTP_ROUTE_FIELDS, where)
+        action = _route_action(http, host, port, cluster, where)
+        matches: list[Mapping[str, Any] | None] = list(http.get("match") or []) or [None]
+        for j, match in enumerate(matches):
+            here = f"{where}.match[{j}]"
+            if match is not None:
+                _only(match, _MATCH_FIELDS, here)
+            route_match = _route_match(match, here)
+            if catch_all or (match is not None and match.get("port", 0) not in (0, port)):
+                continue
+            name = str(http.get("name") or "")
+            if match is not None and match.get("name"):
+                name = f"{name}.{match['name']}"
+            route: dict[str, Any] = {"name": name} if name else {}
+            route |= {"match": route_match, "route": copy.deepcopy(action)}
+            routes.append(route)
+            catch_all = match is None or _is_catch_all(route_match)
+    return routes
+
+
+def _virtual_host(host: str, port: int, routes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sidecar's outbound virtual host for one ServiceEntry host and port."""
+    return {"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"], "routes": routes}
 
 
 def _documents(yaml_text: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -621,11 +864,34 @@ def _documents(yaml_text: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
         if doc is None:
             continue
         kind = doc.get("kind")
-        if not str(doc.get("apiVersion", "")).startswith("networking.istio.io/"):
+        api_version = str(doc.get("apiVersion", ""))
+        if not api_version.startswith("networking.istio.io/"):
             raise UnsupportedError(f"document {index}: apiVersion {doc.get('apiVersion')!r}")
-        if kind not in ("ServiceEntry", "DestinationRule"):
+        if kind not in ("ServiceEntry", "DestinationRule", "VirtualService"):
             raise UnsupportedError(f"document {index}: kind {kind!r} is not translated")
+        if kind == "VirtualService" and api_version not in _VS_API_VERSIONS:
+            raise UnsupportedError(f"document {index}: apiVersion {api_version!r}")
         yield kind, doc.get("spec") or {}
+
+
+def _sidecar_virtual_services(
+    specs: list[Mapping[str, Any]], hosts: set[str]
+) -> dict[str, Mapping[str, Any]]:
+    """The VirtualService of each ServiceEntry host, for a sidecar (``gateways`` has ``mesh``)."""
+    by_host: dict[str, Mapping[str, Any]] = {}
+    for spec in specs:
+        where = "VirtualService.spec"
+        _only(spec, {"hosts", "gateways", "http"}, where)
+        gateways = spec.get("gateways")
+        if gateways and "mesh" not in gateways:
+            continue  # not bound to sidecars: pilot never builds it for one
+        for name in spec.get("hosts") or []:
+            if name not in hosts:
+                raise UnsupportedError(f"{where}.hosts: {name!r} is no ServiceEntry host")
+            if name in by_host:
+                raise UnsupportedError(f"{where}.hosts: two VirtualServices for {name!r}")
+            by_host[name] = spec
+    return by_host
 
 
 def render_reference(
@@ -634,7 +900,7 @@ def render_reference(
     """Istio's sidecar config for ``yaml_text``, as one static Envoy bootstrap.
 
     Args:
-        yaml_text: ServiceEntry and DestinationRule documents.
+        yaml_text: ServiceEntry, DestinationRule and VirtualService documents.
         proxy: The client sidecar's locality and labels (priorities are relative to it).
         listen: Where the outbound listener listens (one listener, a virtual host per host).
         dns_resolver: The DNS server every STRICT_DNS cluster asks (c-ares, no fallback).
@@ -644,14 +910,20 @@ def render_reference(
     """
     entries: list[Mapping[str, Any]] = []
     rules: dict[str, Mapping[str, Any]] = {}
+    virtual_services: list[Mapping[str, Any]] = []
     for kind, spec in _documents(yaml_text):
         if kind == "ServiceEntry":
             entries.append(spec)
+            continue
+        if kind == "VirtualService":
+            virtual_services.append(spec)
             continue
         _only(spec, {"host", "trafficPolicy"}, "DestinationRule.spec")
         if spec["host"] in rules:
             raise UnsupportedError(f"DestinationRule: two rules for {spec['host']!r}")
         rules[spec["host"]] = spec
+    se_hosts = {str(host) for se in entries for host in se.get("hosts") or []}
+    vs_by_host = _sidecar_virtual_services(virtual_services, se_hosts)
     clusters, virtual_hosts = [], []
     for se in entries:
         where = "ServiceEntry.spec"
@@ -664,7 +936,14 @@ def render_reference(
                 raise UnsupportedError(f"{where}.hosts: wildcard {host!r}")
             cluster = _cluster(host, se, ports[0], rules.get(host), proxy, dns_resolver, where)
             clusters.append(cluster)
-            virtual_hosts.append(_virtual_host(host, ports[0]["number"], cluster["name"]))
+            number = int(ports[0]["number"])
+            routes = []
+            if host in vs_by_host:
+                routes = virtual_service_routes(vs_by_host[host], host, number, cluster["name"])
+            # buildSidecarVirtualHostsForVirtualService: a VirtualService that yields no
+            # route on this port leaves the host its default route.
+            routes = routes or [_default_route(cluster["name"])]
+            virtual_hosts.append(_virtual_host(host, number, routes))
     region, zone, subzone = _split_locality(proxy.locality)
     return {
         "node": {

@@ -2,11 +2,13 @@
 
 The differential tests are only as good as the reference, so its translation is pinned here
 against what pilot's code derives (istio/istio ``pilot/pkg/networking/core/cluster_builder.go``,
-``cluster_traffic_policy.go`` and ``loadbalancer/loadbalancer.go``), independently of extproc.
+``cluster_traffic_policy.go``, ``loadbalancer/loadbalancer.go``, ``route/route.go`` and
+``route/retry/retry.go``), independently of extproc.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import pytest
@@ -238,6 +240,453 @@ def test_the_reference_translates_every_connection_pool_field() -> None:
 def test_what_the_reference_does_not_translate_is_an_error(policy: str, field: str) -> None:
     with pytest.raises(UnsupportedError, match=field):
         _cluster(test_failover.SEED_SE + test_failover.destination_rule(policy))
+
+
+def virtual_service(http: str, *, extra: str = "") -> str:
+    """A VirtualService for mydb.com with the given ``http`` list (and other spec fields)."""
+    return (
+        "---\n"
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: VirtualService\n"
+        "metadata:\n  name: mydb\n"
+        "spec:\n"
+        "  hosts: [mydb.com]\n" + extra + "  http:\n" + textwrap.indent(textwrap.dedent(http), "  ")
+    )
+
+
+def _bootstrap(yaml_text: str) -> dict[str, Any]:
+    return render_reference(
+        yaml_text.replace("{port}", "8080"),
+        Proxy("us-east1"),
+        listen=("127.0.0.1", 10000),
+        dns_resolver=("127.0.0.1", 5353),
+    )
+
+
+def _routes(yaml_text: str) -> list[dict[str, Any]]:
+    listener = _bootstrap(yaml_text)["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    [virtual_host] = hcm["route_config"]["virtual_hosts"]
+    assert virtual_host["domains"] == ["mydb.com", "mydb.com:80"]
+    routes: list[dict[str, Any]] = virtual_host["routes"]
+    return routes
+
+
+CLUSTER = "outbound|80||mydb.com"
+PREVIOUS_HOSTS = [
+    {
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+            "PreviousHostsPredicate"
+        },
+    }
+]
+#: retry.go DefaultPolicy: what a route gets without ``retries``.
+DEFAULT_RETRY_POLICY = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retry_host_predicate": PREVIOUS_HOSTS,
+    "host_selection_retry_max_attempts": 5,
+}
+
+TIMEOUT_RETRIES_MATCHES = test_failover.SEED_SE + virtual_service(
+    """\
+    - name: primary
+      match:
+      - name: canary
+        headers:
+          x-canary: {exact: "yes"}
+      - name: api
+        uri: {prefix: /api}
+        port: 80
+      timeout: 2s
+      retries:
+        attempts: 3
+        retryOn: 5xx,503
+        perTryTimeout: 500ms
+        retryRemoteLocalities: true
+      route:
+      - destination: {host: mydb.com, port: {number: 80}}
+    - name: rest
+      route:
+      - destination: {host: mydb.com}
+    - name: unreachable
+      route:
+      - destination: {host: mydb.com}
+    """
+)
+
+
+def test_without_a_virtual_service_the_route_is_istios_default() -> None:
+    # BuildDefaultHTTPOutboundRoute: setTimeout(nil) sets timeout and max_grpc_timeout to 0s.
+    assert _routes(test_failover.SEED_SE) == [
+        {
+            "name": "default",
+            "match": {"prefix": "/"},
+            "route": {
+                "cluster": CLUSTER,
+                "timeout": "0s",
+                "max_grpc_timeout": "0s",
+                "retry_policy": DEFAULT_RETRY_POLICY,
+            },
+        }
+    ]
+
+
+def test_a_virtual_service_replaces_the_default_route_as_pilot_translates_it() -> None:
+    # BuildHTTPRoutesForVirtualService: one route per match, the match-less "rest" is the
+    # catch-all and nothing after it is built. ConvertPolicy: 503 is a status code
+    # (parseRetryOn), so retriable-status-codes joins 5xx; retryRemoteLocalities is Envoy's
+    # previous_priorities with update_frequency 2.
+    action = {
+        "cluster": CLUSTER,
+        "timeout": "2s",
+        "max_grpc_timeout": "2s",
+        "retry_policy": {
+            "retry_on": "5xx,retriable-status-codes",
+            "num_retries": 3,
+            "retry_host_predicate": PREVIOUS_HOSTS,
+            "host_selection_retry_max_attempts": 5,
+            "retriable_status_codes": [503],
+            "per_try_timeout": "0.5s",
+            "retry_priority": {
+                "name": "envoy.retry_priorities.previous_priorities",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.priority."
+                    "previous_priorities.v3.PreviousPrioritiesConfig",
+                    "update_frequency": 2,
+                },
+            },
+        },
+    }
+    assert _routes(TIMEOUT_RETRIES_MATCHES) == [
+        {
+            "name": "primary.canary",
+            "match": {
+                "prefix": "/",
+                "case_sensitive": True,
+                "headers": [{"name": "x-canary", "string_match": {"exact": "yes"}}],
+            },
+            "route": action,
+        },
+        {
+            "name": "primary.api",
+            "match": {"prefix": "/api", "case_sensitive": True},
+            "route": action,
+        },
+        {
+            "name": "rest",
+            "match": {"prefix": "/"},
+            "route": {
+                "cluster": CLUSTER,
+                "timeout": "0s",
+                "max_grpc_timeout": "0s",
+                "retry_policy": DEFAULT_RETRY_POLICY,
+            },
+        },
+    ]
+
+
+def test_a_catch_all_match_ends_the_routes() -> None:
+    # IsCatchAllRoute: prefix "/" with no header or query condition stops the build, even
+    # inside one http entry's match list.
+    routes = _routes(
+        test_failover.SEED_SE
+        + virtual_service(
+            """\
+            - match:
+              - uri: {exact: /health}
+              - uri: {prefix: /}
+              - headers: {x-never: {exact: "1"}}
+              route:
+              - destination: {host: mydb.com}
+            - route:
+              - destination: {host: mydb.com}
+            """
+        )
+    )
+    assert [r["match"] for r in routes] == [
+        {"path": "/health", "case_sensitive": True},
+        {"prefix": "/", "case_sensitive": True},
+    ]
+    assert all("name" not in r for r in routes)
+
+
+def test_match_fields_translate_as_translate_route_match_does() -> None:
+    # Headers and withoutHeaders sorted by name, regex "*" is a present match (and then no
+    # treat_missing_header_as_empty), :method after them; ignoreUriCase clears case_sensitive.
+    [route] = _routes(
+        test_failover.SEED_SE
+        + virtual_service(
+            """\
+            - match:
+              - uri: {regex: "/v[0-9]+/.*"}
+                ignoreUriCase: true
+                headers:
+                  x-zone: {prefix: us-}
+                  x-any: {regex: "*"}
+                withoutHeaders:
+                  x-debug: {regex: "on|true"}
+                  x-block: {}
+                method: {exact: GET}
+                queryParams:
+                  version: {exact: "2"}
+                  trace: {regex: "*"}
+              route:
+              - destination: {host: mydb.com}
+            """
+        )
+    )
+    assert route["match"] == {
+        "safe_regex": {"regex": "/v[0-9]+/.*"},
+        "case_sensitive": False,
+        "headers": [
+            {"name": "x-any", "present_match": True},
+            {"name": "x-block", "present_match": True, "invert_match": True},
+            {
+                "name": "x-debug",
+                "string_match": {"safe_regex": {"regex": "on|true"}},
+                "invert_match": True,
+                "treat_missing_header_as_empty": True,
+            },
+            {"name": "x-zone", "string_match": {"prefix": "us-"}},
+            {"name": ":method", "string_match": {"exact": "GET"}},
+        ],
+        "query_parameters": [
+            {"name": "trace", "present_match": True},
+            {"name": "version", "string_match": {"exact": "2"}},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("retries", "expected"),
+    [
+        ("{attempts: 0}", None),
+        ("{attempts: 0, perTryTimeout: 1s}", None),
+        (
+            "{attempts: 1, retryOn: '503'}",
+            DEFAULT_RETRY_POLICY
+            | {
+                "num_retries": 1,
+                "retry_on": ",retriable-status-codes",
+                "retriable_status_codes": [503],
+            },
+        ),
+        (
+            "{attempts: 2, retryOn: 'gateway-error, retriable-status-codes,502,600'}",
+            DEFAULT_RETRY_POLICY
+            | {
+                "retry_on": "gateway-error,retriable-status-codes,600",
+                "retriable_status_codes": [502],
+            },
+        ),
+        (
+            "{attempts: 4, retryIgnorePreviousHosts: false, backoff: 25ms}",
+            {
+                "retry_on": DEFAULT_RETRY_POLICY["retry_on"],
+                "num_retries": 4,
+                "host_selection_retry_max_attempts": 5,
+                "retry_back_off": {"base_interval": "0.025s"},
+            },
+        ),
+        ("{attempts: 2, retryIgnorePreviousHosts: true}", DEFAULT_RETRY_POLICY),
+    ],
+    ids=["attempts-0", "attempts-0-per-try", "codes-only", "mixed", "no-host-predicate", "ignore"],
+)
+def test_retries_convert_as_convert_policy_does(
+    retries: str, expected: dict[str, Any] | None
+) -> None:
+    # ConvertPolicy: attempts <= 0 is no retry policy at all (Envoy then never retries);
+    # parseRetryOn keeps what is not a Go-known status code (600) in retry_on.
+    [route] = _routes(
+        test_failover.SEED_SE
+        + virtual_service(f"- retries: {retries}\n  route:\n  - destination: {{host: mydb.com}}\n")
+    )
+    assert route["route"].get("retry_policy") == expected
+
+
+def test_a_match_on_another_port_drops_its_route() -> None:
+    # TranslateRoute: match.port 8080 is not the service port 80, so that route is not built;
+    # the next match of the same entry is.
+    routes = _routes(
+        test_failover.SEED_SE
+        + virtual_service(
+            """\
+            - name: r
+              match:
+              - {name: other-port, port: 8080, uri: {prefix: /a}}
+              - {name: this-port, port: 80, uri: {prefix: /b}}
+              route:
+              - destination: {host: mydb.com}
+            """
+        )
+    )
+    assert [r["name"] for r in routes] == ["r.this-port"]
+
+
+def test_a_virtual_service_with_no_route_on_the_port_leaves_the_default_route() -> None:
+    # buildSidecarVirtualHostsForVirtualService: no routes on this port -> no virtual host from
+    # the VirtualService, so the service keeps BuildDefaultHTTPOutboundRoute's route.
+    only_other_port = virtual_service(
+        "- match: [{port: 8080}]\n  route:\n  - destination: {host: mydb.com}\n"
+    )
+    assert _routes(test_failover.SEED_SE + only_other_port) == _routes(test_failover.SEED_SE)
+
+
+def test_a_virtual_service_bound_to_gateways_only_does_not_reach_the_sidecar() -> None:
+    gateway_only = virtual_service(
+        "- timeout: 1s\n  route:\n  - destination: {host: mydb.com}\n",
+        extra="  gateways: [istio-system/egress]\n",
+    )
+    mesh_too = gateway_only.replace("[istio-system/egress]", "[istio-system/egress, mesh]")
+    assert _routes(test_failover.SEED_SE + gateway_only) == _routes(test_failover.SEED_SE)
+    assert _routes(test_failover.SEED_SE + mesh_too)[0]["route"]["timeout"] == "1s"
+
+
+_DEST = "  route:\n  - destination: {host: mydb.com}\n"
+
+
+@pytest.mark.parametrize(
+    ("http", "field"),
+    [
+        ("- fault: {abort: {httpStatus: 503, percentage: {value: 10}}}\n" + _DEST, "fault"),
+        ("- headers: {request: {set: {x-a: b}}}\n" + _DEST, "headers"),
+        ("- rewrite: {uri: /v2}\n" + _DEST, "rewrite"),
+        ("- redirect: {uri: /v2}\n", "redirect"),
+        ("- directResponse: {status: 503}\n", "directResponse"),
+        ("- mirror: {host: mydb.com}\n" + _DEST, "mirror"),
+        ("- corsPolicy: {allowOrigins: [{exact: x}]}\n" + _DEST, "corsPolicy"),
+        ("- delegate: {name: other}\n", "delegate"),
+        ("- route:\n  - destination: {host: mydb.com, subset: v1}\n", "subset"),
+        (
+            "- route:\n  - destination: {host: mydb.com}\n    weight: 50\n"
+            "  - destination: {host: mydb.com}\n    weight: 50\n",
+            "route",
+        ),
+        ("- route:\n  - destination: {host: other.com}\n", "destination.host"),
+        ("- route:\n  - destination: {host: mydb.com, port: {number: 81}}\n", "port.number"),
+        ("- route:\n  - destination: {host: mydb.com}\n    headers: {}\n", "headers"),
+        ("- match: [{sourceLabels: {app: a}}]\n" + _DEST, "sourceLabels"),
+        ("- match: [{gateways: [mesh]}]\n" + _DEST, "gateways"),
+        ("- match: [{authority: {exact: a}}]\n" + _DEST, "authority"),
+        ("- match: [{scheme: {exact: http}}]\n" + _DEST, "scheme"),
+        ("- match: [{headers: {'@request.auth.claims.sub': {exact: a}}}]\n" + _DEST, "JWT"),
+        ("- match: [{uri: {exact: /a, prefix: /b}}]\n" + _DEST, "uri"),
+        ("- retries: {attempts: 2, retryOn: 5xx, timeout: 1s}\n" + _DEST, "retries.timeout"),
+        ("- match: [{port: 8080, scheme: {exact: http}}]\n" + _DEST, "scheme"),
+        ("- route: [{destination: {host: mydb.com}}]\n- fault: {}\n" + _DEST, "http.1..fault"),
+    ],
+    ids=[
+        "fault",
+        "headers",
+        "rewrite",
+        "redirect",
+        "direct-response",
+        "mirror",
+        "cors",
+        "delegate",
+        "subset",
+        "weights",
+        "other-host",
+        "other-port",
+        "destination-headers",
+        "source-labels",
+        "match-gateways",
+        "authority",
+        "scheme",
+        "jwt-claim",
+        "two-match-types",
+        "unknown-retry-field",
+        "dropped-match",
+        "after-catch-all",
+    ],
+)
+def test_what_the_reference_does_not_translate_in_a_virtual_service_is_an_error(
+    http: str, field: str
+) -> None:
+    # Also in a match pilot drops for its port and in an entry after the catch-all: the
+    # reference refuses what it cannot translate wherever it is.
+    with pytest.raises(UnsupportedError, match=field):
+        _routes(test_failover.SEED_SE + virtual_service(http))
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("  tcp: []\n", "tcp"),
+        ("  tls: []\n", "tls"),
+        ("  exportTo: ['.']\n", "exportTo"),
+    ],
+    ids=["tcp", "tls", "export-to"],
+)
+def test_what_the_reference_does_not_translate_beside_http_is_an_error(
+    spec: str, field: str
+) -> None:
+    with pytest.raises(UnsupportedError, match=field):
+        _routes(
+            test_failover.SEED_SE + virtual_service(_DEST.replace("  route", "- route"), extra=spec)
+        )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (virtual_service("- " + _DEST.lstrip()).replace("[mydb.com]", "[other.com]"), "other.com"),
+        (virtual_service("- " + _DEST.lstrip()).replace("[mydb.com]", "['*.com']"), r"\*\.com"),
+        (
+            virtual_service("- " + _DEST.lstrip()) + "\n" + virtual_service("- " + _DEST.lstrip()),
+            "two VirtualServices",
+        ),
+        (
+            virtual_service("- " + _DEST.lstrip()).replace(
+                "networking.istio.io/v1\n", "networking.istio.io/v2\n"
+            ),
+            "apiVersion",
+        ),
+    ],
+    ids=["unknown-host", "wildcard-host", "two-for-one-host", "api-version"],
+)
+def test_a_virtual_service_for_hosts_the_reference_does_not_translate_is_an_error(
+    yaml_text: str, message: str
+) -> None:
+    with pytest.raises(UnsupportedError, match=message):
+        _routes(test_failover.SEED_SE + yaml_text)
+
+
+@pytest.mark.parametrize("version", ["v1", "v1beta1", "v1alpha3"])
+def test_every_virtual_service_api_version_is_read(version: str) -> None:
+    vs = virtual_service("- timeout: 3s\n" + _DEST).replace(
+        "networking.istio.io/v1\n", f"networking.istio.io/{version}\n"
+    )
+    assert _routes(test_failover.SEED_SE + vs)[0]["route"]["timeout"] == "3s"
+
+
+def test_envoy_accepts_the_translated_virtual_service() -> None:
+    # Envoy --mode validate: every field the routes carry exists and takes the value given.
+    for yaml_text in (
+        TIMEOUT_RETRIES_MATCHES,
+        test_failover.SEED_SE
+        + virtual_service(
+            """\
+            - match:
+              - uri: {regex: "/v[0-9]+/.*"}
+                ignoreUriCase: true
+                headers: {x-any: {regex: "*"}}
+                withoutHeaders: {x-debug: {exact: "1"}}
+                method: {exact: GET}
+                queryParams: {trace: {regex: "*"}, v: {prefix: "2"}}
+              retries: {attempts: 4, retryIgnorePreviousHosts: false, backoff: 25ms}
+              route:
+              - destination: {host: mydb.com}
+            - retries: {attempts: 0}
+              route:
+              - destination: {host: mydb.com}
+            """
+        ),
+    ):
+        validate_reference(_bootstrap(yaml_text))
 
 
 @pytest.mark.e2e
