@@ -124,16 +124,23 @@ def _check(settings: Settings, workload_given: bool) -> int:
 
 
 def _status(admin: HostPort, as_json: bool) -> int:
-    from extproc.server.admin import format_status
+    from extproc.server.admin import format_overflows, format_status, overflows_from_metrics
 
     url = f"http://{admin}/endpoints"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             rows = json.loads(response.read())
+        if not as_json:
+            url = f"http://{admin}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                overflows = overflows_from_metrics(response.read().decode())
     except (urllib.error.URLError, OSError) as exc:
         print(f"extproc status: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(rows, indent=2) if as_json else format_status(rows))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_status(rows) + format_overflows(overflows))
     return 0
 
 

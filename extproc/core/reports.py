@@ -13,6 +13,8 @@ cheap)::
                            connection (UF), ``r`` reset or closed after connecting (UC, UR,
                            UPE), ``t`` timed out after connecting (UT); ``code`` is what
                            Envoy's non-split detector counts (503, or 504 for ``t``)
+    o - <n>                n requests Envoy answered 503 itself because a connection-pool
+                           limit was reached (UO): counted, never an endpoint's result
 
 A script that predates the last word sends ``e <ip:port> 503`` for a local-origin failure
 too; outside split mode and without error codes that counts the same. The sync endpoint
@@ -42,9 +44,9 @@ _COUNT_DIGITS = 9
 class Report:
     """One line of a sync body."""
 
-    kind: str  # "s" or "e"
-    host: str
-    value: int  # successes for "s", the status code for "e"
+    kind: str  # "s", "e" or "o"
+    host: str  # "-" for "o"
+    value: int  # successes for "s", the status code for "e", overflows for "o"
     origin: str = ""  # "e" only: "c", "r" or "t" (no answer, see above), "" an answer
 
     @property
@@ -56,8 +58,13 @@ class Report:
 
     @property
     def count(self) -> int:
-        """How many attempts the line stands for: ``n`` for ``s``, one for ``e``."""
-        return self.value if self.kind == "s" else 1
+        """How many attempts the line stands for: ``n`` for ``s`` and ``o``, one for ``e``."""
+        return 1 if self.kind == "e" else self.value
+
+    @property
+    def overflow(self) -> bool:
+        """An ``o`` line: requests no endpoint answered, never recorded as a result."""
+        return self.kind == "o"
 
 
 def _number(word: str, digits: int) -> int | None:
@@ -76,8 +83,10 @@ def parse_reports(body: str) -> list[Report]:
     reports = []
     for line in body.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] in ("s", "e"):
-            value = _number(parts[2], _COUNT_DIGITS if parts[0] == "s" else _STATUS_DIGITS)
+        if len(parts) == 3 and parts[0] in ("s", "e", "o"):
+            if parts[0] == "o" and parts[1] != "-":
+                continue
+            value = _number(parts[2], _STATUS_DIGITS if parts[0] == "e" else _COUNT_DIGITS)
             if value is not None:
                 reports.append(Report(parts[0], parts[1], value))
         elif len(parts) == 4 and parts[0] == "e" and parts[3] in _LOCAL_ORIGIN:

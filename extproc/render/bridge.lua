@@ -50,6 +50,7 @@ local SECRET = @@SECRET@@
 --             equal (all weights equal), edf (the schedule, built on first use)}
 local tables = {}
 local successes = {}   -- service -> {host -> count}
+local overflows = {}   -- service -> requests Envoy refused over a connection-pool limit (UO)
 local rr = {}          -- service -> the round-robin index (survives new tables, as in Envoy)
 -- service -> {counts = {host -> requests routed there and not answered yet},
 --             hosts = {request id -> the host it was routed to}}
@@ -110,6 +111,11 @@ local function pending(service)
       lines[#lines + 1] = "s " .. host .. " " .. n .. "\n"
     end
     successes[service] = nil
+  end
+  local refused = overflows[service]
+  if refused ~= nil then
+    lines[#lines + 1] = "o - " .. refused .. "\n"
+    overflows[service] = nil
   end
   return table.concat(lines)
 end
@@ -371,6 +377,12 @@ function envoy_on_response(handle)
     if requests ~= nil then
       release(requests, id)
     end
+  end
+  if flags ~= nil and string.find(flags, "UO", 1, true) then
+    -- Over a connection-pool limit: Envoy's own 503, which its detector does not count
+    -- (router.cc onUpstreamReset skips an overflow). Counted, sent with the next sync.
+    overflows[service] = (overflows[service] or 0) + 1
+    return
   end
   local up, attempts = nil, 1
   if up_value ~= nil then

@@ -19,10 +19,11 @@ from dataclasses import asdict
 from typing import Any
 
 from envoy.admin.v3 import clusters_pb2, metrics_pb2
+from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
 from extproc.core.hostset import HostView
-from extproc.core.policy import is_ip
+from extproc.core.policy import ConnectionPool, is_ip
 from extproc.core.table import ServiceTable
 from extproc.server.http_server import HttpServer
 from extproc.server.metrics import (
@@ -38,6 +39,19 @@ from extproc.server.metrics import (
 HostStats = Callable[[str, str], dict[str, int]]
 
 _HEALTHY = 1  # envoy.config.core.v3.HealthStatus.HEALTHY
+#: The high-priority thresholds Envoy gives a cluster that sets none (circuit_breaker.proto
+#: defaults); Istio sets the default priority's only.
+_ENVOY_HIGH_PRIORITY = (1024, 1024, 1024, 3)
+
+
+def _breakers(pool: ConnectionPool) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Per routing priority, as Envoy's admin shows them: max connections, pending
+    requests, requests and retries."""
+    default = (pool.max_connections, pool.max_pending_requests, pool.max_requests, pool.max_retries)
+    return [("default", default), ("high", _ENVOY_HIGH_PRIORITY)]
+
+
+_BREAKER_FIELDS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
 
 
 def endpoints_json(table: ServiceTable, now: float) -> list[dict[str, Any]]:
@@ -105,6 +119,12 @@ def clusters_proto(
     for cluster in table:
         name = cluster.service.cluster_name
         status = message.cluster_statuses.add(name=name, observability_name=name)
+        for priority, limits in _breakers(cluster.service.pool):
+            threshold = status.circuit_breakers.thresholds.add()
+            if priority == "high":
+                threshold.priority = base_pb2.RoutingPriority.HIGH
+            for field, limit in zip(_BREAKER_FIELDS, limits, strict=True):
+                getattr(threshold, field).value = limit
         status.host_statuses.extend(
             _host_status(view, stats(name, view.address)) for view in cluster.hosts(now)
         )
@@ -122,9 +142,10 @@ def clusters_json(table: ServiceTable, now: float, stats: HostStats = _no_stats)
 def clusters_text(table: ServiceTable, now: float, stats: HostStats = _no_stats) -> str:
     """Envoy's ``/clusters`` text form, in Envoy's line order.
 
-    Per cluster its names, then per host its stats (sorted by name), hostname, health flags
-    (``healthy`` or ``/failed_outlier_check``), weight, locality, canary, priority and the
-    success rates, which are -1 because success-rate ejection is off under Istio.
+    Per cluster its names, its circuit breakers per routing priority, then per host its
+    stats (sorted by name), hostname, health flags (``healthy`` or ``/failed_outlier_check``),
+    weight, locality, canary, priority and the success rates, which are -1 because
+    success-rate ejection is off under Istio.
     """
     lines = []
     for cluster in table:
@@ -139,6 +160,11 @@ def clusters_text(table: ServiceTable, now: float, stats: HostStats = _no_stats)
                     "local_origin_success_rate_average",
                     "local_origin_success_rate_ejection_threshold",
                 )
+            ]
+        for priority, limits in _breakers(cluster.service.pool):
+            lines += [
+                f"{name}::{priority}_priority::{field}::{limit}"
+                for field, limit in zip(_BREAKER_FIELDS, limits, strict=True)
             ]
         lines.append(f"{name}::added_via_api::false")
         for view in cluster.hosts(now):
@@ -253,4 +279,26 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in table
+    )
+
+
+def overflows_from_metrics(text: str) -> dict[str, int]:
+    """Per cluster, the requests over its connection pool's limits, from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["cluster_name"]: int(sample.value)
+        for family in text_string_to_metric_families(text)
+        if family.name == "extproc_upstream_rq_pending_overflow"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def format_overflows(overflows: dict[str, int]) -> str:
+    """Lines under the endpoint table for the clusters whose pool refused requests."""
+    return "".join(
+        f"\n{name}: {count} requests over the connection pool's limits (Envoy's 503, UO)"
+        for name, count in overflows.items()
+        if count
     )

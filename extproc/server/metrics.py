@@ -182,6 +182,7 @@ class Metrics:
         self._detected: dict[tuple[str, str], int] = {}
         self._enforced: dict[tuple[str, str], int] = {}
         self._overflow: dict[str, int] = {}
+        self._pending_overflow: dict[str, int] = {}
         self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self.ext_proc_decisions = DecisionHistogram()
         self.sync_decisions = DecisionHistogram()
@@ -219,6 +220,14 @@ class Metrics:
             self._enforced[key] = self._enforced.get(key, 0) + 1
         elif event.overflow:
             self._overflow[event.cluster_name] = self._overflow.get(event.cluster_name, 0) + 1
+
+    def count_overflow(self, cluster_name: str, n: int = 1) -> None:
+        """Count ``n`` requests Envoy answered 503 over a connection-pool limit (flag UO)."""
+        self._pending_overflow[cluster_name] = self._pending_overflow.get(cluster_name, 0) + n
+
+    def overflows(self, cluster_name: str) -> int:
+        """The requests of one cluster that overflowed its connection pool so far."""
+        return self._pending_overflow.get(cluster_name, 0)
 
     def count_config_reload(self, ok: bool) -> None:
         """Count one config reload: applied (``ok``) or rejected (the old policy stays)."""
@@ -312,15 +321,23 @@ class Metrics:
             "Detections max_ejection_percent refused (Envoy: ejections_overflow).",
             labels=["cluster_name"],
         )
+        pending_overflow = CounterMetricFamily(
+            "extproc_upstream_rq_pending_overflow",
+            "Requests Envoy answered 503 because a connection-pool limit was reached (flag UO; "
+            "Envoy: upstream_rq_pending_overflow). They count for no endpoint.",
+            labels=["cluster_name"],
+        )
         # Clusters of the current config, and any an older config had events for.
         names = dict.fromkeys(cluster_names)
         names.update(dict.fromkeys(name for name, _ in self._detected))
+        names.update(dict.fromkeys(self._pending_overflow))
         for name in names:
             for kind in EJECTION_TYPES:
                 enforced.add_metric([name, kind], self._enforced.get((name, kind), 0))
                 detected.add_metric([name, kind], self._detected.get((name, kind), 0))
             overflow.add_metric([name], self._overflow.get(name, 0))
-        return (enforced, detected, overflow)
+            pending_overflow.add_metric([name], self._pending_overflow.get(name, 0))
+        return (enforced, detected, overflow, pending_overflow)
 
     def _upstream_counter(self, hosts: dict[tuple[str, str], _HostLabels]) -> Metric:
         family = CounterMetricFamily(

@@ -48,6 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from extproc.clock import Clock
 from extproc.core.cluster import ClusterState
+from extproc.core.outcome import UPSTREAM_OVERFLOW
 from extproc.core.outlier import AttemptResult
 from extproc.core.table import ServiceTable
 from extproc.server.metrics import Metrics
@@ -328,6 +329,13 @@ class ModuleLinks:
         """
         snapshot = self.tables.snapshot(record.entry, record.version)
         cluster = None if snapshot is None else self._table().clusters.get(snapshot.cluster_name)
+        if snapshot is not None and cluster is not None and record.flags & UPSTREAM_OVERFLOW:
+            # Refused by the cluster's pool, maybe before any host had an address: the
+            # cluster is all there is to count (it is never an endpoint's result).
+            if self._metrics is not None:
+                self._metrics.count_overflow(cluster.service.cluster_name)
+            if not record.address:
+                return
         if snapshot is None or cluster is None or not _names_its_host(record, snapshot):
             self.dropped[UNKNOWN_ENTRY] += 1
             return

@@ -31,7 +31,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from extproc.core.cluster import ClusterState
-from extproc.core.outcome import classify
+from extproc.core.outcome import UPSTREAM_OVERFLOW, classify
 from extproc.core.table import ServiceTable
 from extproc.server.metrics import DecisionHistogram, Metrics
 from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE
@@ -219,10 +219,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # The host of the last attempt; another one than ours when Envoy's retry left ours.
         served = fields["upstream.address"].string_value
         moved = served != host and served != ""
+        flags = _whole(fields["response.flags"].number_value, _MAX_FLAGS)
         outcome = classify(
             _status(status_text),
             details,
-            _whole(fields["response.flags"].number_value, _MAX_FLAGS),
+            flags,
             _whole(fields["upstream.request_attempt_count"].number_value, _MAX_ATTEMPTS),
             moved=moved,
         )
@@ -240,6 +241,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self._on_change()
         if self._metrics is not None:
             name = cluster.service.cluster_name
+            if flags & UPSTREAM_OVERFLOW:
+                self._metrics.count_overflow(name)
             for result in outcome.results:
                 self._metrics.count_result(name, host, result)
             # The record above ignores an address that is no host of ours; so do the metrics.

@@ -105,6 +105,10 @@ class SyncEndpoint:
         # changes nothing; dropped here, it does not reach the metrics either.
         generation = cluster.generation
         for report in parse_reports(body):
+            if report.overflow:
+                if self._metrics is not None:
+                    self._metrics.count_overflow(cluster_name, report.count)
+                continue
             if report.count <= 0 or not cluster.has_host(report.host):
                 continue
             # n successes in a row reset the counters as one does.

@@ -27,3 +27,10 @@ def test_the_last_word_of_an_error_line_names_the_local_origin_failure() -> None
         AttemptResult.answer(503),
         AttemptResult.success(),
     ]
+
+
+def test_an_overflow_line_is_a_count_for_the_service_and_names_no_host() -> None:
+    body = f"o - 4\no {EAST} 1\no - x\ns {WEST} 2\n"
+    reports = parse_reports(body)
+    assert reports == [Report("o", "-", 4), Report("s", WEST, 2)]
+    assert [(r.overflow, r.count) for r in reports] == [(True, 4), (False, 2)]

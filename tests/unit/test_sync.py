@@ -221,3 +221,24 @@ def test_a_listed_404_ejects_and_counted_successes_never_do() -> None:
     # "s" lines are answers the script found unlisted, whatever their status.
     assert _rows(sync_endpoint.sync(CLUSTER, f"s {EAST} 5\n")) == [f"{EAST} 100000"]
     assert _rows(sync_endpoint.sync(CLUSTER, f"e {EAST} 404\n")) == [f"{WEST} 100000"]
+
+
+def test_an_overflow_line_is_counted_for_the_cluster_and_never_recorded_for_a_host() -> None:
+    from extproc.server.metrics import Metrics
+
+    svc = service(
+        endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
+        outlier=outlier(consecutive_5xx_errors=2),
+    )
+    table = ServiceTable(
+        Policy((svc,)), Workload(Locality.parse("us-east1")), now=0.0, rng=random.Random(1)
+    )
+    clock = FakeClock()
+    metrics = Metrics(lambda: table, clock)
+    sync_endpoint = SyncEndpoint(lambda: table, clock, version_base=1, metrics=metrics)
+    # 503, overflows, 503: the two errors are consecutive (the overflows are no success).
+    sync_endpoint.sync(CLUSTER, f"e {EAST} 503\no - 3\n")
+    answer = sync_endpoint.sync(CLUSTER, f"e {EAST} 503\n")
+    assert _rows(answer) == [f"{WEST} 100000"]
+    assert metrics.overflows(CLUSTER) == 3
+    assert metrics.host_stats(CLUSTER, EAST)["success"] == 0
