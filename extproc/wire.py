@@ -101,6 +101,15 @@ def reset_log_name(data_path: DataPath) -> str:
     return _RESET_LOG_PREFIX + data_path.value
 
 
+#: Envoy's response code details of a route's timeout while an attempt awaited its headers
+#: (``ResponseCodeDetails::ResponseTimeout``): its router then reports a local-origin
+#: timeout for that attempt's host (``Filter::onResponseTimeout``).
+ROUTE_TIMEOUT = "response_timeout"
+#: The module path's access log of those requests: the attempt's own log shows no timeout
+#: (the flag is set on the downstream stream only), so the service learns it from here.
+ROUTE_TIMEOUT_LOG_NAME = "extproc.route_timeout.module"
+
+
 def is_valid_secret(secret: str) -> bool:
     """Whether a shared secret can travel as a header value and a Lua string as it is.
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from extproc.core.routes import HttpRoute
 from extproc.errors import Problem
 
 _T = TypeVar("_T")
@@ -304,6 +305,9 @@ class Service:
     # connectionPool.tcp.connectTimeout, else Istio's mesh connectTimeout (10s).
     connect_timeout_s: float = 10.0
     pool: ConnectionPool = ConnectionPool()
+    # A VirtualService's routes for this host and port; empty: Istio's default route.
+    routes: tuple[HttpRoute, ...] = ()
+    route_source: str = ""  # the VirtualService they came from, for messages
     # trafficPolicy.tls in mode SIMPLE or MUTUAL; None is plain TCP (no tls, or DISABLE).
     tls: TlsSettings | None = None
     source: str = ""  # where it came from, for messages: 'mesh.yaml: ServiceEntry "x"'

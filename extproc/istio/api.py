@@ -6,8 +6,8 @@ asks for strict field validation, so a field the schema does not have is refused
 webhook said ``unknown field "exportTo" in v1alpha3.DestinationRule``, istio/istio#11957).
 extproc does the same with the field names below, which follow the CRDs of istio/api
 (``kubernetes/customresourcedefinitions.gen.yaml``, 2026): ``v1``, ``v1beta1`` and
-``v1alpha3`` of ServiceEntry and DestinationRule share one schema there, so one shape
-serves every version.
+``v1alpha3`` of ServiceEntry, DestinationRule and VirtualService share one schema there, so
+one shape serves every version.
 
 Only names are kept, not types: ``models.py`` checks the types of what extproc reads, and
 the content of a field it does not implement is not read at all.
@@ -30,6 +30,7 @@ __all__ = [
     "SERVICE_ENTRY",
     "SHAPES",
     "TRAFFIC_POLICY",
+    "VIRTUAL_SERVICE",
     "Shape",
 ]
 
@@ -274,8 +275,125 @@ DESTINATION_RULE: Final = _top(
     )
 )
 
+_STRING_MATCH: Final = _obj(_leaves("exact", "prefix", "regex"))
+_DESTINATION: Final = _obj({"host": LEAF, "subset": LEAF, "port": _obj(_leaves("number"))})
+_HEADER_OPERATIONS: Final = _obj({"set": _STRING_MAP, "add": _STRING_MAP, "remove": _STRINGS})
+_HEADERS: Final = _obj({"request": _HEADER_OPERATIONS, "response": _HEADER_OPERATIONS})
+_PERCENT: Final = _obj(_leaves("value"))
+_HTTP_MATCH: Final = _obj(
+    {
+        **_leaves("name", "ignoreUriCase", "port", "sourceNamespace", "statPrefix"),
+        **dict.fromkeys(("uri", "scheme", "method", "authority"), _STRING_MATCH),
+        "headers": Shape(values=_STRING_MATCH),
+        "withoutHeaders": Shape(values=_STRING_MATCH),
+        "queryParams": Shape(values=_STRING_MATCH),
+        "sourceLabels": _STRING_MAP,
+        "gateways": _STRINGS,
+    }
+)
+_HTTP_ROUTE: Final = _obj(
+    {
+        **_leaves("name", "timeout", "mirror_percent", "mirrorPercent"),
+        "match": _list(_HTTP_MATCH),
+        "route": _list(_obj({"destination": _DESTINATION, "weight": LEAF, "headers": _HEADERS})),
+        "redirect": _obj(
+            _leaves(
+                "uri", "authority", "port", "derivePort", "scheme", "redirectCode", "prefixRewrite"
+            )
+        ),
+        "directResponse": _obj({"status": LEAF, "body": _obj(_leaves("string", "bytes"))}),
+        "delegate": _obj(_leaves("name", "namespace")),
+        "rewrite": _obj(
+            {
+                **_leaves("uri", "authority"),
+                "uriRegexRewrite": _obj(_leaves("match", "rewrite")),
+            }
+        ),
+        "retries": _obj(
+            _leaves(
+                "attempts",
+                "perTryTimeout",
+                "retryOn",
+                "retryRemoteLocalities",
+                "retryIgnorePreviousHosts",
+                "backoff",
+            )
+        ),
+        "fault": _obj(
+            {
+                "delay": _obj(
+                    {**_leaves("fixedDelay", "exponentialDelay", "percent"), "percentage": _PERCENT}
+                ),
+                "abort": _obj(
+                    {**_leaves("httpStatus", "grpcStatus", "http2Error"), "percentage": _PERCENT}
+                ),
+            }
+        ),
+        "mirror": _DESTINATION,
+        "mirrorPercentage": _PERCENT,
+        "mirrors": _list(_obj({"destination": _DESTINATION, "percentage": _PERCENT})),
+        "corsPolicy": _obj(
+            {
+                **_leaves("allowCredentials", "maxAge", "unmatchedPreflights"),
+                **dict.fromkeys(
+                    ("allowOrigin", "allowMethods", "allowHeaders", "exposeHeaders"), _STRINGS
+                ),
+                "allowOrigins": _list(_STRING_MATCH),
+            }
+        ),
+        "headers": _HEADERS,
+    }
+)
+_L4_ROUTE: Final = _list(_obj({"destination": _DESTINATION, "weight": LEAF}))
+VIRTUAL_SERVICE: Final = _top(
+    _obj(
+        {
+            "hosts": _STRINGS,
+            "gateways": _STRINGS,
+            "exportTo": _STRINGS,
+            "http": _list(_HTTP_ROUTE),
+            "tcp": _list(
+                _obj(
+                    {
+                        "match": _list(
+                            _obj(
+                                {
+                                    **_leaves("port", "sourceNamespace", "sourceSubnet"),
+                                    "destinationSubnets": _STRINGS,
+                                    "sourceLabels": _STRING_MAP,
+                                    "gateways": _STRINGS,
+                                }
+                            )
+                        ),
+                        "route": _L4_ROUTE,
+                    }
+                )
+            ),
+            "tls": _list(
+                _obj(
+                    {
+                        "match": _list(
+                            _obj(
+                                {
+                                    **_leaves("port", "sourceNamespace"),
+                                    "sniHosts": _STRINGS,
+                                    "destinationSubnets": _STRINGS,
+                                    "sourceLabels": _STRING_MAP,
+                                    "gateways": _STRINGS,
+                                }
+                            )
+                        ),
+                        "route": _L4_ROUTE,
+                    }
+                )
+            ),
+        }
+    )
+)
+
 #: The shape of each kind extproc reads.
 SHAPES: Final[Mapping[str, Shape]] = {
     "ServiceEntry": SERVICE_ENTRY,
     "DestinationRule": DESTINATION_RULE,
+    "VirtualService": VIRTUAL_SERVICE,
 }

@@ -60,6 +60,7 @@ from extproc.core.policy import (
 from extproc.errors import ConfigError, Problem
 from extproc.istio.duration import parse_duration
 from extproc.istio.findings import Parsed, Source
+from extproc.istio.http_routes import apply_virtual_services
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
     ConnectionPoolSpec,
@@ -419,9 +420,12 @@ def compile_services(
             compiler.add_service_entry(parsed.source, parsed.obj)
     compiler.report_unused_rules()
     compiler.report_blocked_ejections()
+    services, errors, warnings = apply_virtual_services(compiler.services, objects)
+    compiler.errors += errors
+    compiler.warnings += warnings
     if compiler.errors:
         raise ConfigError(compiler.errors)
-    return tuple(compiler.services), tuple(compiler.warnings)
+    return services, tuple(compiler.warnings)
 
 
 def lb_algorithm(simple: str | None) -> LbAlgorithm:

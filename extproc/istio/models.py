@@ -25,6 +25,9 @@ __all__ = [
     "ClientTlsSettingsSpec",
     "ConnectionPoolSpec",
     "DestinationRule",
+    "HttpMatchSpec",
+    "HttpRetrySpec",
+    "HttpRouteSpec",
     "IstioObject",
     "LoadBalancerSpec",
     "LocalityLbSettingSpec",
@@ -33,7 +36,9 @@ __all__ = [
     "PortTrafficPolicySpec",
     "ServiceEntry",
     "ServicePort",
+    "StringMatchSpec",
     "TrafficPolicySpec",
+    "VirtualService",
     "WorkloadEntry",
     "tls_settings_of",
 ]
@@ -284,10 +289,102 @@ class DestinationRule(Model):
     spec: DestinationRuleSpec
 
 
-IstioObject = ServiceEntry | DestinationRule
-MODELS: Final[Mapping[str, type[ServiceEntry] | type[DestinationRule]]] = {
+class StringMatchSpec(Model):
+    """``StringMatch``: one of exact, prefix or regex (a proto oneof; validation checks it)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+
+class HttpMatchSpec(Model):
+    """``HTTPMatchRequest``; the fields extproc does not serve are errors (rules), not warnings."""
+
+    WARN_UNIMPLEMENTED = False
+
+    name: str = ""
+    uri: StringMatchSpec | None = None
+    method: StringMatchSpec | None = None
+    headers: dict[str, StringMatchSpec] = Field(default_factory=dict)
+    without_headers: dict[str, StringMatchSpec] = Field(
+        default_factory=dict, alias="withoutHeaders"
+    )
+    query_params: dict[str, StringMatchSpec] = Field(default_factory=dict, alias="queryParams")
+    port: int = 0
+    ignore_uri_case: bool = Field(default=False, alias="ignoreUriCase")
+
+
+class DestinationSpec(Model):
+    """``Destination``: a ServiceEntry host and, optionally, its port."""
+
+    WARN_UNIMPLEMENTED = False
+
+    host: str = ""
+    port: PortSelectorSpec | None = None
+
+
+class RouteDestinationSpec(Model):
+    """``HTTPRouteDestination``."""
+
+    WARN_UNIMPLEMENTED = False
+
+    destination: DestinationSpec | None = None
+    weight: int = 0
+
+
+class HttpRetrySpec(Model):
+    """``HTTPRetry`` (``retries``)."""
+
+    attempts: int = 0
+    per_try_timeout: GoDuration | None = Field(default=None, alias="perTryTimeout")
+    retry_on: str = Field(default="", alias="retryOn")
+    retry_remote_localities: bool | None = Field(default=None, alias="retryRemoteLocalities")
+    retry_ignore_previous_hosts: bool | None = Field(default=None, alias="retryIgnorePreviousHosts")
+    backoff: GoDuration | None = None
+
+
+class HttpRouteSpec(Model):
+    """``HTTPRoute`` (``http[]``); the fields extproc does not serve are errors (rules)."""
+
+    WARN_UNIMPLEMENTED = False
+
+    name: str = ""
+    match: list[HttpMatchSpec] = Field(default_factory=list)
+    route: list[RouteDestinationSpec] = Field(default_factory=list)
+    timeout: GoDuration | None = None
+    retries: HttpRetrySpec | None = None
+
+
+class VirtualServiceSpec(Model):
+    """``VirtualService``'s spec: its HTTP routes (tcp and tls routes are warned about)."""
+
+    IGNORED = {
+        "exportTo": None,  # visibility across namespaces: extproc has one proxy, no namespaces
+        "tcp": "is not served: extproc routes HTTP ports only; ignored",
+        "tls": "is not served: extproc routes HTTP ports only; ignored",
+    }
+
+    hosts: list[str] = Field(default_factory=list)
+    gateways: list[str] = Field(default_factory=list)
+    http: list[HttpRouteSpec] = Field(default_factory=list)
+
+
+class VirtualService(Model):
+    """A ``networking.istio.io`` VirtualService."""
+
+    IGNORED = {"status": None}
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta = ObjectMeta()
+    spec: VirtualServiceSpec
+
+
+IstioObject = ServiceEntry | DestinationRule | VirtualService
+MODELS: Final[Mapping[str, type[ServiceEntry] | type[DestinationRule] | type[VirtualService]]] = {
     "ServiceEntry": ServiceEntry,
     "DestinationRule": DestinationRule,
+    "VirtualService": VirtualService,
 }
 
 

@@ -20,6 +20,7 @@ from extproc.core.policy import (
     Workload,
     host_address,
 )
+from extproc.core.routes import HttpRoute, MatchKind, StringMatch
 
 __all__ = ["check_summary", "locality_text", "locality_warnings"]
 
@@ -116,6 +117,9 @@ def check_summary(policy: Policy, workload: Workload | None) -> str:
     lines.append(f"services: {len(policy.services)}")
     for service in policy.services:
         lines.append(f"  {service.cluster_name}  {_describe(service)}")
+        if service.routes:
+            lines.append(f"    routes of {service.route_source}, in order:")
+            lines += [f"      {_describe_route(route)}" for route in service.routes]
     header = ["ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER", "LOCALITY"]
     if workload is not None:
         header.append("PRIORITY")
@@ -177,6 +181,34 @@ def _describe(service: Service) -> str:
     if service.tls is not None:
         parts.append(f"TLS {service.tls.mode.value}")
     return ", ".join(parts)
+
+
+def _describe_route(route: HttpRoute) -> str:
+    """``name: GET /path [x-h=v] -> timeout 2s, 3 retries on 5xx``, Envoy's order of checks."""
+    match = route.match
+    conditions = [f"{match.path.kind.value} {match.path.value}"]
+    if not match.case_sensitive:
+        conditions.append("any case")
+    conditions += [
+        f"{'no ' if h.invert else ''}{h.name} {_describe_match(h.match)}" for h in match.headers
+    ]
+    conditions += [f"?{name} {_describe_match(m)}" for name, m in match.query_params]
+    what = [f"timeout {route.timeout_s:g}s" if route.timeout_s else "no timeout"]
+    retries = route.retries
+    if retries is None:
+        what.append("no retries")
+    else:
+        on = retries.retry_on
+        if retries.retriable_status_codes:
+            on += " " + ",".join(map(str, retries.retriable_status_codes))
+        what.append(f"{retries.num_retries} retries on {on}")
+        if retries.per_try_timeout_s is not None:
+            what.append(f"{retries.per_try_timeout_s:g}s per try")
+    return f"{route.name or '(unnamed)'}: {', '.join(conditions)} -> {', '.join(what)}"
+
+
+def _describe_match(match: StringMatch) -> str:
+    return "present" if match.kind is MatchKind.PRESENT else f"{match.kind.value} {match.value}"
 
 
 def _describe_pool(pool: ConnectionPool) -> str | None:

@@ -35,9 +35,10 @@ from extproc.istio.findings import (
     walk_fields,
 )
 from extproc.istio.literal import describe, show
-from extproc.istio.models import API_VERSIONS, MODELS, ServiceEntry
+from extproc.istio.models import API_VERSIONS, MODELS, ServiceEntry, VirtualService
 from extproc.istio.service_entry_rules import check_service_entry
 from extproc.istio.traffic_policy_rules import check_destination_rule
+from extproc.istio.virtual_service_rules import check_virtual_service
 
 __all__ = ["Checked", "check_object"]
 
@@ -131,6 +132,8 @@ def _check_istio_object(data: dict[object, object], kind: str, check: Checker) -
         check.error("metadata.name", "is required")
     if isinstance(obj, ServiceEntry):
         check_service_entry(obj, check)
+    elif isinstance(obj, VirtualService):
+        check_virtual_service(obj, check)
     else:
         check_destination_rule(obj, check)
     return Checked(Parsed(check.source, obj), rejected=check.failed)

@@ -85,6 +85,7 @@ from extproc.render.filters import (
     lua_filter,
     module_filter,
     reset_access_log,
+    route_timeout_access_log,
     router_filter,
 )
 from extproc.render.routes import route_config
@@ -202,13 +203,19 @@ def _http_connection_manager(
         upstream_log = [attempt_log()]  # every attempt's outcome, into the module
     else:
         data_filter = ext_proc_filter(settings)
+    if path is not DataPath.MODULE:
+        access_log = [reset_access_log(settings)]
+    elif any(route.timeout_s for service in policy.services for route in service.routes):
+        # The module sees a reset after the response started itself, not a route's timeout.
+        access_log = [route_timeout_access_log(settings)]
+    else:
+        access_log = []
     manager = hcm(
         stat_prefix="extproc_ingress",
         codec_type=hcm.AUTO,
         route_config=route_config(policy, settings),
         http_filters=[data_filter, router_filter(upstream_log)],
-        # The module sees a reset after the response started itself (filters.py).
-        access_log=[] if path is DataPath.MODULE else [reset_access_log(settings)],
+        access_log=access_log,
     )
     if path is DataPath.LUA:
         manager.local_reply_config.CopyFrom(local_reply_config())

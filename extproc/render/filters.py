@@ -47,6 +47,8 @@ from extproc.wire import (
     MODULE_FILTER_NAME,
     MODULE_SOCKET,
     RESPONSE_ATTRIBUTES,
+    ROUTE_TIMEOUT,
+    ROUTE_TIMEOUT_LOG_NAME,
     reset_log_name,
 )
 
@@ -151,6 +153,56 @@ def local_reply_config() -> http_connection_manager_pb2.LocalReplyConfig:
     )
 
 
+def route_timeout_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
+    """The module path's log of each request a route timeout ended before its response.
+
+    Envoy's router reports that attempt to its host's detector as a local-origin timeout
+    (``Filter::onResponseTimeout``; 504 outside split mode), but sets the UT flag on the
+    downstream stream only: the attempt's own log, which the module reads, shows a reset
+    with no flag, as a client that went away does. So Envoy sends these, and only these:
+    a UT flag test, then the details (a per-try timeout's are ``upstream_per_try_timeout``,
+    and the attempt's log already carries its flag).
+    """
+    route_timeout = cel_pb2.ExpressionFilter(
+        expression=f"response.code_details == '{ROUTE_TIMEOUT}'"
+    )
+    only_route_timeouts = _Log.AndFilter(
+        filters=[
+            _Log.AccessLogFilter(response_flag_filter=_Log.ResponseFlagFilter(flags=["UT"])),
+            _Log.AccessLogFilter(
+                extension_filter=_Log.ExtensionFilter(
+                    name="envoy.access_loggers.extension_filters.cel",
+                    typed_config=packed(route_timeout),
+                )
+            ),
+        ]
+    )
+    return _grpc_access_log(settings, ROUTE_TIMEOUT_LOG_NAME, only_route_timeouts)
+
+
+def _grpc_access_log(
+    settings: Settings, log_name: str, only: accesslog_pb2.AndFilter
+) -> accesslog_pb2.AccessLog:
+    """An HCM access log to the service, sending each entry its filter lets through at once.
+
+    ``buffer_size_bytes: 0`` sends each entry at once (``GrpcAccessLogger::log`` flushes
+    when the buffer reaches its size), over the service's own gRPC target and secret.
+    """
+    log = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=als_pb2.CommonGrpcAccessLogConfig(
+            log_name=log_name,
+            grpc_service=grpc_service(settings),
+            transport_api_version=config_source_pb2.V3,
+            buffer_size_bytes=uint32(0),
+        )
+    )
+    return _Log.AccessLog(
+        name="envoy.access_loggers.http_grpc",
+        filter=_Log.AccessLogFilter(and_filter=only),
+        typed_config=packed(log),
+    )
+
+
 def reset_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
     """The HCM access log that sends the service each upstream reset after the response started.
 
@@ -164,8 +216,6 @@ def reset_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
     2. CEL on ``response.code_details``: a reset before the response started is an Envoy
        local reply, which both data paths already count; only a late one goes on.
 
-    ``buffer_size_bytes: 0`` sends each entry at once (``GrpcAccessLogger::log`` flushes
-    when the buffer reaches its size), over the service's own gRPC target and secret.
     """
     late = cel_pb2.ExpressionFilter(
         expression=f"response.code_details.startsWith('{LATE_UPSTREAM_RESET}')"
@@ -182,16 +232,4 @@ def reset_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
             ),
         ]
     )
-    log = als_pb2.HttpGrpcAccessLogConfig(
-        common_config=als_pb2.CommonGrpcAccessLogConfig(
-            log_name=reset_log_name(settings.data_path),
-            grpc_service=grpc_service(settings),
-            transport_api_version=config_source_pb2.V3,
-            buffer_size_bytes=uint32(0),
-        )
-    )
-    return _Log.AccessLog(
-        name="envoy.access_loggers.http_grpc",
-        filter=_Log.AccessLogFilter(and_filter=only_late_resets),
-        typed_config=packed(log),
-    )
+    return _grpc_access_log(settings, reset_log_name(settings.data_path), only_late_resets)

@@ -18,21 +18,28 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import struct_pb2
 
 from extproc.core.policy import Policy, Service, route_domains
+from extproc.core.routes import (
+    HeaderMatch,
+    HttpRoute,
+    MatchKind,
+    RetryPolicy,
+    RouteMatch,
+    StringMatch,
+)
 from extproc.render.filters import EXT_PROC_FILTER, LUA_FILTER, MODULE_FILTER
 from extproc.render.tls import endpoint_sni
-from extproc.render.typed import boolean, milliseconds, packed, uint32
+from extproc.render.typed import boolean, packed, seconds, uint32
 from extproc.settings import Settings
 from extproc.wire import UP_HEADER, DataPath
 
 _Route = route_components_pb2
 
-#: Istio's default outbound retry policy (>= 1.24: 5xx responses are not retried).
-#: istio/istio pilot/pkg/networking/core/route/retry/retry.go DefaultPolicy.
-_ISTIO_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-_ISTIO_NUM_RETRIES = 2
+#: ``retryRemoteLocalities``' previous_priorities (retry.go buildPreviousPrioritiesConfig).
+_ISTIO_REMOTE_LOCALITIES_FREQUENCY = 2
 
 _UNKNOWN_HOST_BODY = "extproc: no ServiceEntry host matches this request's authority\n"
 
@@ -47,7 +54,7 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
         _Route.VirtualHost(
             name=service.cluster_name,
             domains=list(domains),
-            routes=[_service_route(service, settings)],
+            routes=[_service_route(service, route, settings) for route in _routes_of(service)],
         )
         for service, domains in route_domains(policy.services)
     ]
@@ -55,15 +62,32 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
     return route_pb2.RouteConfiguration(name="extproc_routes", virtual_hosts=hosts)
 
 
-def _service_route(service: Service, settings: Settings) -> route_components_pb2.Route:
+def _routes_of(service: Service) -> tuple[HttpRoute | None, ...]:
+    """The VirtualService's routes, else one: Istio's default route (None)."""
+    return service.routes or (None,)
+
+
+def _service_route(
+    service: Service, http: HttpRoute | None, settings: Settings
+) -> route_components_pb2.Route:
+    """One route to the service's cluster: a VirtualService's, or Istio's default one.
+
+    The default (``BuildDefaultHTTPOutboundRoute``): everything under ``/``, no timeout,
+    Istio's default retries. A VirtualService's (``TranslateRoute``): its match, its
+    ``timeout`` (``setTimeout``) and its ``retries`` (``ConvertPolicy``; none at 0 attempts).
+    """
+    timeout = seconds(0.0 if http is None else http.timeout_s)  # Istio's default: none
+    # setTimeout also bounds a gRPC client's grpc-timeout by the route's (0: unbounded).
+    action = _Route.RouteAction(
+        cluster=service.cluster_name, timeout=timeout, max_grpc_timeout=timeout
+    )
+    retries = RetryPolicy() if http is None else http.retries
+    if retries is not None:
+        action.retry_policy.CopyFrom(_retry_policy(retries))
     route = _Route.Route(
-        name=service.cluster_name,
-        match=_Route.RouteMatch(prefix="/"),
-        route=_Route.RouteAction(
-            cluster=service.cluster_name,
-            timeout=milliseconds(0),  # Istio sets no route timeout
-            retry_policy=_retry_policy(),
-        ),
+        name=service.cluster_name if http is None else http.name,
+        match=_Route.RouteMatch(prefix="/") if http is None else _route_match(http.match),
+        route=action,
     )
     if endpoint_sni(service.tls):
         # Host = the EDS host's name, per attempt (a retry on us-west says us-west).
@@ -86,27 +110,89 @@ def _service_route(service: Service, settings: Settings) -> route_components_pb2
     return route
 
 
-def _retry_policy() -> route_components_pb2.RetryPolicy:
+def _retry_policy(retries: RetryPolicy) -> route_components_pb2.RetryPolicy:
+    """Istio's retry policy (``retry.ConvertPolicy``), with the previous priorities extproc adds.
+
+    ``retryRemoteLocalities: true`` is Istio's own ``previous_priorities`` (update frequency
+    2, ``buildPreviousPrioritiesConfig``). Unset, extproc adds one with update frequency 1,
+    so a refused connection is retried on the failover endpoint in the same request (see
+    the README's differences); ``false`` says no, and gets none.
+    """
     policy = _Route.RetryPolicy
-    return policy(
-        retry_on=_ISTIO_RETRY_ON,
-        num_retries=uint32(_ISTIO_NUM_RETRIES),
-        retry_host_predicate=[
+    out = policy(
+        retry_on=retries.retry_on,
+        num_retries=uint32(retries.num_retries),
+        retriable_status_codes=list(retries.retriable_status_codes),
+        host_selection_retry_max_attempts=5,
+    )
+    if retries.previous_hosts:
+        out.retry_host_predicate.append(
             policy.RetryHostPredicate(
                 name="envoy.retry_host_predicates.previous_hosts",
                 typed_config=packed(previous_hosts_pb2.PreviousHostsPredicate()),
             )
-        ],
-        host_selection_retry_max_attempts=5,
-        # A retry leaves the failed priority (Istio's retryRemoteLocalities does the same),
-        # so a refused connection is retried on the failover endpoint in the same request.
-        retry_priority=policy.RetryPriority(
-            name="envoy.retry_priorities.previous_priorities",
-            typed_config=packed(
-                previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1)
-            ),
-        ),
-    )
+        )
+    if retries.remote_localities is not False:
+        frequency = _ISTIO_REMOTE_LOCALITIES_FREQUENCY if retries.remote_localities else 1
+        out.retry_priority.CopyFrom(
+            policy.RetryPriority(
+                name="envoy.retry_priorities.previous_priorities",
+                typed_config=packed(
+                    previous_priorities_config_pb2.PreviousPrioritiesConfig(
+                        update_frequency=frequency
+                    )
+                ),
+            )
+        )
+    if retries.per_try_timeout_s is not None:
+        out.per_try_timeout.CopyFrom(seconds(retries.per_try_timeout_s))
+    if retries.backoff_s is not None:
+        out.retry_back_off.base_interval.CopyFrom(seconds(retries.backoff_s))
+    return out
+
+
+def _route_match(match: RouteMatch) -> route_components_pb2.RouteMatch:
+    """``TranslateRouteMatch``: the path, ``case_sensitive``, headers and query parameters."""
+    out = _Route.RouteMatch(headers=[_header(h) for h in match.headers])
+    path = match.path
+    if path.kind is MatchKind.EXACT:
+        out.path = path.value
+    elif path.kind is MatchKind.REGEX:
+        out.safe_regex.regex = path.value
+    else:
+        out.prefix = path.value
+    if match.explicit_case:
+        out.case_sensitive.CopyFrom(boolean(match.case_sensitive))
+    for name, value in match.query_params:
+        param = out.query_parameters.add(name=name)
+        if value.kind is MatchKind.PRESENT:
+            param.present_match = True
+        else:
+            param.string_match.CopyFrom(_string_matcher(value))
+    return out
+
+
+def _header(header: HeaderMatch) -> route_components_pb2.HeaderMatcher:
+    """``translateHeaderMatch``; withoutHeaders inverts it, treating a missing header as ""."""
+    out = _Route.HeaderMatcher(name=header.name)
+    if header.match.kind is MatchKind.PRESENT:
+        out.present_match = True
+    else:
+        out.string_match.CopyFrom(_string_matcher(header.match))
+    if header.invert:
+        out.invert_match = True
+        # treat_missing_header_as_empty conflicts with present_match (route.go).
+        out.treat_missing_header_as_empty = header.match.kind is not MatchKind.PRESENT
+    return out
+
+
+def _string_matcher(match: StringMatch) -> string_pb2.StringMatcher:
+    """``util.ConvertToEnvoyMatch``."""
+    if match.kind is MatchKind.EXACT:
+        return string_pb2.StringMatcher(exact=match.value)
+    if match.kind is MatchKind.PREFIX:
+        return string_pb2.StringMatcher(prefix=match.value)
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.value))
 
 
 def _unknown_host(settings: Settings) -> route_components_pb2.VirtualHost:

@@ -33,6 +33,14 @@ and so usually after the entry. The log name says which path sent it
 itself, first, so the reset follows a success as in Envoy: a host that always resets after
 a 200 then stays in with a threshold above 1, as on Istio's Envoy, instead of counting the
 resets as consecutive because the batch comes late. The batch's copy later only repeats a success.
+
+Route timeouts (module path only). When a VirtualService's ``timeout`` ends a request whose
+attempt still awaits its headers, Envoy's router reports a local-origin timeout for that
+attempt's host (``Filter::onResponseTimeout``), but the UT flag goes on the downstream stream
+only: the attempt's own log, which the module reads, shows a reset without a flag, exactly as
+when the client went away (which Envoy does not count). The module path's Envoy therefore
+sends those requests on a log of their own (``ROUTE_TIMEOUT_LOG_NAME``, filtered inside
+Envoy on UT and ``response_timeout``), and this servicer records the timeout.
 """
 
 from __future__ import annotations
@@ -48,13 +56,22 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from extproc.core.outlier import AttemptResult, http_response_code
 from extproc.core.policy import host_address
 from extproc.core.table import ServiceTable
-from extproc.wire import LATE_UPSTREAM_RESET, DataPath, reset_log_name
+from extproc.wire import (
+    LATE_UPSTREAM_RESET,
+    ROUTE_TIMEOUT,
+    ROUTE_TIMEOUT_LOG_NAME,
+    DataPath,
+    reset_log_name,
+)
 
 log = structlog.get_logger(__name__)
 
 #: Envoy's ``LocalOriginConnectFailed`` on its own: the connection's success was reported
 #: when it was ready, and recorded with the head's answer.
 _RESET_AFTER_HEAD = AttemptResult.connect_failure()
+#: Envoy's ``LocalOriginTimeout`` for an attempt a route timeout ended (a 504 outside split
+#: mode); its connection's success was reported when it was ready.
+_ROUTE_TIMEOUT = AttemptResult.timeout()
 #: ``Http::Utility::resetReasonToString(Overflow)``: an overflow reset is not reported to the
 #: outlier detector (``onUpstreamReset``'s ``dropped``, envoyproxy/envoy#25487).
 _OVERFLOW = "overflow"
@@ -88,6 +105,21 @@ def late_reset(entry: accesslog_pb2.HTTPAccessLogEntry) -> LateReset | None:
     return LateReset(common.upstream_cluster, host, entry.response.response_code.value)
 
 
+def route_timeout(entry: accesslog_pb2.HTTPAccessLogEntry) -> tuple[str, str] | None:
+    """(cluster, host) of a request a route timeout ended before its response, else None.
+
+    Only the module path's Envoy sends these (``ROUTE_TIMEOUT_LOG_NAME``): its attempt log
+    shows such an attempt as a reset with no flag. The other paths see the 504 themselves.
+    """
+    if entry.response.response_code_details != ROUTE_TIMEOUT:
+        return None
+    common = entry.common_properties
+    address = common.upstream_remote_address.socket_address
+    if not address.address or not address.port_value or not common.upstream_cluster:
+        return None
+    return common.upstream_cluster, host_address(address.address, address.port_value)
+
+
 def answer_reported_late(log_name: str) -> bool:
     """Whether the Envoy behind a log name reports the head's success after the reset (lua)."""
     return log_name == reset_log_name(DataPath.LUA)
@@ -118,18 +150,38 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: Any
     ) -> als_pb2.StreamAccessLogsResponse:
-        # One stream per Envoy worker; only its first message carries the identifier.
-        late_answer = False
+        # One stream per Envoy worker and log; only its first message carries the identifier.
+        late_answer = timeouts = False
         async for message in request_iterator:
             if message.HasField("identifier"):
                 late_answer = answer_reported_late(message.identifier.log_name)
+                timeouts = message.identifier.log_name == ROUTE_TIMEOUT_LOG_NAME
             for entry in message.http_logs.log_entry:
                 try:
-                    self.record(entry, answer_reported_late=late_answer)
+                    if timeouts:
+                        self.record_timeout(entry)
+                    else:
+                        self.record(entry, answer_reported_late=late_answer)
                 except Exception:
                     # One bad entry is dropped; the stream and the server go on.
                     log.exception("access_log.entry_error")
         return als_pb2.StreamAccessLogsResponse()
+
+    def record_timeout(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+        """Record a route timeout's local-origin timeout for its host; whether it was ours."""
+        found = route_timeout(entry)
+        if found is None:
+            return False
+        cluster_name, host = found
+        cluster = self._table().clusters.get(cluster_name)
+        if cluster is None or not cluster.has_host(host):
+            return False
+        generation = cluster.generation
+        cluster.record(host, _ROUTE_TIMEOUT, self._now(), finished=False)
+        log.debug("access_log.route_timeout", cluster_name=cluster_name, upstream_url=host)
+        if self._on_change is not None and cluster.generation != generation:
+            self._on_change()
+        return True
 
     def record(
         self, entry: accesslog_pb2.HTTPAccessLogEntry, *, answer_reported_late: bool

@@ -100,6 +100,7 @@ class Requests:
     label: str
     n: int
     spacing_s: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request of the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,14 +322,18 @@ class _Upstreams:
 
 
 async def _get(
-    address: tuple[str, int], host: str, timeout_s: float = REQUEST_TIMEOUT_S
+    address: tuple[str, int],
+    host: str,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> tuple[int, dict[str, str], str]:
     """``GET /`` on a new connection, read by ``content-length``.
 
     ``extproc.sandbox.client.get`` reads until the server closes, and Envoy closes some local
     replies only after its ``delayed_close_timeout`` (1 s): that would stretch the timeline.
     """
-    request = f"GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    request = f"GET / HTTP/1.1\r\nhost: {host}\r\n{extra}connection: close\r\n\r\n".encode()
     writer = None
     try:
         async with asyncio.timeout(timeout_s):
@@ -359,10 +364,11 @@ async def _request(
     index: int,
     t: float,
     timeout_s: float = REQUEST_TIMEOUT_S,
+    extra: tuple[tuple[str, str], ...] = (),
 ) -> Record:
     loop = asyncio.get_running_loop()
     sent = loop.time()
-    status, headers, body = await _get(address, host, timeout_s)
+    status, headers, body = await _get(address, host, timeout_s, extra)
     elapsed = loop.time() - sent
     served_by = headers.get("x-served-by", "")
     if status == 200 and served_by:
@@ -469,6 +475,8 @@ async def _replay(
                 await asyncio.sleep(max(0.0, first + i * step.spacing_s - loop.time()))
                 t = loop.time() - start
                 run.records += await asyncio.gather(
-                    _request(REFERENCE, reference, scenario.host, step.label, i, t),
-                    _request(EXTPROC, ours, scenario.host, step.label, i, t),
+                    *(
+                        _request(name, address, scenario.host, step.label, i, t, extra=step.headers)
+                        for name, address in ((REFERENCE, reference), (EXTPROC, ours))
+                    )
                 )

@@ -402,25 +402,23 @@ def test_closed_standard_input_is_a_read_error(monkeypatch: pytest.MonkeyPatch) 
 # strict
 
 
-VIRTUAL_SERVICE = """\
+SIDECAR = """\
 apiVersion: networking.istio.io/v1
-kind: VirtualService
+kind: Sidecar
 metadata:
   name: db
 """
 
 
 def test_strict_turns_every_warning_into_an_error(tmp_path: Path) -> None:
-    text = SE + "---\n" + VIRTUAL_SERVICE
+    text = SE + "---\n" + SIDECAR
     assert _texts(load_policy_text(text, "cfg.yaml").warnings) == (
-        'cfg.yaml: VirtualService "db" (document 2): kind: "VirtualService" is not supported by '
-        "extproc, ignored",
+        'cfg.yaml: Sidecar "db" (document 2): kind: "Sidecar" is not supported by extproc, ignored',
     )
     with pytest.raises(ConfigError) as caught:
         load_policy_text(text, "cfg.yaml", strict=True)
     assert [str(p) for p in caught.value.problems] == [
-        'cfg.yaml: VirtualService "db" (document 2): kind: "VirtualService" is not supported by '
-        "extproc, ignored",
+        'cfg.yaml: Sidecar "db" (document 2): kind: "Sidecar" is not supported by extproc, ignored',
     ]
     file = tmp_path / "cfg.yaml"
     file.write_text(text)
@@ -429,7 +427,7 @@ def test_strict_turns_every_warning_into_an_error(tmp_path: Path) -> None:
 
 
 def test_strict_keeps_errors_first_and_adds_the_warnings() -> None:
-    text = SE.replace("number: 80", "number: 0") + "---\n" + VIRTUAL_SERVICE
+    text = SE.replace("number: 80", "number: 0") + "---\n" + SIDECAR
     with pytest.raises(ConfigError) as caught:
         load_policy_text(text, "cfg.yaml", strict=True)
     assert [p.path for p in caught.value.problems] == ["spec.ports[0].number", "kind"]

@@ -831,7 +831,6 @@ def test_kubernetes_metadata_and_status_are_not_warned_about() -> None:
 @pytest.mark.parametrize(
     ("api_version", "kind"),
     [
-        pytest.param("networking.istio.io/v1", "VirtualService", id="virtual-service"),
         pytest.param("networking.istio.io/v1beta1", "Gateway", id="gateway"),
         pytest.param("networking.istio.io/v1", "Sidecar", id="sidecar"),
         pytest.param("networking.istio.io/v1alpha3", "WorkloadEntry", id="workload-entry"),
@@ -898,22 +897,22 @@ def test_a_misspelt_service_entry_kind_is_an_error_and_leaves_no_service_entry()
     [
         pytest.param(
             "networking.istio.oi/v1",
-            "VirtualService",
+            "Gateway",
             'apiVersion: "networking.istio.oi/v1" is not an API version; did you mean '
             '"networking.istio.io/v1"?',
             id="group-typo",
         ),
         pytest.param(
             "networking.istio.io",
-            "VirtualService",
+            "Gateway",
             'apiVersion: "networking.istio.io" is not an API version; did you mean '
             '"networking.istio.io/v1"?',
             id="no-version",
         ),
         pytest.param(
             "v1",
-            "VirtualService",
-            'apiVersion: "v1" has no VirtualService; did you mean "networking.istio.io/v1"?',
+            "Gateway",
+            'apiVersion: "v1" has no Gateway; did you mean "networking.istio.io/v1"?',
             id="group-left-out",
         ),
         pytest.param(

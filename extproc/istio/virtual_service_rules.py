@@ -1,0 +1,234 @@
+"""Istio's rules for a VirtualService (``ValidateVirtualService``), and what extproc serves of it.
+
+From ``pkg/config/validation/validation.go`` (``ValidateVirtualService``, ``validateStringMatch``,
+``validateHTTPRouteDestinations``, ``validateDestination``), ``virtualservice.go``
+(``validateHTTPRoute``, ``validateHTTPRouteConflict``, ``validateHTTPRouteMatchRequest``) and
+``agent/validation.go`` (``ValidateHTTPRetry``), with Istio's messages.
+
+extproc serves the HTTP routes of a VirtualService bound to the mesh (no ``gateways``, or
+``mesh`` among them): matches on uri, headers, withoutHeaders, method, port and queryParams, one
+destination per route on the VirtualService's own ServiceEntry host, ``timeout`` and
+``retries``. Any other field of an HTTP route would make Envoy route differently than Istio's
+sidecar, so it is an error that names it, never a field silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from extproc.istio.field_rules import check_duration, domain_error, port_error
+from extproc.istio.findings import Checker
+from extproc.istio.literal import show
+from extproc.istio.models import (
+    HttpMatchSpec,
+    HttpRetrySpec,
+    HttpRouteSpec,
+    Model,
+    StringMatchSpec,
+    VirtualService,
+)
+
+__all__ = ["MESH_GATEWAY", "binds_to_mesh", "check_virtual_service"]
+
+#: The reserved gateway name of every sidecar (``constants.IstioMeshGateway``).
+MESH_GATEWAY: Final = "mesh"
+#: ``agent.supportedRetryOnPolicies``: Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on words.
+_RETRY_ON: Final = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "envoy-ratelimited",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
+#: Go's ``net/http`` StatusText: the codes ``parseRetryOn`` reads as status codes.
+_STATUS_CODES: Final = frozenset(
+    {100, 101, 102, 103, *range(200, 209), 226, *range(300, 309), *range(400, 419)}
+    | {421, 422, 423, 424, 425, 426, 428, 429, 431, 451}
+    | {500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511}
+)
+_NOT_YET: Final = "is not supported yet: Envoy would route differently than Istio's sidecar"
+_MAX_REGEX: Final = 1024  # validateStringRegexp: Envoy's re2 program size, approximated
+
+
+def binds_to_mesh(vs: VirtualService) -> bool:
+    """Whether the VirtualService applies to sidecars: no ``gateways``, or ``mesh`` among them."""
+    gateways = vs.spec.gateways
+    return not gateways or MESH_GATEWAY in gateways
+
+
+def check_virtual_service(vs: VirtualService, check: Checker) -> None:
+    """``ValidateVirtualService`` for one bound to the mesh, and what extproc serves of it."""
+    spec = vs.spec
+    if not spec.hosts:
+        check.error("spec.hosts", "delegate virtual services are not supported: hosts is required")
+    for i, host in enumerate(spec.hosts):
+        if host == "*":
+            check.error(
+                f"spec.hosts[{i}]",
+                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
+            )
+        elif (problem := domain_error(host)) is not None:
+            check.error(f"spec.hosts[{i}]", problem)
+    seen: dict[str, int] = {}
+    for i, host in enumerate(spec.hosts):
+        if host in seen:
+            check.error(
+                f"spec.hosts[{i}]",
+                f"duplicate hosts in virtual service: {host} & {spec.hosts[seen[host]]}",
+            )
+        seen.setdefault(host, i)
+    extra = vs.spec.model_extra or {}
+    if not spec.http and "tcp" not in extra and "tls" not in extra:
+        check.error("spec", "http, tcp or tls must be provided in virtual service")
+    if not binds_to_mesh(vs):
+        check.warn(
+            "spec.gateways",
+            f"binds it to gateways only ({', '.join(map(show, spec.gateways))}), not to sidecars "
+            f"({show(MESH_GATEWAY)}): it does not apply here, ignored",
+        )
+        return
+    for i, route in enumerate(spec.http):
+        _check_http_route(route, f"spec.http[{i}]", check)
+
+
+def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
+    """``validateHTTPRoute``, for the fields extproc serves; the others are errors."""
+    _unsupported(route, where, check)
+    if not route.route and not _written(route, "redirect", "directResponse", "delegate"):
+        check.error(where, "HTTP route, redirect or direct_response is required")
+    for j, match in enumerate(route.match):
+        _check_match(match, f"{where}.match[{j}]", check)
+    for j, destination in enumerate(route.route):
+        here = f"{where}.route[{j}]"
+        _unsupported(destination, here, check)
+        if destination.destination is None:
+            check.error(here, "destination is required")
+            continue
+        _unsupported(destination.destination, f"{here}.destination", check)
+        host = destination.destination.host
+        if host == "*":
+            check.error(f"{here}.destination.host", f"invalid destination host {host}")
+        elif (problem := domain_error(host)) is not None:
+            check.error(f"{here}.destination.host", problem)
+        port = destination.destination.port
+        if port is not None and (problem := port_error(port.number)) is not None:
+            check.error(f"{here}.destination.port.number", problem)
+        if destination.weight < 0:
+            check.error(f"{here}.weight", f"weight {destination.weight} < 0")
+    if len(route.route) > 1:
+        check.error(
+            f"{where}.route",
+            "more than one destination (weights) " + _NOT_YET.removeprefix("is "),
+        )
+    if route.timeout is not None:
+        check_duration(route.timeout, f"{where}.timeout", check)
+    if route.retries is not None:
+        _check_retries(route.retries, f"{where}.retries", check)
+
+
+def _check_match(match: HttpMatchSpec, where: str, check: Checker) -> None:
+    """``validateHTTPRouteMatchRequest``."""
+    _unsupported(match, where, check)
+    for field, matches in (
+        ("headers", match.headers),
+        ("withoutHeaders", match.without_headers),
+        ("queryParams", match.query_params),
+    ):
+        for name, string_match in matches.items():
+            here = f"{where}.{field}.{name}"
+            if field != "queryParams" and not (
+                name in _PSEUDO_HEADERS or _HEADER_NAME.fullmatch(name)
+            ):
+                check.error(here, f"header name {name} is not a valid header name")
+            if name.startswith("@request.auth.claims"):
+                check.error(
+                    here, "JWT claim based routing is only supported for gateway, found no gateways"
+                )
+            # withoutHeaders: "*" is not a regex but a present match (route.go).
+            if not (field == "withoutHeaders" and string_match.regex == "*"):
+                _check_string_match(string_match, here, field, check)
+    if match.uri is not None:
+        _check_string_match(match.uri, f"{where}.uri", "uri", check, empty_prefix_ok=True)
+    if match.method is not None:
+        _check_string_match(match.method, f"{where}.method", "method", check)
+    if match.port and (problem := port_error(match.port)) is not None:
+        check.error(f"{where}.port", problem)
+
+
+def _check_string_match(
+    match: StringMatchSpec,
+    where: str,
+    field: str,
+    check: Checker,
+    *,
+    empty_prefix_ok: bool = False,
+) -> None:
+    """``validateStringMatch`` (a uri may have an empty prefix; the other fields may not)."""
+    written = [name for name in ("exact", "prefix", "regex") if getattr(match, name) is not None]
+    if len(written) > 1:
+        check.error(where, f"only one of {', '.join(written)} can be set")  # a proto oneof
+    if match.prefix == "" and not empty_prefix_ok:
+        check.error(where, f"{show(field)}: prefix string match should not be empty")
+    if match.regex is not None:
+        if match.regex == "":
+            check.error(where, f"{show(field)}: regex string match should not be empty")
+        elif len(match.regex) > _MAX_REGEX:
+            check.error(where, f"{show(field)}: regex is too large, max length allowed is 1024")
+        else:
+            try:
+                re.compile(match.regex)
+            except re.error as exc:
+                check.error(
+                    where,
+                    f"{show(field)}: {exc}; Istio uses RE2 style regex-based match "
+                    "(https://github.com/google/re2/wiki/Syntax)",
+                )
+
+
+def _check_retries(retries: HttpRetrySpec, where: str, check: Checker) -> None:
+    """``agent.ValidateHTTPRetry``."""
+    if retries.attempts < 0:
+        check.error(f"{where}.attempts", "attempts cannot be negative")
+    if retries.attempts == 0 and (
+        retries.per_try_timeout is not None
+        or retries.retry_on
+        or retries.retry_remote_localities is not None
+    ):
+        check.error(where, "http retry policy configured when attempts are set to 0 (disabled)")
+    if retries.per_try_timeout is not None:
+        check_duration(retries.per_try_timeout, f"{where}.perTryTimeout", check)
+    if retries.backoff is not None:
+        check_duration(retries.backoff, f"{where}.backoff", check)
+    for policy in retries.retry_on.split(",") if retries.retry_on else ():
+        if not (policy.isdigit() and int(policy) in _STATUS_CODES) and policy not in _RETRY_ON:
+            check.error(f"{where}.retryOn", f"{show(policy)} is not a valid retryOn policy")
+
+
+#: ``validHeaderNameRegex``: RFC 7230 token characters; and the pseudo-headers Istio allows.
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PSEUDO_HEADERS: Final = frozenset({":method", ":scheme", ":authority", ":path", ":status"})
+
+
+def _unsupported(obj: Model, where: str, check: Checker) -> None:
+    """An error for each Istio field of ``obj`` extproc does not serve (its model's extras)."""
+    for name in obj.model_extra or {}:
+        check.error(f"{where}.{name}", _NOT_YET)
+
+
+def _written(obj: Model, *names: str) -> bool:
+    extra = obj.model_extra or {}
+    return any(name in extra for name in names)
