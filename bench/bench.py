@@ -187,6 +187,27 @@ spec:
       baseEjectionTime: 30s
 """
 
+_VIRTUAL_SERVICE_YAML = """\
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bench
+spec:
+  hosts:
+  - {host}
+  http:
+  - name: bench
+    route:
+    - destination:
+        host: {host}
+    timeout: 5s
+    retries:
+      attempts: 3
+      perTryTimeout: 2s
+      retryOn: connect-failure,refused-stream,503
+"""
+
 _NGINX_CONF = """\
 worker_processes 1;
 daemon off;
@@ -451,9 +472,10 @@ def start_upstream(
     return child, (port, failover_port), label
 
 
-def service_yaml(upstream_ports: tuple[int, int]) -> str:
-    """The Istio config of the ``istio``, ``lua`` and ``ext_proc`` variants."""
-    return _SERVICE_YAML.format(
+def service_yaml(upstream_ports: tuple[int, int], *, virtual_service: bool = False) -> str:
+    """The Istio config of the ``istio`` and extproc variants; with ``virtual_service``, a
+    VirtualService with a timeout and retries too (what egress configs usually carry)."""
+    text = _SERVICE_YAML.format(
         host=SERVICE_HOST,
         upstream_host=UPSTREAM_HOST,
         locality=LOCALITY,
@@ -461,6 +483,7 @@ def service_yaml(upstream_ports: tuple[int, int]) -> str:
         port=upstream_ports[0],
         failover_port=upstream_ports[1],
     )
+    return text + (_VIRTUAL_SERVICE_YAML.format(host=SERVICE_HOST) if virtual_service else "")
 
 
 def plain_bootstrap(
@@ -1297,6 +1320,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="connections of the paced runs (each paced to its share of --paced-rps)",
     )
+    parser.add_argument(
+        "--virtual-service",
+        action="store_true",
+        help="add a VirtualService with a timeout and retries to the config of every variant",
+    )
     parser.add_argument("--json", type=Path, help="write every round and the medians here")
     parser.add_argument(
         "--standin", action="store_true", help="use the StandIn upstream even if nginx exists"
@@ -1396,7 +1424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             upstream, upstream_ports, upstream_label = start_upstream(tmp, children, args.standin)
             upstream_pids = [upstream.pid, *_descendants(upstream.pid)]
-            yaml_text = service_yaml(upstream_ports)
+            yaml_text = service_yaml(upstream_ports, virtual_service=args.virtual_service)
             config = tmp / "bench-service.yaml"
             config.write_text(yaml_text)
 

@@ -75,6 +75,20 @@ def test_native_envoy_gets_the_same_priorities_and_istios_cluster_and_route() ->
     assert "enable_reuse_port" not in listener
 
 
+def test_the_virtual_service_variant_gives_both_the_same_timeout_and_retries() -> None:
+    yaml_text = bench.service_yaml(PORTS, virtual_service=True)
+    (service,) = load_policy_text(yaml_text).services
+    [route] = service.routes
+    assert (route.timeout_s, route.retries and route.retries.num_retries) == (5.0, 3)
+    bootstrap = bench.istio_bootstrap(yaml_text, 10099)
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    action = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert action["timeout"] == "5s"
+    assert action["retry_policy"]["num_retries"] == 3
+    assert action["retry_policy"]["retriable_status_codes"] == [503]
+
+
 def test_native_envoy_config_that_needs_dns_is_refused() -> None:
     dns_yaml = bench.service_yaml(PORTS).replace("resolution: STATIC", "resolution: DNS")
     with pytest.raises(StartupError, match="needs DNS"):
