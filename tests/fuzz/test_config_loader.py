@@ -96,6 +96,16 @@ items:
 - apiVersion: networking.istio.io/v1
   kind: VirtualService
   metadata: {name: vs}
+  spec:
+    hosts: [mydb.com]
+    http:
+    - name: db
+      match:
+      - {headers: {x-tenant: {exact: a}}, uri: {prefix: /t}, method: {exact: GET}}
+      - {withoutHeaders: {x-debug: {}}, queryParams: {q: {regex: "[a-z]+"}}, port: 80}
+      route: [{destination: {host: mydb.com, port: {number: 80}}}]
+      timeout: 2s
+      retries: {attempts: 2, retryOn: "5xx,503", perTryTimeout: 1s}
 """
 
 
