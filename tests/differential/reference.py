@@ -34,6 +34,13 @@ The pilot functions mirrored (istio/istio):
    ``ConvertPolicy``, ``parseRetryOn`` and ``buildPreviousPrioritiesConfig``. A VirtualService
    replaces the default route of each ServiceEntry host it names; a request no route matches
    gets Envoy's own 404 (NR), as from Istio's sidecar.
+6. ``route.go`` ``TranslateRoute``'s other fields: ``TranslateHeadersOperations`` /
+   ``translateAppendHeaders`` (the route's and the destination's ``headers``, as
+   ``processDestination`` appends them), ``rewrite`` in ``applyHTTPRouteDestination``,
+   ``ApplyRedirect``, ``ApplyDirectResponse`` and ``TranslateFault`` (with
+   ``translatePercentToFractionalPercent`` / ``translateIntegerToFractionalPercent``). As in
+   ``listener_builder.go`` ``buildHTTPConnectionManager``, the fault filter (empty config)
+   always sits before the router; the route config allows pilot's 1 MiB direct responses.
 
 Anything this module does not translate raises ``UnsupportedError`` naming the field: the
 reference never approximates silently.
@@ -42,6 +49,8 @@ reference never approximates silently.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import copy
 import math
 import re
@@ -78,6 +87,10 @@ _HCM = (
 )
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _CARES = "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
+_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+_FAULT_FILTER = "envoy.filters.http.fault"
+#: ``route.DefaultMaxDirectResponseBodySizeBytes``: 1 MiB (Envoy's own default is 4 KiB).
+MAX_DIRECT_RESPONSE_BODY_BYTES = 1024 * 1024
 _PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
@@ -608,7 +621,18 @@ _GO_STATUS_CODES = frozenset(
 )
 _GO_ATOI = re.compile(r"[+-]?\d+")  # what strconv.Atoi accepts (no spaces, no underscores)
 _VS_API_VERSIONS = {f"networking.istio.io/{v}" for v in ("v1", "v1beta1", "v1alpha3")}
-_HTTP_ROUTE_FIELDS = {"name", "match", "route", "timeout", "retries"}
+_HTTP_ROUTE_FIELDS = {
+    "name",
+    "match",
+    "route",
+    "timeout",
+    "retries",
+    "headers",
+    "rewrite",
+    "redirect",
+    "directResponse",
+    "fault",
+}
 _MATCH_FIELDS = {
     "name",
     "uri",
@@ -791,14 +815,23 @@ def _is_catch_all(match: Mapping[str, Any]) -> bool:
 
 
 def _route_action(
-    http: Mapping[str, Any], host: str, port: int, cluster: str, where: str
-) -> dict[str, Any]:
-    """``applyHTTPRouteDestination`` for one destination on this host's own cluster."""
+    http: Mapping[str, Any], host: str, port: int, cluster: str, authority: str, where: str
+) -> tuple[dict[str, Any], HeaderOperations]:
+    """``applyHTTPRouteDestination`` and ``processDestination`` for one destination.
+
+    1. ``setTimeout``, then ``rewrite``: ``uriRegexRewrite`` (it wins) or ``uri``, and
+       ``authority``, which overrides the route's ``headers`` authority.
+    2. The route's authority becomes ``host_rewrite_literal``; the destination's ``headers``
+       authority only when the route set none.
+
+    Returns:
+        The route action, and the destination's header operations (appended to the route's).
+    """
     destinations = http.get("route") or []
     if len(destinations) != 1:
         raise UnsupportedError(f"{where}.route: exactly one destination is translated")
     here = f"{where}.route[0]"
-    _only(destinations[0], {"destination", "weight"}, here)
+    _only(destinations[0], {"destination", "weight", "headers"}, here)
     destination = destinations[0].get("destination") or {}
     _only(destination, {"host", "port"}, f"{here}.destination")
     if destination.get("host") != host:
@@ -813,10 +846,371 @@ def _route_action(
     action: dict[str, Any] = {"cluster": cluster}
     timeout_s = parse_duration(http["timeout"], f"{where}.timeout") if "timeout" in http else 0.0
     _set_timeout(action, timeout_s)
+    if (rewrite := http.get("rewrite")) is not None:
+        # The sidecar's proxyHeaders leave xForwardedHost off, so append_x_forwarded_host
+        # stays false; the cluster pilot sets here (the route's name) is replaced below.
+        _only(rewrite, {"uri", "authority", "uriRegexRewrite"}, f"{where}.rewrite")
+        regex = rewrite.get("uriRegexRewrite")
+        if regex is not None:
+            _only(regex, {"match", "rewrite"}, f"{where}.rewrite.uriRegexRewrite")
+            action["regex_rewrite"] = {
+                "pattern": {"regex": _text(regex.get("match", ""), f"{where}.rewrite.match")},
+                "substitution": _text(regex.get("rewrite", ""), f"{where}.rewrite.rewrite"),
+            }
+        elif uri := _text(rewrite.get("uri", ""), f"{where}.rewrite.uri"):
+            action["prefix_rewrite"] = uri
+        authority = _text(rewrite.get("authority", ""), f"{where}.rewrite.authority") or authority
+    if authority:
+        action["host_rewrite_literal"] = authority
+    operations = translate_headers_operations(destinations[0].get("headers"), f"{here}.headers")
+    if operations.authority and "host_rewrite_literal" not in action:
+        action["host_rewrite_literal"] = operations.authority
     policy = convert_retry_policy(http.get("retries"), f"{where}.retries")
     if policy is not None:
         action["retry_policy"] = policy
-    return action
+    return action, operations
+
+
+def _text(value: object, where: str) -> str:
+    """A proto ``string`` field: YAML must give a string (``1`` or ``true`` would be refused)."""
+    if not isinstance(value, str):
+        raise UnsupportedError(f"{where}: {value!r} is not a string")
+    return value
+
+
+def _integer(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UnsupportedError(f"{where}: {value!r} is not an integer")
+    return value
+
+
+def _one_of(node: Mapping[str, Any], keys: Sequence[str], where: str) -> str | None:
+    """The member of a proto ``oneof`` that is set; two at once is a decoding error."""
+    present = [key for key in keys if key in node]
+    if len(present) > 1:
+        raise UnsupportedError(f"{where}: only one of {', '.join(present)}")
+    return present[0] if present else None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOperations:
+    """``HeadersOperations``: a ``Headers`` block as Envoy's route (or cluster) fields."""
+
+    request_headers_to_add: tuple[dict[str, Any], ...] = ()
+    response_headers_to_add: tuple[dict[str, Any], ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_remove: tuple[str, ...] = ()
+    authority: str = ""
+
+    def __add__(self, other: HeaderOperations) -> HeaderOperations:
+        """``processDestination``: the destination's lists after the route's, never resorted."""
+        return HeaderOperations(
+            self.request_headers_to_add + other.request_headers_to_add,
+            self.response_headers_to_add + other.response_headers_to_add,
+            self.request_headers_to_remove + other.request_headers_to_remove,
+            self.response_headers_to_remove + other.response_headers_to_remove,
+            self.authority,
+        )
+
+    def route_fields(self) -> dict[str, Any]:
+        """The non-empty lists, under Envoy's ``Route`` field names."""
+        return {
+            name: list(value)
+            for name, value in (
+                ("request_headers_to_add", self.request_headers_to_add),
+                ("request_headers_to_remove", self.request_headers_to_remove),
+                ("response_headers_to_add", self.response_headers_to_add),
+                ("response_headers_to_remove", self.response_headers_to_remove),
+            )
+            if value
+        }
+
+
+def _is_internal_header(name: str) -> bool:
+    """``isInternalHeader``: pseudo-headers and ``host``, which Envoy refuses to modify."""
+    return name.startswith(":") or name.lower() == "host"
+
+
+def _is_authority_header(name: str) -> bool:
+    """``isAuthorityHeader``: ``:authority`` or ``host``, in any case."""
+    return name.lower() in (":authority", "host")
+
+
+def _append_headers(
+    headers: object, append: bool, where: str
+) -> tuple[tuple[dict[str, Any], ...], str]:
+    """``translateAppendHeaders``: one map of ``set`` (overwrite) or ``add`` (append) headers.
+
+    1. An authority header gives the authority (a host rewrite) and, being internal, no header.
+    2. Other internal headers are dropped.
+    3. The rest are sorted by name (pilot walks a Go map, then sorts stably by key).
+
+    Returns:
+        The ``HeaderValueOption`` list and the authority ("" when none).
+    """
+    if headers is None:
+        return (), ""
+    if not isinstance(headers, Mapping):
+        raise UnsupportedError(f"{where}: {headers!r} is not a map of headers")
+    values = {_text(k, where): _text(v, f"{where}.{k}") for k, v in headers.items()}
+    authorities = {v for k, v in values.items() if _is_authority_header(k)}
+    if len(authorities) > 1:
+        # "If there are multiple, last one wins": the winner depends on Go's map order.
+        raise UnsupportedError(f"{where}: two authority headers with different values")
+    action = "APPEND_IF_EXISTS_OR_ADD" if append else "OVERWRITE_IF_EXISTS_OR_ADD"
+    options = tuple(
+        {"header": {"key": key, "value": value}, "append_action": action}
+        for key, value in sorted(values.items())
+        if not _is_internal_header(key)
+    )
+    return options, next(iter(authorities), "")
+
+
+def _remove_headers(names: object, where: str) -> tuple[str, ...]:
+    """``dropInternal`` over a ``remove`` list, order kept."""
+    if names is None:
+        return ()
+    if not isinstance(names, list):
+        raise UnsupportedError(f"{where}: {names!r} is not a list of header names")
+    return tuple(n for n in (_text(n, where) for n in names) if not _is_internal_header(n))
+
+
+def translate_headers_operations(headers: object, where: str) -> HeaderOperations:
+    """``TranslateHeadersOperations``: ``set`` before ``add``, a ``set`` authority wins.
+
+    Only the request's authority counts; a response authority header is just dropped.
+    """
+    if headers is None:
+        return HeaderOperations()
+    if not isinstance(headers, Mapping):
+        raise UnsupportedError(f"{where}: {headers!r} is not a Headers block")
+    _only(headers, {"request", "response"}, where)
+    lists: dict[str, tuple[dict[str, Any], ...]] = {}
+    removes: dict[str, tuple[str, ...]] = {}
+    authority = ""
+    for side in ("request", "response"):
+        ops = headers.get(side) or {}
+        here = f"{where}.{side}"
+        if not isinstance(ops, Mapping):
+            raise UnsupportedError(f"{here}: {ops!r} is not a HeaderOperations block")
+        _only(ops, {"set", "add", "remove"}, here)
+        set_options, set_authority = _append_headers(ops.get("set"), False, f"{here}.set")
+        add_options, add_authority = _append_headers(ops.get("add"), True, f"{here}.add")
+        lists[side] = set_options + add_options
+        removes[side] = _remove_headers(ops.get("remove"), f"{here}.remove")
+        if side == "request":
+            authority = set_authority or add_authority
+    return HeaderOperations(
+        lists["request"], lists["response"], removes["request"], removes["response"], authority
+    )
+
+
+#: ``ApplyRedirect``'s response codes; any other leaves the route without an action.
+_REDIRECT_CODES = {
+    0: "MOVED_PERMANENTLY",
+    301: "MOVED_PERMANENTLY",
+    302: "FOUND",
+    303: "SEE_OTHER",
+    307: "TEMPORARY_REDIRECT",
+    308: "PERMANENT_REDIRECT",
+}
+
+
+def apply_redirect(redirect: Mapping[str, Any], port: int, where: str) -> dict[str, Any]:
+    """``ApplyRedirect`` for a sidecar listener (not TLS), as Envoy's ``RedirectAction``.
+
+    1. ``host_redirect`` is the authority; ``prefixRewrite`` wins over ``uri`` (a ``uri`` of
+       "" still sets ``path_redirect``, as pilot sets the oneof, which keeps the path).
+    2. With ``port`` or ``derivePort`` (FROM_REQUEST_PORT is the listener's port), the port
+       is dropped when it is the scheme's default (80 for http, 443 for https).
+    3. The response code maps 0/301, 302, 303, 307, 308; another code leaves pilot's route
+       with no action, which Envoy rejects, so it is an error here.
+    """
+    _only(
+        redirect,
+        {"uri", "authority", "port", "derivePort", "scheme", "redirectCode", "prefixRewrite"},
+        where,
+    )
+    out: dict[str, Any] = {}
+    if authority := _text(redirect.get("authority", ""), f"{where}.authority"):
+        out["host_redirect"] = authority
+    if prefix := _text(redirect.get("prefixRewrite", ""), f"{where}.prefixRewrite"):
+        out["prefix_rewrite"] = prefix
+    else:
+        out["path_redirect"] = _text(redirect.get("uri", ""), f"{where}.uri")
+    scheme = _text(redirect.get("scheme", ""), f"{where}.scheme")
+    if scheme:
+        out["scheme_redirect"] = scheme
+    selector = _one_of(redirect, ("port", "derivePort"), where)
+    if selector is not None:
+        port_redirect = 0
+        if selector == "port":
+            port_redirect = _integer(redirect["port"], f"{where}.port")
+        elif redirect["derivePort"] == "FROM_REQUEST_PORT":
+            port_redirect = port
+        elif redirect["derivePort"] != "FROM_PROTOCOL_DEFAULT":
+            raise UnsupportedError(f"{where}.derivePort: {redirect['derivePort']!r}")
+        if (port_redirect, scheme or "http") in ((80, "http"), (443, "https")):
+            port_redirect = 0
+        if port_redirect:
+            out["port_redirect"] = port_redirect
+    code = _integer(redirect.get("redirectCode", 0), f"{where}.redirectCode")
+    if code not in _REDIRECT_CODES:
+        raise UnsupportedError(f"{where}.redirectCode: {code} leaves the route without action")
+    out["response_code"] = _REDIRECT_CODES[code]
+    return out
+
+
+def apply_direct_response(direct: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``ApplyDirectResponse``: the status, and the body inline as a string or bytes."""
+    _only(direct, {"status", "body"}, where)
+    out: dict[str, Any] = {"status": _integer(direct.get("status", 0), f"{where}.status")}
+    body = direct.get("body")
+    if body is not None:
+        _only(body, {"string", "bytes"}, f"{where}.body")
+        kind = _one_of(body, ("string", "bytes"), f"{where}.body")
+        if kind == "string":
+            out["body"] = {"inline_string": _text(body["string"], f"{where}.body.string")}
+        elif kind == "bytes":
+            out["body"] = {"inline_bytes": _base64(body["bytes"], f"{where}.body.bytes")}
+    return out
+
+
+def _base64(value: object, where: str) -> str:
+    """A proto ``bytes`` field from YAML (base64, standard or URL-safe, padding optional)."""
+    text = _text(value, where)
+    padded = text + "=" * (-len(text) % 4)
+    altchars = b"-_" if "-" in text or "_" in text else None
+    try:
+        decoded = base64.b64decode(padded, altchars=altchars, validate=True)
+    except binascii.Error as error:
+        raise UnsupportedError(f"{where}: {text!r} is not base64") from error
+    return base64.b64encode(decoded).decode()
+
+
+#: ``pkg/util/grpc/codes.go`` ``SupportedGRPCStatus``: the names a gRPC abort may use.
+_GRPC_STATUS = {
+    name: code
+    for code, name in enumerate(
+        (
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        )
+    )
+}
+
+
+def _fractional_percent(percentage: object, where: str) -> dict[str, Any]:
+    """``translatePercentToFractionalPercent``: ``value`` per million, truncated (``uint32``)."""
+    if not isinstance(percentage, Mapping):
+        raise UnsupportedError(f"{where}: {percentage!r} is not a Percent")
+    _only(percentage, {"value"}, where)
+    value = percentage.get("value", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        # Istio's validation refuses it; Go's uint32 of a negative float is undefined.
+        raise UnsupportedError(f"{where}.value: {value!r} is not a percentage in 0..100")
+    return {"numerator": int(float(value) * 10000), "denominator": "MILLION"}
+
+
+def translate_fault(fault: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``TranslateFault``: Envoy's ``HTTPFault`` for the route's ``typed_per_filter_config``.
+
+    1. A delay takes ``percentage`` (per million), else the deprecated integer ``percent``
+       (per hundred, 0 when unset); only ``fixedDelay`` is translated, an
+       ``exponentialDelay`` (or none) drops the delay.
+    2. An abort takes ``percentage`` only (none: Envoy's 0%); ``httpStatus`` or
+       ``grpcStatus`` (its code), anything else (``http2Error``, none) drops the abort.
+    3. Nothing left: pilot's nil fault marshals as an empty ``HTTPFault`` (no fault).
+    """
+    _only(fault, {"delay", "abort"}, where)
+    out: dict[str, Any] = {"@type": _FAULT}
+    if (delay := fault.get("delay")) is not None:
+        here = f"{where}.delay"
+        _only(delay, {"percent", "percentage", "fixedDelay", "exponentialDelay"}, here)
+        if "percentage" in delay:
+            percentage = _fractional_percent(delay["percentage"], f"{here}.percentage")
+        else:
+            # translateIntegerToFractionalPercent
+            percent = _integer(delay.get("percent", 0), f"{here}.percent")
+            if percent < 0:
+                raise UnsupportedError(f"{here}.percent: {percent} is negative")
+            percentage = {"numerator": percent, "denominator": "HUNDRED"}
+        if _one_of(delay, ("fixedDelay", "exponentialDelay"), here) == "fixedDelay":
+            fixed = parse_duration(delay["fixedDelay"], f"{here}.fixedDelay")
+            out["delay"] = {"fixed_delay": _envoy_duration(fixed), "percentage": percentage}
+    if (abort := fault.get("abort")) is not None:
+        here = f"{where}.abort"
+        _only(abort, {"httpStatus", "grpcStatus", "http2Error", "percentage"}, here)
+        kind = _one_of(abort, ("httpStatus", "grpcStatus", "http2Error"), here)
+        translated: dict[str, Any] = {}
+        if "percentage" in abort:
+            translated["percentage"] = _fractional_percent(
+                abort["percentage"], f"{here}.percentage"
+            )
+        if kind == "httpStatus":
+            out["abort"] = translated | {
+                "http_status": _integer(abort["httpStatus"], f"{here}.httpStatus")
+            }
+        elif kind == "grpcStatus":
+            name = _text(abort["grpcStatus"], f"{here}.grpcStatus")
+            if name not in _GRPC_STATUS:
+                # Istio's validation refuses it; pilot's map lookup would give 0 (OK).
+                raise UnsupportedError(f"{here}.grpcStatus: {name!r} is not a gRPC status")
+            out["abort"] = translated | {"grpc_status": _GRPC_STATUS[name]}
+    return out
+
+
+def _route_body(
+    http: Mapping[str, Any], host: str, port: int, cluster: str, where: str
+) -> dict[str, Any]:
+    """What ``TranslateRoute`` puts on every route of one ``http`` entry (all but name, match).
+
+    1. The entry's ``headers``, and their authority.
+    2. ``redirect``, else ``directResponse``, else the destination (``applyHTTPRouteDestination``,
+       whose ``headers`` join the route's). An action pilot does not reach is still checked.
+    3. ``fault`` as the fault filter's per-route config.
+    """
+    operations = translate_headers_operations(http.get("headers"), f"{where}.headers")
+    body: dict[str, Any] = {}
+    redirect, direct = http.get("redirect"), http.get("directResponse")  # YAML null is unset
+    if redirect is not None or direct is not None:
+        if http.get("route"):
+            _route_action(http, host, port, cluster, "", where)
+        else:
+            if "timeout" in http:
+                parse_duration(http["timeout"], f"{where}.timeout")
+            convert_retry_policy(http.get("retries"), f"{where}.retries")
+        if direct is not None:
+            direct_response = apply_direct_response(direct, f"{where}.directResponse")
+        if redirect is not None:
+            body["redirect"] = apply_redirect(redirect, port, f"{where}.redirect")
+        else:
+            body["direct_response"] = direct_response
+    else:
+        action, destination_operations = _route_action(
+            http, host, port, cluster, operations.authority, where
+        )
+        operations += destination_operations
+        body["route"] = action
+    body = operations.route_fields() | body
+    if (fault := http.get("fault")) is not None:
+        body["typed_per_filter_config"] = {_FAULT_FILTER: translate_fault(fault, f"{where}.fault")}
+    return body
 
 
 def virtual_service_routes(
@@ -835,7 +1229,7 @@ def virtual_service_routes(
     for i, http in enumerate(vs.get("http") or []):
         where = f"VirtualService.spec.http[{i}]"
         _only(http, _HTTP_ROUTE_FIELDS, where)
-        action = _route_action(http, host, port, cluster, where)
+        body = _route_body(http, host, port, cluster, where)
         matches: list[Mapping[str, Any] | None] = list(http.get("match") or []) or [None]
         for j, match in enumerate(matches):
             here = f"{where}.match[{j}]"
@@ -848,7 +1242,7 @@ def virtual_service_routes(
             if match is not None and match.get("name"):
                 name = f"{name}.{match['name']}"
             route: dict[str, Any] = {"name": name} if name else {}
-            route |= {"match": route_match, "route": copy.deepcopy(action)}
+            route |= {"match": route_match} | copy.deepcopy(body)
             routes.append(route)
             catch_all = match is None or _is_catch_all(route_match)
     return routes
@@ -968,12 +1362,22 @@ def render_reference(
                                         "route_config": {
                                             "name": "outbound",
                                             "virtual_hosts": virtual_hosts,
+                                            "max_direct_response_body_size_bytes": (
+                                                MAX_DIRECT_RESPONSE_BODY_BYTES
+                                            ),
                                         },
+                                        # buildHTTPConnectionManager: the fault filter (empty
+                                        # config) always sits before the router; routes with
+                                        # a fault carry its per-route config.
                                         "http_filters": [
+                                            {
+                                                "name": _FAULT_FILTER,
+                                                "typed_config": {"@type": _FAULT},
+                                            },
                                             {
                                                 "name": "envoy.filters.http.router",
                                                 "typed_config": {"@type": _ROUTER},
-                                            }
+                                            },
                                         ],
                                     },
                                 }

@@ -551,11 +551,6 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
 @pytest.mark.parametrize(
     ("http", "field"),
     [
-        ("- fault: {abort: {httpStatus: 503, percentage: {value: 10}}}\n" + _DEST, "fault"),
-        ("- headers: {request: {set: {x-a: b}}}\n" + _DEST, "headers"),
-        ("- rewrite: {uri: /v2}\n" + _DEST, "rewrite"),
-        ("- redirect: {uri: /v2}\n", "redirect"),
-        ("- directResponse: {status: 503}\n", "directResponse"),
         ("- mirror: {host: mydb.com}\n" + _DEST, "mirror"),
         ("- corsPolicy: {allowOrigins: [{exact: x}]}\n" + _DEST, "corsPolicy"),
         ("- delegate: {name: other}\n", "delegate"),
@@ -567,7 +562,6 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         ),
         ("- route:\n  - destination: {host: other.com}\n", "destination.host"),
         ("- route:\n  - destination: {host: mydb.com, port: {number: 81}}\n", "port.number"),
-        ("- route:\n  - destination: {host: mydb.com}\n    headers: {}\n", "headers"),
         ("- match: [{sourceLabels: {app: a}}]\n" + _DEST, "sourceLabels"),
         ("- match: [{gateways: [mesh]}]\n" + _DEST, "gateways"),
         ("- match: [{authority: {exact: a}}]\n" + _DEST, "authority"),
@@ -576,14 +570,21 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         ("- match: [{uri: {exact: /a, prefix: /b}}]\n" + _DEST, "uri"),
         ("- retries: {attempts: 2, retryOn: 5xx, timeout: 1s}\n" + _DEST, "retries.timeout"),
         ("- match: [{port: 8080, scheme: {exact: http}}]\n" + _DEST, "scheme"),
-        ("- route: [{destination: {host: mydb.com}}]\n- fault: {}\n" + _DEST, "http.1..fault"),
+        ("- route: [{destination: {host: mydb.com}}]\n- mirror: {}\n" + _DEST, "http.1..mirror"),
+        ("- redirect: {uri: /v2, redirectCode: 304}\n", "redirectCode"),
+        ("- fault: {abort: {grpcStatus: NOPE}}\n" + _DEST, "grpcStatus"),
+        ("- fault: {abort: {httpStatus: 503, grpcStatus: OK}}\n" + _DEST, "only one of"),
+        ("- fault: {delay: {fixedDelay: 1s, percentage: {value: 101}}}\n" + _DEST, "0..100"),
+        ("- fault: {delay: {percent: -1, fixedDelay: 1s}}\n" + _DEST, "percent"),
+        ("- directResponse: {status: 200, body: {bytes: '*'}}\n", "base64"),
+        ("- headers: {request: {set: {host: a, ':authority': b}}}\n" + _DEST, "authority"),
+        ("- headers: {request: {set: {x-n: 1}}}\n" + _DEST, "x-n"),
+        (
+            "- redirect: {uri: /a}\n  route:\n  - destination: {host: mydb.com, subset: a}\n",
+            "subset",
+        ),
     ],
     ids=[
-        "fault",
-        "headers",
-        "rewrite",
-        "redirect",
-        "direct-response",
         "mirror",
         "cors",
         "delegate",
@@ -591,7 +592,6 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         "weights",
         "other-host",
         "other-port",
-        "destination-headers",
         "source-labels",
         "match-gateways",
         "authority",
@@ -601,6 +601,15 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         "unknown-retry-field",
         "dropped-match",
         "after-catch-all",
+        "redirect-code",
+        "grpc-status",
+        "two-abort-types",
+        "percentage-range",
+        "negative-percent",
+        "body-not-base64",
+        "two-authorities",
+        "header-not-string",
+        "route-beside-redirect",
     ],
 )
 def test_what_the_reference_does_not_translate_in_a_virtual_service_is_an_error(
@@ -687,6 +696,358 @@ def test_envoy_accepts_the_translated_virtual_service() -> None:
         ),
     ):
         validate_reference(_bootstrap(yaml_text))
+
+
+def _hcm(yaml_text: str) -> dict[str, Any]:
+    listener = _bootstrap(yaml_text)["static_resources"]["listeners"][0]
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def _set(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def _add(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+
+
+#: The action of a route to mydb.com with no timeout, rewrite or retries.
+PLAIN_ACTION = {
+    "cluster": CLUSTER,
+    "timeout": "0s",
+    "max_grpc_timeout": "0s",
+    "retry_policy": DEFAULT_RETRY_POLICY,
+}
+
+HEADERS = """\
+- name: h
+  headers:
+    request:
+      set: {x-b: "2", x-a: "1", ":authority": api.example, ":path": /nope}
+      add: {x-z: z, Host: other.example, x-c: c}
+      remove: [x-drop, ":path", host]
+    response:
+      set: {x-r: r, host: h}
+      add: {x-s: s}
+      remove: [x-server]
+  route:
+  - destination: {host: mydb.com}
+    headers:
+      request: {set: {x-dest: d, host: dest.example}}
+      response: {remove: [x-dest-resp]}
+"""
+
+
+def test_headers_translate_as_translate_headers_operations_does() -> None:
+    # translateAppendHeaders: set is OVERWRITE_IF_EXISTS_OR_ADD, add APPEND_IF_EXISTS_OR_ADD,
+    # each map sorted by name, set before add; :-prefixed and host headers are dropped, and
+    # the set :authority (it beats add's Host) is the host rewrite. processDestination appends
+    # the destination's operations after the route's; its host is no rewrite, as the route
+    # already has one.
+    assert _routes(test_failover.SEED_SE + virtual_service(HEADERS)) == [
+        {
+            "name": "h",
+            "match": {"prefix": "/"},
+            "request_headers_to_add": [
+                _set("x-a", "1"),
+                _set("x-b", "2"),
+                _add("x-c", "c"),
+                _add("x-z", "z"),
+                _set("x-dest", "d"),
+            ],
+            "request_headers_to_remove": ["x-drop"],
+            "response_headers_to_add": [_set("x-r", "r"), _add("x-s", "s")],
+            "response_headers_to_remove": ["x-server", "x-dest-resp"],
+            "route": PLAIN_ACTION | {"host_rewrite_literal": "api.example"},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("route_headers", "destination_headers", "expected"),
+    [
+        ("{request: {add: {host: a.example}}}", "{}", "a.example"),
+        ("{response: {set: {host: a.example}}}", "{}", None),
+        ("{request: {remove: [x-a]}}", "{request: {add: {':authority': d.example}}}", "d.example"),
+        ("{request: {set: {host: a.example}}}", "{request: {set: {host: d.example}}}", "a.example"),
+    ],
+    ids=["add-authority", "response-authority", "destination-only", "route-wins"],
+)
+def test_the_authority_header_is_a_host_rewrite_as_pilot_picks_it(
+    route_headers: str, destination_headers: str, expected: str | None
+) -> None:
+    [route] = _routes(
+        test_failover.SEED_SE
+        + virtual_service(
+            f"- headers: {route_headers}\n  route:\n"
+            f"  - destination: {{host: mydb.com}}\n    headers: {destination_headers}\n"
+        )
+    )
+    assert route["route"].get("host_rewrite_literal") == expected
+    assert "request_headers_to_add" not in route
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "expected"),
+    [
+        ("{uri: /v2}", {"prefix_rewrite": "/v2"}),
+        (
+            "{uriRegexRewrite: {match: '^/v1/(.*)$', rewrite: '/v2/\\1'}, authority: b.example}",
+            {
+                "regex_rewrite": {
+                    "pattern": {"regex": "^/v1/(.*)$"},
+                    "substitution": "/v2/\\1",
+                },
+                "host_rewrite_literal": "b.example",
+            },
+        ),
+        ("{authority: b.example, uri: ''}", {"host_rewrite_literal": "b.example"}),
+    ],
+    ids=["uri", "regex-and-authority", "authority"],
+)
+def test_rewrite_translates_as_apply_http_route_destination_does(
+    rewrite: str, expected: dict[str, Any]
+) -> None:
+    # applyHTTPRouteDestination: uriRegexRewrite is regex_rewrite, uri prefix_rewrite, and
+    # rewrite.authority the host rewrite, over an authority the headers set.
+    [route] = _routes(
+        test_failover.SEED_SE
+        + virtual_service(
+            f"- rewrite: {rewrite}\n  headers: {{request: {{set: {{host: h.example}}}}}}\n" + _DEST
+        )
+    )
+    assert route == {
+        "match": {"prefix": "/"},
+        "route": PLAIN_ACTION | {"host_rewrite_literal": "h.example"} | expected,
+    }
+
+
+@pytest.mark.parametrize(
+    ("redirect", "expected"),
+    [
+        (
+            "{uri: /v2, authority: new.example, redirectCode: 302}",
+            {"host_redirect": "new.example", "path_redirect": "/v2", "response_code": "FOUND"},
+        ),
+        (
+            "{prefixRewrite: /new, uri: /ignored, scheme: https, port: 8443, redirectCode: 308}",
+            {
+                "prefix_rewrite": "/new",
+                "scheme_redirect": "https",
+                "port_redirect": 8443,
+                "response_code": "PERMANENT_REDIRECT",
+            },
+        ),
+        (
+            "{authority: new.example, derivePort: FROM_REQUEST_PORT}",
+            {
+                "host_redirect": "new.example",
+                "path_redirect": "",
+                "response_code": "MOVED_PERMANENTLY",
+            },
+        ),
+        (
+            "{scheme: https, derivePort: FROM_REQUEST_PORT, redirectCode: 307}",
+            {
+                "path_redirect": "",
+                "scheme_redirect": "https",
+                "port_redirect": 80,
+                "response_code": "TEMPORARY_REDIRECT",
+            },
+        ),
+        (
+            "{scheme: https, port: 443, redirectCode: 303}",
+            {"path_redirect": "", "scheme_redirect": "https", "response_code": "SEE_OTHER"},
+        ),
+        (
+            "{uri: /x, derivePort: FROM_PROTOCOL_DEFAULT, redirectCode: 301}",
+            {"path_redirect": "/x", "response_code": "MOVED_PERMANENTLY"},
+        ),
+    ],
+    ids=["uri-authority", "prefix-scheme-port", "derive-80", "derive-https", "443", "default"],
+)
+def test_redirect_translates_as_apply_redirect_does(
+    redirect: str, expected: dict[str, Any]
+) -> None:
+    # ApplyRedirect: prefixRewrite beats uri; FROM_REQUEST_PORT is the service port (80),
+    # and a port that is its scheme's default (80 for http, the sidecar's scheme; 443 for
+    # https) is dropped. A redirect route has no route action: no timeout, no retries.
+    [route] = _routes(
+        test_failover.SEED_SE
+        + virtual_service(
+            f"- redirect: {redirect}\n  timeout: 1s\n  headers: {{response: {{remove: [x-a]}}}}\n"
+        )
+    )
+    assert route == {
+        "match": {"prefix": "/"},
+        "response_headers_to_remove": ["x-a"],
+        "redirect": expected,
+    }
+
+
+@pytest.mark.parametrize(
+    ("direct", "expected"),
+    [
+        ("{status: 503}", {"status": 503}),
+        (
+            "{status: 200, body: {string: 'down for maintenance'}}",
+            {"status": 200, "body": {"inline_string": "down for maintenance"}},
+        ),
+        (
+            "{status: 418, body: {bytes: aGVsbG8}}",
+            {"status": 418, "body": {"inline_bytes": "aGVsbG8="}},
+        ),
+    ],
+    ids=["status", "string", "bytes"],
+)
+def test_direct_response_translates_as_apply_direct_response_does(
+    direct: str, expected: dict[str, Any]
+) -> None:
+    # ApplyDirectResponse: the status, the body inline; the route config allows pilot's
+    # DefaultMaxDirectResponseBodySizeBytes (1 MiB) instead of Envoy's 4 KiB.
+    yaml_text = test_failover.SEED_SE + virtual_service(f"- directResponse: {direct}\n")
+    [route] = _routes(yaml_text)
+    assert route == {"match": {"prefix": "/"}, "direct_response": expected}
+    assert _hcm(yaml_text)["route_config"]["max_direct_response_body_size_bytes"] == 1048576
+
+
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        (
+            "{delay: {fixedDelay: 250ms, percentage: {value: 12.5}}}",
+            {
+                "delay": {
+                    "fixed_delay": "0.25s",
+                    "percentage": {"numerator": 125000, "denominator": "MILLION"},
+                }
+            },
+        ),
+        (
+            "{delay: {fixedDelay: 2s, percent: 30}}",
+            {
+                "delay": {
+                    "fixed_delay": "2s",
+                    "percentage": {"numerator": 30, "denominator": "HUNDRED"},
+                }
+            },
+        ),
+        (
+            "{delay: {fixedDelay: 1s}}",
+            {
+                "delay": {
+                    "fixed_delay": "1s",
+                    "percentage": {"numerator": 0, "denominator": "HUNDRED"},
+                }
+            },
+        ),
+        (
+            "{abort: {httpStatus: 503, percentage: {value: 0.1}}}",
+            {
+                "abort": {
+                    "percentage": {"numerator": 1000, "denominator": "MILLION"},
+                    "http_status": 503,
+                }
+            },
+        ),
+        ("{abort: {httpStatus: 500}}", {"abort": {"http_status": 500}}),
+        (
+            "{abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}",
+            {
+                "abort": {
+                    "percentage": {"numerator": 1000000, "denominator": "MILLION"},
+                    "grpc_status": 14,
+                }
+            },
+        ),
+        ("{abort: {http2Error: REFUSED_STREAM, percentage: {value: 50}}}", {}),
+        (
+            "{delay: {exponentialDelay: 1s, percent: 5}, abort: {httpStatus: 502}}",
+            {"abort": {"http_status": 502}},
+        ),
+    ],
+    ids=[
+        "delay-percentage",
+        "delay-percent",
+        "delay-no-percent",
+        "abort-http",
+        "abort-no-percentage",
+        "abort-grpc",
+        "http2-error",
+        "exponential-delay",
+    ],
+)
+def test_fault_translates_as_translate_fault_does(fault: str, expected: dict[str, Any]) -> None:
+    # TranslateFault: percentage is per million (uint32(value * 10000)), the deprecated percent
+    # per hundred (0 when unset); an abort without percentage has none (Envoy's 0%). Pilot
+    # drops an http2Error abort and an exponential delay; with nothing left, the per-route
+    # config is an empty HTTPFault.
+    [route] = _routes(test_failover.SEED_SE + virtual_service(f"- fault: {fault}\n" + _DEST))
+    assert route == {
+        "match": {"prefix": "/"},
+        "route": PLAIN_ACTION,
+        "typed_per_filter_config": {"envoy.filters.http.fault": {"@type": FAULT_TYPE} | expected},
+    }
+
+
+@pytest.mark.parametrize("with_fault", [False, True], ids=["no-fault", "fault"])
+def test_the_fault_filter_sits_before_the_router_with_an_empty_config(with_fault: bool) -> None:
+    # buildHTTPConnectionManager appends xdsfilters.Fault (an empty HTTPFault) before the
+    # router on every HTTP connection manager, whether or not a route has a fault.
+    yaml_text = test_failover.SEED_SE
+    if with_fault:
+        yaml_text += virtual_service("- fault: {abort: {httpStatus: 503}}\n" + _DEST)
+    assert _hcm(yaml_text)["http_filters"] == [
+        {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT_TYPE}},
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            },
+        },
+    ]
+
+
+def test_envoy_accepts_every_translated_route_field() -> None:
+    # Envoy --mode validate on headers (route and destination), rewrites, redirects, direct
+    # responses and faults together.
+    validate_reference(
+        _bootstrap(
+            test_failover.SEED_SE
+            + virtual_service(
+                HEADERS.replace("- name: h\n", "- name: h\n  match: [{uri: {prefix: /h}}]\n")
+                + """\
+                - match: [{uri: {prefix: /rewrite}}]
+                  rewrite: {uri: /v2, authority: b.example}
+                  fault:
+                    delay: {fixedDelay: 250ms, percentage: {value: 12.5}}
+                    abort: {httpStatus: 503, percentage: {value: 0.1}}
+                  route:
+                  - destination: {host: mydb.com}
+                - match: [{uri: {prefix: /regex}}]
+                  rewrite: {uriRegexRewrite: {match: '^/regex/(.*)$', rewrite: '/\\1'}}
+                  fault: {delay: {fixedDelay: 1s, percent: 30}, abort: {grpcStatus: UNAVAILABLE}}
+                  route:
+                  - destination: {host: mydb.com}
+                - match: [{uri: {prefix: /empty-fault}}]
+                  fault: {abort: {http2Error: REFUSED_STREAM}}
+                  route:
+                  - destination: {host: mydb.com}
+                - match: [{uri: {prefix: /moved}}]
+                  redirect: {prefixRewrite: /new, scheme: https, port: 8443, redirectCode: 308}
+                - match: [{uri: {exact: /old}}]
+                  redirect: {uri: /v2, authority: new.example, derivePort: FROM_REQUEST_PORT}
+                - match: [{uri: {exact: /bytes}}]
+                  directResponse: {status: 418, body: {bytes: aGVsbG8}}
+                - directResponse: {status: 200, body: {string: down for maintenance}}
+                """.replace("                ", "")
+            )
+        )
+    )
 
 
 @pytest.mark.e2e
