@@ -12,10 +12,16 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_RETRY_ON",
+    "DirectResponse",
+    "Fault",
     "HeaderMatch",
+    "HeaderOperations",
+    "HeaderValue",
     "HttpRoute",
     "MatchKind",
+    "Redirect",
     "RetryPolicy",
+    "Rewrite",
     "RouteMatch",
     "StringMatch",
 ]
@@ -84,10 +90,93 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderValue:
+    """A header to add: ``append`` adds another value (``add``), else it overwrites (``set``)."""
+
+    name: str
+    value: str
+    append: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOperations:
+    """``TranslateHeadersOperations``: set then add (each sorted by name), removes in order."""
+
+    request_add: tuple[HeaderValue, ...] = ()
+    request_remove: tuple[str, ...] = ()
+    response_add: tuple[HeaderValue, ...] = ()
+    response_remove: tuple[str, ...] = ()
+
+    def __add__(self, other: HeaderOperations) -> HeaderOperations:
+        """The route's operations, then a destination's (``processDestination`` appends)."""
+        return HeaderOperations(
+            self.request_add + other.request_add,
+            self.request_remove + other.request_remove,
+            self.response_add + other.response_add,
+            self.response_remove + other.response_remove,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """``rewrite``: the path (a prefix, or an RE2 pattern and substitution)."""
+
+    prefix: str = ""
+    regex: tuple[str, str] | None = None  # (pattern, substitution)
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """``ApplyRedirect``: Envoy's redirect action; ``port`` 0 keeps the request's default."""
+
+    path: str = ""
+    prefix_rewrite: str = ""
+    host: str = ""
+    scheme: str = ""
+    port: int = 0
+    code: int = 301
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """``ApplyDirectResponse``: a status and an optional inline body."""
+
+    status: int
+    body: str | bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """``TranslateFault``: a fixed delay and an abort, each with a share in millionths."""
+
+    delay_s: float | None = None
+    delay_per_million: int = 0
+    delay_per_hundred: int | None = None  # the deprecated integer ``percent``
+    abort_http_status: int | None = None
+    abort_grpc_status: int | None = None
+    abort_per_million: int | None = None  # unset: every request
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRoute:
-    """One Envoy route of a VirtualService ``http[]`` entry (one per ``match[]`` entry)."""
+    """One Envoy route of a VirtualService ``http[]`` entry (one per ``match[]`` entry).
+
+    A route forwards to its service's cluster unless it has a ``redirect`` or a
+    ``direct_response``, which Envoy answers itself.
+    """
 
     name: str
     match: RouteMatch = field(default_factory=RouteMatch)
     timeout_s: float = 0.0  # 0: no timeout, Istio's default
     retries: RetryPolicy | None = field(default_factory=RetryPolicy)
+    headers: HeaderOperations = HeaderOperations()
+    host_rewrite: str = ""  # rewrite.authority, or an authority header set or added
+    rewrite: Rewrite | None = None
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    fault: Fault | None = None
+
+    @property
+    def forwards(self) -> bool:
+        """Whether the route goes to an endpoint (not a redirect or a direct response)."""
+        return self.redirect is None and self.direct_response is None

@@ -16,16 +16,23 @@ on another host or port than the route's own service is an error, not served yet
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from collections.abc import Sequence
 
-from extproc.core.policy import Service, authority_key
+from extproc.core.policy import Service, UpstreamSni, authority_key
 from extproc.core.routes import (
     DEFAULT_RETRY_ON,
+    DirectResponse,
+    Fault,
     HeaderMatch,
+    HeaderOperations,
+    HeaderValue,
     HttpRoute,
     MatchKind,
+    Redirect,
     RetryPolicy,
+    Rewrite,
     RouteMatch,
     StringMatch,
 )
@@ -33,13 +40,18 @@ from extproc.errors import Problem
 from extproc.istio.duration import parse_duration
 from extproc.istio.findings import Parsed, Source
 from extproc.istio.models import (
+    UPSTREAM_SNI_ANNOTATION,
+    DirectResponseSpec,
+    FaultSpec,
+    HeadersSpec,
     HttpMatchSpec,
     HttpRetrySpec,
     HttpRouteSpec,
+    RedirectSpec,
     StringMatchSpec,
     VirtualService,
 )
-from extproc.istio.virtual_service_rules import binds_to_mesh
+from extproc.istio.virtual_service_rules import GRPC_STATUS, binds_to_mesh
 
 __all__ = ["apply_virtual_services"]
 
@@ -101,7 +113,8 @@ def _routes(
     routes: list[HttpRoute] = []
     for i, http in enumerate(vs.spec.http):
         where = f"spec.http[{i}]"
-        if not _destination_is(http, service, source, where, errors):
+        answered = http.redirect is not None or http.direct_response is not None
+        if not answered and not _destination_is(http, service, source, where, errors):
             continue
         matches: list[HttpMatchSpec | None] = list(http.match) or [None]
         for match in matches:
@@ -110,16 +123,152 @@ def _routes(
             name = http.name
             if match is not None and match.name:
                 name = f"{name}.{match.name}"
-            route = HttpRoute(
-                name=name,
-                match=_route_match(match),
-                timeout_s=_seconds(http.timeout) or 0.0,
-                retries=_retry_policy(http.retries),
-            )
+            route = _action(http, service, HttpRoute(name=name, match=_route_match(match)))
+            if route.host_rewrite and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
+                errors.append(
+                    source.problem(
+                        where,
+                        "rewrites the authority, which the DestinationRule's annotation "
+                        f"{UPSTREAM_SNI_ANNOTATION}: endpoint sets per endpoint: remove one",
+                    )
+                )
             routes.append(route)
             if route.match.catch_all:
                 return tuple(routes)  # routes are matched in order: nothing after is reached
     return tuple(routes)
+
+
+def _action(http: HttpRouteSpec, service: Service, route: HttpRoute) -> HttpRoute:
+    """``TranslateRoute`` after the match: headers, then a redirect, a direct response, or
+    the destination's action (``applyHTTPRouteDestination``); the fault, on any of them."""
+    headers, authority = _headers(http.headers)
+    if http.redirect is not None:
+        return dataclasses.replace(
+            route, headers=headers, redirect=_redirect(http.redirect, service.port), fault=None
+        )
+    if http.direct_response is not None:
+        return dataclasses.replace(
+            route, headers=headers, direct_response=_direct_response(http.direct_response)
+        )
+    rewrite = None
+    if http.rewrite is not None:
+        regex = http.rewrite.uri_regex_rewrite
+        if regex is not None:
+            rewrite = Rewrite(regex=(regex.match, regex.rewrite))
+        elif http.rewrite.uri:
+            rewrite = Rewrite(prefix=http.rewrite.uri)
+        authority = http.rewrite.authority or authority
+    # processDestination: the destination's headers follow the route's; its authority only
+    # when the route sets none.
+    destination_headers, destination_authority = _headers(http.route[0].headers)
+    return dataclasses.replace(
+        route,
+        timeout_s=_seconds(http.timeout) or 0.0,
+        retries=_retry_policy(http.retries),
+        headers=headers + destination_headers,
+        host_rewrite=authority or destination_authority,
+        rewrite=rewrite,
+        fault=_fault(http.fault),
+    )
+
+
+def _headers(spec: HeadersSpec | None) -> tuple[HeaderOperations, str]:
+    """``TranslateHeadersOperations``: the operations, and the authority they set (or "")."""
+    if spec is None:
+        return HeaderOperations(), ""
+    request, response = spec.request, spec.response
+    set_values, set_authority = _append_headers(request.set if request else {}, append=False)
+    add_values, add_authority = _append_headers(request.add if request else {}, append=True)
+    response_set, _ = _append_headers(response.set if response else {}, append=False)
+    response_add, _ = _append_headers(response.add if response else {}, append=True)
+    return (
+        HeaderOperations(
+            request_add=set_values + add_values,
+            request_remove=_without_internal(request.remove if request else []),
+            response_add=response_set + response_add,
+            response_remove=_without_internal(response.remove if response else []),
+        ),
+        set_authority or add_authority,
+    )
+
+
+def _append_headers(values: dict[str, str], *, append: bool) -> tuple[tuple[HeaderValue, ...], str]:
+    """``translateAppendHeaders``: internal headers dropped (an authority kept aside), sorted."""
+    authority = ""
+    kept = []
+    for name, value in values.items():
+        if name.lower() in (":authority", "host"):
+            authority = value
+        if name.startswith(":") or name.lower() == "host":
+            continue
+        kept.append(HeaderValue(name, value, append))
+    return tuple(sorted(kept, key=lambda h: h.name)), authority
+
+
+def _without_internal(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n for n in names if not (n.startswith(":") or n.lower() == "host"))
+
+
+def _redirect(spec: RedirectSpec, port: int) -> Redirect:
+    """``ApplyRedirect``; the port is the request's for FROM_REQUEST_PORT, and none for the
+    scheme's default port."""
+    redirect_port = 0
+    if spec.derive_port == "FROM_REQUEST_PORT":
+        redirect_port = port
+    elif spec.port is not None:
+        redirect_port = spec.port
+    if spec.port is not None or spec.derive_port is not None:
+        scheme = spec.scheme or "http"  # a sidecar never terminates TLS
+        if (redirect_port, scheme) in ((80, "http"), (443, "https")):
+            redirect_port = 0
+    return Redirect(
+        path="" if spec.prefix_rewrite else spec.uri,
+        prefix_rewrite=spec.prefix_rewrite,
+        host=spec.authority,
+        scheme=spec.scheme,
+        port=redirect_port,
+        code=spec.redirect_code or 301,
+    )
+
+
+def _direct_response(spec: DirectResponseSpec) -> DirectResponse:
+    body: str | bytes | None = None
+    if spec.body is not None and spec.body.string is not None:
+        body = spec.body.string
+    elif spec.body is not None and spec.body.bytes_ is not None:
+        body = base64.b64decode(spec.body.bytes_)
+    return DirectResponse(spec.status, body)
+
+
+def _fault(spec: FaultSpec | None) -> Fault | None:
+    """``TranslateFault``: percentages in millionths (``translatePercentToFractionalPercent``);
+    an exponential delay or an HTTP/2 abort is left out, as pilot leaves it."""
+    if spec is None:
+        return None
+    fault = Fault()
+    delay = spec.delay
+    if delay is not None and delay.fixed_delay is not None:
+        if delay.percentage is not None:
+            fault = dataclasses.replace(
+                fault,
+                delay_s=_seconds(delay.fixed_delay),
+                delay_per_million=int(delay.percentage.value * 10000),
+            )
+        else:
+            fault = dataclasses.replace(
+                fault, delay_s=_seconds(delay.fixed_delay), delay_per_hundred=delay.percent or 0
+            )
+    abort = spec.abort
+    if abort is not None and (abort.http_status is not None or abort.grpc_status is not None):
+        fault = dataclasses.replace(
+            fault,
+            abort_http_status=abort.http_status,
+            abort_grpc_status=None if abort.grpc_status is None else GRPC_STATUS[abort.grpc_status],
+            abort_per_million=(
+                None if abort.percentage is None else int(abort.percentage.value * 10000)
+            ),
+        )
+    return None if fault == Fault() else fault
 
 
 def _destination_is(

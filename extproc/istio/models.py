@@ -323,6 +323,21 @@ class DestinationSpec(Model):
     port: PortSelectorSpec | None = None
 
 
+class HeaderOperationsSpec(Model):
+    """``Headers.HeaderOperations``: set (overwrite), add (append) and remove."""
+
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class HeadersSpec(Model):
+    """``Headers``: the request's and the response's operations."""
+
+    request: HeaderOperationsSpec | None = None
+    response: HeaderOperationsSpec | None = None
+
+
 class RouteDestinationSpec(Model):
     """``HTTPRouteDestination``."""
 
@@ -330,6 +345,79 @@ class RouteDestinationSpec(Model):
 
     destination: DestinationSpec | None = None
     weight: int = 0
+    headers: HeadersSpec | None = None
+
+
+class RegexRewriteSpec(Model):
+    """``RegexRewrite``: an RE2 pattern and its substitution."""
+
+    match: str = ""
+    rewrite: str = ""
+
+
+class RewriteSpec(Model):
+    """``HTTPRewrite``."""
+
+    uri: str = ""
+    authority: str = ""
+    uri_regex_rewrite: RegexRewriteSpec | None = Field(default=None, alias="uriRegexRewrite")
+
+
+class RedirectSpec(Model):
+    """``HTTPRedirect``; ``port`` and ``derivePort`` are a proto oneof."""
+
+    uri: str = ""
+    authority: str = ""
+    port: int | None = None
+    derive_port: str | None = Field(default=None, alias="derivePort")
+    scheme: str = ""
+    redirect_code: int = Field(default=0, alias="redirectCode")
+    prefix_rewrite: str = Field(default="", alias="prefixRewrite")
+
+
+class BodySpec(Model):
+    """``HTTPBody``: a string or bytes (base64 in YAML, as the API server reads ``bytes``)."""
+
+    string: str | None = None
+    bytes_: str | None = Field(default=None, alias="bytes")
+
+
+class DirectResponseSpec(Model):
+    """``HTTPDirectResponse``."""
+
+    status: int = 0
+    body: BodySpec | None = None
+
+
+class PercentSpec(Model):
+    """``Percent``: a double from 0 to 100."""
+
+    value: float | int = 0.0
+
+
+class DelaySpec(Model):
+    """``HTTPFaultInjection.Delay``."""
+
+    fixed_delay: GoDuration | None = Field(default=None, alias="fixedDelay")
+    exponential_delay: GoDuration | None = Field(default=None, alias="exponentialDelay")
+    percentage: PercentSpec | None = None
+    percent: int | None = None  # deprecated: an integer percentage
+
+
+class AbortSpec(Model):
+    """``HTTPFaultInjection.Abort``: one of httpStatus, grpcStatus, http2Error."""
+
+    http_status: int | None = Field(default=None, alias="httpStatus")
+    grpc_status: str | None = Field(default=None, alias="grpcStatus")
+    http2_error: str | None = Field(default=None, alias="http2Error")
+    percentage: PercentSpec | None = None
+
+
+class FaultSpec(Model):
+    """``HTTPFaultInjection``."""
+
+    delay: DelaySpec | None = None
+    abort: AbortSpec | None = None
 
 
 class HttpRetrySpec(Model):
@@ -353,6 +441,11 @@ class HttpRouteSpec(Model):
     route: list[RouteDestinationSpec] = Field(default_factory=list)
     timeout: GoDuration | None = None
     retries: HttpRetrySpec | None = None
+    headers: HeadersSpec | None = None
+    rewrite: RewriteSpec | None = None
+    redirect: RedirectSpec | None = None
+    direct_response: DirectResponseSpec | None = Field(default=None, alias="directResponse")
+    fault: FaultSpec | None = None
 
 
 class VirtualServiceSpec(Model):

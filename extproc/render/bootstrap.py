@@ -81,6 +81,7 @@ from extproc.render.clusters import (
 )
 from extproc.render.filters import (
     ext_proc_filter,
+    fault_filter,
     local_reply_config,
     lua_filter,
     module_filter,
@@ -214,12 +215,22 @@ def _http_connection_manager(
         stat_prefix="extproc_ingress",
         codec_type=hcm.AUTO,
         route_config=route_config(policy, settings),
-        http_filters=[data_filter, router_filter(upstream_log)],
+        http_filters=[
+            *([fault_filter()] if _any_fault(policy) else []),
+            data_filter,
+            router_filter(upstream_log),
+        ],
         access_log=access_log,
     )
     if path is DataPath.LUA:
         manager.local_reply_config.CopyFrom(local_reply_config())
     return manager
+
+
+def _any_fault(policy: Policy) -> bool:
+    """Whether a route injects faults: the fault filter is in the chain only then (an empty
+    one costs every request a pass; Istio's sidecar always has it)."""
+    return any(route.fault is not None for s in policy.services for route in s.routes)
 
 
 def _overload_manager() -> overload_pb2.OverloadManager:

@@ -28,6 +28,7 @@ from envoy.extensions.filters.http.dynamic_modules.v3 import (
     dynamic_modules_pb2 as dynamic_module_filter_pb2,
 )
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -55,6 +56,8 @@ from extproc.wire import (
 LUA_FILTER = "envoy.filters.http.lua"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 MODULE_FILTER = "envoy.filters.http.dynamic_modules"
+#: Envoy's fault filter; a VirtualService's ``fault`` is its per-route config.
+FAULT_FILTER = "envoy.filters.http.fault"
 
 _Hcm = http_connection_manager_pb2
 _Log = accesslog_pb2
@@ -200,6 +203,15 @@ def _grpc_access_log(
         name="envoy.access_loggers.http_grpc",
         filter=_Log.AccessLogFilter(and_filter=only),
         typed_config=packed(log),
+    )
+
+
+def fault_filter() -> http_connection_manager_pb2.HttpFilter:
+    """Envoy's fault filter with an empty config, as Istio's sidecar carries it; the routes
+    with a ``fault`` configure it (``TranslateFault``). It runs first, so an abort or a delay
+    happens before the data path chooses an endpoint, and an abort is no endpoint's outcome."""
+    return http_connection_manager_pb2.HttpFilter(
+        name=FAULT_FILTER, typed_config=packed(fault_pb2.HTTPFault())
     )
 
 

@@ -13,24 +13,28 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import struct_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, struct_pb2
 
 from extproc.core.policy import Policy, Service, route_domains
 from extproc.core.routes import (
+    Fault,
     HeaderMatch,
+    HeaderOperations,
     HttpRoute,
     MatchKind,
     RetryPolicy,
     RouteMatch,
     StringMatch,
 )
-from extproc.render.filters import EXT_PROC_FILTER, LUA_FILTER, MODULE_FILTER
+from extproc.render.filters import EXT_PROC_FILTER, FAULT_FILTER, LUA_FILTER, MODULE_FILTER
 from extproc.render.tls import endpoint_sni
 from extproc.render.typed import boolean, packed, seconds, uint32
 from extproc.settings import Settings
@@ -40,6 +44,8 @@ _Route = route_components_pb2
 
 #: ``retryRemoteLocalities``' previous_priorities (retry.go buildPreviousPrioritiesConfig).
 _ISTIO_REMOTE_LOCALITIES_FREQUENCY = 2
+#: Pilot's route configs (``route.DefaultMaxDirectResponseBodySizeBytes``): 1 MB.
+_MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
 
 _UNKNOWN_HOST_BODY = "extproc: no ServiceEntry host matches this request's authority\n"
 
@@ -59,7 +65,12 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
         for service, domains in route_domains(policy.services)
     ]
     hosts.append(_unknown_host(settings))
-    return route_pb2.RouteConfiguration(name="extproc_routes", virtual_hosts=hosts)
+    return route_pb2.RouteConfiguration(
+        name="extproc_routes",
+        virtual_hosts=hosts,
+        # A directResponse body may be up to Istio's 1 MB (Envoy's own default is 4 KiB).
+        max_direct_response_body_size_bytes=uint32(_MAX_DIRECT_RESPONSE_BYTES),
+    )
 
 
 def _routes_of(service: Service) -> tuple[HttpRoute | None, ...]:
@@ -76,20 +87,43 @@ def _service_route(
     Istio's default retries. A VirtualService's (``TranslateRoute``): its match, its
     ``timeout`` (``setTimeout``) and its ``retries`` (``ConvertPolicy``; none at 0 attempts).
     """
-    timeout = seconds(0.0 if http is None else http.timeout_s)  # Istio's default: none
-    # setTimeout also bounds a gRPC client's grpc-timeout by the route's (0: unbounded).
-    action = _Route.RouteAction(
-        cluster=service.cluster_name, timeout=timeout, max_grpc_timeout=timeout
-    )
-    retries = RetryPolicy() if http is None else http.retries
-    if retries is not None:
-        action.retry_policy.CopyFrom(_retry_policy(retries))
     route = _Route.Route(
         name=service.cluster_name if http is None else http.name,
         match=_Route.RouteMatch(prefix="/") if http is None else _route_match(http.match),
-        route=action,
     )
-    if endpoint_sni(service.tls):
+    if http is not None:
+        _add_headers(route, http.headers)
+        if http.fault is not None:
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(packed(_fault(http.fault)))
+        if not http.forwards:
+            # Envoy answers itself: no endpoint to choose, so the data path's filter is off.
+            _answer(route, http)
+            route.typed_per_filter_config[_data_filter_name(settings)].CopyFrom(
+                _data_filter_disabled(settings)
+            )
+            return route
+    timeout = seconds(0.0 if http is None else http.timeout_s)  # Istio's default: none
+    # setTimeout also bounds a gRPC client's grpc-timeout by the route's (0: unbounded).
+    action = route.route
+    action.cluster = service.cluster_name
+    action.timeout.CopyFrom(timeout)
+    action.max_grpc_timeout.CopyFrom(timeout)
+    retries = RetryPolicy() if http is None else http.retries
+    if retries is not None:
+        action.retry_policy.CopyFrom(_retry_policy(retries))
+    if http is not None and http.rewrite is not None:
+        if http.rewrite.regex is not None:
+            pattern, substitution = http.rewrite.regex
+            action.regex_rewrite.CopyFrom(
+                regex_pb2.RegexMatchAndSubstitute(
+                    pattern=regex_pb2.RegexMatcher(regex=pattern), substitution=substitution
+                )
+            )
+        else:
+            action.prefix_rewrite = http.rewrite.prefix
+    if http is not None and http.host_rewrite:
+        action.host_rewrite_literal = http.host_rewrite
+    elif endpoint_sni(service.tls):
         # Host = the EDS host's name, per attempt (a retry on us-west says us-west).
         route.route.auto_host_rewrite.CopyFrom(boolean(True))
     if settings.data_path is DataPath.LUA:
@@ -108,6 +142,97 @@ def _service_route(
             )
         )
     return route
+
+
+def _add_headers(route: route_components_pb2.Route, headers: HeaderOperations) -> None:
+    """``TranslateHeadersOperations``: set overwrites, add appends; removes as given."""
+    option = base_pb2.HeaderValueOption
+    for target, values in (
+        (route.request_headers_to_add, headers.request_add),
+        (route.response_headers_to_add, headers.response_add),
+    ):
+        target.extend(
+            option(
+                header=base_pb2.HeaderValue(key=h.name, value=h.value),
+                append_action=option.APPEND_IF_EXISTS_OR_ADD
+                if h.append
+                else option.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+            for h in values
+        )
+    route.request_headers_to_remove.extend(headers.request_remove)
+    route.response_headers_to_remove.extend(headers.response_remove)
+
+
+#: ``ApplyRedirect``'s response codes.
+_REDIRECT_CODES = {
+    301: _Route.RedirectAction.MOVED_PERMANENTLY,
+    302: _Route.RedirectAction.FOUND,
+    303: _Route.RedirectAction.SEE_OTHER,
+    307: _Route.RedirectAction.TEMPORARY_REDIRECT,
+    308: _Route.RedirectAction.PERMANENT_REDIRECT,
+}
+
+
+def _answer(route: route_components_pb2.Route, http: HttpRoute) -> None:
+    """``ApplyRedirect`` or ``ApplyDirectResponse``."""
+    if http.redirect is not None:
+        redirect = http.redirect
+        action = route.redirect
+        action.host_redirect = redirect.host
+        if redirect.prefix_rewrite:
+            action.prefix_rewrite = redirect.prefix_rewrite
+        else:
+            action.path_redirect = redirect.path
+        if redirect.scheme:
+            action.scheme_redirect = redirect.scheme
+        action.port_redirect = redirect.port
+        action.response_code = _REDIRECT_CODES[redirect.code]
+        return
+    response = http.direct_response
+    assert response is not None
+    route.direct_response.status = response.status
+    if isinstance(response.body, bytes):
+        route.direct_response.body.inline_bytes = response.body
+    elif response.body is not None:
+        route.direct_response.body.inline_string = response.body
+
+
+def _fault(fault: Fault) -> fault_pb2.HTTPFault:
+    """``TranslateFault``: the per-route config of Envoy's fault filter."""
+    out = fault_pb2.HTTPFault()
+    if fault.delay_s is not None:
+        delay = out.delay
+        delay.fixed_delay.CopyFrom(seconds(fault.delay_s))
+        if fault.delay_per_hundred is not None:
+            delay.percentage.CopyFrom(
+                percent_pb2.FractionalPercent(
+                    numerator=fault.delay_per_hundred,
+                    denominator=percent_pb2.FractionalPercent.HUNDRED,
+                )
+            )
+        else:
+            delay.percentage.CopyFrom(
+                percent_pb2.FractionalPercent(
+                    numerator=fault.delay_per_million,
+                    denominator=percent_pb2.FractionalPercent.MILLION,
+                )
+            )
+    if fault.abort_http_status is not None or fault.abort_grpc_status is not None:
+        abort = out.abort
+        if fault.abort_http_status is not None:
+            abort.http_status = fault.abort_http_status
+        else:
+            assert fault.abort_grpc_status is not None
+            abort.grpc_status = fault.abort_grpc_status
+        if fault.abort_per_million is not None:
+            abort.percentage.CopyFrom(
+                percent_pb2.FractionalPercent(
+                    numerator=fault.abort_per_million,
+                    denominator=percent_pb2.FractionalPercent.MILLION,
+                )
+            )
+    return out
 
 
 def _retry_policy(retries: RetryPolicy) -> route_components_pb2.RetryPolicy:
@@ -195,18 +320,26 @@ def _string_matcher(match: StringMatch) -> string_pb2.StringMatcher:
     return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.value))
 
 
-def _unknown_host(settings: Settings) -> route_components_pb2.VirtualHost:
-    """The catch-all: 404, with the data path's filter off (the service is not asked)."""
+def _data_filter_name(settings: Settings) -> str:
     if settings.data_path is DataPath.LUA:
-        filter_name, disabled = LUA_FILTER, packed(lua_pb2.LuaPerRoute(disabled=True))
-    elif settings.data_path is DataPath.MODULE:
+        return LUA_FILTER
+    return MODULE_FILTER if settings.data_path is DataPath.MODULE else EXT_PROC_FILTER
+
+
+def _data_filter_disabled(settings: Settings) -> any_pb2.Any:
+    """The per-route config that turns the data path's filter off on a route."""
+    if settings.data_path is DataPath.LUA:
+        return packed(lua_pb2.LuaPerRoute(disabled=True))
+    if settings.data_path is DataPath.MODULE:
         # The dynamic-module filter has no per-route "disabled" of its own: Envoy's generic
         # per-filter wrapper turns any filter off (route_components.proto FilterConfig).
-        filter_name = MODULE_FILTER
-        disabled = packed(_Route.FilterConfig(disabled=True))
-    else:
-        filter_name = EXT_PROC_FILTER
-        disabled = packed(ext_proc_pb2.ExtProcPerRoute(disabled=True))
+        return packed(_Route.FilterConfig(disabled=True))
+    return packed(ext_proc_pb2.ExtProcPerRoute(disabled=True))
+
+
+def _unknown_host(settings: Settings) -> route_components_pb2.VirtualHost:
+    """The catch-all: 404, with the data path's filter off (the service is not asked)."""
+    filter_name, disabled = _data_filter_name(settings), _data_filter_disabled(settings)
     return _Route.VirtualHost(
         name="unknown_host",
         domains=["*"],

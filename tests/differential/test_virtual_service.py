@@ -156,3 +156,51 @@ async def test_a_request_no_route_matches_gets_envoys_404(data_path: DataPath) -
         assert_same_sequence(run, label)
     assert run.tokens("matched", REFERENCE) == ["east"] * 3
     assert run.tokens("unmatched", REFERENCE) == ["<404>"] * 3
+
+
+ANSWERED_BY_ENVOY = Scenario(
+    SEED_SE
+    + destination_rule(outlier())
+    + virtual_service(
+        "- name: aborted\n"
+        "  match:\n  - headers: {x-case: {exact: abort}}\n"
+        "  fault: {abort: {httpStatus: 503, percentage: {value: 100}}}\n"
+        "  route:\n  - destination: {host: mydb.com}\n"
+        "- name: delayed\n"
+        "  match:\n  - headers: {x-case: {exact: delay}}\n"
+        "  fault: {delay: {fixedDelay: 0.3s, percentage: {value: 100}}}\n"
+        "  route:\n  - destination: {host: mydb.com}\n"
+        "- name: direct\n"
+        "  match:\n  - headers: {x-case: {exact: direct}}\n"
+        "  directResponse: {status: 418, body: {string: teapot}}\n"
+        "- name: moved\n"
+        "  match:\n  - headers: {x-case: {exact: moved}}\n"
+        "  redirect: {uri: /elsewhere, authority: other.example}\n"
+        "- name: default\n"
+        "  route:\n  - destination: {host: mydb.com}\n"
+    ),
+    (EAST, WEST),
+    (
+        Requests("aborted", 3, 0.05, headers=(("x-case", "abort"),)),
+        Requests("delayed", 2, 0.05, headers=(("x-case", "delay"),)),
+        Requests("direct", 2, 0.05, headers=(("x-case", "direct"),)),
+        Requests("moved", 2, 0.05, headers=(("x-case", "moved"),)),
+        Requests("after", 3, 0.05),
+    ),
+)
+
+
+async def test_fault_aborts_delays_and_envoys_own_answers_count_for_no_endpoint(
+    data_path: DataPath,
+) -> None:
+    # The fault filter runs before any endpoint is chosen: an abort is Envoy's own 503 and
+    # no endpoint's outcome (consecutive5xxErrors: 1 would otherwise eject us-east1), a
+    # delay only delays. A direct response and a redirect never reach an endpoint.
+    run = await run_scenario(ANSWERED_BY_ENVOY, data_path)
+    for label in ("aborted", "delayed", "direct", "moved", "after"):
+        assert_same_sequence(run, label)
+    assert run.tokens("aborted", REFERENCE) == ["<503>"] * 3
+    assert run.tokens("direct", REFERENCE) == ["<418>"] * 2
+    assert run.tokens("moved", REFERENCE) == ["<301>"] * 2
+    assert run.tokens("after", REFERENCE) == ["east"] * 3
+    assert all(r.elapsed >= 0.3 for r in run.loop("delayed", EXTPROC)), run.side_by_side("delayed")

@@ -206,15 +206,103 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
         ),
         pytest.param(
             {"http": [{"route": [{"destination": {"host": "mydb.com"}}], "fault": {}}]},
-            "spec.http[0].fault: is not supported yet: Envoy would route differently than "
-            "Istio's sidecar",
-            id="fault",
+            "spec.http[0].fault: HTTP fault injection must have an abort and/or a delay",
+            id="empty-fault",
         ),
         pytest.param(
-            {"http": [{"redirect": {"uri": "/x"}}]},
-            "spec.http[0].redirect: is not supported yet: Envoy would route differently than "
+            {
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                        "mirror": {"host": "mydb.com"},
+                    }
+                ]
+            },
+            "spec.http[0].mirror: is not supported yet: Envoy would route differently than "
             "Istio's sidecar",
-            id="redirect",
+            id="mirror",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {"redirect": {"uri": "/x"}, "route": [{"destination": {"host": "mydb.com"}}]}
+                ]
+            },
+            "spec.http[0]: HTTP route cannot contain both route and redirect",
+            id="redirect-and-route",
+        ),
+        pytest.param(
+            {"http": [{"redirect": {"redirectCode": 200}}]},
+            "spec.http[0].redirect.redirectCode: 200 is not a valid redirect code, must be 3xx",
+            id="redirect-code",
+        ),
+        pytest.param(
+            {"http": [{"directResponse": {"status": 99}}]},
+            "spec.http[0].directResponse.status: HTTP status 99 is not in range 200-599",
+            id="direct-status",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                        "fault": {"abort": {"grpcStatus": "NOPE"}},
+                    }
+                ]
+            },
+            'spec.http[0].fault.abort.grpcStatus: gRPC status "NOPE" is not supported.',
+            id="grpc-status",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                        "fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 120}}},
+                    }
+                ]
+            },
+            "spec.http[0].fault.delay.percentage: percentage 120 is not in range 0..100",
+            id="percentage",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                        "headers": {"request": {"set": {":path": "/x"}}},
+                    }
+                ]
+            },
+            'spec.http[0].headers.request.set.:path: invalid header ":path": header cannot '
+            'have ":" prefix',
+            id="internal-header",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                        "headers": {"request": {"set": {"x-a": "50%"}}},
+                    }
+                ]
+            },
+            "spec.http[0].headers.request.set.x-a: header value configuration 50% is invalid",
+            id="header-value",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                        "rewrite": {"authority": "a.com"},
+                        "headers": {"request": {"set": {"host": "b.com"}}},
+                    }
+                ]
+            },
+            'spec.http[0].headers: authority header cannot be set multiple times: have "a.com", '
+            'attempting to set "b.com"',
+            id="authority-twice",
         ),
         pytest.param(
             {"http": [{"match": [{"uri": {"prefix": "/"}}]}]},
@@ -301,7 +389,118 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
 )
 def test_a_virtual_service_is_validated_like_istio(change: dict[str, Any], expected: str) -> None:
     spec = {"hosts": ["mydb.com"]} | change
-    assert VS_AT + expected in _errors(spec)
+    errors = _errors(spec)
+    assert any(e.startswith(VS_AT + expected) for e in errors), errors
+
+
+ROUTE_TO_DB: Final = [{"destination": {"host": "mydb.com"}}]
+
+
+def _one_route(http: dict[str, Any]) -> dict[str, Any]:
+    [route] = _rendered(_load({"hosts": ["mydb.com"], "http": [http]}), 80)
+    return route
+
+
+def test_headers_are_set_then_added_sorted_and_the_authority_is_a_host_rewrite() -> None:
+    route = _one_route(
+        {
+            "route": [
+                {
+                    "destination": {"host": "mydb.com"},
+                    "headers": {"request": {"set": {"x-dest": "1"}}},
+                }
+            ],
+            "headers": {
+                "request": {
+                    "set": {"x-b": "2", "x-a": "1", ":authority": "db.internal"},
+                    "add": {"x-c": "3"},
+                    "remove": ["x-drop"],
+                },
+                "response": {"set": {"x-served": "%UPSTREAM_HOST%"}, "remove": ["server"]},
+            },
+        }
+    )
+    overwrite = "OVERWRITE_IF_EXISTS_OR_ADD"  # APPEND_IF_EXISTS_OR_ADD is 0: left out
+    assert route["requestHeadersToAdd"] == [
+        {"header": {"key": "x-a", "value": "1"}, "appendAction": overwrite},
+        {"header": {"key": "x-b", "value": "2"}, "appendAction": overwrite},
+        {"header": {"key": "x-c", "value": "3"}},
+        {"header": {"key": "x-dest", "value": "1"}, "appendAction": overwrite},
+    ]
+    assert route["requestHeadersToRemove"] == ["x-drop"]
+    # After them, on the lua path, the header the script reads the served host from.
+    assert route["responseHeadersToAdd"][:1] == [
+        {"header": {"key": "x-served", "value": "%UPSTREAM_HOST%"}, "appendAction": overwrite}
+    ]
+    assert route["responseHeadersToRemove"] == ["server"]
+    assert route["route"]["hostRewriteLiteral"] == "db.internal"
+
+
+def test_a_rewrite_is_a_prefix_or_regex_rewrite_and_an_authority() -> None:
+    prefix = _one_route({"route": ROUTE_TO_DB, "rewrite": {"uri": "/v2", "authority": "a.b"}})
+    assert prefix["route"]["prefixRewrite"] == "/v2"
+    assert prefix["route"]["hostRewriteLiteral"] == "a.b"
+    regex = _one_route(
+        {
+            "route": ROUTE_TO_DB,
+            "rewrite": {"uriRegexRewrite": {"match": "^/a/(.*)", "rewrite": "/\\1"}},
+        }
+    )
+    assert regex["route"]["regexRewrite"] == {
+        "pattern": {"regex": "^/a/(.*)"},
+        "substitution": "/\\1",
+    }
+
+
+def test_a_redirect_or_direct_response_is_answered_by_envoy_with_the_data_path_off() -> None:
+    redirect = _one_route(
+        {"redirect": {"uri": "/new", "authority": "b.com", "derivePort": "FROM_REQUEST_PORT"}}
+    )
+    # The request's port is 80, the scheme's default: no port in the Location.
+    assert redirect["redirect"] == {"hostRedirect": "b.com", "pathRedirect": "/new"}
+    assert redirect["typedPerFilterConfig"]["envoy.filters.http.lua"]["disabled"] is True
+    moved = _one_route({"redirect": {"port": 8443, "scheme": "https", "redirectCode": 308}})
+    # ApplyRedirect sets path_redirect to the (empty) uri when there is no prefixRewrite.
+    assert moved["redirect"] == {
+        "pathRedirect": "",
+        "schemeRedirect": "https",
+        "portRedirect": 8443,
+        "responseCode": "PERMANENT_REDIRECT",
+    }
+    direct = _one_route({"directResponse": {"status": 503, "body": {"string": "down\n"}}})
+    assert direct["directResponse"] == {"status": 503, "body": {"inlineString": "down\n"}}
+    assert "route" not in direct
+
+
+def test_a_fault_is_the_fault_filters_route_config_and_the_filter_runs_first() -> None:
+    from extproc.render.bootstrap import render_bootstrap
+
+    http = {
+        "route": ROUTE_TO_DB,
+        "fault": {
+            "delay": {"fixedDelay": "0.2s", "percentage": {"value": 12.5}},
+            "abort": {"httpStatus": 503, "percentage": {"value": 50}},
+        },
+    }
+    route = _one_route(http)
+    assert route["typedPerFilterConfig"]["envoy.filters.http.fault"] == {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {
+            "fixedDelay": "0.200s",
+            "percentage": {"numerator": 125000, "denominator": "MILLION"},
+        },
+        "abort": {"httpStatus": 503, "percentage": {"numerator": 500000, "denominator": "MILLION"}},
+    }
+    bootstrap = render_bootstrap(_load({"hosts": ["mydb.com"], "http": [http]}), Settings())
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    names = [f["name"] for f in hcm["typed_config"]["http_filters"]]
+    assert names[0] == "envoy.filters.http.fault"
+    # Without a fault anywhere, no fault filter.
+    plain = render_bootstrap(load_policy(FIXTURE), Settings())
+    hcm = plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert "envoy.filters.http.fault" not in [
+        f["name"] for f in hcm["typed_config"]["http_filters"]
+    ]
 
 
 def test_a_virtual_service_for_gateways_only_is_ignored_with_a_warning() -> None:
