@@ -29,7 +29,7 @@ The pilot functions mirrored (istio/istio):
    ``match``, none after a catch-all, ``IsCatchAllRoute``), ``TranslateRoute`` (a match on
    another port drops the route; the name ``http.name.match.name``), ``TranslateRouteMatch``,
    ``translateHeaderMatch``, ``translateQueryParamMatch``, ``canBeConvertedToPresentMatch``,
-   ``applyHTTPRouteDestination`` (one destination) and ``setTimeout``;
+   ``applyHTTPRouteDestination`` and ``setTimeout``;
    ``pilot/pkg/networking/util/util.go`` ``ConvertToEnvoyMatch``; ``retry/retry.go``
    ``ConvertPolicy``, ``parseRetryOn`` and ``buildPreviousPrioritiesConfig``. A VirtualService
    replaces the default route of each ServiceEntry host it names; a request no route matches
@@ -41,6 +41,18 @@ The pilot functions mirrored (istio/istio):
    ``translatePercentToFractionalPercent`` / ``translateIntegerToFractionalPercent``). As in
    ``listener_builder.go`` ``buildHTTPConnectionManager``, the fault filter (empty config)
    always sits before the router; the route config allows pilot's 1 MiB direct responses.
+7. ``cluster_builder.go`` ``applyDestinationRule`` and ``buildSubsetCluster``: the main
+   cluster takes the DR's policy for its port (``util.go`` ``GetPortLevelTrafficPolicy``),
+   then one ``outbound|PORT|SUBSET|HOST`` cluster per subset, of the endpoints whose labels
+   include the subset's (``EndpointBuilder.WithSubset``), translated as the main cluster
+   under ``MergeSubsetTrafficPolicy`` / ``model.MergeTrafficPolicy`` (a component the subset
+   sets replaces the DR's whole block; its port-level entry replaces all). Subsets are
+   checked as ``ValidateDestinationRule`` checks them.
+8. ``route.go`` ``GetDestinationCluster`` with a subset, and ``applyHTTPRouteDestination``
+   with several destinations: ``weighted_clusters`` through ``processWeightedDestination``
+   (0-weight ones dropped, no ``total_weight``, each destination's headers on its
+   ``ClusterWeight``). pilot checks no subset a route names: with ``httproute.go``'s
+   ``validate_clusters: false`` an undefined one is a missing cluster (Envoy's 503 NC).
 
 Anything this module does not translate raises ``UnsupportedError`` naming the field: the
 reference never approximates silently.
@@ -365,9 +377,17 @@ def _lb_policy(lb: Mapping[str, Any], where: str) -> str:
 
 
 def _endpoint_groups(
-    se: Mapping[str, Any], port: Mapping[str, Any], cluster_id: str, where: str
+    se: Mapping[str, Any],
+    port: Mapping[str, Any],
+    cluster_id: str,
+    where: str,
+    subset_labels: Mapping[str, str] | None = None,
 ) -> list[_Group]:
-    """``buildLocalityLbEndpoints``: group by locality label, sorted; weight 0 counts as 1."""
+    """``buildLocalityLbEndpoints``: group by locality label, sorted; weight 0 counts as 1.
+
+    With ``subset_labels`` only the endpoints whose (augmented) labels include all of them
+    (``ServiceEndpointsByPort`` with ``labels.Instance.SubsetOf``), as for a subset cluster.
+    """
     by_label: dict[str, list[tuple[tuple[str, int, int], Mapping[str, str]]]] = {}
     for i, ep in enumerate(se.get("endpoints") or []):
         here = f"{where}.endpoints[{i}]"
@@ -378,6 +398,8 @@ def _endpoint_groups(
         weight = int(ep.get("weight") or 0) or 1  # GetLoadBalancingWeight
         label = str(ep.get("locality") or "")
         labels = _augment(ep.get("labels") or {}, label, cluster_id, str(ep.get("network") or ""))
+        if subset_labels and any(labels.get(k) != v for k, v in subset_labels.items()):
+            continue
         by_label.setdefault(label, []).append(((str(ep["address"]), int(number), weight), labels))
     return [
         _Group(
@@ -420,49 +442,279 @@ def _assign_priorities(
     return apply_locality_failover(locality, groups, failover)
 
 
+# --- traffic policies and subsets (util.go, destination_rule.go) ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One component of a ``TrafficPolicy``: its YAML and the dotted path errors name."""
+
+    node: Mapping[str, Any]
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """The components of a ``TrafficPolicy`` the reference translates, each with its path."""
+
+    connection_pool: _Part | None = None
+    outlier_detection: _Part | None = None
+    load_balancer: _Part | None = None
+    port_level_settings: tuple[tuple[int, TrafficPolicy], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    """A DestinationRule ``subsets`` entry: its name, labels and own traffic policy."""
+
+    name: str
+    labels: Mapping[str, str]
+    policy: TrafficPolicy | None
+
+
+_POLICY_PARTS = {
+    "connectionPool": "connection_pool",
+    "outlierDetection": "outlier_detection",
+    "loadBalancer": "load_balancer",
+}
+#: ``pkg/config/labels``: a DNS-1123 label, a Kubernetes label key and a label value.
+_DNS1123 = r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?"
+_QUALIFIED_NAME = r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_DNS1123_LABEL = re.compile(_DNS1123)
+_LABEL_KEY = re.compile(rf"({_DNS1123}(?:\.{_DNS1123})*/)?({_QUALIFIED_NAME})")
+_LABEL_VALUE = re.compile(rf"(?:{_QUALIFIED_NAME})?")
+
+
+def _policy_parts(
+    node: Mapping[str, Any], where: str, port_level: tuple[tuple[int, TrafficPolicy], ...] = ()
+) -> TrafficPolicy:
+    parts: dict[str, _Part] = {}
+    for istio, name in _POLICY_PARTS.items():
+        value = node.get(istio)  # YAML null is unset
+        if value is not None:
+            if not isinstance(value, Mapping):
+                raise UnsupportedError(f"{where}.{istio}: {value!r} is not a {istio} block")
+            parts[name] = _Part(value, f"{where}.{istio}")
+    return TrafficPolicy(
+        parts.get("connection_pool"),
+        parts.get("outlier_detection"),
+        parts.get("load_balancer"),
+        port_level,
+    )
+
+
+def _check_policy(policy: TrafficPolicy) -> None:
+    """Translate every component once, so that one pilot never reaches is still checked."""
+    if policy.connection_pool is not None:
+        _connection_pool(policy.connection_pool.node, policy.connection_pool.where)
+    if policy.outlier_detection is not None:
+        _outlier_detection(policy.outlier_detection.node, policy.outlier_detection.where)
+    if policy.load_balancer is not None:
+        _lb_policy(policy.load_balancer.node, policy.load_balancer.where)
+        _locality_lb_setting(policy.load_balancer)
+
+
+def read_traffic_policy(node: object, where: str) -> TrafficPolicy | None:
+    """A ``TrafficPolicy`` block with Istio's ``validateTrafficPolicy`` checks; None if unset.
+
+    ``portLevelSettings`` entries need a port and at least one field
+    (``validatePortTrafficPolicies``); the policy itself at least one field.
+    """
+    if node is None:
+        return None
+    if not isinstance(node, Mapping):
+        raise UnsupportedError(f"{where}: {node!r} is not a TrafficPolicy")
+    _only(node, {*_POLICY_PARTS, "portLevelSettings"}, where)
+    port_level: list[tuple[int, TrafficPolicy]] = []
+    for i, entry in enumerate(node.get("portLevelSettings") or []):
+        here = f"{where}.portLevelSettings[{i}]"
+        if not isinstance(entry, Mapping):
+            raise UnsupportedError(f"{here}: {entry!r} is not a port traffic policy")
+        _only(entry, {"port", *_POLICY_PARTS}, here)
+        selector = entry.get("port")
+        if not isinstance(selector, Mapping):
+            raise UnsupportedError(f"{here}.port: portTrafficPolicy must have valid port")
+        _only(selector, {"number"}, f"{here}.port")
+        number = _integer(selector.get("number", 0), f"{here}.port.number")
+        if not 0 < number <= 65535:
+            raise UnsupportedError(f"{here}.port.number: {number} is not a port")
+        entry_policy = _policy_parts(entry, here)
+        if entry_policy == TrafficPolicy():
+            raise UnsupportedError(f"{here}: port traffic policy must have at least one field")
+        _check_policy(entry_policy)
+        port_level.append((number, entry_policy))
+    policy = _policy_parts(node, where, tuple(port_level))
+    if policy == TrafficPolicy():
+        raise UnsupportedError(f"{where}: traffic policy must have at least one field")
+    _check_policy(policy)
+    return policy
+
+
+def get_port_level_traffic_policy(
+    policy: TrafficPolicy | None, port: int
+) -> tuple[TrafficPolicy | None, bool]:
+    """``GetPortLevelTrafficPolicy``: the first entry for ``port`` replaces the whole policy.
+
+    Returns:
+        The policy for the port, and whether a port-level entry gave it (nothing of the
+        top level is inherited then: an unset component is the default).
+    """
+    if policy is None:
+        return None, False
+    for number, entry in policy.port_level_settings:
+        if number == port:
+            return entry, True
+    return policy, False
+
+
+def merge_subset_traffic_policy(
+    original: TrafficPolicy | None, subset: TrafficPolicy | None, port: int
+) -> TrafficPolicy | None:
+    """``MergeSubsetTrafficPolicy`` and ``model.MergeTrafficPolicy``.
+
+    1. The DestinationRule's policy for the port (its port-level entry, if any).
+    2. The subset's policy for the port; each component it sets replaces the DR's, and a
+       subset port-level entry replaces all of them, even with unset ones.
+    """
+    original, _ = get_port_level_traffic_policy(original, port)
+    if subset is None:
+        return original
+    subset, has_port_level = get_port_level_traffic_policy(subset, port)
+    assert subset is not None
+    subset = replace(subset, port_level_settings=())
+    if original is None:
+        return subset
+
+    def pick(mine: _Part | None, theirs: _Part | None) -> _Part | None:
+        return mine if mine is not None or has_port_level else theirs
+
+    return TrafficPolicy(
+        pick(subset.connection_pool, original.connection_pool),
+        pick(subset.outlier_detection, original.outlier_detection),
+        pick(subset.load_balancer, original.load_balancer),
+    )
+
+
+def _label_map(node: object, where: str) -> dict[str, str]:
+    """A subset's ``labels``, with ``labels.Instance.Validate``'s checks."""
+    if node is None:
+        return {}
+    if not isinstance(node, Mapping):
+        raise UnsupportedError(f"{where}: {node!r} is not a map of labels")
+    out = {}
+    for raw_key, raw_value in node.items():
+        key = _text(raw_key, where)
+        value = _text(raw_value, f"{where}.{key}")
+        match = _LABEL_KEY.fullmatch(key)
+        # validateTagKey: the name at most 63 characters, a DNS prefix at most 253.
+        if match is None or len(match.group(2)) > 63 or len(match.group(1) or "/") - 1 > 253:
+            raise UnsupportedError(f"{where}: invalid tag key: {key!r}")
+        if not _LABEL_VALUE.fullmatch(value):
+            raise UnsupportedError(f"{where}.{key}: invalid tag value: {value!r}")
+        out[key] = value
+    return out
+
+
+def subset_name(value: object, where: str) -> str:
+    """``validateSubsetName``: a non-empty DNS-1123 label (upper case allowed, as Istio's)."""
+    name = _text(value, where)
+    if not name:
+        raise UnsupportedError(f"{where}: subset name cannot be empty")
+    if len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
+        raise UnsupportedError(f"{where}: subset name is invalid: {name!r}")
+    return name
+
+
+def read_subsets(dr: Mapping[str, Any] | None) -> list[Subset]:
+    """The DestinationRule's ``subsets`` in order, checked as ``ValidateDestinationRule`` does."""
+    out: list[Subset] = []
+    subsets = (dr or {}).get("subsets") or []
+    if not isinstance(subsets, list):
+        raise UnsupportedError(f"DestinationRule.spec.subsets: {subsets!r} is not a list")
+    for i, node in enumerate(subsets):
+        where = f"DestinationRule.spec.subsets[{i}]"
+        if not isinstance(node, Mapping):
+            raise UnsupportedError(f"{where}: subset may not be null")
+        _only(node, {"name", "labels", "trafficPolicy"}, where)
+        name = subset_name(node.get("name", ""), f"{where}.name")
+        if any(s.name == name for s in out):
+            raise UnsupportedError(f"{where}.name: duplicate subset names: {name}")
+        labels = _label_map(node.get("labels"), f"{where}.labels")
+        policy = read_traffic_policy(node.get("trafficPolicy"), f"{where}.trafficPolicy")
+        out.append(Subset(name, labels, policy))
+    return out
+
+
+# --- the cluster -----------------------------------------------------------------------------
+
+
+def _locality_lb_setting(lb: _Part | None) -> tuple[Mapping[str, Any] | None, str]:
+    """``GetEffectiveLbSetting`` for a sidecar: the DR's setting, else the mesh's (on).
+
+    Returns:
+        The setting (None when ``enabled: false`` turns locality processing off "in
+        entirety"), and its path.
+    """
+    node = lb.node if lb is not None else {}
+    where = (lb.where if lb is not None else "loadBalancer") + ".localityLbSetting"
+    lls: Mapping[str, Any] = node.get("localityLbSetting") or {}
+    _only(lls, {"enabled", "failover", "distribute", "failoverPriority"}, where)
+    return (None if lls.get("enabled") is False else lls), where
+
+
 def _cluster(
-    host: str,
+    name: str,
     se: Mapping[str, Any],
     port: Mapping[str, Any],
-    dr: Mapping[str, Any] | None,
+    policy: TrafficPolicy | None,
     proxy: Proxy,
     dns_resolver: tuple[str, int],
     where: str,
-) -> dict[str, Any]:
+    subset_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """``buildCluster`` then ``applyTrafficPolicy`` for the main cluster or a subset's.
+
+    A subset cluster keeps the service's type and its own load assignment: its endpoints
+    (``EndpointBuilder.WithSubset``), then the priorities of its merged policy. pilot makes a
+    STATIC ServiceEntry an EDS cluster, whose subset EDS serves the same filtered endpoints
+    (``BuildClusterLoadAssignment``), empty if none match, so the reference's STATIC cluster
+    carries them, or none; a STRICT_DNS cluster without endpoints is not built (None).
+    """
     resolution = se.get("resolution", "NONE")
     if resolution not in ("DNS", "STATIC"):
         raise UnsupportedError(f"{where}.resolution: {resolution!r} is not translated")
-    policy = dict((dr or {}).get("trafficPolicy") or {})
-    dr_where = "DestinationRule.spec.trafficPolicy"
-    _only(policy, {"outlierDetection", "loadBalancer", "connectionPool"}, dr_where)
-    pool = policy.get("connectionPool") or {}
+    policy = policy or TrafficPolicy()
+    groups = _endpoint_groups(se, port, proxy.cluster_id, where, subset_labels)
+    if subset_labels is not None and resolution == "DNS" and not groups:
+        return None
+    pool_part = policy.connection_pool
+    pool = pool_part.node if pool_part is not None else {}
+    pool_where = pool_part.where if pool_part is not None else "connectionPool"
     connect_timeout_s = MESH_CONNECT_TIMEOUT_S
     if "connectTimeout" in (pool.get("tcp") or {}):
         connect_timeout_s = parse_duration(
-            pool["tcp"]["connectTimeout"], f"{dr_where}.connectionPool.tcp.connectTimeout"
+            pool["tcp"]["connectTimeout"], f"{pool_where}.tcp.connectTimeout"
         )
-    lb = policy.get("loadBalancer") or {}
-    lls: Mapping[str, Any] | None = lb.get("localityLbSetting") or {}  # the mesh default: on
-    assert lls is not None
-    _only(lls, {"enabled", "failover", "distribute", "failoverPriority"}, f"{dr_where}.lls")
-    if lls.get("enabled") is False:
-        lls = None  # GetLocalityLbSetting: disabled "in entirety"
-    od = policy.get("outlierDetection")
+    lb_part = policy.load_balancer
+    lb = lb_part.node if lb_part is not None else {}
+    lls, lls_where = _locality_lb_setting(lb_part)
+    od_part = policy.outlier_detection
     cluster: dict[str, Any] = {
-        "name": f"outbound|{port['number']}||{host}",
+        "name": name,
         "type": "STRICT_DNS" if resolution == "DNS" else "STATIC",
         "connect_timeout": _envoy_duration(connect_timeout_s),
-        "lb_policy": _lb_policy(lb, f"{dr_where}.loadBalancer"),
+        "lb_policy": _lb_policy(lb, lb_part.where if lb_part is not None else "loadBalancer"),
         "common_lb_config": {},
     }
-    cluster |= _connection_pool(pool, f"{dr_where}.connectionPool")
-    if od is not None:
-        cluster["outlier_detection"] = _outlier_detection(od, f"{dr_where}.outlierDetection")
+    cluster |= _connection_pool(pool, pool_where)
+    if od_part is not None:
+        od = od_part.node
+        cluster["outlier_detection"] = _outlier_detection(od, od_part.where)
         # applyOutlierDetection: panic threshold = minHealthPercent (0 when unset), always.
         cluster["common_lb_config"]["healthy_panic_threshold"] = {
             "value": float(od.get("minHealthPercent", 0))
         }
-    enable_failover = od is not None
+    enable_failover = od_part is not None
     if lls is not None and (
         lls.get("distribute")
         or (enable_failover and (lls.get("failover") or lls.get("failoverPriority")))
@@ -490,9 +742,8 @@ def _cluster(
                 },
             },
         }
-    groups = _endpoint_groups(se, port, proxy.cluster_id, where)
     groups = _assign_priorities(
-        groups, lls, enable_failover, proxy, dns=resolution == "DNS", where=dr_where
+        groups, lls, enable_failover, proxy, dns=resolution == "DNS", where=lls_where
     )
     cluster["load_assignment"] = {
         "cluster_name": cluster["name"],
@@ -814,36 +1065,97 @@ def _is_catch_all(match: Mapping[str, Any]) -> bool:
     return path and not match.get("headers") and not match.get("query_parameters")
 
 
-def _route_action(
-    http: Mapping[str, Any], host: str, port: int, cluster: str, authority: str, where: str
-) -> tuple[dict[str, Any], HeaderOperations]:
-    """``applyHTTPRouteDestination`` and ``processDestination`` for one destination.
+def destination_cluster(route_destination: object, host: str, port: int, where: str) -> str:
+    """``GetDestinationCluster`` for a destination of the VirtualService's own host.
 
-    1. ``setTimeout``, then ``rewrite``: ``uriRegexRewrite`` (it wins) or ``uri``, and
-       ``authority``, which overrides the route's ``headers`` authority.
-    2. The route's authority becomes ``host_rewrite_literal``; the destination's ``headers``
-       authority only when the route set none.
-
-    Returns:
-        The route action, and the destination's header operations (appended to the route's).
+    ``outbound|PORT|SUBSET|HOST``, the port being the service's one port when unset. A subset
+    no DestinationRule defines still names its cluster, which then does not exist (pilot
+    checks nothing; Envoy answers 503 NC).
     """
-    destinations = http.get("route") or []
-    if len(destinations) != 1:
-        raise UnsupportedError(f"{where}.route: exactly one destination is translated")
-    here = f"{where}.route[0]"
-    _only(destinations[0], {"destination", "weight", "headers"}, here)
-    destination = destinations[0].get("destination") or {}
-    _only(destination, {"host", "port"}, f"{here}.destination")
+    if not isinstance(route_destination, Mapping):
+        raise UnsupportedError(f"{where}: {route_destination!r} is not a route destination")
+    _only(route_destination, {"destination", "weight", "headers"}, where)
+    destination = route_destination.get("destination")
+    if not isinstance(destination, Mapping):
+        raise UnsupportedError(f"{where}.destination: destination is required")
+    _only(destination, {"host", "port", "subset"}, f"{where}.destination")
     if destination.get("host") != host:
         raise UnsupportedError(
-            f"{here}.destination.host: {destination.get('host')!r} is not {host!r}"
+            f"{where}.destination.host: {destination.get('host')!r} is not {host!r}"
         )
     dest_port = destination.get("port")
     if dest_port is not None:
-        _only(dest_port, {"number"}, f"{here}.destination.port")
+        _only(dest_port, {"number"}, f"{where}.destination.port")
         if dest_port.get("number") != port:
-            raise UnsupportedError(f"{here}.destination.port.number: not the service port {port}")
-    action: dict[str, Any] = {"cluster": cluster}
+            raise UnsupportedError(f"{where}.destination.port.number: not the service port {port}")
+    subset = ""
+    if destination.get("subset") not in (None, ""):  # YAML null is unset
+        subset = subset_name(destination["subset"], f"{where}.destination.subset")
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def _weight(route_destination: Mapping[str, Any], where: str) -> int:
+    """A destination's ``weight`` (``int32``, YAML null unset), ``validateWeight``'s range."""
+    weight = route_destination.get("weight")
+    weight = 0 if weight is None else _integer(weight, f"{where}.weight")
+    if not 0 <= weight <= 2**31 - 1:
+        raise UnsupportedError(f"{where}.weight: weight {weight} < 0 or over int32")
+    return weight
+
+
+def _cluster_weight(route_destination: Mapping[str, Any], name: str, where: str) -> dict[str, Any]:
+    """``processWeightedDestination``: the destination's headers (and authority) on its weight."""
+    weight = _weight(route_destination, where)
+    operations = translate_headers_operations(route_destination.get("headers"), f"{where}.headers")
+    out: dict[str, Any] = {"name": name, "weight": weight} | operations.route_fields()
+    if operations.authority:
+        out["host_rewrite_literal"] = operations.authority
+    return out
+
+
+def _route_action(
+    http: Mapping[str, Any], host: str, port: int, authority: str, where: str
+) -> tuple[dict[str, Any], HeaderOperations]:
+    """``applyHTTPRouteDestination`` with ``processDestination`` / ``processWeightedDestination``.
+
+    1. The destinations, as ``validateHTTPRouteDestinations`` checks them: weights in
+       0..2^31-1 (``int32``), not all 0 when there are several.
+    2. One destination: ``cluster`` (its ``weight`` ignored). Several: ``weighted_clusters``
+       with one ``ClusterWeight`` per destination of weight > 0, in order, and no
+       ``total_weight`` (Envoy sums the weights); each carries its destination's ``headers``
+       and their authority as its own ``host_rewrite_literal``.
+    3. ``setTimeout``, then ``rewrite``: ``uriRegexRewrite`` (it wins) or ``uri``, and
+       ``authority``, which overrides the route's ``headers`` authority.
+    4. The route's authority becomes ``host_rewrite_literal``; a single destination's
+       ``headers`` authority only when the route set none.
+
+    Returns:
+        The route action, and a single destination's header operations (appended to the
+        route's; a weighted destination keeps its own on its ``ClusterWeight``).
+    """
+    destinations = http.get("route") or []
+    if not isinstance(destinations, list) or not destinations:
+        raise UnsupportedError(f"{where}.route: at least one destination is translated")
+    names, weights = [], []
+    for i, route_destination in enumerate(destinations):
+        here = f"{where}.route[{i}]"
+        names.append(destination_cluster(route_destination, host, port, here))
+        weights.append(_weight(route_destination, here))
+    if len(destinations) > 1 and sum(weights) == 0:
+        raise UnsupportedError(f"{where}.route: total destination weight = 0")
+    action: dict[str, Any] = {}
+    if len(destinations) == 1:
+        action["cluster"] = names[0]
+    else:
+        action["weighted_clusters"] = {
+            "clusters": [
+                _cluster_weight(d, name, f"{where}.route[{i}]")
+                for i, (d, name, weight) in enumerate(
+                    zip(destinations, names, weights, strict=True)
+                )
+                if weight != 0  # "Ignore 0 weighted clusters"
+            ]
+        }
     timeout_s = parse_duration(http["timeout"], f"{where}.timeout") if "timeout" in http else 0.0
     _set_timeout(action, timeout_s)
     if (rewrite := http.get("rewrite")) is not None:
@@ -862,9 +1174,13 @@ def _route_action(
         authority = _text(rewrite.get("authority", ""), f"{where}.rewrite.authority") or authority
     if authority:
         action["host_rewrite_literal"] = authority
-    operations = translate_headers_operations(destinations[0].get("headers"), f"{here}.headers")
-    if operations.authority and "host_rewrite_literal" not in action:
-        action["host_rewrite_literal"] = operations.authority
+    operations = HeaderOperations()
+    if len(destinations) == 1:
+        operations = translate_headers_operations(
+            destinations[0].get("headers"), f"{where}.route[0].headers"
+        )
+        if operations.authority and "host_rewrite_literal" not in action:
+            action["host_rewrite_literal"] = operations.authority
     policy = convert_retry_policy(http.get("retries"), f"{where}.retries")
     if policy is not None:
         action["retry_policy"] = policy
@@ -1175,9 +1491,7 @@ def translate_fault(fault: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _route_body(
-    http: Mapping[str, Any], host: str, port: int, cluster: str, where: str
-) -> dict[str, Any]:
+def _route_body(http: Mapping[str, Any], host: str, port: int, where: str) -> dict[str, Any]:
     """What ``TranslateRoute`` puts on every route of one ``http`` entry (all but name, match).
 
     1. The entry's ``headers``, and their authority.
@@ -1190,7 +1504,7 @@ def _route_body(
     redirect, direct = http.get("redirect"), http.get("directResponse")  # YAML null is unset
     if redirect is not None or direct is not None:
         if http.get("route"):
-            _route_action(http, host, port, cluster, "", where)
+            _route_action(http, host, port, "", where)
         else:
             if "timeout" in http:
                 parse_duration(http["timeout"], f"{where}.timeout")
@@ -1203,7 +1517,7 @@ def _route_body(
             body["direct_response"] = direct_response
     else:
         action, destination_operations = _route_action(
-            http, host, port, cluster, operations.authority, where
+            http, host, port, operations.authority, where
         )
         operations += destination_operations
         body["route"] = action
@@ -1213,9 +1527,7 @@ def _route_body(
     return body
 
 
-def virtual_service_routes(
-    vs: Mapping[str, Any], host: str, port: int, cluster: str
-) -> list[dict[str, Any]]:
+def virtual_service_routes(vs: Mapping[str, Any], host: str, port: int) -> list[dict[str, Any]]:
     """``BuildHTTPRoutesForVirtualService`` for one host's virtual host on its port.
 
     1. ``http[]`` in order; one route per ``match`` entry, or one ``/`` route without any.
@@ -1229,7 +1541,7 @@ def virtual_service_routes(
     for i, http in enumerate(vs.get("http") or []):
         where = f"VirtualService.spec.http[{i}]"
         _only(http, _HTTP_ROUTE_FIELDS, where)
-        body = _route_body(http, host, port, cluster, where)
+        body = _route_body(http, host, port, where)
         matches: list[Mapping[str, Any] | None] = list(http.get("match") or []) or [None]
         for j, match in enumerate(matches):
             here = f"{where}.match[{j}]"
@@ -1303,7 +1615,7 @@ def render_reference(
         UnsupportedError: a field the reference does not translate.
     """
     entries: list[Mapping[str, Any]] = []
-    rules: dict[str, Mapping[str, Any]] = {}
+    rules: dict[str, tuple[TrafficPolicy | None, list[Subset]]] = {}
     virtual_services: list[Mapping[str, Any]] = []
     for kind, spec in _documents(yaml_text):
         if kind == "ServiceEntry":
@@ -1312,10 +1624,13 @@ def render_reference(
         if kind == "VirtualService":
             virtual_services.append(spec)
             continue
-        _only(spec, {"host", "trafficPolicy"}, "DestinationRule.spec")
+        _only(spec, {"host", "trafficPolicy", "subsets"}, "DestinationRule.spec")
         if spec["host"] in rules:
             raise UnsupportedError(f"DestinationRule: two rules for {spec['host']!r}")
-        rules[spec["host"]] = spec
+        policy = read_traffic_policy(
+            spec.get("trafficPolicy"), "DestinationRule.spec.trafficPolicy"
+        )
+        rules[spec["host"]] = (policy, read_subsets(spec))
     se_hosts = {str(host) for se in entries for host in se.get("hosts") or []}
     vs_by_host = _sidecar_virtual_services(virtual_services, se_hosts)
     clusters, virtual_hosts = [], []
@@ -1328,15 +1643,34 @@ def render_reference(
         for host in se["hosts"]:
             if host.startswith("*"):
                 raise UnsupportedError(f"{where}.hosts: wildcard {host!r}")
-            cluster = _cluster(host, se, ports[0], rules.get(host), proxy, dns_resolver, where)
-            clusters.append(cluster)
             number = int(ports[0]["number"])
+            top, subsets = rules.get(host, (None, []))
+            # applyDestinationRule: the main cluster takes the DR's policy for its port,
+            # then buildSubsetCluster builds one cluster per subset, in order.
+            policy, _ = get_port_level_traffic_policy(top, number)
+            name = f"outbound|{number}||{host}"
+            cluster = _cluster(name, se, ports[0], policy, proxy, dns_resolver, where)
+            assert cluster is not None
+            clusters.append(cluster)
+            for subset in subsets:
+                subset_cluster = _cluster(
+                    f"outbound|{number}|{subset.name}|{host}",
+                    se,
+                    ports[0],
+                    merge_subset_traffic_policy(policy, subset.policy, number),
+                    proxy,
+                    dns_resolver,
+                    where,
+                    subset.labels,
+                )
+                if subset_cluster is not None:
+                    clusters.append(subset_cluster)
             routes = []
             if host in vs_by_host:
-                routes = virtual_service_routes(vs_by_host[host], host, number, cluster["name"])
+                routes = virtual_service_routes(vs_by_host[host], host, number)
             # buildSidecarVirtualHostsForVirtualService: a VirtualService that yields no
             # route on this port leaves the host its default route.
-            routes = routes or [_default_route(cluster["name"])]
+            routes = routes or [_default_route(name)]
             virtual_hosts.append(_virtual_host(host, number, routes))
     region, zone, subzone = _split_locality(proxy.locality)
     return {
@@ -1362,6 +1696,10 @@ def render_reference(
                                         "route_config": {
                                             "name": "outbound",
                                             "virtual_hosts": virtual_hosts,
+                                            # buildSidecarOutboundHTTPRouteConfig: a route
+                                            # may name a cluster that does not exist (an
+                                            # undefined subset's): Envoy's 503 NC.
+                                            "validate_clusters": False,
                                             "max_direct_response_body_size_bytes": (
                                                 MAX_DIRECT_RESPONSE_BODY_BYTES
                                             ),

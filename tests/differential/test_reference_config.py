@@ -554,12 +554,6 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         ("- mirror: {host: mydb.com}\n" + _DEST, "mirror"),
         ("- corsPolicy: {allowOrigins: [{exact: x}]}\n" + _DEST, "corsPolicy"),
         ("- delegate: {name: other}\n", "delegate"),
-        ("- route:\n  - destination: {host: mydb.com, subset: v1}\n", "subset"),
-        (
-            "- route:\n  - destination: {host: mydb.com}\n    weight: 50\n"
-            "  - destination: {host: mydb.com}\n    weight: 50\n",
-            "route",
-        ),
         ("- route:\n  - destination: {host: other.com}\n", "destination.host"),
         ("- route:\n  - destination: {host: mydb.com, port: {number: 81}}\n", "port.number"),
         ("- match: [{sourceLabels: {app: a}}]\n" + _DEST, "sourceLabels"),
@@ -580,16 +574,26 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         ("- headers: {request: {set: {host: a, ':authority': b}}}\n" + _DEST, "authority"),
         ("- headers: {request: {set: {x-n: 1}}}\n" + _DEST, "x-n"),
         (
-            "- redirect: {uri: /a}\n  route:\n  - destination: {host: mydb.com, subset: a}\n",
-            "subset",
+            "- redirect: {uri: /a}\n  route:\n  - destination: {host: other.com, subset: a}\n",
+            "destination.host",
         ),
+        (
+            "- route:\n  - destination: {host: mydb.com, subset: v1}\n    weight: -1\n",
+            "weight -1",
+        ),
+        (
+            "- route:\n  - destination: {host: mydb.com, subset: v1}\n    weight: 0\n"
+            "  - destination: {host: mydb.com, subset: v2}\n",
+            "total destination weight = 0",
+        ),
+        ("- route:\n  - destination: {host: mydb.com, subset: v_1}\n", "subset name"),
+        ("- route:\n  - destination: {host: mydb.com}\n    weight: 1.5\n", "weight"),
+        ("- route: []\n", "at least one destination"),
     ],
     ids=[
         "mirror",
         "cors",
         "delegate",
-        "subset",
-        "weights",
         "other-host",
         "other-port",
         "source-labels",
@@ -610,6 +614,11 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         "two-authorities",
         "header-not-string",
         "route-beside-redirect",
+        "negative-weight",
+        "zero-total-weight",
+        "subset-name",
+        "weight-not-integer",
+        "no-destination",
     ],
 )
 def test_what_the_reference_does_not_translate_in_a_virtual_service_is_an_error(
@@ -1046,6 +1055,395 @@ def test_envoy_accepts_every_translated_route_field() -> None:
                 - directResponse: {status: 200, body: {string: down for maintenance}}
                 """.replace("                ", "")
             )
+        )
+    )
+
+
+# --- subsets and weights ----------------------------------------------------------------------
+
+LABELLED_SE = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: mydb
+spec:
+  hosts: [mydb.com]
+  location: MESH_EXTERNAL
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: {port}}
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.3.1, locality: us-east1, labels: {version: v1}}
+  - {address: 127.0.3.2, locality: us-west, labels: {version: v1}}
+  - {address: 127.0.3.3, locality: us-east1, labels: {version: v2, track: canary}}
+  - {address: 127.0.3.4, locality: us-west, labels: {version: v2}}
+"""
+
+
+def subsets_rule(traffic_policy: str, subsets: str) -> str:
+    """A DestinationRule for mydb.com with a top-level policy and ``subsets``."""
+    return (
+        test_failover.destination_rule(traffic_policy)
+        + "\n  subsets:\n"
+        + textwrap.indent(textwrap.dedent(subsets), "  ")
+    )
+
+
+SUBSETS = LABELLED_SE + subsets_rule(
+    """\
+    outlierDetection: {consecutive5xxErrors: 1, interval: 0.2s, baseEjectionTime: 30s}
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west}]}
+    connectionPool: {tcp: {connectTimeout: 250ms}}
+    """,
+    """\
+    - name: v1
+      labels: {version: v1}
+      trafficPolicy:
+        loadBalancer: {simple: RANDOM}
+        connectionPool: {http: {http1MaxPendingRequests: 5}}
+    - name: v2
+      labels: {version: v2}
+      trafficPolicy:
+        loadBalancer: {simple: ROUND_ROBIN}
+        portLevelSettings:
+        - port: {number: 80}
+          connectionPool: {tcp: {maxConnections: 3}}
+        - port: {number: 81}
+          outlierDetection: {consecutive5xxErrors: 7}
+    - name: canary
+      labels: {version: v2, track: canary}
+    - name: east
+      labels: {topology.kubernetes.io/region: us-east1}
+    - name: none
+      labels: {version: v9}
+    """,
+)
+
+OUTLIER = {
+    "enforcing_success_rate": 0,
+    "always_eject_one_host": True,
+    "consecutive_5xx": 1,
+    "enforcing_consecutive_5xx": 100,
+    "interval": "0.2s",
+    "base_ejection_time": "30s",
+}
+
+
+def _clusters(yaml_text: str) -> dict[str, dict[str, Any]]:
+    clusters = _bootstrap(yaml_text)["static_resources"]["clusters"]
+    return {c["name"]: c for c in clusters}
+
+
+def _threshold(**limits: int) -> dict[str, Any]:
+    unlimited = 4294967295
+    return {
+        "thresholds": [
+            {
+                "max_connections": unlimited,
+                "max_pending_requests": unlimited,
+                "max_requests": unlimited,
+                "max_retries": unlimited,
+                "track_remaining": True,
+            }
+            | limits
+        ]
+    }
+
+
+def test_each_subset_is_its_own_cluster_of_the_endpoints_its_labels_select() -> None:
+    # buildSubsetCluster: outbound|PORT|SUBSET|HOST after the main cluster, in the DR's order;
+    # WithSubset keeps the endpoints whose labels include all the subset's (the topology
+    # labels pilot adds count), and a STATIC service (EDS in pilot) keeps a subset that
+    # selects none as a cluster without endpoints.
+    clusters = _clusters(SUBSETS)
+    assert list(clusters) == [
+        "outbound|80||mydb.com",
+        "outbound|80|v1|mydb.com",
+        "outbound|80|v2|mydb.com",
+        "outbound|80|canary|mydb.com",
+        "outbound|80|east|mydb.com",
+        "outbound|80|none|mydb.com",
+    ]
+    assert {name: _priorities(c) for name, c in clusters.items()} == {
+        "outbound|80||mydb.com": {"127.0.3.1": 0, "127.0.3.3": 0, "127.0.3.2": 1, "127.0.3.4": 1},
+        "outbound|80|v1|mydb.com": {"127.0.3.1": 0, "127.0.3.2": 1},
+        "outbound|80|v2|mydb.com": {"127.0.3.3": 0, "127.0.3.4": 0},
+        "outbound|80|canary|mydb.com": {"127.0.3.3": 0},
+        "outbound|80|east|mydb.com": {"127.0.3.1": 0, "127.0.3.3": 0},
+        "outbound|80|none|mydb.com": {},
+    }
+    for name, cluster in clusters.items():
+        assert cluster["load_assignment"]["cluster_name"] == name
+
+
+def test_a_subset_policy_merges_over_the_destination_rule_as_pilot_merges_it() -> None:
+    # MergeTrafficPolicy: v1's loadBalancer and connectionPool replace the DR's whole blocks
+    # (so the DR's failover list and tcp.connectTimeout are gone: the mesh's locality
+    # setting and 10 s), its outlierDetection is the DR's. v2's port-level entry for port 80
+    # replaces everything, even what it leaves unset: no outlier detection (so no failover),
+    # the default LEAST_REQUEST over its own ROUND_ROBIN. canary has no policy: the DR's.
+    clusters = _clusters(SUBSETS)
+    v1 = clusters["outbound|80|v1|mydb.com"]
+    assert v1 == {
+        "name": "outbound|80|v1|mydb.com",
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "lb_policy": "RANDOM",
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        "circuit_breakers": _threshold(max_pending_requests=5),
+        "outlier_detection": OUTLIER,
+        "load_assignment": {
+            "cluster_name": "outbound|80|v1|mydb.com",
+            "endpoints": [
+                {
+                    "locality": {"region": region, "zone": "", "sub_zone": ""},
+                    "priority": priority,
+                    "load_balancing_weight": 1,
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": address, "port_value": 8080}
+                                }
+                            },
+                            "load_balancing_weight": 1,
+                        }
+                    ],
+                }
+                for region, priority, address in (
+                    ("us-east1", 0, "127.0.3.1"),
+                    ("us-west", 1, "127.0.3.2"),
+                )
+            ],
+        },
+    }
+    v2 = clusters["outbound|80|v2|mydb.com"]
+    assert (v2["lb_policy"], v2["connect_timeout"], v2["common_lb_config"]) == (
+        "LEAST_REQUEST",
+        "10s",
+        {},
+    )
+    assert "outlier_detection" not in v2
+    assert v2["circuit_breakers"] == _threshold(max_connections=3)
+    canary, main = clusters["outbound|80|canary|mydb.com"], clusters["outbound|80||mydb.com"]
+    assert canary["outlier_detection"] == main["outlier_detection"] == OUTLIER
+    for cluster in (canary, main):
+        assert (cluster["lb_policy"], cluster["connect_timeout"]) == ("ROUND_ROBIN", "0.25s")
+        assert cluster["common_lb_config"] == {
+            "healthy_panic_threshold": {"value": 0.0},
+            "locality_weighted_lb_config": {},
+        }
+
+
+def test_a_port_level_policy_of_the_destination_rule_is_what_subsets_merge_over() -> None:
+    # GetPortLevelTrafficPolicy in applyDestinationRule and MergeSubsetTrafficPolicy: the DR's
+    # entry for port 80 replaces its whole top level (outlierDetection gone) for the main
+    # cluster and as the base of every subset; an entry for another port changes nothing.
+    clusters = _clusters(
+        LABELLED_SE
+        + subsets_rule(
+            """\
+            outlierDetection: {consecutive5xxErrors: 1, interval: 0.2s, baseEjectionTime: 30s}
+            loadBalancer: {simple: ROUND_ROBIN}
+            portLevelSettings:
+            - port: {number: 80}
+              loadBalancer: {simple: RANDOM}
+            - port: {number: 443}
+              connectionPool: {tcp: {maxConnections: 1}}
+            """,
+            """\
+            - name: v1
+              labels: {version: v1}
+            - name: v2
+              labels: {version: v2}
+              trafficPolicy:
+                outlierDetection: {consecutive5xxErrors: 1, interval: 0.2s, baseEjectionTime: 30s}
+            """,
+        )
+    )
+    summary = {
+        name.split("|")[2]: (c["lb_policy"], "outlier_detection" in c, c["circuit_breakers"])
+        for name, c in clusters.items()
+    }
+    assert summary == {
+        "": ("RANDOM", False, _threshold()),
+        "v1": ("RANDOM", False, _threshold()),
+        "v2": ("RANDOM", True, _threshold()),
+    }
+
+
+def test_a_dns_subset_is_a_strict_dns_cluster_and_one_without_endpoints_is_not_built() -> None:
+    # buildSubsetCluster for STRICT_DNS: its own load_assignment of the subset's endpoints;
+    # buildCluster builds no STRICT_DNS cluster without endpoints (a route to it is NC).
+    yaml_text = test_failover.service_entry(
+        (test_failover.EAST_NAME, "us-east1"), (test_failover.WEST_NAME, "us-west")
+    ).replace(
+        "    locality: us-west\n", "    locality: us-west\n    labels: {version: v1}\n"
+    ) + subsets_rule(
+        test_failover.outlier(),
+        """\
+        - name: v1
+          labels: {version: v1}
+        - name: v2
+          labels: {version: v2}
+        """,
+    )
+    clusters = _clusters(yaml_text)
+    assert list(clusters) == ["outbound|80||mydb.com", "outbound|80|v1|mydb.com"]
+    v1 = clusters["outbound|80|v1|mydb.com"]
+    assert v1["type"] == "STRICT_DNS"
+    assert v1["dns_lookup_family"] == "V4_ONLY"
+    assert _priorities(v1) == {test_failover.WEST_NAME: 0}
+    assert v1["outlier_detection"]["consecutive_5xx"] == 1
+
+
+def _route_to(destinations: str, *, extra: str = "") -> dict[str, Any]:
+    [route] = _routes(SUBSETS + virtual_service(extra + "  route:\n" + destinations))
+    return route
+
+
+def test_a_route_to_one_subset_names_its_cluster() -> None:
+    # GetDestinationCluster: BuildSubsetKey with the subset; a single destination is a plain
+    # cluster whatever its weight.
+    route = _route_to(
+        "  - destination: {host: mydb.com, subset: canary, port: {number: 80}}\n    weight: 30\n",
+        extra="- name: canary\n",
+    )
+    assert route == {
+        "name": "canary",
+        "match": {"prefix": "/"},
+        "route": PLAIN_ACTION | {"cluster": "outbound|80|canary|mydb.com"},
+    }
+
+
+WEIGHTED = """\
+  - destination: {host: mydb.com, subset: v1}
+    weight: 90
+    headers:
+      request: {set: {x-subset: v1, host: v1.example}}
+      response: {remove: [x-internal]}
+  - destination: {host: mydb.com, subset: v2, port: {number: 80}}
+    weight: 10
+  - destination: {host: mydb.com}
+    weight: 0
+"""
+
+
+def test_a_weighted_route_splits_over_subset_clusters_as_pilot_builds_it() -> None:
+    # applyHTTPRouteDestination with several destinations: weighted_clusters, the 0-weight
+    # one dropped, no total_weight (pilot sets none; Envoy sums). processWeightedDestination
+    # puts a destination's headers, and its authority as host_rewrite_literal, on its
+    # ClusterWeight, not on the route; the route's own headers and authority stay on it.
+    route = _route_to(
+        WEIGHTED,
+        extra="- name: split\n  headers: {request: {set: {x-route: r, host: route.example}}}\n",
+    )
+    assert route == {
+        "name": "split",
+        "match": {"prefix": "/"},
+        "request_headers_to_add": [_set("x-route", "r")],
+        "route": {
+            "weighted_clusters": {
+                "clusters": [
+                    {
+                        "name": "outbound|80|v1|mydb.com",
+                        "weight": 90,
+                        "request_headers_to_add": [_set("x-subset", "v1")],
+                        "response_headers_to_remove": ["x-internal"],
+                        "host_rewrite_literal": "v1.example",
+                    },
+                    {"name": "outbound|80|v2|mydb.com", "weight": 10},
+                ]
+            },
+            "timeout": "0s",
+            "max_grpc_timeout": "0s",
+            "host_rewrite_literal": "route.example",
+            "retry_policy": DEFAULT_RETRY_POLICY,
+        },
+    }
+
+
+def test_a_route_to_a_subset_no_destination_rule_defines_names_a_missing_cluster() -> None:
+    # GetDestinationCluster checks nothing and pilot's route config has validate_clusters
+    # false, so the route names a cluster that does not exist (Envoy's 503 NC).
+    yaml_text = SUBSETS + virtual_service(
+        "- route:\n  - destination: {host: mydb.com, subset: v3}\n"
+    )
+    [route] = _routes(yaml_text)
+    assert route["route"]["cluster"] == "outbound|80|v3|mydb.com"
+    assert "outbound|80|v3|mydb.com" not in _clusters(yaml_text)
+    assert _hcm(yaml_text)["route_config"]["validate_clusters"] is False
+
+
+@pytest.mark.parametrize(
+    ("subsets", "message"),
+    [
+        ("- {name: v1}\n- {name: v1, labels: {a: b}}\n", "duplicate subset names: v1"),
+        ("- {name: V_1}\n", "subset name is invalid"),
+        ("- {labels: {a: b}}\n", "subset name cannot be empty"),
+        ("- {name: v1, labels: {'-a': b}}\n", "invalid tag key"),
+        ("- {name: v1, labels: {a: 'b c'}}\n", "invalid tag value"),
+        ("- {name: v1, labels: {version: 1}}\n", "is not a string"),
+        ("- {name: v1, trafficPolicy: {}}\n", "at least one field"),
+        ("- {name: v1, trafficPolicy: {tls: {mode: SIMPLE}}}\n", r"subsets\[0\].trafficPolicy.tls"),
+        (
+            "- name: v1\n  trafficPolicy:\n    portLevelSettings: [{connectionPool: {}}]\n",
+            "must have valid port",
+        ),
+        (
+            "- name: v1\n  trafficPolicy:\n    portLevelSettings: [{port: {number: 80}}]\n",
+            "port traffic policy must have at least one field",
+        ),
+        (
+            "- name: v1\n  trafficPolicy:\n    portLevelSettings:\n"
+            "    - {port: {number: 81}, loadBalancer: {consistentHash: {httpHeaderName: x}}}\n",
+            "consistentHash",
+        ),
+        ("- {name: v1, workloadSelector: {}}\n", "workloadSelector"),
+    ],
+    ids=[
+        "duplicate",
+        "invalid-name",
+        "no-name",
+        "label-key",
+        "label-value",
+        "label-not-string",
+        "empty-policy",
+        "tls",
+        "port-level-no-port",
+        "port-level-empty",
+        "unused-port-level-checked",
+        "unknown-field",
+    ],
+)
+def test_subsets_istio_rejects_or_the_reference_does_not_translate_are_errors(
+    subsets: str, message: str
+) -> None:
+    with pytest.raises(UnsupportedError, match=message):
+        _clusters(LABELLED_SE + subsets_rule("loadBalancer: {simple: RANDOM}\n", subsets))
+
+
+def test_envoy_accepts_subset_clusters_and_weighted_routes() -> None:
+    # Envoy --mode validate: the subset clusters (STATIC and STRICT_DNS), a weighted route with
+    # a ClusterWeight's headers and host rewrite, a route to one subset and one to a subset
+    # no rule defines (a missing cluster, accepted as validate_clusters is false).
+    routes = virtual_service(
+        "- match: [{headers: {x-canary: {exact: '1'}}}]\n"
+        "  route:\n  - destination: {host: mydb.com, subset: canary}\n"
+        "- match: [{uri: {prefix: /v3}}]\n"
+        "  route:\n  - destination: {host: mydb.com, subset: v3}\n"
+        "- headers: {request: {set: {host: route.example}}}\n  route:\n" + WEIGHTED
+    )
+    validate_reference(_bootstrap(SUBSETS + routes))
+    dns = test_failover.SEED_SE + subsets_rule(
+        test_failover.outlier(), "- name: all\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n"
+    )
+    assert "outbound|80|all|mydb.com" in _clusters(dns)
+    validate_reference(
+        _bootstrap(
+            dns + virtual_service("- route:\n  - destination: {host: mydb.com, subset: all}\n")
         )
     )
 
