@@ -203,4 +203,6 @@ async def test_fault_aborts_delays_and_envoys_own_answers_count_for_no_endpoint(
     assert run.tokens("direct", REFERENCE) == ["<418>"] * 2
     assert run.tokens("moved", REFERENCE) == ["<301>"] * 2
     assert run.tokens("after", REFERENCE) == ["east"] * 3
-    assert all(r.elapsed >= 0.3 for r in run.loop("delayed", EXTPROC)), run.side_by_side("delayed")
+    # Envoy's timers have millisecond granularity: 0.3 s may end a hair early.
+    delayed = run.loop("delayed", EXTPROC) + run.loop("delayed", REFERENCE)
+    assert all(r.elapsed >= 0.29 for r in delayed), run.side_by_side("delayed")
