@@ -34,13 +34,11 @@ Cross-object rules are checked here: one ServiceEntry per host and port.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from extproc.core.policy import (
-    UNLIMITED,
     ConnectionPool,
     Distribute,
     Endpoint,
@@ -51,19 +49,21 @@ from extproc.core.policy import (
     OutlierDetection,
     Resolution,
     Service,
-    TcpKeepalive,
     TlsSettings,
-    UpstreamProtocol,
     UpstreamSni,
     authority_key,
 )
 from extproc.errors import ConfigError, Problem
+from extproc.istio.connection_pool import (
+    MESH_CONNECT_TIMEOUT_S,
+    connect_timeout_of,
+    connection_pool,
+)
 from extproc.istio.duration import parse_duration
 from extproc.istio.findings import Parsed, Source
 from extproc.istio.http_routes import apply_virtual_services
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
-    ConnectionPoolSpec,
     DestinationRule,
     LocalityLbSettingSpec,
     OutlierDetectionSpec,
@@ -93,9 +93,6 @@ _DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE: Final = 5
 
 #: The README section on what extproc does differently from Istio, and why.
 README_DIFFERENCES: Final = "README.md#differences-from-istio"
-
-# Istio's mesh default connectTimeout (pkg/config/mesh/mesh.go DefaultMeshConfig).
-_MESH_CONNECT_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(slots=True)
@@ -243,7 +240,7 @@ class _Compiler:
         lb = LbAlgorithm.LEAST_REQUEST  # Istio's default without a DestinationRule
         outlier: OutlierDetection | None = None
         locality_lb = LocalityLbSetting()
-        connect_timeout_s = _MESH_CONNECT_TIMEOUT_S
+        connect_timeout_s = MESH_CONNECT_TIMEOUT_S
         pool = ConnectionPool()
         tls: TlsSettings | None = None
         rule = self.rule_for(host)
@@ -253,7 +250,7 @@ class _Compiler:
             # 3. The port's own settings, if any, else the top-level ones (never a mix).
             policy, where = _port_policy(rule.policy, port.number)
             if policy is not None:
-                connect_timeout_s = _connect_timeout_s(policy.connection_pool)
+                connect_timeout_s = connect_timeout_of(policy.connection_pool)
                 pool = connection_pool(policy.connection_pool)
             if policy is not None and policy.tls is not None:
                 tls = tls_settings(policy.tls, rule.sni_from, spec.subject_alt_names)
@@ -465,74 +462,6 @@ def _port_policy(
         if entry.port is not None and entry.port.number == port:
             return entry, f"spec.trafficPolicy.portLevelSettings[{i}]"
     return policy, "spec.trafficPolicy"
-
-
-def _connect_timeout_s(pool: ConnectionPoolSpec | None) -> float:
-    """``connectionPool.tcp.connectTimeout``, else the mesh default (``applyConnectionPool``)."""
-    if pool is None or pool.tcp is None or pool.tcp.connect_timeout is None:
-        return _MESH_CONNECT_TIMEOUT_S
-    return _nanos(pool.tcp.connect_timeout, 0) / 1e9
-
-
-def connection_pool(spec: ConnectionPoolSpec | None) -> ConnectionPool:
-    """The pool ``applyConnectionPool`` builds (``applyH2Upgrade`` and ``applyTCPKeepalive``
-    included): a limit of 0 is unset (pilot's FIXME: it cannot tell 0 from unset)."""
-    if spec is None:
-        return ConnectionPool()
-    http, tcp = spec.http, spec.tcp
-    pool = ConnectionPool()
-    if http is not None:
-        protocol = UpstreamProtocol.HTTP1
-        if http.use_client_protocol:
-            protocol = UpstreamProtocol.CLIENT  # shouldH2Upgrade: never with useClientProtocol
-        elif http.h2_upgrade_policy == "UPGRADE":
-            protocol = UpstreamProtocol.HTTP2
-        keepalive = http.http2_keep_alive
-        pool = dataclasses.replace(
-            pool,
-            max_requests=http.http2_max_requests or UNLIMITED,
-            max_pending_requests=http.http1_max_pending_requests or UNLIMITED,
-            max_retries=http.max_retries or UNLIMITED,
-            idle_timeout_s=_seconds(http.idle_timeout),
-            max_requests_per_connection=http.max_requests_per_connection,
-            protocol=protocol,
-            # Set on an HTTP/2 cluster only (GetExplicitHttpConfig().GetHttp2ProtocolOptions()).
-            max_concurrent_streams=(
-                http.max_concurrent_streams if protocol is UpstreamProtocol.HTTP2 else 0
-            ),
-            http2_keepalive=(
-                (_nanos(keepalive.interval, 0) / 1e9, _nanos(keepalive.timeout, 0) / 1e9)
-                if keepalive is not None and protocol is UpstreamProtocol.HTTP2
-                else None
-            ),
-        )
-    if tcp is not None:
-        keep = tcp.tcp_keepalive
-        pool = dataclasses.replace(
-            pool,
-            max_connections=tcp.max_connections or UNLIMITED,
-            max_connection_duration_s=_seconds(tcp.max_connection_duration),
-            idle_timeout_s=(
-                pool.idle_timeout_s
-                if pool.idle_timeout_s is not None
-                else _seconds(tcp.idle_timeout)
-            ),
-            tcp_keepalive=(
-                None
-                if keep is None
-                else TcpKeepalive(
-                    probes=keep.probes or None,
-                    # Duration.Seconds: whole seconds, the fraction dropped.
-                    time_s=None if keep.time is None else _nanos(keep.time, 0) // 10**9,
-                    interval_s=None if keep.interval is None else _nanos(keep.interval, 0) // 10**9,
-                )
-            ),
-        )
-    return pool
-
-
-def _seconds(text: str | None) -> float | None:
-    return None if text is None else _nanos(text, 0) / 1e9
 
 
 def _covers(pattern: str, host: str) -> bool:

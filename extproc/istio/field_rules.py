@@ -22,6 +22,7 @@ __all__ = [
     "UINT32_MAX",
     "check_duration",
     "check_locality_lb",
+    "check_regex",
     "check_tls",
     "domain_error",
     "fqdn_error",
@@ -40,6 +41,8 @@ _TLS_MODES: Final = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
 # Envoy's UpstreamTlsContext.sni: max_bytes 255 (a DNS name's limit).
 _MAX_SNI_BYTES: Final = 255
 UINT32_MAX: Final = 2**32 - 1
+#: validateStringRegexp: Envoy's re2 program size limit, approximated by the length.
+MAX_REGEX_LENGTH: Final = 1024
 
 # ---------------------------------------------------------------------------------------------
 # Names and numbers
@@ -105,6 +108,21 @@ def uint32_error(value: int, path: str) -> str | None:
 def port_error(port: int) -> str | None:
     # agent.ValidatePort
     return None if 1 <= port <= 65535 else f"port number {port} must be in the range 1..65535"
+
+
+def check_regex(regex: str, where: str, field: str, check: Checker) -> None:
+    """``validateStringRegexp``: Envoy's RE2 size limit, approximated by length, and syntax."""
+    if len(regex) > MAX_REGEX_LENGTH:
+        check.error(where, f"{show(field)}: regex is too large, max length allowed is 1024")
+        return
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        check.error(
+            where,
+            f"{show(field)}: {exc}; Istio uses RE2 style regex-based match "
+            "(https://github.com/google/re2/wiki/Syntax)",
+        )
 
 
 def check_duration(text: str, where: str, check: Checker) -> None:

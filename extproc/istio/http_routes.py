@@ -39,6 +39,7 @@ from extproc.core.routes import (
 from extproc.errors import Problem
 from extproc.istio.duration import parse_duration
 from extproc.istio.findings import Parsed, Source
+from extproc.istio.http_action_rules import GRPC_STATUS
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
     DirectResponseSpec,
@@ -51,7 +52,7 @@ from extproc.istio.models import (
     StringMatchSpec,
     VirtualService,
 )
-from extproc.istio.virtual_service_rules import GRPC_STATUS, binds_to_mesh
+from extproc.istio.virtual_service_rules import binds_to_mesh
 
 __all__ = ["apply_virtual_services"]
 
