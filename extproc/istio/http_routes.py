@@ -104,7 +104,8 @@ def apply_virtual_services(
             if routes
             else service
         )
-    return tuple(out), errors, warnings
+    # A problem of a route shows once, not once per port of its host.
+    return tuple(out), list(dict.fromkeys(errors)), warnings
 
 
 def _routes(

@@ -536,3 +536,10 @@ def test_check_lists_the_routes_a_virtual_service_gives_each_service() -> None:
         "      default: prefix / -> timeout 5s, 2 retries on connect-failure,refused-stream,"
         "unavailable,cancelled,retriable-status-codes",
     ]
+
+
+def test_a_route_to_another_host_is_one_error_for_all_ports_of_its_host() -> None:
+    errors = _errors(
+        {"hosts": ["mydb.com"], "http": [{"route": [{"destination": {"host": "a.com"}}]}]}
+    )
+    assert len([e for e in errors if "to another host" in e]) == 1, errors
