@@ -302,7 +302,8 @@ def _destination_is(
 
 
 def _route_match(match: HttpMatchSpec | None) -> RouteMatch:
-    """``TranslateRouteMatch``: headers sorted by name, then ``:method``."""
+    """``TranslateRouteMatch``: headers sorted by name, then ``:method``, ``:authority`` and
+    ``:scheme``."""
     if match is None:
         return RouteMatch(explicit_case=False)
     headers = [HeaderMatch(name, _string_match(m)) for name, m in match.headers.items()]
@@ -311,8 +312,11 @@ def _route_match(match: HttpMatchSpec | None) -> RouteMatch:
         for name, m in match.without_headers.items()
     ]
     headers.sort(key=lambda h: h.name)
-    if match.method is not None:
-        headers.append(HeaderMatch(":method", _string_match(match.method)))
+    for name, spec in ((":method", match.method), (":authority", match.authority)):
+        if spec is not None:
+            headers.append(HeaderMatch(name, _string_match(spec)))
+    if match.scheme is not None:
+        headers.append(HeaderMatch(":scheme", _string_match(match.scheme)))
     path = RouteMatch().path if match.uri is None else _string_match(match.uri)
     return RouteMatch(
         path=path,

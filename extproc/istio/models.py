@@ -305,6 +305,8 @@ class HttpMatchSpec(Model):
     name: str = ""
     uri: StringMatchSpec | None = None
     method: StringMatchSpec | None = None
+    authority: StringMatchSpec | None = None
+    scheme: StringMatchSpec | None = None
     headers: dict[str, StringMatchSpec] = Field(default_factory=dict)
     without_headers: dict[str, StringMatchSpec] = Field(
         default_factory=dict, alias="withoutHeaders"

@@ -6,9 +6,10 @@ From ``pkg/config/validation/validation.go`` (``ValidateVirtualService``, ``vali
 ``agent/validation.go`` (``ValidateHTTPRetry``), with Istio's messages.
 
 extproc serves the HTTP routes of a VirtualService bound to the mesh (no ``gateways``, or
-``mesh`` among them): matches on uri, headers, withoutHeaders, method, port and queryParams, one
-destination per route on the VirtualService's own ServiceEntry host, ``timeout``, ``retries``,
-and what ``http_action_rules`` checks (headers, rewrite, redirect, direct response, fault).
+``mesh`` among them): matches on uri, headers, withoutHeaders, method, authority, scheme, port
+and queryParams, one destination per route on the VirtualService's own ServiceEntry host,
+``timeout``, ``retries``, and what ``http_action_rules`` checks (headers, rewrite, redirect,
+direct response, fault).
 Any other field of an HTTP route would make Envoy route differently than Istio's sidecar, so
 it is an error that names it, never a field silently dropped.
 """
@@ -164,8 +165,13 @@ def _check_match(match: HttpMatchSpec, where: str, check: Checker) -> None:
                 _check_string_match(string_match, here, field, check)
     if match.uri is not None:
         _check_string_match(match.uri, f"{where}.uri", "uri", check, empty_prefix_ok=True)
-    if match.method is not None:
-        _check_string_match(match.method, f"{where}.method", "method", check)
+    for field, value in (
+        ("method", match.method),
+        ("authority", match.authority),
+        ("scheme", match.scheme),
+    ):
+        if value is not None:
+            _check_string_match(value, f"{where}.{field}", field, check)
     if match.port and (problem := port_error(match.port)) is not None:
         check.error(f"{where}.port", problem)
 

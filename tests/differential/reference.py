@@ -891,6 +891,8 @@ _MATCH_FIELDS = {
     "headers",
     "withoutHeaders",
     "method",
+    "authority",
+    "scheme",
     "port",
     "queryParams",
 }
@@ -1042,8 +1044,14 @@ def _route_match(match: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
         if uri is not None:
             out = {"path": uri["exact"]} if "exact" in uri else uri
     out["case_sensitive"] = not match.get("ignoreUriCase", False)
-    if "method" in match:
-        headers.append(_header_matcher(":method", match["method"], f"{where}.method"))
+    # TranslateRouteMatch appends :method, :authority and :scheme after the sorted headers.
+    for key, header in (
+        ("method", ":method"),
+        ("authority", ":authority"),
+        ("scheme", ":scheme"),
+    ):
+        if key in match:
+            headers.append(_header_matcher(header, match[key], f"{where}.{key}"))
     if headers:
         out["headers"] = headers
     query: list[dict[str, Any]] = []

@@ -415,7 +415,8 @@ def test_a_catch_all_match_ends_the_routes() -> None:
 
 def test_match_fields_translate_as_translate_route_match_does() -> None:
     # Headers and withoutHeaders sorted by name, regex "*" is a present match (and then no
-    # treat_missing_header_as_empty), :method after them; ignoreUriCase clears case_sensitive.
+    # treat_missing_header_as_empty), :method, :authority and :scheme after them;
+    # ignoreUriCase clears case_sensitive.
     [route] = _routes(
         test_failover.SEED_SE
         + virtual_service(
@@ -430,6 +431,8 @@ def test_match_fields_translate_as_translate_route_match_does() -> None:
                   x-debug: {regex: "on|true"}
                   x-block: {}
                 method: {exact: GET}
+                authority: {prefix: mydb}
+                scheme: {exact: http}
                 queryParams:
                   version: {exact: "2"}
                   trace: {regex: "*"}
@@ -452,6 +455,8 @@ def test_match_fields_translate_as_translate_route_match_does() -> None:
             },
             {"name": "x-zone", "string_match": {"prefix": "us-"}},
             {"name": ":method", "string_match": {"exact": "GET"}},
+            {"name": ":authority", "string_match": {"prefix": "mydb"}},
+            {"name": ":scheme", "string_match": {"exact": "http"}},
         ],
         "query_parameters": [
             {"name": "trace", "present_match": True},
@@ -558,12 +563,10 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         ("- route:\n  - destination: {host: mydb.com, port: {number: 81}}\n", "port.number"),
         ("- match: [{sourceLabels: {app: a}}]\n" + _DEST, "sourceLabels"),
         ("- match: [{gateways: [mesh]}]\n" + _DEST, "gateways"),
-        ("- match: [{authority: {exact: a}}]\n" + _DEST, "authority"),
-        ("- match: [{scheme: {exact: http}}]\n" + _DEST, "scheme"),
         ("- match: [{headers: {'@request.auth.claims.sub': {exact: a}}}]\n" + _DEST, "JWT"),
         ("- match: [{uri: {exact: /a, prefix: /b}}]\n" + _DEST, "uri"),
         ("- retries: {attempts: 2, retryOn: 5xx, timeout: 1s}\n" + _DEST, "retries.timeout"),
-        ("- match: [{port: 8080, scheme: {exact: http}}]\n" + _DEST, "scheme"),
+        ("- match: [{port: 8080, sourceLabels: {app: a}}]\n" + _DEST, "sourceLabels"),
         ("- route: [{destination: {host: mydb.com}}]\n- mirror: {}\n" + _DEST, "http.1..mirror"),
         ("- redirect: {uri: /v2, redirectCode: 304}\n", "redirectCode"),
         ("- fault: {abort: {grpcStatus: NOPE}}\n" + _DEST, "grpcStatus"),
@@ -598,8 +601,6 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         "other-port",
         "source-labels",
         "match-gateways",
-        "authority",
-        "scheme",
         "jwt-claim",
         "two-match-types",
         "unknown-retry-field",

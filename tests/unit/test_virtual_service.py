@@ -543,3 +543,21 @@ def test_a_route_to_another_host_is_one_error_for_all_ports_of_its_host() -> Non
         {"hosts": ["mydb.com"], "http": [{"route": [{"destination": {"host": "a.com"}}]}]}
     )
     assert len([e for e in errors if "to another host" in e]) == 1, errors
+
+
+def test_authority_and_scheme_match_as_pseudo_headers_after_method() -> None:
+    http = {
+        "match": [
+            {
+                "method": {"exact": "GET"},
+                "authority": {"prefix": "mydb"},
+                "scheme": {"exact": "http"},
+            }
+        ],
+        "route": ROUTE_TO_DB,
+    }
+    assert _one_route(http)["match"]["headers"] == [
+        {"name": ":method", "stringMatch": {"exact": "GET"}},
+        {"name": ":authority", "stringMatch": {"prefix": "mydb"}},
+        {"name": ":scheme", "stringMatch": {"exact": "http"}},
+    ]
