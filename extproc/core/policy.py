@@ -305,6 +305,8 @@ class Service:
     # connectionPool.tcp.connectTimeout, else Istio's mesh connectTimeout (10s).
     connect_timeout_s: float = 10.0
     pool: ConnectionPool = ConnectionPool()
+    # A DestinationRule subset's name: its own cluster, reached only through a route.
+    subset: str = ""
     # A VirtualService's routes for this host and port; empty: Istio's default route.
     routes: tuple[HttpRoute, ...] = ()
     route_source: str = ""  # the VirtualService they came from, for messages
@@ -314,8 +316,9 @@ class Service:
 
     @property
     def cluster_name(self) -> str:
-        """Istio's cluster name for this host and port (``*.example.com`` stays as written)."""
-        return f"outbound|{self.port}||{self.host}"
+        """Istio's cluster name for this host, subset and port (``BuildSubsetKey``;
+        ``*.example.com`` stays as written)."""
+        return f"outbound|{self.port}|{self.subset}|{self.host}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +348,8 @@ def route_domains(services: Sequence[Service]) -> list[tuple[Service, tuple[str,
     (``*.example.com``) gives wildcard domains (``*.example.com``, ``*.example.com:80``),
     which Envoy matches by suffix.
     """
+    # A subset has no virtual host of its own: only a VirtualService's route reaches it.
+    services = [service for service in services if not service.subset]
     default: dict[str, Service] = {}
     for service in services:
         current = default.get(service.host)

@@ -167,6 +167,8 @@ class HttpRoute:
 
     name: str
     match: RouteMatch = field(default_factory=RouteMatch)
+    # The cluster it forwards to: its service's own (""), or one of its subsets'.
+    cluster: str = ""
     timeout_s: float = 0.0  # 0: no timeout, Istio's default
     retries: RetryPolicy | None = field(default_factory=RetryPolicy)
     headers: HeaderOperations = HeaderOperations()

@@ -38,8 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from extproc.core.locality import LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE
 from extproc.core.policy import (
-    ConnectionPool,
     Distribute,
     Endpoint,
     Failover,
@@ -55,7 +55,6 @@ from extproc.core.policy import (
 )
 from extproc.errors import ConfigError, Problem
 from extproc.istio.connection_pool import (
-    MESH_CONNECT_TIMEOUT_S,
     connect_timeout_of,
     connection_pool,
 )
@@ -64,12 +63,16 @@ from extproc.istio.findings import Parsed, Source
 from extproc.istio.http_routes import apply_virtual_services
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
+    ClientTlsSettingsSpec,
+    ConnectionPoolSpec,
     DestinationRule,
+    LoadBalancerSpec,
     LocalityLbSettingSpec,
     OutlierDetectionSpec,
     PortTrafficPolicySpec,
     ServiceEntry,
     ServicePort,
+    SubsetSpec,
     TrafficPolicySpec,
 )
 from extproc.istio.upstream_tls import sni_finding, tls_settings
@@ -111,6 +114,9 @@ class _Rule:
     sni_from: UpstreamSni = UpstreamSni.AUTHORITY
     used: bool = False
     ports: set[int] = field(default_factory=set)  # service ports it applied to
+    # Every rule's subsets, in document order; a later rule's subset of a name already
+    # taken is dropped (mergeDestinationRule).
+    subsets: list[SubsetSpec] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +158,23 @@ class _Compiler:
             )
             first = self.rules.get(host)
             if first is None:
-                self.rules[host] = _Rule(source, policy, source, sni_from)
+                self.rules[host] = _Rule(
+                    source, policy, source, sni_from, subsets=list(parsed.obj.spec.subsets)
+                )
                 continue
+            taken = {subset.name for subset in first.subsets}
+            for i, subset in enumerate(parsed.obj.spec.subsets):
+                if subset.name in taken:
+                    self.warnings.append(
+                        source.problem(
+                            f"spec.subsets[{i}].name",
+                            f"subset {subset.name!r} of {host!r} is already defined by an "
+                            "earlier DestinationRule; Istio keeps the first: ignored",
+                        )
+                    )
+                else:
+                    first.subsets.append(subset)
+                    taken.add(subset.name)
             if policy is None:
                 outcome = "it has no trafficPolicy, so it changes nothing"
             elif first.policy is None:
@@ -215,9 +236,10 @@ class _Compiler:
                     )
                     continue
                 self.declared[(host, port.number)] = source
-                self.services.append(self.service(source, se, host, port))
+                self.add_services(source, se, host, port)
 
-    def service(self, source: Source, se: ServiceEntry, host: str, port: ServicePort) -> Service:
+    def add_services(self, source: Source, se: ServiceEntry, host: str, port: ServicePort) -> None:
+        """The host and port's service, then one per subset of its DestinationRule."""
         spec = se.spec
         # 1. The port an endpoint listens on: its own ports[name], else targetPort, else number.
         default_port = port.target_port or port.number
@@ -237,47 +259,85 @@ class _Compiler:
         if spec.resolution in ("DNS", "DNS_ROUND_ROBIN") and not endpoints:
             endpoints = (Endpoint(address=host, port=default_port),)
 
-        lb = LbAlgorithm.LEAST_REQUEST  # Istio's default without a DestinationRule
-        outlier: OutlierDetection | None = None
-        locality_lb = LocalityLbSetting()
-        connect_timeout_s = MESH_CONNECT_TIMEOUT_S
-        pool = ConnectionPool()
-        tls: TlsSettings | None = None
         rule = self.rule_for(host)
+        main = _Components()
+        where = "spec.trafficPolicy"
         if rule is not None:
             rule.used = True
             rule.ports.add(port.number)
             # 3. The port's own settings, if any, else the top-level ones (never a mix).
             policy, where = _port_policy(rule.policy, port.number)
-            if policy is not None:
-                connect_timeout_s = connect_timeout_of(policy.connection_pool)
-                pool = connection_pool(policy.connection_pool)
-            if policy is not None and policy.tls is not None:
-                tls = tls_settings(policy.tls, rule.sni_from, spec.subject_alt_names)
-                if tls is not None:
-                    self.check_sni(rule, f"{where}.tls", tls, source, host, endpoints)
-            if policy is not None and policy.load_balancer is not None:
-                lb = lb_algorithm(policy.load_balancer.simple)
-                lls = policy.load_balancer.locality_lb_setting
-                if lls is not None:
-                    locality_lb = _locality_lb_setting(lls)
-            if policy is not None and policy.outlier_detection is not None:
-                outlier = self.outlier_detection(policy.outlier_detection)
-                self.check_ejection(outlier, len(endpoints), f"outbound|{port.number}||{host}")
+            main = _Components.of(policy)
+        service = self.apply_policy(main, where, rule, source, se, host, port, endpoints, subset="")
+        self.services.append(service)
+        if rule is None:
+            return
+        for i, subset in enumerate(rule.subsets):
+            # buildSubsetCluster: the endpoints with the subset's labels, the rule's policy
+            # for the port with the subset's merged over it (MergeSubsetTrafficPolicy).
+            merged, subset_where = _merged(main, subset.traffic_policy, port.number)
+            chosen = tuple(e for e in endpoints if _has_labels(e, subset.labels))
+            if not chosen and se.spec.resolution != "STATIC":
+                continue  # pilot builds no DNS cluster without endpoints (buildSubsetCluster)
+            self.services.append(
+                self.apply_policy(
+                    merged,
+                    f"spec.subsets[{i}].{subset_where}" if subset_where else where,
+                    rule,
+                    source,
+                    se,
+                    host,
+                    port,
+                    chosen,
+                    subset=subset.name,
+                )
+            )
 
+    def apply_policy(
+        self,
+        policy: _Components,
+        where: str,
+        rule: _Rule | None,
+        source: Source,
+        se: ServiceEntry,
+        host: str,
+        port: ServicePort,
+        endpoints: tuple[Endpoint, ...],
+        *,
+        subset: str,
+    ) -> Service:
+        """One cluster's service: its endpoints under one (merged) traffic policy."""
+        lb = LbAlgorithm.LEAST_REQUEST  # Istio's default without a DestinationRule
+        outlier: OutlierDetection | None = None
+        locality_lb = LocalityLbSetting()
+        tls: TlsSettings | None = None
+        cluster_name = f"outbound|{port.number}|{subset}|{host}"
+        if rule is not None and policy.tls is not None:
+            tls = tls_settings(policy.tls, rule.sni_from, se.spec.subject_alt_names)
+            if tls is not None:
+                self.check_sni(rule, f"{where}.tls", tls, source, host, endpoints)
+        if policy.load_balancer is not None:
+            lb = lb_algorithm(policy.load_balancer.simple)
+            lls = policy.load_balancer.locality_lb_setting
+            if lls is not None:
+                locality_lb = _locality_lb_setting(lls)
+        if policy.outlier_detection is not None:
+            outlier = self.outlier_detection(policy.outlier_detection)
+            self.check_ejection(outlier, len(endpoints), cluster_name)
         return Service(
             host=host,
             port=port.number,
             port_name=port.name,
             protocol=port.protocol.upper(),
-            resolution=Resolution(spec.resolution),
+            resolution=Resolution(se.spec.resolution),
             endpoints=endpoints,
             lb_algorithm=lb,
             outlier_detection=outlier,
             locality_lb=locality_lb,
-            connect_timeout_s=connect_timeout_s,
-            pool=pool,
+            connect_timeout_s=connect_timeout_of(policy.connection_pool),
+            pool=connection_pool(policy.connection_pool),
             tls=tls,
+            subset=subset,
             source=f'{source.file}: ServiceEntry "{source.name}"',
         )
 
@@ -462,6 +522,62 @@ def _port_policy(
         if entry.port is not None and entry.port.number == port:
             return entry, f"spec.trafficPolicy.portLevelSettings[{i}]"
     return policy, "spec.trafficPolicy"
+
+
+@dataclass(frozen=True, slots=True)
+class _Components:
+    """The parts of a traffic policy one cluster takes (``selectTrafficPolicyComponents``)."""
+
+    connection_pool: ConnectionPoolSpec | None = None
+    outlier_detection: OutlierDetectionSpec | None = None
+    load_balancer: LoadBalancerSpec | None = None
+    tls: ClientTlsSettingsSpec | None = None
+
+    @classmethod
+    def of(cls, policy: TrafficPolicySpec | PortTrafficPolicySpec | None) -> _Components:
+        if policy is None:
+            return cls()
+        return cls(
+            policy.connection_pool, policy.outlier_detection, policy.load_balancer, policy.tls
+        )
+
+
+def _merged(
+    base: _Components, subset: TrafficPolicySpec | None, port: int
+) -> tuple[_Components, str]:
+    """``MergeSubsetTrafficPolicy``: the subset's blocks over the rule's; the subset's own
+    port-level entry replaces every block, set or not (``MergeTrafficPolicy`` hasPortLevel).
+    Also the path of the subset's policy that applies, for messages ("" for none)."""
+    if subset is None:
+        return base, ""
+    policy, where = _port_policy(subset, port)
+    own = _Components.of(policy)
+    if policy is not subset:  # a port-level entry of the subset's
+        return own, where
+    return (
+        _Components(
+            own.connection_pool or base.connection_pool,
+            own.outlier_detection or base.outlier_detection,
+            own.load_balancer or base.load_balancer,
+            own.tls or base.tls,
+        ),
+        where,
+    )
+
+
+def _has_labels(endpoint: Endpoint, labels: dict[str, str]) -> bool:
+    """``WithSubset``: the endpoint carries every label of the subset, the topology labels
+    pilot derives from its locality included (``AugmentLabels``)."""
+    own = dict(endpoint.labels)
+    locality = endpoint.locality
+    for key, value in (
+        (LABEL_REGION, locality.region),
+        (LABEL_ZONE, locality.zone),
+        (LABEL_SUBZONE, locality.sub_zone),
+    ):
+        if value:
+            own.setdefault(key, value)
+    return all(own.get(key) == value for key, value in labels.items())
 
 
 def _covers(pattern: str, host: str) -> bool:

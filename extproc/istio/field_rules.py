@@ -26,6 +26,7 @@ __all__ = [
     "check_tls",
     "domain_error",
     "fqdn_error",
+    "label_error",
     "port_error",
     "port_name_error",
     "uint32_error",
@@ -103,6 +104,21 @@ def uint32_error(value: int, path: str) -> str | None:
     if value <= UINT32_MAX:
         return None
     return f"Invalid value: {value}: {path} in body should be less than or equal to {UINT32_MAX}"
+
+
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+
+
+def label_error(key: str, value: str) -> str | None:
+    """``labels.Instance.Validate`` (pkg/config/labels): a Kubernetes label key and value."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (domain_error(prefix) is not None or len(prefix) > 253):
+        return f"invalid tag key: {show(key)}"
+    if not name or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+        return f"invalid tag key: {show(key)}"
+    if value and (len(value) > 63 or not _QUALIFIED_NAME.fullmatch(value)):
+        return f"invalid tag value: {show(value)}"
+    return None
 
 
 def port_error(port: int) -> str | None:

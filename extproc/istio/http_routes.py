@@ -93,12 +93,17 @@ def apply_virtual_services(
                 chosen[key] = (parsed.source, vs)
     out = []
     for service in services:
-        found = chosen.get(authority_key(service.host, None))
+        found = None if service.subset else chosen.get(authority_key(service.host, None))
         if found is None:
             out.append(service)
             continue
         source, vs = found
-        routes = _routes(vs, service, source, errors)
+        subsets = {
+            s.subset
+            for s in services
+            if s.subset and s.host == service.host and s.port == service.port
+        }
+        routes = _routes(vs, service, subsets, source, errors, warnings)
         out.append(
             dataclasses.replace(service, routes=routes, route_source=source.cite())
             if routes
@@ -109,7 +114,12 @@ def apply_virtual_services(
 
 
 def _routes(
-    vs: VirtualService, service: Service, source: Source, errors: list[Problem]
+    vs: VirtualService,
+    service: Service,
+    subsets: set[str],
+    source: Source,
+    errors: list[Problem],
+    warnings: list[Problem],
 ) -> tuple[HttpRoute, ...]:
     """``BuildHTTPRoutesForVirtualService`` for one service's port."""
     routes: list[HttpRoute] = []
@@ -118,6 +128,9 @@ def _routes(
         answered = http.redirect is not None or http.direct_response is not None
         if not answered and not _destination_is(http, service, source, where, errors):
             continue
+        cluster = (
+            "" if answered else _subset_cluster(http, service, subsets, source, where, warnings)
+        )
         matches: list[HttpMatchSpec | None] = list(http.match) or [None]
         for match in matches:
             if match is not None and match.port and match.port != service.port:
@@ -125,7 +138,9 @@ def _routes(
             name = http.name
             if match is not None and match.name:
                 name = f"{name}.{match.name}"
-            route = _action(http, service, HttpRoute(name=name, match=_route_match(match)))
+            route = _action(
+                http, service, HttpRoute(name=name, match=_route_match(match), cluster=cluster)
+            )
             if route.host_rewrite and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
                 errors.append(
                     source.problem(
@@ -271,6 +286,35 @@ def _fault(spec: FaultSpec | None) -> Fault | None:
             ),
         )
     return None if fault == Fault() else fault
+
+
+def _subset_cluster(
+    http: HttpRouteSpec,
+    service: Service,
+    subsets: set[str],
+    source: Source,
+    where: str,
+    warnings: list[Problem],
+) -> str:
+    """The cluster of the destination's subset (``GetDestinationCluster``), "" for none.
+
+    Pilot checks nothing here: a subset no DestinationRule defines (or a DNS one with no
+    endpoint) names a cluster that does not exist, and Envoy answers 503 (NC).
+    """
+    destination = http.route[0].destination
+    assert destination is not None
+    if not destination.subset:
+        return ""
+    name = f"outbound|{service.port}|{destination.subset}|{service.host}"
+    if destination.subset not in subsets:
+        warnings.append(
+            source.problem(
+                f"{where}.route[0].destination.subset",
+                f"{destination.subset!r} is no subset of {service.host!r}'s DestinationRule: "
+                "as on Istio's sidecar, its cluster does not exist and Envoy answers 503",
+            )
+        )
+    return name
 
 
 def _destination_is(

@@ -273,9 +273,18 @@ class TrafficPolicySpec(Model):
     )
 
 
+class SubsetSpec(Model):
+    """``subsets[]``: endpoints by labels, with a policy merged over the rule's."""
+
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    traffic_policy: TrafficPolicySpec | None = Field(default=None, alias="trafficPolicy")
+
+
 class DestinationRuleSpec(Model):
     host: str = ""
     traffic_policy: TrafficPolicySpec | None = Field(default=None, alias="trafficPolicy")
+    subsets: list[SubsetSpec] = Field(default_factory=list)
 
 
 class DestinationRule(Model):
@@ -317,12 +326,13 @@ class HttpMatchSpec(Model):
 
 
 class DestinationSpec(Model):
-    """``Destination``: a ServiceEntry host and, optionally, its port."""
+    """``Destination``: a ServiceEntry host and, optionally, its port and a subset."""
 
     WARN_UNIMPLEMENTED = False
 
     host: str = ""
     port: PortSelectorSpec | None = None
+    subset: str = ""
 
 
 class HeaderOperationsSpec(Model):

@@ -8,6 +8,7 @@ other kinds (TLS, localities, durations) are ``field_rules``'.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -18,6 +19,7 @@ from extproc.istio.field_rules import (
     check_locality_lb,
     check_tls,
     domain_error,
+    label_error,
     port_error,
     uint32_error,
 )
@@ -51,6 +53,7 @@ _SIMPLE_LB: Final = (
 # ConnectionPoolSettings.HTTPSettings.H2UpgradePolicy
 _H2_UPGRADE_POLICIES: Final = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
 INT32_MAX: Final = 2**31 - 1
+_DNS1123_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _PORT_POLICY_FIELDS: Final = frozenset(api.PORT_TRAFFIC_POLICY.field_names()) - {"port"}
 
 
@@ -62,11 +65,14 @@ def check_destination_rule(dr: DestinationRule, check: Checker) -> None:
     elif (problem := domain_error(spec.host)) is not None:
         check.error("spec.host", problem)
     _check_upstream_sni(dr, check)
-    policy = spec.traffic_policy
-    if policy is None:
-        return
-    where = "spec.trafficPolicy"
-    # validateTrafficPolicy: an empty trafficPolicy is a mistake, not a no-op.
+    _check_subsets(dr, check)
+    if spec.traffic_policy is not None:
+        _check_traffic_policy(spec.traffic_policy, "spec.trafficPolicy", check)
+
+
+def _check_traffic_policy(policy: TrafficPolicySpec, where: str, check: Checker) -> None:
+    """``validateTrafficPolicy``."""
+    # An empty trafficPolicy is a mistake, not a no-op.
     # (An empty portLevelSettings list is unset, as an empty repeated field is in protobuf.)
     written = _written(policy, api.TRAFFIC_POLICY.field_names())
     if not policy.port_level_settings:
@@ -75,6 +81,25 @@ def check_destination_rule(dr: DestinationRule, check: Checker) -> None:
         check.error(where, "traffic policy must have at least one field")
     _check_policy_components(policy, where, check)
     _check_port_level_settings(policy.port_level_settings, f"{where}.portLevelSettings", check)
+
+
+def _check_subsets(dr: DestinationRule, check: Checker) -> None:
+    """``ValidateDestinationRule``'s subsets: unique names, ``validateSubset`` each."""
+    seen: set[str] = set()
+    for i, subset in enumerate(dr.spec.subsets):
+        where = f"spec.subsets[{i}]"
+        if subset.name in seen:
+            check.error(f"{where}.name", f"duplicate subset names: {subset.name}")
+        seen.add(subset.name)
+        if not subset.name:
+            check.error(f"{where}.name", "subset name cannot be empty")
+        elif not _DNS1123_LABEL.fullmatch(subset.name) or len(subset.name) > 63:
+            check.error(f"{where}.name", f"subset name is invalid: {subset.name}")
+        for key, value in subset.labels.items():
+            if (problem := label_error(key, value)) is not None:
+                check.error(f"{where}.labels.{key}", problem)
+        if subset.traffic_policy is not None:
+            _check_traffic_policy(subset.traffic_policy, f"{where}.trafficPolicy", check)
 
 
 def _check_policy_components(

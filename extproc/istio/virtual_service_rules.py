@@ -128,6 +128,9 @@ def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
         port = destination.destination.port
         if port is not None and (problem := port_error(port.number)) is not None:
             check.error(f"{here}.destination.port.number", problem)
+        subset = destination.destination.subset
+        if subset and not _DNS1123_LABEL.fullmatch(subset):  # validateSubsetName
+            check.error(f"{here}.destination.subset", f"subset name is invalid: {subset}")
         if destination.weight < 0:
             check.error(f"{here}.weight", f"weight {destination.weight} < 0")
     if len(route.route) > 1:
@@ -216,6 +219,7 @@ def _check_retries(retries: HttpRetrySpec, where: str, check: Checker) -> None:
             check.error(f"{where}.retryOn", f"{show(policy)} is not a valid retryOn policy")
 
 
+_DNS1123_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 #: ``validHeaderNameRegex``: RFC 7230 token characters; and the pseudo-headers Istio allows.
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PSEUDO_HEADERS: Final = frozenset({":method", ":scheme", ":authority", ":path", ":status"})

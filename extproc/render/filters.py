@@ -48,6 +48,7 @@ from extproc.wire import (
     MODULE_FILTER_NAME,
     MODULE_SOCKET,
     RESPONSE_ATTRIBUTES,
+    ROUTE_CLUSTER_ATTRIBUTE,
     ROUTE_TIMEOUT,
     ROUTE_TIMEOUT_LOG_NAME,
     reset_log_name,
@@ -85,6 +86,9 @@ def ext_proc_filter(settings: Settings) -> http_connection_manager_pb2.HttpFilte
             request_trailer_mode=_Mode.SKIP,
             response_trailer_mode=_Mode.SKIP,
         ),
+        # The cluster Envoy resolved for the request's route (a subset's, say): known at the
+        # request's headers already, and no client header.
+        request_attributes=[ROUTE_CLUSTER_ATTRIBUTE],
         response_attributes=list(RESPONSE_ATTRIBUTES),
         metadata_options=ext_proc_pb2.MetadataOptions(
             receiving_namespaces=ext_proc_pb2.MetadataOptions.MetadataNamespaces(

@@ -65,9 +65,18 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
         for service, domains in route_domains(policy.services)
     ]
     hosts.append(_unknown_host(settings))
+    known = {service.cluster_name for service in policy.services}
+    missing = any(
+        route.cluster and route.cluster not in known
+        for service in policy.services
+        for route in service.routes
+    )
     return route_pb2.RouteConfiguration(
         name="extproc_routes",
         virtual_hosts=hosts,
+        # A route to a subset nobody defines names no cluster: Envoy answers it 503 (NC),
+        # as Istio's sidecar does (its route configs are not validated either).
+        validate_clusters=boolean(False) if missing else None,
         # A directResponse body may be up to Istio's 1 MB (Envoy's own default is 4 KiB).
         max_direct_response_body_size_bytes=uint32(_MAX_DIRECT_RESPONSE_BYTES),
     )
@@ -105,7 +114,8 @@ def _service_route(
     timeout = seconds(0.0 if http is None else http.timeout_s)  # Istio's default: none
     # setTimeout also bounds a gRPC client's grpc-timeout by the route's (0: unbounded).
     action = route.route
-    action.cluster = service.cluster_name
+    cluster = (http.cluster if http is not None else "") or service.cluster_name
+    action.cluster = cluster
     action.timeout.CopyFrom(timeout)
     action.max_grpc_timeout.CopyFrom(timeout)
     retries = RetryPolicy() if http is None else http.retries
@@ -128,7 +138,7 @@ def _service_route(
         route.route.auto_host_rewrite.CopyFrom(boolean(True))
     if settings.data_path is DataPath.LUA:
         script = struct_pb2.Struct()
-        script.update({"service": service.cluster_name})
+        script.update({"service": cluster})
         route.metadata.CopyFrom(base_pb2.Metadata(filter_metadata={LUA_FILTER: script}))
         # Who served the last attempt, and after how many attempts; the upstream cannot
         # forge it (overwritten), and the script removes it before the client sees the

@@ -34,7 +34,7 @@ from extproc.core.cluster import ClusterState
 from extproc.core.outcome import UPSTREAM_OVERFLOW, classify
 from extproc.core.table import ServiceTable
 from extproc.server.metrics import DecisionHistogram, Metrics
-from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE
+from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE, ROUTE_CLUSTER_ATTRIBUTE
 
 log = structlog.get_logger(__name__)
 
@@ -199,7 +199,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             stream.cluster.release(stream.host)
             stream.host = None
         authority = _header(request.request_headers, ":authority")
-        cluster = stream.cluster = self._table().lookup(authority)
+        table = self._table()
+        # The route's cluster, as Envoy resolved it (a subset's); else by the authority.
+        named = request.attributes[_ATTRIBUTES_KEY].fields.get(ROUTE_CLUSTER_ATTRIBUTE)
+        cluster = table.clusters.get(named.string_value) if named is not None else None
+        cluster = stream.cluster = cluster or table.lookup(authority)
         if cluster is None:
             return _unknown_host(authority)
         if self._withheld(cluster):

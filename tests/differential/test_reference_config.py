@@ -15,13 +15,25 @@ import pytest
 
 from extproc.sandbox import Mode
 
-from . import test_connection_pool, test_failover, test_new_fields
+from . import (
+    test_connection_pool,
+    test_failover,
+    test_new_fields,
+    test_subsets,
+    test_virtual_service,
+)
 from .reference import Proxy, UnsupportedError, render_reference, validate_reference
 from .scenario import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
     name: value
-    for module in (test_connection_pool, test_failover, test_new_fields)
+    for module in (
+        test_connection_pool,
+        test_failover,
+        test_new_fields,
+        test_subsets,
+        test_virtual_service,
+    )
     for name, value in vars(module).items()
     if isinstance(value, Scenario)
 } | {

@@ -611,7 +611,6 @@ DR_WARNINGS = [
         {"spec.trafficPolicy.proxyProtocol": {}},
         f"spec.trafficPolicy.proxyProtocol: {NOT_YET}",
     ),
-    ("subsets", {"spec.subsets": [{"name": "v1"}]}, f"spec.subsets: {NOT_YET}"),
     ("export-to", {"spec.exportTo": ["."]}, f"spec.exportTo: {NOT_YET}"),
     (
         "workload-selector",
