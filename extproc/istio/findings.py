@@ -169,16 +169,18 @@ def walk_fields(
     names = shape.field_names()
     by_alias = {} if cls is None else {i.alias or n: i for n, i in cls.model_fields.items()}
     for key, value in data.items():
-        if value is None:  # null is unset (see Model._drop_nulls)
-            continue
         if not isinstance(key, str):
-            if cls is None:  # where a model reads, pydantic already says so
+            if cls is None and value is not None:  # where a model reads, pydantic says so
                 check.error(_join(path, str(key)), f"keys must be strings, got {show(key)}")
             continue
         here = _join(path, key)
         child_shape = (shape.fields or {}).get(key)
         if child_shape is None:
+            # Even a null one: the API server's strict decoding knows no such field (a YAML
+            # flow mapping's unquoted comma makes one: {retryOn: a,b} has a key "b").
             check.error(here, _unknown_field(key, names))
+            continue
+        if value is None:  # null is unset (see Model._drop_nulls)
             continue
         child: type[Model] | None = None
         if cls is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from extproc.istio import load_policy_text
 from extproc.sandbox import Mode
 from extproc.wire import DataPath
 
@@ -48,6 +49,9 @@ SUBSETS = Scenario(
     "spec:\n"
     "  host: mydb.com\n"
     "  trafficPolicy:\n"
+    "    connectionPool:\n"
+    "      tcp: {maxConnections: 100, connectTimeout: 1s}\n"
+    "      http: {http1MaxPendingRequests: 100, maxRetries: 10}\n"
     "    outlierDetection:\n"
     "      {consecutive5xxErrors: 1, interval: 0.2s, baseEjectionTime: 30s,\n"
     "       maxEjectionPercent: 100}\n"
@@ -60,8 +64,11 @@ SUBSETS = Scenario(
         "- name: canary\n"
         "  match:\n  - headers: {x-version: {exact: v2}}\n"
         "  route:\n  - destination: {host: mydb.com, subset: v2}\n"
+        "  timeout: 2s\n"
+        "  retries: {attempts: 2, perTryTimeout: 1s, retryOn: 'connect-failure,refused-stream'}\n"
         "- name: stable\n"
         "  route:\n  - destination: {host: mydb.com, subset: v1}\n"
+        "  timeout: 2s\n"
     ),
     (V1_EAST, V1_WEST, V2_EAST, V2_WEST),
     (
@@ -72,6 +79,18 @@ SUBSETS = Scenario(
         Requests("v1 unaffected", 3, 0.05),
     ),
 )
+
+
+def test_the_issues_whole_config_reads_without_a_warning() -> None:
+    # A ServiceEntry; a DestinationRule with subsets, connectionPool and outlierDetection; a
+    # VirtualService with a timeout, retries and a header match.
+    policy = load_policy_text(SUBSETS.yaml_for(8080), "subsets.yaml", strict=True)
+    assert policy.warnings == ()
+    assert {s.cluster_name for s in policy.services} == {
+        "outbound|80||mydb.com",
+        "outbound|80|v1|mydb.com",
+        "outbound|80|v2|mydb.com",
+    }
 
 
 async def test_header_routed_subsets_fail_over_inside_the_subset(data_path: DataPath) -> None:

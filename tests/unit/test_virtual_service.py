@@ -561,3 +561,14 @@ def test_authority_and_scheme_match_as_pseudo_headers_after_method() -> None:
         {"name": ":authority", "stringMatch": {"prefix": "mydb"}},
         {"name": ":scheme", "stringMatch": {"exact": "http"}},
     ]
+
+
+def test_an_unquoted_comma_in_a_flow_mapping_is_an_unknown_field_even_when_null() -> None:
+    # YAML reads {retryOn: 5xx,503} as retryOn "5xx" and a key "503" with no value; the API
+    # server refuses such a field, so a retry policy never silently loses its 503.
+    text = FIXTURE.read_text().replace(
+        "      retryOn: 5xx,503\n", "      retryOn: 5xx\n      gateway-error: null\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_policy_text(text, "cfg.yaml")
+    assert [p.path for p in caught.value.problems] == ["spec.http[0].retries.gateway-error"]
