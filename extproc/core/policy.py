@@ -258,6 +258,8 @@ class ConnectionPool:
     over one is answered 503 (UO) by Envoy and never counts against an endpoint.
     """
 
+    # tcp.connectTimeout, else Istio's mesh connectTimeout (10s, applyDefaultConnectionPool).
+    connect_timeout_s: float = 10.0
     max_connections: int = UNLIMITED  # tcp.maxConnections
     max_pending_requests: int = UNLIMITED  # http.http1MaxPendingRequests
     max_requests: int = UNLIMITED  # http.http2MaxRequests
@@ -302,8 +304,6 @@ class Service:
     lb_algorithm: LbAlgorithm = LbAlgorithm.LEAST_REQUEST
     outlier_detection: OutlierDetection | None = None
     locality_lb: LocalityLbSetting = LocalityLbSetting()
-    # connectionPool.tcp.connectTimeout, else Istio's mesh connectTimeout (10s).
-    connect_timeout_s: float = 10.0
     pool: ConnectionPool = ConnectionPool()
     # A DestinationRule subset's name: its own cluster, reached only through a route.
     subset: str = ""
@@ -316,9 +316,8 @@ class Service:
 
     @property
     def cluster_name(self) -> str:
-        """Istio's cluster name for this host, subset and port (``BuildSubsetKey``;
-        ``*.example.com`` stays as written)."""
-        return f"outbound|{self.port}|{self.subset}|{self.host}"
+        """Istio's cluster name for this host, subset and port."""
+        return cluster_name(self.host, self.port, self.subset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +330,12 @@ class Policy:
     # (kind, count) of every object the config held, by kind: what was read, for reports
     # (``extproc check``). Not part of what is served, so not compared.
     objects: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+
+
+def cluster_name(host: str, port: int, subset: str = "") -> str:
+    """Istio's cluster name (``model.BuildSubsetKey``): ``outbound|80|v1|mydb.com``, with an
+    empty subset for the host's own cluster; ``*.example.com`` stays as written."""
+    return f"outbound|{port}|{subset}|{host}"
 
 
 def authority_key(host: str, port: int | None) -> str:

@@ -52,10 +52,10 @@ from extproc.core.policy import (
     TlsSettings,
     UpstreamSni,
     authority_key,
+    cluster_name,
 )
 from extproc.errors import ConfigError, Problem
 from extproc.istio.connection_pool import (
-    connect_timeout_of,
     connection_pool,
 )
 from extproc.istio.duration import parse_duration
@@ -311,7 +311,6 @@ class _Compiler:
         outlier: OutlierDetection | None = None
         locality_lb = LocalityLbSetting()
         tls: TlsSettings | None = None
-        cluster_name = f"outbound|{port.number}|{subset}|{host}"
         if rule is not None and policy.tls is not None:
             tls = tls_settings(policy.tls, rule.sni_from, se.spec.subject_alt_names)
             if tls is not None:
@@ -323,7 +322,7 @@ class _Compiler:
                 locality_lb = _locality_lb_setting(lls)
         if policy.outlier_detection is not None:
             outlier = self.outlier_detection(policy.outlier_detection)
-            self.check_ejection(outlier, len(endpoints), cluster_name)
+            self.check_ejection(outlier, len(endpoints), cluster_name(host, port.number, subset))
         return Service(
             host=host,
             port=port.number,
@@ -334,7 +333,6 @@ class _Compiler:
             lb_algorithm=lb,
             outlier_detection=outlier,
             locality_lb=locality_lb,
-            connect_timeout_s=connect_timeout_of(policy.connection_pool),
             pool=connection_pool(policy.connection_pool),
             tls=tls,
             subset=subset,

@@ -15,17 +15,10 @@ from extproc.core.policy import UNLIMITED, ConnectionPool, TcpKeepalive, Upstrea
 from extproc.istio.duration import parse_duration
 from extproc.istio.models import ConnectionPoolSpec
 
-__all__ = ["MESH_CONNECT_TIMEOUT_S", "connect_timeout_of", "connection_pool"]
+__all__ = ["MESH_CONNECT_TIMEOUT_S", "connection_pool"]
 
 #: Istio's mesh default connectTimeout (pkg/config/mesh/mesh.go DefaultMeshConfig).
 MESH_CONNECT_TIMEOUT_S: Final = 10.0
-
-
-def connect_timeout_of(pool: ConnectionPoolSpec | None) -> float:
-    """``connectionPool.tcp.connectTimeout``, else the mesh default (``applyConnectionPool``)."""
-    if pool is None or pool.tcp is None or pool.tcp.connect_timeout is None:
-        return MESH_CONNECT_TIMEOUT_S
-    return _nanos(pool.tcp.connect_timeout) / 1e9
 
 
 def connection_pool(spec: ConnectionPoolSpec | None) -> ConnectionPool:
@@ -65,6 +58,11 @@ def connection_pool(spec: ConnectionPoolSpec | None) -> ConnectionPool:
         keep = tcp.tcp_keepalive
         pool = dataclasses.replace(
             pool,
+            connect_timeout_s=(
+                MESH_CONNECT_TIMEOUT_S
+                if tcp.connect_timeout is None
+                else _nanos(tcp.connect_timeout) / 1e9
+            ),
             max_connections=tcp.max_connections or UNLIMITED,
             max_connection_duration_s=_seconds(tcp.max_connection_duration),
             idle_timeout_s=(

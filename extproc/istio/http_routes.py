@@ -20,7 +20,7 @@ import base64
 import dataclasses
 from collections.abc import Sequence
 
-from extproc.core.policy import Service, UpstreamSni, authority_key
+from extproc.core.policy import Service, UpstreamSni, authority_key, cluster_name
 from extproc.core.routes import (
     DEFAULT_RETRY_ON,
     DirectResponse,
@@ -91,6 +91,10 @@ def apply_virtual_services(
                 )
             else:
                 chosen[key] = (parsed.source, vs)
+    subsets: dict[tuple[str, int], set[str]] = {}
+    for service in services:
+        if service.subset:
+            subsets.setdefault((service.host, service.port), set()).add(service.subset)
     out = []
     for service in services:
         found = None if service.subset else chosen.get(authority_key(service.host, None))
@@ -98,19 +102,15 @@ def apply_virtual_services(
             out.append(service)
             continue
         source, vs = found
-        subsets = {
-            s.subset
-            for s in services
-            if s.subset and s.host == service.host and s.port == service.port
-        }
-        routes = _routes(vs, service, subsets, source, errors, warnings)
+        defined = subsets.get((service.host, service.port), set())
+        routes = _routes(vs, service, defined, source, errors, warnings)
         out.append(
             dataclasses.replace(service, routes=routes, route_source=source.cite())
             if routes
             else service
         )
     # A problem of a route shows once, not once per port of its host.
-    return tuple(out), list(dict.fromkeys(errors)), warnings
+    return tuple(out), list(dict.fromkeys(errors)), list(dict.fromkeys(warnings))
 
 
 def _routes(
@@ -305,7 +305,7 @@ def _subset_cluster(
     assert destination is not None
     if not destination.subset:
         return ""
-    name = f"outbound|{service.port}|{destination.subset}|{service.host}"
+    name = cluster_name(service.host, service.port, destination.subset)
     if destination.subset not in subsets:
         warnings.append(
             source.problem(

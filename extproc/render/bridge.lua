@@ -318,7 +318,7 @@ end
 
 -- What the final attempt reports to the service when Envoy's outlier detector counts it on
 -- its own, or nil for a success (sent later as a count) or when it records nothing (no
--- healthy upstream, overflow, no upstream at all). An attempt that got no answer carries a
+-- healthy upstream, no upstream at all; an overflow never gets here, see envoy_on_response). An attempt that got no answer carries a
 -- last word: c (no connection), r (reset or malformed answer after connecting), t (timeout). An answer counts
 -- when it is a 5xx or, with the service's error codes (codes), when it is listed.
 local function failure_code(status, flags, codes)
@@ -329,7 +329,7 @@ local function failure_code(status, flags, codes)
       if flag == "UC" or flag == "UR" or flag == "UPE" then return "503 r" end
       if flag == "UT" then return "504 t" end
     end
-    if status >= 500 and (string.find(flags, "UH") or string.find(flags, "UO")
+    if status >= 500 and (string.find(flags, "UH")
         or string.find(flags, "NR") or string.find(flags, "NC")) then
       return nil
     end

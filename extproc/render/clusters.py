@@ -119,7 +119,7 @@ def service_cluster(service: Service, settings: Settings) -> cluster_pb2.Cluster
     cluster = _Cluster(
         name=service.cluster_name,
         # connectionPool.tcp.connectTimeout, else the mesh default (10s): applyConnectionPool.
-        connect_timeout=seconds(service.connect_timeout_s),
+        connect_timeout=seconds(service.pool.connect_timeout_s),
         circuit_breakers=_circuit_breakers(service.pool),
         common_lb_config=_Cluster.CommonLbConfig(
             # Istio sets the panic threshold to minHealthPercent when outlierDetection is set.

@@ -82,46 +82,42 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
     )
 
 
-def _routes_of(service: Service) -> tuple[HttpRoute | None, ...]:
-    """The VirtualService's routes, else one: Istio's default route (None)."""
-    return service.routes or (None,)
+def _routes_of(service: Service) -> tuple[HttpRoute, ...]:
+    """The VirtualService's routes, else Istio's default route
+    (``BuildDefaultHTTPOutboundRoute``: everything under ``/``, no timeout, Istio's default
+    retries, and no explicit ``case_sensitive``)."""
+    return service.routes or (
+        HttpRoute(name=service.cluster_name, match=RouteMatch(explicit_case=False)),
+    )
 
 
 def _service_route(
-    service: Service, http: HttpRoute | None, settings: Settings
+    service: Service, http: HttpRoute, settings: Settings
 ) -> route_components_pb2.Route:
-    """One route to the service's cluster: a VirtualService's, or Istio's default one.
-
-    The default (``BuildDefaultHTTPOutboundRoute``): everything under ``/``, no timeout,
-    Istio's default retries. A VirtualService's (``TranslateRoute``): its match, its
-    ``timeout`` (``setTimeout``) and its ``retries`` (``ConvertPolicy``; none at 0 attempts).
-    """
-    route = _Route.Route(
-        name=service.cluster_name if http is None else http.name,
-        match=_Route.RouteMatch(prefix="/") if http is None else _route_match(http.match),
-    )
-    if http is not None:
-        _add_headers(route, http.headers)
-        if http.fault is not None:
-            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(packed(_fault(http.fault)))
-        if not http.forwards:
-            # Envoy answers itself: no endpoint to choose, so the data path's filter is off.
-            _answer(route, http)
-            route.typed_per_filter_config[_data_filter_name(settings)].CopyFrom(
-                _data_filter_disabled(settings)
-            )
-            return route
-    timeout = seconds(0.0 if http is None else http.timeout_s)  # Istio's default: none
+    """One route of the service's virtual host (``TranslateRoute``): its match, headers and
+    fault, then Envoy's own answer or the action to the route's cluster, with its
+    ``timeout`` (``setTimeout``) and its ``retries`` (``ConvertPolicy``; none at 0 attempts)."""
+    route = _Route.Route(name=http.name, match=_route_match(http.match))
+    _add_headers(route, http.headers)
+    if http.fault is not None:
+        route.typed_per_filter_config[FAULT_FILTER].CopyFrom(packed(_fault(http.fault)))
+    if not http.forwards:
+        # Envoy answers itself: no endpoint to choose, so the data path's filter is off.
+        _answer(route, http)
+        route.typed_per_filter_config[_data_filter_name(settings)].CopyFrom(
+            _data_filter_disabled(settings)
+        )
+        return route
+    timeout = seconds(http.timeout_s)  # Istio's default: none
     # setTimeout also bounds a gRPC client's grpc-timeout by the route's (0: unbounded).
     action = route.route
-    cluster = (http.cluster if http is not None else "") or service.cluster_name
+    cluster = http.cluster or service.cluster_name
     action.cluster = cluster
     action.timeout.CopyFrom(timeout)
     action.max_grpc_timeout.CopyFrom(timeout)
-    retries = RetryPolicy() if http is None else http.retries
-    if retries is not None:
-        action.retry_policy.CopyFrom(_retry_policy(retries))
-    if http is not None and http.rewrite is not None:
+    if http.retries is not None:
+        action.retry_policy.CopyFrom(_retry_policy(http.retries))
+    if http.rewrite is not None:
         if http.rewrite.regex is not None:
             pattern, substitution = http.rewrite.regex
             action.regex_rewrite.CopyFrom(
@@ -131,7 +127,7 @@ def _service_route(
             )
         else:
             action.prefix_rewrite = http.rewrite.prefix
-    if http is not None and http.host_rewrite:
+    if http.host_rewrite:
         action.host_rewrite_literal = http.host_rewrite
     elif endpoint_sni(service.tls):
         # Host = the EDS host's name, per attempt (a retry on us-west says us-west).

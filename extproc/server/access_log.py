@@ -97,12 +97,10 @@ def late_reset(entry: accesslog_pb2.HTTPAccessLogEntry) -> LateReset | None:
         return None
     if details[len(LATE_UPSTREAM_RESET) :].strip("{}").split(",")[0] == _OVERFLOW:
         return None
-    common = entry.common_properties
-    address = common.upstream_remote_address.socket_address
-    if not address.address or not address.port_value or not common.upstream_cluster:
+    upstream = _upstream(entry)
+    if upstream is None:
         return None
-    host = host_address(address.address, address.port_value)
-    return LateReset(common.upstream_cluster, host, entry.response.response_code.value)
+    return LateReset(*upstream, entry.response.response_code.value)
 
 
 def route_timeout(entry: accesslog_pb2.HTTPAccessLogEntry) -> tuple[str, str] | None:
@@ -113,6 +111,11 @@ def route_timeout(entry: accesslog_pb2.HTTPAccessLogEntry) -> tuple[str, str] | 
     """
     if entry.response.response_code_details != ROUTE_TIMEOUT:
         return None
+    return _upstream(entry)
+
+
+def _upstream(entry: accesslog_pb2.HTTPAccessLogEntry) -> tuple[str, str] | None:
+    """(cluster, ``ip:port``) of the entry's last attempt, or None when it names none."""
     common = entry.common_properties
     address = common.upstream_remote_address.socket_address
     if not address.address or not address.port_value or not common.upstream_cluster:

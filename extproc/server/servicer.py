@@ -198,14 +198,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             # the first pick ends without an outcome.
             stream.cluster.release(stream.host)
             stream.host = None
-        authority = _header(request.request_headers, ":authority")
-        table = self._table()
-        # The route's cluster, as Envoy resolved it (a subset's); else by the authority.
-        named = request.attributes[_ATTRIBUTES_KEY].fields.get(ROUTE_CLUSTER_ATTRIBUTE)
-        cluster = table.clusters.get(named.string_value) if named is not None else None
-        cluster = stream.cluster = cluster or table.lookup(authority)
+        cluster = stream.cluster = self._cluster_of(request)
         if cluster is None:
-            return _unknown_host(authority)
+            return _unknown_host(_header(request.request_headers, ":authority"))
         if self._withheld(cluster):
             # Our hosts are not the truth yet; EDS keeps Envoy's last assignment, so
             # Envoy's own LB over it routes (fail-static), never a client's choice.
@@ -215,6 +210,17 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return _NO_HEALTHY_UPSTREAM
         stream.host = pick.host
         return self._routing_answer(pick.host)
+
+    def _cluster_of(self, request: pb.ProcessingRequest) -> ClusterState | None:
+        """The request's cluster: the one Envoy resolved for its route (a subset's, say), else
+        the one its authority names (an Envoy config that does not send the attribute)."""
+        table = self._table()
+        if _ATTRIBUTES_KEY in request.attributes:
+            named = request.attributes[_ATTRIBUTES_KEY].fields.get(ROUTE_CLUSTER_ATTRIBUTE)
+            cluster = None if named is None else table.clusters.get(named.string_value)
+            if cluster is not None:
+                return cluster
+        return table.lookup(_header(request.request_headers, ":authority"))
 
     def _record(self, cluster: ClusterState, host: str, request: pb.ProcessingRequest) -> None:
         status_text = _header(request.response_headers, ":status")

@@ -51,6 +51,7 @@ def _protocol_options(service: Service) -> dict[str, Any] | None:
 
 def test_every_tcp_and_http_field_reaches_the_pool() -> None:
     assert _service(80).pool == ConnectionPool(
+        connect_timeout_s=0.25,
         max_connections=10,
         max_pending_requests=5,
         max_requests=100,
@@ -60,7 +61,7 @@ def test_every_tcp_and_http_field_reaches_the_pool() -> None:
         max_connection_duration_s=3600.0,
         tcp_keepalive=TcpKeepalive(probes=3, time_s=60, interval_s=10),
     )
-    assert _service(80).connect_timeout_s == 0.25
+    assert _service(80).pool.connect_timeout_s == 0.25
 
 
 def test_a_port_level_pool_replaces_the_top_level_one() -> None:
@@ -70,7 +71,7 @@ def test_a_port_level_pool_replaces_the_top_level_one() -> None:
         max_concurrent_streams=50,
         http2_keepalive=(10.0, 3.0),
     )
-    assert _service(8080).connect_timeout_s == 10.0
+    assert _service(8080).pool.connect_timeout_s == 10.0
 
 
 def test_max_concurrent_streams_applies_to_an_http2_cluster_only() -> None:

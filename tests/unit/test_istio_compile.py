@@ -785,14 +785,14 @@ def test_port_level_settings_replace_the_whole_policy_on_their_port_only() -> No
         portLevelSettings=[{"port": {"number": 8080}, "outlierDetection": PORT_8080_OD}],
     )
     port80, port8080 = _policy(_doc(SE, ports=TWO_PORTS), dr).services
-    assert (port80.lb_algorithm, port80.outlier_detection, port80.connect_timeout_s) == (
+    assert (port80.lb_algorithm, port80.outlier_detection, port80.pool.connect_timeout_s) == (
         LbAlgorithm.ROUND_ROBIN,
         OutlierDetection(interval_s=1.0, max_ejection_percent=100),
         0.25,
     )
     assert port80.locality_lb == LocalityLbSetting(enabled=False)
     # Nothing inherited from the top level: Istio's defaults fill what the entry leaves out.
-    assert (port8080.lb_algorithm, port8080.outlier_detection, port8080.connect_timeout_s) == (
+    assert (port8080.lb_algorithm, port8080.outlier_detection, port8080.pool.connect_timeout_s) == (
         LbAlgorithm.LEAST_REQUEST,
         OutlierDetection(consecutive_5xx_errors=2, max_ejection_percent=100),
         10.0,
@@ -856,7 +856,7 @@ def test_connect_timeout_comes_from_connection_pool_tcp(
     if pool is not None:
         policy["connectionPool"] = pool
     service = _only_service(_policy(SE, _rule("db", "mydb.com", **policy)))
-    assert service.connect_timeout_s == expected_s
+    assert service.pool.connect_timeout_s == expected_s
 
 
 def test_dns_round_robin_keeps_its_resolution_and_its_one_endpoint() -> None:

@@ -265,7 +265,7 @@ def test_the_generation_keeps_going_up_across_reloads_and_re_added_clusters() ->
         ),
         pytest.param(lambda s: (), PolicyChange(removed=("outbound|80||mydb.com",)), id="removed"),
         pytest.param(
-            lambda s: (replace(s, connect_timeout_s=1.0),),
+            lambda s: (replace(s, pool=replace(s.pool, connect_timeout_s=1.0)),),
             PolicyChange(changed=("outbound|80||mydb.com",)),
             id="changed",
         ),

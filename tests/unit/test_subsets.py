@@ -52,11 +52,11 @@ def test_a_subsets_policy_is_merged_over_the_rules_block_by_block() -> None:
     services = _by_cluster(load_policy(FIXTURE))
     v1, v2 = services["outbound|80|v1|mydb.com"], services["outbound|80|v2|mydb.com"]
     # v1 has no policy of its own: the rule's, whole.
-    assert v1.connect_timeout_s == 0.25
+    assert v1.pool.connect_timeout_s == 0.25
     assert v1.lb_algorithm is LbAlgorithm.LEAST_REQUEST
     # v2's connectionPool replaces the rule's whole block (its connectTimeout too), its
     # loadBalancer applies, and the rule's outlierDetection stays.
-    assert v2.connect_timeout_s == 10.0
+    assert v2.pool.connect_timeout_s == 10.0
     assert v2.pool.max_pending_requests == 5
     assert v2.pool.max_connections == UNLIMITED
     assert v2.lb_algorithm is LbAlgorithm.ROUND_ROBIN
@@ -75,7 +75,7 @@ def test_a_subsets_port_level_entry_replaces_every_block() -> None:
     v2 = services["outbound|80|v2|mydb.com"]
     assert v2.lb_algorithm is LbAlgorithm.RANDOM
     assert v2.outlier_detection is None  # not inherited: the port's entry replaces all
-    assert v2.connect_timeout_s == 10.0
+    assert v2.pool.connect_timeout_s == 10.0
 
 
 def test_subsets_get_no_virtual_host_and_routes_name_their_clusters() -> None:
