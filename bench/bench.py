@@ -81,7 +81,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -94,6 +93,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import quote
 
+from extproc.demo import free_port
 from extproc.errors import StartupError
 from extproc.render.bootstrap import listener_worker_fields
 from extproc.server.envoy_process import find_envoy_binary
@@ -369,17 +369,6 @@ def spawn(name: str, argv: Sequence[str], log_dir: Path, started: list[Child]) -
     return child
 
 
-def free_port(host: str) -> int:
-    """A port that was free on ``host`` a moment ago.
-
-    Envoy's listener, nginx and ``extproc up --listen`` need a port in their config
-    before they start; the race with another process taking it meanwhile is accepted.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def http_status(host: str, port: int, authority: str) -> int:
     """Status of one ``GET /`` with the given Host header; raises OSError when down."""
     conn = http.client.HTTPConnection(host, port, timeout=2)
@@ -439,9 +428,7 @@ def start_upstream(
         The child, its two ports on ``UPSTREAM_HOST``, and a label naming what it is.
     """
     port = free_port(UPSTREAM_HOST)
-    failover_port = free_port(UPSTREAM_HOST)
-    while failover_port == port:
-        failover_port = free_port(UPSTREAM_HOST)
+    failover_port = free_port(UPSTREAM_HOST)  # never the same port twice
     nginx = None if prefer_standin else shutil.which("nginx")
     if nginx is not None:
         conf = tmp / "nginx.conf"

@@ -12,11 +12,13 @@ baseEjectionTime 3s instead of 15s and 1m) so the story plays in seconds.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from extproc.core.policy import Locality, Workload
 from extproc.istio import load_policy_text
@@ -88,8 +90,41 @@ def seed_yaml(
     return text
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PICK = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out for a bind to port 0 (Linux's default 32768)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for Envoy's listener, which cannot take 0)."""
+    """A TCP port that was free a moment ago (for Envoy's listener, which cannot take 0).
+
+    It is picked below the kernel's ephemeral range: a port taken from that range and closed
+    again is the next one the kernel gives a later bind to port 0 (the service's admin, an
+    upstream), and Envoy then fails to bind its listener. No port is handed out twice.
+    """
+    low, high = _LOWEST_PICK, _ephemeral_low()
+    if high - low < 1000:
+        low, high = 1024, 65536
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
