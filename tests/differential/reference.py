@@ -13,7 +13,7 @@ The pilot functions mirrored (istio/istio):
    ``LocalityLbEndpoints`` per locality label, sorted by label, weight = sum of its endpoints'.
 2. ``pilot/pkg/networking/core/cluster_traffic_policy.go``: ``applyConnectionPool`` (connect
    timeout, ``getDefaultCircuitBreakerThresholds``), ``applyOutlierDetection``,
-   ``applyLoadBalancer`` (``defaultLBAlgorithm`` = LEAST_REQUEST) and
+   ``applyLoadBalancer`` (``defaultLBAlgorithm`` = LEAST_REQUEST; see 9) and
    ``applyLocalityLoadBalancer`` (``enableFailover`` iff outlierDetection is set;
    ``locality_weighted_lb_config`` when failover/failoverPriority with enableFailover, or
    distribute).
@@ -53,6 +53,15 @@ The pilot functions mirrored (istio/istio):
    (0-weight ones dropped, no ``total_weight``, each destination's headers on its
    ``ClusterWeight``). pilot checks no subset a route names: with ``httproute.go``'s
    ``validate_clusters: false`` an undefined one is a missing cluster (Envoy's 503 NC).
+9. ``cluster_traffic_policy.go`` ``applyLoadBalancer``: the ``simple`` policy with its slow
+   start (``applyRoundRobinLoadBalancer`` / ``applyLeastRequestLoadBalancer``, ``setWarmup``,
+   ``setSlowStartConfig``), then ``ApplyRingHashLoadBalancer`` for a consistentHash (RING_HASH
+   or MAGLEV over the LEAST_REQUEST default); locality priorities and
+   ``locality_weighted_lb_config`` apply whatever the policy. ``validateLoadBalancer``'s checks.
+10. ``route.go`` ``ConsistentHashToHashPolicy`` on the routes: the default route's from
+    ``hashForService`` (``previous_hosts`` kept), a VirtualService destination's from
+    ``HashForHTTPDestination`` (subset, port-level and top-level consistentHash), and
+    ``retry.ConvertPolicy`` without ``previous_hosts`` for a single hashing destination.
 
 Anything this module does not translate raises ``UnsupportedError`` naming the field: the
 reference never approximates silently.
@@ -360,20 +369,288 @@ def _outlier_detection(od: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _lb_policy(lb: Mapping[str, Any], where: str) -> str:
-    """``applyLoadBalancer``: LEAST_CONN is LEAST_REQUEST, unset is ``defaultLBAlgorithm``."""
-    _only(lb, {"simple", "localityLbSetting"}, where)
-    simple = lb.get("simple", "UNSPECIFIED")
-    policies = {
-        "UNSPECIFIED": "LEAST_REQUEST",
-        "LEAST_CONN": "LEAST_REQUEST",
-        "LEAST_REQUEST": "LEAST_REQUEST",
-        "ROUND_ROBIN": "ROUND_ROBIN",
-        "RANDOM": "RANDOM",
+#: ``applyLoadBalancer``: ``simple`` to Envoy's policy (unset is ``defaultLBAlgorithm``).
+_SIMPLE_LB = {
+    "UNSPECIFIED": "LEAST_REQUEST",
+    "LEAST_CONN": "LEAST_REQUEST",
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "RANDOM": "RANDOM",
+}
+_LB_FIELDS = {"simple", "consistentHash", "localityLbSetting", "warmupDurationSecs", "warmup"}
+#: ``ConsistentHashLB``'s ``hash_key`` oneof.
+_HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
+#: ``ApplyRingHashLoadBalancer``: the deprecated branch's ring size when unset ("1024 is the
+#: default value for envoy").
+DEFAULT_MINIMUM_RING_SIZE = 1024
+#: Envoy's ``RingHashLbConfig.minimum_ring_size`` bound (``lte``), also its default maximum.
+_MAX_RING_SIZE = 8388608
+#: ``validateLoadBalancer``: a maglev table is a prime below this.
+_MAGLEV_TABLE_LIMIT = 5000011
+#: ``setWarmup``'s ``RuntimeDouble`` key for aggression: "Runtime key is not exposed, the value
+#: is fixed", so pilot writes a key no runtime layer sets.
+WARMUP_RUNTIME_KEY = "("
+
+
+def _set_fields(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A message's fields with YAML nulls dropped (null is unset)."""
+    return {key: value for key, value in node.items() if value is not None}
+
+
+def _is_prime(x: int) -> bool:
+    """``isPrime`` (validation.go, Envoy's own): 1, 2 and 3 count as prime, 0 does not."""
+    if 0 < x < 4:
+        return True
+    if x % 2 == 0:
+        return False
+    return all(x % factor for factor in range(3, math.isqrt(x) + 1, 2))
+
+
+def _uint(value: object, where: str) -> int:
+    """A ``uint64``/``uint32`` field (the CRD's ``minimum: 0``)."""
+    number = _integer(value, where)
+    if number < 0:
+        raise UnsupportedError(f"{where}: {number} is negative")
+    return number
+
+
+def _millisecond_duration(value: object, where: str) -> float:
+    """``agent.ValidateDuration``: at least 1 ms, in whole milliseconds."""
+    seconds = parse_duration(value, where)
+    if seconds < 1e-3:
+        raise UnsupportedError(f"{where}: duration must be greater than 1ms")
+    if abs(seconds * 1000 - round(seconds * 1000)) > 1e-6:
+        raise UnsupportedError(f"{where}: only durations to ms precision are supported")
+    return seconds
+
+
+def _double(value: object, where: str) -> float:
+    """A ``google.protobuf.DoubleValue`` from YAML (a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UnsupportedError(f"{where}: {value!r} is not a number")
+    return float(value)
+
+
+def consistent_hash_to_hash_policy(
+    consistent_hash: Mapping[str, Any], where: str
+) -> dict[str, Any] | None:
+    """``ConsistentHashToHashPolicy``: the route's ``hash_policy`` entry for a consistentHash.
+
+    1. ``httpHeaderName`` hashes a header, ``httpQueryParameterName`` a query parameter,
+       ``useSourceIp`` the connection's source address (``source_ip`` as written, false too).
+    2. ``httpCookie``: its name, ``path`` when not empty, ``ttl`` whenever set (``0s`` too:
+       Envoy then generates a session cookie; without a ttl it generates none), and its
+       ``attributes`` (``validateLoadBalancer``: named, each name once).
+    3. No hash key: None (pilot's cluster is still RING_HASH; Envoy then hashes nothing).
+
+    Envoy refuses an empty header, parameter or cookie name, so those are errors here.
+    """
+    fields = _set_fields(consistent_hash)
+    key = _one_of(fields, _HASH_KEYS, where)
+    if key is None:
+        return None
+    here = f"{where}.{key}"
+    value = fields[key]
+    if key == "useSourceIp":
+        if not isinstance(value, bool):
+            raise UnsupportedError(f"{here}: {value!r} is not a boolean")
+        return {"connection_properties": {"source_ip": value}}
+    if key == "httpCookie":
+        return {"cookie": _hash_cookie(value, here)}
+    name = _text(value, here)
+    if not name:
+        raise UnsupportedError(f"{here}: Envoy refuses an empty name")
+    if key == "httpHeaderName":
+        return {"header": {"header_name": name}}
+    return {"query_parameter": {"name": name}}
+
+
+def _hash_cookie(cookie: object, where: str) -> dict[str, Any]:
+    """The ``httpCookie`` branch of ``ConsistentHashToHashPolicy``."""
+    if not isinstance(cookie, Mapping):
+        raise UnsupportedError(f"{where}: {cookie!r} is not an HTTPCookie")
+    cookie = _set_fields(cookie)
+    _only(cookie, {"name", "path", "ttl", "attributes"}, where)
+    name = _text(cookie.get("name", ""), f"{where}.name")
+    if not name:
+        raise UnsupportedError(f"{where}.name: name required for HttpCookie")
+    out: dict[str, Any] = {"name": name}
+    if "ttl" in cookie:
+        # The ttl has no 1 ms floor (``duration-validation:none``): 0s is a session cookie.
+        out["ttl"] = _envoy_duration(parse_duration(cookie["ttl"], f"{where}.ttl"))
+    if path := _text(cookie.get("path", ""), f"{where}.path"):
+        out["path"] = path
+    attributes = cookie.get("attributes", [])
+    if not isinstance(attributes, list):
+        raise UnsupportedError(f"{where}.attributes: {attributes!r} is not a list")
+    seen: set[str] = set()
+    translated = []
+    for i, attribute in enumerate(attributes):
+        here = f"{where}.attributes[{i}]"
+        if not isinstance(attribute, Mapping):
+            raise UnsupportedError(f"{here}: {attribute!r} is not a cookie attribute")
+        attribute = _set_fields(attribute)
+        _only(attribute, {"name", "value"}, here)
+        attribute_name = _text(attribute.get("name", ""), f"{here}.name")
+        if not attribute_name:
+            raise UnsupportedError(f"{here}.name: cookie attribute name cannot be empty")
+        if attribute_name in seen:
+            raise UnsupportedError(
+                f"{here}.name: duplicate cookie attribute name: {attribute_name}"
+            )
+        seen.add(attribute_name)
+        entry = {"name": attribute_name}
+        if attribute_value := _text(attribute.get("value", ""), f"{here}.value"):
+            entry["value"] = attribute_value
+        translated.append(entry)
+    if translated:
+        out["attributes"] = translated
+    return out
+
+
+def _slow_start_config(lb: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """``setWarmup`` for ``warmup``, else ``setSlowStartConfig`` for ``warmupDurationSecs``.
+
+    1. ``warmup``: the window, ``aggression`` as a ``RuntimeDouble`` (1.0 when unset, a
+       linear ramp) under pilot's fixed key ``(``, ``min_weight_percent`` (10 when unset,
+       Envoy's default); checked as ``validateLoadBalancer`` and the CRD check it (duration
+       required and of whole milliseconds of at least 1 ms, minimumPercent in 0..100,
+       aggression above 0).
+    2. ``warmupDurationSecs`` (deprecated): the window alone; the CRD wants at least 1 ms.
+    3. The CRD allows only one of them.
+    """
+    if "warmup" in lb and "warmupDurationSecs" in lb:
+        raise UnsupportedError(f"{where}: only one of warmupDurationSecs or warmup can be set")
+    if "warmupDurationSecs" in lb:
+        window = _millisecond_duration(lb["warmupDurationSecs"], f"{where}.warmupDurationSecs")
+        return {"slow_start_window": _envoy_duration(window)}
+    if "warmup" not in lb:
+        return None
+    here = f"{where}.warmup"
+    warmup = lb["warmup"]
+    if not isinstance(warmup, Mapping):
+        raise UnsupportedError(f"{here}: {warmup!r} is not a WarmupConfiguration")
+    warmup = _set_fields(warmup)
+    _only(warmup, {"duration", "minimumPercent", "aggression"}, here)
+    if "duration" not in warmup:
+        raise UnsupportedError(f"{here}.duration: duration is required")
+    window = _millisecond_duration(warmup["duration"], f"{here}.duration")
+    aggression = _double(warmup.get("aggression", 1.0), f"{here}.aggression")
+    if aggression <= 0:
+        raise UnsupportedError(f"{here}.aggression: aggression should be greater than 0")
+    minimum = _double(warmup.get("minimumPercent", 10.0), f"{here}.minimumPercent")
+    if not 0 <= minimum <= 100:
+        raise UnsupportedError(
+            f"{here}.minimumPercent: minimumPercent value should be in 0..100, not {minimum}"
+        )
+    return {
+        "slow_start_window": _envoy_duration(window),
+        "aggression": {"default_value": aggression, "runtime_key": WARMUP_RUNTIME_KEY},
+        "min_weight_percent": {"value": minimum},
     }
-    if simple not in policies:
+
+
+def _ring_hash_load_balancer(consistent_hash: object, where: str) -> dict[str, Any]:
+    """``ApplyRingHashLoadBalancer``: the policy and (when set) the ``lb_config`` it replaces.
+
+    1. ``maglev``: MAGLEV; its ``tableSize`` (``validateLoadBalancer``: set, prime, below
+       5000011) as ``maglev_lb_config``.
+    2. ``ringHash``: RING_HASH; a non-zero ``minimumRingSize`` as ``ring_hash_lb_config``,
+       none otherwise (whatever lb_config was there stays).
+    3. Neither: RING_HASH with ``ring_hash_lb_config`` always, of the deprecated
+       ``minimumRingSize`` or 1024; that field beside ``ringHash``/``maglev`` is an error.
+    """
+    if not isinstance(consistent_hash, Mapping):
+        raise UnsupportedError(f"{where}: {consistent_hash!r} is not a ConsistentHashLB")
+    fields = _set_fields(consistent_hash)
+    _only(fields, {*_HASH_KEYS, "ringHash", "maglev", "minimumRingSize"}, where)
+    consistent_hash_to_hash_policy(fields, where)
+    algorithm = _one_of(fields, ("ringHash", "maglev"), where)
+    deprecated = _uint(fields.get("minimumRingSize", 0), f"{where}.minimumRingSize")
+    if deprecated and algorithm is not None:
+        raise UnsupportedError(
+            f"{where}: only one of MinimumRingSize or Maglev/Ringhash can be specified"
+        )
+    if algorithm is not None and not isinstance(fields[algorithm], Mapping):
+        raise UnsupportedError(f"{where}.{algorithm}: {fields[algorithm]!r} is not a message")
+    if algorithm == "maglev":
+        here = f"{where}.maglev"
+        maglev = _set_fields(fields["maglev"])
+        _only(maglev, {"tableSize"}, here)
+        size = _uint(maglev.get("tableSize", 0), f"{here}.tableSize")
+        if size == 0:
+            raise UnsupportedError(f"{here}.tableSize: tableSize must be set for maglev")
+        if size >= _MAGLEV_TABLE_LIMIT:
+            raise UnsupportedError(f"{here}.tableSize: tableSize must be less than 5000011")
+        if not _is_prime(size):
+            raise UnsupportedError(f"{here}.tableSize: tableSize must be a prime number")
+        return {"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": size}}
+    if algorithm == "ringHash":
+        here = f"{where}.ringHash"
+        ring_hash = _set_fields(fields["ringHash"])
+        _only(ring_hash, {"minimumRingSize"}, here)
+        size = _uint(ring_hash.get("minimumRingSize", 0), f"{here}.minimumRingSize")
+        if size > _MAX_RING_SIZE:
+            raise UnsupportedError(f"{here}.minimumRingSize: Envoy refuses a ring over 8388608")
+        if size == 0:
+            return {"lb_policy": "RING_HASH"}
+        return {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": size}}
+    if deprecated > _MAX_RING_SIZE:
+        raise UnsupportedError(f"{where}.minimumRingSize: Envoy refuses a ring over 8388608")
+    return {
+        "lb_policy": "RING_HASH",
+        "ring_hash_lb_config": {"minimum_ring_size": deprecated or DEFAULT_MINIMUM_RING_SIZE},
+    }
+
+
+#: Envoy's ``Cluster`` ``lb_config`` oneof: a cluster carries at most one of these.
+_LB_CONFIGS = (
+    "ring_hash_lb_config",
+    "maglev_lb_config",
+    "least_request_lb_config",
+    "round_robin_lb_config",
+)
+
+
+def load_balancer(lb: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``applyLoadBalancer``'s cluster fields: ``lb_policy`` and at most one ``lb_config``.
+
+    1. ``simple``: LEAST_CONN and LEAST_REQUEST are LEAST_REQUEST, RANDOM is RANDOM,
+       ROUND_ROBIN is ROUND_ROBIN; unset (also beside a consistentHash, the other member of
+       the ``lb_policy`` oneof) is ``applySimpleDefaultLoadBalancer``'s LEAST_REQUEST.
+    2. ROUND_ROBIN and LEAST_REQUEST carry the warmup as their ``slow_start_config``
+       (``applyRoundRobinLoadBalancer`` / ``applyLeastRequestLoadBalancer``); RANDOM drops it.
+    3. ``ApplyRingHashLoadBalancer`` last: a consistentHash overrides the policy, and its
+       lb_config (if any) replaces the LEAST_REQUEST one, so a ``ringHash`` without a ring
+       size leaves a RING_HASH cluster with a ``least_request_lb_config`` slow start (Envoy
+       accepts it and ignores it).
+    """
+    lb = _set_fields(lb)
+    _only(lb, _LB_FIELDS, where)
+    _one_of(lb, ("simple", "consistentHash"), where)
+    simple = lb.get("simple", "UNSPECIFIED")
+    if simple not in _SIMPLE_LB:
         raise UnsupportedError(f"{where}.simple: {simple!r} is not translated")
-    return policies[simple]
+    policy = _SIMPLE_LB[simple]
+    out: dict[str, Any] = {"lb_policy": policy}
+    slow_start = _slow_start_config(lb, where)
+    if slow_start is not None and policy != "RANDOM":
+        config = "round_robin_lb_config" if policy == "ROUND_ROBIN" else "least_request_lb_config"
+        out[config] = {"slow_start_config": slow_start}
+    if "consistentHash" in lb:
+        ring = _ring_hash_load_balancer(lb["consistentHash"], f"{where}.consistentHash")
+        if any(key in ring for key in _LB_CONFIGS):
+            out = {}
+        out |= ring
+    return out
+
+
+def _consistent_hash(policy: TrafficPolicy | None) -> Mapping[str, Any] | None:
+    """``GetLoadBalancer().GetConsistentHash()``: None when the policy sets none."""
+    if policy is None or policy.load_balancer is None:
+        return None
+    consistent_hash = policy.load_balancer.node.get("consistentHash")
+    return consistent_hash if isinstance(consistent_hash, Mapping) else None
 
 
 def _endpoint_groups(
@@ -510,7 +787,7 @@ def _check_policy(policy: TrafficPolicy) -> None:
     if policy.outlier_detection is not None:
         _outlier_detection(policy.outlier_detection.node, policy.outlier_detection.where)
     if policy.load_balancer is not None:
-        _lb_policy(policy.load_balancer.node, policy.load_balancer.where)
+        load_balancer(policy.load_balancer.node, policy.load_balancer.where)
         _locality_lb_setting(policy.load_balancer)
 
 
@@ -593,6 +870,70 @@ def merge_subset_traffic_policy(
         pick(subset.outlier_detection, original.outlier_detection),
         pick(subset.load_balancer, original.load_balancer),
     )
+
+
+def _port_level_consistent_hash(
+    policy: TrafficPolicy | None, port: int | None
+) -> Mapping[str, Any] | None:
+    """``portLevelSettingsConsistentHash``: the first entry for ``port`` decides, none without."""
+    if policy is None or port is None:
+        return None
+    for number, entry in policy.port_level_settings:
+        if number == port:
+            return _consistent_hash(entry)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationHashes:
+    """One host's DestinationRule, as pilot reads it for the consistentHash of its routes.
+
+    The route side does not read the merged policy its cluster is built from, so the two
+    can disagree (a cluster that hashes under a route with no ``hash_policy``, or the
+    reverse); the reference keeps pilot's answer on each side.
+    """
+
+    policy: TrafficPolicy | None = None
+    subsets: tuple[Subset, ...] = ()
+
+    def for_service(self, port: int) -> Mapping[str, Any] | None:
+        """``hashForService`` for the default route: the DR's consistentHash, or that of its
+        first port-level entry for ``port`` when that entry sets one; subsets play no part."""
+        consistent_hash = _consistent_hash(self.policy)
+        if self.policy is not None:
+            for number, entry in self.policy.port_level_settings:
+                if number == port:
+                    if (entry_hash := _consistent_hash(entry)) is not None:
+                        consistent_hash = entry_hash
+                    break
+        return consistent_hash
+
+    def for_destination(self, destination: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """``HashForHTTPDestination`` for one route destination.
+
+        1. Port-level entries count only when the destination names its ``port``.
+        2. The first set of: the named subset's port-level entry, the subset's own
+           loadBalancer, the DR's port-level entry, the DR's top level. So a subset whose
+           loadBalancer is ``simple`` (its cluster does not hash) still routes with the DR's
+           hash, and an undefined subset with the DR's.
+        """
+        selector = destination.get("port")
+        port = selector.get("number") if isinstance(selector, Mapping) else None
+        subset_hash = subset_port_hash = None
+        name = destination.get("subset") or ""
+        for subset in self.subsets:
+            if subset.name == name:
+                subset_port_hash = _port_level_consistent_hash(subset.policy, port)
+                subset_hash = _consistent_hash(subset.policy)
+                break
+        for consistent_hash in (
+            subset_port_hash,
+            subset_hash,
+            _port_level_consistent_hash(self.policy, port),
+        ):
+            if consistent_hash is not None:
+                return consistent_hash
+        return _consistent_hash(self.policy)
 
 
 def _label_map(node: object, where: str) -> dict[str, str]:
@@ -703,9 +1044,9 @@ def _cluster(
         "name": name,
         "type": "STRICT_DNS" if resolution == "DNS" else "STATIC",
         "connect_timeout": _envoy_duration(connect_timeout_s),
-        "lb_policy": _lb_policy(lb, lb_part.where if lb_part is not None else "loadBalancer"),
-        "common_lb_config": {},
     }
+    cluster |= load_balancer(lb, lb_part.where if lb_part is not None else "loadBalancer")
+    cluster["common_lb_config"] = {}
     cluster |= _connection_pool(pool, pool_where)
     if od_part is not None:
         od = od_part.node
@@ -941,8 +1282,18 @@ def parse_retry_on(retry_on: str) -> tuple[str, list[int]]:
     return ",".join(keep), codes
 
 
-def convert_retry_policy(retries: Mapping[str, Any] | None, where: str) -> dict[str, Any] | None:
-    """``ConvertPolicy`` without consistent hashing (the reference translates none).
+def convert_retry_policy(
+    retries: Mapping[str, Any] | None, where: str, *, consistent_hash: bool = False
+) -> dict[str, Any] | None:
+    """``ConvertPolicy``.
+
+    Args:
+        retries: The route's ``retries`` (None: ``DefaultPolicy``, the mesh sets no
+            ``defaultHttpRetryPolicy``).
+        where: The dotted path errors name.
+        consistent_hash: The route's one destination has a consistentHash ("we don't want to
+            use other hosts during retries"): no ``previous_hosts`` predicate, unless
+            ``retryIgnorePreviousHosts: true`` asks for it.
 
     Returns:
         The route's ``retry_policy``, or None when ``attempts <= 0`` disables retries.
@@ -953,8 +1304,10 @@ def convert_retry_policy(retries: Mapping[str, Any] | None, where: str) -> dict[
         "retry_host_predicate": _previous_hosts(),
         "host_selection_retry_max_attempts": 5,
     }
+    if consistent_hash:
+        del policy["retry_host_predicate"]  # newRetryPolicy(true) / DefaultConsistentHashPolicy
     if retries is None:
-        return policy  # DefaultPolicy (the mesh sets no defaultHttpRetryPolicy)
+        return policy
     _only(retries, _RETRY_FIELDS, where)
     attempts = int(retries.get("attempts") or 0)
     if attempts <= 0:
@@ -972,8 +1325,10 @@ def convert_retry_policy(retries: Mapping[str, Any] | None, where: str) -> dict[
         policy["per_try_timeout"] = _envoy_duration(
             parse_duration(retries["perTryTimeout"], f"{where}.perTryTimeout")
         )
-    if "retryIgnorePreviousHosts" in retries and not retries["retryIgnorePreviousHosts"]:
-        del policy["retry_host_predicate"]
+    if retries.get("retryIgnorePreviousHosts") is not None:
+        policy.pop("retry_host_predicate", None)
+        if retries["retryIgnorePreviousHosts"]:
+            policy["retry_host_predicate"] = _previous_hosts()
     if retries.get("retryRemoteLocalities"):
         policy["retry_priority"] = {
             "name": "envoy.retry_priorities.previous_priorities",
@@ -986,11 +1341,20 @@ def convert_retry_policy(retries: Mapping[str, Any] | None, where: str) -> dict[
     return policy
 
 
-def _default_route(cluster: str) -> dict[str, Any]:
-    """``BuildDefaultHTTPOutboundRoute``: ``/`` to the cluster, no timeout, ``DefaultPolicy``."""
+def _default_route(cluster: str, consistent_hash: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``buildSidecarVirtualHostForService``: ``BuildDefaultHTTPOutboundRoute`` and its hash.
+
+    ``/`` to the cluster, no timeout, ``DefaultPolicy``: pilot converts the retry policy
+    with ``hashPolicy`` false here, so the ``previous_hosts`` predicate stays even when the
+    route hashes (``hashForService``'s consistentHash as its one ``hash_policy``).
+    """
     action: dict[str, Any] = {"cluster": cluster}
     _set_timeout(action, 0.0)
     action["retry_policy"] = convert_retry_policy(None, "")
+    if consistent_hash is not None:
+        hash_policy = consistent_hash_to_hash_policy(consistent_hash, "consistentHash")
+        if hash_policy is not None:
+            action["hash_policy"] = [hash_policy]
     return {"name": "default", "match": {"prefix": "/"}, "route": action}
 
 
@@ -1122,7 +1486,12 @@ def _cluster_weight(route_destination: Mapping[str, Any], name: str, where: str)
 
 
 def _route_action(
-    http: Mapping[str, Any], host: str, port: int, authority: str, where: str
+    http: Mapping[str, Any],
+    host: str,
+    port: int,
+    authority: str,
+    hashes: DestinationHashes,
+    where: str,
 ) -> tuple[dict[str, Any], HeaderOperations]:
     """``applyHTTPRouteDestination`` with ``processDestination`` / ``processWeightedDestination``.
 
@@ -1136,6 +1505,9 @@ def _route_action(
        ``authority``, which overrides the route's ``headers`` authority.
     4. The route's authority becomes ``host_rewrite_literal``; a single destination's
        ``headers`` authority only when the route set none.
+    5. Each destination built (weight > 0, or the only one) appends the hash policy of its
+       consistentHash (``HashForHTTPDestination``) to ``hash_policy``, in order; only a
+       single destination's consistentHash drops ``previous_hosts`` from the retry policy.
 
     Returns:
         The route action, and a single destination's header operations (appended to the
@@ -1152,6 +1524,14 @@ def _route_action(
     if len(destinations) > 1 and sum(weights) == 0:
         raise UnsupportedError(f"{where}.route: total destination weight = 0")
     action: dict[str, Any] = {}
+    built = [d for d, w in zip(destinations, weights, strict=True) if len(destinations) == 1 or w]
+    found = [hashes.for_destination(d["destination"]) for d in built]
+    hash_policies = [
+        policy
+        for consistent_hash in found
+        if consistent_hash is not None
+        and (policy := consistent_hash_to_hash_policy(consistent_hash, "consistentHash"))
+    ]
     if len(destinations) == 1:
         action["cluster"] = names[0]
     else:
@@ -1189,7 +1569,13 @@ def _route_action(
         )
         if operations.authority and "host_rewrite_literal" not in action:
             action["host_rewrite_literal"] = operations.authority
-    policy = convert_retry_policy(http.get("retries"), f"{where}.retries")
+    if hash_policies:
+        action["hash_policy"] = hash_policies
+    policy = convert_retry_policy(
+        http.get("retries"),
+        f"{where}.retries",
+        consistent_hash=len(destinations) == 1 and found[0] is not None,
+    )
     if policy is not None:
         action["retry_policy"] = policy
     return action, operations
@@ -1499,7 +1885,9 @@ def translate_fault(fault: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _route_body(http: Mapping[str, Any], host: str, port: int, where: str) -> dict[str, Any]:
+def _route_body(
+    http: Mapping[str, Any], host: str, port: int, hashes: DestinationHashes, where: str
+) -> dict[str, Any]:
     """What ``TranslateRoute`` puts on every route of one ``http`` entry (all but name, match).
 
     1. The entry's ``headers``, and their authority.
@@ -1512,7 +1900,7 @@ def _route_body(http: Mapping[str, Any], host: str, port: int, where: str) -> di
     redirect, direct = http.get("redirect"), http.get("directResponse")  # YAML null is unset
     if redirect is not None or direct is not None:
         if http.get("route"):
-            _route_action(http, host, port, "", where)
+            _route_action(http, host, port, "", hashes, where)
         else:
             if "timeout" in http:
                 parse_duration(http["timeout"], f"{where}.timeout")
@@ -1525,7 +1913,7 @@ def _route_body(http: Mapping[str, Any], host: str, port: int, where: str) -> di
             body["direct_response"] = direct_response
     else:
         action, destination_operations = _route_action(
-            http, host, port, operations.authority, where
+            http, host, port, operations.authority, hashes, where
         )
         operations += destination_operations
         body["route"] = action
@@ -1535,8 +1923,13 @@ def _route_body(http: Mapping[str, Any], host: str, port: int, where: str) -> di
     return body
 
 
-def virtual_service_routes(vs: Mapping[str, Any], host: str, port: int) -> list[dict[str, Any]]:
+def virtual_service_routes(
+    vs: Mapping[str, Any], host: str, port: int, hashes: DestinationHashes | None = None
+) -> list[dict[str, Any]]:
     """``BuildHTTPRoutesForVirtualService`` for one host's virtual host on its port.
+
+    ``hashes`` is the host's DestinationRule, whose consistentHash each destination's route
+    carries (``hashForVirtualService``); None when the host has none.
 
     1. ``http[]`` in order; one route per ``match`` entry, or one ``/`` route without any.
     2. A match on another ``port`` gives no route.
@@ -1549,7 +1942,7 @@ def virtual_service_routes(vs: Mapping[str, Any], host: str, port: int) -> list[
     for i, http in enumerate(vs.get("http") or []):
         where = f"VirtualService.spec.http[{i}]"
         _only(http, _HTTP_ROUTE_FIELDS, where)
-        body = _route_body(http, host, port, where)
+        body = _route_body(http, host, port, hashes or DestinationHashes(), where)
         matches: list[Mapping[str, Any] | None] = list(http.get("match") or []) or [None]
         for j, match in enumerate(matches):
             here = f"{where}.match[{j}]"
@@ -1673,12 +2066,13 @@ def render_reference(
                 )
                 if subset_cluster is not None:
                     clusters.append(subset_cluster)
+            hashes = DestinationHashes(top, tuple(subsets))
             routes = []
             if host in vs_by_host:
-                routes = virtual_service_routes(vs_by_host[host], host, number)
+                routes = virtual_service_routes(vs_by_host[host], host, number, hashes)
             # buildSidecarVirtualHostsForVirtualService: a VirtualService that yields no
             # route on this port leaves the host its default route.
-            routes = routes or [_default_route(name)]
+            routes = routes or [_default_route(name, hashes.for_service(number))]
             virtual_hosts.append(_virtual_host(host, number, routes))
     region, zone, subzone = _split_locality(proxy.locality)
     return {

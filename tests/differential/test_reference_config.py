@@ -244,10 +244,10 @@ def test_the_reference_translates_every_connection_pool_field() -> None:
     ("policy", "field"),
     [
         ("tls: {mode: SIMPLE}\n", "tls"),
-        ("loadBalancer: {consistentHash: {httpHeaderName: x}}\n", "consistentHash"),
+        ("loadBalancer: {zoneAwareLbSetting: {enabled: true}}\n", "zoneAwareLbSetting"),
         ("outlierDetection: {outlierDetectionHttpErrorCodes: [500]}\n", "outlierDetection"),
     ],
-    ids=["tls", "consistent-hash", "error-codes"],
+    ids=["tls", "zone-aware", "error-codes"],
 )
 def test_what_the_reference_does_not_translate_is_an_error(policy: str, field: str) -> None:
     with pytest.raises(UnsupportedError, match=field):
@@ -1411,8 +1411,9 @@ def test_a_route_to_a_subset_no_destination_rule_defines_names_a_missing_cluster
         ),
         (
             "- name: v1\n  trafficPolicy:\n    portLevelSettings:\n"
-            "    - {port: {number: 81}, loadBalancer: {consistentHash: {httpHeaderName: x}}}\n",
-            "consistentHash",
+            "    - port: {number: 81}\n"
+            "      loadBalancer: {consistentHash: {maglev: {tableSize: 4}}}\n",
+            "tableSize must be a prime number",
         ),
         ("- {name: v1, workloadSelector: {}}\n", "workloadSelector"),
     ],
@@ -1459,6 +1460,467 @@ def test_envoy_accepts_subset_clusters_and_weighted_routes() -> None:
             dns + virtual_service("- route:\n  - destination: {host: mydb.com, subset: all}\n")
         )
     )
+
+
+# --- consistent hashing and slow start ----------------------------------------------------------
+
+FAILOVER_LB = "localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west}]}\n"
+
+
+def _hash_rule(load_balancer: str) -> str:
+    """The seed's ServiceEntry and a DR with outlier detection and this ``loadBalancer``."""
+    return (
+        test_failover.SEED_SE
+        + test_failover.destination_rule(
+            test_failover.outlier() + "loadBalancer:\n" + textwrap.indent(load_balancer, "  ")
+        )
+        + "\n"
+    )
+
+
+RING_HASH_HEADER = _hash_rule(
+    "consistentHash:\n  httpHeaderName: x-user\n  ringHash: {minimumRingSize: 2048}\n" + FAILOVER_LB
+)
+#: ``DefaultConsistentHashPolicy``: the default retry policy without previous_hosts.
+HASH_RETRY_POLICY = {k: v for k, v in DEFAULT_RETRY_POLICY.items() if k != "retry_host_predicate"}
+
+
+def test_a_ring_hash_on_a_header_keeps_locality_failover_and_hashes_the_default_route() -> None:
+    # ApplyRingHashLoadBalancer: RING_HASH with the ring size; LocalityLBSettings.ApplyToCluster
+    # runs whatever the policy, so the priorities and locality_weighted_lb_config stay.
+    # buildSidecarVirtualHostForService: the default route gets the hash policy, and keeps
+    # DefaultPolicy's previous_hosts (BuildDefaultHTTPOutboundRoute converts with false).
+    cluster = _cluster(RING_HASH_HEADER)
+    assert cluster["lb_policy"] == "RING_HASH"
+    assert cluster["ring_hash_lb_config"] == {"minimum_ring_size": 2048}
+    assert cluster["common_lb_config"] == {
+        "healthy_panic_threshold": {"value": 0.0},
+        "locality_weighted_lb_config": {},
+    }
+    assert _priorities(cluster) == {test_failover.EAST_NAME: 0, test_failover.WEST_NAME: 1}
+    assert _routes(RING_HASH_HEADER) == [
+        {
+            "name": "default",
+            "match": {"prefix": "/"},
+            "route": {
+                "cluster": CLUSTER,
+                "timeout": "0s",
+                "max_grpc_timeout": "0s",
+                "retry_policy": DEFAULT_RETRY_POLICY,
+                "hash_policy": [{"header": {"header_name": "x-user"}}],
+            },
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("consistent_hash", "expected"),
+    [
+        ("{httpHeaderName: X-User}", {"header": {"header_name": "X-User"}}),
+        (
+            "{httpCookie: {name: session, path: /api, ttl: 1h}}",
+            {"cookie": {"name": "session", "ttl": "3600s", "path": "/api"}},
+        ),
+        ("{httpCookie: {name: session, ttl: 0s}}", {"cookie": {"name": "session", "ttl": "0s"}}),
+        ("{httpCookie: {name: session}}", {"cookie": {"name": "session"}}),
+        (
+            "{httpCookie: {name: s, ttl: 10s, attributes: [{name: SameSite, value: Strict}, "
+            "{name: Secure}]}}",
+            {
+                "cookie": {
+                    "name": "s",
+                    "ttl": "10s",
+                    "attributes": [{"name": "SameSite", "value": "Strict"}, {"name": "Secure"}],
+                }
+            },
+        ),
+        ("{useSourceIp: true}", {"connection_properties": {"source_ip": True}}),
+        ("{httpQueryParameterName: user}", {"query_parameter": {"name": "user"}}),
+        ("{ringHash: {minimumRingSize: 64}}", None),
+    ],
+    ids=[
+        "header",
+        "cookie-ttl-path",
+        "session-cookie",
+        "cookie-no-ttl",
+        "cookie-attributes",
+        "source-ip",
+        "query-parameter",
+        "no-hash-key",
+    ],
+)
+def test_each_hash_key_translates_as_consistent_hash_to_hash_policy_does(
+    consistent_hash: str, expected: dict[str, Any] | None
+) -> None:
+    # ConsistentHashToHashPolicy: a ttl whenever set (0s is a session cookie Envoy generates;
+    # no ttl, no cookie generated), the path only when not empty. No hash key: no hash
+    # policy, though the cluster is RING_HASH.
+    [route] = _routes(_hash_rule(f"consistentHash: {consistent_hash}\n"))
+    assert route["route"].get("hash_policy") == (None if expected is None else [expected])
+    assert _cluster(_hash_rule(f"consistentHash: {consistent_hash}\n"))["lb_policy"] == "RING_HASH"
+
+
+@pytest.mark.parametrize(
+    ("consistent_hash", "expected"),
+    [
+        (
+            "{httpHeaderName: x, ringHash: {minimumRingSize: 4096}}",
+            {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 4096}},
+        ),
+        ("{httpHeaderName: x, ringHash: {}}", {"lb_policy": "RING_HASH"}),
+        (
+            "{httpHeaderName: x}",
+            {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 1024}},
+        ),
+        (
+            "{httpHeaderName: x, minimumRingSize: 512}",
+            {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 512}},
+        ),
+        (
+            "{httpHeaderName: x, maglev: {tableSize: 65537}}",
+            {"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 65537}},
+        ),
+    ],
+    ids=["ring-size", "ring-hash-empty", "default-ring", "deprecated-ring-size", "maglev"],
+)
+def test_the_hash_algorithm_translates_as_apply_ring_hash_load_balancer_does(
+    consistent_hash: str, expected: dict[str, Any]
+) -> None:
+    # ringHash sets a ring_hash_lb_config only for a non-zero size; with neither ringHash nor
+    # maglev pilot always writes one, of the deprecated minimumRingSize or 1024.
+    cluster = _cluster(_hash_rule(f"consistentHash: {consistent_hash}\n"))
+    assert _lb_fields(cluster) == expected
+
+
+def _lb_fields(cluster: dict[str, Any]) -> dict[str, Any]:
+    """The cluster's ``lb_policy`` and its ``lb_config`` (the oneof), if any."""
+    return {
+        k: v
+        for k, v in cluster.items()
+        if k == "lb_policy" or (k.endswith("_lb_config") and k != "common_lb_config")
+    }
+
+
+SLOW_START = {
+    "slow_start_window": "120s",
+    "aggression": {"default_value": 1.5, "runtime_key": "("},
+    "min_weight_percent": {"value": 20.0},
+}
+WARMUP = "warmup: {duration: 2m, minimumPercent: 20, aggression: 1.5}\n"
+
+
+@pytest.mark.parametrize(
+    ("load_balancer", "expected"),
+    [
+        (
+            "simple: ROUND_ROBIN\nwarmupDurationSecs: 30s\n",
+            {
+                "lb_policy": "ROUND_ROBIN",
+                "round_robin_lb_config": {"slow_start_config": {"slow_start_window": "30s"}},
+            },
+        ),
+        (
+            "simple: ROUND_ROBIN\n" + WARMUP,
+            {
+                "lb_policy": "ROUND_ROBIN",
+                "round_robin_lb_config": {"slow_start_config": SLOW_START},
+            },
+        ),
+        (
+            "simple: LEAST_REQUEST\n" + WARMUP,
+            {
+                "lb_policy": "LEAST_REQUEST",
+                "least_request_lb_config": {"slow_start_config": SLOW_START},
+            },
+        ),
+        (
+            "simple: LEAST_CONN\nwarmup: {duration: 45s}\n",
+            {
+                "lb_policy": "LEAST_REQUEST",
+                "least_request_lb_config": {
+                    "slow_start_config": {
+                        "slow_start_window": "45s",
+                        "aggression": {"default_value": 1.0, "runtime_key": "("},
+                        "min_weight_percent": {"value": 10.0},
+                    }
+                },
+            },
+        ),
+        (
+            "warmupDurationSecs: 10s\n",
+            {
+                "lb_policy": "LEAST_REQUEST",
+                "least_request_lb_config": {"slow_start_config": {"slow_start_window": "10s"}},
+            },
+        ),
+        ("simple: RANDOM\n" + WARMUP, {"lb_policy": "RANDOM"}),
+        (
+            "consistentHash: {httpHeaderName: x, ringHash: {}}\n" + WARMUP,
+            {
+                "lb_policy": "RING_HASH",
+                "least_request_lb_config": {"slow_start_config": SLOW_START},
+            },
+        ),
+        (
+            "consistentHash: {httpHeaderName: x, ringHash: {minimumRingSize: 8}}\n" + WARMUP,
+            {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 8}},
+        ),
+        (
+            "consistentHash: {httpHeaderName: x, maglev: {tableSize: 251}}\n" + WARMUP,
+            {"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 251}},
+        ),
+    ],
+    ids=[
+        "rr-duration-secs",
+        "rr-warmup",
+        "least-request-warmup",
+        "least-conn-warmup-defaults",
+        "default-policy-duration-secs",
+        "random-drops-warmup",
+        "ring-hash-keeps-least-request-slow-start",
+        "ring-size-replaces-slow-start",
+        "maglev-replaces-slow-start",
+    ],
+)
+def test_warmup_translates_as_apply_load_balancer_does(
+    load_balancer: str, expected: dict[str, Any]
+) -> None:
+    # setWarmup: aggression a RuntimeDouble under pilot's fixed runtime key "(" (1.0 unset),
+    # min_weight_percent 10 unset; setSlowStartConfig: the window alone. A consistentHash
+    # goes through applySimpleDefaultLoadBalancer first (LEAST_REQUEST with the slow start),
+    # and ApplyRingHashLoadBalancer replaces that lb_config only when it writes its own.
+    cluster = _cluster(_hash_rule(load_balancer))
+    assert _lb_fields(cluster) == expected
+
+
+HASH_SUBSETS = LABELLED_SE + subsets_rule(
+    """\
+    outlierDetection: {consecutive5xxErrors: 1, interval: 0.2s, baseEjectionTime: 30s}
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+      localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west}]}
+    """,
+    """\
+    - name: v1
+      labels: {version: v1}
+      trafficPolicy:
+        loadBalancer:
+          consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}
+    - name: v2
+      labels: {version: v2}
+      trafficPolicy:
+        loadBalancer: {simple: RANDOM}
+    """,
+)
+SOURCE_IP = {"connection_properties": {"source_ip": True}}
+HEADER_X_USER = {"header": {"header_name": "x-user"}}
+
+
+def test_a_subset_with_its_own_consistent_hash_is_its_own_hashing_cluster() -> None:
+    # MergeTrafficPolicy: v1's loadBalancer replaces the DR's whole block (MAGLEV, and the
+    # mesh's locality setting: no failover list, but outlier detection still gives
+    # priorities by LbPriority); v2's is RANDOM; the main cluster hashes with the default ring.
+    clusters = _clusters(HASH_SUBSETS)
+    summary = {
+        name: (c["lb_policy"], c.get("maglev_lb_config"), c.get("ring_hash_lb_config"))
+        for name, c in clusters.items()
+    }
+    assert summary == {
+        "outbound|80||mydb.com": ("RING_HASH", None, {"minimum_ring_size": 1024}),
+        "outbound|80|v1|mydb.com": ("MAGLEV", {"table_size": 251}, None),
+        "outbound|80|v2|mydb.com": ("RANDOM", None, None),
+    }
+    assert _priorities(clusters["outbound|80|v1|mydb.com"]) == {"127.0.3.1": 0, "127.0.3.2": 1}
+
+
+def test_routes_to_subsets_hash_as_hash_for_http_destination_finds_it() -> None:
+    # HashForHTTPDestination: v1 routes with its own consistentHash; v2 sets none (its cluster
+    # is RANDOM) and so routes with the DR's header hash. A single hashing destination's
+    # retry policy has no previous_hosts (ConvertPolicy with hashPolicy true), even with
+    # retries set, unless retryIgnorePreviousHosts asks for it; a weighted route appends each
+    # destination's hash policy in order and keeps previous_hosts.
+    routes = _routes(
+        HASH_SUBSETS
+        + virtual_service(
+            """\
+            - match: [{headers: {x-canary: {exact: "1"}}}]
+              retries: {attempts: 3}
+              route:
+              - destination: {host: mydb.com, subset: v1}
+            - match: [{uri: {prefix: /v2}}]
+              route:
+              - destination: {host: mydb.com, subset: v2}
+            - match: [{uri: {prefix: /sticky-retry}}]
+              retries: {attempts: 3, retryIgnorePreviousHosts: true}
+              route:
+              - destination: {host: mydb.com, subset: v1}
+            - route:
+              - destination: {host: mydb.com, subset: v1}
+                weight: 90
+              - destination: {host: mydb.com, subset: v2}
+                weight: 10
+              - destination: {host: mydb.com}
+                weight: 0
+            """
+        )
+    )
+    actions = [r["route"] for r in routes]
+    assert [a.get("hash_policy") for a in actions] == [
+        [SOURCE_IP],
+        [HEADER_X_USER],
+        [SOURCE_IP],
+        [SOURCE_IP, HEADER_X_USER],
+    ]
+    assert [a["retry_policy"] for a in actions] == [
+        HASH_RETRY_POLICY | {"num_retries": 3},
+        HASH_RETRY_POLICY,
+        DEFAULT_RETRY_POLICY | {"num_retries": 3},
+        DEFAULT_RETRY_POLICY,
+    ]
+
+
+def test_a_port_level_consistent_hash_reaches_a_route_only_through_a_named_port() -> None:
+    # The cluster takes the port-level policy (GetPortLevelTrafficPolicy): RING_HASH. The
+    # default route finds the entry by the service port (hashForService), but a VirtualService
+    # destination only when it names the port (portLevelSettingsConsistentHash): without
+    # one its route does not hash, and its retry policy keeps previous_hosts.
+    yaml_text = (
+        test_failover.SEED_SE
+        + test_failover.destination_rule(
+            "portLevelSettings:\n"
+            "- port: {number: 80}\n"
+            "  loadBalancer: {consistentHash: {httpQueryParameterName: user}}\n"
+        )
+        + "\n"
+    )
+    assert _cluster(yaml_text)["lb_policy"] == "RING_HASH"
+    query = [{"query_parameter": {"name": "user"}}]
+    assert _routes(yaml_text)[0]["route"]["hash_policy"] == query
+    routes = _routes(
+        yaml_text
+        + virtual_service(
+            "- match: [{uri: {prefix: /named}}]\n"
+            "  route:\n  - destination: {host: mydb.com, port: {number: 80}}\n"
+            "- route:\n  - destination: {host: mydb.com}\n"
+        )
+    )
+    assert [r["route"].get("hash_policy") for r in routes] == [query, None]
+    assert [r["route"]["retry_policy"] for r in routes] == [HASH_RETRY_POLICY, DEFAULT_RETRY_POLICY]
+
+
+def test_an_empty_consistent_hash_drops_previous_hosts_without_hashing() -> None:
+    # consistentHash: {} is set (RING_HASH, ring 1024) with no hash key: no hash policy, yet
+    # LookupHash found one, so the route's retry policy loses previous_hosts.
+    [route] = _routes(
+        _hash_rule("consistentHash: {}\n")
+        + virtual_service("- route:\n  - destination: {host: mydb.com}\n")
+    )
+    assert "hash_policy" not in route["route"]
+    assert route["route"]["retry_policy"] == HASH_RETRY_POLICY
+
+
+@pytest.mark.parametrize(
+    ("load_balancer", "message"),
+    [
+        ("simple: ROUND_ROBIN\nconsistentHash: {httpHeaderName: x}\n", "only one of simple"),
+        ("consistentHash: {httpHeaderName: x, useSourceIp: true}\n", "only one of httpHeader"),
+        ("consistentHash: {httpCookie: {ttl: 1s}}\n", "name required for HttpCookie"),
+        (
+            "consistentHash: {httpCookie: {name: a, attributes: [{name: b}, {name: b}]}}\n",
+            "duplicate cookie attribute name: b",
+        ),
+        (
+            "consistentHash: {httpCookie: {name: a, attributes: [{value: b}]}}\n",
+            "cookie attribute name cannot be empty",
+        ),
+        ("consistentHash: {httpHeaderName: ''}\n", "empty name"),
+        ("consistentHash: {httpQueryParameterName: ''}\n", "empty name"),
+        ("consistentHash: {useSourceIp: 'yes'}\n", "not a boolean"),
+        ("consistentHash: {maglev: {}}\n", "tableSize must be set for maglev"),
+        ("consistentHash: {maglev: {tableSize: 65536}}\n", "tableSize must be a prime"),
+        ("consistentHash: {maglev: {tableSize: 5000011}}\n", "less than 5000011"),
+        (
+            "consistentHash: {ringHash: {minimumRingSize: 8}, maglev: {tableSize: 7}}\n",
+            "only one of ringHash, maglev",
+        ),
+        (
+            "consistentHash: {minimumRingSize: 8, ringHash: {minimumRingSize: 8}}\n",
+            "only one of MinimumRingSize or Maglev/Ringhash",
+        ),
+        ("consistentHash: {ringHash: {minimumRingSize: 8388609}}\n", "ring over 8388608"),
+        ("consistentHash: {ringHash: {minimumRingSize: -1}}\n", "negative"),
+        ("consistentHash: {httpHeaderName: x, hashFunction: XX}\n", "hashFunction"),
+        ("warmup: {minimumPercent: 5}\n", "duration is required"),
+        ("warmup: {duration: 1m, minimumPercent: 150}\n", "minimumPercent"),
+        ("warmup: {duration: 1m, aggression: 0}\n", "aggression should be greater than 0"),
+        ("warmup: {duration: 1m}\nwarmupDurationSecs: 1m\n", "only one of warmupDurationSecs"),
+        ("warmupDurationSecs: 500us\n", "greater than 1ms"),
+        ("warmup: {duration: 1.5ms}\n", "ms precision"),
+    ],
+    ids=[
+        "simple-and-hash",
+        "two-hash-keys",
+        "cookie-no-name",
+        "cookie-attribute-twice",
+        "cookie-attribute-no-name",
+        "empty-header",
+        "empty-query-parameter",
+        "source-ip-not-bool",
+        "maglev-no-table",
+        "maglev-not-prime",
+        "maglev-too-big",
+        "ring-and-maglev",
+        "deprecated-and-ring-hash",
+        "ring-too-big",
+        "ring-negative",
+        "unknown-field",
+        "warmup-no-duration",
+        "warmup-percent",
+        "warmup-aggression",
+        "warmup-twice",
+        "warmup-under-1ms",
+        "warmup-sub-ms",
+    ],
+)
+def test_load_balancers_istio_rejects_or_envoy_refuses_are_errors(
+    load_balancer: str, message: str
+) -> None:
+    # validateLoadBalancer and the CRD's checks; an empty name or a ring over 8M, which Istio
+    # lets through, is a config Envoy refuses.
+    with pytest.raises(UnsupportedError, match=message):
+        _bootstrap(_hash_rule(load_balancer))
+
+
+def test_envoy_accepts_every_translated_hash_and_slow_start() -> None:
+    # Envoy --mode validate: the hashing subsets and their routes, every hash key on a route,
+    # MAGLEV, the deprecated ring size, and a RING_HASH cluster with a least_request slow start.
+    validate_reference(
+        _bootstrap(
+            HASH_SUBSETS
+            + virtual_service(
+                """\
+                - match: [{uri: {prefix: /cookie}}]
+                  route:
+                  - destination: {host: mydb.com, subset: v1}
+                - route:
+                  - destination: {host: mydb.com, subset: v1}
+                    weight: 90
+                  - destination: {host: mydb.com, subset: v2}
+                    weight: 10
+                """
+            )
+        )
+    )
+    for load_balancer in (
+        "consistentHash:\n  httpCookie: {name: s, path: /, ttl: 0s, attributes: [{name: Secure}]}\n"
+        "  maglev: {tableSize: 65537}\n",
+        "consistentHash: {httpQueryParameterName: u, minimumRingSize: 4096}\n",
+        "consistentHash: {useSourceIp: true, ringHash: {}}\n" + WARMUP,
+        "simple: ROUND_ROBIN\n" + WARMUP,
+        "simple: LEAST_REQUEST\nwarmupDurationSecs: 30s\n",
+    ):
+        validate_reference(_bootstrap(_hash_rule(load_balancer)))
+    validate_reference(_bootstrap(RING_HASH_HEADER))
 
 
 @pytest.mark.e2e
