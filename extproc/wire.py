@@ -111,6 +111,12 @@ ROUTE_TIMEOUT = "response_timeout"
 #: The module path's access log of those requests: the attempt's own log shows no timeout
 #: (the flag is set on the downstream stream only), so the service learns it from here.
 ROUTE_TIMEOUT_LOG_NAME = "extproc.route_timeout.module"
+#: The same log on the lua and ext_proc paths, for the clusters Envoy balances alone
+#: (``Service.envoy_balances``): their script or ext_proc server sees no request of theirs.
+ENVOY_BALANCED_TIMEOUT_LOG_NAME = "extproc.route_timeout.envoy_balanced"
+#: The router's upstream log of every attempt on the clusters Envoy balances alone, on the
+#: lua and ext_proc paths (the module path's attempt log already carries every attempt).
+ENVOY_BALANCED_ATTEMPT_LOG_NAME = "extproc.attempts.envoy_balanced"
 
 
 def is_valid_secret(secret: str) -> bool:
@@ -151,6 +157,9 @@ class ModuleLb(enum.IntEnum):
     ROUND_ROBIN = 0
     LEAST_REQUEST = 1
     RANDOM = 2
+    # Envoy's own balancer picks (consistent hash, slow start): the module sets no
+    # override and only reports each attempt's outcome on the entry's hosts.
+    ENVOY = 3
 
 
 #: The region: a header, the service entries (written only by the service, under a seqlock

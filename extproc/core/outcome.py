@@ -120,3 +120,29 @@ def _final_result(
     if flags & RESET_AFTER_CONNECT:
         return AttemptResult.reset()
     return None
+
+
+#: The flags of an attempt reset after its response head (``streamResetReasonToResponseFlag``
+#: in source/common/router/router.cc); the router reports that reset to the detector as
+#: ``LocalOriginConnectFailed`` (``onUpstreamReset``), after the head's status.
+_RESET_AFTER_HEAD = AttemptResult.connect_failure()
+
+
+def attempt_results(status: int, flags: int) -> tuple[AttemptResult, ...]:
+    """What Envoy's router reported for one attempt to its host's detector, in order.
+
+    The router's upstream log gives each attempt's own status and response flags (the
+    module's attempt log, and the upstream log of the clusters Envoy balances alone), so
+    each is read alone, with the rules for one attempt (``classify``): an answer counts its
+    status (``onUpstreamHeaders``); no answer counts as its flags say (a timeout, a connect
+    failure, a reset after connecting) or not at all (a client that went away, an
+    overflow). One case more: an answer whose attempt was then reset (a reset flag) adds the
+    router's ``LocalOriginConnectFailed`` for that reset, except an overflow, which the
+    router does not report.
+    """
+    if status == 0:
+        return classify(0, "", flags, 1).results
+    answer = classify(status, "via_upstream", 0, 1).results
+    if flags & RESET_AFTER_CONNECT and not flags & UPSTREAM_OVERFLOW:
+        return (*answer, _RESET_AFTER_HEAD)
+    return answer

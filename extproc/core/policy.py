@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from extproc.core.routes import HttpRoute
+from extproc.core.routes import HashKey, HttpRoute
 from extproc.errors import Problem
 
 _T = TypeVar("_T")
@@ -275,6 +275,35 @@ class ConnectionPool:
     http2_keepalive: tuple[float, float] | None = None  # (interval, timeout), seconds
 
 
+class HashAlgorithm(enum.Enum):
+    """``consistentHash``'s Envoy load balancer (``ApplyRingHashLoadBalancer``)."""
+
+    RING_HASH = "RING_HASH"
+    MAGLEV = "MAGLEV"
+
+
+@dataclass(frozen=True, slots=True)
+class HashRing:
+    """A consistent-hash cluster's balancer: Envoy's ring (or Maglev table) over its hosts.
+
+    ``size`` is ``ringHash.minimumRingSize`` or ``maglev.tableSize``; None leaves Envoy's
+    default (pilot sets no lb_config for a zero size, but 1024 for the deprecated field).
+    """
+
+    algorithm: HashAlgorithm = HashAlgorithm.RING_HASH
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStart:
+    """``warmupDurationSecs`` / ``warmup``: Envoy's slow start (``setSlowStartConfig``,
+    ``setWarmup``). None fields are left to Envoy (its aggression 1.0 and floor 10%)."""
+
+    window_s: float
+    aggression: float | None = None
+    min_weight_percent: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     """The client proxy a service answers for: its locality, labels and cluster.
@@ -302,6 +331,13 @@ class Service:
     resolution: Resolution
     endpoints: tuple[Endpoint, ...]
     lb_algorithm: LbAlgorithm = LbAlgorithm.LEAST_REQUEST
+    # consistentHash: Envoy's ring over the hosts, which replaces lb_algorithm.
+    hash_ring: HashRing | None = None
+    # Slow start, on ROUND_ROBIN and LEAST_REQUEST only (as pilot applies it).
+    slow_start: SlowStart | None = None
+    # A route's hash key to this cluster, with the destination's port and without one.
+    hash_key: HashKey | None = None
+    hash_key_portless: HashKey | None = None
     outlier_detection: OutlierDetection | None = None
     locality_lb: LocalityLbSetting = LocalityLbSetting()
     pool: ConnectionPool = ConnectionPool()
@@ -318,6 +354,17 @@ class Service:
     def cluster_name(self) -> str:
         """Istio's cluster name for this host, subset and port."""
         return cluster_name(self.host, self.port, self.subset)
+
+    @property
+    def envoy_balances(self) -> bool:
+        """Whether Envoy's own load balancer picks every host, over the service's EDS.
+
+        Envoy's ring hash and Maglev hash the request and pick over priorities and health,
+        and its slow start ramps a host by the time Envoy created it; both are only exactly
+        Envoy's when Envoy runs them, so the data path sets no override for these clusters
+        and the service reaches the balancer through EDS alone (priorities, ejections).
+        """
+        return self.hash_ring is not None or self.slow_start is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,29 @@ class Fault:
     abort_per_million: int | None = None  # unset: every request
 
 
+class HashOn(enum.Enum):
+    """What a consistent-hash key is read from (``ConsistentHashToHashPolicy``)."""
+
+    HEADER = "header"  # httpHeaderName
+    COOKIE = "cookie"  # httpCookie (Envoy sets it when it has a ttl)
+    SOURCE_IP = "source_ip"  # useSourceIp
+    QUERY_PARAMETER = "query_parameter"  # httpQueryParameterName
+    # A consistentHash without a key: no hash policy, yet a hashed destination for retries.
+    NOTHING = "nothing"
+
+
+@dataclass(frozen=True, slots=True)
+class HashKey:
+    """A route's hash policy: the DestinationRule's ``consistentHash`` key for its cluster."""
+
+    on: HashOn
+    name: str = ""  # the header, cookie or query parameter
+    cookie_path: str = ""
+    cookie_ttl_s: float | None = None
+    cookie_attributes: tuple[tuple[str, str], ...] = ()
+    source_ip: bool = True  # useSourceIp as written (false: a policy Envoy hashes nothing on)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpRoute:
     """One Envoy route of a VirtualService ``http[]`` entry (one per ``match[]`` entry).
@@ -177,6 +200,8 @@ class HttpRoute:
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     fault: Fault | None = None
+    # The destination's consistentHash key (hashForService, HashForHTTPDestination).
+    hash_key: HashKey | None = None
 
     @property
     def forwards(self) -> bool:

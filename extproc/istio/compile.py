@@ -43,17 +43,21 @@ from extproc.core.policy import (
     Distribute,
     Endpoint,
     Failover,
+    HashAlgorithm,
+    HashRing,
     LbAlgorithm,
     Locality,
     LocalityLbSetting,
     OutlierDetection,
     Resolution,
     Service,
+    SlowStart,
     TlsSettings,
     UpstreamSni,
     authority_key,
     cluster_name,
 )
+from extproc.core.routes import HashKey, HashOn
 from extproc.errors import ConfigError, Problem
 from extproc.istio.connection_pool import (
     connection_pool,
@@ -65,6 +69,7 @@ from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
     ClientTlsSettingsSpec,
     ConnectionPoolSpec,
+    ConsistentHashSpec,
     DestinationRule,
     LoadBalancerSpec,
     LocalityLbSettingSpec,
@@ -315,11 +320,17 @@ class _Compiler:
             tls = tls_settings(policy.tls, rule.sni_from, se.spec.subject_alt_names)
             if tls is not None:
                 self.check_sni(rule, f"{where}.tls", tls, source, host, endpoints)
+        hash_ring: HashRing | None = None
+        slow_start: SlowStart | None = None
         if policy.load_balancer is not None:
             lb = lb_algorithm(policy.load_balancer.simple)
             lls = policy.load_balancer.locality_lb_setting
             if lls is not None:
                 locality_lb = _locality_lb_setting(lls)
+            hash_ring = _hash_ring(policy.load_balancer.consistent_hash)
+            if hash_ring is None and lb is not LbAlgorithm.RANDOM:
+                slow_start = _slow_start(policy.load_balancer)
+        with_port, portless = _hash_keys(rule, port.number, subset)
         if policy.outlier_detection is not None:
             outlier = self.outlier_detection(policy.outlier_detection)
             self.check_ejection(outlier, len(endpoints), cluster_name(host, port.number, subset))
@@ -331,6 +342,10 @@ class _Compiler:
             resolution=Resolution(se.spec.resolution),
             endpoints=endpoints,
             lb_algorithm=lb,
+            hash_ring=hash_ring,
+            slow_start=slow_start,
+            hash_key=with_port,
+            hash_key_portless=portless,
             outlier_detection=outlier,
             locality_lb=locality_lb,
             pool=connection_pool(policy.connection_pool),
@@ -493,6 +508,98 @@ def lb_algorithm(simple: str | None) -> LbAlgorithm:
     if simple in (None, "UNSPECIFIED", "LEAST_CONN"):
         return LbAlgorithm.LEAST_REQUEST
     return LbAlgorithm(simple)
+
+
+def _hash_ring(spec: ConsistentHashSpec | None) -> HashRing | None:
+    """``ApplyRingHashLoadBalancer``: Maglev or a ring; a zero size leaves Envoy's default,
+    and a consistentHash with neither is a ring of the deprecated minimumRingSize or 1024."""
+    if spec is None:
+        return None
+    if spec.maglev is not None:
+        return HashRing(HashAlgorithm.MAGLEV, spec.maglev.table_size or None)
+    if spec.ring_hash is not None:
+        return HashRing(HashAlgorithm.RING_HASH, spec.ring_hash.minimum_ring_size or None)
+    return HashRing(HashAlgorithm.RING_HASH, spec.minimum_ring_size or 1024)
+
+
+def _slow_start(lb: LoadBalancerSpec) -> SlowStart | None:
+    """``setWarmup`` (v1 ``warmup``: aggression 1 and floor 10% when unset, as pilot writes
+    them), else the deprecated ``setSlowStartConfig`` (the window alone)."""
+    if lb.warmup is not None and lb.warmup.duration is not None:
+        return SlowStart(
+            window_s=_nanos(lb.warmup.duration, 0) / 1e9,
+            aggression=1.0 if lb.warmup.aggression is None else lb.warmup.aggression,
+            min_weight_percent=(
+                10.0 if lb.warmup.minimum_percent is None else lb.warmup.minimum_percent
+            ),
+        )
+    if lb.warmup_duration_secs is not None:
+        return SlowStart(window_s=_nanos(lb.warmup_duration_secs, 0) / 1e9)
+    return None
+
+
+def hash_key(spec: ConsistentHashSpec | None) -> HashKey | None:
+    """``ConsistentHashToHashPolicy``: the route's hash policy for a consistentHash."""
+    if spec is None:
+        return None
+    if spec.http_header_name is not None:
+        return HashKey(HashOn.HEADER, spec.http_header_name)
+    if spec.http_cookie is not None:
+        cookie = spec.http_cookie
+        ttl = None if cookie.ttl is None else _nanos(cookie.ttl, 0) / 1e9
+        return HashKey(
+            HashOn.COOKIE,
+            cookie.name,
+            cookie_path=cookie.path,
+            cookie_ttl_s=ttl,
+            cookie_attributes=tuple((a.name, a.value) for a in cookie.attributes),
+        )
+    if spec.use_source_ip is not None:
+        # Pilot writes useSourceIp: false as it is (connection_properties, source_ip false).
+        return HashKey(HashOn.SOURCE_IP, source_ip=spec.use_source_ip)
+    if spec.http_query_parameter_name is not None:
+        return HashKey(HashOn.QUERY_PARAMETER, spec.http_query_parameter_name)
+    # No key: pilot makes no hash policy, but the destination still counts as hashed.
+    return HashKey(HashOn.NOTHING)
+
+
+def _port_hash(
+    policy: TrafficPolicySpec | None, port: int
+) -> tuple[bool, ConsistentHashSpec | None]:
+    """The first portLevelSettings entry for ``port``: whether there is one, and its hash."""
+    for entry in policy.port_level_settings if policy is not None else ():
+        if entry.port is not None and entry.port.number == port:
+            lb = entry.load_balancer
+            return True, None if lb is None else lb.consistent_hash
+    return False, None
+
+
+def _top_hash(policy: TrafficPolicySpec | None) -> ConsistentHashSpec | None:
+    lb = None if policy is None else policy.load_balancer
+    return None if lb is None else lb.consistent_hash
+
+
+def _hash_keys(rule: _Rule | None, port: int, subset: str) -> tuple[HashKey | None, HashKey | None]:
+    """A route's hash key to this cluster: with the destination's port, and without one.
+
+    ``HashForHTTPDestination``: the subset's port-level hash, else the subset's own, else
+    the rule's port-level hash (only when the destination names its port), else the rule's.
+    ``hashForService`` (the default route) is the first of the two for the main cluster.
+    """
+    if rule is None:
+        return None, None
+    top = _top_hash(rule.policy)
+    plain = top
+    _, port_hash = _port_hash(rule.policy, port)
+    ported = port_hash or top
+    for spec in rule.subsets:
+        if spec.name == subset and subset:
+            own = _top_hash(spec.traffic_policy)
+            _, own_port = _port_hash(spec.traffic_policy, port)
+            plain = own or top
+            ported = own_port or own or port_hash or top
+            break
+    return hash_key(ported), hash_key(plain)
 
 
 def _locality_lb_setting(lls: LocalityLbSettingSpec) -> LocalityLbSetting:

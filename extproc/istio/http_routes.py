@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from extproc.core.policy import Service, UpstreamSni, authority_key, cluster_name
 from extproc.core.routes import (
@@ -95,6 +95,7 @@ def apply_virtual_services(
     for service in services:
         if service.subset:
             subsets.setdefault((service.host, service.port), set()).add(service.subset)
+    by_cluster = {s.cluster_name: s for s in services}
     out = []
     for service in services:
         found = None if service.subset else chosen.get(authority_key(service.host, None))
@@ -103,7 +104,7 @@ def apply_virtual_services(
             continue
         source, vs = found
         defined = subsets.get((service.host, service.port), set())
-        routes = _routes(vs, service, defined, source, errors, warnings)
+        routes = _routes(vs, service, defined, by_cluster, source, errors, warnings)
         out.append(
             dataclasses.replace(service, routes=routes, route_source=source.cite())
             if routes
@@ -117,6 +118,7 @@ def _routes(
     vs: VirtualService,
     service: Service,
     subsets: set[str],
+    by_cluster: Mapping[str, Service],
     source: Source,
     errors: list[Problem],
     warnings: list[Problem],
@@ -139,7 +141,10 @@ def _routes(
             if match is not None and match.name:
                 name = f"{name}.{match.name}"
             route = _action(
-                http, service, HttpRoute(name=name, match=_route_match(match), cluster=cluster)
+                http,
+                service,
+                HttpRoute(name=name, match=_route_match(match), cluster=cluster),
+                by_cluster.get(cluster or service.cluster_name, service),
             )
             if route.host_rewrite and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
                 errors.append(
@@ -155,9 +160,10 @@ def _routes(
     return tuple(routes)
 
 
-def _action(http: HttpRouteSpec, service: Service, route: HttpRoute) -> HttpRoute:
+def _action(http: HttpRouteSpec, service: Service, route: HttpRoute, target: Service) -> HttpRoute:
     """``TranslateRoute`` after the match: headers, then a redirect, a direct response, or
-    the destination's action (``applyHTTPRouteDestination``); the fault, on any of them."""
+    the destination's action (``applyHTTPRouteDestination``); the fault, on any of them.
+    ``target`` is the destination's cluster, whose consistentHash key the route hashes on."""
     headers, authority = _headers(http.headers)
     if http.redirect is not None:
         return dataclasses.replace(
@@ -178,10 +184,13 @@ def _action(http: HttpRouteSpec, service: Service, route: HttpRoute) -> HttpRout
     # processDestination: the destination's headers follow the route's; its authority only
     # when the route sets none.
     destination_headers, destination_authority = _headers(http.route[0].headers)
+    destination = http.route[0].destination
+    hashed = target.hash_key if destination and destination.port else target.hash_key_portless
     return dataclasses.replace(
         route,
         timeout_s=_seconds(http.timeout) or 0.0,
-        retries=_retry_policy(http.retries),
+        retries=_retry_policy(http.retries, hashed=hashed is not None),
+        hash_key=hashed,
         headers=headers + destination_headers,
         host_rewrite=authority or destination_authority,
         rewrite=rewrite,
@@ -381,10 +390,14 @@ def _string_match(spec: StringMatchSpec) -> StringMatch:
     return StringMatch(MatchKind.PRESENT)
 
 
-def _retry_policy(spec: HttpRetrySpec | None) -> RetryPolicy | None:
-    """``retry.ConvertPolicy``: attempts 0 is no retry policy; ``parseRetryOn`` splits codes."""
+def _retry_policy(spec: HttpRetrySpec | None, *, hashed: bool) -> RetryPolicy | None:
+    """``retry.ConvertPolicy``: attempts 0 is no retry policy; ``parseRetryOn`` splits codes.
+
+    A consistent-hash destination keeps its retries on the hashed host: no ``previous_hosts``
+    predicate unless ``retryIgnorePreviousHosts`` asks for it (``newRetryPolicy(hashPolicy)``).
+    """
     if spec is None:
-        return RetryPolicy()
+        return RetryPolicy(previous_hosts=not hashed)
     if spec.attempts <= 0:
         return None
     retry_on = DEFAULT_RETRY_ON
@@ -402,7 +415,11 @@ def _retry_policy(spec: HttpRetrySpec | None) -> RetryPolicy | None:
         retry_on=retry_on,
         retriable_status_codes=codes,
         per_try_timeout_s=_seconds(spec.per_try_timeout),
-        previous_hosts=spec.retry_ignore_previous_hosts is not False,
+        previous_hosts=(
+            not hashed
+            if spec.retry_ignore_previous_hosts is None
+            else spec.retry_ignore_previous_hosts
+        ),
         remote_localities=spec.retry_remote_localities,
         backoff_s=_seconds(spec.backoff),
     )

@@ -176,11 +176,56 @@ class LocalityLbSettingSpec(Model):
     failover_priority: list[str] = Field(default_factory=list, alias="failoverPriority")
 
 
+class CookieAttributeSpec(Model):
+    name: str = ""
+    value: str = ""
+
+
+class HttpCookieSpec(Model):
+    """``consistentHash.httpCookie``: Envoy generates the cookie when a ``ttl`` is set."""
+
+    name: str = ""
+    path: str = ""
+    ttl: GoDuration | None = None
+    attributes: list[CookieAttributeSpec] = Field(default_factory=list)
+
+
+class RingHashSpec(Model):
+    minimum_ring_size: int = Field(default=0, alias="minimumRingSize")
+
+
+class MaglevSpec(Model):
+    table_size: int = Field(default=0, alias="tableSize")
+
+
+class ConsistentHashSpec(Model):
+    """``loadBalancer.consistentHash``: one hash key and at most one hash algorithm."""
+
+    http_header_name: str | None = Field(default=None, alias="httpHeaderName")
+    http_cookie: HttpCookieSpec | None = Field(default=None, alias="httpCookie")
+    use_source_ip: bool | None = Field(default=None, alias="useSourceIp")
+    http_query_parameter_name: str | None = Field(default=None, alias="httpQueryParameterName")
+    ring_hash: RingHashSpec | None = Field(default=None, alias="ringHash")
+    maglev: MaglevSpec | None = None
+    minimum_ring_size: int = Field(default=0, alias="minimumRingSize")  # deprecated
+
+
+class WarmupSpec(Model):
+    """``loadBalancer.warmup`` (v1): Envoy's slow start with its aggression and floor."""
+
+    duration: GoDuration | None = None
+    minimum_percent: float | None = Field(default=None, alias="minimumPercent")
+    aggression: float | None = None
+
+
 class LoadBalancerSpec(Model):
     simple: str | None = None
+    consistent_hash: ConsistentHashSpec | None = Field(default=None, alias="consistentHash")
     locality_lb_setting: LocalityLbSettingSpec | None = Field(
         default=None, alias="localityLbSetting"
     )
+    warmup_duration_secs: GoDuration | None = Field(default=None, alias="warmupDurationSecs")
+    warmup: WarmupSpec | None = None
 
 
 class TcpKeepaliveSpec(Model):

@@ -8,6 +8,7 @@ other kinds (TLS, localities, durations) are ``field_rules``'.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -30,12 +31,14 @@ from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
     UPSTREAM_SNI_VALUES,
     ConnectionPoolSpec,
+    ConsistentHashSpec,
     DestinationRule,
     LoadBalancerSpec,
     Model,
     OutlierDetectionSpec,
     PortTrafficPolicySpec,
     TrafficPolicySpec,
+    WarmupSpec,
     tls_settings_of,
 )
 
@@ -318,11 +321,114 @@ def _check_outlier_detection(od: OutlierDetectionSpec, where: str, check: Checke
             check.error(f"{where}.{alias}", f"percentage {percent} is not in range 0..100")
 
 
+def _check_consistent_hash(spec: ConsistentHashSpec, where: str, check: Checker) -> None:
+    """``validateLoadBalancer``'s consistentHash checks, with Istio's messages."""
+    keys = [
+        alias
+        for alias, value in (
+            ("httpHeaderName", spec.http_header_name),
+            ("httpCookie", spec.http_cookie),
+            ("useSourceIp", spec.use_source_ip),
+            ("httpQueryParameterName", spec.http_query_parameter_name),
+        )
+        if value is not None
+    ]
+    if len(keys) > 1:  # the proto's hash_key oneof
+        check.error(where, f"only one hash key can be set, not {', '.join(keys)}")
+    elif not keys:
+        # Pilot makes no hash policy, and Envoy's ring then hashes nothing: a random pick.
+        check.warn(
+            where,
+            "no hash key (httpHeaderName, httpCookie, useSourceIp or "
+            "httpQueryParameterName): Envoy picks at random",
+        )
+    if spec.ring_hash is not None and spec.maglev is not None:  # hash_algorithm oneof
+        check.error(where, "only one of ringHash or maglev can be set")
+    cookie = spec.http_cookie
+    if cookie is not None:
+        if not cookie.name:
+            check.error(f"{where}.httpCookie.name", "name required for HttpCookie")
+        seen: set[str] = set()
+        for i, attribute in enumerate(cookie.attributes):
+            here = f"{where}.httpCookie.attributes[{i}].name"
+            if not attribute.name:
+                check.error(here, "cookie attribute name cannot be empty")
+            elif attribute.name in seen:
+                check.error(here, f"duplicate cookie attribute name: {attribute.name}")
+            seen.add(attribute.name)
+    for alias, name in (
+        ("httpHeaderName", spec.http_header_name),
+        ("httpQueryParameterName", spec.http_query_parameter_name),
+    ):
+        if name == "":  # Envoy's hash policy takes no empty name (min_len 1)
+            check.error(f"{where}.{alias}", "must not be empty")
+    for alias, size in (
+        ("minimumRingSize", spec.minimum_ring_size),
+        ("ringHash.minimumRingSize", spec.ring_hash.minimum_ring_size if spec.ring_hash else 0),
+        ("maglev.tableSize", spec.maglev.table_size if spec.maglev else 0),
+    ):
+        if size < 0:
+            check.error(f"{where}.{alias}", f"{size} < 0")
+        elif "RingSize" in alias and size > _MAX_RING_SIZE:
+            check.error(
+                f"{where}.{alias}", f"{size} > {_MAX_RING_SIZE}, the largest ring Envoy takes"
+            )
+    if spec.minimum_ring_size:
+        check.warn(
+            f"{where}.minimumRingSize",
+            "consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash "
+            "configuration instead",
+        )
+        if spec.ring_hash is not None or spec.maglev is not None:
+            check.error(
+                f"{where}.minimumRingSize",
+                "only one of MinimumRingSize or Maglev/Ringhash can be specified",
+            )
+    if spec.maglev is not None:
+        size = spec.maglev.table_size
+        here = f"{where}.maglev.tableSize"
+        if size == 0:
+            check.error(here, "tableSize must be set for maglev")
+        if size >= 5000011:
+            check.error(here, "tableSize must be less than 5000011 for maglev")
+        if not _is_prime(size):
+            check.error(here, "tableSize must be a prime number for maglev")
+
+
+#: ``RingHashLbConfig.minimum_ring_size`` ``lte: 8388608`` (Envoy's cluster.proto).
+_MAX_RING_SIZE: Final = 8388608
+
+
+def _is_prime(x: int) -> bool:
+    """``isPrime`` as pilot has it (from Envoy's utility.cc): 0 is not, 1 to 3 are."""
+    if 0 < x < 4:
+        return True
+    if x % 2 == 0:
+        return False
+    return all(x % d for d in range(3, math.isqrt(x) + 1, 2))
+
+
+def _check_warmup(spec: WarmupSpec, where: str, check: Checker) -> None:
+    """``validateLoadBalancer``'s warmup checks, with Istio's messages."""
+    if spec.duration is None:
+        check.error(f"{where}.duration", "duration is required")
+    else:
+        check_duration(spec.duration, f"{where}.duration", check)
+    if spec.minimum_percent is not None and spec.minimum_percent > 100:
+        check.error(
+            f"{where}.minimumPercent", "minimumPercent value should be less than or equal to 100"
+        )
+    if spec.minimum_percent is not None and spec.minimum_percent < 0:
+        check.error(f"{where}.minimumPercent", f"{spec.minimum_percent:g} < 0")
+    if spec.aggression is not None and spec.aggression <= 0:
+        check.error(f"{where}.aggression", "aggression should be greater than 0")
+
+
 def _check_load_balancer(
     lb: LoadBalancerSpec, where: str, has_outlier_detection: bool, check: Checker
 ) -> None:
     if lb.simple is not None:
-        if "consistentHash" in (lb.model_extra or {}):
+        if lb.consistent_hash is not None:
             check.error(where, "only one of simple or consistentHash can be set")  # proto oneof
         if lb.simple == "PASSTHROUGH":
             check.error(
@@ -340,6 +446,23 @@ def _check_load_balancer(
                 f"{where}.simple",
                 f"unknown load balancer {show(lb.simple)}; expected one of {', '.join(_SIMPLE_LB)}",
             )
+    if lb.consistent_hash is not None:
+        _check_consistent_hash(lb.consistent_hash, f"{where}.consistentHash", check)
+    if lb.warmup is not None:
+        _check_warmup(lb.warmup, f"{where}.warmup", check)
+    warm = (
+        "warmup"
+        if lb.warmup is not None
+        else ("warmupDurationSecs" if lb.warmup_duration_secs is not None else "")
+    )
+    if warm and (lb.consistent_hash is not None or lb.simple == "RANDOM"):
+        # applyLoadBalancer writes a slow start config for ROUND_ROBIN and LEAST_REQUEST only.
+        check.warn(
+            f"{where}.{warm}",
+            "has no effect with "
+            + ("consistentHash" if lb.consistent_hash else "RANDOM")
+            + ": Istio applies slow start to ROUND_ROBIN and LEAST_REQUEST only",
+        )
     if lb.locality_lb_setting is not None:
         check_locality_lb(
             lb.locality_lb_setting, f"{where}.localityLbSetting", has_outlier_detection, check

@@ -20,7 +20,9 @@
  *    entry (copied again only when seq moves; a torn copy gives up after two tries, a copy
  *    that fails validation is refused and counted; either way the last good one stays) ->
  *    a host chosen as the entry's lb says -> set_upstream_override_host(strict = false).
- *    Any doubt means no override: Envoy's own load balancer decides.
+ *    Any doubt means no override: Envoy's own load balancer decides, and so it does for an
+ *    entry whose lb is LB_ENVOY (the service leaves the pick to Envoy's ring or slow start;
+ *    its attempts are still reported as below).
  * 4. Outcome, per upstream attempt. The module is also an access logger ("attempts"), the
  *    router's upstream log: Envoy logs every attempt of a request when it ends, with that
  *    attempt's host, status and response flags, as its router reports each attempt to the
@@ -94,6 +96,7 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the region is little-
 #define LB_ROUND_ROBIN 0u
 #define LB_LEAST_REQUEST 1u
 #define LB_RANDOM 2u
+#define LB_ENVOY 3u /* Envoy's own balancer picks (consistent hash, slow start): no override */
 /* Host offsets, within an entry's host. */
 #define HOST_SIZE 64u
 #define HOST_SLOT_OFFSET 4u
@@ -432,7 +435,7 @@ static enum parse_result parse_entry(const uint8_t *e, const char *name, size_t 
     return ENTRY_OTHER_NAME;
   uint8_t lb = e[ENTRY_LB_OFFSET], flags = e[ENTRY_FLAGS_OFFSET];
   uint32_t n = rd32(e + ENTRY_N_HOSTS_OFFSET), choices = rd32(e + ENTRY_CHOICE_COUNT_OFFSET);
-  if (lb > LB_RANDOM || (flags & ~ENTRY_FLAG_WITHHELD) != 0 || n > MAX_HOSTS) return ENTRY_BAD;
+  if (lb > LB_ENVOY || (flags & ~ENTRY_FLAG_WITHHELD) != 0 || n > MAX_HOSTS) return ENTRY_BAD;
   /* Envoy's LeastRequest takes choice_count >= 2; more choices than hosts make no sense. */
   if (lb == LB_LEAST_REQUEST && (choices < 2 || choices > MAX_HOSTS)) return ENTRY_BAD;
   uint64_t total = 0;
@@ -768,7 +771,9 @@ static void request_path(void *filter, struct stream *st) {
   if (w == NULL) return;
   uint32_t slot = 0;
   struct slot_state *ss = lookup(w, r, cluster.ptr, cluster.length, &slot);
-  if (ss == NULL || !ss->have || ss->snap.withheld || ss->snap.n_hosts == 0) return;
+  if (ss == NULL || !ss->have || ss->snap.withheld || ss->snap.n_hosts == 0 ||
+      ss->snap.lb == LB_ENVOY)
+    return;
   uint32_t i = choose(w, ss);
   const struct host *h = &ss->snap.hosts[i];
   if (!envoy_dynamic_module_callback_http_set_upstream_override_host(

@@ -80,6 +80,8 @@ from extproc.render.clusters import (
     sync_cluster,
 )
 from extproc.render.filters import (
+    envoy_balanced_attempt_log,
+    envoy_balanced_timeout_log,
     ext_proc_filter,
     fault_filter,
     local_reply_config,
@@ -204,9 +206,16 @@ def _http_connection_manager(
         upstream_log = [attempt_log()]  # every attempt's outcome, into the module
     else:
         data_filter = ext_proc_filter(settings)
+    balanced = [s for s in policy.services if s.envoy_balances]
     if path is not DataPath.MODULE:
         access_log = [reset_access_log(settings)]
-    elif any(route.timeout_s for service in policy.services for route in service.routes):
+        if balanced:
+            # No script or ext_proc answer learns these clusters' attempts (Envoy picks).
+            names = [s.cluster_name for s in balanced]
+            upstream_log = [envoy_balanced_attempt_log(settings, names)]
+            if _any_timeout(policy):
+                access_log.append(envoy_balanced_timeout_log(settings, names))
+    elif _any_timeout(policy):
         # The module sees a reset after the response started itself, not a route's timeout.
         access_log = [route_timeout_access_log(settings)]
     else:
@@ -225,6 +234,10 @@ def _http_connection_manager(
     if path is DataPath.LUA:
         manager.local_reply_config.CopyFrom(local_reply_config())
     return manager
+
+
+def _any_timeout(policy: Policy) -> bool:
+    return any(route.timeout_s for service in policy.services for route in service.routes)
 
 
 def _any_fault(policy: Policy) -> bool:

@@ -93,7 +93,7 @@ local function parse(body, now)
           t.codes[tonumber(c)] = true
         end
       end
-      -- loadBalancer.simple: ROUND_ROBIN, LEAST_REQUEST or RANDOM.
+      -- loadBalancer.simple: ROUND_ROBIN, LEAST_REQUEST or RANDOM; ENVOY: Envoy picks.
       local lb = string.match(line, "^lb=([%u_]+)$")
       if lb ~= nil then
         t.lb = lb
@@ -292,6 +292,11 @@ function envoy_on_request(handle)
       -- ejections). Never a client's choice.
       return
     end
+  end
+  if t.lb == "ENVOY" then
+    -- Envoy's own balancer picks (a consistent-hash ring, slow start): no override, and
+    -- the router's upstream log reports every attempt to the service.
+    return
   end
   if t.total == 0 then
     handle:respond({[":status"] = "503", ["content-type"] = "text/plain"}, "no healthy upstream")

@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 
 from extproc.core.policy import (
     ConnectionPool,
+    HashAlgorithm,
     LbAlgorithm,
     Service,
     TcpKeepalive,
@@ -129,7 +130,10 @@ def service_cluster(service: Service, settings: Settings) -> cluster_pb2.Cluster
         ),
     )
     cluster.MergeFrom(eds_cluster(settings))
-    if settings.data_path is DataPath.EXT_PROC:
+    if service.envoy_balances:
+        # No data path overrides the pick here: Envoy's own balancer, as pilot sets it.
+        _envoy_balancer(cluster, service)
+    elif settings.data_path is DataPath.EXT_PROC:
         cluster.load_balancing_policy.CopyFrom(override_host_policy(service.lb_algorithm))
     else:
         cluster.lb_policy = _ENVOY_LB[service.lb_algorithm]
@@ -147,6 +151,37 @@ def service_cluster(service: Service, settings: Settings) -> cluster_pb2.Cluster
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed(options))
     return cluster
+
+
+def _envoy_balancer(cluster: cluster_pb2.Cluster, service: Service) -> None:
+    """``applyLoadBalancer`` for a cluster Envoy balances alone: a consistent-hash ring
+    (``ApplyRingHashLoadBalancer``), or ROUND_ROBIN / LEAST_REQUEST with slow start
+    (``applyRoundRobinLoadBalancer``, ``applyLeastRequestLoadBalancer``)."""
+    ring, slow = service.hash_ring, service.slow_start
+    if ring is not None:
+        if ring.algorithm is HashAlgorithm.MAGLEV:
+            cluster.lb_policy = _Cluster.MAGLEV
+            if ring.size is not None:
+                cluster.maglev_lb_config.table_size.value = ring.size
+        else:
+            cluster.lb_policy = _Cluster.RING_HASH
+            if ring.size is not None:
+                cluster.ring_hash_lb_config.minimum_ring_size.value = ring.size
+        return
+    assert slow is not None
+    config = _Cluster.SlowStartConfig(slow_start_window=seconds(slow.window_s))
+    if slow.aggression is not None:
+        # setWarmup: "Runtime key is not exposed, the value is fixed".
+        config.aggression.CopyFrom(
+            base_pb2.RuntimeDouble(default_value=slow.aggression, runtime_key="(")
+        )
+    if slow.min_weight_percent is not None:
+        config.min_weight_percent.CopyFrom(percent_pb2.Percent(value=slow.min_weight_percent))
+    cluster.lb_policy = _ENVOY_LB[service.lb_algorithm]
+    if service.lb_algorithm is LbAlgorithm.ROUND_ROBIN:
+        cluster.round_robin_lb_config.slow_start_config.CopyFrom(config)
+    else:
+        cluster.least_request_lb_config.slow_start_config.CopyFrom(config)
 
 
 def _circuit_breakers(pool: ConnectionPool) -> circuit_breaker_pb2.CircuitBreakers:

@@ -18,6 +18,7 @@ reset flag) and reports it itself, so its path has no such log.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -42,6 +43,8 @@ from extproc.render.clusters import grpc_service
 from extproc.render.typed import boolean, milliseconds, packed, uint32
 from extproc.settings import Settings
 from extproc.wire import (
+    ENVOY_BALANCED_ATTEMPT_LOG_NAME,
+    ENVOY_BALANCED_TIMEOUT_LOG_NAME,
     FLAGS_HEADER,
     LATE_UPSTREAM_RESET,
     METADATA_NAMESPACE,
@@ -184,11 +187,57 @@ def route_timeout_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
             ),
         ]
     )
-    return _grpc_access_log(settings, ROUTE_TIMEOUT_LOG_NAME, only_route_timeouts)
+    return _grpc_access_log(
+        settings, ROUTE_TIMEOUT_LOG_NAME, _Log.AccessLogFilter(and_filter=only_route_timeouts)
+    )
+
+
+def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
+    return _Log.AccessLogFilter(
+        extension_filter=_Log.ExtensionFilter(
+            name="envoy.access_loggers.extension_filters.cel",
+            typed_config=packed(cel_pb2.ExpressionFilter(expression=expression)),
+        )
+    )
+
+
+def _in_clusters(clusters: Sequence[str]) -> str:
+    """A CEL test that the stream's cluster is one of ``clusters`` (Istio names: no quote)."""
+    names = ", ".join(f"'{name}'" for name in clusters)
+    return f"xds.cluster_name in [{names}]"
+
+
+def envoy_balanced_timeout_log(
+    settings: Settings, clusters: Sequence[str]
+) -> accesslog_pb2.AccessLog:
+    """``route_timeout_access_log`` on the lua and ext_proc paths, for the clusters Envoy
+    balances alone: their filter leaves those requests alone, so it records no timeout."""
+    only = _Log.AndFilter(
+        filters=[
+            _Log.AccessLogFilter(response_flag_filter=_Log.ResponseFlagFilter(flags=["UT"])),
+            _cel(f"response.code_details == '{ROUTE_TIMEOUT}' && {_in_clusters(clusters)}"),
+        ]
+    )
+    return _grpc_access_log(
+        settings, ENVOY_BALANCED_TIMEOUT_LOG_NAME, _Log.AccessLogFilter(and_filter=only)
+    )
+
+
+def envoy_balanced_attempt_log(
+    settings: Settings, clusters: Sequence[str]
+) -> accesslog_pb2.AccessLog:
+    """The router's upstream log of every attempt on the clusters Envoy balances alone.
+
+    The lua script and the ext_proc server see a request's last attempt only, and on these
+    clusters not even which host Envoy chose first; the upstream log has each attempt's own
+    host, status and flags, as the router reports each to the host's outlier detector. The
+    CEL filter keeps every other cluster's attempts inside Envoy.
+    """
+    return _grpc_access_log(settings, ENVOY_BALANCED_ATTEMPT_LOG_NAME, _cel(_in_clusters(clusters)))
 
 
 def _grpc_access_log(
-    settings: Settings, log_name: str, only: accesslog_pb2.AndFilter
+    settings: Settings, log_name: str, only: accesslog_pb2.AccessLogFilter
 ) -> accesslog_pb2.AccessLog:
     """An HCM access log to the service, sending each entry its filter lets through at once.
 
@@ -204,9 +253,7 @@ def _grpc_access_log(
         )
     )
     return _Log.AccessLog(
-        name="envoy.access_loggers.http_grpc",
-        filter=_Log.AccessLogFilter(and_filter=only),
-        typed_config=packed(log),
+        name="envoy.access_loggers.http_grpc", filter=only, typed_config=packed(log)
     )
 
 
@@ -248,4 +295,8 @@ def reset_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
             ),
         ]
     )
-    return _grpc_access_log(settings, reset_log_name(settings.data_path), only_late_resets)
+    return _grpc_access_log(
+        settings,
+        reset_log_name(settings.data_path),
+        _Log.AccessLogFilter(and_filter=only_late_resets),
+    )

@@ -26,6 +26,8 @@ from google.protobuf import any_pb2, struct_pb2
 from extproc.core.policy import Policy, Service, route_domains
 from extproc.core.routes import (
     Fault,
+    HashKey,
+    HashOn,
     HeaderMatch,
     HeaderOperations,
     HttpRoute,
@@ -87,7 +89,12 @@ def _routes_of(service: Service) -> tuple[HttpRoute, ...]:
     (``BuildDefaultHTTPOutboundRoute``: everything under ``/``, no timeout, Istio's default
     retries, and no explicit ``case_sensitive``)."""
     return service.routes or (
-        HttpRoute(name=service.cluster_name, match=RouteMatch(explicit_case=False)),
+        HttpRoute(
+            name=service.cluster_name,
+            match=RouteMatch(explicit_case=False),
+            # hashForService; the default route keeps previous_hosts (ConvertPolicy(.., false)).
+            hash_key=service.hash_key,
+        ),
     )
 
 
@@ -117,6 +124,8 @@ def _service_route(
     action.max_grpc_timeout.CopyFrom(timeout)
     if http.retries is not None:
         action.retry_policy.CopyFrom(_retry_policy(http.retries))
+    if http.hash_key is not None and http.hash_key.on is not HashOn.NOTHING:
+        action.hash_policy.append(hash_policy(http.hash_key))
     if http.rewrite is not None:
         if http.rewrite.regex is not None:
             pattern, substitution = http.rewrite.regex
@@ -148,6 +157,30 @@ def _service_route(
             )
         )
     return route
+
+
+def hash_policy(key: HashKey) -> route_components_pb2.RouteAction.HashPolicy:
+    """``ConsistentHashToHashPolicy``: the key Envoy's ring hashes the request on."""
+    policy = _Route.RouteAction.HashPolicy
+    if key.on is HashOn.HEADER:
+        return policy(header=policy.Header(header_name=key.name))
+    if key.on is HashOn.COOKIE:
+        cookie = policy.Cookie(
+            name=key.name,
+            path=key.cookie_path,
+            attributes=[
+                policy.CookieAttribute(name=name, value=value)
+                for name, value in key.cookie_attributes
+            ],
+        )
+        if key.cookie_ttl_s is not None:
+            # Set even at 0s, which makes Envoy generate a session cookie.
+            cookie.ttl.SetInParent()
+            cookie.ttl.CopyFrom(seconds(key.cookie_ttl_s))
+        return policy(cookie=cookie)
+    if key.on is HashOn.SOURCE_IP:
+        return policy(connection_properties=policy.ConnectionProperties(source_ip=key.source_ip))
+    return policy(query_parameter=policy.QueryParameter(name=key.name))
 
 
 def _add_headers(route: route_components_pb2.Route, headers: HeaderOperations) -> None:

@@ -53,10 +53,22 @@ import structlog
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
+from extproc.core.outcome import (
+    UPSTREAM_CONNECTION_FAILURE,
+    UPSTREAM_CONNECTION_TERMINATION,
+    UPSTREAM_OVERFLOW,
+    UPSTREAM_PROTOCOL_ERROR,
+    UPSTREAM_REMOTE_RESET,
+    UPSTREAM_REQUEST_TIMEOUT,
+    attempt_results,
+)
 from extproc.core.outlier import AttemptResult, http_response_code
 from extproc.core.policy import host_address
 from extproc.core.table import ServiceTable
+from extproc.server.metrics import Metrics
 from extproc.wire import (
+    ENVOY_BALANCED_ATTEMPT_LOG_NAME,
+    ENVOY_BALANCED_TIMEOUT_LOG_NAME,
     LATE_UPSTREAM_RESET,
     ROUTE_TIMEOUT,
     ROUTE_TIMEOUT_LOG_NAME,
@@ -123,6 +135,22 @@ def _upstream(entry: accesslog_pb2.HTTPAccessLogEntry) -> tuple[str, str] | None
     return common.upstream_cluster, host_address(address.address, address.port_value)
 
 
+#: The access log's ResponseFlags fields a classifier reads, as ``response.flags`` bits.
+_FLAG_BITS = (
+    ("upstream_request_timeout", UPSTREAM_REQUEST_TIMEOUT),
+    ("upstream_remote_reset", UPSTREAM_REMOTE_RESET),
+    ("upstream_connection_failure", UPSTREAM_CONNECTION_FAILURE),
+    ("upstream_connection_termination", UPSTREAM_CONNECTION_TERMINATION),
+    ("upstream_overflow", UPSTREAM_OVERFLOW),
+    ("upstream_protocol_error", UPSTREAM_PROTOCOL_ERROR),
+)
+
+
+def response_flag_bits(flags: accesslog_pb2.ResponseFlags) -> int:
+    """An entry's response flags as the ``response.flags`` bitmask ``classify`` reads."""
+    return sum(bit for name, bit in _FLAG_BITS if getattr(flags, name))
+
+
 def answer_reported_late(log_name: str) -> bool:
     """Whether the Envoy behind a log name reports the head's success after the reset (lua)."""
     return log_name == reset_log_name(DataPath.LUA)
@@ -137,6 +165,7 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         now: Callable[[], float],
         *,
         on_change: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Record late resets against the current table, with the clock given.
 
@@ -145,30 +174,63 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             now: the clock.
             on_change: called when a reset changed a cluster's health (an ejection), so EDS
                 tells Envoy at once.
+            metrics: where the attempts of clusters Envoy balances alone are counted.
         """
         self._table = table
         self._now = now
         self._on_change = on_change
+        self._metrics = metrics
 
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: Any
     ) -> als_pb2.StreamAccessLogsResponse:
         # One stream per Envoy worker and log; only its first message carries the identifier.
-        late_answer = timeouts = False
+        late_answer = timeouts = attempts = False
         async for message in request_iterator:
             if message.HasField("identifier"):
-                late_answer = answer_reported_late(message.identifier.log_name)
-                timeouts = message.identifier.log_name == ROUTE_TIMEOUT_LOG_NAME
+                name = message.identifier.log_name
+                late_answer = answer_reported_late(name)
+                timeouts = name in (ROUTE_TIMEOUT_LOG_NAME, ENVOY_BALANCED_TIMEOUT_LOG_NAME)
+                attempts = name == ENVOY_BALANCED_ATTEMPT_LOG_NAME
             for entry in message.http_logs.log_entry:
                 try:
                     if timeouts:
                         self.record_timeout(entry)
+                    elif attempts:
+                        self.record_attempt(entry)
                     else:
                         self.record(entry, answer_reported_late=late_answer)
                 except Exception:
                     # One bad entry is dropped; the stream and the server go on.
                     log.exception("access_log.entry_error")
         return als_pb2.StreamAccessLogsResponse()
+
+    def record_attempt(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+        """Record one attempt of a cluster Envoy balances alone; whether it was ours.
+
+        The entry is the router's upstream log of that attempt: its own host, status and
+        flags, read as the module path reads its attempt log (``outcome.attempt_results``).
+        """
+        common = entry.common_properties
+        cluster = self._table().clusters.get(common.upstream_cluster)
+        if cluster is None or not cluster.service.envoy_balances:
+            return False
+        flags = response_flag_bits(common.response_flags)
+        if flags & UPSTREAM_OVERFLOW and self._metrics is not None:
+            self._metrics.count_overflow(common.upstream_cluster)
+        upstream = _upstream(entry)
+        if upstream is None or not cluster.has_host(upstream[1]):
+            return False
+        host = upstream[1]
+        now = self._now()
+        generation = cluster.generation
+        for result in attempt_results(entry.response.response_code.value, flags):
+            cluster.record(host, result, now, finished=False)
+            if self._metrics is not None:
+                self._metrics.count_result(common.upstream_cluster, host, result)
+        if self._on_change is not None and cluster.generation != generation:
+            self._on_change()
+        return True
 
     def record_timeout(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
         """Record a route timeout's local-origin timeout for its host; whether it was ours."""
@@ -200,7 +262,8 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         if reset is None:
             return False
         cluster = self._table().clusters.get(reset.cluster_name)
-        if cluster is None or not cluster.has_host(reset.host):
+        if cluster is None or not cluster.has_host(reset.host) or cluster.service.envoy_balances:
+            # A cluster Envoy balances alone: its attempt log carries the reset already.
             return False
         now = self._now()
         generation = cluster.generation

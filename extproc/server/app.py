@@ -202,7 +202,10 @@ class ServiceApp:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # Upstream resets after the response started, which neither data path sees.
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(
-            AccessLogReceiver(lambda: self.table, self._clock.now, on_change=self.publish), server
+            AccessLogReceiver(
+                lambda: self.table, self._clock.now, on_change=self.publish, metrics=self.metrics
+            ),
+            server,
         )
         self.eds.add_to_server(server)
         socket_dir = self.settings.socket_dir

@@ -33,11 +33,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from extproc.core.outcome import (
-    RESET_AFTER_CONNECT,
-    UPSTREAM_OVERFLOW,
-    classify,
-)
+from extproc.core.outcome import attempt_results as outcome_attempt_results
 from extproc.core.outlier import AttemptResult
 from extproc.core.policy import LbAlgorithm, Service
 from extproc.wire import (
@@ -92,10 +88,6 @@ CHOICE_COUNT = 2
 _ADDRESS_CHARS = frozenset(b"0123456789abcdefABCDEF.:[]")
 #: Statuses the detector counts without ``outlierDetectionHttpErrorCodes``: every 5xx.
 _FIVE_XX = frozenset(range(500, 600))
-#: The flags of an attempt reset after its response head (``streamResetReasonToResponseFlag``
-#: in source/common/router/router.cc); the router reports that reset to the detector as
-#: ``LocalOriginConnectFailed`` (``onUpstreamReset``), after the head's status.
-_RESET_AFTER_HEAD = AttemptResult.connect_failure()
 
 _LB_VALUES = frozenset(int(lb) for lb in ModuleLb)
 _LB = {
@@ -200,9 +192,9 @@ def error_codes(service: Service) -> frozenset[int]:
     return frozenset(code for code in codes or _FIVE_XX if 0 <= code < ERROR_CODES_BITS)
 
 
-def module_lb(algorithm: LbAlgorithm) -> ModuleLb:
-    """The entry's ``lb`` for a service's Istio algorithm."""
-    return _LB[algorithm]
+def module_lb(service: Service) -> ModuleLb:
+    """The entry's ``lb`` for a service: its Istio algorithm, or Envoy's own balancer."""
+    return ModuleLb.ENVOY if service.envoy_balances else _LB[service.lb_algorithm]
 
 
 def fits(address: str) -> bool:
@@ -453,19 +445,6 @@ def decode_record(data: bytes) -> Record | None:
 
 
 def attempt_results(record: Record) -> tuple[AttemptResult, ...]:
-    """What Envoy's router reported for this attempt to its host's detector, in order.
-
-    The router's upstream log gives the module each attempt's own status and response
-    flags, so each is read alone, with the ext_proc path's rules for one attempt
-    (``classify``): an answer counts its status (``onUpstreamHeaders``); no answer counts as
-    its flags say (a timeout, a connect failure, a reset after connecting) or not at all (a
-    client that went away, an overflow). One case more: an answer whose attempt was then
-    reset (a reset flag) adds the router's ``LocalOriginConnectFailed`` for that reset,
-    except an overflow, which the router does not report.
-    """
-    if record.status == 0:
-        return classify(0, "", record.flags, 1).results
-    answer = classify(record.status, "via_upstream", 0, 1).results
-    if record.flags & RESET_AFTER_CONNECT and not record.flags & UPSTREAM_OVERFLOW:
-        return (*answer, _RESET_AFTER_HEAD)
-    return answer
+    """What Envoy's router reported for this attempt to its host's detector
+    (``outcome.attempt_results``)."""
+    return outcome_attempt_results(record.status, record.flags)

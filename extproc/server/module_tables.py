@@ -149,7 +149,7 @@ class ModuleTables:
         entry = Entry(
             name=name,
             version=version,
-            lb=module_lb(cluster.service.lb_algorithm),
+            lb=module_lb(cluster.service),
             withheld=withheld,
             error_codes=error_codes(cluster.service),
             hosts=() if problem else tuple(hosts),

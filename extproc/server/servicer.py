@@ -205,6 +205,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             # Our hosts are not the truth yet; EDS keeps Envoy's last assignment, so
             # Envoy's own LB over it routes (fail-static), never a client's choice.
             return _NO_OVERRIDE
+        if cluster.service.envoy_balances:
+            # Envoy's ring or slow start picks; the router's upstream log reports attempts.
+            return _NO_OVERRIDE
         pick = cluster.pick(now)
         if pick.host is None:
             return _NO_HEALTHY_UPSTREAM

@@ -125,10 +125,10 @@ class SyncEndpoint:
     def render(self, cluster: ClusterState, now: float) -> str:
         """The table text for a cluster."""
         weights = cluster.route_weights(now)
-        lines = [
-            f"{self.version(cluster)} {self.ttl_ms}",
-            f"lb={cluster.service.lb_algorithm.value}",
-        ]
+        service = cluster.service
+        # ENVOY: Envoy's own balancer picks (consistent hash, slow start); no override.
+        lb = "ENVOY" if service.envoy_balances else service.lb_algorithm.value
+        lines = [f"{self.version(cluster)} {self.ttl_ms}", f"lb={lb}"]
         outlier = cluster.service.outlier_detection
         if outlier is not None and outlier.http_error_codes:
             lines.append("codes=" + ",".join(map(str, sorted(outlier.http_error_codes))))

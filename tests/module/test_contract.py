@@ -88,6 +88,7 @@ C = c_defines()
         ("LB_ROUND_ROBIN", ModuleLb.ROUND_ROBIN),
         ("LB_LEAST_REQUEST", ModuleLb.LEAST_REQUEST),
         ("LB_RANDOM", ModuleLb.RANDOM),
+        ("LB_ENVOY", ModuleLb.ENVOY),
     ],
 )
 def test_a_number_of_the_contract_is_the_same_on_both_sides(

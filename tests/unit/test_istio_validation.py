@@ -64,6 +64,7 @@ DR: Final[dict[str, Any]] = {
 SE_AT: Final = 'cfg.yaml: ServiceEntry "db" (document 1): '
 DR_AT: Final = 'cfg.yaml: DestinationRule "db" (document 2): '
 OD: Final = "spec.trafficPolicy.outlierDetection"
+LB: Final = "spec.trafficPolicy.loadBalancer"
 LLS: Final = "spec.trafficPolicy.loadBalancer.localityLbSetting"
 
 
@@ -386,6 +387,85 @@ DR_ERRORS = [
         "of UNSPECIFIED, LEAST_CONN, RANDOM, PASSTHROUGH, ROUND_ROBIN, LEAST_REQUEST",
     ),
     (
+        "two-hash-keys",
+        {
+            f"{LB}.simple": DELETE,
+            f"{LB}.consistentHash": {"httpHeaderName": "x-user", "useSourceIp": True},
+        },
+        f"{LB}.consistentHash: only one hash key can be set, not httpHeaderName, useSourceIp",
+    ),
+    (
+        "empty-header-name",
+        {f"{LB}.simple": DELETE, f"{LB}.consistentHash": {"httpHeaderName": ""}},
+        f"{LB}.consistentHash.httpHeaderName: must not be empty",
+    ),
+    (
+        "cookie-without-name",
+        {f"{LB}.simple": DELETE, f"{LB}.consistentHash": {"httpCookie": {"ttl": "0s"}}},
+        f"{LB}.consistentHash.httpCookie.name: name required for HttpCookie",
+    ),
+    (
+        "cookie-attribute-twice",
+        {
+            f"{LB}.simple": DELETE,
+            f"{LB}.consistentHash": {
+                "httpCookie": {
+                    "name": "c",
+                    "attributes": [{"name": "SameSite", "value": "Lax"}, {"name": "SameSite"}],
+                }
+            },
+        },
+        f"{LB}.consistentHash.httpCookie.attributes[1].name: duplicate cookie attribute name: "
+        "SameSite",
+    ),
+    (
+        "ring-too-large",
+        {
+            f"{LB}.simple": DELETE,
+            f"{LB}.consistentHash": {
+                "httpHeaderName": "x",
+                "ringHash": {"minimumRingSize": 8388609},
+            },
+        },
+        f"{LB}.consistentHash.ringHash.minimumRingSize: 8388609 > 8388608, the largest ring "
+        "Envoy takes",
+    ),
+    (
+        "maglev-table-not-prime",
+        {
+            f"{LB}.simple": DELETE,
+            f"{LB}.consistentHash": {"httpHeaderName": "x", "maglev": {"tableSize": 1000}},
+        },
+        f"{LB}.consistentHash.maglev.tableSize: tableSize must be a prime number for maglev",
+    ),
+    (
+        "ring-and-maglev",
+        {
+            f"{LB}.simple": DELETE,
+            f"{LB}.consistentHash": {
+                "httpHeaderName": "x",
+                "ringHash": {"minimumRingSize": 1024},
+                "maglev": {"tableSize": 65537},
+            },
+        },
+        f"{LB}.consistentHash: only one of ringHash or maglev can be set",
+    ),
+    (
+        "warmup-without-duration",
+        {f"{LB}.warmup": {"aggression": 2}},
+        f"{LB}.warmup.duration: duration is required",
+    ),
+    (
+        "warmup-aggression-zero",
+        {f"{LB}.warmup": {"duration": "10s", "aggression": 0}},
+        f"{LB}.warmup.aggression: aggression should be greater than 0",
+    ),
+    (
+        "warmup-minimum-over-100",
+        {f"{LB}.warmup": {"duration": "10s", "minimumPercent": 101}},
+        f"{LB}.warmup.minimumPercent: minimumPercent value should be less than or equal to 100",
+    ),
+    (
         "consecutive-5xx-negative",
         {f"{OD}.consecutive5xxErrors": -1},
         f"{OD}.consecutive5xxErrors: must be 0 or more, got -1",
@@ -484,6 +564,19 @@ DR_ERRORS = [
         "'topology.kubernetes.io/zone' in 'failover_priority'",
     ),
 ]
+
+
+def test_a_maglev_table_without_a_size_gets_both_of_istios_errors() -> None:
+    # validateLoadBalancer: 0 is "not set", and isPrime(0) is false.
+    changes = {
+        f"{LB}.simple": DELETE,
+        f"{LB}.consistentHash": {"httpHeaderName": "x", "maglev": {}},
+    }
+    where = f"{DR_AT}{LB}.consistentHash.maglev.tableSize: "
+    assert _errors(SE, _patched(DR, changes)) == [
+        where + "tableSize must be set for maglev",
+        where + "tableSize must be a prime number for maglev",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -618,22 +711,34 @@ DR_WARNINGS = [
         f"spec.workloadSelector: {NOT_YET}",
     ),
     (
-        "warmup",
-        {"spec.trafficPolicy.loadBalancer.warmup": {"duration": "1m"}},
-        f"spec.trafficPolicy.loadBalancer.warmup: {NOT_YET}",
+        "warmup-with-random",
+        {
+            "spec.trafficPolicy.loadBalancer.simple": "RANDOM",
+            "spec.trafficPolicy.loadBalancer.warmup": {"duration": "1m"},
+        },
+        "spec.trafficPolicy.loadBalancer.warmup: has no effect with RANDOM: Istio applies "
+        "slow start to ROUND_ROBIN and LEAST_REQUEST only",
     ),
     (
-        "warmup-duration-secs",
-        {"spec.trafficPolicy.loadBalancer.warmupDurationSecs": "1m"},
-        f"spec.trafficPolicy.loadBalancer.warmupDurationSecs: {NOT_YET}",
-    ),
-    (
-        "consistent-hash",
+        "consistent-hash-without-key",
         {
             "spec.trafficPolicy.loadBalancer.simple": DELETE,
-            "spec.trafficPolicy.loadBalancer.consistentHash": {"useSourceIp": True},
+            "spec.trafficPolicy.loadBalancer.consistentHash": {"ringHash": {}},
         },
-        f"spec.trafficPolicy.loadBalancer.consistentHash: {NOT_YET}",
+        "spec.trafficPolicy.loadBalancer.consistentHash: no hash key (httpHeaderName, "
+        "httpCookie, useSourceIp or httpQueryParameterName): Envoy picks at random",
+    ),
+    (
+        "minimum-ring-size-deprecated",
+        {
+            "spec.trafficPolicy.loadBalancer.simple": DELETE,
+            "spec.trafficPolicy.loadBalancer.consistentHash": {
+                "httpHeaderName": "x-user",
+                "minimumRingSize": 2048,
+            },
+        },
+        "spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize: consistent hash "
+        "MinimumRingSize is deprecated, use ConsistentHashLB's RingHash configuration instead",
     ),
     (
         "zone-aware",

@@ -16,7 +16,7 @@ from extproc.core.outcome import (
     UPSTREAM_OVERFLOW,
 )
 from extproc.core.outlier import AttemptResult
-from extproc.core.policy import LbAlgorithm
+from extproc.core.policy import HashRing, LbAlgorithm, SlowStart
 from extproc.server.module_region import (
     BODY_SIZE,
     EMPTY_BODY,
@@ -311,7 +311,17 @@ def test_a_seq_left_odd_by_a_service_that_died_ends_even() -> None:
     ],
 )
 def test_each_istio_algorithm_has_its_lb_byte(algorithm: LbAlgorithm, lb: ModuleLb) -> None:
-    assert module_lb(algorithm) == lb
+    assert module_lb(service(lb=algorithm)) == lb
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"hash_ring": HashRing()}, {"slow_start": SlowStart(window_s=30.0)}],
+    ids=["consistent-hash", "slow-start"],
+)
+def test_a_service_envoy_balances_alone_gets_no_override(change: dict[str, object]) -> None:
+    balanced = dataclasses.replace(service(lb=LbAlgorithm.ROUND_ROBIN), **change)
+    assert module_lb(balanced) is ModuleLb.ENVOY
 
 
 def test_the_module_reports_every_5xx_unless_the_error_codes_say_otherwise() -> None:
