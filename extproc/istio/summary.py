@@ -20,7 +20,7 @@ from extproc.core.policy import (
     Workload,
     host_address,
 )
-from extproc.core.routes import HttpRoute, MatchKind, StringMatch
+from extproc.core.routes import HashOn, HttpRoute, MatchKind, StringMatch
 
 __all__ = ["check_summary", "locality_text", "locality_warnings"]
 
@@ -150,12 +150,26 @@ def check_summary(policy: Policy, workload: Workload | None) -> str:
     return "\n".join(lines)
 
 
+def _balancer(service: Service) -> str:
+    """The cluster's load balancer as Envoy runs it: ``RING_HASH on header x-user``."""
+    ring, slow = service.hash_ring, service.slow_start
+    if ring is not None:
+        size = "" if ring.size is None else f" (size {ring.size})"
+        key = service.hash_key
+        on = "" if key is None or key.on is HashOn.NOTHING else f" on {key.on.value}"
+        name = f" {key.name}" if key is not None and key.name else ""
+        return f"{ring.algorithm.value}{size}{on}{name}"
+    if slow is not None:
+        return f"{service.lb_algorithm.value} with slow start ({slow.window_s:g}s)"
+    return service.lb_algorithm.value
+
+
 def _describe(service: Service) -> str:
     count = len(service.endpoints)
     parts = [
         f"{count} endpoint{'' if count == 1 else 's'}",
         service.resolution.value,
-        service.lb_algorithm.value,
+        _balancer(service),
     ]
     od = service.outlier_detection
     if od is None:
@@ -204,6 +218,9 @@ def _describe_route(route: HttpRoute) -> str:
         what.append(f"{retries.num_retries} retries on {on}")
         if retries.per_try_timeout_s is not None:
             what.append(f"{retries.per_try_timeout_s:g}s per try")
+    key = route.hash_key
+    if key is not None and key.on is not HashOn.NOTHING:
+        what.append(f"hash on {key.on.value}" + (f" {key.name}" if key.name else ""))
     return f"{route.name or '(unnamed)'}: {', '.join(conditions)} -> {', '.join(what)}"
 
 
