@@ -14,7 +14,9 @@ What travels where:
   (``POST SYNC_PATH`` on ``SYNC_CLUSTER``, headers ``SERVICE_HEADER`` and ``WORKER_HEADER``)
   for a service's routing table, and reports outcomes in the same body. Envoy's local
   replies carry ``FLAGS_HEADER`` (the response flags) and every response ``UP_HEADER``
-  (the upstream host and attempt count); the script reads and removes both.
+  (the upstream host and attempt count); the script reads and removes both. On a weighted
+  route the script writes its pick of the route's clusters into ``CLUSTER_HEADER``, which
+  the route's siblings match (``render/routes.py``) and Envoy removes before the upstream.
 - **module path.** Envoy loads the C shim ``MODULE_NAME`` (``lib<MODULE_NAME>.so``) as a
   dynamic-module HTTP filter, and as the router's upstream access log
   ``MODULE_ATTEMPT_LOGGER`` (one log per upstream attempt); it connects to ``MODULE_SOCKET``
@@ -69,6 +71,10 @@ WORKER_HEADER = "x-extproc-worker"
 #: upstream host with the attempt count, and the response flags of Envoy's local replies.
 UP_HEADER = "x-extproc-up"
 FLAGS_HEADER = "x-extproc-lr"
+#: The request header the fast path writes its pick of a weighted route's clusters into,
+#: always overwriting a client's (a client's matches at most one of the route's own
+#: destinations); removed before the upstream.
+CLUSTER_HEADER = "x-extproc-cluster"
 
 #: The header (HTTP) and metadata key (gRPC) that carry the shared secret to the service
 #: when Envoy reaches it over TCP (``extproc serve --secret-file``).

@@ -1,7 +1,8 @@
 """A service's HTTP routes, compiled from a VirtualService: matches, timeout and retries.
 
 Values only, already in Envoy's terms as pilot translates them (``route.go``
-``TranslateRouteMatch``, ``setTimeout``; ``retry/retry.go`` ``ConvertPolicy``): ``render.routes``
+``TranslateRouteMatch``, ``setTimeout``, ``processWeightedDestination``; ``retry/retry.go``
+``ConvertPolicy``): ``render.routes``
 writes them out, and a service without routes gets Istio's default route.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_RETRY_ON",
+    "ClusterWeight",
     "DirectResponse",
     "Fault",
     "HeaderMatch",
@@ -181,17 +183,33 @@ class HashKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterWeight:
+    """One destination of a weighted route (``processWeightedDestination``): its cluster, its
+    weight (> 0: pilot drops a destination of weight 0), and its own ``headers`` and their
+    authority, which Envoy applies to the requests it sends there."""
+
+    cluster: str
+    weight: int
+    headers: HeaderOperations = HeaderOperations()
+    host_rewrite: str = ""
+    hash_key: HashKey | None = None  # the destination's consistentHash key
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRoute:
     """One Envoy route of a VirtualService ``http[]`` entry (one per ``match[]`` entry).
 
-    A route forwards to its service's cluster unless it has a ``redirect`` or a
-    ``direct_response``, which Envoy answers itself.
+    A route forwards to its service's cluster (or a subset's, or one of several by weight)
+    unless it has a ``redirect`` or a ``direct_response``, which Envoy answers itself.
     """
 
     name: str
     match: RouteMatch = field(default_factory=RouteMatch)
     # The cluster it forwards to: its service's own (""), or one of its subsets'.
     cluster: str = ""
+    # Several destinations: Envoy picks one per request by weight (``weighted_clusters``),
+    # and ``cluster`` is unused.
+    weighted: tuple[ClusterWeight, ...] = ()
     timeout_s: float = 0.0  # 0: no timeout, Istio's default
     retries: RetryPolicy | None = field(default_factory=RetryPolicy)
     headers: HeaderOperations = HeaderOperations()
@@ -207,3 +225,9 @@ class HttpRoute:
     def forwards(self) -> bool:
         """Whether the route goes to an endpoint (not a redirect or a direct response)."""
         return self.redirect is None and self.direct_response is None
+
+    def clusters(self, own: str) -> tuple[str, ...]:
+        """The clusters the route forwards to, ``own`` standing for its service's cluster."""
+        if self.weighted:
+            return tuple(w.cluster for w in self.weighted)
+        return (self.cluster or own,) if self.forwards else ()

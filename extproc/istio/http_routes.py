@@ -11,7 +11,9 @@ VirtualService's routes gets Envoy's 404: no default route is added behind them.
 Cross-object rules: a VirtualService host that is no ServiceEntry host is a warning (Istio
 would route it to no cluster extproc has); a second VirtualService for a host is a warning
 and ignored (Istio uses the oldest; document order stands for creation time); a destination
-on another host or port than the route's own service is an error, not served yet.
+on another host or port than the route's own service is an error, not served yet. A route
+with several destinations is Envoy's ``weighted_clusters`` (``processWeightedDestination``):
+each destination of weight > 0 in order, with its own headers.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from collections.abc import Mapping, Sequence
 from extproc.core.policy import Service, UpstreamSni, authority_key, cluster_name
 from extproc.core.routes import (
     DEFAULT_RETRY_ON,
+    ClusterWeight,
     DirectResponse,
     Fault,
+    HashKey,
     HeaderMatch,
     HeaderOperations,
     HeaderValue,
@@ -49,6 +53,7 @@ from extproc.istio.models import (
     HttpRetrySpec,
     HttpRouteSpec,
     RedirectSpec,
+    RouteDestinationSpec,
     StringMatchSpec,
     VirtualService,
 )
@@ -130,8 +135,20 @@ def _routes(
         answered = http.redirect is not None or http.direct_response is not None
         if not answered and not _destination_is(http, service, source, where, errors):
             continue
-        cluster = (
-            "" if answered else _subset_cluster(http, service, subsets, source, where, warnings)
+        clusters = [
+            _subset_cluster(d, service, subsets, source, f"{where}.route[{j}]", warnings)
+            for j, d in enumerate(() if answered else http.route)
+        ]
+        cluster = clusters[0] if len(clusters) == 1 else ""
+        # processWeightedDestination: "Ignore 0 weighted clusters".
+        weighted = tuple(
+            _cluster_weight(
+                d,
+                name or service.cluster_name,
+                _hash_key(d, by_cluster.get(name or service.cluster_name, service)),
+            )
+            for d, name in zip(http.route, clusters, strict=True)
+            if len(clusters) > 1 and d.weight > 0
         )
         matches: list[HttpMatchSpec | None] = list(http.match) or [None]
         for match in matches:
@@ -143,10 +160,11 @@ def _routes(
             route = _action(
                 http,
                 service,
-                HttpRoute(name=name, match=_route_match(match), cluster=cluster),
+                HttpRoute(name=name, match=_route_match(match), cluster=cluster, weighted=weighted),
                 by_cluster.get(cluster or service.cluster_name, service),
             )
-            if route.host_rewrite and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
+            rewrites = route.host_rewrite or any(w.host_rewrite for w in route.weighted)
+            if rewrites and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
                 errors.append(
                     source.problem(
                         where,
@@ -182,10 +200,12 @@ def _action(http: HttpRouteSpec, service: Service, route: HttpRoute, target: Ser
             rewrite = Rewrite(prefix=http.rewrite.uri)
         authority = http.rewrite.authority or authority
     # processDestination: the destination's headers follow the route's; its authority only
-    # when the route sets none.
-    destination_headers, destination_authority = _headers(http.route[0].headers)
-    destination = http.route[0].destination
-    hashed = target.hash_key if destination and destination.port else target.hash_key_portless
+    # when the route sets none. Several destinations keep theirs on their ClusterWeight, and
+    # their hash keys (processWeightedDestination), without holding retries on the host.
+    destination_headers, destination_authority = (
+        _headers(http.route[0].headers) if len(http.route) == 1 else (HeaderOperations(), "")
+    )
+    hashed = _hash_key(http.route[0], target) if len(http.route) == 1 else None
     return dataclasses.replace(
         route,
         timeout_s=_seconds(http.timeout) or 0.0,
@@ -297,8 +317,24 @@ def _fault(spec: FaultSpec | None) -> Fault | None:
     return None if fault == Fault() else fault
 
 
+def _cluster_weight(
+    destination: RouteDestinationSpec, cluster: str, hashed: HashKey | None
+) -> ClusterWeight:
+    """``processWeightedDestination``: the weight, the destination's headers and authority,
+    and its hash key, which pilot appends to the route's hash policies."""
+    headers, authority = _headers(destination.headers)
+    return ClusterWeight(cluster, destination.weight, headers, authority, hashed)
+
+
+def _hash_key(route_destination: RouteDestinationSpec, target: Service) -> HashKey | None:
+    """``HashForHTTPDestination``: the destination cluster's key, with the rule's port-level
+    settings only when the destination names its port (``portLevelSettingsConsistentHash``)."""
+    destination = route_destination.destination
+    return target.hash_key if destination and destination.port else target.hash_key_portless
+
+
 def _subset_cluster(
-    http: HttpRouteSpec,
+    route_destination: RouteDestinationSpec,
     service: Service,
     subsets: set[str],
     source: Source,
@@ -310,7 +346,7 @@ def _subset_cluster(
     Pilot checks nothing here: a subset no DestinationRule defines (or a DNS one with no
     endpoint) names a cluster that does not exist, and Envoy answers 503 (NC).
     """
-    destination = http.route[0].destination
+    destination = route_destination.destination
     assert destination is not None
     if not destination.subset:
         return ""
@@ -318,7 +354,7 @@ def _subset_cluster(
     if destination.subset not in subsets:
         warnings.append(
             source.problem(
-                f"{where}.route[0].destination.subset",
+                f"{where}.destination.subset",
                 f"{destination.subset!r} is no subset of {service.host!r}'s DestinationRule: "
                 "as on Istio's sidecar, its cluster does not exist and Envoy answers 503",
             )
@@ -329,29 +365,34 @@ def _subset_cluster(
 def _destination_is(
     http: HttpRouteSpec, service: Service, source: Source, where: str, errors: list[Problem]
 ) -> bool:
-    """Whether the route's one destination is this service (another is not served yet)."""
-    if len(http.route) != 1 or http.route[0].destination is None:
+    """Whether each of the route's destinations is this service (another is not served yet)."""
+    if not http.route or any(d.destination is None for d in http.route):
         return False  # validation already said why
-    destination = http.route[0].destination
-    if authority_key(destination.host, None) != authority_key(service.host, None):
-        errors.append(
-            source.problem(
-                f"{where}.route[0].destination.host",
-                f"routes {service.host!r} to another host, {destination.host!r}: not supported "
-                "yet (a VirtualService may route only to its own ServiceEntry host)",
+    ours = True
+    for j, route_destination in enumerate(http.route):
+        destination = route_destination.destination
+        assert destination is not None
+        here = f"{where}.route[{j}].destination"
+        if authority_key(destination.host, None) != authority_key(service.host, None):
+            errors.append(
+                source.problem(
+                    f"{here}.host",
+                    f"routes {service.host!r} to another host, {destination.host!r}: not "
+                    "supported yet (a VirtualService may route only to its own ServiceEntry "
+                    "host)",
+                )
             )
-        )
-        return False
-    if destination.port is not None and destination.port.number != service.port:
-        errors.append(
-            source.problem(
-                f"{where}.route[0].destination.port.number",
-                f"routes port {service.port} to port {destination.port.number}: not supported "
-                "yet (a route goes to the port it was asked on)",
+            ours = False
+        elif destination.port is not None and destination.port.number != service.port:
+            errors.append(
+                source.problem(
+                    f"{here}.port.number",
+                    f"routes port {service.port} to port {destination.port.number}: not "
+                    "supported yet (a route goes to the port it was asked on)",
+                )
             )
-        )
-        return False
-    return True
+            ours = False
+    return ours
 
 
 def _route_match(match: HttpMatchSpec | None) -> RouteMatch:

@@ -207,7 +207,10 @@ def _describe_route(route: HttpRoute) -> str:
         f"{'no ' if h.invert else ''}{h.name} {_describe_match(h.match)}" for h in match.headers
     ]
     conditions += [f"?{name} {_describe_match(m)}" for name, m in match.query_params]
-    what = [f"timeout {route.timeout_s:g}s" if route.timeout_s else "no timeout"]
+    what = []
+    if route.weighted:
+        what.append("weights " + " / ".join(f"{w.cluster} {w.weight}" for w in route.weighted))
+    what.append(f"timeout {route.timeout_s:g}s" if route.timeout_s else "no timeout")
     retries = route.retries
     if retries is None:
         what.append("no retries")

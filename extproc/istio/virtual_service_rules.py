@@ -7,9 +7,9 @@ From ``pkg/config/validation/validation.go`` (``ValidateVirtualService``, ``vali
 
 extproc serves the HTTP routes of a VirtualService bound to the mesh (no ``gateways``, or
 ``mesh`` among them): matches on uri, headers, withoutHeaders, method, authority, scheme, port
-and queryParams, one destination per route on the VirtualService's own ServiceEntry host,
-``timeout``, ``retries``, and what ``http_action_rules`` checks (headers, rewrite, redirect,
-direct response, fault).
+and queryParams, destinations (one, or several by weight) on the VirtualService's own
+ServiceEntry host, ``timeout``, ``retries``, and what ``http_action_rules`` checks (headers,
+rewrite, redirect, direct response, fault).
 Any other field of an HTTP route would make Envoy route differently than Istio's sidecar, so
 it is an error that names it, never a field silently dropped.
 """
@@ -64,6 +64,9 @@ _STATUS_CODES: Final = frozenset(
     | {500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511}
 )
 _NOT_YET: Final = "is not supported yet: Envoy would route differently than Istio's sidecar"
+_INT32_MAX: Final = 2**31 - 1
+#: Envoy's bound on a route's total weight (``WeightedClusterSpecifierPlugin``).
+_UINT32_MAX: Final = 2**32 - 1
 
 
 def binds_to_mesh(vs: VirtualService) -> bool:
@@ -133,10 +136,17 @@ def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
             check.error(f"{here}.destination.subset", f"subset name is invalid: {subset}")
         if destination.weight < 0:
             check.error(f"{here}.weight", f"weight {destination.weight} < 0")
-    if len(route.route) > 1:
+        elif destination.weight > _INT32_MAX:  # the API's int32: the API server refuses it
+            check.error(f"{here}.weight", f"weight {destination.weight} is over int32")
+    weights = [d.weight for d in route.route]
+    if len(weights) > 1 and sum(weights) == 0:
+        check.error(f"{where}.route", "total destination weight = 0")
+    elif len(weights) > 1 and sum(w for w in weights if w > 0) > _UINT32_MAX:
+        # Envoy refuses such a route (WeightedClusterSpecifierPlugin): Istio's sidecar would
+        # reject the whole route configuration.
         check.error(
             f"{where}.route",
-            "more than one destination (weights) " + _NOT_YET.removeprefix("is "),
+            f"the sum of the weights exceeds {_UINT32_MAX}: Envoy refuses the route",
         )
     if route.timeout is not None:
         check_duration(route.timeout, f"{where}.timeout", check)

@@ -95,6 +95,7 @@ from extproc.render.routes import route_config
 from extproc.render.typed import boolean, packed, to_data
 from extproc.settings import Settings
 from extproc.wire import (
+    CLUSTER_HEADER,
     FLAGS_HEADER,
     LUA_METADATA_NAMESPACE,
     SECRET_HEADER,
@@ -274,6 +275,7 @@ def lua_source(settings: Settings) -> str:
         "WORKER_HEADER": WORKER_HEADER,
         "UP_HEADER": UP_HEADER,
         "FLAGS_HEADER": FLAGS_HEADER,
+        "CLUSTER_HEADER": CLUSTER_HEADER,
         "LUA_METADATA_NAMESPACE": LUA_METADATA_NAMESPACE,
         "SECRET_HEADER": SECRET_HEADER,
         "SYNC_TIMEOUT_MS": str(settings.sync_timeout_ms),

@@ -4,7 +4,8 @@
 -- are filled in there from extproc/wire.py. One Lua VM runs per Envoy worker, so the
 -- file-level locals below are per-worker state.
 --
--- Per request: take the route's service (route metadata), refresh its table when stale
+-- Per request: take the route's service (route metadata; on a weighted route, the cluster
+-- this script picks by the route's weights, see pick_cluster), refresh its table when stale
 -- (one request per worker per TTL pays a synchronous call to the service's sync
 -- endpoint), choose a host with the service's load balancer (below) and select it with
 -- setUpstreamOverrideHost on the service's EDS cluster. A client cannot influence that
@@ -42,6 +43,7 @@ local SYNC_CLUSTER = "@@SYNC_CLUSTER@@"
 local SYNC_TIMEOUT_MS = @@SYNC_TIMEOUT_MS@@
 local UP_HEADER = "@@UP_HEADER@@"
 local FLAGS_HEADER = "@@FLAGS_HEADER@@"
+local CLUSTER_HEADER = "@@CLUSTER_HEADER@@"
 local METADATA_NS = "@@LUA_METADATA_NAMESPACE@@"
 -- Empty unless the service is reached over TCP (extproc serve --secret-file).
 local SECRET = @@SECRET@@
@@ -58,6 +60,8 @@ local active = {}
 -- request id -> its request handle, held weakly: Envoy lets go of it when the stream ends.
 local handles = setmetatable({}, {__mode = "v"})
 local last_id = 0
+-- A weighted route's "weights" metadata -> {names = {...}, cum = {...}, total}.
+local weighted = {}
 local WORKER = string.sub(tostring({}), 8)
 
 math.randomseed(os.time() + (tonumber(WORKER, 16) or 0) % 100000)
@@ -159,6 +163,41 @@ local function draw(t)
     if t.cum[mid] < r then lo = mid + 1 else hi = mid end
   end
   return lo
+end
+
+-- A weighted route's cluster for this request, drawn as Envoy's weighted_clusters draws it:
+-- uniform over the total weight, each cluster owning an interval in the route's order
+-- (WeightedClusterSpecifierPlugin::pickWeightedCluster; measured on Envoy 1.40: not health
+-- aware, a cluster with no healthy host keeps its share). The pick goes into CLUSTER_HEADER,
+-- overwriting whatever the client sent, and the route cache is cleared: the router re-matches
+-- the request to the pick's sibling route (render/routes.py), which has only that cluster
+-- and removes the header before the upstream. When the weights cannot be read the header is
+-- removed and nil returned: Envoy's own weighted pick routes, never a client's choice. The
+-- route metadata this filter sees stays the first route's (measured), so the pick is kept
+-- here, not read back.
+local function pick_cluster(handle, spec)
+  local w = weighted[spec]
+  if w == nil then
+    w = {names = {}, cum = {}, total = 0}
+    for name, weight in string.gmatch(spec, "(%S+) (%d+)") do
+      w.total = w.total + tonumber(weight)
+      w.names[#w.names + 1] = name
+      w.cum[#w.cum + 1] = w.total
+    end
+    weighted[spec] = w
+  end
+  local name = nil
+  if w.total > 0 then
+    name = w.names[draw(w)]
+  end
+  local headers = handle:headers()
+  if name == nil then
+    headers:remove(CLUSTER_HEADER)
+  else
+    headers:replace(CLUSTER_HEADER, name)
+  end
+  handle:clearRouteCache()
+  return name
 end
 
 -- The weight a host is (re-)queued with: its table weight, or for LEAST_REQUEST (counts
@@ -273,9 +312,17 @@ local function sweep()
 end
 
 function envoy_on_request(handle)
-  local service = handle:metadata():get("service")
+  local metadata = handle:metadata()
+  local service = metadata:get("service")
   if service == nil then
-    return
+    local spec = metadata:get("weights")
+    if spec == nil then
+      return
+    end
+    service = pick_cluster(handle, spec)
+    if service == nil then
+      return
+    end
   end
   local now = handle:timestamp()
   local t = tables[service]

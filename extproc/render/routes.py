@@ -1,9 +1,17 @@
 """The listener's routes: one virtual host per service with Istio's retries, and a 404 for the rest.
 
-Every route goes to its service's cluster, never to a cluster a header names: which host
-serves is the service's pick (the lua script's or the module's override host, or the
-ext_proc answer's metadata), and a retry leaves the failed host and priority as Istio's
-sidecar does.
+Every route goes to its service's cluster (or its subsets' by weight), never to a cluster a
+header names: which host serves is the service's pick (the lua script's or the module's
+override host, or the ext_proc answer's metadata), and a retry leaves the failed host and
+priority as Istio's sidecar does.
+
+A weighted route is Envoy's ``weighted_clusters``, whose pick the module and ext_proc read
+back from Envoy. The Lua filter cannot see that pick, so on lua the script picks with the
+route's weights (metadata ``weights``), writes the pick in ``CLUSTER_HEADER`` and clears the
+route cache; the route is then re-matched to one sibling route per destination, placed just
+before it, that matches the same request with that header and has only that destination.
+A client that sends the header reaches one of the route's own destinations at most (the
+script overwrites it in any case), and Envoy removes it before the upstream.
 Authorities that match no ServiceEntry host go to a catch-all virtual host that answers
 404 without asking the service.
 """
@@ -25,6 +33,7 @@ from google.protobuf import any_pb2, struct_pb2
 
 from extproc.core.policy import Policy, Service, route_domains
 from extproc.core.routes import (
+    ClusterWeight,
     Fault,
     HashKey,
     HashOn,
@@ -40,7 +49,7 @@ from extproc.render.filters import EXT_PROC_FILTER, FAULT_FILTER, LUA_FILTER, MO
 from extproc.render.tls import endpoint_sni
 from extproc.render.typed import boolean, packed, seconds, uint32
 from extproc.settings import Settings
-from extproc.wire import UP_HEADER, DataPath
+from extproc.wire import CLUSTER_HEADER, UP_HEADER, DataPath
 
 _Route = route_components_pb2
 
@@ -62,16 +71,21 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
         _Route.VirtualHost(
             name=service.cluster_name,
             domains=list(domains),
-            routes=[_service_route(service, route, settings) for route in _routes_of(service)],
+            routes=[
+                out
+                for route in _routes_of(service)
+                for out in _service_routes(service, route, settings)
+            ],
         )
         for service, domains in route_domains(policy.services)
     ]
     hosts.append(_unknown_host(settings))
     known = {service.cluster_name for service in policy.services}
     missing = any(
-        route.cluster and route.cluster not in known
+        cluster not in known
         for service in policy.services
         for route in service.routes
+        for cluster in route.clusters(service.cluster_name)
     )
     return route_pb2.RouteConfiguration(
         name="extproc_routes",
@@ -98,6 +112,30 @@ def _routes_of(service: Service) -> tuple[HttpRoute, ...]:
     )
 
 
+def _service_routes(
+    service: Service, http: HttpRoute, settings: Settings
+) -> list[route_components_pb2.Route]:
+    """The route, after its siblings on the lua path when it is weighted (module docstring)."""
+    route = _service_route(service, http, settings)
+    if not http.weighted or settings.data_path is not DataPath.LUA:
+        return [route]
+    route.request_headers_to_remove.append(CLUSTER_HEADER)
+    siblings = []
+    for weight in http.weighted:
+        sibling = route_components_pb2.Route()
+        sibling.CopyFrom(route)
+        sibling.match.headers.append(
+            _Route.HeaderMatcher(
+                name=CLUSTER_HEADER, string_match=string_pb2.StringMatcher(exact=weight.cluster)
+            )
+        )
+        clusters = sibling.route.weighted_clusters.clusters
+        del clusters[:]
+        clusters.append(_cluster_weight(weight))
+        siblings.append(sibling)
+    return [*siblings, route]
+
+
 def _service_route(
     service: Service, http: HttpRoute, settings: Settings
 ) -> route_components_pb2.Route:
@@ -119,13 +157,20 @@ def _service_route(
     # setTimeout also bounds a gRPC client's grpc-timeout by the route's (0: unbounded).
     action = route.route
     cluster = http.cluster or service.cluster_name
-    action.cluster = cluster
+    if http.weighted:
+        # processWeightedDestination; no total_weight: Envoy sums the weights.
+        action.weighted_clusters.clusters.extend(_cluster_weight(w) for w in http.weighted)
+    else:
+        action.cluster = cluster
     action.timeout.CopyFrom(timeout)
     action.max_grpc_timeout.CopyFrom(timeout)
     if http.retries is not None:
         action.retry_policy.CopyFrom(_retry_policy(http.retries))
-    if http.hash_key is not None and http.hash_key.on is not HashOn.NOTHING:
-        action.hash_policy.append(hash_policy(http.hash_key))
+    keys = [w.hash_key for w in http.weighted] if http.weighted else [http.hash_key]
+    # Each destination's policy, in order (processDestination, processWeightedDestination).
+    action.hash_policy.extend(
+        hash_policy(key) for key in keys if key is not None and key.on is not HashOn.NOTHING
+    )
     if http.rewrite is not None:
         if http.rewrite.regex is not None:
             pattern, substitution = http.rewrite.regex
@@ -143,7 +188,11 @@ def _service_route(
         route.route.auto_host_rewrite.CopyFrom(boolean(True))
     if settings.data_path is DataPath.LUA:
         script = struct_pb2.Struct()
-        script.update({"service": cluster})
+        if http.weighted:
+            # "<cluster> <weight> ...", in the route's order: the script's pick (bridge.lua).
+            script.update({"weights": " ".join(f"{w.cluster} {w.weight}" for w in http.weighted)})
+        else:
+            script.update({"service": cluster})
         route.metadata.CopyFrom(base_pb2.Metadata(filter_metadata={LUA_FILTER: script}))
         # Who served the last attempt, and after how many attempts; the upstream cannot
         # forge it (overwritten), and the script removes it before the client sees the
@@ -183,7 +232,19 @@ def hash_policy(key: HashKey) -> route_components_pb2.RouteAction.HashPolicy:
     return policy(query_parameter=policy.QueryParameter(name=key.name))
 
 
-def _add_headers(route: route_components_pb2.Route, headers: HeaderOperations) -> None:
+def _cluster_weight(weight: ClusterWeight) -> route_components_pb2.WeightedCluster.ClusterWeight:
+    """One destination of ``weighted_clusters``, with its own headers and authority."""
+    out = _Route.WeightedCluster.ClusterWeight(name=weight.cluster, weight=uint32(weight.weight))
+    _add_headers(out, weight.headers)
+    if weight.host_rewrite:
+        out.host_rewrite_literal = weight.host_rewrite
+    return out
+
+
+def _add_headers(
+    route: route_components_pb2.Route | route_components_pb2.WeightedCluster.ClusterWeight,
+    headers: HeaderOperations,
+) -> None:
     """``TranslateHeadersOperations``: set overwrites, add appends; removes as given."""
     option = base_pb2.HeaderValueOption
     for target, values in (

@@ -101,6 +101,7 @@ class Requests:
     n: int
     spacing_s: float = 0.0
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request of the loop
+    read_header: str = ""  # a response header each record keeps (``Record.header``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,7 @@ class Record:
     status: int
     served_by: str | None  # the stand-in that answered 200, None for a failure
     detail: str = ""  # for a failure: who answered, or the start of Envoy's own body
+    header: str = ""  # the value of the loop's ``read_header`` ("" when absent)
 
     @property
     def token(self) -> str:
@@ -365,16 +367,18 @@ async def _request(
     t: float,
     timeout_s: float = REQUEST_TIMEOUT_S,
     extra: tuple[tuple[str, str], ...] = (),
+    read_header: str = "",
 ) -> Record:
     loop = asyncio.get_running_loop()
     sent = loop.time()
     status, headers, body = await _get(address, host, timeout_s, extra)
     elapsed = loop.time() - sent
     served_by = headers.get("x-served-by", "")
+    header = headers.get(read_header, "") if read_header else ""
     if status == 200 and served_by:
-        return Record(proxy, label, index, t, elapsed, status, served_by)
+        return Record(proxy, label, index, t, elapsed, status, served_by, header=header)
     detail = f"from {served_by}" if served_by else " ".join(body.split())
-    return Record(proxy, label, index, t, elapsed, status, None, detail)
+    return Record(proxy, label, index, t, elapsed, status, None, detail, header)
 
 
 async def _lua_errors(stack: Stack) -> int:
@@ -476,7 +480,16 @@ async def _replay(
                 t = loop.time() - start
                 run.records += await asyncio.gather(
                     *(
-                        _request(name, address, scenario.host, step.label, i, t, extra=step.headers)
+                        _request(
+                            name,
+                            address,
+                            scenario.host,
+                            step.label,
+                            i,
+                            t,
+                            extra=step.headers,
+                            read_header=step.read_header,
+                        )
                         for name, address in ((REFERENCE, reference), (EXTPROC, ours))
                     )
                 )

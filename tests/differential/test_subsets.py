@@ -27,7 +27,9 @@ pytestmark = pytest.mark.e2e
 V1_EAST, V1_WEST = Upstream("v1-east", "127.0.3.1"), Upstream("v1-west", "127.0.3.2")
 V2_EAST, V2_WEST = Upstream("v2-east", "127.0.3.3"), Upstream("v2-west", "127.0.3.4")
 
-SUBSETS = Scenario(
+#: A ServiceEntry with v1 and v2 endpoints in us-east1 and us-west, and a DestinationRule
+#: with connectionPool, outlierDetection and subsets v1 and v2.
+SERVICE_AND_SUBSETS = (
     "apiVersion: networking.istio.io/v1\n"
     "kind: ServiceEntry\n"
     "metadata:\n  name: db\n"
@@ -60,6 +62,10 @@ SUBSETS = Scenario(
     "  - name: v2\n"
     "    labels: {version: v2}\n"
     "    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n"
+)
+
+SUBSETS = Scenario(
+    SERVICE_AND_SUBSETS
     + virtual_service(
         "- name: canary\n"
         "  match:\n  - headers: {x-version: {exact: v2}}\n"

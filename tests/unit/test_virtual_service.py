@@ -16,7 +16,10 @@ from google.protobuf import json_format
 
 from extproc.core.policy import Policy, Service
 from extproc.core.routes import (
+    ClusterWeight,
     HeaderMatch,
+    HeaderOperations,
+    HeaderValue,
     HttpRoute,
     MatchKind,
     RetryPolicy,
@@ -28,6 +31,7 @@ from extproc.istio import load_policy, load_policy_text
 from extproc.render.routes import route_config
 from extproc.settings import Settings
 from extproc.testing import find_service
+from extproc.wire import CLUSTER_HEADER, DataPath
 
 FIXTURE: Final = Path(__file__).parent.parent / "fixtures" / "traffic" / "virtual-service.yaml"
 VS_AT: Final = 'cfg.yaml: VirtualService "mydb" (document 3): '
@@ -369,15 +373,69 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
                 "http": [
                     {
                         "route": [
-                            {"destination": {"host": "mydb.com"}, "weight": 50},
-                            {"destination": {"host": "mydb.com"}, "weight": 50},
+                            {"destination": {"host": "mydb.com"}},
+                            {"destination": {"host": "mydb.com"}, "weight": 0},
                         ]
                     }
                 ]
             },
-            "spec.http[0].route: more than one destination (weights) not supported yet: "
-            "Envoy would route differently than Istio's sidecar",
-            id="weights",
+            "spec.http[0].route: total destination weight = 0",
+            id="weights-all-zero",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [
+                            {"destination": {"host": "mydb.com"}, "weight": 150},
+                            {"destination": {"host": "mydb.com"}, "weight": -50},
+                        ]
+                    }
+                ]
+            },
+            "spec.http[0].route[1].weight: weight -50 < 0",
+            id="weight-negative",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [
+                            {"destination": {"host": "mydb.com"}, "weight": 2**31},
+                            {"destination": {"host": "mydb.com"}, "weight": 1},
+                        ]
+                    }
+                ]
+            },
+            "spec.http[0].route[0].weight: weight 2147483648 is over int32",
+            id="weight-over-int32",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "mydb.com"}, "weight": 2**31 - 1}] * 3,
+                    }
+                ]
+            },
+            "spec.http[0].route: the sum of the weights exceeds 4294967295: Envoy refuses the "
+            "route",
+            id="weights-over-uint32",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "route": [
+                            {"destination": {"host": "mydb.com"}, "weight": 50},
+                            {"destination": {"host": "other.com"}, "weight": 50},
+                        ]
+                    }
+                ]
+            },
+            "spec.http[0].route[1].destination.host: routes 'mydb.com' to another host, "
+            "'other.com': not supported yet",
+            id="weighted-other-host",
         ),
         pytest.param(
             {"hosts": ["*"], "http": [{"route": [{"destination": {"host": "mydb.com"}}]}]},
@@ -572,3 +630,140 @@ def test_an_unquoted_comma_in_a_flow_mapping_is_an_unknown_field_even_when_null(
     with pytest.raises(ConfigError) as caught:
         load_policy_text(text, "cfg.yaml")
     assert [p.path for p in caught.value.problems] == ["spec.http[0].retries.gateway-error"]
+
+
+WEIGHTED: Final = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [mydb.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.3.1, locality: us-east1, labels: {version: v1}}
+  - {address: 127.0.3.3, locality: us-east1, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: mydb.com
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [mydb.com]
+  http:
+  - name: one
+    match: [{uri: {prefix: /one}}]
+    route:
+    - destination: {host: mydb.com, subset: v2}
+      weight: 30
+  - name: split
+    headers: {request: {set: {x-route: r}}}
+    route:
+    - destination: {host: mydb.com, subset: v1}
+      weight: 90
+      headers: {request: {set: {x-dest: a, ":authority": a.internal}}}
+    - destination: {host: mydb.com, subset: v2}
+      weight: 10
+    - destination: {host: mydb.com}
+      weight: 0
+"""
+V1: Final = "outbound|80|v1|mydb.com"
+V2: Final = "outbound|80|v2|mydb.com"
+
+
+def _weighted_routes(data_path: DataPath) -> list[dict[str, Any]]:
+    policy = load_policy_text(WEIGHTED, "cfg.yaml", strict=True)
+    config = json_format.MessageToDict(route_config(policy, Settings(data_path=data_path)))
+    [host] = [h for h in config["virtualHosts"] if h["name"] == "outbound|80||mydb.com"]
+    routes: list[dict[str, Any]] = host["routes"]
+    return routes
+
+
+def test_several_destinations_compile_to_weights_without_the_zero_weight_one() -> None:
+    # processWeightedDestination: each destination of weight > 0 in order, its headers and
+    # authority its own; the route keeps its own headers. One destination: its cluster, the
+    # weight ignored (processDestination).
+    policy = load_policy_text(WEIGHTED, "cfg.yaml", strict=True)
+    one, split = _service(policy, 80).routes
+    overwrite = HeaderOperations(request_add=(HeaderValue("x-dest", "a"),))
+    assert split.weighted == (
+        ClusterWeight(V1, 90, overwrite, host_rewrite="a.internal"),
+        ClusterWeight(V2, 10),
+    )
+    assert split.headers == HeaderOperations(request_add=(HeaderValue("x-route", "r"),))
+    assert split.host_rewrite == ""
+    assert split.clusters("own") == (V1, V2)
+    assert (one.weighted, one.cluster) == ((), V2)
+
+
+@pytest.mark.parametrize("data_path", [DataPath.EXT_PROC, DataPath.MODULE], ids=lambda p: p.value)
+def test_a_weighted_route_renders_as_pilots_weighted_clusters(data_path: DataPath) -> None:
+    one, split = _weighted_routes(data_path)
+    assert "cluster" not in split["route"]
+    # No total_weight: Envoy sums the weights.
+    assert split["route"]["weightedClusters"] == {
+        "clusters": [
+            {
+                "name": V1,
+                "weight": 90,
+                "requestHeadersToAdd": [
+                    {
+                        "header": {"key": "x-dest", "value": "a"},
+                        "appendAction": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+                "hostRewriteLiteral": "a.internal",
+            },
+            {"name": V2, "weight": 10},
+        ]
+    }
+    assert split["requestHeadersToAdd"] == [
+        {"header": {"key": "x-route", "value": "r"}, "appendAction": "OVERWRITE_IF_EXISTS_OR_ADD"}
+    ]
+    assert one["route"]["cluster"] == V2
+
+
+def test_on_lua_a_weighted_route_follows_one_sibling_per_destination_chosen_by_the_pick() -> None:
+    # The script picks by the weights in the route's metadata and writes the pick into
+    # CLUSTER_HEADER; each sibling matches the same request with that header and keeps only
+    # its destination, so Envoy's own ClusterWeight carries the destination's headers. Every
+    # one of them removes the header before the upstream, and none reads a cluster from it.
+    one, first, second, split = _weighted_routes(DataPath.LUA)
+    weights = {"weights": f"{V1} 90 {V2} 10"}
+    parent_clusters = split["route"]["weightedClusters"]["clusters"]
+    assert len(parent_clusters) == 2
+    for sibling, cluster in ((first, parent_clusters[0]), (second, parent_clusters[1])):
+        assert sibling["name"] == split["name"] == "split"
+        assert sibling["match"] == {
+            "prefix": "/",
+            "headers": [{"name": CLUSTER_HEADER, "stringMatch": {"exact": cluster["name"]}}],
+        }
+        assert sibling["route"]["weightedClusters"] == {"clusters": [cluster]}
+        assert {k: v for k, v in sibling["route"].items() if k != "weightedClusters"} == {
+            k: v for k, v in split["route"].items() if k != "weightedClusters"
+        }
+    for route in (first, second, split):
+        assert route["metadata"]["filterMetadata"]["envoy.filters.http.lua"] == weights
+        assert route["requestHeadersToRemove"] == [CLUSTER_HEADER]
+        assert "clusterHeader" not in route["route"]
+    assert split["match"] == {"prefix": "/"}
+    assert one["metadata"]["filterMetadata"]["envoy.filters.http.lua"] == {"service": V2}
+    assert "requestHeadersToRemove" not in one
+
+
+def test_check_shows_a_routes_weights() -> None:
+    from extproc.istio.summary import check_summary
+
+    lines = check_summary(load_policy_text(WEIGHTED, "cfg.yaml"), None).splitlines()
+    assert (
+        f"      split: prefix / -> weights {V1} 90 / {V2} 10, no timeout, 2 retries on "
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    ) in lines
