@@ -202,3 +202,23 @@ def test_lua_and_ext_proc_log_every_attempt_of_a_balanced_cluster_and_only_those
     # Without such a cluster, no upstream log leaves lua's Envoy.
     plain = Policy(tuple(dataclasses.replace(s, hash_ring=None) for s in policy.services))
     assert ENVOY_BALANCED_ATTEMPT_LOG_NAME not in str(render_bootstrap(plain, Settings()))
+
+
+def test_a_weighted_route_carries_each_destinations_hash_and_keeps_previous_hosts() -> None:
+    http = [
+        {
+            "name": "split",
+            "route": [
+                {"destination": {"host": "mydb.com", "subset": "v1"}, "weight": 90},
+                {"destination": {"host": "mydb.com"}, "weight": 10},
+            ],
+        }
+    ]
+    [route] = _routes(_load(vs=http), DataPath.MODULE)
+    # processWeightedDestination appends each destination's policy, in order; with several
+    # destinations ConvertPolicy keeps previous_hosts.
+    assert route["route"]["hash_policy"] == [
+        {"cookie": {"name": "session", "ttl": "0s", "path": "/"}},
+        {"header": {"header_name": "x-user"}},
+    ]
+    assert route["route"]["retry_policy"]["retry_host_predicate"]
