@@ -42,7 +42,10 @@ async def test_requests_go_to_the_only_host_of_the_entry(start_rig: RigFactory) 
     assert served == [rig.name(1)] * 20  # Envoy's own round robin would alternate
 
 
-@pytest.mark.parametrize("lb", list(ModuleLb), ids=[lb.name for lb in ModuleLb])
+PICKING = [lb for lb in ModuleLb if lb is not ModuleLb.ENVOY]
+
+
+@pytest.mark.parametrize("lb", PICKING, ids=[lb.name for lb in PICKING])
 async def test_weights_of_1_and_1000_send_all_but_a_few_to_the_heavy_host(
     start_rig: RigFactory, lb: ModuleLb
 ) -> None:
@@ -54,6 +57,18 @@ async def test_weights_of_1_and_1000_send_all_but_a_few_to_the_heavy_host(
 
     assert served[rig.name(1)] >= 297, served
     assert set(served) <= {rig.name(0), rig.name(1)}
+
+
+async def test_an_entry_envoy_balances_sets_no_override(start_rig: RigFactory) -> None:
+    # lb ENVOY (a consistent-hash ring, slow start): Envoy's own balancer picks, whatever
+    # the entry's weights say.
+    rig = await start_rig()
+    entry = [rig.host(0, weight=1), rig.host(1, weight=1000)]
+    rig.link.write_entry(0, CLUSTER, entry, lb=ModuleLb.ENVOY)
+
+    served = Counter(await fresh_connections(rig.listen, 100))
+
+    assert served[rig.name(0)] >= 25 and served[rig.name(1)] >= 25, served
 
 
 async def test_round_robin_alternates_on_each_worker(start_rig: RigFactory) -> None:
