@@ -13,7 +13,8 @@ on the lua path, ``SYNC_CLUSTER`` (the fast path's HTTP sync), each a Unix socke
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.common.matcher.v3 import matcher_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
@@ -24,11 +25,13 @@ from envoy.config.core.v3 import (
     protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf.message import Message
@@ -37,13 +40,14 @@ from extproc.core.policy import (
     ConnectionPool,
     HashAlgorithm,
     LbAlgorithm,
+    OutlierDetection,
     Service,
     TcpKeepalive,
     UpstreamProtocol,
     is_ip,
 )
 from extproc.render.tls import HTTP_PROTOCOL_OPTIONS, auto_sni_options, upstream_tls_socket
-from extproc.render.typed import milliseconds, packed, seconds, uint32
+from extproc.render.typed import boolean, milliseconds, packed, seconds, uint32
 from extproc.settings import Settings
 from extproc.wire import (
     GRPC_CLUSTER,
@@ -157,6 +161,8 @@ def _envoy_balancer(cluster: cluster_pb2.Cluster, service: Service) -> None:
     """``applyLoadBalancer`` for a cluster Envoy balances alone: a consistent-hash ring
     (``ApplyRingHashLoadBalancer``), or ROUND_ROBIN / LEAST_REQUEST with slow start
     (``applyRoundRobinLoadBalancer``, ``applyLeastRequestLoadBalancer``)."""
+    if service.outlier_detection is not None:
+        cluster.outlier_detection.CopyFrom(_outlier_detection(service.outlier_detection))
     ring, slow = service.hash_ring, service.slow_start
     if ring is not None:
         if ring.algorithm is HashAlgorithm.MAGLEV:
@@ -182,6 +188,54 @@ def _envoy_balancer(cluster: cluster_pb2.Cluster, service: Service) -> None:
         cluster.round_robin_lb_config.slow_start_config.CopyFrom(config)
     else:
         cluster.least_request_lb_config.slow_start_config.CopyFrom(config)
+
+
+def _outlier_detection(od: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
+    """``applyOutlierDetection``, for a cluster Envoy balances alone.
+
+    The service's EDS marks no host of such a cluster UNHEALTHY: an ejection must reach
+    Envoy's ring or slow-start balancer on the worker that saw the failure, as on Istio's
+    sidecar, not one EDS push later. The service still records every attempt (its view
+    and metrics follow the same rules). ``always_eject_one_host`` is extproc's first-ejection
+    rule (see the README's differences); Istio's values otherwise.
+    """
+    out = outlier_detection_pb2.OutlierDetection(
+        consecutive_5xx=uint32(od.consecutive_5xx_errors),
+        enforcing_consecutive_5xx=uint32(100 if od.consecutive_5xx_errors > 0 else 0),
+        consecutive_gateway_failure=uint32(od.consecutive_gateway_errors),
+        enforcing_consecutive_gateway_failure=uint32(od.enforcing_consecutive_gateway_failure),
+        interval=seconds(od.interval_s),
+        base_ejection_time=seconds(od.base_ejection_time_s),
+        max_ejection_percent=uint32(od.max_ejection_percent),
+        enforcing_success_rate=uint32(0),
+        always_eject_one_host=boolean(od.always_eject_one_host),
+    )
+    if od.split_external_local_origin_errors:
+        out.split_external_local_origin_errors = True
+        out.consecutive_local_origin_failure.CopyFrom(uint32(od.consecutive_local_origin_failures))
+        out.enforcing_consecutive_local_origin_failure.CopyFrom(uint32(100))
+        out.enforcing_local_origin_success_rate.CopyFrom(uint32(0))
+    return out
+
+
+def _error_matcher(codes: frozenset[int]) -> matcher_pb2.MatchPredicate:
+    """``applyOutlierDetectionErrorCodes``: the statuses Envoy's detector counts as errors."""
+    predicate = matcher_pb2.MatchPredicate
+    rules = [
+        predicate(
+            http_response_headers_match=matcher_pb2.HttpHeadersMatch(
+                headers=[
+                    route_components_pb2.HeaderMatcher(
+                        name=":status", string_match=string_pb2.StringMatcher(exact=str(code))
+                    )
+                ]
+            )
+        )
+        for code in sorted(codes)
+    ]
+    if len(rules) == 1:
+        return rules[0]
+    return predicate(or_match=predicate.MatchSet(rules=rules))
 
 
 def _circuit_breakers(pool: ConnectionPool) -> circuit_breaker_pb2.CircuitBreakers:
@@ -253,6 +307,9 @@ def _http_protocol_options(
                 http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
             )
         )
+    outlier = service.outlier_detection
+    if service.envoy_balances and outlier is not None and outlier.http_error_codes:
+        options.outlier_detection.error_matcher.CopyFrom(_error_matcher(outlier.http_error_codes))
     if options == options_type():
         return None
     if options.WhichOneof("upstream_protocol_options") is None:

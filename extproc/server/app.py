@@ -331,7 +331,9 @@ class ServiceApp:
                         region=view.locality.region,
                         zone=view.locality.zone,
                         sub_zone=view.locality.sub_zone,
-                        healthy=not view.ejected,
+                        # A cluster Envoy balances alone has Envoy's own detector, which
+                        # ejects on the worker at once (render.clusters): EDS stays out of it.
+                        healthy=not view.ejected or cluster.service.envoy_balances,
                         hostname=view.endpoint_address,
                     )
                     for view in cluster.hosts(now)

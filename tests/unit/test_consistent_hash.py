@@ -25,6 +25,7 @@ from extproc.istio import load_policy, load_policy_text
 from extproc.render.bootstrap import render_bootstrap
 from extproc.render.clusters import service_cluster
 from extproc.render.routes import route_config
+from extproc.render.tls import HTTP_PROTOCOL_OPTIONS
 from extproc.render.typed import to_data
 from extproc.settings import Settings
 from extproc.wire import ENVOY_BALANCED_ATTEMPT_LOG_NAME, DataPath
@@ -222,3 +223,21 @@ def test_a_weighted_route_carries_each_destinations_hash_and_keeps_previous_host
         {"header": {"header_name": "x-user"}},
     ]
     assert route["route"]["retry_policy"]["retry_host_predicate"]
+
+
+def test_envoys_own_detector_ejects_on_a_cluster_envoy_balances() -> None:
+    # The ejection must reach Envoy's ring on the worker that saw the failure, as on Istio's
+    # sidecar (applyOutlierDetection); the service's EDS marks no such host UNHEALTHY.
+    services = _by_cluster(load_policy(TRAFFIC / "warmup.yaml"))
+    cluster = _cluster(services[MAIN])
+    detector = cluster.outlier_detection
+    assert (detector.consecutive_5xx.value, detector.enforcing_consecutive_5xx.value) == (1, 100)
+    assert detector.interval.seconds == 1
+    assert detector.base_ejection_time.seconds == 30
+    assert detector.enforcing_success_rate.value == 0
+    # outlierDetectionHttpErrorCodes: applyOutlierDetectionErrorCodes' error matcher.
+    options = cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS]
+    assert b":status" in options.value
+    # A cluster the service picks for has no detector of Envoy's: the service ejects.
+    plain = dataclasses.replace(services[MAIN], slow_start=None)
+    assert not _cluster(plain).HasField("outlier_detection")
