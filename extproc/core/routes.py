@@ -9,6 +9,7 @@ writes them out, and a service without routes gets Istio's default route.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -75,6 +76,29 @@ class RouteMatch:
             path.kind is MatchKind.REGEX and path.value == ".*"
         )
         return everything and not self.headers and not self.query_params
+
+
+#: The one gateway a sidecar is: pilot's ``constants.IstioMeshGateway``.
+MESH_GATEWAY = "mesh"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMatch:
+    """A match entry's conditions on the client proxy itself, which pilot resolves when it
+    builds the proxy's routes (``sourceMatchHTTP``), not per request."""
+
+    labels: tuple[tuple[str, str], ...] = ()  # sourceLabels
+    gateways: tuple[str, ...] = ()
+    namespace: str = ""  # sourceNamespace
+
+    def applies_to(self, proxy_labels: Mapping[str, str], proxy_namespace: str = "") -> bool:
+        """``sourceMatchHTTP`` for a sidecar: ``gateways`` naming ``mesh`` decide alone;
+        else every source label must be the proxy's, and the namespace its own."""
+        if self.gateways:
+            return MESH_GATEWAY in self.gateways
+        if any(proxy_labels.get(name) != value for name, value in self.labels):
+            return False
+        return not self.namespace or self.namespace == proxy_namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +244,9 @@ class HttpRoute:
     fault: Fault | None = None
     # The destination's consistentHash key (hashForService, HashForHTTPDestination).
     hash_key: HashKey | None = None
+    # sourceLabels, gateways, sourceNamespace: None when the match names none.
+    source: SourceMatch | None = None
+    stat_prefix: str = ""  # match.statPrefix
 
     @property
     def forwards(self) -> bool:

@@ -38,6 +38,7 @@ from extproc.core.routes import (
     RetryPolicy,
     Rewrite,
     RouteMatch,
+    SourceMatch,
     StringMatch,
 )
 from extproc.errors import Problem
@@ -160,7 +161,14 @@ def _routes(
             route = _action(
                 http,
                 service,
-                HttpRoute(name=name, match=_route_match(match), cluster=cluster, weighted=weighted),
+                HttpRoute(
+                    name=name,
+                    match=_route_match(match),
+                    cluster=cluster,
+                    weighted=weighted,
+                    source=_source_match(match),
+                    stat_prefix=match.stat_prefix if match is not None else "",
+                ),
                 by_cluster.get(cluster or service.cluster_name, service),
             )
             rewrites = route.host_rewrite or any(w.host_rewrite for w in route.weighted)
@@ -173,8 +181,10 @@ def _routes(
                     )
                 )
             routes.append(route)
-            if route.match.catch_all:
-                return tuple(routes)  # routes are matched in order: nothing after is reached
+            if route.match.catch_all and route.source is None:
+                # Routes are matched in order: nothing after is reached. One with a source
+                # condition may be left out for the workload, so the rendering stops there.
+                return tuple(routes)
     return tuple(routes)
 
 
@@ -429,6 +439,17 @@ def _string_match(spec: StringMatchSpec) -> StringMatch:
     if spec.regex is not None and spec.regex != "*":
         return StringMatch(MatchKind.REGEX, spec.regex)
     return StringMatch(MatchKind.PRESENT)
+
+
+def _source_match(match: HttpMatchSpec | None) -> SourceMatch | None:
+    """The match's conditions on the client proxy (``sourceMatchHTTP``), None for none."""
+    if match is None or not (match.source_labels or match.gateways or match.source_namespace):
+        return None
+    return SourceMatch(
+        labels=tuple(sorted(match.source_labels.items())),
+        gateways=tuple(match.gateways),
+        namespace=match.source_namespace,
+    )
 
 
 def _retry_policy(spec: HttpRetrySpec | None, *, hashed: bool) -> RetryPolicy | None:

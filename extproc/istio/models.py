@@ -368,6 +368,10 @@ class HttpMatchSpec(Model):
     query_params: dict[str, StringMatchSpec] = Field(default_factory=dict, alias="queryParams")
     port: int = 0
     ignore_uri_case: bool = Field(default=False, alias="ignoreUriCase")
+    source_labels: dict[str, str] = Field(default_factory=dict, alias="sourceLabels")
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str = Field(default="", alias="sourceNamespace")
+    stat_prefix: str = Field(default="", alias="statPrefix")
 
 
 class DestinationSpec(Model):

@@ -19,7 +19,13 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from extproc.istio.field_rules import check_duration, check_regex, domain_error, port_error
+from extproc.istio.field_rules import (
+    check_duration,
+    check_regex,
+    domain_error,
+    label_error,
+    port_error,
+)
 from extproc.istio.findings import Checker
 from extproc.istio.http_action_rules import check_conflicts, check_route_actions
 from extproc.istio.literal import show
@@ -187,6 +193,31 @@ def _check_match(match: HttpMatchSpec, where: str, check: Checker) -> None:
             _check_string_match(value, f"{where}.{field}", field, check)
     if match.port and (problem := port_error(match.port)) is not None:
         check.error(f"{where}.port", problem)
+    for key, value in match.source_labels.items():
+        if (problem := label_error(key, value)) is not None:
+            check.error(f"{where}.sourceLabels", problem)
+    _check_gateway_names(match.gateways, f"{where}.gateways", check)
+    if match.source_namespace and not _DNS1123_LABEL.fullmatch(match.source_namespace):
+        check.error(
+            f"{where}.sourceNamespace", f"sourceNamespace match {match.source_namespace} is invalid"
+        )
+
+
+def _check_gateway_names(names: list[str], where: str, check: Checker) -> None:
+    """``validateGatewayNames`` (sidecar semantics), which stops at the first name without
+    a namespace (an FQDN such as ``mesh``) as pilot's does."""
+    for name in names:
+        namespace, slash, gateway = name.partition("/")
+        if not slash:
+            if (problem := domain_error(name)) is not None:
+                check.error(where, problem)
+            return
+        if not namespace or not gateway:
+            check.error(where, "config namespace and gateway name cannot be empty")
+        if not _DNS1123_LABEL.fullmatch(namespace):
+            check.error(where, f"invalid value for namespace: {namespace!r}")
+        if not _DNS1123_LABEL.fullmatch(gateway):
+            check.error(where, f"invalid value for gateway name: {gateway!r}")
 
 
 def _check_string_match(

@@ -31,7 +31,8 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, struct_pb2
 
-from extproc.core.policy import Policy, Service, route_domains
+from extproc.core.locality import augment_labels
+from extproc.core.policy import Policy, Service, Workload, route_domains
 from extproc.core.routes import (
     ClusterWeight,
     Fault,
@@ -73,7 +74,7 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
             domains=list(domains),
             routes=[
                 out
-                for route in _routes_of(service)
+                for route in routes_for(service, settings.workload)
                 for out in _service_routes(service, route, settings)
             ],
         )
@@ -98,11 +99,26 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
     )
 
 
-def _routes_of(service: Service) -> tuple[HttpRoute, ...]:
-    """The VirtualService's routes, else Istio's default route
+def routes_for(service: Service, workload: Workload) -> tuple[HttpRoute, ...]:
+    """The VirtualService's routes for this workload, else Istio's default route
     (``BuildDefaultHTTPOutboundRoute``: everything under ``/``, no timeout, Istio's default
-    retries, and no explicit ``case_sensitive``)."""
-    return service.routes or (
+    retries, and no explicit ``case_sensitive``).
+
+    A route whose ``sourceLabels`` (or ``gateways``, ``sourceNamespace``) leave this workload
+    out is dropped, and nothing after the first catch-all left is reached
+    (``BuildHTTPRoutesForVirtualService``, ``sourceMatchHTTP``; the workload has no
+    namespace). When none is left, the default route applies, as pilot builds no virtual
+    host of the VirtualService then.
+    """
+    labels = augment_labels(workload.labels, workload.cluster_id, workload.locality, "")
+    routes: list[HttpRoute] = []
+    for route in service.routes:
+        if route.source is not None and not route.source.applies_to(labels):
+            continue
+        routes.append(route)
+        if route.match.catch_all:
+            break
+    return tuple(routes) or (
         HttpRoute(
             name=service.cluster_name,
             match=RouteMatch(explicit_case=False),
@@ -143,6 +159,7 @@ def _service_route(
     fault, then Envoy's own answer or the action to the route's cluster, with its
     ``timeout`` (``setTimeout``) and its ``retries`` (``ConvertPolicy``; none at 0 attempts)."""
     route = _Route.Route(name=http.name, match=_route_match(http.match))
+    route.stat_prefix = http.stat_prefix
     _add_headers(route, http.headers)
     if http.fault is not None:
         route.typed_per_filter_config[FAULT_FILTER].CopyFrom(packed(_fault(http.fault)))

@@ -359,14 +359,25 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
             {
                 "http": [
                     {
-                        "match": [{"sourceLabels": {"app": "a"}}],
+                        "match": [{"sourceLabels": {"app": "-a"}}],
                         "route": [{"destination": {"host": "mydb.com"}}],
                     }
                 ]
             },
-            "spec.http[0].match[0].sourceLabels: is not supported yet: Envoy would route "
-            "differently than Istio's sidecar",
-            id="source-labels",
+            'spec.http[0].match[0].sourceLabels: invalid tag value: "-a"',
+            id="source-labels-invalid",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "match": [{"gateways": ["istio-system/Egress"]}],
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                    }
+                ]
+            },
+            "spec.http[0].match[0].gateways: invalid value for gateway name: 'Egress'",
+            id="gateway-name-invalid",
         ),
         pytest.param(
             {
