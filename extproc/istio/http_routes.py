@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from extproc.core.policy import Service, UpstreamSni, authority_key, cluster_name
 from extproc.core.routes import (
@@ -97,11 +98,12 @@ def apply_virtual_services(
                 )
             else:
                 chosen[key] = (parsed.source, vs)
-    subsets: dict[tuple[str, int], set[str]] = {}
-    for service in services:
-        if service.subset:
-            subsets.setdefault((service.host, service.port), set()).add(service.subset)
     by_cluster = {s.cluster_name: s for s in services}
+    ports: dict[str, list[int]] = {}
+    for s in services:
+        if not s.subset:
+            ports.setdefault(authority_key(s.host, None), []).append(s.port)
+    targets = _Targets(by_cluster, ports, {authority_key(s.host, None): s.host for s in services})
     out = []
     for service in services:
         found = None if service.subset else chosen.get(authority_key(service.host, None))
@@ -109,8 +111,7 @@ def apply_virtual_services(
             out.append(service)
             continue
         source, vs = found
-        defined = subsets.get((service.host, service.port), set())
-        routes = _routes(vs, service, defined, by_cluster, source, errors, warnings)
+        routes = _routes(vs, service, targets, source, errors, warnings)
         out.append(
             dataclasses.replace(service, routes=routes, route_source=source.cite())
             if routes
@@ -123,21 +124,21 @@ def apply_virtual_services(
 def _routes(
     vs: VirtualService,
     service: Service,
-    subsets: set[str],
-    by_cluster: Mapping[str, Service],
+    targets: _Targets,
     source: Source,
     errors: list[Problem],
     warnings: list[Problem],
 ) -> tuple[HttpRoute, ...]:
     """``BuildHTTPRoutesForVirtualService`` for one service's port."""
+    by_cluster = targets.by_cluster
     routes: list[HttpRoute] = []
     for i, http in enumerate(vs.spec.http):
         where = f"spec.http[{i}]"
         answered = http.redirect is not None or http.direct_response is not None
-        if not answered and not _destination_is(http, service, source, where, errors):
-            continue
+        if not answered and (not http.route or any(d.destination is None for d in http.route)):
+            continue  # validation already said why
         clusters = [
-            _subset_cluster(d, service, subsets, source, f"{where}.route[{j}]", warnings)
+            _destination_cluster(d, service, targets, source, f"{where}.route[{j}]", warnings)
             for j, d in enumerate(() if answered else http.route)
         ]
         cluster = clusters[0] if len(clusters) == 1 else ""
@@ -343,66 +344,62 @@ def _hash_key(route_destination: RouteDestinationSpec, target: Service) -> HashK
     return target.hash_key if destination and destination.port else target.hash_key_portless
 
 
-def _subset_cluster(
+@dataclass(frozen=True, slots=True)
+class _Targets:
+    """What a route destination may name: every cluster, each host's ports and spelling."""
+
+    by_cluster: Mapping[str, Service]
+    ports: Mapping[str, list[int]]  # authority key -> the ServiceEntry ports of that host
+    spelling: Mapping[str, str]  # authority key -> the host as its ServiceEntry writes it
+
+
+def _destination_cluster(
     route_destination: RouteDestinationSpec,
     service: Service,
-    subsets: set[str],
+    targets: _Targets,
     source: Source,
     where: str,
     warnings: list[Problem],
 ) -> str:
-    """The cluster of the destination's subset (``GetDestinationCluster``), "" for none.
+    """The destination's cluster (``GetDestinationCluster``), "" for the service's own.
 
-    Pilot checks nothing here: a subset no DestinationRule defines (or a DNS one with no
-    endpoint) names a cluster that does not exist, and Envoy answers 503 (NC).
+    The port is the destination's, else the host's only port, else the port the request
+    came on. Pilot checks nothing here: a host no ServiceEntry declares on that port, or a
+    subset no DestinationRule defines (or a DNS one with no endpoint), names a cluster that
+    does not exist, and Envoy answers 503 (NC), as on Istio's sidecar.
     """
     destination = route_destination.destination
     assert destination is not None
-    if not destination.subset:
+    key = authority_key(destination.host, None)
+    host = targets.spelling.get(key, destination.host)
+    ports = targets.ports.get(key, [])
+    if destination.port is not None:
+        port = destination.port.number
+    elif len(ports) == 1:
+        port = ports[0]
+    else:
+        port = service.port
+    name = cluster_name(host, port, destination.subset)
+    if name == service.cluster_name:
         return ""
-    name = cluster_name(service.host, service.port, destination.subset)
-    if destination.subset not in subsets:
+    if name not in targets.by_cluster:
+        if port not in ports:
+            what = (
+                f"{destination.host!r} is no ServiceEntry host"
+                if not ports
+                else f"{destination.host!r} has no port {port} in its ServiceEntry"
+            )
+            field = "host" if not ports else "port.number"
+        else:
+            what = f"{destination.subset!r} is no subset of {host!r}'s DestinationRule"
+            field = "subset"
         warnings.append(
             source.problem(
-                f"{where}.destination.subset",
-                f"{destination.subset!r} is no subset of {service.host!r}'s DestinationRule: "
-                "as on Istio's sidecar, its cluster does not exist and Envoy answers 503",
+                f"{where}.destination.{field}",
+                f"{what}: as on Istio's sidecar, its cluster does not exist and Envoy answers 503",
             )
         )
     return name
-
-
-def _destination_is(
-    http: HttpRouteSpec, service: Service, source: Source, where: str, errors: list[Problem]
-) -> bool:
-    """Whether each of the route's destinations is this service (another is not served yet)."""
-    if not http.route or any(d.destination is None for d in http.route):
-        return False  # validation already said why
-    ours = True
-    for j, route_destination in enumerate(http.route):
-        destination = route_destination.destination
-        assert destination is not None
-        here = f"{where}.route[{j}].destination"
-        if authority_key(destination.host, None) != authority_key(service.host, None):
-            errors.append(
-                source.problem(
-                    f"{here}.host",
-                    f"routes {service.host!r} to another host, {destination.host!r}: not "
-                    "supported yet (a VirtualService may route only to its own ServiceEntry "
-                    "host)",
-                )
-            )
-            ours = False
-        elif destination.port is not None and destination.port.number != service.port:
-            errors.append(
-                source.problem(
-                    f"{here}.port.number",
-                    f"routes port {service.port} to port {destination.port.number}: not "
-                    "supported yet (a route goes to the port it was asked on)",
-                )
-            )
-            ours = False
-    return ours
 
 
 def _route_match(match: HttpMatchSpec | None) -> RouteMatch:

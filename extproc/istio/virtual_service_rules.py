@@ -193,8 +193,8 @@ def _check_match(match: HttpMatchSpec, where: str, check: Checker) -> None:
             _check_string_match(value, f"{where}.{field}", field, check)
     if match.port and (problem := port_error(match.port)) is not None:
         check.error(f"{where}.port", problem)
-    for key, value in match.source_labels.items():
-        if (problem := label_error(key, value)) is not None:
+    for key, label in match.source_labels.items():
+        if (problem := label_error(key, label)) is not None:
             check.error(f"{where}.sourceLabels", problem)
     _check_gateway_names(match.gateways, f"{where}.gateways", check)
     if match.source_namespace and not _DNS1123_LABEL.fullmatch(match.source_namespace):
