@@ -220,6 +220,17 @@ class ClusterWeight:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """``TranslateRequestMirrorPolicy``: a cluster and the share of requests Envoy copies
+    to it, as pilot writes the fraction (``mirrorPercentage`` in millionths, the deprecated
+    integer ``mirrorPercent`` and the default 100 in hundredths)."""
+
+    cluster: str
+    numerator: int = 100
+    per_million: bool = False  # else per hundred
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRoute:
     """One Envoy route of a VirtualService ``http[]`` entry (one per ``match[]`` entry).
 
@@ -247,6 +258,7 @@ class HttpRoute:
     # sourceLabels, gateways, sourceNamespace: None when the match names none.
     source: SourceMatch | None = None
     stat_prefix: str = ""  # match.statPrefix
+    mirrors: tuple[Mirror, ...] = ()  # mirror (and mirrorPercentage), then mirrors[]
 
     @property
     def forwards(self) -> bool:

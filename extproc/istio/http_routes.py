@@ -35,6 +35,7 @@ from extproc.core.routes import (
     HeaderValue,
     HttpRoute,
     MatchKind,
+    Mirror,
     Redirect,
     RetryPolicy,
     Rewrite,
@@ -48,12 +49,14 @@ from extproc.istio.findings import Parsed, Source
 from extproc.istio.http_action_rules import GRPC_STATUS
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
+    DestinationSpec,
     DirectResponseSpec,
     FaultSpec,
     HeadersSpec,
     HttpMatchSpec,
     HttpRetrySpec,
     HttpRouteSpec,
+    PercentSpec,
     RedirectSpec,
     RouteDestinationSpec,
     StringMatchSpec,
@@ -138,9 +141,13 @@ def _routes(
         if not answered and (not http.route or any(d.destination is None for d in http.route)):
             continue  # validation already said why
         clusters = [
-            _destination_cluster(d, service, targets, source, f"{where}.route[{j}]", warnings)
+            _destination_cluster(
+                d.destination, service, targets, source, f"{where}.route[{j}].destination", warnings
+            )
             for j, d in enumerate(() if answered else http.route)
+            if d.destination is not None
         ]
+        mirrors = () if answered else _mirrors(http, service, targets, source, where, warnings)
         cluster = clusters[0] if len(clusters) == 1 else ""
         # processWeightedDestination: "Ignore 0 weighted clusters".
         weighted = tuple(
@@ -169,6 +176,7 @@ def _routes(
                     weighted=weighted,
                     source=_source_match(match),
                     stat_prefix=match.stat_prefix if match is not None else "",
+                    mirrors=mirrors,
                 ),
                 by_cluster.get(cluster or service.cluster_name, service),
             )
@@ -354,7 +362,7 @@ class _Targets:
 
 
 def _destination_cluster(
-    route_destination: RouteDestinationSpec,
+    destination: DestinationSpec,
     service: Service,
     targets: _Targets,
     source: Source,
@@ -368,8 +376,6 @@ def _destination_cluster(
     subset no DestinationRule defines (or a DNS one with no endpoint), names a cluster that
     does not exist, and Envoy answers 503 (NC), as on Istio's sidecar.
     """
-    destination = route_destination.destination
-    assert destination is not None
     key = authority_key(destination.host, None)
     host = targets.spelling.get(key, destination.host)
     ports = targets.ports.get(key, [])
@@ -395,7 +401,7 @@ def _destination_cluster(
             field = "subset"
         warnings.append(
             source.problem(
-                f"{where}.destination.{field}",
+                f"{where}.{field}",
                 f"{what}: as on Istio's sidecar, its cluster does not exist and Envoy answers 503",
             )
         )
@@ -436,6 +442,42 @@ def _string_match(spec: StringMatchSpec) -> StringMatch:
     if spec.regex is not None and spec.regex != "*":
         return StringMatch(MatchKind.REGEX, spec.regex)
     return StringMatch(MatchKind.PRESENT)
+
+
+def _mirrors(
+    http: HttpRouteSpec,
+    service: Service,
+    targets: _Targets,
+    source: Source,
+    where: str,
+    warnings: list[Problem],
+) -> tuple[Mirror, ...]:
+    """``mirror`` then ``mirrors[]`` (``applyHTTPRouteDestination``): a share of 0 copies
+    nothing; unset is 100 % (``MirrorPercent``, ``MirrorPercentByPolicy``)."""
+    out: list[Mirror] = []
+
+    def add(destination: DestinationSpec, here: str, share: Mirror | None) -> None:
+        if share is not None:
+            name = _destination_cluster(destination, service, targets, source, here, warnings)
+            cluster = name or service.cluster_name
+            out.append(Mirror(cluster, share.numerator, share.per_million))
+
+    if http.mirror is not None:
+        add(http.mirror, f"{where}.mirror", _share(http.mirror_percentage, http.mirror_percent))
+    for i, mirror in enumerate(http.mirrors):
+        if mirror.destination is not None:
+            add(mirror.destination, f"{where}.mirrors[{i}].destination", _share(mirror.percentage))
+    return tuple(out)
+
+
+def _share(percentage: PercentSpec | None, percent: int | None = None) -> Mirror | None:
+    """The fraction pilot writes (the cluster left blank), None for an explicit 0."""
+    if percentage is not None:
+        value = int(percentage.value * 10000)  # translatePercentToFractionalPercent
+        return Mirror("", value, per_million=True) if percentage.value > 0 else None
+    if percent is not None:
+        return Mirror("", percent) if percent > 0 else None
+    return Mirror("")
 
 
 def _source_match(match: HttpMatchSpec | None) -> SourceMatch | None:

@@ -492,6 +492,15 @@ class HttpRetrySpec(Model):
     backoff: GoDuration | None = None
 
 
+class HttpMirrorPolicySpec(Model):
+    """``HTTPMirrorPolicy``: a destination and the share of requests copied to it."""
+
+    WARN_UNIMPLEMENTED = False
+
+    destination: DestinationSpec | None = None
+    percentage: PercentSpec | None = None
+
+
 class HttpRouteSpec(Model):
     """``HTTPRoute`` (``http[]``); the fields extproc does not serve are errors (rules)."""
 
@@ -507,6 +516,10 @@ class HttpRouteSpec(Model):
     redirect: RedirectSpec | None = None
     direct_response: DirectResponseSpec | None = Field(default=None, alias="directResponse")
     fault: FaultSpec | None = None
+    mirror: DestinationSpec | None = None
+    mirror_percentage: PercentSpec | None = Field(default=None, alias="mirrorPercentage")
+    mirror_percent: int | None = Field(default=None, alias="mirrorPercent")  # deprecated
+    mirrors: list[HttpMirrorPolicySpec] = Field(default_factory=list)
 
 
 class VirtualServiceSpec(Model):

@@ -30,6 +30,7 @@ from extproc.istio.findings import Checker
 from extproc.istio.http_action_rules import check_conflicts, check_route_actions
 from extproc.istio.literal import show
 from extproc.istio.models import (
+    DestinationSpec,
     HttpMatchSpec,
     HttpRetrySpec,
     HttpRouteSpec,
@@ -128,18 +129,7 @@ def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
         if destination.destination is None:
             check.error(here, "destination is required")
             continue
-        _unsupported(destination.destination, f"{here}.destination", check)
-        host = destination.destination.host
-        if host == "*":
-            check.error(f"{here}.destination.host", f"invalid destination host {host}")
-        elif (problem := domain_error(host)) is not None:
-            check.error(f"{here}.destination.host", problem)
-        port = destination.destination.port
-        if port is not None and (problem := port_error(port.number)) is not None:
-            check.error(f"{here}.destination.port.number", problem)
-        subset = destination.destination.subset
-        if subset and not _DNS1123_LABEL.fullmatch(subset):  # validateSubsetName
-            check.error(f"{here}.destination.subset", f"subset name is invalid: {subset}")
+        _check_destination(destination.destination, f"{here}.destination", check)
         if destination.weight < 0:
             check.error(f"{here}.weight", f"weight {destination.weight} < 0")
         elif destination.weight > _INT32_MAX:  # the API's int32: the API server refuses it
@@ -158,7 +148,61 @@ def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
         check_duration(route.timeout, f"{where}.timeout", check)
     if route.retries is not None:
         _check_retries(route.retries, f"{where}.retries", check)
+    _check_mirrors(route, where, check)
     check_route_actions(route, where, check)
+
+
+def _check_destination(destination: DestinationSpec, where: str, check: Checker) -> None:
+    """``validateDestination``: a host (no ``*``), a port, a subset name."""
+    _unsupported(destination, where, check)
+    host = destination.host
+    if host == "*":
+        check.error(f"{where}.host", f"invalid destination host {host}")
+    elif (problem := domain_error(host)) is not None:
+        check.error(f"{where}.host", problem)
+    port = destination.port
+    if port is not None and (problem := port_error(port.number)) is not None:
+        check.error(f"{where}.port.number", problem)
+    subset = destination.subset
+    if subset and not _DNS1123_LABEL.fullmatch(subset):  # validateSubsetName
+        check.error(f"{where}.subset", f"subset name is invalid: {subset}")
+
+
+def _check_mirrors(route: HttpRouteSpec, where: str, check: Checker) -> None:
+    """``validateHTTPRoute``'s mirror checks and ``validateHTTPMirrors``, Istio's messages."""
+    if route.mirror_percent is not None:
+        if route.mirror_percent > 100:
+            check.error(
+                f"{where}.mirrorPercent",
+                f"mirror_percent must have a max value of 100 (it has {route.mirror_percent})",
+            )
+        check.warn(
+            f"{where}.mirrorPercent",
+            'using deprecated setting "mirrorPercent", use "mirrorPercentage" instead',
+        )
+    for here, percent, name in (
+        (f"{where}.mirrorPercentage", route.mirror_percentage, "mirror_percentage"),
+        *(
+            (f"{where}.mirrors[{i}].percentage", m.percentage, "mirror percentage")
+            for i, m in enumerate(route.mirrors)
+        ),
+    ):
+        if percent is None:
+            continue
+        if percent.value > 100:
+            check.error(here, f"{name} must have a max value of 100 (it has {percent.value:f})")
+        if percent.value < 0:
+            check.error(here, f"{name} must have a min value of 0 (it has {percent.value:f})")
+    if route.mirror is not None:
+        _check_destination(route.mirror, f"{where}.mirror", check)
+    for i, mirror in enumerate(route.mirrors):
+        _unsupported(mirror, f"{where}.mirrors[{i}]", check)
+        if mirror.destination is None:
+            check.error(f"{where}.mirrors[{i}]", "destination is required for mirrors")
+        else:
+            _check_destination(mirror.destination, f"{where}.mirrors[{i}].destination", check)
+    if route.mirror is not None and route.mirrors:
+        check.error(where, "HTTP route cannot contain both mirror and mirrors")
 
 
 def _check_match(match: HttpMatchSpec, where: str, check: Checker) -> None:

@@ -86,7 +86,7 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
         cluster not in known
         for service in policy.services
         for route in service.routes
-        for cluster in route.clusters(service.cluster_name)
+        for cluster in (*route.clusters(service.cluster_name), *(m.cluster for m in route.mirrors))
     )
     return route_pb2.RouteConfiguration(
         name="extproc_routes",
@@ -183,6 +183,23 @@ def _service_route(
     action.max_grpc_timeout.CopyFrom(timeout)
     if http.retries is not None:
         action.retry_policy.CopyFrom(_retry_policy(http.retries))
+    for mirror in http.mirrors:
+        # TranslateRequestMirrorPolicy: trace_sampled false; the shadow's Host gets Envoy's
+        # "-shadow" suffix (features.DisableShadowHostSuffix is false by default).
+        action.request_mirror_policies.append(
+            _Route.RouteAction.RequestMirrorPolicy(
+                cluster=mirror.cluster,
+                runtime_fraction=base_pb2.RuntimeFractionalPercent(
+                    default_value=percent_pb2.FractionalPercent(
+                        numerator=mirror.numerator,
+                        denominator=percent_pb2.FractionalPercent.MILLION
+                        if mirror.per_million
+                        else percent_pb2.FractionalPercent.HUNDRED,
+                    )
+                ),
+                trace_sampled=boolean(False),
+            )
+        )
     keys = [w.hash_key for w in http.weighted] if http.weighted else [http.hash_key]
     # Each destination's policy, in order (processDestination, processWeightedDestination).
     action.hash_policy.extend(
