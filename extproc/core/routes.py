@@ -220,6 +220,20 @@ class ClusterWeight:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """``TranslateCORSPolicy``: Envoy's CORS policy for the route, always enabled."""
+
+    origins: tuple[StringMatch, ...] = ()
+    methods: str = ""  # comma-joined, as pilot joins them
+    headers: str = ""
+    expose_headers: str = ""
+    max_age: str = ""  # whole seconds as text, "" for unset
+    credentials: bool | None = None
+    # unmatchedPreflights: IGNORE answers them; else Envoy forwards them (its <1.30 default).
+    forward_unmatched_preflights: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Mirror:
     """``TranslateRequestMirrorPolicy``: a cluster and the share of requests Envoy copies
     to it, as pilot writes the fraction (``mirrorPercentage`` in millionths, the deprecated
@@ -259,6 +273,7 @@ class HttpRoute:
     source: SourceMatch | None = None
     stat_prefix: str = ""  # match.statPrefix
     mirrors: tuple[Mirror, ...] = ()  # mirror (and mirrorPercentage), then mirrors[]
+    cors: Cors | None = None
 
     @property
     def forwards(self) -> bool:

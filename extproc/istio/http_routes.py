@@ -27,6 +27,7 @@ from extproc.core.policy import Service, UpstreamSni, authority_key, cluster_nam
 from extproc.core.routes import (
     DEFAULT_RETRY_ON,
     ClusterWeight,
+    Cors,
     DirectResponse,
     Fault,
     HashKey,
@@ -49,6 +50,7 @@ from extproc.istio.findings import Parsed, Source
 from extproc.istio.http_action_rules import GRPC_STATUS
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
+    CorsPolicySpec,
     DestinationSpec,
     DirectResponseSpec,
     FaultSpec,
@@ -199,8 +201,10 @@ def _routes(
 
 def _action(http: HttpRouteSpec, service: Service, route: HttpRoute, target: Service) -> HttpRoute:
     """``TranslateRoute`` after the match: headers, then a redirect, a direct response, or
-    the destination's action (``applyHTTPRouteDestination``); the fault, on any of them.
-    ``target`` is the destination's cluster, whose consistentHash key the route hashes on."""
+    the destination's action (``applyHTTPRouteDestination``); the fault and the CORS policy,
+    on any of them. ``target`` is the destination's cluster, whose consistentHash key the
+    route hashes on."""
+    route = dataclasses.replace(route, cors=_cors(http.cors_policy))
     headers, authority = _headers(http.headers)
     if http.redirect is not None:
         return dataclasses.replace(
@@ -442,6 +446,31 @@ def _string_match(spec: StringMatchSpec) -> StringMatch:
     if spec.regex is not None and spec.regex != "*":
         return StringMatch(MatchKind.REGEX, spec.regex)
     return StringMatch(MatchKind.PRESENT)
+
+
+def _cors(spec: CorsPolicySpec | None) -> Cors | None:
+    """``TranslateCORSPolicy``: ``allowOrigins`` (else the deprecated exact ``allowOrigin``),
+    the lists comma-joined, ``maxAge`` in whole seconds (``forwardNotMatchingPreflights``)."""
+    if spec is None:
+        return None
+    if spec.allow_origins:
+        origins = tuple(_string_match(m) for m in spec.allow_origins)
+    else:
+        origins = tuple(StringMatch(MatchKind.EXACT, o) for o in spec.allow_origin)
+    max_age = ""
+    if spec.max_age is not None:
+        nanos = parse_duration(spec.max_age)
+        assert nanos is not None  # the model accepted only durations
+        max_age = str(nanos // 1_000_000_000)  # Duration.GetSeconds
+    return Cors(
+        origins=origins,
+        methods=",".join(spec.allow_methods),
+        headers=",".join(spec.allow_headers),
+        expose_headers=",".join(spec.expose_headers),
+        max_age=max_age,
+        credentials=spec.allow_credentials,
+        forward_unmatched_preflights=spec.unmatched_preflights != "IGNORE",
+    )
 
 
 def _mirrors(

@@ -492,6 +492,19 @@ class HttpRetrySpec(Model):
     backoff: GoDuration | None = None
 
 
+class CorsPolicySpec(Model):
+    """``CorsPolicy``: Envoy's CORS filter answers preflights and adds the response headers."""
+
+    allow_origins: list[StringMatchSpec] = Field(default_factory=list, alias="allowOrigins")
+    allow_origin: list[str] = Field(default_factory=list, alias="allowOrigin")  # deprecated
+    allow_methods: list[str] = Field(default_factory=list, alias="allowMethods")
+    allow_headers: list[str] = Field(default_factory=list, alias="allowHeaders")
+    expose_headers: list[str] = Field(default_factory=list, alias="exposeHeaders")
+    max_age: GoDuration | None = Field(default=None, alias="maxAge")
+    allow_credentials: bool | None = Field(default=None, alias="allowCredentials")
+    unmatched_preflights: str | None = Field(default=None, alias="unmatchedPreflights")
+
+
 class HttpMirrorPolicySpec(Model):
     """``HTTPMirrorPolicy``: a destination and the share of requests copied to it."""
 
@@ -520,6 +533,7 @@ class HttpRouteSpec(Model):
     mirror_percentage: PercentSpec | None = Field(default=None, alias="mirrorPercentage")
     mirror_percent: int | None = Field(default=None, alias="mirrorPercent")  # deprecated
     mirrors: list[HttpMirrorPolicySpec] = Field(default_factory=list)
+    cors_policy: CorsPolicySpec | None = Field(default=None, alias="corsPolicy")
 
 
 class VirtualServiceSpec(Model):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from extproc.istio.duration import parse_duration
 from extproc.istio.field_rules import (
     check_duration,
     check_regex,
@@ -30,6 +31,7 @@ from extproc.istio.findings import Checker
 from extproc.istio.http_action_rules import check_conflicts, check_route_actions
 from extproc.istio.literal import show
 from extproc.istio.models import (
+    CorsPolicySpec,
     DestinationSpec,
     HttpMatchSpec,
     HttpRetrySpec,
@@ -149,6 +151,8 @@ def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
     if route.retries is not None:
         _check_retries(route.retries, f"{where}.retries", check)
     _check_mirrors(route, where, check)
+    if route.cors_policy is not None:
+        _check_cors(route.cors_policy, f"{where}.corsPolicy", check)
     check_route_actions(route, where, check)
 
 
@@ -166,6 +170,50 @@ def _check_destination(destination: DestinationSpec, where: str, check: Checker)
     subset = destination.subset
     if subset and not _DNS1123_LABEL.fullmatch(subset):  # validateSubsetName
         check.error(f"{where}.subset", f"subset name is invalid: {subset}")
+
+
+#: ``supportedCORSMethods``.
+_CORS_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*"}
+)
+_UNMATCHED_PREFLIGHTS: Final = ("UNSPECIFIED", "FORWARD", "IGNORE")
+
+
+def _check_cors(cors: CorsPolicySpec, where: str, check: Checker) -> None:
+    """``validateCORSPolicy``, with Istio's messages."""
+    for i, origin in enumerate(cors.allow_origins):
+        here = f"{where}.allowOrigins[{i}]"
+        text = origin.exact or origin.prefix or origin.regex or ""
+        if not text:
+            check.error(here, f"'{text}' is not a valid match type for CORS allow origins")
+        elif origin.regex is not None:
+            check_regex(origin.regex, here, "corsPolicy.allowOrigins", check)
+    for method in cors.allow_methods:
+        if method not in _CORS_METHODS:
+            check.error(f"{where}.allowMethods", f'"{method}" is not a supported HTTP method')
+    for field, names in (
+        ("allowHeaders", cors.allow_headers),
+        ("exposeHeaders", cors.expose_headers),
+    ):
+        for name in names:
+            if not name:
+                check.error(f"{where}.{field}", "header name cannot be empty")
+            elif name != "*" and not _HEADER_NAME.fullmatch(name):
+                check.error(f"{where}.{field}", f"header name {name} is not a valid header name")
+    if cors.max_age is not None:
+        check_duration(cors.max_age, f"{where}.maxAge", check)
+        nanos = parse_duration(cors.max_age)
+        if nanos is not None and nanos % 1_000_000_000:
+            check.error(f"{where}.maxAge", "max_age duration is accurate only to seconds precision")
+    if (
+        cors.unmatched_preflights is not None
+        and cors.unmatched_preflights not in _UNMATCHED_PREFLIGHTS
+    ):
+        check.error(
+            f"{where}.unmatchedPreflights",
+            f"unknown value {show(cors.unmatched_preflights)}; expected one of "
+            + ", ".join(_UNMATCHED_PREFLIGHTS),
+        )
 
 
 def _check_mirrors(route: HttpRouteSpec, where: str, check: Checker) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -35,6 +36,7 @@ from extproc.core.locality import augment_labels
 from extproc.core.policy import Policy, Service, Workload, route_domains
 from extproc.core.routes import (
     ClusterWeight,
+    Cors,
     Fault,
     HashKey,
     HashOn,
@@ -46,7 +48,13 @@ from extproc.core.routes import (
     RouteMatch,
     StringMatch,
 )
-from extproc.render.filters import EXT_PROC_FILTER, FAULT_FILTER, LUA_FILTER, MODULE_FILTER
+from extproc.render.filters import (
+    CORS_FILTER,
+    EXT_PROC_FILTER,
+    FAULT_FILTER,
+    LUA_FILTER,
+    MODULE_FILTER,
+)
 from extproc.render.tls import endpoint_sni
 from extproc.render.typed import boolean, packed, seconds, uint32
 from extproc.settings import Settings
@@ -163,6 +171,8 @@ def _service_route(
     _add_headers(route, http.headers)
     if http.fault is not None:
         route.typed_per_filter_config[FAULT_FILTER].CopyFrom(packed(_fault(http.fault)))
+    if http.cors is not None:
+        route.typed_per_filter_config[CORS_FILTER].CopyFrom(packed(_cors_policy(http.cors)))
     if not http.forwards:
         # Envoy answers itself: no endpoint to choose, so the data path's filter is off.
         _answer(route, http)
@@ -443,6 +453,24 @@ def _header(header: HeaderMatch) -> route_components_pb2.HeaderMatcher:
         # treat_missing_header_as_empty conflicts with present_match (route.go).
         out.treat_missing_header_as_empty = header.match.kind is not MatchKind.PRESENT
     return out
+
+
+def _cors_policy(cors: Cors) -> cors_pb2.CorsPolicy:
+    """``TranslateCORSPolicy``: enabled for every request (100 %), the rest as written."""
+    policy = cors_pb2.CorsPolicy(
+        allow_origin_string_match=[_string_matcher(m) for m in cors.origins],
+        allow_methods=cors.methods,
+        allow_headers=cors.headers,
+        expose_headers=cors.expose_headers,
+        max_age=cors.max_age,
+        filter_enabled=base_pb2.RuntimeFractionalPercent(
+            default_value=percent_pb2.FractionalPercent(numerator=100)
+        ),
+        forward_not_matching_preflights=boolean(cors.forward_unmatched_preflights),
+    )
+    if cors.credentials is not None:
+        policy.allow_credentials.CopyFrom(boolean(cors.credentials))
+    return policy
 
 
 def _string_matcher(match: StringMatch) -> string_pb2.StringMatcher:
