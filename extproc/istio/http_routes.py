@@ -107,8 +107,8 @@ def apply_virtual_services(
     ports: dict[str, list[int]] = {}
     for s in services:
         if not s.subset:
-            ports.setdefault(authority_key(s.host, None), []).append(s.port)
-    targets = _Targets(by_cluster, ports, {authority_key(s.host, None): s.host for s in services})
+            ports.setdefault(s.host, []).append(s.port)
+    targets = _Targets(by_cluster, ports)
     out = []
     for service in services:
         found = None if service.subset else chosen.get(authority_key(service.host, None))
@@ -156,7 +156,7 @@ def _routes(
             _cluster_weight(
                 d,
                 name or service.cluster_name,
-                _hash_key(d, by_cluster.get(name or service.cluster_name, service)),
+                _hash_key(d, _hash_target(d, name or service.cluster_name, service, by_cluster)),
             )
             for d, name in zip(http.route, clusters, strict=True)
             if len(clusters) > 1 and d.weight > 0
@@ -180,7 +180,12 @@ def _routes(
                     stat_prefix=match.stat_prefix if match is not None else "",
                     mirrors=mirrors,
                 ),
-                by_cluster.get(cluster or service.cluster_name, service),
+                _hash_target(
+                    http.route[0] if len(http.route) == 1 else None,
+                    cluster or service.cluster_name,
+                    service,
+                    by_cluster,
+                ),
             )
             rewrites = route.host_rewrite or any(w.host_rewrite for w in route.weighted)
             if rewrites and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
@@ -199,7 +204,9 @@ def _routes(
     return tuple(routes)
 
 
-def _action(http: HttpRouteSpec, service: Service, route: HttpRoute, target: Service) -> HttpRoute:
+def _action(
+    http: HttpRouteSpec, service: Service, route: HttpRoute, target: Service | None
+) -> HttpRoute:
     """``TranslateRoute`` after the match: headers, then a redirect, a direct response, or
     the destination's action (``applyHTTPRouteDestination``); the fault and the CORS policy,
     on any of them. ``target`` is the destination's cluster, whose consistentHash key the
@@ -349,20 +356,38 @@ def _cluster_weight(
     return ClusterWeight(cluster, destination.weight, headers, authority, hashed)
 
 
-def _hash_key(route_destination: RouteDestinationSpec, target: Service) -> HashKey | None:
+def _hash_key(route_destination: RouteDestinationSpec, target: Service | None) -> HashKey | None:
     """``HashForHTTPDestination``: the destination cluster's key, with the rule's port-level
     settings only when the destination names its port (``portLevelSettingsConsistentHash``)."""
+    if target is None:
+        return None
     destination = route_destination.destination
     return target.hash_key if destination and destination.port else target.hash_key_portless
 
 
+def _hash_target(
+    route_destination: RouteDestinationSpec | None,
+    cluster: str,
+    service: Service,
+    by_cluster: Mapping[str, Service],
+) -> Service | None:
+    """The service whose DestinationRule gives a destination's hash key: its cluster's, or
+    for a subset no rule defines, its host's main cluster (the rule's own key); none for a
+    host no ServiceEntry declares (``SidecarScope.DestinationRule`` finds no rule)."""
+    found = by_cluster.get(cluster)
+    if found is not None or route_destination is None or route_destination.destination is None:
+        return found
+    destination = route_destination.destination
+    port = destination.port.number if destination.port is not None else service.port
+    return by_cluster.get(cluster_name(destination.host, port, ""))
+
+
 @dataclass(frozen=True, slots=True)
 class _Targets:
-    """What a route destination may name: every cluster, each host's ports and spelling."""
+    """What a route destination may name: every cluster, and each host's ports."""
 
     by_cluster: Mapping[str, Service]
-    ports: Mapping[str, list[int]]  # authority key -> the ServiceEntry ports of that host
-    spelling: Mapping[str, str]  # authority key -> the host as its ServiceEntry writes it
+    ports: Mapping[str, list[int]]  # host -> the ServiceEntry ports of that host
 
 
 def _destination_cluster(
@@ -375,24 +400,19 @@ def _destination_cluster(
 ) -> str:
     """The destination's cluster (``GetDestinationCluster``), "" for the service's own.
 
-    The port is the destination's, else the host's only port, else the port the request
-    came on. Pilot checks nothing here: a host no ServiceEntry declares on that port, or a
-    subset no DestinationRule defines (or a DNS one with no endpoint), names a cluster that
-    does not exist, and Envoy answers 503 (NC), as on Istio's sidecar.
+    The host as written, the destination's port, else the port the request came on: on a
+    sidecar, pilot looks the host up among the services of that port only
+    (``BuildSidecarOutboundVirtualHosts``), so "the host's only port" is always that port.
+    Pilot checks nothing here: a host no ServiceEntry declares on that port, or a subset no
+    DestinationRule defines (or a DNS one with no endpoint), names a cluster that does not
+    exist, and Envoy answers 503 (NC), as on Istio's sidecar.
     """
-    key = authority_key(destination.host, None)
-    host = targets.spelling.get(key, destination.host)
-    ports = targets.ports.get(key, [])
-    if destination.port is not None:
-        port = destination.port.number
-    elif len(ports) == 1:
-        port = ports[0]
-    else:
-        port = service.port
-    name = cluster_name(host, port, destination.subset)
+    port = destination.port.number if destination.port is not None else service.port
+    name = cluster_name(destination.host, port, destination.subset)
     if name == service.cluster_name:
         return ""
     if name not in targets.by_cluster:
+        ports = targets.ports.get(destination.host, [])
         if port not in ports:
             what = (
                 f"{destination.host!r} is no ServiceEntry host"
@@ -401,7 +421,7 @@ def _destination_cluster(
             )
             field = "host" if not ports else "port.number"
         else:
-            what = f"{destination.subset!r} is no subset of {host!r}'s DestinationRule"
+            what = f"{destination.subset!r} is no subset of {destination.host!r}'s DestinationRule"
             field = "subset"
         warnings.append(
             source.problem(

@@ -130,11 +130,6 @@ ONE_PORT = Scenario(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="extproc takes the destination host's only port (8080); a sidecar's route lookup "
-    "sees backup.com only on the listener's port, so pilot names outbound|80||backup.com",
-)
 async def test_a_portless_route_to_a_host_on_another_port_gets_envoys_503(
     data_path: DataPath,
 ) -> None:

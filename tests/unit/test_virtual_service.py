@@ -203,19 +203,6 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
         pytest.param(
             {
                 "http": [
-                    {
-                        "route": [{"destination": {"host": "mydb.com"}}],
-                        "mirror": {"host": "mydb.com"},
-                    }
-                ]
-            },
-            "spec.http[0].mirror: is not supported yet: Envoy would route differently than "
-            "Istio's sidecar",
-            id="mirror",
-        ),
-        pytest.param(
-            {
-                "http": [
                     {"redirect": {"uri": "/x"}, "route": [{"destination": {"host": "mydb.com"}}]}
                 ]
             },
@@ -580,8 +567,7 @@ def test_check_lists_the_routes_a_virtual_service_gives_each_service() -> None:
 
 
 def test_a_destination_port_or_another_host_names_that_cluster() -> None:
-    # GetDestinationCluster: the destination's port, else the host's only port, else the
-    # port the request came on.
+    # GetDestinationCluster: the destination's port, else the port the request came on.
     spec = {
         "hosts": ["mydb.com"],
         "http": [{"route": [{"destination": {"host": "mydb.com", "port": {"number": 8080}}}]}],
