@@ -9,6 +9,7 @@ writes them out, and a service without routes gets Istio's default route.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -75,6 +76,29 @@ class RouteMatch:
             path.kind is MatchKind.REGEX and path.value == ".*"
         )
         return everything and not self.headers and not self.query_params
+
+
+#: The one gateway a sidecar is: pilot's ``constants.IstioMeshGateway``.
+MESH_GATEWAY = "mesh"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMatch:
+    """A match entry's conditions on the client proxy itself, which pilot resolves when it
+    builds the proxy's routes (``sourceMatchHTTP``), not per request."""
+
+    labels: tuple[tuple[str, str], ...] = ()  # sourceLabels
+    gateways: tuple[str, ...] = ()
+    namespace: str = ""  # sourceNamespace
+
+    def applies_to(self, proxy_labels: Mapping[str, str], proxy_namespace: str = "") -> bool:
+        """``sourceMatchHTTP`` for a sidecar: ``gateways`` naming ``mesh`` decide alone;
+        else every source label must be the proxy's, and the namespace its own."""
+        if self.gateways:
+            return MESH_GATEWAY in self.gateways
+        if any(proxy_labels.get(name) != value for name, value in self.labels):
+            return False
+        return not self.namespace or self.namespace == proxy_namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +220,31 @@ class ClusterWeight:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """``TranslateCORSPolicy``: Envoy's CORS policy for the route, always enabled."""
+
+    origins: tuple[StringMatch, ...] = ()
+    methods: str = ""  # comma-joined, as pilot joins them
+    headers: str = ""
+    expose_headers: str = ""
+    max_age: str = ""  # whole seconds as text, "" for unset
+    credentials: bool | None = None
+    # unmatchedPreflights: IGNORE answers them; else Envoy forwards them (its <1.30 default).
+    forward_unmatched_preflights: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """``TranslateRequestMirrorPolicy``: a cluster and the share of requests Envoy copies
+    to it, as pilot writes the fraction (``mirrorPercentage`` in millionths, the deprecated
+    integer ``mirrorPercent`` and the default 100 in hundredths)."""
+
+    cluster: str
+    numerator: int = 100
+    per_million: bool = False  # else per hundred
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRoute:
     """One Envoy route of a VirtualService ``http[]`` entry (one per ``match[]`` entry).
 
@@ -220,6 +269,11 @@ class HttpRoute:
     fault: Fault | None = None
     # The destination's consistentHash key (hashForService, HashForHTTPDestination).
     hash_key: HashKey | None = None
+    # sourceLabels, gateways, sourceNamespace: None when the match names none.
+    source: SourceMatch | None = None
+    stat_prefix: str = ""  # match.statPrefix
+    mirrors: tuple[Mirror, ...] = ()  # mirror (and mirrorPercentage), then mirrors[]
+    cors: Cors | None = None
 
     @property
     def forwards(self) -> bool:

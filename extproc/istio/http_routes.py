@@ -21,11 +21,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from extproc.core.policy import Service, UpstreamSni, authority_key, cluster_name
 from extproc.core.routes import (
     DEFAULT_RETRY_ON,
     ClusterWeight,
+    Cors,
     DirectResponse,
     Fault,
     HashKey,
@@ -34,10 +36,12 @@ from extproc.core.routes import (
     HeaderValue,
     HttpRoute,
     MatchKind,
+    Mirror,
     Redirect,
     RetryPolicy,
     Rewrite,
     RouteMatch,
+    SourceMatch,
     StringMatch,
 )
 from extproc.errors import Problem
@@ -46,12 +50,15 @@ from extproc.istio.findings import Parsed, Source
 from extproc.istio.http_action_rules import GRPC_STATUS
 from extproc.istio.models import (
     UPSTREAM_SNI_ANNOTATION,
+    CorsPolicySpec,
+    DestinationSpec,
     DirectResponseSpec,
     FaultSpec,
     HeadersSpec,
     HttpMatchSpec,
     HttpRetrySpec,
     HttpRouteSpec,
+    PercentSpec,
     RedirectSpec,
     RouteDestinationSpec,
     StringMatchSpec,
@@ -96,11 +103,12 @@ def apply_virtual_services(
                 )
             else:
                 chosen[key] = (parsed.source, vs)
-    subsets: dict[tuple[str, int], set[str]] = {}
-    for service in services:
-        if service.subset:
-            subsets.setdefault((service.host, service.port), set()).add(service.subset)
     by_cluster = {s.cluster_name: s for s in services}
+    ports: dict[str, list[int]] = {}
+    for s in services:
+        if not s.subset:
+            ports.setdefault(s.host, []).append(s.port)
+    targets = _Targets(by_cluster, ports)
     out = []
     for service in services:
         found = None if service.subset else chosen.get(authority_key(service.host, None))
@@ -108,8 +116,7 @@ def apply_virtual_services(
             out.append(service)
             continue
         source, vs = found
-        defined = subsets.get((service.host, service.port), set())
-        routes = _routes(vs, service, defined, by_cluster, source, errors, warnings)
+        routes = _routes(vs, service, targets, source, errors, warnings)
         out.append(
             dataclasses.replace(service, routes=routes, route_source=source.cite())
             if routes
@@ -122,30 +129,34 @@ def apply_virtual_services(
 def _routes(
     vs: VirtualService,
     service: Service,
-    subsets: set[str],
-    by_cluster: Mapping[str, Service],
+    targets: _Targets,
     source: Source,
     errors: list[Problem],
     warnings: list[Problem],
 ) -> tuple[HttpRoute, ...]:
     """``BuildHTTPRoutesForVirtualService`` for one service's port."""
+    by_cluster = targets.by_cluster
     routes: list[HttpRoute] = []
     for i, http in enumerate(vs.spec.http):
         where = f"spec.http[{i}]"
         answered = http.redirect is not None or http.direct_response is not None
-        if not answered and not _destination_is(http, service, source, where, errors):
-            continue
+        if not answered and (not http.route or any(d.destination is None for d in http.route)):
+            continue  # validation already said why
         clusters = [
-            _subset_cluster(d, service, subsets, source, f"{where}.route[{j}]", warnings)
+            _destination_cluster(
+                d.destination, service, targets, source, f"{where}.route[{j}].destination", warnings
+            )
             for j, d in enumerate(() if answered else http.route)
+            if d.destination is not None
         ]
+        mirrors = () if answered else _mirrors(http, service, targets, source, where, warnings)
         cluster = clusters[0] if len(clusters) == 1 else ""
         # processWeightedDestination: "Ignore 0 weighted clusters".
         weighted = tuple(
             _cluster_weight(
                 d,
                 name or service.cluster_name,
-                _hash_key(d, by_cluster.get(name or service.cluster_name, service)),
+                _hash_key(d, _hash_target(d, name or service.cluster_name, service, by_cluster)),
             )
             for d, name in zip(http.route, clusters, strict=True)
             if len(clusters) > 1 and d.weight > 0
@@ -160,8 +171,21 @@ def _routes(
             route = _action(
                 http,
                 service,
-                HttpRoute(name=name, match=_route_match(match), cluster=cluster, weighted=weighted),
-                by_cluster.get(cluster or service.cluster_name, service),
+                HttpRoute(
+                    name=name,
+                    match=_route_match(match),
+                    cluster=cluster,
+                    weighted=weighted,
+                    source=_source_match(match),
+                    stat_prefix=match.stat_prefix if match is not None else "",
+                    mirrors=mirrors,
+                ),
+                _hash_target(
+                    http.route[0] if len(http.route) == 1 else None,
+                    cluster or service.cluster_name,
+                    service,
+                    by_cluster,
+                ),
             )
             rewrites = route.host_rewrite or any(w.host_rewrite for w in route.weighted)
             if rewrites and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
@@ -173,15 +197,21 @@ def _routes(
                     )
                 )
             routes.append(route)
-            if route.match.catch_all:
-                return tuple(routes)  # routes are matched in order: nothing after is reached
+            if route.match.catch_all and route.source is None:
+                # Routes are matched in order: nothing after is reached. One with a source
+                # condition may be left out for the workload, so the rendering stops there.
+                return tuple(routes)
     return tuple(routes)
 
 
-def _action(http: HttpRouteSpec, service: Service, route: HttpRoute, target: Service) -> HttpRoute:
+def _action(
+    http: HttpRouteSpec, service: Service, route: HttpRoute, target: Service | None
+) -> HttpRoute:
     """``TranslateRoute`` after the match: headers, then a redirect, a direct response, or
-    the destination's action (``applyHTTPRouteDestination``); the fault, on any of them.
-    ``target`` is the destination's cluster, whose consistentHash key the route hashes on."""
+    the destination's action (``applyHTTPRouteDestination``); the fault and the CORS policy,
+    on any of them. ``target`` is the destination's cluster, whose consistentHash key the
+    route hashes on."""
+    route = dataclasses.replace(route, cors=_cors(http.cors_policy))
     headers, authority = _headers(http.headers)
     if http.redirect is not None:
         return dataclasses.replace(
@@ -326,73 +356,80 @@ def _cluster_weight(
     return ClusterWeight(cluster, destination.weight, headers, authority, hashed)
 
 
-def _hash_key(route_destination: RouteDestinationSpec, target: Service) -> HashKey | None:
+def _hash_key(route_destination: RouteDestinationSpec, target: Service | None) -> HashKey | None:
     """``HashForHTTPDestination``: the destination cluster's key, with the rule's port-level
     settings only when the destination names its port (``portLevelSettingsConsistentHash``)."""
+    if target is None:
+        return None
     destination = route_destination.destination
     return target.hash_key if destination and destination.port else target.hash_key_portless
 
 
-def _subset_cluster(
-    route_destination: RouteDestinationSpec,
+def _hash_target(
+    route_destination: RouteDestinationSpec | None,
+    cluster: str,
     service: Service,
-    subsets: set[str],
+    by_cluster: Mapping[str, Service],
+) -> Service | None:
+    """The service whose DestinationRule gives a destination's hash key: its cluster's, or
+    for a subset no rule defines, its host's main cluster (the rule's own key); none for a
+    host no ServiceEntry declares (``SidecarScope.DestinationRule`` finds no rule)."""
+    found = by_cluster.get(cluster)
+    if found is not None or route_destination is None or route_destination.destination is None:
+        return found
+    destination = route_destination.destination
+    port = destination.port.number if destination.port is not None else service.port
+    return by_cluster.get(cluster_name(destination.host, port, ""))
+
+
+@dataclass(frozen=True, slots=True)
+class _Targets:
+    """What a route destination may name: every cluster, and each host's ports."""
+
+    by_cluster: Mapping[str, Service]
+    ports: Mapping[str, list[int]]  # host -> the ServiceEntry ports of that host
+
+
+def _destination_cluster(
+    destination: DestinationSpec,
+    service: Service,
+    targets: _Targets,
     source: Source,
     where: str,
     warnings: list[Problem],
 ) -> str:
-    """The cluster of the destination's subset (``GetDestinationCluster``), "" for none.
+    """The destination's cluster (``GetDestinationCluster``), "" for the service's own.
 
-    Pilot checks nothing here: a subset no DestinationRule defines (or a DNS one with no
-    endpoint) names a cluster that does not exist, and Envoy answers 503 (NC).
+    The host as written, the destination's port, else the port the request came on: on a
+    sidecar, pilot looks the host up among the services of that port only
+    (``BuildSidecarOutboundVirtualHosts``), so "the host's only port" is always that port.
+    Pilot checks nothing here: a host no ServiceEntry declares on that port, or a subset no
+    DestinationRule defines (or a DNS one with no endpoint), names a cluster that does not
+    exist, and Envoy answers 503 (NC), as on Istio's sidecar.
     """
-    destination = route_destination.destination
-    assert destination is not None
-    if not destination.subset:
+    port = destination.port.number if destination.port is not None else service.port
+    name = cluster_name(destination.host, port, destination.subset)
+    if name == service.cluster_name:
         return ""
-    name = cluster_name(service.host, service.port, destination.subset)
-    if destination.subset not in subsets:
+    if name not in targets.by_cluster:
+        ports = targets.ports.get(destination.host, [])
+        if port not in ports:
+            what = (
+                f"{destination.host!r} is no ServiceEntry host"
+                if not ports
+                else f"{destination.host!r} has no port {port} in its ServiceEntry"
+            )
+            field = "host" if not ports else "port.number"
+        else:
+            what = f"{destination.subset!r} is no subset of {destination.host!r}'s DestinationRule"
+            field = "subset"
         warnings.append(
             source.problem(
-                f"{where}.destination.subset",
-                f"{destination.subset!r} is no subset of {service.host!r}'s DestinationRule: "
-                "as on Istio's sidecar, its cluster does not exist and Envoy answers 503",
+                f"{where}.{field}",
+                f"{what}: as on Istio's sidecar, its cluster does not exist and Envoy answers 503",
             )
         )
     return name
-
-
-def _destination_is(
-    http: HttpRouteSpec, service: Service, source: Source, where: str, errors: list[Problem]
-) -> bool:
-    """Whether each of the route's destinations is this service (another is not served yet)."""
-    if not http.route or any(d.destination is None for d in http.route):
-        return False  # validation already said why
-    ours = True
-    for j, route_destination in enumerate(http.route):
-        destination = route_destination.destination
-        assert destination is not None
-        here = f"{where}.route[{j}].destination"
-        if authority_key(destination.host, None) != authority_key(service.host, None):
-            errors.append(
-                source.problem(
-                    f"{here}.host",
-                    f"routes {service.host!r} to another host, {destination.host!r}: not "
-                    "supported yet (a VirtualService may route only to its own ServiceEntry "
-                    "host)",
-                )
-            )
-            ours = False
-        elif destination.port is not None and destination.port.number != service.port:
-            errors.append(
-                source.problem(
-                    f"{here}.port.number",
-                    f"routes port {service.port} to port {destination.port.number}: not "
-                    "supported yet (a route goes to the port it was asked on)",
-                )
-            )
-            ours = False
-    return ours
 
 
 def _route_match(match: HttpMatchSpec | None) -> RouteMatch:
@@ -429,6 +466,78 @@ def _string_match(spec: StringMatchSpec) -> StringMatch:
     if spec.regex is not None and spec.regex != "*":
         return StringMatch(MatchKind.REGEX, spec.regex)
     return StringMatch(MatchKind.PRESENT)
+
+
+def _cors(spec: CorsPolicySpec | None) -> Cors | None:
+    """``TranslateCORSPolicy``: ``allowOrigins`` (else the deprecated exact ``allowOrigin``),
+    the lists comma-joined, ``maxAge`` in whole seconds (``forwardNotMatchingPreflights``)."""
+    if spec is None:
+        return None
+    if spec.allow_origins:
+        origins = tuple(_string_match(m) for m in spec.allow_origins)
+    else:
+        origins = tuple(StringMatch(MatchKind.EXACT, o) for o in spec.allow_origin)
+    max_age = ""
+    if spec.max_age is not None:
+        nanos = parse_duration(spec.max_age)
+        assert nanos is not None  # the model accepted only durations
+        max_age = str(nanos // 1_000_000_000)  # Duration.GetSeconds
+    return Cors(
+        origins=origins,
+        methods=",".join(spec.allow_methods),
+        headers=",".join(spec.allow_headers),
+        expose_headers=",".join(spec.expose_headers),
+        max_age=max_age,
+        credentials=spec.allow_credentials,
+        forward_unmatched_preflights=spec.unmatched_preflights != "IGNORE",
+    )
+
+
+def _mirrors(
+    http: HttpRouteSpec,
+    service: Service,
+    targets: _Targets,
+    source: Source,
+    where: str,
+    warnings: list[Problem],
+) -> tuple[Mirror, ...]:
+    """``mirror`` then ``mirrors[]`` (``applyHTTPRouteDestination``): a share of 0 copies
+    nothing; unset is 100 % (``MirrorPercent``, ``MirrorPercentByPolicy``)."""
+    out: list[Mirror] = []
+
+    def add(destination: DestinationSpec, here: str, share: Mirror | None) -> None:
+        if share is not None:
+            name = _destination_cluster(destination, service, targets, source, here, warnings)
+            cluster = name or service.cluster_name
+            out.append(Mirror(cluster, share.numerator, share.per_million))
+
+    if http.mirror is not None:
+        add(http.mirror, f"{where}.mirror", _share(http.mirror_percentage, http.mirror_percent))
+    for i, mirror in enumerate(http.mirrors):
+        if mirror.destination is not None:
+            add(mirror.destination, f"{where}.mirrors[{i}].destination", _share(mirror.percentage))
+    return tuple(out)
+
+
+def _share(percentage: PercentSpec | None, percent: int | None = None) -> Mirror | None:
+    """The fraction pilot writes (the cluster left blank), None for an explicit 0."""
+    if percentage is not None:
+        value = int(percentage.value * 10000)  # translatePercentToFractionalPercent
+        return Mirror("", value, per_million=True) if percentage.value > 0 else None
+    if percent is not None:
+        return Mirror("", percent) if percent > 0 else None
+    return Mirror("")
+
+
+def _source_match(match: HttpMatchSpec | None) -> SourceMatch | None:
+    """The match's conditions on the client proxy (``sourceMatchHTTP``), None for none."""
+    if match is None or not (match.source_labels or match.gateways or match.source_namespace):
+        return None
+    return SourceMatch(
+        labels=tuple(sorted(match.source_labels.items())),
+        gateways=tuple(match.gateways),
+        namespace=match.source_namespace,
+    )
 
 
 def _retry_policy(spec: HttpRetrySpec | None, *, hashed: bool) -> RetryPolicy | None:

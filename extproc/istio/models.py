@@ -368,6 +368,10 @@ class HttpMatchSpec(Model):
     query_params: dict[str, StringMatchSpec] = Field(default_factory=dict, alias="queryParams")
     port: int = 0
     ignore_uri_case: bool = Field(default=False, alias="ignoreUriCase")
+    source_labels: dict[str, str] = Field(default_factory=dict, alias="sourceLabels")
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str = Field(default="", alias="sourceNamespace")
+    stat_prefix: str = Field(default="", alias="statPrefix")
 
 
 class DestinationSpec(Model):
@@ -488,6 +492,28 @@ class HttpRetrySpec(Model):
     backoff: GoDuration | None = None
 
 
+class CorsPolicySpec(Model):
+    """``CorsPolicy``: Envoy's CORS filter answers preflights and adds the response headers."""
+
+    allow_origins: list[StringMatchSpec] = Field(default_factory=list, alias="allowOrigins")
+    allow_origin: list[str] = Field(default_factory=list, alias="allowOrigin")  # deprecated
+    allow_methods: list[str] = Field(default_factory=list, alias="allowMethods")
+    allow_headers: list[str] = Field(default_factory=list, alias="allowHeaders")
+    expose_headers: list[str] = Field(default_factory=list, alias="exposeHeaders")
+    max_age: GoDuration | None = Field(default=None, alias="maxAge")
+    allow_credentials: bool | None = Field(default=None, alias="allowCredentials")
+    unmatched_preflights: str | None = Field(default=None, alias="unmatchedPreflights")
+
+
+class HttpMirrorPolicySpec(Model):
+    """``HTTPMirrorPolicy``: a destination and the share of requests copied to it."""
+
+    WARN_UNIMPLEMENTED = False
+
+    destination: DestinationSpec | None = None
+    percentage: PercentSpec | None = None
+
+
 class HttpRouteSpec(Model):
     """``HTTPRoute`` (``http[]``); the fields extproc does not serve are errors (rules)."""
 
@@ -503,6 +529,11 @@ class HttpRouteSpec(Model):
     redirect: RedirectSpec | None = None
     direct_response: DirectResponseSpec | None = Field(default=None, alias="directResponse")
     fault: FaultSpec | None = None
+    mirror: DestinationSpec | None = None
+    mirror_percentage: PercentSpec | None = Field(default=None, alias="mirrorPercentage")
+    mirror_percent: int | None = Field(default=None, alias="mirrorPercent")  # deprecated
+    mirrors: list[HttpMirrorPolicySpec] = Field(default_factory=list)
+    cors_policy: CorsPolicySpec | None = Field(default=None, alias="corsPolicy")
 
 
 class VirtualServiceSpec(Model):

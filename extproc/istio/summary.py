@@ -207,6 +207,13 @@ def _describe_route(route: HttpRoute) -> str:
         f"{'no ' if h.invert else ''}{h.name} {_describe_match(h.match)}" for h in match.headers
     ]
     conditions += [f"?{name} {_describe_match(m)}" for name, m in match.query_params]
+    source = route.source
+    if source is not None:
+        # Decided per workload when the routes are built (sourceMatchHTTP), not per request.
+        conditions += [f"workload {name}={value}" for name, value in source.labels]
+        conditions += [f"gateway {name}" for name in source.gateways]
+        if source.namespace:
+            conditions.append(f"namespace {source.namespace} (never: no workload namespace)")
     what = []
     if route.weighted:
         what.append("weights " + " / ".join(f"{w.cluster} {w.weight}" for w in route.weighted))

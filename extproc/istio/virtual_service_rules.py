@@ -19,11 +19,20 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from extproc.istio.field_rules import check_duration, check_regex, domain_error, port_error
+from extproc.istio.duration import parse_duration
+from extproc.istio.field_rules import (
+    check_duration,
+    check_regex,
+    domain_error,
+    label_error,
+    port_error,
+)
 from extproc.istio.findings import Checker
 from extproc.istio.http_action_rules import check_conflicts, check_route_actions
 from extproc.istio.literal import show
 from extproc.istio.models import (
+    CorsPolicySpec,
+    DestinationSpec,
     HttpMatchSpec,
     HttpRetrySpec,
     HttpRouteSpec,
@@ -122,18 +131,7 @@ def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
         if destination.destination is None:
             check.error(here, "destination is required")
             continue
-        _unsupported(destination.destination, f"{here}.destination", check)
-        host = destination.destination.host
-        if host == "*":
-            check.error(f"{here}.destination.host", f"invalid destination host {host}")
-        elif (problem := domain_error(host)) is not None:
-            check.error(f"{here}.destination.host", problem)
-        port = destination.destination.port
-        if port is not None and (problem := port_error(port.number)) is not None:
-            check.error(f"{here}.destination.port.number", problem)
-        subset = destination.destination.subset
-        if subset and not _DNS1123_LABEL.fullmatch(subset):  # validateSubsetName
-            check.error(f"{here}.destination.subset", f"subset name is invalid: {subset}")
+        _check_destination(destination.destination, f"{here}.destination", check)
         if destination.weight < 0:
             check.error(f"{here}.weight", f"weight {destination.weight} < 0")
         elif destination.weight > _INT32_MAX:  # the API's int32: the API server refuses it
@@ -152,7 +150,107 @@ def _check_http_route(route: HttpRouteSpec, where: str, check: Checker) -> None:
         check_duration(route.timeout, f"{where}.timeout", check)
     if route.retries is not None:
         _check_retries(route.retries, f"{where}.retries", check)
+    _check_mirrors(route, where, check)
+    if route.cors_policy is not None:
+        _check_cors(route.cors_policy, f"{where}.corsPolicy", check)
     check_route_actions(route, where, check)
+
+
+def _check_destination(destination: DestinationSpec, where: str, check: Checker) -> None:
+    """``validateDestination``: a host (no ``*``), a port, a subset name."""
+    _unsupported(destination, where, check)
+    host = destination.host
+    if host == "*":
+        check.error(f"{where}.host", f"invalid destination host {host}")
+    elif (problem := domain_error(host)) is not None:
+        check.error(f"{where}.host", problem)
+    port = destination.port
+    if port is not None and (problem := port_error(port.number)) is not None:
+        check.error(f"{where}.port.number", problem)
+    subset = destination.subset
+    if subset and not _DNS1123_LABEL.fullmatch(subset):  # validateSubsetName
+        check.error(f"{where}.subset", f"subset name is invalid: {subset}")
+
+
+#: ``supportedCORSMethods``.
+_CORS_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*"}
+)
+_UNMATCHED_PREFLIGHTS: Final = ("UNSPECIFIED", "FORWARD", "IGNORE")
+
+
+def _check_cors(cors: CorsPolicySpec, where: str, check: Checker) -> None:
+    """``validateCORSPolicy``, with Istio's messages."""
+    for i, origin in enumerate(cors.allow_origins):
+        here = f"{where}.allowOrigins[{i}]"
+        text = origin.exact or origin.prefix or origin.regex or ""
+        if not text:
+            check.error(here, f"'{text}' is not a valid match type for CORS allow origins")
+        elif origin.regex is not None:
+            check_regex(origin.regex, here, "corsPolicy.allowOrigins", check)
+    for method in cors.allow_methods:
+        if method not in _CORS_METHODS:
+            check.error(f"{where}.allowMethods", f'"{method}" is not a supported HTTP method')
+    for field, names in (
+        ("allowHeaders", cors.allow_headers),
+        ("exposeHeaders", cors.expose_headers),
+    ):
+        for name in names:
+            if not name:
+                check.error(f"{where}.{field}", "header name cannot be empty")
+            elif name != "*" and not _HEADER_NAME.fullmatch(name):
+                check.error(f"{where}.{field}", f"header name {name} is not a valid header name")
+    if cors.max_age is not None:
+        check_duration(cors.max_age, f"{where}.maxAge", check)
+        nanos = parse_duration(cors.max_age)
+        if nanos is not None and nanos % 1_000_000_000:
+            check.error(f"{where}.maxAge", "max_age duration is accurate only to seconds precision")
+    if (
+        cors.unmatched_preflights is not None
+        and cors.unmatched_preflights not in _UNMATCHED_PREFLIGHTS
+    ):
+        check.error(
+            f"{where}.unmatchedPreflights",
+            f"unknown value {show(cors.unmatched_preflights)}; expected one of "
+            + ", ".join(_UNMATCHED_PREFLIGHTS),
+        )
+
+
+def _check_mirrors(route: HttpRouteSpec, where: str, check: Checker) -> None:
+    """``validateHTTPRoute``'s mirror checks and ``validateHTTPMirrors``, Istio's messages."""
+    if route.mirror_percent is not None:
+        if route.mirror_percent > 100:
+            check.error(
+                f"{where}.mirrorPercent",
+                f"mirror_percent must have a max value of 100 (it has {route.mirror_percent})",
+            )
+        check.warn(
+            f"{where}.mirrorPercent",
+            'using deprecated setting "mirrorPercent", use "mirrorPercentage" instead',
+        )
+    for here, percent, name in (
+        (f"{where}.mirrorPercentage", route.mirror_percentage, "mirror_percentage"),
+        *(
+            (f"{where}.mirrors[{i}].percentage", m.percentage, "mirror percentage")
+            for i, m in enumerate(route.mirrors)
+        ),
+    ):
+        if percent is None:
+            continue
+        if percent.value > 100:
+            check.error(here, f"{name} must have a max value of 100 (it has {percent.value:f})")
+        if percent.value < 0:
+            check.error(here, f"{name} must have a min value of 0 (it has {percent.value:f})")
+    if route.mirror is not None:
+        _check_destination(route.mirror, f"{where}.mirror", check)
+    for i, mirror in enumerate(route.mirrors):
+        _unsupported(mirror, f"{where}.mirrors[{i}]", check)
+        if mirror.destination is None:
+            check.error(f"{where}.mirrors[{i}]", "destination is required for mirrors")
+        else:
+            _check_destination(mirror.destination, f"{where}.mirrors[{i}].destination", check)
+    if route.mirror is not None and route.mirrors:
+        check.error(where, "HTTP route cannot contain both mirror and mirrors")
 
 
 def _check_match(match: HttpMatchSpec, where: str, check: Checker) -> None:
@@ -187,6 +285,31 @@ def _check_match(match: HttpMatchSpec, where: str, check: Checker) -> None:
             _check_string_match(value, f"{where}.{field}", field, check)
     if match.port and (problem := port_error(match.port)) is not None:
         check.error(f"{where}.port", problem)
+    for key, label in match.source_labels.items():
+        if (problem := label_error(key, label)) is not None:
+            check.error(f"{where}.sourceLabels", problem)
+    _check_gateway_names(match.gateways, f"{where}.gateways", check)
+    if match.source_namespace and not _DNS1123_LABEL.fullmatch(match.source_namespace):
+        check.error(
+            f"{where}.sourceNamespace", f"sourceNamespace match {match.source_namespace} is invalid"
+        )
+
+
+def _check_gateway_names(names: list[str], where: str, check: Checker) -> None:
+    """``validateGatewayNames`` (sidecar semantics), which stops at the first name without
+    a namespace (an FQDN such as ``mesh``) as pilot's does."""
+    for name in names:
+        namespace, slash, gateway = name.partition("/")
+        if not slash:
+            if (problem := domain_error(name)) is not None:
+                check.error(where, problem)
+            return
+        if not namespace or not gateway:
+            check.error(where, "config namespace and gateway name cannot be empty")
+        if not _DNS1123_LABEL.fullmatch(namespace):
+            check.error(where, f"invalid value for namespace: {namespace!r}")
+        if not _DNS1123_LABEL.fullmatch(gateway):
+            check.error(where, f"invalid value for gateway name: {gateway!r}")
 
 
 def _check_string_match(

@@ -80,6 +80,7 @@ from extproc.render.clusters import (
     sync_cluster,
 )
 from extproc.render.filters import (
+    cors_filter,
     envoy_balanced_attempt_log,
     envoy_balanced_timeout_log,
     ext_proc_filter,
@@ -227,6 +228,7 @@ def _http_connection_manager(
         route_config=route_config(policy, settings),
         http_filters=[
             *([fault_filter()] if _any_fault(policy) else []),
+            *([cors_filter()] if _any_cors(policy) else []),
             data_filter,
             router_filter(upstream_log),
         ],
@@ -239,6 +241,11 @@ def _http_connection_manager(
 
 def _any_timeout(policy: Policy) -> bool:
     return any(route.timeout_s for service in policy.services for route in service.routes)
+
+
+def _any_cors(policy: Policy) -> bool:
+    """Whether a route has a CORS policy: the CORS filter is in the chain only then."""
+    return any(route.cors is not None for s in policy.services for route in s.routes)
 
 
 def _any_fault(policy: Policy) -> bool:

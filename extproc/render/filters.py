@@ -25,6 +25,7 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.dynamic_modules.v3 import (
     dynamic_modules_pb2 as dynamic_module_filter_pb2,
 )
@@ -62,6 +63,8 @@ EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 MODULE_FILTER = "envoy.filters.http.dynamic_modules"
 #: Envoy's fault filter; a VirtualService's ``fault`` is its per-route config.
 FAULT_FILTER = "envoy.filters.http.fault"
+#: Envoy's CORS filter; a VirtualService's ``corsPolicy`` is its per-route config.
+CORS_FILTER = "envoy.filters.http.cors"
 
 _Hcm = http_connection_manager_pb2
 _Log = accesslog_pb2
@@ -254,6 +257,15 @@ def _grpc_access_log(
     )
     return _Log.AccessLog(
         name="envoy.access_loggers.http_grpc", filter=only, typed_config=packed(log)
+    )
+
+
+def cors_filter() -> http_connection_manager_pb2.HttpFilter:
+    """Envoy's CORS filter with an empty config, after the fault filter as in Istio's sidecar
+    (``listener_builder.go``); the routes with a ``corsPolicy`` configure it. It runs before
+    the data path, so a preflight it answers chooses no endpoint."""
+    return http_connection_manager_pb2.HttpFilter(
+        name=CORS_FILTER, typed_config=packed(cors_pb2.Cors())
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -31,9 +32,11 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, struct_pb2
 
-from extproc.core.policy import Policy, Service, route_domains
+from extproc.core.locality import augment_labels
+from extproc.core.policy import Policy, Service, Workload, route_domains
 from extproc.core.routes import (
     ClusterWeight,
+    Cors,
     Fault,
     HashKey,
     HashOn,
@@ -45,7 +48,13 @@ from extproc.core.routes import (
     RouteMatch,
     StringMatch,
 )
-from extproc.render.filters import EXT_PROC_FILTER, FAULT_FILTER, LUA_FILTER, MODULE_FILTER
+from extproc.render.filters import (
+    CORS_FILTER,
+    EXT_PROC_FILTER,
+    FAULT_FILTER,
+    LUA_FILTER,
+    MODULE_FILTER,
+)
 from extproc.render.tls import endpoint_sni
 from extproc.render.typed import boolean, packed, seconds, uint32
 from extproc.settings import Settings
@@ -73,7 +82,7 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
             domains=list(domains),
             routes=[
                 out
-                for route in _routes_of(service)
+                for route in routes_for(service, settings.workload)
                 for out in _service_routes(service, route, settings)
             ],
         )
@@ -85,7 +94,7 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
         cluster not in known
         for service in policy.services
         for route in service.routes
-        for cluster in route.clusters(service.cluster_name)
+        for cluster in (*route.clusters(service.cluster_name), *(m.cluster for m in route.mirrors))
     )
     return route_pb2.RouteConfiguration(
         name="extproc_routes",
@@ -98,11 +107,26 @@ def route_config(policy: Policy, settings: Settings) -> route_pb2.RouteConfigura
     )
 
 
-def _routes_of(service: Service) -> tuple[HttpRoute, ...]:
-    """The VirtualService's routes, else Istio's default route
+def routes_for(service: Service, workload: Workload) -> tuple[HttpRoute, ...]:
+    """The VirtualService's routes for this workload, else Istio's default route
     (``BuildDefaultHTTPOutboundRoute``: everything under ``/``, no timeout, Istio's default
-    retries, and no explicit ``case_sensitive``)."""
-    return service.routes or (
+    retries, and no explicit ``case_sensitive``).
+
+    A route whose ``sourceLabels`` (or ``gateways``, ``sourceNamespace``) leave this workload
+    out is dropped, and nothing after the first catch-all left is reached
+    (``BuildHTTPRoutesForVirtualService``, ``sourceMatchHTTP``; the workload has no
+    namespace). When none is left, the default route applies, as pilot builds no virtual
+    host of the VirtualService then.
+    """
+    labels = augment_labels(workload.labels, workload.cluster_id, workload.locality, "")
+    routes: list[HttpRoute] = []
+    for route in service.routes:
+        if route.source is not None and not route.source.applies_to(labels):
+            continue
+        routes.append(route)
+        if route.match.catch_all:
+            break
+    return tuple(routes) or (
         HttpRoute(
             name=service.cluster_name,
             match=RouteMatch(explicit_case=False),
@@ -143,9 +167,12 @@ def _service_route(
     fault, then Envoy's own answer or the action to the route's cluster, with its
     ``timeout`` (``setTimeout``) and its ``retries`` (``ConvertPolicy``; none at 0 attempts)."""
     route = _Route.Route(name=http.name, match=_route_match(http.match))
+    route.stat_prefix = http.stat_prefix
     _add_headers(route, http.headers)
     if http.fault is not None:
         route.typed_per_filter_config[FAULT_FILTER].CopyFrom(packed(_fault(http.fault)))
+    if http.cors is not None:
+        route.typed_per_filter_config[CORS_FILTER].CopyFrom(packed(_cors_policy(http.cors)))
     if not http.forwards:
         # Envoy answers itself: no endpoint to choose, so the data path's filter is off.
         _answer(route, http)
@@ -166,6 +193,23 @@ def _service_route(
     action.max_grpc_timeout.CopyFrom(timeout)
     if http.retries is not None:
         action.retry_policy.CopyFrom(_retry_policy(http.retries))
+    for mirror in http.mirrors:
+        # TranslateRequestMirrorPolicy: trace_sampled false; the shadow's Host gets Envoy's
+        # "-shadow" suffix (features.DisableShadowHostSuffix is false by default).
+        action.request_mirror_policies.append(
+            _Route.RouteAction.RequestMirrorPolicy(
+                cluster=mirror.cluster,
+                runtime_fraction=base_pb2.RuntimeFractionalPercent(
+                    default_value=percent_pb2.FractionalPercent(
+                        numerator=mirror.numerator,
+                        denominator=percent_pb2.FractionalPercent.MILLION
+                        if mirror.per_million
+                        else percent_pb2.FractionalPercent.HUNDRED,
+                    )
+                ),
+                trace_sampled=boolean(False),
+            )
+        )
     keys = [w.hash_key for w in http.weighted] if http.weighted else [http.hash_key]
     # Each destination's policy, in order (processDestination, processWeightedDestination).
     action.hash_policy.extend(
@@ -409,6 +453,24 @@ def _header(header: HeaderMatch) -> route_components_pb2.HeaderMatcher:
         # treat_missing_header_as_empty conflicts with present_match (route.go).
         out.treat_missing_header_as_empty = header.match.kind is not MatchKind.PRESENT
     return out
+
+
+def _cors_policy(cors: Cors) -> cors_pb2.CorsPolicy:
+    """``TranslateCORSPolicy``: enabled for every request (100 %), the rest as written."""
+    policy = cors_pb2.CorsPolicy(
+        allow_origin_string_match=[_string_matcher(m) for m in cors.origins],
+        allow_methods=cors.methods,
+        allow_headers=cors.headers,
+        expose_headers=cors.expose_headers,
+        max_age=cors.max_age,
+        filter_enabled=base_pb2.RuntimeFractionalPercent(
+            default_value=percent_pb2.FractionalPercent(numerator=100)
+        ),
+        forward_not_matching_preflights=boolean(cors.forward_unmatched_preflights),
+    )
+    if cors.credentials is not None:
+        policy.allow_credentials.CopyFrom(boolean(cors.credentials))
+    return policy
 
 
 def _string_matcher(match: StringMatch) -> string_pb2.StringMatcher:

@@ -48,10 +48,12 @@ The pilot functions mirrored (istio/istio):
    under ``MergeSubsetTrafficPolicy`` / ``model.MergeTrafficPolicy`` (a component the subset
    sets replaces the DR's whole block; its port-level entry replaces all). Subsets are
    checked as ``ValidateDestinationRule`` checks them.
-8. ``route.go`` ``GetDestinationCluster`` with a subset, and ``applyHTTPRouteDestination``
-   with several destinations: ``weighted_clusters`` through ``processWeightedDestination``
-   (0-weight ones dropped, no ``total_weight``, each destination's headers on its
-   ``ClusterWeight``). pilot checks no subset a route names: with ``httproute.go``'s
+8. ``route.go`` ``GetDestinationCluster`` (another host, a port, a subset) with the
+   sidecar's ``LookupService`` (``httproute.go`` ``servicesByName``: a host is seen only on
+   the listener's port, with that port alone), and ``applyHTTPRouteDestination`` with several
+   destinations: ``weighted_clusters`` through ``processWeightedDestination`` (0-weight ones
+   dropped, no ``total_weight``, each destination's headers on its ``ClusterWeight``). pilot
+   checks no host, port or subset a route names: with ``httproute.go``'s
    ``validate_clusters: false`` an undefined one is a missing cluster (Envoy's 503 NC).
 9. ``cluster_traffic_policy.go`` ``applyLoadBalancer``: the ``simple`` policy with its slow
    start (``applyRoundRobinLoadBalancer`` / ``applyLeastRequestLoadBalancer``, ``setWarmup``,
@@ -60,7 +62,8 @@ The pilot functions mirrored (istio/istio):
    ``locality_weighted_lb_config`` apply whatever the policy. ``validateLoadBalancer``'s checks.
 10. ``route.go`` ``ConsistentHashToHashPolicy`` on the routes: the default route's from
     ``hashForService`` (``previous_hosts`` kept), a VirtualService destination's from
-    ``HashForHTTPDestination`` (subset, port-level and top-level consistentHash), and
+    ``HashForHTTPDestination`` (the destination host's DestinationRule: subset, port-level
+    and top-level consistentHash), and
     ``retry.ConvertPolicy`` without ``previous_hosts`` for a single hashing destination.
 
 Anything this module does not translate raises ``UnsupportedError`` naming the field: the
@@ -936,6 +939,29 @@ class DestinationHashes:
         return _consistent_hash(self.policy)
 
 
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """The ServiceEntry hosts a route may name: each host's ports and its DestinationRule."""
+
+    ports: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    rules: Mapping[str, DestinationHashes] = field(default_factory=dict)
+
+    def lookup_service(self, host: str, listener_port: int) -> tuple[int, ...] | None:
+        """The sidecar's ``LookupService`` on a listener's routes: ``servicesByName`` holds
+        a host only when it has the listener's port, and with that one port (None: absent)."""
+        ports = self.ports.get(host)
+        if ports is None or listener_port not in ports:
+            return None
+        return (listener_port,)
+
+    def hashes(self, host: str) -> DestinationHashes:
+        """``SidecarScope.DestinationRule``: the rule of a host in the sidecar's scope (only
+        ServiceEntry hosts are), none for another."""
+        return (
+            self.rules.get(host, DestinationHashes()) if host in self.ports else DestinationHashes()
+        )
+
+
 def _label_map(node: object, where: str) -> dict[str, str]:
     """A subset's ``labels``, with ``labels.Instance.Validate``'s checks."""
     if node is None:
@@ -1437,12 +1463,17 @@ def _is_catch_all(match: Mapping[str, Any]) -> bool:
     return path and not match.get("headers") and not match.get("query_parameters")
 
 
-def destination_cluster(route_destination: object, host: str, port: int, where: str) -> str:
-    """``GetDestinationCluster`` for a destination of the VirtualService's own host.
+def destination_cluster(
+    route_destination: object, registry: Registry, listener_port: int, where: str
+) -> str:
+    """``GetDestinationCluster`` for a route destination on a listener's port.
 
-    ``outbound|PORT|SUBSET|HOST``, the port being the service's one port when unset. A subset
-    no DestinationRule defines still names its cluster, which then does not exist (pilot
-    checks nothing; Envoy answers 503 NC).
+    ``outbound|PORT|SUBSET|HOST`` with the host as written: the destination's port, else the
+    looked-up service's port when it has exactly one, else the listener's. On a sidecar the
+    lookup sees a host only on the listener's port (``Registry.lookup_service``), so a
+    destination without a port always takes the listener's, even on a host whose only port
+    is another. A host, port or subset no config defines still names its cluster, which then
+    does not exist (pilot checks nothing; Envoy answers 503 NC).
     """
     if not isinstance(route_destination, Mapping):
         raise UnsupportedError(f"{where}: {route_destination!r} is not a route destination")
@@ -1451,15 +1482,19 @@ def destination_cluster(route_destination: object, host: str, port: int, where: 
     if not isinstance(destination, Mapping):
         raise UnsupportedError(f"{where}.destination: destination is required")
     _only(destination, {"host", "port", "subset"}, f"{where}.destination")
-    if destination.get("host") != host:
-        raise UnsupportedError(
-            f"{where}.destination.host: {destination.get('host')!r} is not {host!r}"
-        )
-    dest_port = destination.get("port")
-    if dest_port is not None:
-        _only(dest_port, {"number"}, f"{where}.destination.port")
-        if dest_port.get("number") != port:
-            raise UnsupportedError(f"{where}.destination.port.number: not the service port {port}")
+    host = _text(destination.get("host"), f"{where}.destination.host")
+    if not host or "*" in host:
+        # validateDestination refuses "" and "*"; a wildcard would need wildcard entries.
+        raise UnsupportedError(f"{where}.destination.host: {host!r} is not translated")
+    service_ports = registry.lookup_service(host, listener_port)
+    port = listener_port
+    if (selector := destination.get("port")) is not None:
+        _only(selector, {"number"}, f"{where}.destination.port")
+        port = _integer(selector.get("number"), f"{where}.destination.port.number")
+        if not 1 <= port <= 65535:  # validatePortSelector
+            raise UnsupportedError(f"{where}.destination.port.number: {port} is not a port")
+    elif service_ports is not None and len(service_ports) == 1:
+        port = service_ports[0]
     subset = ""
     if destination.get("subset") not in (None, ""):  # YAML null is unset
         subset = subset_name(destination["subset"], f"{where}.destination.subset")
@@ -1487,10 +1522,9 @@ def _cluster_weight(route_destination: Mapping[str, Any], name: str, where: str)
 
 def _route_action(
     http: Mapping[str, Any],
-    host: str,
     port: int,
     authority: str,
-    hashes: DestinationHashes,
+    registry: Registry,
     where: str,
 ) -> tuple[dict[str, Any], HeaderOperations]:
     """``applyHTTPRouteDestination`` with ``processDestination`` / ``processWeightedDestination``.
@@ -1506,8 +1540,9 @@ def _route_action(
     4. The route's authority becomes ``host_rewrite_literal``; a single destination's
        ``headers`` authority only when the route set none.
     5. Each destination built (weight > 0, or the only one) appends the hash policy of its
-       consistentHash (``HashForHTTPDestination``) to ``hash_policy``, in order; only a
-       single destination's consistentHash drops ``previous_hosts`` from the retry policy.
+       consistentHash (``HashForHTTPDestination``, from the destination host's rule) to
+       ``hash_policy``, in order; only a single destination's consistentHash drops
+       ``previous_hosts`` from the retry policy.
 
     Returns:
         The route action, and a single destination's header operations (appended to the
@@ -1519,13 +1554,15 @@ def _route_action(
     names, weights = [], []
     for i, route_destination in enumerate(destinations):
         here = f"{where}.route[{i}]"
-        names.append(destination_cluster(route_destination, host, port, here))
+        names.append(destination_cluster(route_destination, registry, port, here))
         weights.append(_weight(route_destination, here))
     if len(destinations) > 1 and sum(weights) == 0:
         raise UnsupportedError(f"{where}.route: total destination weight = 0")
     action: dict[str, Any] = {}
     built = [d for d, w in zip(destinations, weights, strict=True) if len(destinations) == 1 or w]
-    found = [hashes.for_destination(d["destination"]) for d in built]
+    found = [
+        registry.hashes(d["destination"]["host"]).for_destination(d["destination"]) for d in built
+    ]
     hash_policies = [
         policy
         for consistent_hash in found
@@ -1886,7 +1923,7 @@ def translate_fault(fault: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _route_body(
-    http: Mapping[str, Any], host: str, port: int, hashes: DestinationHashes, where: str
+    http: Mapping[str, Any], port: int, registry: Registry, where: str
 ) -> dict[str, Any]:
     """What ``TranslateRoute`` puts on every route of one ``http`` entry (all but name, match).
 
@@ -1900,7 +1937,7 @@ def _route_body(
     redirect, direct = http.get("redirect"), http.get("directResponse")  # YAML null is unset
     if redirect is not None or direct is not None:
         if http.get("route"):
-            _route_action(http, host, port, "", hashes, where)
+            _route_action(http, port, "", registry, where)
         else:
             if "timeout" in http:
                 parse_duration(http["timeout"], f"{where}.timeout")
@@ -1913,7 +1950,7 @@ def _route_body(
             body["direct_response"] = direct_response
     else:
         action, destination_operations = _route_action(
-            http, host, port, operations.authority, hashes, where
+            http, port, operations.authority, registry, where
         )
         operations += destination_operations
         body["route"] = action
@@ -1924,12 +1961,13 @@ def _route_body(
 
 
 def virtual_service_routes(
-    vs: Mapping[str, Any], host: str, port: int, hashes: DestinationHashes | None = None
+    vs: Mapping[str, Any], port: int, registry: Registry | None = None
 ) -> list[dict[str, Any]]:
     """``BuildHTTPRoutesForVirtualService`` for one host's virtual host on its port.
 
-    ``hashes`` is the host's DestinationRule, whose consistentHash each destination's route
-    carries (``hashForVirtualService``); None when the host has none.
+    ``registry`` holds the hosts a destination may name, with their ports and rules: each
+    destination's cluster (``GetDestinationCluster``) and consistentHash
+    (``hashForVirtualService``, from the destination host's rule) come from it.
 
     1. ``http[]`` in order; one route per ``match`` entry, or one ``/`` route without any.
     2. A match on another ``port`` gives no route.
@@ -1942,7 +1980,7 @@ def virtual_service_routes(
     for i, http in enumerate(vs.get("http") or []):
         where = f"VirtualService.spec.http[{i}]"
         _only(http, _HTTP_ROUTE_FIELDS, where)
-        body = _route_body(http, host, port, hashes or DestinationHashes(), where)
+        body = _route_body(http, port, registry or Registry(), where)
         matches: list[Mapping[str, Any] | None] = list(http.get("match") or []) or [None]
         for j, match in enumerate(matches):
             here = f"{where}.match[{j}]"
@@ -2032,11 +2070,9 @@ def render_reference(
             spec.get("trafficPolicy"), "DestinationRule.spec.trafficPolicy"
         )
         rules[spec["host"]] = (policy, read_subsets(spec))
-    se_hosts = {str(host) for se in entries for host in se.get("hosts") or []}
-    vs_by_host = _sidecar_virtual_services(virtual_services, se_hosts)
-    clusters, virtual_hosts = [], []
+    where = "ServiceEntry.spec"
+    se_ports: dict[str, tuple[int, ...]] = {}
     for se in entries:
-        where = "ServiceEntry.spec"
         _only(se, {"hosts", "ports", "location", "resolution", "endpoints"}, where)
         ports = se.get("ports") or []
         if len(ports) != 1 or ports[0].get("protocol", "HTTP") != "HTTP":
@@ -2044,7 +2080,19 @@ def render_reference(
         for host in se["hosts"]:
             if host.startswith("*"):
                 raise UnsupportedError(f"{where}.hosts: wildcard {host!r}")
-            number = int(ports[0]["number"])
+            if host in se_ports:
+                raise UnsupportedError(f"{where}.hosts: {host!r} in two ServiceEntries")
+            se_ports[host] = (int(ports[0]["number"]),)
+    registry = Registry(
+        se_ports,
+        {host: DestinationHashes(top, tuple(subsets)) for host, (top, subsets) in rules.items()},
+    )
+    vs_by_host = _sidecar_virtual_services(virtual_services, set(se_ports))
+    clusters, virtual_hosts = [], []
+    for se in entries:
+        ports = se["ports"]
+        for host in se["hosts"]:
+            [number] = se_ports[host]
             top, subsets = rules.get(host, (None, []))
             # applyDestinationRule: the main cluster takes the DR's policy for its port,
             # then buildSubsetCluster builds one cluster per subset, in order.
@@ -2066,13 +2114,12 @@ def render_reference(
                 )
                 if subset_cluster is not None:
                     clusters.append(subset_cluster)
-            hashes = DestinationHashes(top, tuple(subsets))
             routes = []
             if host in vs_by_host:
-                routes = virtual_service_routes(vs_by_host[host], host, number, hashes)
+                routes = virtual_service_routes(vs_by_host[host], number, registry)
             # buildSidecarVirtualHostsForVirtualService: a VirtualService that yields no
             # route on this port leaves the host its default route.
-            routes = routes or [_default_route(name, hashes.for_service(number))]
+            routes = routes or [_default_route(name, registry.hashes(host).for_service(number))]
             virtual_hosts.append(_virtual_host(host, number, routes))
     region, zone, subzone = _split_locality(proxy.locality)
     return {

@@ -19,6 +19,7 @@ from . import (
     test_connection_pool,
     test_failover,
     test_new_fields,
+    test_other_host,
     test_subsets,
     test_virtual_service,
 )
@@ -31,6 +32,7 @@ SCENARIOS: dict[str, Scenario] = {
         test_connection_pool,
         test_failover,
         test_new_fields,
+        test_other_host,
         test_subsets,
         test_virtual_service,
     )
@@ -571,8 +573,10 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         ("- mirror: {host: mydb.com}\n" + _DEST, "mirror"),
         ("- corsPolicy: {allowOrigins: [{exact: x}]}\n" + _DEST, "corsPolicy"),
         ("- delegate: {name: other}\n", "delegate"),
-        ("- route:\n  - destination: {host: other.com}\n", "destination.host"),
-        ("- route:\n  - destination: {host: mydb.com, port: {number: 81}}\n", "port.number"),
+        ("- route:\n  - destination: {host: '*.com'}\n", "destination.host"),
+        ("- route:\n  - destination: {host: ''}\n", "destination.host"),
+        ("- route:\n  - destination: {host: mydb.com, port: {number: 0}}\n", "port.number"),
+        ("- route:\n  - destination: {host: mydb.com, port: {name: http}}\n", "port.name"),
         ("- match: [{sourceLabels: {app: a}}]\n" + _DEST, "sourceLabels"),
         ("- match: [{gateways: [mesh]}]\n" + _DEST, "gateways"),
         ("- match: [{headers: {'@request.auth.claims.sub': {exact: a}}}]\n" + _DEST, "JWT"),
@@ -589,7 +593,7 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         ("- headers: {request: {set: {host: a, ':authority': b}}}\n" + _DEST, "authority"),
         ("- headers: {request: {set: {x-n: 1}}}\n" + _DEST, "x-n"),
         (
-            "- redirect: {uri: /a}\n  route:\n  - destination: {host: other.com, subset: a}\n",
+            "- redirect: {uri: /a}\n  route:\n  - destination: {host: '*', subset: a}\n",
             "destination.host",
         ),
         (
@@ -609,8 +613,10 @@ _DEST = "  route:\n  - destination: {host: mydb.com}\n"
         "mirror",
         "cors",
         "delegate",
-        "other-host",
-        "other-port",
+        "wildcard-host",
+        "empty-host",
+        "port-zero",
+        "port-name",
         "source-labels",
         "match-gateways",
         "jwt-claim",
@@ -1934,3 +1940,179 @@ def test_envoy_accepts_every_reference_config(name: str) -> None:
         dns_resolver=("127.0.0.1", 5353),
     )
     validate_reference(bootstrap)
+
+
+# --- destinations on another host or port -------------------------------------------------------
+
+OTHER_HOST = test_other_host.OTHER_HOST.yaml
+
+
+def _virtual_hosts(yaml_text: str) -> dict[str, list[dict[str, Any]]]:
+    virtual_hosts = _hcm(yaml_text)["route_config"]["virtual_hosts"]
+    return {v["name"]: v["routes"] for v in virtual_hosts}
+
+
+def _rule(host: str, traffic_policy: str) -> str:
+    return test_failover.destination_rule(traffic_policy).replace("host: mydb.com", f"host: {host}")
+
+
+def _other_hosts(http: str, *, backup_port: int = 80) -> str:
+    """mydb.com and backup.com (on ``backup_port``), and mydb.com's VirtualService."""
+    return (
+        test_other_host.service_entry("mydb.com", "127.0.6.11", "127.0.6.12")
+        + test_other_host.service_entry("backup.com", "127.0.6.13", "127.0.6.14", backup_port)
+        + test_other_host.outlier_rule("backup.com")
+        + virtual_service(http)
+    )
+
+
+def test_a_route_to_another_host_names_that_hosts_cluster() -> None:
+    # GetDestinationCluster builds the name from the destination's host: the route reaches
+    # backup.com's own cluster (its priorities, its outlier detector), and backup.com's
+    # virtual host keeps its default route.
+    virtual_hosts = _virtual_hosts(OTHER_HOST)
+    backup, nowhere, db = virtual_hosts["mydb.com:80"]
+    assert backup == {
+        "name": "backup",
+        "match": {
+            "prefix": "/",
+            "case_sensitive": True,
+            "headers": [{"name": "x-target", "string_match": {"exact": "backup"}}],
+        },
+        "route": PLAIN_ACTION | {"cluster": "outbound|80||backup.com"},
+    }
+    assert nowhere["route"]["cluster"] == "outbound|80||nowhere.com"
+    assert db["route"] == PLAIN_ACTION
+    assert [r["route"]["cluster"] for r in virtual_hosts["backup.com:80"]] == [
+        "outbound|80||backup.com"
+    ]
+    clusters = _clusters(OTHER_HOST)
+    assert _priorities(clusters["outbound|80||backup.com"]) == {"127.0.6.13": 0, "127.0.6.14": 1}
+    assert clusters["outbound|80||backup.com"]["outlier_detection"]["consecutive_5xx"] == 1
+
+
+def test_a_destination_port_names_the_cluster_of_that_port() -> None:
+    # The destination's port wins over the listener's: backup.com's 8080 cluster exists, and
+    # mydb.com on a port its ServiceEntry does not declare names a cluster that does not.
+    yaml_text = _other_hosts(
+        "- match: [{headers: {x-target: {exact: backup}}}]\n"
+        "  route:\n  - destination: {host: backup.com, port: {number: 8080}}\n"
+        "- route:\n  - destination: {host: mydb.com, port: {number: 81}}\n",
+        backup_port=8080,
+    )
+    routes = _virtual_hosts(yaml_text)["mydb.com:80"]
+    assert [r["route"]["cluster"] for r in routes] == [
+        "outbound|8080||backup.com",
+        "outbound|81||mydb.com",
+    ]
+    clusters = _clusters(yaml_text)
+    assert "outbound|8080||backup.com" in clusters
+    assert "outbound|81||mydb.com" not in clusters
+
+
+def test_without_a_port_a_destination_takes_the_listeners_port_even_on_a_one_port_host() -> None:
+    # GetDestinationCluster takes the looked-up service's port when it has exactly one, but
+    # a sidecar's routes for port 80 look hosts up in servicesByName (httproute.go), which
+    # holds only the services with port 80, each with that port alone. So a portless route
+    # to backup.com, whose only port is 8080, names outbound|80||backup.com: a missing
+    # cluster (Envoy's 503 NC), not backup.com's 8080 cluster.
+    yaml_text = _other_hosts(
+        "- match: [{headers: {x-target: {exact: backup}}}]\n"
+        "  route:\n  - destination: {host: backup.com}\n"
+        "- route:\n  - destination: {host: mydb.com}\n",
+        backup_port=8080,
+    )
+    routes = _virtual_hosts(yaml_text)["mydb.com:80"]
+    assert [r["route"]["cluster"] for r in routes] == [
+        "outbound|80||backup.com",
+        "outbound|80||mydb.com",
+    ]
+    assert "outbound|80||backup.com" not in _clusters(yaml_text)
+
+
+def test_a_route_to_a_host_no_service_entry_declares_names_a_missing_cluster() -> None:
+    # pilot checks no destination host: the cluster is named from the host as written, on
+    # the listener's port (no service found), with its subset; no ServiceEntry builds it and
+    # validate_clusters is false, so Envoy accepts the route and answers 503 NC.
+    yaml_text = _other_hosts(
+        "- match: [{headers: {x-target: {exact: nowhere}}}]\n"
+        "  route:\n  - destination: {host: nowhere.com}\n"
+        "- route:\n  - destination: {host: nowhere.com, subset: v1}\n"
+    )
+    routes = _virtual_hosts(yaml_text)["mydb.com:80"]
+    assert [r["route"]["cluster"] for r in routes] == [
+        "outbound|80||nowhere.com",
+        "outbound|80|v1|nowhere.com",
+    ]
+    assert set(_clusters(yaml_text)) == {"outbound|80||mydb.com", "outbound|80||backup.com"}
+    assert _hcm(yaml_text)["route_config"]["validate_clusters"] is False
+
+
+HASHED_HOSTS = (
+    test_other_host.service_entry("mydb.com", "127.0.6.11", "127.0.6.12")
+    + test_other_host.service_entry("backup.com", "127.0.6.13", "127.0.6.14")
+    + _rule("mydb.com", "loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n")
+    + "\n"
+    + _rule("backup.com", "loadBalancer: {consistentHash: {useSourceIp: true}}\n")
+    + "\n"
+    + _rule("nowhere.com", "loadBalancer: {consistentHash: {httpQueryParameterName: u}}\n")
+    + "\n"
+    + virtual_service(
+        """\
+        - match: [{headers: {x-target: {exact: backup}}}]
+          route:
+          - destination: {host: backup.com}
+        - match: [{headers: {x-target: {exact: nowhere}}}]
+          route:
+          - destination: {host: nowhere.com}
+        - match: [{headers: {x-target: {exact: both}}}]
+          route:
+          - destination: {host: mydb.com}
+            weight: 50
+          - destination: {host: backup.com}
+            weight: 50
+        - route:
+          - destination: {host: mydb.com}
+        """
+    )
+)
+
+
+def test_a_route_to_another_host_hashes_with_that_hosts_destination_rule() -> None:
+    # HashForHTTPDestination looks up the destination host's rule (SidecarScope.DestinationRule),
+    # not the VirtualService host's: backup.com's route hashes on the source IP and drops
+    # previous_hosts. A host outside the sidecar's scope (no ServiceEntry) has no rule, even
+    # with a DestinationRule written for it: no hash, previous_hosts kept. A weighted route
+    # appends each destination's hash policy in order.
+    actions = [r["route"] for r in _virtual_hosts(HASHED_HOSTS)["mydb.com:80"]]
+    assert [a.get("hash_policy") for a in actions] == [
+        [SOURCE_IP],
+        None,
+        [HEADER_X_USER, SOURCE_IP],
+        [HEADER_X_USER],
+    ]
+    assert [a["retry_policy"] for a in actions] == [
+        HASH_RETRY_POLICY,
+        DEFAULT_RETRY_POLICY,
+        DEFAULT_RETRY_POLICY,
+        HASH_RETRY_POLICY,
+    ]
+
+
+def test_envoy_accepts_routes_to_other_hosts_and_ports() -> None:
+    # Envoy --mode validate: routes to another host's cluster, to a port's cluster, to
+    # missing clusters (validate_clusters false), and hash policies from other hosts' rules.
+    validate_reference(_bootstrap(OTHER_HOST))
+    validate_reference(_bootstrap(HASHED_HOSTS))
+    validate_reference(
+        _bootstrap(
+            _other_hosts(
+                "- match: [{headers: {x-target: {exact: backup}}}]\n"
+                "  route:\n  - destination: {host: backup.com, port: {number: 8080}}\n"
+                "- match: [{headers: {x-target: {exact: default}}}]\n"
+                "  route:\n  - destination: {host: backup.com}\n"
+                "- route:\n  - destination: {host: mydb.com, port: {number: 81}}\n",
+                backup_port=8080,
+            )
+        )
+    )

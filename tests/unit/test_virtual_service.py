@@ -196,35 +196,9 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
     ("change", "expected"),
     [
         pytest.param(
-            {"http": [{"route": [{"destination": {"host": "other.com"}}]}]},
-            "spec.http[0].route[0].destination.host: routes 'mydb.com' to another host, "
-            "'other.com': not supported yet (a VirtualService may route only to its own "
-            "ServiceEntry host)",
-            id="other-host",
-        ),
-        pytest.param(
-            {"http": [{"route": [{"destination": {"host": "mydb.com", "port": {"number": 81}}}]}]},
-            "spec.http[0].route[0].destination.port.number: routes port 80 to port 81: not "
-            "supported yet (a route goes to the port it was asked on)",
-            id="other-port",
-        ),
-        pytest.param(
             {"http": [{"route": [{"destination": {"host": "mydb.com"}}], "fault": {}}]},
             "spec.http[0].fault: HTTP fault injection must have an abort and/or a delay",
             id="empty-fault",
-        ),
-        pytest.param(
-            {
-                "http": [
-                    {
-                        "route": [{"destination": {"host": "mydb.com"}}],
-                        "mirror": {"host": "mydb.com"},
-                    }
-                ]
-            },
-            "spec.http[0].mirror: is not supported yet: Envoy would route differently than "
-            "Istio's sidecar",
-            id="mirror",
         ),
         pytest.param(
             {
@@ -359,14 +333,25 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
             {
                 "http": [
                     {
-                        "match": [{"sourceLabels": {"app": "a"}}],
+                        "match": [{"sourceLabels": {"app": "-a"}}],
                         "route": [{"destination": {"host": "mydb.com"}}],
                     }
                 ]
             },
-            "spec.http[0].match[0].sourceLabels: is not supported yet: Envoy would route "
-            "differently than Istio's sidecar",
-            id="source-labels",
+            'spec.http[0].match[0].sourceLabels: invalid tag value: "-a"',
+            id="source-labels-invalid",
+        ),
+        pytest.param(
+            {
+                "http": [
+                    {
+                        "match": [{"gateways": ["istio-system/Egress"]}],
+                        "route": [{"destination": {"host": "mydb.com"}}],
+                    }
+                ]
+            },
+            "spec.http[0].match[0].gateways: invalid value for gateway name: 'Egress'",
+            id="gateway-name-invalid",
         ),
         pytest.param(
             {
@@ -421,21 +406,6 @@ def test_a_virtual_service_is_read_without_warnings() -> None:
             "spec.http[0].route: the sum of the weights exceeds 4294967295: Envoy refuses the "
             "route",
             id="weights-over-uint32",
-        ),
-        pytest.param(
-            {
-                "http": [
-                    {
-                        "route": [
-                            {"destination": {"host": "mydb.com"}, "weight": 50},
-                            {"destination": {"host": "other.com"}, "weight": 50},
-                        ]
-                    }
-                ]
-            },
-            "spec.http[0].route[1].destination.host: routes 'mydb.com' to another host, "
-            "'other.com': not supported yet",
-            id="weighted-other-host",
         ),
         pytest.param(
             {"hosts": ["*"], "http": [{"route": [{"destination": {"host": "mydb.com"}}]}]},
@@ -596,11 +566,29 @@ def test_check_lists_the_routes_a_virtual_service_gives_each_service() -> None:
     ]
 
 
-def test_a_route_to_another_host_is_one_error_for_all_ports_of_its_host() -> None:
-    errors = _errors(
-        {"hosts": ["mydb.com"], "http": [{"route": [{"destination": {"host": "a.com"}}]}]}
-    )
-    assert len([e for e in errors if "to another host" in e]) == 1, errors
+def test_a_destination_port_or_another_host_names_that_cluster() -> None:
+    # GetDestinationCluster: the destination's port, else the port the request came on.
+    spec = {
+        "hosts": ["mydb.com"],
+        "http": [{"route": [{"destination": {"host": "mydb.com", "port": {"number": 8080}}}]}],
+    }
+    policy = _load(spec)
+    assert [r.cluster for r in _service(policy, 80).routes] == ["outbound|8080||mydb.com"]
+    assert [r.cluster for r in _service(policy, 8080).routes] == [""]  # its own
+    assert policy.warnings == ()
+
+
+def test_a_destination_no_service_entry_declares_is_envoys_503_with_a_warning() -> None:
+    spec = {"hosts": ["mydb.com"], "http": [{"route": [{"destination": {"host": "a.com"}}]}]}
+    policy = _load(spec)
+    assert [r.cluster for r in _service(policy, 80).routes] == ["outbound|80||a.com"]
+    # One warning for the route, not one per port of the host it is on.
+    assert [str(w) for w in policy.warnings] == [
+        VS_AT + "spec.http[0].route[0].destination.host: 'a.com' is no ServiceEntry host: as "
+        "on Istio's sidecar, its cluster does not exist and Envoy answers 503"
+    ]
+    config = json_format.MessageToDict(route_config(policy, Settings()))
+    assert config["validateClusters"] is False
 
 
 def test_authority_and_scheme_match_as_pseudo_headers_after_method() -> None:
