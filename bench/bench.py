@@ -175,7 +175,7 @@ metadata:
 spec:
   host: {host}
   trafficPolicy:
-    loadBalancer:
+    loadBalancer:{hash}
       localityLbSetting:
         enabled: true
         failover:
@@ -459,10 +459,19 @@ def start_upstream(
     return child, (port, failover_port), label
 
 
-def service_yaml(upstream_ports: tuple[int, int], *, virtual_service: bool = False) -> str:
+#: ``--consistent-hash``: requests hashed on a header wrk does not send (one ring key for
+#: all), so Envoy's own ring balances on every path and lua and ext_proc log each attempt.
+_CONSISTENT_HASH = "\n      consistentHash: {httpHeaderName: x-user}"
+
+
+def service_yaml(
+    upstream_ports: tuple[int, int], *, virtual_service: bool = False, consistent_hash: bool = False
+) -> str:
     """The Istio config of the ``istio`` and extproc variants; with ``virtual_service``, a
-    VirtualService with a timeout and retries too (what egress configs usually carry)."""
+    VirtualService with a timeout and retries too (what egress configs usually carry); with
+    ``consistent_hash``, a ring-hash cluster that Envoy balances alone."""
     text = _SERVICE_YAML.format(
+        hash=_CONSISTENT_HASH if consistent_hash else "",
         host=SERVICE_HOST,
         upstream_host=UPSTREAM_HOST,
         locality=LOCALITY,
@@ -1272,8 +1281,8 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Throughput, latency and CPU per request of extproc up's two data paths "
-        "(lua, ext_proc) vs a native Envoy with Istio's config for the same YAML, and vs "
+        description="Throughput, latency and CPU per request of extproc up's data paths "
+        "(module, lua, ext_proc) vs a native Envoy with Istio's config for the same YAML, and vs "
         "plain Envoy.",
     )
     parser.add_argument(
@@ -1311,6 +1320,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--virtual-service",
         action="store_true",
         help="add a VirtualService with a timeout and retries to the config of every variant",
+    )
+    parser.add_argument(
+        "--consistent-hash",
+        action="store_true",
+        help="hash on a header (consistentHash): Envoy's own ring balances on every variant",
     )
     parser.add_argument("--json", type=Path, help="write every round and the medians here")
     parser.add_argument(
@@ -1411,7 +1425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             upstream, upstream_ports, upstream_label = start_upstream(tmp, children, args.standin)
             upstream_pids = [upstream.pid, *_descendants(upstream.pid)]
-            yaml_text = service_yaml(upstream_ports, virtual_service=args.virtual_service)
+            yaml_text = service_yaml(
+                upstream_ports,
+                virtual_service=args.virtual_service,
+                consistent_hash=args.consistent_hash,
+            )
             config = tmp / "bench-service.yaml"
             config.write_text(yaml_text)
 
