@@ -64,8 +64,10 @@ WARMUP = Scenario(
         SetMode("new", Mode.FAIL_503),
         Requests("eject", 4, 0.02),
         SetMode("new", Mode.HEALTHY),
-        # The 1 s ejection ends at the next 0.2 s detector interval after it.
-        Sleep(1.6),
+        # The 1 s ejection ends at the next 0.2 s detector interval after it; Istio's Envoy
+        # then applies it through its 1 s update_merge_window (the README's differences),
+        # so the loop waits for that too.
+        Sleep(2.6),
         Requests("returned", 40, 0.02),
     ),
 )
