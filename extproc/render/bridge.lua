@@ -341,8 +341,10 @@ function envoy_on_request(handle)
     end
   end
   if t.lb == "ENVOY" then
-    -- Envoy's own balancer picks (a consistent-hash ring, slow start): no override, and
-    -- the router's upstream log reports every attempt to the service.
+    -- Envoy's own balancer picks (a consistent-hash ring, slow start): no override. The
+    -- response counts a clean answer in the success batch; the router's upstream log
+    -- reports every other attempt to the service.
+    handle:streamInfo():dynamicMetadata():set(METADATA_NS, "pick", "- " .. service)
     return
   end
   if t.total == 0 then
@@ -429,6 +431,21 @@ function envoy_on_response(handle)
     if requests ~= nil then
       release(requests, id)
     end
+  end
+  if chosen == "-" then
+    -- Envoy picked: the last attempt's clean answer (2xx, 3xx, no flag) is a success of the
+    -- host that served it; the upstream log has sent the service every other attempt.
+    local cut = up_value and string.find(up_value, " ", 1, true)
+    local served = cut and string.sub(up_value, 1, cut - 1)
+    if served and served ~= "" and served ~= "-" and status >= 200 and status < 400 then
+      local counts = successes[service]
+      if counts == nil then
+        counts = {}
+        successes[service] = counts
+      end
+      counts[served] = (counts[served] or 0) + 1
+    end
+    return
   end
   if flags ~= nil and string.find(flags, "UO", 1, true) then
     -- Over a connection-pool limit: Envoy's own 503, which its detector does not count

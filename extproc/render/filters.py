@@ -229,14 +229,19 @@ def envoy_balanced_timeout_log(
 def envoy_balanced_attempt_log(
     settings: Settings, clusters: Sequence[str]
 ) -> accesslog_pb2.AccessLog:
-    """The router's upstream log of every attempt on the clusters Envoy balances alone.
+    """The router's upstream log of the attempts on the clusters Envoy balances alone that
+    are not a clean answer.
 
     The lua script and the ext_proc server see a request's last attempt only, and on these
     clusters not even which host Envoy chose first; the upstream log has each attempt's own
     host, status and flags, as the router reports each to the host's outlier detector. The
-    CEL filter keeps every other cluster's attempts inside Envoy.
+    last attempt's clean answer (2xx or 3xx, no flag), the common case, is counted by the
+    data path itself (lua in its success batch), so the CEL filter keeps it and every other
+    cluster's attempts inside Envoy: a normal request costs no message.
     """
-    return _grpc_access_log(settings, ENVOY_BALANCED_ATTEMPT_LOG_NAME, _cel(_in_clusters(clusters)))
+    clean = "response.code >= 200 && response.code < 400 && response.flags == 0u"
+    only = f"{_in_clusters(clusters)} && !({clean})"
+    return _grpc_access_log(settings, ENVOY_BALANCED_ATTEMPT_LOG_NAME, _cel(only))
 
 
 def _grpc_access_log(

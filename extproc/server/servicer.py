@@ -32,6 +32,7 @@ from google.protobuf import struct_pb2
 
 from extproc.core.cluster import ClusterState
 from extproc.core.outcome import UPSTREAM_OVERFLOW, classify
+from extproc.core.outlier import AttemptResult
 from extproc.core.table import ServiceTable
 from extproc.server.metrics import DecisionHistogram, Metrics
 from extproc.wire import METADATA_HOST_KEY, METADATA_NAMESPACE, ROUTE_CLUSTER_ATTRIBUTE
@@ -186,6 +187,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             if stream.cluster is not None and stream.host is not None:
                 host, stream.host = stream.host, None
                 self._record(stream.cluster, host, request)
+            elif stream.cluster is not None and stream.cluster.service.envoy_balances:
+                self._record_clean_answer(stream.cluster, request)
             return _EMPTY_RESPONSE_HEADERS
         # Modes we did not ask for (bodies, trailers): pass through untouched.
         return _passthrough(kind)
@@ -224,6 +227,22 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             if cluster is not None:
                 return cluster
         return table.lookup(_header(request.request_headers, ":authority"))
+
+    def _record_clean_answer(self, cluster: ClusterState, request: pb.ProcessingRequest) -> None:
+        """A cluster Envoy balances alone: its last attempt's clean answer (2xx, 3xx, no flag)
+        is a success of the host that served it. The router's upstream log sends the service
+        every other attempt (``filters.envoy_balanced_attempt_log``)."""
+        status = _status(_header(request.response_headers, ":status"))
+        fields = request.attributes[_ATTRIBUTES_KEY].fields
+        served = fields["upstream.address"].string_value
+        if not 200 <= status < 400 or fields["response.flags"].number_value:
+            return
+        if not cluster.has_host(served):
+            return
+        result = AttemptResult.answer(status)
+        cluster.record(served, result, self._now(), finished=False)
+        if self._metrics is not None:
+            self._metrics.count_result(cluster.service.cluster_name, served, result)
 
     def _record(self, cluster: ClusterState, host: str, request: pb.ProcessingRequest) -> None:
         status_text = _header(request.response_headers, ":status")
