@@ -149,6 +149,8 @@ class OutlierEjectionType(enum.Enum):
     CONSECUTIVE_5XX = "CONSECUTIVE_5XX"
     CONSECUTIVE_GATEWAY_FAILURE = "CONSECUTIVE_GATEWAY_FAILURE"
     CONSECUTIVE_LOCAL_ORIGIN_FAILURE = "CONSECUTIVE_LOCAL_ORIGIN_FAILURE"
+    # Not Envoy's: another brain of the fleet ejected the host (``core.fleet``).
+    FLEET = "FLEET"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +189,7 @@ class HostMonitor:
     ejection_backoff: int = 0  # Envoy's ejectTimeBackoff
     last_ejection_time: float | None = None
     last_unejection_time: float | None = None
+    # The last answer that reset the consecutive counts (a fleet ejection older than it is
+    # contradicted by this proxy's own evidence), and a fleet ejection's end.
+    last_success_time: float | None = None
+    fleet_until: float | None = None

@@ -48,6 +48,7 @@ what a single Envoy worker observes a moment later.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Iterable
 
@@ -62,7 +63,7 @@ from extproc.core.outlier import (
 )
 from extproc.core.policy import OutlierDetection
 
-__all__ = ["OutlierDetector", "ejection_allowed", "ejection_duration_s"]
+__all__ = ["FleetVerdict", "OutlierDetector", "ejection_allowed", "ejection_duration_s"]
 
 
 def _below(count: int, threshold: int) -> int:
@@ -76,6 +77,26 @@ def ejection_duration_s(config: OutlierDetection, backoff: int) -> float:
     Mirrors the left side of ``DetectorImpl::checkHostForUneject`` (jitter 0, as Istio sets).
     """
     return min(config.base_ejection_time_s * backoff, config.max_ejection_time_s)
+
+
+class FleetVerdict(enum.Enum):
+    """What a fleet ejection did here (``OutlierDetector.eject_for_fleet``)."""
+
+    EJECTED = "ejected"
+    NOT_OURS = "not_ours"  # no such host in this cluster
+    ALREADY_EJECTED = "already_ejected"
+    CONTRADICTED = "contradicted"  # this proxy's own clean answer is newer
+    REFUSED = "refused"  # maxEjectionPercent's gate
+
+
+def _ejection_over(config: OutlierDetection, monitor: HostMonitor, at: float) -> bool:
+    """Whether an ejection has lasted its duration at sweep time ``at`` (checkHostForUneject);
+    a fleet ejection lasts until its end."""
+    if monitor.ejection_type is OutlierEjectionType.FLEET and monitor.fleet_until is not None:
+        return monitor.fleet_until <= at
+    assert monitor.last_ejection_time is not None
+    duration = ejection_duration_s(config, monitor.ejection_backoff)
+    return duration <= at - monitor.last_ejection_time
 
 
 def ejection_allowed(
@@ -163,6 +184,8 @@ class OutlierDetector:
         monitor = self._monitors.get(address)
         if monitor is None or not monitor.ejected or monitor.last_ejection_time is None:
             return None
+        if monitor.ejection_type is OutlierEjectionType.FLEET and monitor.fleet_until is not None:
+            return max(0.0, monitor.fleet_until - now)
         duration = ejection_duration_s(self._config, monitor.ejection_backoff)
         return max(0.0, duration - (now - monitor.last_ejection_time))
 
@@ -259,6 +282,7 @@ class OutlierDetector:
         if not 500 <= code <= 599:
             monitor.consecutive_5xx = 0
             monitor.consecutive_gateway_failure = 0
+            monitor.last_success_time = now
             return False
         ejected = False
         # Equality, as Envoy: a threshold of 0 never fires, and counts past the threshold
@@ -294,6 +318,30 @@ class OutlierDetector:
         else:
             monitor.consecutive_local_origin_failure = 0
         return ejected
+
+    def eject_for_fleet(
+        self, address: str, *, since: float, duration_s: float, now: float
+    ) -> FleetVerdict:
+        """Eject ``address`` because another brain of the fleet did (``core.fleet``).
+
+        The fleet's news obeys this detector's own rules: a host not in the cluster or already
+        ejected is left as it is (rule 7), the ejection gate still applies (rule 8), and
+        this proxy's own clean answer from the host after the other brain ejected it
+        (``since``, on this clock) wins over the news: one proxy may reach an endpoint another
+        cannot. An applied fleet ejection ends at the first sweep at or after its end, and
+        leaves the host's backoff alone (the sender's backoff set its length).
+        """
+        monitor = self._monitors.get(address)
+        if monitor is None:
+            return FleetVerdict.NOT_OURS
+        if monitor.ejected:
+            return FleetVerdict.ALREADY_EJECTED
+        if monitor.last_success_time is not None and monitor.last_success_time > since:
+            return FleetVerdict.CONTRADICTED
+        if not self._eject(address, monitor, OutlierEjectionType.FLEET, now):
+            return FleetVerdict.REFUSED
+        monitor.fleet_until = now + duration_s
+        return FleetVerdict.EJECTED
 
     def advance(self, now: float) -> bool:
         """Run, in order, every sweep due at ``t0 + k*interval <= now``.
@@ -371,7 +419,10 @@ class OutlierDetector:
         # 1. Grow the backoff while the uncapped duration is below max + base, so it stops one
         #    step past the cap (envoyproxy/envoy#37602) and decay needs that many clean sweeps.
         base = config.base_ejection_time_s
-        if monitor.ejection_backoff * base < config.max_ejection_time_s + base:
+        if (
+            kind is not OutlierEjectionType.FLEET
+            and monitor.ejection_backoff * base < config.max_ejection_time_s + base
+        ):
             monitor.ejection_backoff += 1
         self._events.append(
             self._event(OutlierAction.EJECT, address, monitor, kind, enforced=True, now=now)
@@ -386,8 +437,7 @@ class OutlierDetector:
         for address, monitor in self._monitors.items():
             if not monitor.ejected or monitor.last_ejection_time is None:
                 continue
-            duration = ejection_duration_s(config, monitor.ejection_backoff)
-            if duration <= at - monitor.last_ejection_time:
+            if _ejection_over(config, monitor, at):
                 self._uneject(address, monitor, at)
                 changed = True
         # 2. Decay: a host un-ejected at least one interval ago earns one backoff step back.
@@ -409,6 +459,7 @@ class OutlierDetector:
         monitor.consecutive_gateway_failure = 0
         monitor.consecutive_local_origin_failure = 0
         monitor.last_unejection_time = at
+        monitor.fleet_until = None
         self._events.append(
             self._event(
                 OutlierAction.UNEJECT,
@@ -458,16 +509,17 @@ class OutlierDetector:
     def _first_uneject_sweep(self, monitor: HostMonitor) -> int:
         """The first sweep index, from the next one on, at which ``monitor`` is un-ejected."""
         assert monitor.last_ejection_time is not None
-        duration = ejection_duration_s(self._config, monitor.ejection_backoff)
-        since = monitor.last_ejection_time
+        if monitor.ejection_type is OutlierEjectionType.FLEET and monitor.fleet_until is not None:
+            end = monitor.fleet_until
+        else:
+            end = monitor.last_ejection_time + ejection_duration_s(
+                self._config, monitor.ejection_backoff
+            )
 
         def done(k: int) -> bool:
-            return duration <= self._sweep_time(k) - since
+            return _ejection_over(self._config, monitor, self._sweep_time(k))
 
-        k = max(
-            self._next_sweep,
-            math.ceil((since + duration - self._t0) / self._config.interval_s),
-        )
+        k = max(self._next_sweep, math.ceil((end - self._t0) / self._config.interval_s))
         # Correct any floating-point slip of the estimate with the exact sweep predicate.
         while not done(k):
             k += 1
