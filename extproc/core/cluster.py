@@ -22,10 +22,11 @@ import random
 from collections.abc import Sequence
 
 from extproc.core.balancer import LoadBalancer, Pick
+from extproc.core.fleet import FleetEjection, remaining_s
 from extproc.core.hostset import HostView, PrioritySet, fixed_ips
 from extproc.core.locality import load_assignment
 from extproc.core.outlier import AttemptResult, OutlierEvent
-from extproc.core.outlier_detector import OutlierDetector
+from extproc.core.outlier_detector import FleetVerdict, OutlierDetector
 from extproc.core.policy import Resolution, Service, Workload
 
 __all__ = ["ClusterState"]
@@ -147,6 +148,33 @@ class ClusterState:
             entry.active_requests -= 1
         if self._detector is not None and self._detector.put_result(host, result, now):
             self._dirty = True
+
+    def apply_fleet_ejection(
+        self, ejection: FleetEjection, now: float, now_wall: float
+    ) -> FleetVerdict:
+        """Eject a host because another brain of the fleet did (``core.fleet``), under this
+        cluster's own outlier detection: no detection, no fleet ejection.
+
+        Args:
+            ejection: the other brain's message, already decoded.
+            now: this process's monotonic clock.
+            now_wall: this machine's wall clock, on which the message's times are read.
+        """
+        if self._successor is not None:
+            return self._successor.apply_fleet_ejection(ejection, now, now_wall)
+        detector = self._detector
+        outlier = self.service.outlier_detection
+        if detector is None or outlier is None or ejection.cluster != self.service.cluster_name:
+            return FleetVerdict.NOT_OURS
+        duration = remaining_s(ejection, now_wall, outlier.max_ejection_time_s)
+        if duration is None:
+            return FleetVerdict.OVER
+        self.advance(now)
+        since = now - (now_wall - ejection.ejected_at)
+        verdict = detector.eject_for_fleet(ejection.host, since=since, duration_s=duration, now=now)
+        if verdict is FleetVerdict.EJECTED:
+            self._dirty = True
+        return verdict
 
     def has_host(self, host: str) -> bool:
         """Whether ``host`` (``ip:port``) is one of the cluster's hosts now.

@@ -87,6 +87,7 @@ class FleetVerdict(enum.Enum):
     ALREADY_EJECTED = "already_ejected"
     CONTRADICTED = "contradicted"  # this proxy's own clean answer is newer
     REFUSED = "refused"  # maxEjectionPercent's gate
+    OVER = "over"  # its end is already past on this clock
 
 
 def _ejection_over(config: OutlierDetection, monitor: HostMonitor, at: float) -> bool:

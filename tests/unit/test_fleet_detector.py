@@ -3,11 +3,18 @@ until the sender's end, contradicted by this proxy's newer evidence."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
+from extproc import testing
+from extproc.core.cluster import ClusterState
+from extproc.core.fleet import FleetEjection
 from extproc.core.outlier import AttemptResult, OutlierEjectionType
 from extproc.core.outlier_detector import FleetVerdict, OutlierDetector
+from extproc.core.policy import Locality, Workload
 from extproc.testing import outlier
 
-A, B, C = "10.0.0.1:443", "10.0.0.2:443", "10.0.0.3:443"
+A, B, C = "10.0.0.1:443", "10.0.0.2:443", "10.0.0.3:443"  # testing.endpoint: port 443
 FLEET = OutlierEjectionType.FLEET
 
 
@@ -68,3 +75,36 @@ def test_our_own_clean_answer_after_the_senders_ejection_wins() -> None:
     assert detector.eject_for_fleet(A, since=5.5, duration_s=20.0, now=6.0) is (
         FleetVerdict.EJECTED
     )
+
+
+def test_another_brains_ejection_fails_this_cluster_over_until_its_end() -> None:
+    service = testing.service(
+        [("10.0.0.1", "us-east1"), ("10.0.0.2", "us-west1")],
+        outlier=outlier(max_ejection_percent=100),
+        failover=testing.failover(("us-east1", "us-west1")),
+    )
+    workload = Workload(Locality.parse("us-east1"))
+    cluster = ClusterState(service, workload, now=0.0, rng=random.Random(1))
+    assert cluster.pick(1.0).host == A
+    cluster.release(A)
+    news = FleetEjection(
+        fleet="f",
+        proxy="pod-a",
+        cluster=service.cluster_name,
+        host=A,
+        kind=OutlierEjectionType.CONSECUTIVE_5XX,
+        num_ejections=1,
+        ejected_at=1_000.0,
+        until=1_060.0,
+    )
+    # This machine's wall clock reads 1_001 at monotonic 2.0: the ejection ends at 61.
+    assert cluster.apply_fleet_ejection(news, now=2.0, now_wall=1_001.0) is FleetVerdict.EJECTED
+    assert cluster.pick(3.0).host == B
+    cluster.release(B)
+    [event] = cluster.drain_events()
+    assert (event.type, event.upstream_url) == (FLEET, A)
+    assert cluster.pick(75.0).host == A  # the sweep at 75 is the first at or after 61
+    # Another cluster's news, or news already over here, changes nothing.
+    other = dataclasses.replace(news, cluster="outbound|80||other.com")
+    assert cluster.apply_fleet_ejection(other, now=80.0, now_wall=1_079.0) is FleetVerdict.NOT_OURS
+    assert cluster.apply_fleet_ejection(news, now=80.0, now_wall=1_079.0) is FleetVerdict.OVER
