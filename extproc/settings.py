@@ -59,6 +59,13 @@ class Settings:
     workload: Workload = field(default_factory=Workload)
     #: Look for config changes this often; 0: only on SIGHUP.
     watch_interval_s: float = 1.0
+    #: Share ejections with the fleet through this Redis (``redis://``, ``rediss://``);
+    #: None: this brain learns alone.
+    shared_state: str | None = None
+    #: The fleet whose brains share ejections (one Redis may carry several).
+    fleet: str = "default"
+    #: This brain's id in the fleet; "": the host name and process id.
+    proxy_id: str = ""
 
     # --- Envoy ------------------------------------------------------------------------
     #: Envoy's HTTP listener.

@@ -184,6 +184,41 @@ def _add_service(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULTS.watch_interval_s:g}",
         "look for config changes this often; 0: only on SIGHUP",
     )
+    option(
+        parser,
+        "--shared-state",
+        "SHARED_STATE",
+        _redis_url,
+        None,
+        "share ejections with the other brains of --fleet through this Redis "
+        "(redis:// or rediss://, credentials in the URL); off by default",
+        metavar="URL",
+    )
+    option(parser, "--fleet", "FLEET", _fleet_name, DEFAULTS.fleet, "the fleet's name")
+    option(
+        parser,
+        "--proxy-id",
+        "PROXY_ID",
+        _fleet_name,
+        None,
+        "this brain's id in the fleet (default: host name and process id)",
+    )
+
+
+def _redis_url(text: str) -> str:
+    """A Redis URL for --shared-state."""
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def _fleet_name(text: str) -> str:
+    """A fleet or proxy name: printable, no spaces, up to 100 characters."""
+    if not 0 < len(text) <= 100 or not text.isprintable() or " " in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be 1-100 printable characters without spaces"
+        )
+    return text
 
 
 def _add_transport(parser: argparse.ArgumentParser, grpc_flag: str) -> None:

@@ -176,6 +176,12 @@ class ClusterState:
             self._dirty = True
         return verdict
 
+    def ejection_time_left_s(self, host: str, now: float) -> float | None:
+        """How long the ejection of ``host`` has left (a later sweep ends it), or None."""
+        if self._successor is not None:
+            return self._successor.ejection_time_left_s(host, now)
+        return None if self._detector is None else self._detector.ejection_time_left_s(host, now)
+
     def has_host(self, host: str) -> bool:
         """Whether ``host`` (``ip:port``) is one of the cluster's hosts now.
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,7 @@ from extproc.module.build import check_machine
 from extproc.server.access_log import AccessLogReceiver
 from extproc.server.admin import AdminServer
 from extproc.server.eds import EdsHost, EndpointDiscovery
+from extproc.server.fleet_link import FleetLink
 from extproc.server.http_server import HttpServer
 from extproc.server.logs import OutlierEventLog
 from extproc.server.metrics import Metrics
@@ -131,6 +133,17 @@ class ServiceApp:
                 metrics=self.metrics,
             )
             self.metrics.registry.register(self.module_links)
+        # --shared-state: this brain's ejections to its fleet, and the fleet's to it.
+        self.fleet: FleetLink | None = None
+        if settings.shared_state is not None:
+            self.fleet = FleetLink(
+                settings.shared_state,
+                settings.fleet,
+                settings.proxy_id or f"{socket.gethostname()}/{os.getpid()}",
+                lambda: self.table,
+                self._clock,
+                on_change=self.publish,
+            )
         # Cluster name -> the generation EDS was last given; a cluster in here has been
         # published since start (or since a reload re-added it) and is never withheld.
         self._published: dict[str, int] = {}
@@ -245,6 +258,8 @@ class ServiceApp:
         await self._resolver.resolve_all()
         self.publish()
         self._sweeper = asyncio.create_task(self._sweep_loop())
+        if self.fleet is not None:
+            self.fleet.start()
         self._ready = True
         for name in HEALTH_SERVICES:
             if name != READINESS or self.ready:
@@ -299,11 +314,14 @@ class ServiceApp:
             self.publish()
 
     def drain_events(self) -> None:
-        """Log and count every cluster's outlier events since the last drain."""
+        """Log and count every cluster's outlier events since the last drain; this brain's
+        own ejections go to the fleet too (``--shared-state``)."""
         for cluster in self.table:
             for event in cluster.drain_events():
                 self._outlier_log.write(event)
                 self.metrics.count_event(event)
+                if self.fleet is not None:
+                    self.fleet.announce(event)
 
     def publish(self) -> None:
         """Push every cluster whose hosts or health changed to Envoy over EDS.
@@ -414,6 +432,8 @@ class ServiceApp:
                 await self._sweeper
         if self.module_links is not None:
             await self.module_links.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         self.drain_events()  # what happened since the last sweep tick
         await self._resolver.stop()
         await self._sync_server.stop()

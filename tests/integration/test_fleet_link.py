@@ -1,0 +1,151 @@
+"""Brains sharing ejections through a real Redis (``redis-server`` on loopback).
+
+One brain's ejection reaches the others, which eject the host until the same end; a brain
+that starts later catches up from the stored keys; with Redis gone each brain goes on alone,
+and the link comes back by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from extproc.clock import MonotonicClock
+from extproc.core.cluster import ClusterState
+from extproc.core.outlier import AttemptResult
+from extproc.core.policy import Locality, Policy, Workload
+from extproc.core.table import ServiceTable
+from extproc.server.fleet_link import FleetLink
+from extproc.testing import endpoint, outlier, service
+from tests.redis_server import RedisServer, needs_redis, redis_server
+
+pytestmark = needs_redis
+
+EAST, WEST = "10.0.0.1:443", "10.0.0.2:443"
+SERVICE = service(
+    endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
+    outlier=outlier(max_ejection_percent=100, base_ejection_time_s=30.0),
+)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    async for server in redis_server():
+        yield server
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+class Brain:
+    """One brain's table and its fleet link."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.clock = MonotonicClock()
+        self.table = ServiceTable(
+            Policy((SERVICE,)),
+            Workload(Locality.parse("us-east1")),
+            now=self.clock.now(),
+            rng=random.Random(1),
+        )
+        self.changes = 0
+        self.link = FleetLink(
+            url, "shop", name, lambda: self.table, self.clock, on_change=self._changed
+        )
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    @property
+    def cluster(self) -> ClusterState:
+        return self.table.clusters[SERVICE.cluster_name]
+
+    def fail_east(self) -> None:
+        """This brain sees us-east1's 503 (threshold 1): its own ejection, announced."""
+        self.cluster.record(EAST, AttemptResult.answer(503), self.clock.now(), finished=False)
+        for event in self.cluster.drain_events():
+            self.link.announce(event)
+
+    def routes_to(self) -> str | None:
+        pick = self.cluster.pick(self.clock.now())
+        if pick.host is not None:
+            self.cluster.release(pick.host)
+        return pick.host
+
+
+@pytest.fixture
+async def brains(redis: RedisServer) -> AsyncIterator[Callable[[str], Brain]]:
+    made: list[Brain] = []
+
+    def make(name: str) -> Brain:
+        brain = Brain(redis.url, name)
+        brain.link.start()
+        made.append(brain)
+        return brain
+
+    yield make
+    for brain in made:
+        await brain.link.stop()
+
+
+async def test_one_brains_ejection_fails_the_other_brains_over(
+    brains: Callable[[str], Brain],
+) -> None:
+    a, b, c = brains("a"), brains("b"), brains("c")
+    await _until(lambda: a.link.connected and b.link.connected and c.link.connected)
+    assert b.routes_to() == EAST
+    a.fail_east()
+    await _until(lambda: b.changes > 0 and c.changes > 0)
+    assert b.routes_to() == WEST
+    assert c.routes_to() == WEST
+    # The news ends with a's ejection: 30 s, the receivers' own sweeps end it.
+    left = b.cluster.ejection_time_left_s(EAST, b.clock.now())
+    assert left is not None
+    assert 29.0 < left <= 30.0
+
+
+async def test_a_brain_that_starts_later_catches_up_from_the_stored_keys(
+    brains: Callable[[str], Brain],
+) -> None:
+    a = brains("a")
+    await _until(lambda: a.link.connected)
+    a.fail_east()
+    await _until(lambda: not a.link._outbox)
+    late = brains("late")
+    await _until(lambda: late.changes > 0)
+    assert late.routes_to() == WEST
+
+
+async def test_with_redis_gone_each_brain_goes_on_alone_and_the_link_comes_back(
+    redis: RedisServer, brains: Callable[[str], Brain]
+) -> None:
+    a, b = brains("a"), brains("b")
+    await _until(lambda: a.link.connected and b.link.connected)
+    await redis.kill()
+    await _until(lambda: not a.link.connected and not b.link.connected)
+    a.fail_east()  # decided alone: a fails over at once, b does not hear of it yet
+    assert a.routes_to() == WEST
+    assert b.routes_to() == EAST
+    await redis.start()
+    await _until(lambda: a.link.connected and b.link.connected, timeout_s=10.0)
+    # a's queued news goes out on reconnect.
+    await _until(lambda: b.changes > 0, timeout_s=5.0)
+    assert b.routes_to() == WEST
+
+
+async def test_a_foreign_or_malformed_message_is_counted_never_applied(
+    brains: Callable[[str], Brain],
+) -> None:
+    b = brains("b")
+    assert b.link.receive(b"{not json") is None
+    assert b.link.receive(b'{"v": 1}') is None
+    assert sum(b.link.refused.values()) == 2
+    assert b.routes_to() == EAST
