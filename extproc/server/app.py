@@ -144,6 +144,7 @@ class ServiceApp:
                 self._clock,
                 on_change=self.publish,
             )
+            self.metrics.registry.register(self.fleet)
         # Cluster name -> the generation EDS was last given; a cluster in here has been
         # published since start (or since a reload re-added it) and is never withheld.
         self._published: dict[str, int] = {}

@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from extproc.clock import Clock
 from extproc.core.fleet import FleetEjection, FleetMessageError, decode, encode
@@ -86,6 +87,39 @@ class FleetLink:
     def connected(self) -> bool:
         """Whether the link to Redis is up right now."""
         return self._connected
+
+    def collect(self) -> Iterable[Metric]:
+        """The fleet link's metrics (prometheus_client's Collector), read at scrape time."""
+        up = GaugeMetricFamily("extproc_fleet_connected", "1 while the link to Redis is up.")
+        up.add_metric([], 1 if self._connected else 0)
+        yield up
+        received = CounterMetricFamily(
+            "extproc_fleet_messages_received", "Messages read from the fleet (ours included)."
+        )
+        received.add_metric([], self.received)
+        yield received
+        refused = CounterMetricFamily(
+            "extproc_fleet_messages_refused",
+            "Fleet messages dropped, never applied (malformed, another fleet's).",
+            labels=["reason"],
+        )
+        for reason, count in self.refused.items():
+            refused.add_metric([reason], count)
+        yield refused
+        verdicts = CounterMetricFamily(
+            "extproc_fleet_ejections",
+            "What the fleet's ejections did here (ejected, contradicted, refused, ...).",
+            labels=["verdict"],
+        )
+        for verdict, count in self.verdicts.items():
+            verdicts.add_metric([verdict.value], count)
+        yield verdicts
+        dropped = CounterMetricFamily(
+            "extproc_fleet_outgoing_dropped",
+            "This brain's news dropped while Redis was away and the queue was full.",
+        )
+        dropped.add_metric([], self.dropped_outgoing)
+        yield dropped
 
     def key(self, ejection: FleetEjection) -> str:
         """The key that holds the latest news of one host."""

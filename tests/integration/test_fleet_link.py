@@ -149,3 +149,5 @@ async def test_a_foreign_or_malformed_message_is_counted_never_applied(
     assert b.link.receive(b'{"v": 1}') is None
     assert sum(b.link.refused.values()) == 2
     assert b.routes_to() == EAST
+    [refused] = [m for m in b.link.collect() if m.name == "extproc_fleet_messages_refused"]
+    assert sum(sample.value for sample in refused.samples) == 2
