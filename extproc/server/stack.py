@@ -157,6 +157,12 @@ class Stack:
             try:
                 await self.envoy.start(timeout_s)
             except StartupError as exc:
+                code = self.envoy.returncode
+                if code is not None and code < 0:
+                    # Killed by a signal while it started: not a hot-restart problem, and
+                    # starting another Envoy would hide it (CI: a kill during start-up
+                    # left `up` running on a second Envoy).
+                    raise
                 # Hot restart needs /dev/shm and Unix domain sockets; without them Envoy
                 # runs as before, and a reload that changes its config is refused.
                 log.warning("envoy.hot_restart_unavailable", error=str(exc))
