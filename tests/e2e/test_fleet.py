@@ -88,6 +88,8 @@ async def test_one_proxys_failure_fails_the_fleet_over_with_no_other_request_to_
     [first] = await curl_loop(a, 1)
     assert first.status == 503
     await _until(lambda: _east_ejected(b, regions) and _east_ejected(c, regions))
+    # Their brains push it to their Envoys at once (EDS, and the lua or module tables).
+    await asyncio.sleep(0.2)
     before = sum(east.requests_served.values())
     # b and c never saw a failure of their own: they send us-east1 nothing, and fail none.
     for stack in (b, c):
