@@ -25,11 +25,12 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import signal
 import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 import yaml
@@ -55,6 +56,10 @@ from extproc.wire import (
 )
 
 log = structlog.get_logger(__name__)
+
+
+#: Exit codes of a process killed from outside (SIGKILL, SIGTERM, SIGINT), as asyncio gives them.
+_KILLED: Final = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})
 
 
 def _check_listen_port(listen: tuple[str, int]) -> None:
@@ -157,11 +162,11 @@ class Stack:
             try:
                 await self.envoy.start(timeout_s)
             except StartupError as exc:
-                code = self.envoy.returncode
-                if code is not None and code < 0:
-                    # Killed by a signal while it started: not a hot-restart problem, and
+                if self.envoy.returncode in _KILLED:
+                    # Killed from outside while it started: not a hot-restart problem, and
                     # starting another Envoy would hide it (CI: a kill during start-up
-                    # left `up` running on a second Envoy).
+                    # left `up` running on a second Envoy). Envoy's own abort (SIGABRT)
+                    # is how a hot-restart failure can end, so it still falls back.
                     raise
                 # Hot restart needs /dev/shm and Unix domain sockets; without them Envoy
                 # runs as before, and a reload that changes its config is refused.
