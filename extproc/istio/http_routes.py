@@ -151,14 +151,14 @@ def _routes(
         ]
         mirrors = () if answered else _mirrors(http, service, targets, source, where, warnings)
         cluster = clusters[0] if len(clusters) == 1 else ""
+        hashes = [
+            _hash_key(d, name or service.cluster_name, service, by_cluster)
+            for d, name in zip(() if answered else http.route, clusters, strict=True)
+        ]
         # processWeightedDestination: "Ignore 0 weighted clusters".
         weighted = tuple(
-            _cluster_weight(
-                d,
-                name or service.cluster_name,
-                _hash_key(d, _hash_target(d, name or service.cluster_name, service, by_cluster)),
-            )
-            for d, name in zip(http.route, clusters, strict=True)
+            _cluster_weight(d, name or service.cluster_name, hashed)
+            for d, name, hashed in zip(http.route, clusters, hashes, strict=True)
             if len(clusters) > 1 and d.weight > 0
         )
         matches: list[HttpMatchSpec | None] = list(http.match) or [None]
@@ -180,12 +180,7 @@ def _routes(
                     stat_prefix=match.stat_prefix if match is not None else "",
                     mirrors=mirrors,
                 ),
-                _hash_target(
-                    http.route[0] if len(http.route) == 1 else None,
-                    cluster or service.cluster_name,
-                    service,
-                    by_cluster,
-                ),
+                hashes[0] if len(hashes) == 1 else None,
             )
             rewrites = route.host_rewrite or any(w.host_rewrite for w in route.weighted)
             if rewrites and service.tls and service.tls.sni_from is UpstreamSni.ENDPOINT:
@@ -205,12 +200,11 @@ def _routes(
 
 
 def _action(
-    http: HttpRouteSpec, service: Service, route: HttpRoute, target: Service | None
+    http: HttpRouteSpec, service: Service, route: HttpRoute, hashed: HashKey | None
 ) -> HttpRoute:
     """``TranslateRoute`` after the match: headers, then a redirect, a direct response, or
     the destination's action (``applyHTTPRouteDestination``); the fault and the CORS policy,
-    on any of them. ``target`` is the destination's cluster, whose consistentHash key the
-    route hashes on."""
+    on any of them. ``hashed`` is a single destination's consistentHash key."""
     route = dataclasses.replace(route, cors=_cors(http.cors_policy))
     headers, authority = _headers(http.headers)
     if http.redirect is not None:
@@ -235,7 +229,6 @@ def _action(
     destination_headers, destination_authority = (
         _headers(http.route[0].headers) if len(http.route) == 1 else (HeaderOperations(), "")
     )
-    hashed = _hash_key(http.route[0], target) if len(http.route) == 1 else None
     return dataclasses.replace(
         route,
         timeout_s=_seconds(http.timeout) or 0.0,
@@ -356,30 +349,24 @@ def _cluster_weight(
     return ClusterWeight(cluster, destination.weight, headers, authority, hashed)
 
 
-def _hash_key(route_destination: RouteDestinationSpec, target: Service | None) -> HashKey | None:
-    """``HashForHTTPDestination``: the destination cluster's key, with the rule's port-level
-    settings only when the destination names its port (``portLevelSettingsConsistentHash``)."""
-    if target is None:
-        return None
-    destination = route_destination.destination
-    return target.hash_key if destination and destination.port else target.hash_key_portless
-
-
-def _hash_target(
-    route_destination: RouteDestinationSpec | None,
+def _hash_key(
+    route_destination: RouteDestinationSpec,
     cluster: str,
     service: Service,
     by_cluster: Mapping[str, Service],
-) -> Service | None:
-    """The service whose DestinationRule gives a destination's hash key: its cluster's, or
-    for a subset no rule defines, its host's main cluster (the rule's own key); none for a
-    host no ServiceEntry declares (``SidecarScope.DestinationRule`` finds no rule)."""
-    found = by_cluster.get(cluster)
-    if found is not None or route_destination is None or route_destination.destination is None:
-        return found
+) -> HashKey | None:
+    """``HashForHTTPDestination``: the key of the destination's cluster (for a subset no rule
+    defines, its host's main cluster: the rule's own key; none for a host no ServiceEntry
+    declares, ``SidecarScope.DestinationRule`` finds no rule), with the rule's port-level
+    settings only when the destination names its port (``portLevelSettingsConsistentHash``)."""
     destination = route_destination.destination
+    if destination is None:
+        return None
     port = destination.port.number if destination.port is not None else service.port
-    return by_cluster.get(cluster_name(destination.host, port, ""))
+    target = by_cluster.get(cluster) or by_cluster.get(cluster_name(destination.host, port, ""))
+    if target is None:
+        return None
+    return target.hash_key if destination.port else target.hash_key_portless
 
 
 @dataclass(frozen=True, slots=True)

@@ -372,9 +372,10 @@ end
 
 -- What the final attempt reports to the service when Envoy's outlier detector counts it on
 -- its own, or nil for a success (sent later as a count) or when it records nothing (no
--- healthy upstream, no upstream at all; an overflow never gets here, see envoy_on_response). An attempt that got no answer carries a
--- last word: c (no connection), r (reset or malformed answer after connecting), t (timeout). An answer counts
--- when it is a 5xx or, with the service's error codes (codes), when it is listed.
+-- healthy upstream, no upstream at all; an overflow never gets here, see envoy_on_response).
+-- An attempt that got no answer carries a last word: c (no connection), r (reset or
+-- malformed answer after connecting), t (timeout). An answer counts when it is a 5xx or,
+-- with the service's error codes (codes), when it is listed.
 local function failure_code(status, flags, codes)
   if flags ~= nil and flags ~= "" and flags ~= "-" then
     for flag in string.gmatch(flags, "[^,]+") do
@@ -394,6 +395,16 @@ local function failure_code(status, flags, codes)
   end
   if status >= 500 and status <= 599 then return status end
   return nil
+end
+
+-- One more success of host on service, sent as a count with the worker's next sync.
+local function count_success(service, host)
+  local counts = successes[service]
+  if counts == nil then
+    counts = {}
+    successes[service] = counts
+  end
+  counts[host] = (counts[host] or 0) + 1
 end
 
 function envoy_on_response(handle)
@@ -432,27 +443,6 @@ function envoy_on_response(handle)
       release(requests, id)
     end
   end
-  if chosen == "-" then
-    -- Envoy picked: the last attempt's clean answer (2xx, 3xx, no flag) is a success of the
-    -- host that served it; the upstream log has sent the service every other attempt.
-    local cut = up_value and string.find(up_value, " ", 1, true)
-    local served = cut and string.sub(up_value, 1, cut - 1)
-    if served and served ~= "" and served ~= "-" and status >= 200 and status < 400 then
-      local counts = successes[service]
-      if counts == nil then
-        counts = {}
-        successes[service] = counts
-      end
-      counts[served] = (counts[served] or 0) + 1
-    end
-    return
-  end
-  if flags ~= nil and string.find(flags, "UO", 1, true) then
-    -- Over a connection-pool limit: Envoy's own 503, which its detector does not count
-    -- (router.cc onUpstreamReset skips an overflow). Counted, sent with the next sync.
-    overflows[service] = (overflows[service] or 0) + 1
-    return
-  end
   local up, attempts = nil, 1
   if up_value ~= nil then
     space = string.find(up_value, " ", 1, true)
@@ -463,6 +453,20 @@ function envoy_on_response(handle)
       end
       attempts = tonumber(string.sub(up_value, space + 1)) or 1
     end
+  end
+  if chosen == "-" then
+    -- Envoy picked: the last attempt's clean answer (2xx, 3xx, no flag) is a success of the
+    -- host that served it; the upstream log has sent the service every other attempt.
+    if up ~= nil and status >= 200 and status < 400 then
+      count_success(service, up)
+    end
+    return
+  end
+  if flags ~= nil and string.find(flags, "UO", 1, true) then
+    -- Over a connection-pool limit: Envoy's own 503, which its detector does not count
+    -- (router.cc onUpstreamReset skips an overflow). Counted, sent with the next sync.
+    overflows[service] = (overflows[service] or 0) + 1
+    return
   end
   local report = ""
   if up ~= nil and up ~= chosen then
@@ -486,12 +490,7 @@ function envoy_on_response(handle)
     if code ~= nil then
       report = report .. "e " .. up .. " " .. code .. "\n"
     elseif report == "" then
-      local counts = successes[service]
-      if counts == nil then
-        counts = {}
-        successes[service] = counts
-      end
-      counts[up] = (counts[up] or 0) + 1
+      count_success(service, up)
       return
     else
       report = report .. "s " .. up .. " 1\n"

@@ -176,23 +176,12 @@ def route_timeout_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
     a UT flag test, then the details (a per-try timeout's are ``upstream_per_try_timeout``,
     and the attempt's log already carries its flag).
     """
-    route_timeout = cel_pb2.ExpressionFilter(
-        expression=f"response.code_details == '{ROUTE_TIMEOUT}'"
-    )
-    only_route_timeouts = _Log.AndFilter(
-        filters=[
-            _Log.AccessLogFilter(response_flag_filter=_Log.ResponseFlagFilter(flags=["UT"])),
-            _Log.AccessLogFilter(
-                extension_filter=_Log.ExtensionFilter(
-                    name="envoy.access_loggers.extension_filters.cel",
-                    typed_config=packed(route_timeout),
-                )
-            ),
-        ]
-    )
     return _grpc_access_log(
-        settings, ROUTE_TIMEOUT_LOG_NAME, _Log.AccessLogFilter(and_filter=only_route_timeouts)
+        settings, ROUTE_TIMEOUT_LOG_NAME, _flags_then_cel(["UT"], _ROUTE_TIMEOUT_TEST)
     )
+
+
+_ROUTE_TIMEOUT_TEST = f"response.code_details == '{ROUTE_TIMEOUT}'"
 
 
 def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
@@ -202,6 +191,13 @@ def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
             typed_config=packed(cel_pb2.ExpressionFilter(expression=expression)),
         )
     )
+
+
+def _flags_then_cel(flags: Sequence[str], expression: str) -> accesslog_pb2.AccessLogFilter:
+    """A response-flag bit test, then a CEL expression only for what passes it: a normal
+    request stops at the cheap test and costs no CEL evaluation."""
+    flag_test = _Log.AccessLogFilter(response_flag_filter=_Log.ResponseFlagFilter(flags=flags))
+    return _Log.AccessLogFilter(and_filter=_Log.AndFilter(filters=[flag_test, _cel(expression)]))
 
 
 def _in_clusters(clusters: Sequence[str]) -> str:
@@ -215,15 +211,8 @@ def envoy_balanced_timeout_log(
 ) -> accesslog_pb2.AccessLog:
     """``route_timeout_access_log`` on the lua and ext_proc paths, for the clusters Envoy
     balances alone: their filter leaves those requests alone, so it records no timeout."""
-    only = _Log.AndFilter(
-        filters=[
-            _Log.AccessLogFilter(response_flag_filter=_Log.ResponseFlagFilter(flags=["UT"])),
-            _cel(f"response.code_details == '{ROUTE_TIMEOUT}' && {_in_clusters(clusters)}"),
-        ]
-    )
-    return _grpc_access_log(
-        settings, ENVOY_BALANCED_TIMEOUT_LOG_NAME, _Log.AccessLogFilter(and_filter=only)
-    )
+    only = _flags_then_cel(["UT"], f"{_ROUTE_TIMEOUT_TEST} && {_in_clusters(clusters)}")
+    return _grpc_access_log(settings, ENVOY_BALANCED_TIMEOUT_LOG_NAME, only)
 
 
 def envoy_balanced_attempt_log(
@@ -297,23 +286,7 @@ def reset_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
        local reply, which both data paths already count; only a late one goes on.
 
     """
-    late = cel_pb2.ExpressionFilter(
-        expression=f"response.code_details.startsWith('{LATE_UPSTREAM_RESET}')"
-    )
-    only_late_resets = _Log.AndFilter(
-        filters=[
-            _Log.AccessLogFilter(
-                response_flag_filter=_Log.ResponseFlagFilter(flags=list(_RESET_FLAGS))
-            ),
-            _Log.AccessLogFilter(
-                extension_filter=_Log.ExtensionFilter(
-                    name="envoy.access_loggers.extension_filters.cel", typed_config=packed(late)
-                )
-            ),
-        ]
-    )
+    late = f"response.code_details.startsWith('{LATE_UPSTREAM_RESET}')"
     return _grpc_access_log(
-        settings,
-        reset_log_name(settings.data_path),
-        _Log.AccessLogFilter(and_filter=only_late_resets),
+        settings, reset_log_name(settings.data_path), _flags_then_cel(list(_RESET_FLAGS), late)
     )

@@ -200,12 +200,7 @@ def _service_route(
             _Route.RouteAction.RequestMirrorPolicy(
                 cluster=mirror.cluster,
                 runtime_fraction=base_pb2.RuntimeFractionalPercent(
-                    default_value=percent_pb2.FractionalPercent(
-                        numerator=mirror.numerator,
-                        denominator=percent_pb2.FractionalPercent.MILLION
-                        if mirror.per_million
-                        else percent_pb2.FractionalPercent.HUNDRED,
-                    )
+                    default_value=_fraction(mirror.numerator, per_million=mirror.per_million)
                 ),
                 trace_sampled=boolean(False),
             )
@@ -349,19 +344,9 @@ def _fault(fault: Fault) -> fault_pb2.HTTPFault:
         delay = out.delay
         delay.fixed_delay.CopyFrom(seconds(fault.delay_s))
         if fault.delay_per_hundred is not None:
-            delay.percentage.CopyFrom(
-                percent_pb2.FractionalPercent(
-                    numerator=fault.delay_per_hundred,
-                    denominator=percent_pb2.FractionalPercent.HUNDRED,
-                )
-            )
+            delay.percentage.CopyFrom(_fraction(fault.delay_per_hundred, per_million=False))
         else:
-            delay.percentage.CopyFrom(
-                percent_pb2.FractionalPercent(
-                    numerator=fault.delay_per_million,
-                    denominator=percent_pb2.FractionalPercent.MILLION,
-                )
-            )
+            delay.percentage.CopyFrom(_fraction(fault.delay_per_million, per_million=True))
     if fault.abort_http_status is not None or fault.abort_grpc_status is not None:
         abort = out.abort
         if fault.abort_http_status is not None:
@@ -370,13 +355,16 @@ def _fault(fault: Fault) -> fault_pb2.HTTPFault:
             assert fault.abort_grpc_status is not None
             abort.grpc_status = fault.abort_grpc_status
         if fault.abort_per_million is not None:
-            abort.percentage.CopyFrom(
-                percent_pb2.FractionalPercent(
-                    numerator=fault.abort_per_million,
-                    denominator=percent_pb2.FractionalPercent.MILLION,
-                )
-            )
+            abort.percentage.CopyFrom(_fraction(fault.abort_per_million, per_million=True))
     return out
+
+
+def _fraction(numerator: int, *, per_million: bool) -> percent_pb2.FractionalPercent:
+    """A share as pilot writes it: millionths for a ``Percent``, hundredths for an integer."""
+    fraction = percent_pb2.FractionalPercent
+    return fraction(
+        numerator=numerator, denominator=fraction.MILLION if per_million else fraction.HUNDRED
+    )
 
 
 def _retry_policy(retries: RetryPolicy) -> route_components_pb2.RetryPolicy:
@@ -464,7 +452,7 @@ def _cors_policy(cors: Cors) -> cors_pb2.CorsPolicy:
         expose_headers=cors.expose_headers,
         max_age=cors.max_age,
         filter_enabled=base_pb2.RuntimeFractionalPercent(
-            default_value=percent_pb2.FractionalPercent(numerator=100)
+            default_value=_fraction(100, per_million=False)
         ),
         forward_not_matching_preflights=boolean(cors.forward_unmatched_preflights),
     )

@@ -15,6 +15,7 @@ from extproc.sandbox import DnsResponder, Mode
 from extproc.server.stack import Stack
 from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
+from tests.integration.test_module_link import until
 from tests.redis_server import RedisServer, needs_redis, redis_server
 
 from .conftest import WEST, Region
@@ -63,14 +64,6 @@ async def fleet(
         await stack.stop()
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def _east_ejected(stack: Stack, regions: dict[str, Region]) -> bool:
     return host_row(stack, f"127.0.0.11:{regions['east'].port}")["ejected"] is True
 
@@ -81,13 +74,13 @@ async def test_one_proxys_failure_fails_the_fleet_over_with_no_other_request_to_
     a, b, c = await fleet("a"), await fleet("b"), await fleet("c")
     for stack in (a, b, c):
         assert stack.app.fleet is not None
-        await _until(lambda s=stack: s.app.fleet.connected)  # type: ignore[union-attr]
+        await until(lambda s=stack: s.app.fleet.connected)  # type: ignore[union-attr]
     east = regions["east"].servers[0]
     east.set_mode(Mode.FAIL_503)
     # a sees us-east1's 503 (threshold 1: one failed request, as on Istio) and ejects it.
     [first] = await curl_loop(a, 1)
     assert first.status == 503
-    await _until(lambda: _east_ejected(b, regions) and _east_ejected(c, regions))
+    await until(lambda: _east_ejected(b, regions) and _east_ejected(c, regions))
     # Their brains push it to their Envoys at once (EDS, and the lua or module tables).
     await asyncio.sleep(0.2)
     before = sum(east.requests_served.values())
@@ -104,7 +97,7 @@ async def test_with_redis_gone_each_proxy_fails_over_by_itself(
 ) -> None:
     a, b = await fleet("a"), await fleet("b")
     for stack in (a, b):
-        await _until(lambda s=stack: s.app.fleet.connected)  # type: ignore[union-attr]
+        await until(lambda s=stack: s.app.fleet.connected)  # type: ignore[union-attr]
     await redis.kill()
     regions["east"].servers[0].set_mode(Mode.FAIL_503)
     # Each proxy learns alone, as without a fleet: one 503 each, then us-west.

@@ -7,7 +7,6 @@ and the link comes back by itself.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 
@@ -20,6 +19,7 @@ from extproc.core.policy import Locality, Policy, Workload
 from extproc.core.table import ServiceTable
 from extproc.server.fleet_link import FleetLink
 from extproc.testing import endpoint, outlier, service
+from tests.integration.test_module_link import until
 from tests.redis_server import RedisServer, needs_redis, redis_server
 
 pytestmark = needs_redis
@@ -35,14 +35,6 @@ SERVICE = service(
 async def redis() -> AsyncIterator[RedisServer]:
     async for server in redis_server():
         yield server
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 class Brain:
@@ -100,10 +92,10 @@ async def test_one_brains_ejection_fails_the_other_brains_over(
     brains: Callable[[str], Brain],
 ) -> None:
     a, b, c = brains("a"), brains("b"), brains("c")
-    await _until(lambda: a.link.connected and b.link.connected and c.link.connected)
+    await until(lambda: a.link.connected and b.link.connected and c.link.connected)
     assert b.routes_to() == EAST
     a.fail_east()
-    await _until(lambda: b.changes > 0 and c.changes > 0)
+    await until(lambda: b.changes > 0 and c.changes > 0)
     assert b.routes_to() == WEST
     assert c.routes_to() == WEST
     # The news ends with a's ejection: 30 s, the receivers' own sweeps end it.
@@ -116,11 +108,11 @@ async def test_a_brain_that_starts_later_catches_up_from_the_stored_keys(
     brains: Callable[[str], Brain],
 ) -> None:
     a = brains("a")
-    await _until(lambda: a.link.connected)
+    await until(lambda: a.link.connected)
     a.fail_east()
-    await _until(lambda: not a.link._outbox)
+    await until(lambda: not a.link._outbox)
     late = brains("late")
-    await _until(lambda: late.changes > 0)
+    await until(lambda: late.changes > 0)
     assert late.routes_to() == WEST
 
 
@@ -128,16 +120,16 @@ async def test_with_redis_gone_each_brain_goes_on_alone_and_the_link_comes_back(
     redis: RedisServer, brains: Callable[[str], Brain]
 ) -> None:
     a, b = brains("a"), brains("b")
-    await _until(lambda: a.link.connected and b.link.connected)
+    await until(lambda: a.link.connected and b.link.connected)
     await redis.kill()
-    await _until(lambda: not a.link.connected and not b.link.connected)
+    await until(lambda: not a.link.connected and not b.link.connected)
     a.fail_east()  # decided alone: a fails over at once, b does not hear of it yet
     assert a.routes_to() == WEST
     assert b.routes_to() == EAST
     await redis.start()
-    await _until(lambda: a.link.connected and b.link.connected, timeout_s=10.0)
+    await until(lambda: a.link.connected and b.link.connected, timeout_s=10.0)
     # a's queued news goes out on reconnect.
-    await _until(lambda: b.changes > 0, timeout_s=5.0)
+    await until(lambda: b.changes > 0, timeout_s=5.0)
     assert b.routes_to() == WEST
 
 
