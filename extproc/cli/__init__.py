@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from extproc.cli.flags import build_parser, require_transport, settings_from_args
+from extproc.cli.flags import build_parser, require_transport, settings_from_args, workload_given
 from extproc.core.policy import Policy
 from extproc.errors import ConfigError, ExtprocError
 from extproc.settings import HostPort, Settings
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args.pause, settings_from_args(args).data_path)
         settings = settings_from_args(args)
         if args.command == "check":
-            return _check(settings, bool(args.locality or args.workload_labels))
+            return _check(settings, workload_given(args))
         if args.command == "render":
             policy = _read(settings, with_workload=False)
             return _render(settings, policy, args.output, args.validate)

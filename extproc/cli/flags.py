@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from extproc import __version__
+from extproc.cli.kube_workload import ISTIO_POD_LABELS_PATH, kubernetes_workload, node_name
 from extproc.cli.options import from_env, option, switch, typed
 from extproc.cli.values import (
     BIND,
@@ -88,6 +89,29 @@ def _add_locality(parser: argparse.ArgumentParser) -> None:
         "the workload's labels, matched by localityLbSetting.failoverPriority; the "
         "topology labels of --locality are added",
         metavar="K=V[,K=V...]",
+    )
+    # Kubernetes: the locality from the Node, the labels from the pod (cli/kube_workload.py).
+    option(
+        parser,
+        "--locality-from-node",
+        "LOCALITY_FROM_NODE",
+        node_name,
+        None,
+        "read the locality from this Node's topology labels through the Kubernetes API "
+        "(the pod's service account needs get on nodes); set it from the downward API's "
+        "spec.nodeName; not with --locality",
+        metavar="NODE",
+    )
+    option(
+        parser,
+        "--workload-labels-file",
+        "WORKLOAD_LABELS_FILE",
+        Path,
+        None,
+        "the workload's labels from a downward API file of the pod's metadata.labels "
+        f"(Istio's {ISTIO_POD_LABELS_PATH}); its istio-locality label sets the locality; "
+        "not with --workload-labels",
+        metavar="PATH",
     )
 
 
@@ -398,9 +422,29 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     """The workload; a ``topology.istio.io/cluster`` label names its cluster, as a sidecar's
     ``ISTIO_META_CLUSTER_ID`` does (default ``Kubernetes``)."""
     labels: tuple[tuple[str, str], ...] = getattr(args, "workload_labels", None) or ()
-    cluster = dict(labels).get("topology.istio.io/cluster") or DEFAULT_CLUSTER_ID
     locality = Locality.parse(getattr(args, "locality", None) or "")
+    if from_kubernetes(args):
+        locality, labels = kubernetes_workload(
+            locality=args.locality,
+            labels=labels,
+            labels_file=args.workload_labels_file,
+            node=args.locality_from_node,
+        )
+    cluster = dict(labels).get("topology.istio.io/cluster") or DEFAULT_CLUSTER_ID
     return Workload(locality=locality, labels=labels, cluster_id=cluster)
+
+
+def from_kubernetes(args: argparse.Namespace) -> bool:
+    """Whether the workload comes (in part) from Kubernetes: the Node or the pod's labels."""
+    return bool(
+        getattr(args, "locality_from_node", None) or getattr(args, "workload_labels_file", None)
+    )
+
+
+def workload_given(args: argparse.Namespace) -> bool:
+    """Whether any flag describes the workload (``check`` then shows its priorities)."""
+    given = getattr(args, "locality", None) or getattr(args, "workload_labels", None)
+    return bool(given) or from_kubernetes(args)
 
 
 def read_secret(path: Path | None) -> str | None:

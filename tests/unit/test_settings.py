@@ -84,6 +84,7 @@ def test_every_flag_sets_a_settings_field_of_its_name() -> None:
     # What is read into a field by other means, or is not a setting.
     other = {"help", "version", "command", "log_level", "locality", "workload_labels"}
     other |= {"secret_file", "path", "output", "validate", "json", "pause"}
+    other |= {"locality_from_node", "workload_labels_file"}  # read into workload
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
     assert subparsers.choices is not None
