@@ -1,22 +1,26 @@
-# Two images for docker-compose.yml.
+# Three stages:
 #
-# `--target envoy`: the official Envoy image plus the module data path's C shim
-# (extproc/module/extproc_module.c), compiled here against that image's own C library with
-# the flags of extproc/module/build.py (tests/e2e/test_compose.py keeps them the same).
-FROM envoyproxy/envoy:v1.40.0 AS envoy
+# `module`: the module data path's C shim (extproc/module/extproc_module.c), compiled in the
+# official Envoy image against that image's own C library, with the flags of
+# extproc/module/build.py (tests/e2e/test_compose.py keeps them the same).
+FROM envoyproxy/envoy:v1.40.0 AS module
 COPY extproc/module/extproc_module.c /usr/local/src/extproc/
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && mkdir -p /usr/local/lib/extproc \
     && cc -std=c11 -fPIC -shared -pthread -Wall -Wextra -Werror -fvisibility=hidden -O2 \
-        -o /usr/local/lib/extproc/libextproc_module.so /usr/local/src/extproc/extproc_module.c \
-    && apt-get purge -y --auto-remove gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
+        -o /usr/local/lib/extproc/libextproc_module.so /usr/local/src/extproc/extproc_module.c
+
+# `--target envoy` (docker-compose.yml): the official Envoy image plus the shim.
+FROM envoyproxy/envoy:v1.40.0 AS envoy
+COPY --from=module /usr/local/lib/extproc/libextproc_module.so /usr/local/lib/extproc/
 ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/usr/local/lib/extproc
 
 # The default target: one image for every other service of docker-compose.yml that is ours,
 # the ext_proc service (`extproc serve`, the default) and the regions' stand-ins (entrypoint
-# `python -m extproc.sandbox stand-in`).
+# `python -m extproc.sandbox stand-in`). It carries the shim too, in
+# /usr/local/lib/extproc: on Kubernetes (deploy/kubernetes/) an init container copies it
+# into a volume the pod's unmodified Envoy image loads it from.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -29,6 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY pyproject.toml README.md /src/
 COPY extproc /src/extproc
 RUN pip install /src && rm -rf /src
+COPY --from=module /usr/local/lib/extproc/libextproc_module.so /usr/local/lib/extproc/
 
 RUN groupadd --system --gid 10001 extproc \
     && useradd --system --uid 10001 --gid extproc --no-create-home --shell /usr/sbin/nologin extproc \

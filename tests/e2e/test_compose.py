@@ -374,6 +374,9 @@ def test_the_envoy_image_builds_the_module_as_extproc_builds_it() -> None:
     assert flags == compile_flags()
     assert f"ENV {MODULE_SEARCH_PATH_VAR}=/usr/local/lib/extproc" in text.splitlines()
     assert "/usr/local/lib/extproc/libextproc_module.so" in words
+    # Both the Envoy image (compose) and the service's image (Kubernetes) carry that build.
+    shim = "COPY --from=module /usr/local/lib/extproc/libextproc_module.so /usr/local/lib/extproc/"
+    assert text.splitlines().count(shim) == 2
 
 
 def test_the_docker_build_context_admits_what_the_dockerfile_copies() -> None:
@@ -387,7 +390,7 @@ def test_the_docker_build_context_admits_what_the_dockerfile_copies() -> None:
     copied = {
         source
         for line in DOCKERFILE.read_text().splitlines()
-        if line.startswith("COPY ")
+        if line.startswith("COPY ") and not line.startswith("COPY --from=")
         for source in line.split()[1:-1]
     }
     assert copied == admitted
