@@ -203,6 +203,22 @@ def http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
     return list(hcm["typed_config"]["http_filters"])
 
 
+def relocate_sockets(config: dict[str, Any], sockets: Path) -> None:
+    """Point an Envoy config's sockets in the shared volume (``SOCKET_DIR``) at ``sockets``:
+    the gRPC cluster's pipe and the module's link."""
+    for cluster in config["static_resources"]["clusters"]:
+        for endpoint in cluster.get("load_assignment", {}).get("endpoints", []):
+            for lb_endpoint in endpoint["lb_endpoints"]:
+                pipe = lb_endpoint["endpoint"]["address"].get("pipe")
+                if pipe is not None:
+                    pipe["path"] = pipe["path"].replace(SOCKET_DIR, str(sockets), 1)
+    for http_filter in http_filters(config):
+        typed = http_filter["typed_config"]
+        if "filter_config" in typed:  # the module's link: the shared socket volume
+            value = typed["filter_config"]["value"]
+            typed["filter_config"]["value"] = value.replace(SOCKET_DIR, str(sockets), 1)
+
+
 def module_socket(config: dict[str, Any]) -> str:
     """The socket the module filter links to (its filter config's value)."""
     [module] = [
@@ -601,17 +617,7 @@ async def start_envoy(up: LocalCompose) -> tuple[str, int]:
     admin = config["admin"]["address"]["socket_address"]
     listener_port = listener["port_value"]
     up.ports["envoy"] = {listener_port: free_port(), admin["port_value"]: free_port()}
-    for cluster in config["static_resources"]["clusters"]:
-        for endpoint in cluster.get("load_assignment", {}).get("endpoints", []):
-            for lb_endpoint in endpoint["lb_endpoints"]:
-                pipe = lb_endpoint["endpoint"]["address"].get("pipe")
-                if pipe is not None:
-                    pipe["path"] = pipe["path"].replace(SOCKET_DIR, str(up.sockets), 1)
-    for http_filter in http_filters(config):
-        typed = http_filter["typed_config"]
-        if "filter_config" in typed:  # the module's link: the shared socket volume
-            value = typed["filter_config"]["value"]
-            typed["filter_config"]["value"] = value.replace(SOCKET_DIR, str(up.sockets), 1)
+    relocate_sockets(config, up.sockets)
     for address in socket_addresses(config):
         if address["address"] == "0.0.0.0":
             address["address"] = "127.0.0.1"

@@ -10,15 +10,23 @@
    non-root and read-only; the service account's one permission.
 4. The Redis component's own start script runs on a local redis-server: its one user may
    use the fleet's keys and channels and nothing else.
+5. The pod's containers run as local processes from their own commands and env, mapped to
+   loopback (section 5 says how), and play the seed's story: the locality from the Node
+   through a stand-in of the API server, then the seed's failure as a ConfigMap edit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +38,17 @@ import yaml
 from extproc.demo import free_port
 from extproc.istio import load_policy
 from extproc.render.bootstrap import render_bootstrap
-from extproc.server.envoy_process import validate_config
+from extproc.sandbox import DnsResponder
+from extproc.sandbox.client import get
+from extproc.server.envoy_process import find_envoy_binary, validate_config
 from extproc.server.stack import envoy_environment
 from extproc.settings import HostPort, Settings
 from extproc.wire import MODULE_SEARCH_PATH_VAR, DataPath
+from tests.kube_api_server import NodeApi, node_api
 from tests.redis_server import needs_redis
+
+from .conftest import EAST, EXTPROC, WEST, Region
+from .test_compose import relocate_sockets, socket_addresses
 
 pytestmark = pytest.mark.e2e
 
@@ -444,3 +458,228 @@ def test_the_components_redis_lets_its_one_user_reach_the_fleets_keys_only(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# -- 5. The pod's containers as local processes, and the seed's story ----------------------
+#
+# The mapping from the pod to loopback, and nothing else (as test_compose.py's LocalCompose):
+# - the API server becomes the loopback stand-in of its Node endpoint (tests/kube_api_server.py),
+#   with the Node the pod runs on in us-east1; the service account's directory a temp one;
+# - the cluster's DNS becomes a DnsResponder resolving the seed's names to the stand-ins;
+# - each mounted ConfigMap becomes a directory in the kubelet's layout (a timestamped
+#   directory, the ``..data`` link to it, and a link per key), updated as the kubelet updates
+#   it; the downward API's labels file a file of the same format; every emptyDir a temp dir;
+# - ports: Envoy's 127.0.0.1:80 and admin, and the service's 0.0.0.0:9090, become free
+#   loopback ports; the stand-ins' port 80 in the Istio YAML becomes each stand-in's port.
+
+
+class ConfigMapVolume:
+    """A ConfigMap mounted as a directory, as the kubelet lays it out and swaps it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.version = 0
+        directory.mkdir()
+
+    def project(self, data: dict[str, str]) -> None:
+        self.version += 1
+        payload = self.directory / f"..2026_12_02_00_00_0{self.version}.{self.version:09d}"
+        payload.mkdir()
+        for key, text in data.items():
+            (payload / key).write_text(text)
+        staged = self.directory / "..data_tmp"
+        staged.symlink_to(payload.name)
+        staged.rename(self.directory / "..data")  # one atomic step, as the kubelet does
+        for key in data:
+            link = self.directory / key
+            if not link.is_symlink():
+                link.symlink_to(f"..data/{key}")
+
+
+def seed_with_ports(text: str, east_port: int, west_port: int) -> str:
+    """The ConfigMap's Istio YAML with the endpoints' port 80 mapped to the stand-ins'."""
+    docs = list(yaml.safe_load_all(text))
+    [entry] = [d for d in docs if d["kind"] == "ServiceEntry"]
+    east, west = entry["spec"]["endpoints"]
+    assert east["ports"] == west["ports"] == {"http": 80}
+    east["ports"]["http"], west["ports"]["http"] = east_port, west_port
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+@dataclass
+class LocalPod:
+    tmp: Path
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    async def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
+        with (self.tmp / f"{name}.log").open("wb") as log:
+            self.procs[name] = await asyncio.create_subprocess_exec(
+                *argv,
+                env=base | {"PYTHONUNBUFFERED": "1"} | env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    async def probe(self, name: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """Run a container's startup probe until it passes (periodSeconds 1 in the pod)."""
+        deadline = time.monotonic() + 30
+        while not await check():
+            assert self.procs[name].returncode is None, f"{name} exited:\n{self.log(name)}"
+            assert time.monotonic() < deadline, f"{name} never started:\n{self.log(name)}"
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+def brain_env(
+    extproc: dict[str, Any], paths: dict[str, str], fields: dict[str, str], admin: str
+) -> dict[str, str]:
+    """The extproc container's env, mapped: every variable is either mapped or refused."""
+    out: dict[str, str] = {}
+    for entry in extproc["env"]:
+        name = entry["name"]
+        if "value" in entry:
+            value = str(entry["value"])
+            for var, given in out.items():  # Kubernetes' $(VAR) from earlier variables
+                value = value.replace(f"$({var})", given)
+            out[name] = admin if name == "EXTPROC_ADMIN" else paths.get(value, value)
+        elif "fieldRef" in entry["valueFrom"]:
+            out[name] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:  # an optional Secret that does not exist: the variable is not set
+            assert entry["valueFrom"]["secretKeyRef"]["optional"] is True, name
+    return out
+
+
+async def endpoints(admin: tuple[str, int]) -> list[dict[str, Any]]:
+    reply = await get(admin, "extproc", "/endpoints")
+    rows: list[dict[str, Any]] = json.loads(reply.body)
+    return rows
+
+
+async def test_the_pods_containers_as_local_processes_fail_over_like_the_seed(
+    tmp_path: Path, dns: DnsResponder, regions: dict[str, Region]
+) -> None:
+    objects = kustomize(BASE)
+    spec = pod_spec(objects)
+    east_port, west_port = regions["east"].port, regions["west"].port
+    istio_data = one(objects, "ConfigMap", "extproc-istio-config")["data"]
+    [(istio_key, istio_text)] = istio_data.items()
+    config_volume = ConfigMapVolume(tmp_path / "istio-config")
+    config_volume.project({istio_key: seed_with_ports(istio_text, east_port, west_port)})
+    pod_dir = tmp_path / "podinfo"
+    pod_dir.mkdir()
+    # The downward API's labels file: the pod template's labels, one `key="value"` a line.
+    template = one(objects, "Deployment", "sleep")["spec"]["template"]
+    labels_text = "".join(f'{k}="{v}"\n' for k, v in template["metadata"]["labels"].items())
+    sockets, module_dir = tmp_path / "sockets", tmp_path / "module"
+    sockets.mkdir(mode=0o700)
+    module_dir.mkdir()
+
+    pod = LocalPod(tmp_path)
+    api = NodeApi(nodes={"node-a": {"topology.kubernetes.io/region": "us-east1"}})
+    with node_api(tmp_path, api) as cluster:
+        try:
+            # install-module: its cp, from where the image has the build to the volume.
+            install = container(spec, "install-module")
+            built = envoy_environment(POD_SETTINGS)[MODULE_SEARCH_PATH_VAR]
+            source = Path(built) / Path(install["command"][1]).name
+            shutil.copy(source, module_dir)
+
+            extproc = container(spec, "extproc")
+            labels_file = Path(env(extproc)["EXTPROC_WORKLOAD_LABELS_FILE"])
+            (pod_dir / labels_file.name).write_text(labels_text)
+            admin = ("127.0.0.1", free_port())
+            variables = brain_env(
+                extproc,
+                paths={
+                    mounts(extproc)["istio-config"]["mountPath"]: str(config_volume.directory),
+                    str(labels_file): str(pod_dir / labels_file.name),
+                    mounts(extproc)["sockets"]["mountPath"]: str(sockets),
+                },
+                fields={"spec.nodeName": "node-a", "metadata.name": "sleep-5d8f9-abcde"},
+                admin="{}:{}".format(*admin),
+            )
+            variables |= cluster.env | {"EXTPROC_DNS_RESOLVER": "{}:{}".format(*dns.address)}
+            # The image's ENTRYPOINT ["extproc"] with the container's args.
+            await pod.spawn("extproc", [*EXTPROC, *extproc["args"]], variables)
+
+            async def brain_ready() -> bool:
+                try:
+                    return (await get(admin, "extproc", "/readyz", timeout_s=1)).status == 200
+                except OSError:
+                    return False
+
+            await pod.probe("extproc", brain_ready)
+
+            envoy = container(spec, "envoy")
+            config = yaml.safe_load(
+                one(objects, "ConfigMap", "extproc-envoy-config")["data"]["envoy.yaml"]
+            )
+            relocate_sockets(config, sockets)
+            ports: dict[int, int] = {}
+            for address in socket_addresses(config):
+                assert address["address"] == "127.0.0.1"
+                ports[address["port_value"]] = ports.get(address["port_value"]) or free_port()
+                address["port_value"] = ports[address["port_value"]]
+            (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            argv = list(envoy["command"])
+            assert argv[0] == "envoy"
+            argv[0] = str(find_envoy_binary())
+            argv[argv.index("--config-path") + 1] = str(tmp_path / "envoy.yaml")
+            # The pod's ENVOY_DYNAMIC_MODULES_SEARCH_PATH: the module volume.
+            assert env(envoy)[MODULE_SEARCH_PATH_VAR] == mounts(envoy)["module"]["mountPath"]
+            search_path = {MODULE_SEARCH_PATH_VAR: str(module_dir)}
+            await pod.spawn("envoy", [*argv, "--concurrency", "2"], search_path)
+            probe = envoy["startupProbe"]["exec"]["command"]
+            probe = [arg.replace("/127.0.0.1/9901", f"/127.0.0.1/{ports[9901]}") for arg in probe]
+
+            async def envoy_live() -> bool:
+                check = await asyncio.create_subprocess_exec(
+                    *probe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                return await check.wait() == 0
+
+            await pod.probe("envoy", envoy_live)
+            listener = ("127.0.0.1", ports[80])  # where hostAliases sends mydb.com
+
+            # The seed's loop, `curl -sS http://mydb.com`: every answer from us-east1, the
+            # node's region, read through the API with the pod's token.
+            answers = [(await get(listener, "mydb.com")).body.strip() for _ in range(5)]
+            assert answers == [f"healthy: {EAST}"] * 5
+            assert api.requests == [("/api/v1/nodes/node-a", "Bearer token-1")]
+            rows = {r["endpoint_address"]: r for r in await endpoints(admin)}
+            assert (rows[EAST]["locality"], rows[EAST]["priority"]) == ("us-east1", 0)
+
+            # The seed's failure: its ServiceEntry with us-east1 on port 81, applied to the
+            # ConfigMap; the kubelet swaps ..data and the service reloads it.
+            failing = seed_with_ports(istio_text, 81, west_port)
+            config_volume.project({istio_key: failing})
+            deadline = time.monotonic() + 15
+            while ":81" not in str(await endpoints(admin)):
+                assert time.monotonic() < deadline, pod.log("extproc")
+                await asyncio.sleep(0.2)
+            replies = [await get(listener, "mydb.com") for _ in range(6)]
+            failed = [r for r in replies if r.status != 200]
+            # At most the seed's one failed request, then us-west only.
+            assert len(failed) <= 1
+            assert failed == replies[: len(failed)]
+            assert {r.body.strip() for r in replies[len(failed) :]} == {f"healthy: {WEST}"}
+            rows = {r["endpoint_address"]: r for r in await endpoints(admin)}
+            assert rows[EAST]["ejected"] is True
+        finally:
+            await pod.stop()
+            for name in pod.procs:
+                print(f"--- {name} ---\n{pod.log(name)}")
