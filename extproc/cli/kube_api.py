@@ -107,9 +107,10 @@ def read_node_labels(
         url = f"{cluster.base_url}/api/v1/nodes/{urllib.parse.quote(node, safe='')}"
         context = _tls_context(cluster.ca_file)
         return _with_retries(
-            lambda: _get_node_labels(cluster, node, url, context, timeout_s),
+            lambda attempt_s: _get_node_labels(cluster, node, url, context, attempt_s),
             url,
             deadline_s,
+            timeout_s,
             clock or MonotonicClock(),
             sleep,
         )
@@ -118,18 +119,20 @@ def read_node_labels(
 
 
 def _with_retries(
-    get: Callable[[], dict[str, str]],
+    get: Callable[[float], dict[str, str]],
     url: str,
     deadline_s: float,
+    timeout_s: float,
     clock: Clock,
     sleep: Callable[[float], None],
 ) -> dict[str, str]:
-    """``get()``, again after each ``_Retry`` until ``deadline_s`` has passed."""
+    """``get(timeout)``, again after each ``_Retry`` until ``deadline_s`` has passed; no
+    attempt waits past the deadline (by more than a tenth of a second)."""
     end, delay_s, attempts = clock.now() + deadline_s, 0.2, 0
     while True:
         attempts += 1
         try:
-            return get()
+            return get(max(min(timeout_s, end - clock.now()), 0.1))
         except _Retry as exc:
             left_s = end - clock.now()
             if left_s <= 0:
