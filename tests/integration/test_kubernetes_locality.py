@@ -1,24 +1,19 @@
 """``--locality-from-node`` against a loopback stand-in of the API server's Node endpoint.
 
-No cluster runs here: the stand-in serves ``GET /api/v1/nodes/NAME`` over HTTPS with a
-trustme certificate, checks the bearer token as the API server does, and answers as it
-would (200 with a Node, 401, 403, 404, 503). The service account's directory is a temp
-directory, named by ``EXTPROC_KUBE_SERVICEACCOUNT_DIR``.
+No cluster runs here: ``tests/kube_api_server.py`` serves ``GET /api/v1/nodes/NAME`` over
+HTTPS with a trustme certificate, checks the bearer token as the API server does, and
+answers as it would (200 with a Node, 401, 403, 404, 503). The service account's directory
+is a temp directory, named by ``EXTPROC_KUBE_SERVICEACCOUNT_DIR``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,6 +23,7 @@ from extproc.cli.kube_api import SERVICE_ACCOUNT_DIR_VAR, read_node_labels
 from extproc.cli.kube_workload import kubernetes_workload
 from extproc.core.policy import Locality
 from extproc.errors import ExtprocError
+from tests.kube_api_server import Cluster, NodeApi, node_api
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "envoy" / "compose" / "mydb.yaml"  # endpoints in us-east1 and us-west
@@ -39,110 +35,10 @@ NODE_A = {
 }
 
 
-@dataclass
-class StandIn:
-    """What the stand-in API server answers, and what it was asked."""
-
-    token: str = "token-1"
-    # node -> its labels (None: a Node without metadata.labels)
-    nodes: dict[str, dict[str, str] | None] = field(default_factory=dict)
-    forbidden: bool = False  # 403 for every node: the RBAC rule is missing
-    unavailable: int = 0  # answer 503 to this many requests first
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Authorization)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    stand_in: StandIn
-
-    def do_GET(self) -> None:
-        s = self.stand_in
-        s.requests.append((self.path, self.headers.get("Authorization", "")))
-        name = self.path.removeprefix("/api/v1/nodes/")
-        if s.unavailable > 0:
-            s.unavailable -= 1
-            return self._status(503, "ServiceUnavailable", "etcd is busy")
-        if self.headers.get("Authorization") != f"Bearer {s.token}":
-            return self._status(401, "Unauthorized", "Unauthorized")
-        if s.forbidden:
-            return self._status(
-                403,
-                "Forbidden",
-                f'nodes "{name}" is forbidden: User "system:serviceaccount:app:client" '
-                'cannot get resource "nodes" in API group "" at the cluster scope',
-            )
-        if not self.path.startswith("/api/v1/nodes/") or name not in s.nodes:
-            return self._status(404, "NotFound", f'nodes "{name}" not found')
-        metadata: dict[str, object] = {"name": name, "uid": "6f0c1c4e"}
-        if (labels := s.nodes[name]) is not None:
-            metadata["labels"] = labels
-        self._json(200, {"kind": "Node", "apiVersion": "v1", "metadata": metadata})
-
-    def _status(self, code: int, reason: str, message: str) -> None:
-        self._json(
-            code,
-            {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-             "reason": reason, "code": code},
-        )  # fmt: skip
-
-    def _json(self, code: int, obj: object) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (BaseHTTPRequestHandler's)
-        pass
-
-
-@dataclass
-class Cluster:
-    """The stand-in, and the environment a pod on it would have."""
-
-    stand_in: StandIn
-    port: int
-    account_dir: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": str(self.port),
-            SERVICE_ACCOUNT_DIR_VAR: str(self.account_dir),
-        }
-
-    def rotate_token(self, token: str) -> None:
-        """What the kubelet does: a new token in the file, the old one no longer accepted."""
-        (self.account_dir / "token").write_text(token + "\n")
-        self.stand_in.token = token
-
-
 @pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, ca: trustme.CA) -> Iterator[Cluster]:
-    stand_in = StandIn(nodes={"node-a": NODE_A})
-    handler = type("Handler", (_Handler,), {"stand_in": stand_in})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    account_dir = tmp_path / "serviceaccount"
-    account_dir.mkdir()
-    (account_dir / "token").write_text(stand_in.token + "\n")
-    ca.cert_pem.write_to_path(str(account_dir / "ca.crt"))
-    try:
-        yield Cluster(stand_in, server.server_address[1], account_dir)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with node_api(tmp_path, NodeApi(nodes={"node-a": NODE_A})) as running:
+        yield running
 
 
 def _no_sleep(_seconds: float) -> None:
@@ -154,18 +50,18 @@ def _no_sleep(_seconds: float) -> None:
 
 def test_the_node_labels_are_read_with_the_service_account_token(cluster: Cluster) -> None:
     assert read_node_labels("node-a", env=cluster.env) == NODE_A
-    assert cluster.stand_in.requests == [("/api/v1/nodes/node-a", "Bearer token-1")]
+    assert cluster.api.requests == [("/api/v1/nodes/node-a", "Bearer token-1")]
 
 
 def test_the_token_is_read_again_for_each_request(cluster: Cluster) -> None:
     read_node_labels("node-a", env=cluster.env)
     cluster.rotate_token("token-2")
     assert read_node_labels("node-a", env=cluster.env) == NODE_A
-    assert cluster.stand_in.requests[-1] == ("/api/v1/nodes/node-a", "Bearer token-2")
+    assert cluster.api.requests[-1] == ("/api/v1/nodes/node-a", "Bearer token-2")
 
 
 def test_a_node_without_labels_is_an_error_naming_the_region_label(cluster: Cluster) -> None:
-    cluster.stand_in.nodes["bare"] = None
+    cluster.api.nodes["bare"] = None
 
     def node_labels(node: str) -> dict[str, str]:
         return read_node_labels(node, env=cluster.env)
@@ -191,7 +87,7 @@ def test_the_node_gives_the_locality_through_the_api(cluster: Cluster) -> None:
 
 
 def test_403_names_the_rbac_rule_and_is_not_retried(cluster: Cluster) -> None:
-    cluster.stand_in.forbidden = True
+    cluster.api.forbidden = True
     with pytest.raises(ExtprocError) as error:
         read_node_labels("node-a", env=cluster.env, sleep=_no_sleep)
     message = str(error.value)
@@ -199,33 +95,33 @@ def test_403_names_the_rbac_rule_and_is_not_retried(cluster: Cluster) -> None:
     assert message.startswith(f"--locality-from-node node-a: GET {url}: 403 Forbidden")
     assert 'resources: ["nodes"], verbs: ["get"]' in message
     assert 'cannot get resource "nodes"' in message  # the API server's own words
-    assert len(cluster.stand_in.requests) == 1
+    assert len(cluster.api.requests) == 1
 
 
 def test_404_says_no_such_node_and_is_not_retried(cluster: Cluster) -> None:
     with pytest.raises(ExtprocError, match=r"GET https://\S+/api/v1/nodes/node-z: 404: no node"):
         read_node_labels("node-z", env=cluster.env, sleep=_no_sleep)
-    assert len(cluster.stand_in.requests) == 1
+    assert len(cluster.api.requests) == 1
 
 
 def test_a_rejected_token_is_401_and_not_retried(cluster: Cluster) -> None:
-    cluster.stand_in.token = "another"
+    cluster.api.token = "another"
     with pytest.raises(ExtprocError, match="401 Unauthorized: the API server rejected the"):
         read_node_labels("node-a", env=cluster.env, sleep=_no_sleep)
-    assert len(cluster.stand_in.requests) == 1
+    assert len(cluster.api.requests) == 1
 
 
 def test_503_is_retried_until_the_node_is_read(cluster: Cluster) -> None:
-    cluster.stand_in.unavailable = 2
+    cluster.api.unavailable = 2
     assert read_node_labels("node-a", env=cluster.env, sleep=_no_sleep) == NODE_A
-    assert len(cluster.stand_in.requests) == 3
+    assert len(cluster.api.requests) == 3
 
 
 def test_503_past_the_deadline_is_an_error_with_the_status(cluster: Cluster) -> None:
-    cluster.stand_in.unavailable = 10**6
+    cluster.api.unavailable = 10**6
     with pytest.raises(ExtprocError, match=r"status 503 \(the API server says: etcd is busy\)"):
         read_node_labels("node-a", env=cluster.env, deadline_s=0.3)
-    assert len(cluster.stand_in.requests) >= 2
+    assert len(cluster.api.requests) >= 2
 
 
 def test_an_unreachable_api_server_is_retried_then_an_error_naming_the_url(
@@ -263,7 +159,7 @@ def test_outside_a_pod_the_error_says_so(cluster: Cluster) -> None:
     env = {SERVICE_ACCOUNT_DIR_VAR: str(cluster.account_dir)}
     with pytest.raises(ExtprocError, match="node-a: not running in a Kubernetes pod"):
         read_node_labels("node-a", env=env)
-    assert cluster.stand_in.requests == []
+    assert cluster.api.requests == []
 
 
 @pytest.mark.parametrize(("file", "what"), [("token", "token"), ("ca.crt", "CA certificate")])
@@ -309,11 +205,11 @@ def test_check_shows_the_priorities_for_the_nodes_locality(
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if ":8080" in line}
     assert rows["dynamodb.us-east-1.amazonaws.com:8080"][-2:] == ["us-east1", "0"]
     assert rows["dynamodb.us-west-1.amazonaws.com:8080"][-2:] == ["us-west", "1"]
-    assert cluster.stand_in.requests == [("/api/v1/nodes/node-a", "Bearer token-1")]
+    assert cluster.api.requests == [("/api/v1/nodes/node-a", "Bearer token-1")]
 
 
 def test_check_fails_with_the_rbac_rule_when_nodes_are_forbidden(cluster: Cluster) -> None:
-    cluster.stand_in.forbidden = True
+    cluster.api.forbidden = True
     result = _extproc(cluster, "check", str(SEED), "--locality-from-node", "node-a")
     assert result.returncode == 1
     assert "extproc check: --locality-from-node node-a: GET https://127.0.0.1:" in result.stderr
