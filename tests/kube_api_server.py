@@ -111,7 +111,7 @@ def node_api(tmp_path: Path, api: NodeApi) -> Iterator[Cluster]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     account_dir = tmp_path / "serviceaccount"
     account_dir.mkdir()
