@@ -180,11 +180,11 @@ def test_compose_envoy_config_passes_envoy_validate() -> None:
     assert "OK" in validate_config(ENVOY_CONFIG, env=envoy_environment(COMPOSE_SETTINGS))
 
 
-def test_the_render_command_in_the_header_reproduces_the_compose_envoy_config() -> None:
-    # The header tells users how to regenerate the file: that command must give the same text.
+def render_command(args: tuple[str, ...]) -> str:
+    """What ``extproc render ARGS`` prints, run from the repository as a user runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
     result = subprocess.run(
-        [sys.executable, "-m", "extproc", "--log-level", "error", "render", *RENDER_ARGS],
+        [sys.executable, "-m", "extproc", "--log-level", "error", "render", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -192,7 +192,12 @@ def test_the_render_command_in_the_header_reproduces_the_compose_envoy_config() 
         timeout=60,
         check=True,
     )
-    assert HEADER + result.stdout == ENVOY_CONFIG.read_text()
+    return result.stdout
+
+
+def test_the_render_command_in_the_header_reproduces_the_compose_envoy_config() -> None:
+    # The header tells users how to regenerate the file: that command must give the same text.
+    assert HEADER + render_command(RENDER_ARGS) == ENVOY_CONFIG.read_text()
 
 
 def http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:

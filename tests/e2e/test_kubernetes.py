@@ -48,7 +48,7 @@ from tests.kube_api_server import NodeApi, node_api
 from tests.redis_server import needs_redis
 
 from .conftest import EAST, EXTPROC, WEST, Region
-from .test_compose import relocate_sockets, socket_addresses
+from .test_compose import relocate_sockets, render_command, socket_addresses
 
 pytestmark = pytest.mark.e2e
 
@@ -201,17 +201,7 @@ def test_the_envoy_config_is_the_rendered_pod_config() -> None:
 
 
 def test_the_render_command_in_the_header_reproduces_the_envoy_config() -> None:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("EXTPROC_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "extproc", "--log-level", "error", "render", *RENDER_ARGS],
-        cwd=ROOT,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert HEADER + result.stdout == (BASE / "envoy.yaml").read_text()
+    assert HEADER + render_command(RENDER_ARGS) == (BASE / "envoy.yaml").read_text()
 
 
 def test_the_pods_envoy_config_passes_envoy_validate_with_the_module() -> None:
