@@ -258,7 +258,7 @@ def _describe_pool(pool: ConnectionPool) -> str | None:
 
 
 def _describe_workload(workload: Workload) -> str:
-    described = f"--locality {_quote(locality_text(workload.locality))}"
+    described = f"the locality {_quote(locality_text(workload.locality))}"
     if workload.labels:
         described += " and labels " + ",".join(f"{k}={v}" for k, v in workload.labels)
     return described

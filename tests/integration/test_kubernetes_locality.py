@@ -199,7 +199,7 @@ def test_check_shows_the_priorities_for_the_nodes_locality(
         str(labels),
     )
     assert result.returncode == 0, result.stderr
-    assert 'endpoints for --locality "us-east1/us-east1-b" and labels app=mydb-client' in (
+    assert 'endpoints for the locality "us-east1/us-east1-b" and labels app=mydb-client' in (
         result.stdout
     )
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if ":8080" in line}

@@ -162,7 +162,7 @@ def test_summary_counts_objects_lists_services_and_the_priorities_a_workload_get
         "services: 1\n"
         "  outbound|80||mydb.com  2 endpoints, DNS, ROUND_ROBIN, outlier detection (1 x 5xx, "
         "every 15s, ejected 60s, at most 10%), locality failover, TLS SIMPLE\n"
-        'endpoints for --locality "us-east1", before any traffic:\n'
+        'endpoints for the locality "us-east1", before any traffic:\n'
         "ENDPOINT                              STATUS   OUTLIER CHECK  CLUSTER                "
         "LOCALITY  PRIORITY\n"
         "dynamodb.us-east-1.amazonaws.com:443  HEALTHY  OK             outbound|80||mydb.com  "
