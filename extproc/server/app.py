@@ -257,10 +257,13 @@ class ServiceApp:
         else:
             await self._listen_unix(socket_dir)
         await self._resolver.resolve_all()
+        if self.fleet is not None:
+            # The fleet's ejections in force before the first push with every host: a brain
+            # restarted mid-ejection sends the ejected host nothing.
+            self.fleet.start()
+            await self.fleet.caught_up()
         self.publish()
         self._sweeper = asyncio.create_task(self._sweep_loop())
-        if self.fleet is not None:
-            self.fleet.start()
         self._ready = True
         for name in HEALTH_SERVICES:
             if name != READINESS or self.ready:

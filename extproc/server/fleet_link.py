@@ -10,9 +10,17 @@ Failure model: Redis is an accelerator, never a dependency. While it is down, sl
 restarting, every brain decides alone as without it; one log line when the link goes, one
 when it is back, and on every (re)connect the stored keys are read again. Outgoing news
 waits in a bounded queue (the oldest is dropped and counted when it is full) and is sent
-on reconnect unless its ejection is already over. Incoming messages are decoded by
-``core.fleet.decode``: anything malformed, foreign or our own is dropped and counted.
-Who may publish is Redis's to say (AUTH/ACL in the URL, TLS with ``rediss://``).
+on reconnect unless its ejection is already over. A Redis restarted without persistence
+has lost the keys: on every (re)connect each brain stores again its own ejections still in
+force whose key is gone (``SET NX``) and announces them, so a brain that starts later
+still reads them. Incoming messages are decoded by ``core.fleet.decode``: anything
+malformed, foreign or our own is dropped and counted.
+
+Who may publish is Redis's to say: an ACL user and its password in the URL
+(``rediss://USER:PASSWORD@HOST:PORT/DB``), TLS with ``rediss://`` and redis-py's query
+parameters for it (``ssl_ca_certs=FILE``, ``ssl_certfile``, ``ssl_keyfile``). The commands
+used: SUBSCRIBE and PING on the channel, SCAN, GET and SET (PX, NX) on the keys, PUBLISH.
+The password never reaches a log line (``redact``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import collections
 import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import structlog
@@ -33,7 +42,7 @@ from extproc.core.outlier import OutlierAction, OutlierEjectionType, OutlierEven
 from extproc.core.outlier_detector import FleetVerdict
 from extproc.core.table import ServiceTable
 
-__all__ = ["FleetLink"]
+__all__ = ["FleetLink", "check_url", "redact"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +50,49 @@ log = structlog.get_logger(__name__)
 QUEUE_LIMIT = 1024
 #: Pause between reconnect attempts.
 RETRY_S = 1.0
+#: An idle link pings Redis this often, so a dead connection is noticed.
+PING_S = 1.0
+#: How long ``stop`` waits for the link to end before it cancels it again.
+STOP_RETRY_S = 0.1
+#: How long a starting brain waits to read the stored keys before it serves (Redis away).
+CATCH_UP_S = 1.0
+#: What the password of a URL reads as in logs and errors.
+HIDDEN = "***"
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password`` parameter) hidden."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return HIDDEN  # not even a URL: nothing of it is safe to print
+    netloc = parts.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}:{HIDDEN}@{host}"
+    query = parts.query
+    if "password" in query.lower():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, HIDDEN if "password" in k.lower() else v) for k, v in pairs], safe="/*"
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError, naming the URL without its password, unless redis-py can use it.
+
+    A connection is built (not opened), so a bad scheme, a misspelt query parameter (redis-py
+    passes unknown ones on as connection arguments) or a bad TLS option is found at start,
+    not in the link's task.
+    """
+    try:
+        pool: Any = aioredis.ConnectionPool.from_url(url)
+        pool.make_connection()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{redact(url)}: not a Redis URL redis-py can use ({exc})") from None
 
 
 class FleetLink:
@@ -67,16 +119,21 @@ class FleetLink:
             on_change: called after a fleet ejection changed a cluster, so EDS and the
                 data paths' tables learn it at once.
         """
+        check_url(url)
         self.fleet = fleet
         self.proxy = proxy
         self._url = url
+        self._shown_url = redact(url)
         self._table = table
         self._clock = clock
         self._on_change = on_change
         self._channel = f"extproc:fleet:{fleet}"
         self._outbox: collections.deque[FleetEjection] = collections.deque(maxlen=QUEUE_LIMIT)
+        # This brain's own news per key, stored again after a Redis that lost it.
+        self._own: dict[str, FleetEjection] = {}
         self._wake = asyncio.Event()
         self._connected = False
+        self._caught_up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.received = 0
         self.dropped_outgoing = 0
@@ -142,25 +199,30 @@ class FleetLink:
         wall = self._clock.wall()
         if len(self._outbox) == self._outbox.maxlen:
             self.dropped_outgoing += 1
-        self._outbox.append(
-            FleetEjection(
-                fleet=self.fleet,
-                proxy=self.proxy,
-                cluster=event.cluster_name,
-                host=event.upstream_url,
-                kind=event.type,
-                num_ejections=event.num_ejections,
-                ejected_at=wall,
-                until=wall + left,
-            )
+        ejection = FleetEjection(
+            fleet=self.fleet,
+            proxy=self.proxy,
+            cluster=event.cluster_name,
+            host=event.upstream_url,
+            kind=event.type,
+            num_ejections=event.num_ejections,
+            ejected_at=wall,
+            until=wall + left,
         )
+        self._outbox.append(ejection)
+        self._own[self.key(ejection)] = ejection
         self._wake.set()
 
-    def receive(self, raw: bytes) -> FleetVerdict | None:
-        """Apply one message from the fleet; None when it was refused (and counted)."""
+    def receive(self, raw: bytes, *, stored: bool = False) -> FleetVerdict | None:
+        """Apply one message from the fleet; None when it was refused (and counted).
+
+        A ``stored`` one (a key read at catch-up) may be this brain's own, from before it
+        restarted under the same ``--proxy-id``: it holds the host out too. On the channel
+        our own messages are only the echo of what we sent.
+        """
         self.received += 1
         try:
-            ejection = decode(raw, fleet=self.fleet, proxy=self.proxy)
+            ejection = decode(raw, fleet=self.fleet, proxy="" if stored else self.proxy)
         except FleetMessageError as exc:
             reason = str(exc)
             if reason != "our own":
@@ -188,13 +250,29 @@ class FleetLink:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="fleet-link")
 
+    async def caught_up(self, timeout_s: float = CATCH_UP_S) -> bool:
+        """Wait until the stored keys were read once (at most ``timeout_s``), so a brain
+        that starts mid-ejection pushes nothing to Envoy before it knows (Redis away: it
+        goes on alone after the timeout)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caught_up.wait(), timeout_s)
+        return self._caught_up.is_set()
+
     async def stop(self) -> None:
-        """End the link; pending news is dropped (this brain's own state is untouched)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """End the link; pending news is dropped (this brain's own state is untouched).
+
+        The task is cancelled again until it ends: redis-py sends each command under
+        ``asyncio.wait_for``, which on Python 3.11 loses a cancellation that arrives as the
+        write completes, and the link would then run on (and a shutdown wait for it).
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=STOP_RETRY_S)
+        if not task.cancelled():
+            task.result()  # an unexpected error of the link is not hidden
 
     async def _run(self) -> None:
         """Connect, catch up, then exchange news; on any Redis failure, start over."""
@@ -205,8 +283,12 @@ class FleetLink:
                 pubsub = client.pubsub()
                 await pubsub.subscribe(self._channel)
                 await self._catch_up(client)
+                self._caught_up.set()
+                await self._restore(client)
                 self._connected = True
-                log.info("fleet.connected", fleet=self.fleet, resumed=lost_said)
+                log.info(
+                    "fleet.connected", fleet=self.fleet, redis=self._shown_url, resumed=lost_said
+                )
                 lost_said = False
                 sender = asyncio.create_task(self._send(client))
                 try:
@@ -216,9 +298,14 @@ class FleetLink:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await sender
             except (OSError, aioredis.RedisError) as exc:
+                # Also a refusal (a wrong password, a missing ACL right, TLS to a plain port
+                # or the reverse): one line, then this brain goes on alone and retries.
                 if not lost_said:
                     log.warning(
-                        "fleet.lost", fleet=self.fleet, error=str(exc) or type(exc).__name__
+                        "fleet.lost",
+                        fleet=self.fleet,
+                        redis=self._shown_url,
+                        error=f"{type(exc).__name__}: {exc}",
                     )
                     lost_said = True
             finally:
@@ -232,13 +319,36 @@ class FleetLink:
         async for key in client.scan_iter(match=f"{self._channel}:*", count=500):
             raw = await client.get(key)
             if raw is not None:
-                self.receive(raw)
+                self.receive(raw, stored=True)
+
+    async def _restore(self, client: Any) -> None:
+        """Store again this brain's own ejections still in force whose key is gone (a Redis
+        restarted empty), and announce them; a key another brain wrote since is kept."""
+        wall, now = self._clock.wall(), self._clock.now()
+        for key, ejection in list(self._own.items()):
+            cluster = self._table().clusters.get(ejection.cluster)
+            left_ms = int((ejection.until - wall) * 1000)
+            if (
+                left_ms <= 0
+                or cluster is None
+                or cluster.ejection_time_left_s(ejection.host, now) is None
+            ):
+                del self._own[key]
+                continue
+            if ejection in self._outbox:
+                continue  # the sender stores and announces it in a moment
+            raw = encode(ejection)
+            if await client.set(key, raw, px=left_ms, nx=True):
+                await client.publish(self._channel, raw)
 
     async def _listen(self, pubsub: Any) -> None:
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=PING_S)
             if message is None:
                 await pubsub.ping()  # a dead connection raises here, within the timeout
+                continue
+            # Only the channel's messages: the answer to that PING comes back here too.
+            if message.get("type") != "message":
                 continue
             data = message.get("data")
             if isinstance(data, bytes):
