@@ -60,8 +60,8 @@ class Settings:
     #: Look for config changes this often; 0: only on SIGHUP.
     watch_interval_s: float = 1.0
     #: Share ejections with the fleet through this Redis (``redis://``, ``rediss://``);
-    #: None: this brain learns alone.
-    shared_state: str | None = None
+    #: None: this brain learns alone. Left out of the repr: it may hold a password.
+    shared_state: str | None = field(default=None, repr=False)
     #: The fleet whose brains share ejections (one Redis may carry several).
     fleet: str = "default"
     #: This brain's id in the fleet; "": the host name and process id.

@@ -230,9 +230,17 @@ def _add_service(parser: argparse.ArgumentParser) -> None:
 
 
 def _redis_url(text: str) -> str:
-    """A Redis URL for --shared-state."""
+    """A Redis URL for --shared-state; an error never prints its password."""
+    from extproc.server.fleet_link import check_url, redact
+
     if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+        raise argparse.ArgumentTypeError(
+            f"{redact(text)!r} is not a redis://, rediss:// or unix:// URL"
+        )
+    try:
+        check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

@@ -91,7 +91,7 @@ def check_url(url: str) -> None:
     try:
         pool: Any = aioredis.ConnectionPool.from_url(url)
         pool.make_connection()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, aioredis.RedisError) as exc:
         raise ValueError(f"{redact(url)}: not a Redis URL redis-py can use ({exc})") from None
 
 
