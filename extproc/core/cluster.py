@@ -22,7 +22,7 @@ import random
 from collections.abc import Sequence
 
 from extproc.core.balancer import LoadBalancer, Pick
-from extproc.core.fleet import FleetEjection, remaining_s
+from extproc.core.fleet import FleetEjection, contradicted_after, remaining_s
 from extproc.core.hostset import HostView, PrioritySet, fixed_ips
 from extproc.core.locality import load_assignment
 from extproc.core.outlier import AttemptResult, OutlierEvent
@@ -170,7 +170,7 @@ class ClusterState:
         if duration is None:
             return FleetVerdict.OVER
         self.advance(now)
-        since = now - (now_wall - ejection.ejected_at)
+        since = contradicted_after(ejection, now, now_wall)
         verdict = detector.eject_for_fleet(ejection.host, since=since, duration_s=duration, now=now)
         if verdict is FleetVerdict.EJECTED:
             self._dirty = True

@@ -14,6 +14,10 @@ Rules:
    written; an end already past (or not after the start) is ignored, and no fleet ejection
    lasts longer than the receiver's own longest ejection (``max_ejection_time``), so a skewed
    or hostile clock cannot hold a host out for long.
+4. The receiver's own clean answer from the host contradicts the news only when it came
+   more than ``CONTRADICTION_MARGIN_S`` after the sender's ejection: the lua and module
+   paths report successes in batches (every 0.1 s), so an answer from just before the
+   ejection is often recorded just after it, and wall clocks differ by a little.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from dataclasses import dataclass
 from extproc.core.outlier import OutlierEjectionType
 
 __all__ = [
+    "CONTRADICTION_MARGIN_S",
     "MAX_MESSAGE_BYTES",
     "FleetEjection",
     "FleetMessageError",
+    "contradicted_after",
     "decode",
     "encode",
     "remaining_s",
@@ -39,6 +45,9 @@ __all__ = [
 VERSION = 1
 #: Longer messages are refused before they are parsed.
 MAX_MESSAGE_BYTES = 1024
+#: How much later than the sender's ejection the receiver's own clean answer must come to
+#: contradict it (rule 4).
+CONTRADICTION_MARGIN_S = 0.5
 _MAX_NAME = 253
 
 
@@ -107,6 +116,12 @@ def remaining_s(ejection: FleetEjection, now_wall: float, longest_s: float) -> f
     if ejection.until <= ejection.ejected_at or ejection.until <= now_wall:
         return None
     return min(ejection.until - now_wall, longest_s)
+
+
+def contradicted_after(ejection: FleetEjection, now: float, now_wall: float) -> float:
+    """The time on the receiver's monotonic clock after which its own clean answer from the
+    host contradicts the news (rule 4)."""
+    return now - (now_wall - ejection.ejected_at) + CONTRADICTION_MARGIN_S
 
 
 def _name(data: dict[str, object], key: str) -> str:

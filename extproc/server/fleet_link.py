@@ -193,10 +193,10 @@ class FleetLink:
         cluster = self._table().clusters.get(event.cluster_name)
         if cluster is None:
             return
-        left = cluster.ejection_time_left_s(event.upstream_url, self._clock.now())
+        now, wall = self._clock.now(), self._clock.wall()
+        left = cluster.ejection_time_left_s(event.upstream_url, now)
         if left is None:
             return
-        wall = self._clock.wall()
         if len(self._outbox) == self._outbox.maxlen:
             self.dropped_outgoing += 1
         ejection = FleetEjection(
@@ -206,7 +206,8 @@ class FleetLink:
             host=event.upstream_url,
             kind=event.type,
             num_ejections=event.num_ejections,
-            ejected_at=wall,
+            # When it happened (events are drained up to 0.1 s later), on the wall clock.
+            ejected_at=wall - max(0.0, now - event.time_s),
             until=wall + left,
         )
         self._outbox.append(ejection)
