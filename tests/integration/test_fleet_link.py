@@ -151,7 +151,8 @@ async def test_a_foreign_or_malformed_message_is_counted_never_applied(
     assert sum(sample.value for sample in refused.samples) == 2
 
 
-async def _stored_keys(redis: RedisServer) -> list[bytes]:
+async def stored_keys(redis: RedisServer) -> list[bytes]:
+    """The fleet's keys in ``redis`` now."""
     client = aioredis.from_url(redis.url)
     try:
         return [key async for key in client.scan_iter(match="extproc:fleet:*")]
@@ -179,9 +180,9 @@ async def test_a_redis_restarted_empty_gets_the_ejections_in_force_back_for_late
     await until(lambda: not a.link._outbox)
     await redis.kill()
     await redis.start()  # no persistence: the key is gone
-    assert await _stored_keys(redis) == []
+    assert await stored_keys(redis) == []
     await until(lambda: a.link.connected, timeout_s=10.0)
-    assert len(await _stored_keys(redis)) == 1
+    assert len(await stored_keys(redis)) == 1
     late = brains("late")
     await until(lambda: late.changes > 0)
     assert late.routes_to() == WEST
