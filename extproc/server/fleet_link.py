@@ -211,6 +211,7 @@ class FleetLink:
             until=wall + left,
         )
         self._outbox.append(ejection)
+        self._own = {k: e for k, e in self._own.items() if e.until > wall}  # hosts come and go
         self._own[self.key(ejection)] = ejection
         self._wake.set()
 

@@ -2,7 +2,7 @@
 user for the fleet and the default user off.
 
 The fleet's user may do what the link does and nothing else (SUBSCRIBE and PING on the
-fleet's channels, SCAN, GET and SET on its keys, PUBLISH). A brain with the user, its
+fleet's channel, SCAN, GET and SET on its keys, PUBLISH). A brain with the user, its
 password and the CA (``rediss://fleet:secret@.../0?ssl_ca_certs=FILE``) shares ejections;
 one with a wrong password, without TLS or without the CA is refused: it says so in one log
 line, decides alone, and never applies or publishes anything. A client without the
@@ -30,9 +30,9 @@ from tests.redis_server import RedisServer, RedisTls, needs_redis, redis_server
 pytestmark = needs_redis
 
 PASSWORD = "s3cret-fleet-pw"
-#: What the link needs, on the fleet's keys and channels only.
+#: What the link needs, on the fleet ``shop``'s keys and channel only (the README's rule).
 FLEET_USER = (
-    f"fleet on >{PASSWORD} resetchannels ~extproc:fleet:* &extproc:fleet:* "
+    f"fleet on >{PASSWORD} resetchannels ~extproc:fleet:shop:* &extproc:fleet:shop "
     "-@all +subscribe +ping +scan +get +set +publish"
 )
 #: Another application's user on the same Redis.
@@ -149,8 +149,12 @@ async def test_without_the_fleets_credentials_no_client_writes_its_channel_or_ke
     # RESP2, so that the PUBLISH itself is refused, not the RESP3 handshake.
     anonymous = aioredis.from_url(f"rediss://127.0.0.1:{redis.port}/0{ca}", protocol=2)
     other = aioredis.from_url(f"rediss://other:other-pw@127.0.0.1:{redis.port}/0{ca}")
+    fleet_member = aioredis.from_url(_url(redis))
     forged = b'{"v": 1}'
     try:
+        # The fleet's user writes its own fleet only.
+        with pytest.raises(NoPermissionError):
+            await fleet_member.publish("extproc:fleet:another", forged)
         with pytest.raises(AuthenticationError, match="Authentication required"):
             await anonymous.publish(CHANNEL, forged)
         with pytest.raises(NoPermissionError):
@@ -161,5 +165,6 @@ async def test_without_the_fleets_credentials_no_client_writes_its_channel_or_ke
     finally:
         await anonymous.aclose()
         await other.aclose()
+        await fleet_member.aclose()
     await asyncio.sleep(0.1)
     assert watcher.link.received == 0
