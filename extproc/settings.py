@@ -104,7 +104,7 @@ class Settings:
     socket_dir: Path | None = None
     #: Over TCP, required of every gRPC stream (metadata) and sync request (header), and
     #: sent by the rendered Envoy: without it any local process could report outcomes.
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
     #: The status view (/clusters, /endpoints, /metrics, /readyz).
     admin: HostPort = _ADMIN
     #: Resolve endpoint names with this DNS server; None: the system's resolvers.

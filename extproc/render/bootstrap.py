@@ -7,8 +7,9 @@ client can forge, and report outcomes back so the core runs Istio's outlier dete
 the service publishes (``server/sync.py``), draws a host per request and selects it with
 ``setUpstreamOverrideHost`` on the service's cluster. That cluster is an EDS cluster fed by
 the service: every resolved host with Istio's priority and locality, ejected hosts marked
-UNHEALTHY. So Envoy's own retry (connect-failure, refused-stream, reset, with previous hosts
-and previous priorities, as Istio's sidecar retries) moves a refused request on to the
+UNHEALTHY. So Envoy's own retry (Istio's default ``retryOn``: connect-failure,
+refused-stream, unavailable, cancelled, retriable-status-codes, with previous hosts and
+previous priorities, as Istio's sidecar retries) moves a refused request on to the
 failover endpoint inside the same request, and if the script ever fails, Envoy's load
 balancer over the same hosts and health picks, never a client. Python leaves the
 per-request path.

@@ -408,6 +408,11 @@ def test_the_components_redis_lets_its_one_user_reach_the_fleets_keys_only(
     fleet: list[dict[str, Any]],
 ) -> None:
     [c] = pod_spec(fleet, "extproc-redis")["containers"]
+    # The ACL names the fleet the brains are in.
+    fleet_name = env(container(pod_spec(fleet), "extproc"))["EXTPROC_FLEET"]
+    assert (
+        f"~extproc:fleet:{fleet_name}:* resetchannels &extproc:fleet:{fleet_name} " in c["args"][0]
+    )
     port = free_port()
     script = c["args"][0].replace("port 6379", f"port {port}\nbind 127.0.0.1")
     process = subprocess.Popen(
@@ -436,6 +441,8 @@ def test_the_components_redis_lets_its_one_user_reach_the_fleets_keys_only(
         for refused in (
             lambda: fleet_user.set("other", b"x"),
             lambda: fleet_user.publish("other", b"x"),
+            lambda: fleet_user.set("extproc:fleet:shop:x", b"x"),  # another fleet's
+            lambda: fleet_user.publish("extproc:fleet:shop", b"x"),
             lambda: fleet_user.flushall(),
             lambda: fleet_user.config_get("*"),
         ):

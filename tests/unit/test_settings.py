@@ -132,3 +132,10 @@ def test_no_module_but_settings_spells_a_default_port() -> None:
             continue
         numbers = set(re.findall(r"(?<![\d.])(\d{4})(?![\d.])", module.read_text()))
         assert not numbers & defaults, f"{module.relative_to(ROOT)} spells {numbers & defaults}"
+
+
+def test_the_settings_repr_leaves_the_shared_secret_out() -> None:
+    # Settings are logged and shown in errors; the secret would let a process report outcomes.
+    settings = dataclasses.replace(DEFAULTS, secret="s3cret-value-0123456789")
+    assert "s3cret-value" not in repr(settings)
+    assert settings.secret == "s3cret-value-0123456789"
