@@ -90,14 +90,29 @@ class FleetVerdict(enum.Enum):
     OVER = "over"  # its end is already past on this clock
 
 
+def _fleet_end(monitor: HostMonitor) -> float | None:
+    """The end of a fleet ejection (the sender's), or None for an ejection of this proxy's."""
+    if monitor.ejection_type is OutlierEjectionType.FLEET:
+        return monitor.fleet_until
+    return None
+
+
 def _ejection_over(config: OutlierDetection, monitor: HostMonitor, at: float) -> bool:
-    """Whether an ejection has lasted its duration at sweep time ``at`` (checkHostForUneject);
-    a fleet ejection lasts until its end."""
-    if monitor.ejection_type is OutlierEjectionType.FLEET and monitor.fleet_until is not None:
-        return monitor.fleet_until <= at
+    """Whether an ejection has lasted its duration at sweep time ``at`` (checkHostForUneject,
+    in Envoy's form: duration <= at - ejected); a fleet ejection lasts until its end."""
+    if (end := _fleet_end(monitor)) is not None:
+        return end <= at
     assert monitor.last_ejection_time is not None
     duration = ejection_duration_s(config, monitor.ejection_backoff)
     return duration <= at - monitor.last_ejection_time
+
+
+def _ejection_end(config: OutlierDetection, monitor: HostMonitor) -> float:
+    """When an ejection ends, on the detector's clock (``_ejection_over``'s time)."""
+    if (end := _fleet_end(monitor)) is not None:
+        return end
+    assert monitor.last_ejection_time is not None
+    return monitor.last_ejection_time + ejection_duration_s(config, monitor.ejection_backoff)
 
 
 def ejection_allowed(
@@ -185,10 +200,7 @@ class OutlierDetector:
         monitor = self._monitors.get(address)
         if monitor is None or not monitor.ejected or monitor.last_ejection_time is None:
             return None
-        if monitor.ejection_type is OutlierEjectionType.FLEET and monitor.fleet_until is not None:
-            return max(0.0, monitor.fleet_until - now)
-        duration = ejection_duration_s(self._config, monitor.ejection_backoff)
-        return max(0.0, duration - (now - monitor.last_ejection_time))
+        return max(0.0, _ejection_end(self._config, monitor) - now)
 
     def set_hosts(self, addresses: Iterable[str]) -> bool:
         """Make the monitored hosts exactly ``addresses``; kept hosts keep their state.
@@ -509,13 +521,7 @@ class OutlierDetector:
 
     def _first_uneject_sweep(self, monitor: HostMonitor) -> int:
         """The first sweep index, from the next one on, at which ``monitor`` is un-ejected."""
-        assert monitor.last_ejection_time is not None
-        if monitor.ejection_type is OutlierEjectionType.FLEET and monitor.fleet_until is not None:
-            end = monitor.fleet_until
-        else:
-            end = monitor.last_ejection_time + ejection_duration_s(
-                self._config, monitor.ejection_backoff
-            )
+        end = _ejection_end(self._config, monitor)
 
         def done(k: int) -> bool:
             return _ejection_over(self._config, monitor, self._sweep_time(k))

@@ -166,6 +166,10 @@ def local_reply_config() -> http_connection_manager_pb2.LocalReplyConfig:
     )
 
 
+#: The CEL test that the response is the route's own timeout (not a per-try one).
+_ROUTE_TIMEOUT_TEST = f"response.code_details == '{ROUTE_TIMEOUT}'"
+
+
 def route_timeout_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
     """The module path's log of each request a route timeout ended before its response.
 
@@ -179,9 +183,6 @@ def route_timeout_access_log(settings: Settings) -> accesslog_pb2.AccessLog:
     return _grpc_access_log(
         settings, ROUTE_TIMEOUT_LOG_NAME, _flags_then_cel(["UT"], _ROUTE_TIMEOUT_TEST)
     )
-
-
-_ROUTE_TIMEOUT_TEST = f"response.code_details == '{ROUTE_TIMEOUT}'"
 
 
 def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:

@@ -16,7 +16,7 @@ from extproc.server.stack import Stack
 from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 from tests.integration.test_module_link import until
-from tests.redis_server import RedisServer, needs_redis, redis_server
+from tests.redis_server import RedisServer, needs_redis
 
 from .conftest import WEST, Region
 from .seed_yaml import seed
@@ -25,12 +25,6 @@ from .test_seed_failover import curl_loop, host_row, served
 pytestmark = [pytest.mark.e2e, needs_redis]
 
 FleetFactory = Callable[[str], Awaitable[Stack]]
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    async for server in redis_server():
-        yield server
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from extproc.settings import HostPort, Settings
 from extproc.wire import DataPath
 from tests.integration.test_fleet_link import stored_keys
 from tests.integration.test_module_link import until
-from tests.redis_server import RedisServer, needs_redis, redis_server
+from tests.redis_server import RedisServer, needs_redis
 
 from .conftest import EAST, WEST, Region, first_200, start_extproc_up
 from .seed_yaml import seed
@@ -132,12 +132,6 @@ class Up:
 
 
 UpFactory = Callable[[str], Awaitable[Up]]
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    async for server in redis_server():
-        yield server
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from extproc.server.fleet_link import FleetLink
 from extproc.settings import HostPort, Settings
 from extproc.testing import endpoint, outlier, service
 from tests.integration.test_module_link import until
-from tests.redis_server import RedisServer, needs_redis, redis_server
+from tests.redis_server import RedisServer, needs_redis
 
 pytestmark = needs_redis
 
@@ -35,12 +35,6 @@ SERVICE = service(
     endpoints=[endpoint("10.0.0.1", "us-east1"), endpoint("10.0.0.2", "us-west")],
     outlier=outlier(max_ejection_percent=100, base_ejection_time_s=30.0),
 )
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    async for server in redis_server():
-        yield server
 
 
 class Brain:
@@ -110,13 +104,18 @@ async def test_one_brains_ejection_fails_the_other_brains_over(
     assert 29.0 < left <= 30.0
 
 
-async def test_a_brain_that_starts_later_catches_up_from_the_stored_keys(
-    brains: Callable[[str], Brain],
-) -> None:
-    a = brains("a")
+async def ejected_and_sent(a: Brain) -> Brain:
+    """``a``, once connected, has ejected us-east1 and sent the news to Redis."""
     await until(lambda: a.link.connected)
     a.fail_east()
     await until(lambda: not a.link._outbox)
+    return a
+
+
+async def test_a_brain_that_starts_later_catches_up_from_the_stored_keys(
+    brains: Callable[[str], Brain],
+) -> None:
+    await ejected_and_sent(brains("a"))
     late = brains("late")
     await until(lambda: late.changes > 0)
     assert late.routes_to() == WEST
@@ -174,10 +173,7 @@ async def test_an_idle_link_counts_no_message_of_its_own_pings(
 async def test_a_redis_restarted_empty_gets_the_ejections_in_force_back_for_later_brains(
     redis: RedisServer, brains: Callable[[str], Brain]
 ) -> None:
-    a = brains("a")
-    await until(lambda: a.link.connected)
-    a.fail_east()
-    await until(lambda: not a.link._outbox)
+    a = await ejected_and_sent(brains("a"))
     await redis.kill()
     await redis.start()  # no persistence: the key is gone
     assert await stored_keys(redis) == []
@@ -191,10 +187,7 @@ async def test_a_redis_restarted_empty_gets_the_ejections_in_force_back_for_late
 async def test_a_brain_restarted_under_its_own_id_reads_its_own_ejection_back(
     brains: Callable[[str], Brain],
 ) -> None:
-    a = brains("a")
-    await until(lambda: a.link.connected)
-    a.fail_east()
-    await until(lambda: not a.link._outbox)
+    a = await ejected_and_sent(brains("a"))
     await a.link.stop()
     again = brains("a")  # a fresh table, the same --proxy-id
     assert again.routes_to() == EAST
@@ -205,10 +198,7 @@ async def test_a_brain_restarted_under_its_own_id_reads_its_own_ejection_back(
 async def test_a_starting_service_reads_the_stored_ejections_before_it_serves(
     redis: RedisServer, brains: Callable[[str], Brain]
 ) -> None:
-    a = brains("a")
-    await until(lambda: a.link.connected)
-    a.fail_east()
-    await until(lambda: not a.link._outbox)
+    await ejected_and_sent(brains("a"))
     app = ServiceApp(
         Policy((SERVICE,)),
         Settings(
